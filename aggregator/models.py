@@ -1,0 +1,199 @@
+"""Plain data handed from one stage to the next. No behaviour beyond small derived values.
+
+All datetimes are timezone-aware UTC. Text fields named ``*_html`` hold HTML that has
+been through ``sanitize`` once it leaves the pipeline's parse step; every other text
+field is plain text (never markup).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+
+from .errors import FetchError
+
+# --- configuration of sources -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FeedSource:
+    """A feed as the operator configures it (config file, CLI, OPML, admin page)."""
+
+    url: str
+    title: str | None = None
+    interval_seconds: int | None = None
+
+
+# --- stored feed state --------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Feed:
+    """A feed row: what we know about one source between polls."""
+
+    id: int
+    url: str
+    title: str
+    site_url: str | None
+    enabled: bool
+    disabled_reason: str | None
+    etag: str | None
+    last_modified: str | None
+    error_count: int
+    last_error: str | None
+    next_poll_at: datetime | None
+    last_polled_at: datetime | None
+    last_success_at: datetime | None
+    interval_seconds: int | None
+    added_at: datetime
+    # Highest entry id stored by the feed's first successful poll: its backlog.
+    # Digests never include entries at or below it.
+    backlog_seq: int | None = None
+
+
+# --- fetching -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FetchResult:
+    """The outcome of one conditional GET, successful or not.
+
+    ``error`` is set when there is no usable body (``content`` is None then), except for
+    a 304 (``not_modified``), which is a success without a body.
+    """
+
+    url: str  # the URL asked for
+    final_url: str  # after redirects
+    status: int | None  # None when no HTTP answer arrived
+    content: bytes | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)  # lower-case names
+    not_modified: bool = False
+    etag: str | None = None
+    last_modified: str | None = None
+    # Set when every hop to final_url was permanent (301/308): the feed has moved.
+    permanent_url: str | None = None
+    retry_after: str | None = None  # raw Retry-After header of a 429/503; see polling
+    elapsed_seconds: float = 0.0
+    bytes_read: int = 0  # decompressed body bytes
+    error: FetchError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def gone(self) -> bool:
+        return self.status == 410
+
+
+# --- parsing ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedEntry:
+    """One entry as read from a feed document. HTML is sanitised by the pipeline."""
+
+    guid: str | None
+    link: str | None  # absolute http(s) or None
+    title: str
+    author: str | None
+    summary_html: str
+    content_html: str
+    published: datetime | None  # None when missing or unparseable
+    updated: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedFeed:
+    title: str | None
+    site_url: str | None
+    format: str  # "rss20", "atom10", "rdf", "json" …
+    entries: tuple[ParsedEntry, ...]
+    warnings: tuple[str, ...] = ()  # recoverable problems: caps applied, bozo messages
+
+
+# --- stored entries and identity ----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEntry:
+    """What identity decisions need to know about an entry already stored."""
+
+    id: int
+    feed_id: int
+    key: str
+    link_key: str | None
+    canonical_url: str | None
+    norm_title: str
+    content_hash: str
+    text: str  # plain text of the content, for near-duplicate checks
+    published: datetime
+    first_seen: datetime
+    duplicate_of: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class EntryRecord:
+    """An entry ready to be written: everything derived, nothing left to decide."""
+
+    key: str
+    link_key: str | None
+    guid: str | None
+    link: str | None
+    canonical_url: str | None
+    title: str
+    norm_title: str
+    author: str | None
+    summary_html: str
+    content_html: str
+    text: str
+    content_hash: str
+    published: datetime  # effective date: the feed's, or first-seen when missing/absurd
+    updated: datetime | None
+    date_missing: bool
+
+
+@dataclass(frozen=True, slots=True)
+class NewEntry:
+    record: EntryRecord
+    duplicate_of: int | None  # the story's entry id when this is a cross-post
+
+
+@dataclass(frozen=True, slots=True)
+class EntryUpdate:
+    entry_id: int
+    record: EntryRecord
+
+
+@dataclass(frozen=True, slots=True)
+class PollPlan:
+    """What one poll of one feed writes. Produced purely by ``dedup.plan_entries``."""
+
+    inserts: tuple[NewEntry, ...] = ()
+    updates: tuple[EntryUpdate, ...] = ()
+    unchanged: int = 0
+    skipped_in_document: int = 0  # repeated ids inside the same document
+
+    @property
+    def duplicates(self) -> int:
+        return sum(1 for new in self.inserts if new.duplicate_of is not None)
+
+
+# --- poll outcome -------------------------------------------------------------------
+
+PollStatus = Literal["ok", "not_modified", "error", "disabled", "skipped"]
+
+
+@dataclass(frozen=True, slots=True)
+class PollSummary:
+    feed_id: int
+    url: str
+    title: str
+    status: PollStatus
+    new: int = 0
+    updated: int = 0
+    duplicates: int = 0
+    error: str | None = None
+    warnings: tuple[str, ...] = ()

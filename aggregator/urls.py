@@ -1,0 +1,144 @@
+"""URL rules: which links we accept, and the canonical form used to spot the same story.
+
+Pure functions over strings; standard library only.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import SplitResult, parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
+
+HTTP_SCHEMES = frozenset({"http", "https"})
+
+# Query parameters that only track the reader and never change the page.
+_TRACKING_PREFIXES = ("utm_", "mtm_", "pk_", "_hs")
+_TRACKING_NAMES = frozenset(
+    {
+        "fbclid",
+        "gclid",
+        "dclid",
+        "gbraid",
+        "wbraid",
+        "msclkid",
+        "mc_cid",
+        "mc_eid",
+        "yclid",
+        "igshid",
+        "_ga",
+        "_gl",
+        "ref_src",
+        "spm",
+        "oly_enc_id",
+        "oly_anon_id",
+        "vero_id",
+        "rb_clickid",
+        "s_cid",
+    }
+)
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+# Characters that browsers silently drop from URLs: used to hide "javascript:" schemes.
+_INVISIBLE = re.compile(r"[\x00-\x20\x7f\u00ad\u200b-\u200f\u2028-\u202e\u2060-\u2064\ufeff]")
+
+
+def is_tracking_parameter(name: str) -> bool:
+    lowered = name.lower()
+    return lowered in _TRACKING_NAMES or lowered.startswith(_TRACKING_PREFIXES)
+
+
+def _split(url: str) -> SplitResult | None:
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # raises ValueError on a bad port
+    except ValueError:
+        return None
+    return parts
+
+
+def is_http_url(url: str | None) -> bool:
+    """True for an absolute http(s) URL with a host."""
+    if not url:
+        return False
+    parts = _split(url.strip())
+    return parts is not None and parts.scheme.lower() in HTTP_SCHEMES and bool(parts.hostname)
+
+
+def strip_tracking(url: str) -> str:
+    """Drop tracking query parameters, keep everything else as it was."""
+    parts = _split(url)
+    if parts is None or not parts.query:
+        return url
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    kept = [(k, v) for k, v in pairs if not is_tracking_parameter(k)]
+    if len(kept) == len(pairs):
+        return url
+    return urlunsplit(parts._replace(query=urlencode(kept, doseq=True)))
+
+
+def absolute_http_url(url: str | None, base: str | None = None) -> str | None:
+    """Resolve ``url`` against ``base``; return it only if the result is http(s).
+
+    Whitespace and invisible characters are removed first, as a browser would, so
+    that ``java\\tscript:`` is seen for what it is. Protocol-relative ``//host`` and
+    the backslash form ``/\\host`` resolve like a browser resolves them.
+    """
+    if url is None:
+        return None
+    cleaned = _INVISIBLE.sub("", url).replace("\\", "/")
+    if not cleaned:
+        return None
+    if base and is_http_url(base):
+        try:
+            cleaned = urljoin(base, cleaned)
+        except ValueError:
+            return None
+    if not is_http_url(cleaned):
+        return None
+    parts = _split(cleaned)
+    assert parts is not None
+    # Lower-case the scheme so that "HTTPS://" and "https://" are one link.
+    return urlunsplit(parts._replace(scheme=parts.scheme.lower()))
+
+
+def clean_link(url: str | None, base: str | None = None) -> str | None:
+    """A link fit to show: absolute http(s), tracking parameters removed."""
+    absolute = absolute_http_url(url, base)
+    return strip_tracking(absolute) if absolute else None
+
+
+def canonical_url(url: str | None, base: str | None = None) -> str | None:
+    """The form two copies of one page share, for matching, never for display.
+
+    Scheme folded to https (http and https copies are one page), host lower-case
+    without ``www.``, default port dropped, fragment and tracking parameters removed,
+    remaining parameters sorted, trailing slash and ``index.html`` normalised away.
+    """
+    absolute = absolute_http_url(url, base)
+    if absolute is None:
+        return None
+    parts = _split(absolute)
+    if parts is None or parts.hostname is None:
+        return None
+    host = parts.hostname.lower().rstrip(".")
+    if host.startswith("www."):
+        host = host[4:]
+    port = parts.port
+    scheme = parts.scheme.lower()
+    if port is not None and port != _DEFAULT_PORTS.get(scheme):
+        host = f"{host}:{port}"
+    path = re.sub(r"/{2,}", "/", parts.path or "/")
+    path = re.sub(r"/index\.(html?|php)$", "/", path)
+    if len(path) > 1:
+        path = path.rstrip("/")
+    query_pairs = sorted(
+        (k, v)
+        for k, v in parse_qsl(parts.query, keep_blank_values=True)
+        if not is_tracking_parameter(k)
+    )
+    query = urlencode(query_pairs)
+    return urlunsplit(("https", host, path, query, ""))
+
+
+def host_of(url: str) -> str:
+    """Lower-case host name of a URL, or "" when it has none."""
+    parts = _split(url)
+    return (parts.hostname or "").lower() if parts else ""
