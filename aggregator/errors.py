@@ -8,7 +8,7 @@
     │   ├── FetchConnectError                      refused, unknown host, TLS failure
     │   ├── FetchTooLarge                          body over the (decompressed) size cap
     │   ├── FetchTooManyRedirects                  redirect loop or chain past the hop limit
-    │   └── FetchStatusError   status              an HTTP status we cannot use (4xx, 5xx, empty 200)
+    │   └── FetchStatusError   status              unusable status (4xx, 5xx, empty 200)
     ├── ParseError             url                 the bytes are not a usable feed
     │   └── NotAFeed           alternate           an HTML page (and the feed it links, if any)
     ├── StoreError             path                the database cannot be used
