@@ -13,9 +13,10 @@
     │   └── NotAFeed           alternate           an HTML page (and the feed it links, if any)
     ├── StoreError             path                the database cannot be used
     │   └── IncompatibleDatabase                   a file of another application, or damaged
-    └── MailError              address             a message could not be handed over
-        ├── MailTemporaryError                     4xx, connection lost: try again later
-        └── MailPermanentError                     5xx: the address is refused
+    ├── MailError              address             a message could not be handed over
+    │   ├── MailTemporaryError                     4xx, connection lost: try again later
+    │   └── MailPermanentError                     5xx: the address is refused
+    └── TokenError                                 a signed link token is invalid or expired
 
 Library errors (httpx, sqlite3, smtplib, feedparser) are wrapped at the module that
 calls the library; nothing above an adapter sees them. ``str(error)`` is always one
@@ -119,4 +120,8 @@ class MailTemporaryError(MailError):
 
 
 class MailPermanentError(MailError):
+    pass
+
+
+class TokenError(AggregatorError):
     pass
