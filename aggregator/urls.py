@@ -5,8 +5,17 @@ Pure functions over strings; standard library only.
 
 from __future__ import annotations
 
+import contextlib
 import re
-from urllib.parse import SplitResult, parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
+from urllib.parse import (
+    SplitResult,
+    parse_qsl,
+    quote,
+    urlencode,
+    urljoin,
+    urlsplit,
+    urlunsplit,
+)
 
 HTTP_SCHEMES = frozenset({"http", "https"})
 
@@ -38,6 +47,10 @@ _TRACKING_NAMES = frozenset(
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 # Characters that browsers silently drop from URLs: used to hide "javascript:" schemes.
 _INVISIBLE = re.compile(r"[\x00-\x20\x7f\u00ad\u200b-\u200f\u2028-\u202e\u2060-\u2064\ufeff]")
+_PERCENT_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+# Path characters left as they are; "%" keeps escapes that must stay escaped (%2F).
+_PATH_SAFE = "/%:@!$&'()*+,;=-._~"
 
 
 def is_tracking_parameter(name: str) -> bool:
@@ -118,14 +131,12 @@ def canonical_url(url: str | None, base: str | None = None) -> str | None:
     parts = _split(absolute)
     if parts is None or parts.hostname is None:
         return None
-    host = parts.hostname.lower().rstrip(".")
-    if host.startswith("www."):
-        host = host[4:]
+    host = _canonical_host(parts.hostname)
     port = parts.port
     scheme = parts.scheme.lower()
     if port is not None and port != _DEFAULT_PORTS.get(scheme):
         host = f"{host}:{port}"
-    path = re.sub(r"/{2,}", "/", parts.path or "/")
+    path = re.sub(r"/{2,}", "/", _canonical_path(parts.path or "/"))
     path = re.sub(r"/index\.(html?|php)$", "/", path)
     if len(path) > 1:
         path = path.rstrip("/")
@@ -136,6 +147,26 @@ def canonical_url(url: str | None, base: str | None = None) -> str | None:
     )
     query = urlencode(query_pairs)
     return urlunsplit(("https", host, path, query, ""))
+
+
+def _canonical_host(hostname: str) -> str:
+    """Lower-case ASCII host: an internationalised name and its punycode are one host."""
+    host = hostname.lower().rstrip(".")
+    if not host.isascii():
+        # An invalid IDN is matched on its lower-cased text as it is.
+        with contextlib.suppress(UnicodeError):
+            host = host.encode("idna").decode("ascii")
+    return host[4:] if host.startswith("www.") else host
+
+
+def _canonical_path(path: str) -> str:
+    """One spelling per path: unreserved escapes decoded, others upper-case, non-ASCII escaped."""
+
+    def fold(match: re.Match[str]) -> str:
+        char = chr(int(match.group(1), 16))
+        return char if char in _UNRESERVED else "%" + match.group(1).upper()
+
+    return quote(_PERCENT_ESCAPE.sub(fold, path), safe=_PATH_SAFE)
 
 
 def host_of(url: str) -> str:

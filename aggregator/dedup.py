@@ -1,0 +1,363 @@
+"""Identity of entries: the same entry in one feed, the same story across feeds (DESIGN §5).
+
+Pure functions over plain data; standard library only. Nothing here reads the clock:
+``now`` is always an argument.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from itertools import islice
+
+from .models import EntryRecord, EntryUpdate, NewEntry, ParsedEntry, PollPlan, StoredEntry
+from .urls import canonical_url
+
+# A feed date is believed only inside this range (THREATS F5). Earlier than the web's
+# first feeds or more than a day ahead of our clock (time zones, skewed servers) is
+# noise: such an entry gets its first-seen time instead, so it can never sit above
+# real posts on the timeline.
+EARLIEST_PLAUSIBLE = datetime(1995, 1, 1, tzinfo=UTC)
+FUTURE_TOLERANCE = timedelta(days=1)
+
+# Identity strings are stored and indexed; longer ones are replaced by their digest.
+MAX_IDENTITY_CHARS = 2048
+# Only the start of a title takes part in identity: a 5 MB title costs no more than this.
+MAX_TITLE_CHARS = 2000
+# Near-duplicate checks read at most this many words of each text.
+MAX_SIMILARITY_WORDS = 5000
+SHINGLE_SIZE = 3
+
+# Prefixes that reposts and cross-posts put in front of the original title.
+_REPOST_PREFIX = re.compile(
+    r"^\s*(?:"
+    r"(?:re|fwd?|cross[\s_-]?post(?:ed)?|x[\s-]?post(?:ed)?|re-?post(?:ed)?)\s*(?:\[\d+\])?\s*:"
+    r"|[\[(](?:cross[\s_-]?post(?:ed)?|x[\s-]?post(?:ed)?|re-?post(?:ed)?)[\])]"
+    r")\s*",
+)
+_WORD = re.compile(r"\w+")
+# A GUID that is a path relative to the feed: "/2024/05/post", "./post", "?p=12".
+_RELATIVE_PATH = re.compile(r"^(?:/|\./|\.\./|\?)\S*$")
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+
+
+# --- titles and texts ---------------------------------------------------------------
+
+
+def normalise_title(title: str) -> str:
+    """The form two copies of one title share.
+
+    NFKC and case folding, reposting prefixes ("Re:", "Cross-post:", "[x-post]") removed,
+    punctuation, quotes, dashes and symbols turned into spaces, spaces collapsed. Words
+    are kept, including bracketed tags such as "[Video]": they tell posts apart.
+    """
+    text = unicodedata.normalize("NFKC", title[:MAX_TITLE_CHARS]).casefold()
+    while True:
+        match = _REPOST_PREFIX.match(text)
+        if match is None or match.end() == 0:
+            break
+        text = text[match.end() :]
+    kept = [" " if unicodedata.category(char)[0] in "PSCZ" else char for char in text]
+    return " ".join("".join(kept).split())
+
+
+def _words(text: str) -> Iterator[str]:
+    for match in islice(_WORD.finditer(text), MAX_SIMILARITY_WORDS):
+        yield match.group().casefold()
+
+
+def _shingles(text: str) -> frozenset[tuple[str, ...]]:
+    words = list(_words(text))
+    if not words:
+        return frozenset()
+    if len(words) < SHINGLE_SIZE:
+        return frozenset({tuple(words)})
+    return frozenset(
+        tuple(words[i : i + SHINGLE_SIZE]) for i in range(len(words) - SHINGLE_SIZE + 1)
+    )
+
+
+def _jaccard(a: frozenset[tuple[str, ...]], b: frozenset[tuple[str, ...]]) -> float:
+    if not a or not b:
+        return 0.0
+    return len(a & b) / len(a | b)
+
+
+def text_similarity(a: str, b: str) -> float:
+    """Jaccard similarity of the word 3-shingles of two texts, 0.0 to 1.0.
+
+    Only the first MAX_SIMILARITY_WORDS words count, so huge entries stay cheap. A text
+    without words has nothing to compare: 0.0, so that empty bodies never make two
+    entries look alike.
+    """
+    return _jaccard(_shingles(a), _shingles(b))
+
+
+# --- keys ---------------------------------------------------------------------------
+
+
+def _digest(*parts: str) -> str:
+    hasher = hashlib.sha256()
+    for part in parts:
+        data = part.encode("utf-8", "surrogatepass")
+        # Length-prefixed, so that ("ab", "c") and ("a", "bc") differ.
+        hasher.update(len(data).to_bytes(8, "big"))
+        hasher.update(data)
+    return hasher.hexdigest()
+
+
+def _bounded(identity: str) -> str:
+    return identity if len(identity) <= MAX_IDENTITY_CHARS else "sha256:" + _digest(identity)
+
+
+def _guid_identity(guid: str, feed_url: str) -> str:
+    """GUIDs drift between polls (THREATS F6): fold the harmless differences away.
+
+    A URL GUID gets the canonical URL form (http/https, www., tracking parameters,
+    trailing slash); a relative path is resolved against the feed first (so moving the
+    feed to another host changes such keys: the stable link then matches instead).
+    Any other GUID (tag:, urn:uuid:, a number) is only stripped: it is opaque.
+    """
+    if _SCHEME.match(guid) or _RELATIVE_PATH.match(guid):
+        canonical = canonical_url(guid, base=feed_url if _RELATIVE_PATH.match(guid) else None)
+        if canonical is not None:
+            return canonical
+    return guid
+
+
+def link_key(link: str | None) -> str | None:
+    """Canonical form of an entry link, for secondary matching inside one feed."""
+    canonical = canonical_url(link)
+    return _bounded(canonical) if canonical is not None else None
+
+
+def entry_key(
+    guid: str | None,
+    link: str | None,
+    title: str,
+    published: datetime | None,
+    *,
+    feed_url: str,
+) -> str:
+    """Identity of an entry inside one feed: "guid:…", else "link:…", else "hash:…".
+
+    The hash fallback uses the date exactly as the feed gave it (never the first-seen
+    time, which would differ on every poll).
+    """
+    stripped = (guid or "").strip()
+    if stripped:
+        return "guid:" + _bounded(_guid_identity(stripped, feed_url))
+    canonical = canonical_url(link, base=feed_url)
+    if canonical is not None:
+        return "link:" + _bounded(canonical)
+    date = _stable_iso(published) if published is not None else ""
+    return "hash:" + _digest(normalise_title(title), date)
+
+
+def content_hash(
+    title: str, summary_html: str, content_html: str, link: str | None, author: str | None
+) -> str:
+    """Digest of what a reader sees: a change means the stored entry is updated."""
+    return _digest(title, summary_html, content_html, link or "", author or "")
+
+
+# --- records ------------------------------------------------------------------------
+
+
+def _stable_iso(value: datetime) -> str:
+    try:
+        return _utc(value).isoformat()
+    except OverflowError:
+        return value.isoformat()
+
+
+def _utc(value: datetime) -> datetime:
+    # Naive datetimes should not reach here; if one does, it is read as UTC.
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def plausible_date(value: datetime | None, *, now: datetime) -> datetime | None:
+    """The date in UTC when it lies between EARLIEST_PLAUSIBLE and now + FUTURE_TOLERANCE."""
+    if value is None:
+        return None
+    try:
+        moment = _utc(value)
+    except OverflowError:  # year 1 or 9999 with an offset falls off the calendar
+        return None
+    if moment < EARLIEST_PLAUSIBLE or moment > _utc(now) + FUTURE_TOLERANCE:
+        return None
+    return moment
+
+
+def make_record(entry: ParsedEntry, *, feed_url: str, text: str, now: datetime) -> EntryRecord:
+    """Everything the store writes for one parsed entry.
+
+    ``text`` is the plain text of the sanitised content. The effective date is the
+    feed's when present and plausible, else ``now`` with ``date_missing`` set (an update
+    then keeps the first-seen date the entry got once; see ``plan_entries``).
+    """
+    published = plausible_date(entry.published, now=now)
+    canonical = canonical_url(entry.link, base=feed_url)
+    return EntryRecord(
+        key=entry_key(entry.guid, entry.link, entry.title, entry.published, feed_url=feed_url),
+        link_key=link_key(entry.link),
+        guid=entry.guid,
+        link=entry.link,
+        canonical_url=_bounded(canonical) if canonical is not None else None,
+        title=entry.title,
+        norm_title=normalise_title(entry.title),
+        author=entry.author,
+        summary_html=entry.summary_html,
+        content_html=entry.content_html,
+        text=text,
+        content_hash=content_hash(
+            entry.title, entry.summary_html, entry.content_html, entry.link, entry.author
+        ),
+        published=published if published is not None else _utc(now),
+        updated=plausible_date(entry.updated, now=now),
+        date_missing=published is None,
+    )
+
+
+# --- planning one poll --------------------------------------------------------------
+
+
+def _match_existing(
+    records: Sequence[EntryRecord], existing: Sequence[StoredEntry]
+) -> dict[int, StoredEntry]:
+    """Pair records (by index) with stored entries of the same feed.
+
+    By key first, for every record; only then by link, and only when the link can
+    identify anything: it is not shared by several records of the document, the stored
+    entry was not already claimed by its own key, and title or content agree. Feeds
+    that point every entry at their home page would otherwise have each new entry
+    overwrite an old one.
+    """
+    by_key: dict[str, StoredEntry] = {}
+    by_link: dict[str, list[StoredEntry]] = {}
+    for stored in sorted(existing, key=lambda s: s.id):
+        by_key.setdefault(stored.key, stored)
+        if stored.link_key is not None:
+            by_link.setdefault(stored.link_key, []).append(stored)
+
+    matches: dict[int, StoredEntry] = {}
+    claimed: set[int] = set()
+    for index, record in enumerate(records):
+        keyed = by_key.get(record.key)
+        if keyed is not None and keyed.id not in claimed:
+            matches[index] = keyed
+            claimed.add(keyed.id)
+
+    link_counts: dict[str, int] = {}
+    for record in records:
+        if record.link_key is not None:
+            link_counts[record.link_key] = link_counts.get(record.link_key, 0) + 1
+    for index, record in enumerate(records):
+        if index in matches or record.link_key is None or link_counts[record.link_key] > 1:
+            continue
+        for stored in by_link.get(record.link_key, ()):
+            if stored.id in claimed:
+                continue
+            if stored.norm_title == record.norm_title or stored.content_hash == record.content_hash:
+                matches[index] = stored
+                claimed.add(stored.id)
+                break
+    return matches
+
+
+def _story_of(
+    record: EntryRecord,
+    candidates: Sequence[StoredEntry],
+    *,
+    window: timedelta,
+    threshold: float,
+) -> int | None:
+    """The root story a new entry of another feed repeats, or None."""
+    shingles: frozenset[tuple[str, ...]] | None = None
+    for candidate in sorted(candidates, key=lambda c: (c.published, c.id)):
+        if record.canonical_url is not None and candidate.canonical_url == record.canonical_url:
+            return candidate.duplicate_of if candidate.duplicate_of is not None else candidate.id
+        if (
+            not record.norm_title
+            or candidate.norm_title != record.norm_title
+            or abs(_utc(candidate.published) - record.published) > window
+        ):
+            continue
+        if shingles is None:
+            shingles = _shingles(record.text)
+        if _jaccard(shingles, _shingles(candidate.text)) >= threshold:
+            return candidate.duplicate_of if candidate.duplicate_of is not None else candidate.id
+    return None
+
+
+def plan_entries(
+    records: Sequence[EntryRecord],
+    *,
+    existing: Sequence[StoredEntry],
+    candidates: Sequence[StoredEntry],
+    now: datetime,
+    window: timedelta = timedelta(days=14),
+    similarity_threshold: float = 0.8,
+) -> PollPlan:
+    """Decide what one poll of one feed writes.
+
+    ``existing``: stored entries of this feed sharing a key or link key with a record.
+    ``candidates``: stored entries of other feeds sharing a canonical URL or normalised
+    title with a record.
+
+    - A repeated key inside the document: the first occurrence wins, later ones are
+      counted in ``skipped_in_document``.
+    - A record matching a stored entry (see ``_match_existing``) is an update when its
+      content, key or link key changed (it keeps its id, first-seen time and ingest
+      order; a record without a believable date keeps the stored date), else unchanged.
+      Refreshing a drifted key makes the next poll match it directly.
+    - Any other record is new. It is a cross-post of the earliest candidate with the
+      same canonical URL, or with the same normalised title, a date within ``window``
+      and text similarity of at least ``similarity_threshold``; ``duplicate_of`` then
+      names that candidate's root story (the first stored copy).
+    - Inserts are ordered oldest first, so that the ingest sequence follows publication
+      within a batch. Entries with equal dates keep the reverse of document order,
+      since feeds list their newest entry first.
+    """
+    del now  # records already carry their effective dates; kept for a uniform signature
+    unique: list[EntryRecord] = []
+    seen_keys: set[str] = set()
+    for record in records:
+        if record.key in seen_keys:
+            continue
+        seen_keys.add(record.key)
+        unique.append(record)
+    skipped = len(records) - len(unique)
+
+    matches = _match_existing(unique, existing)
+    updates: list[EntryUpdate] = []
+    unchanged = 0
+    fresh: list[tuple[int, NewEntry]] = []
+    for index, record in enumerate(unique):
+        stored = matches.get(index)
+        if stored is None:
+            story = _story_of(record, candidates, window=window, threshold=similarity_threshold)
+            fresh.append((index, NewEntry(record=record, duplicate_of=story)))
+        elif (
+            stored.content_hash != record.content_hash
+            or stored.key != record.key
+            or stored.link_key != record.link_key
+        ):
+            kept = (
+                replace(record, published=_utc(stored.published)) if record.date_missing else record
+            )
+            updates.append(EntryUpdate(entry_id=stored.id, record=kept))
+        else:
+            unchanged += 1
+
+    fresh.sort(key=lambda item: (item[1].record.published, -item[0]))
+    return PollPlan(
+        inserts=tuple(new for _, new in fresh),
+        updates=tuple(updates),
+        unchanged=unchanged,
+        skipped_in_document=skipped,
+    )
