@@ -1,0 +1,400 @@
+"""Settings: read once from a TOML file and the environment into one frozen value.
+
+No other module reads the environment. Every setting has a default, so a file holding
+only ``database = "path/to/file.sqlite3"`` is valid; a wrong key, type or value stops the
+program with one line naming the file, the key and what is wrong.
+
+Relative paths in the file (database, outbox, feed snapshots) are relative to the
+directory of the file itself, so a configuration works whatever the working directory.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from . import USER_AGENT
+from .errors import ConfigError
+from .fetch import FetchSettings
+from .mail import SmtpSettings
+from .parse import ParseLimits
+from .polling import PollPolicy
+from .urls import is_http_url
+
+ENV_CONFIG = "AGGREGATOR_CONFIG"
+ENV_SMTP_USERNAME = "AGGREGATOR_SMTP_USERNAME"
+ENV_SMTP_PASSWORD = "AGGREGATOR_SMTP_PASSWORD"  # noqa: S105 - a variable name, not a secret
+ENV_ADMIN_PASSWORD = "AGGREGATOR_ADMIN_PASSWORD"  # noqa: S105
+ENV_SECRET_KEY = "AGGREGATOR_SECRET_KEY"  # noqa: S105
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "default.toml"
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True, slots=True)
+class ConfiguredFeed:
+    url: str
+    title: str | None = None
+    interval: timedelta | None = None
+    # A local copy of the feed, fetched instead of ``url`` when snapshots are in use.
+    snapshot: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PollSettings:
+    policy: PollPolicy = field(default_factory=PollPolicy)
+    parse_workers: int = 0  # 0: one per CPU core
+    cross_post_window: timedelta = timedelta(days=14)
+    use_snapshots: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class WebSettings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    base_url: str = "http://127.0.0.1:8000"
+    admin_password: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MailSettings:
+    sender: str = "Blog digest <digest@localhost>"
+    outbox: Path = Path("var/outbox")
+    smtp: SmtpSettings | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DigestSettings:
+    timezone: ZoneInfo = field(default_factory=lambda: ZoneInfo("UTC"))
+    daily_at: str = "07:00"
+    weekly_day: str = "monday"
+    max_entries_per_source: int = 20
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    config_path: Path | None
+    database: Path
+    log_level: str = "info"
+    feeds: tuple[ConfiguredFeed, ...] = ()
+    fetch: FetchSettings = field(default_factory=lambda: FetchSettings(user_agent=USER_AGENT))
+    parse: ParseLimits = field(default_factory=ParseLimits)
+    poll: PollSettings = field(default_factory=PollSettings)
+    web: WebSettings = field(default_factory=WebSettings)
+    mail: MailSettings = field(default_factory=MailSettings)
+    digest: DigestSettings = field(default_factory=DigestSettings)
+    secret_key: str | None = None
+
+
+def config_path_from(explicit: str | Path | None, env: Mapping[str, str]) -> Path:
+    """The config file to use: the one named, else $AGGREGATOR_CONFIG, else the bundled one."""
+    if explicit:
+        return Path(explicit)
+    if env.get(ENV_CONFIG):
+        return Path(env[ENV_CONFIG])
+    return DEFAULT_CONFIG
+
+
+def load_settings(path: Path, env: Mapping[str, str]) -> Settings:
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError("no such file", path=str(path)) from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"cannot read: {error}", path=str(path)) from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"not valid TOML: {error}", path=str(path)) from None
+    return settings_from_mapping(raw, env=env, path=path)
+
+
+def settings_from_mapping(
+    raw: Mapping[str, Any], *, env: Mapping[str, str], path: Path | None = None
+) -> Settings:
+    reader = _Reader(raw, path=str(path) if path else "<config>")
+    base_dir = path.resolve().parent if path else Path.cwd()
+
+    database = reader.path("database", base_dir, required=True)
+    log_level = reader.choice("log_level", LOG_LEVELS, "info")
+    secret_key = env.get(ENV_SECRET_KEY) or None
+
+    fetch_table = reader.table("fetch")
+    defaults = FetchSettings(user_agent=USER_AGENT)
+    fetch = FetchSettings(
+        user_agent=fetch_table.string("user_agent", defaults.user_agent),
+        connect_timeout=fetch_table.number("connect_timeout", defaults.connect_timeout, low=0.1),
+        read_timeout=fetch_table.number("read_timeout", defaults.read_timeout, low=0.1),
+        total_timeout=fetch_table.number("total_timeout", defaults.total_timeout, low=0.1),
+        max_body_bytes=fetch_table.integer("max_body_bytes", defaults.max_body_bytes, low=1024),
+        max_redirects=fetch_table.integer("max_redirects", defaults.max_redirects, low=0),
+        max_connections=fetch_table.integer("max_connections", defaults.max_connections, low=1),
+        max_per_host=fetch_table.integer("max_per_host", defaults.max_per_host, low=1),
+        allow_private_addresses=fetch_table.boolean(
+            "allow_private_addresses", defaults.allow_private_addresses
+        ),
+        allow_file_urls=fetch_table.boolean("allow_file_urls", defaults.allow_file_urls),
+    )
+    fetch_table.done()
+
+    poll_table = reader.table("poll")
+    policy_defaults = PollPolicy()
+    policy = PollPolicy(
+        interval=poll_table.minutes("interval_minutes", policy_defaults.interval),
+        min_interval=poll_table.minutes("min_interval_minutes", policy_defaults.min_interval),
+        backoff_base=poll_table.minutes("backoff_base_minutes", policy_defaults.backoff_base),
+        backoff_cap=poll_table.minutes("backoff_cap_minutes", policy_defaults.backoff_cap),
+        retry_after_cap=poll_table.minutes(
+            "retry_after_cap_minutes", policy_defaults.retry_after_cap
+        ),
+    )
+    poll = PollSettings(
+        policy=policy,
+        parse_workers=poll_table.integer("parse_workers", 0, low=0),
+        cross_post_window=timedelta(
+            days=poll_table.number("cross_post_window_days", 14.0, low=0.0)
+        ),
+        use_snapshots=poll_table.boolean("use_snapshots", False),
+    )
+    poll_table.done()
+
+    limits_table = reader.table("limits")
+    limit_defaults = ParseLimits()
+    parse = ParseLimits(
+        max_document_bytes=limits_table.integer(
+            "max_document_bytes", limit_defaults.max_document_bytes, low=1024
+        ),
+        max_entries=limits_table.integer("max_entries", limit_defaults.max_entries, low=1),
+        max_title_chars=limits_table.integer(
+            "max_title_chars", limit_defaults.max_title_chars, low=10
+        ),
+        max_author_chars=limits_table.integer(
+            "max_author_chars", limit_defaults.max_author_chars, low=10
+        ),
+        max_html_chars=limits_table.integer(
+            "max_html_chars", limit_defaults.max_html_chars, low=100
+        ),
+    )
+    limits_table.done()
+
+    feeds = tuple(
+        _read_feed(item, base_dir=base_dir) for item in reader.table_list("feeds")
+    )
+    seen: set[str] = set()
+    for index, feed in enumerate(feeds):
+        if feed.url in seen:
+            raise ConfigError(f"{feed.url} is listed twice", path=reader.path_name, key=f"feeds[{index}].url")
+        seen.add(feed.url)
+    if poll.use_snapshots and any(feed.snapshot for feed in feeds):
+        # Snapshots are local files: reading them needs file URLs.
+        fetch = replace(fetch, allow_file_urls=True)
+
+    web_table = reader.table("web")
+    host = web_table.string("host", "127.0.0.1")
+    port = web_table.integer("port", 8000, low=1, high=65535)
+    base_url = web_table.string("base_url", f"http://{host}:{port}").rstrip("/")
+    if not is_http_url(base_url):
+        raise ConfigError(
+            "must be an absolute http(s) URL", path=reader.path_name, key="web.base_url"
+        )
+    web = WebSettings(
+        host=host, port=port, base_url=base_url, admin_password=env.get(ENV_ADMIN_PASSWORD) or None
+    )
+    web_table.done()
+
+    mail_table = reader.table("mail")
+    sender = mail_table.string("from", MailSettings().sender)
+    outbox = mail_table.path("outbox", base_dir, default=Path("var/outbox"))
+    smtp_host = mail_table.string("smtp_host", "")
+    smtp: SmtpSettings | None = None
+    security = mail_table.choice("smtp_security", ("starttls", "tls", "none"), "starttls")
+    default_port = {"starttls": 587, "tls": 465, "none": 25}[security]
+    smtp_port = mail_table.integer("smtp_port", default_port, low=1, high=65535)
+    username = mail_table.string("smtp_username", "") or env.get(ENV_SMTP_USERNAME) or None
+    if smtp_host:
+        smtp = SmtpSettings(
+            host=smtp_host,
+            port=smtp_port,
+            security=security,  # type: ignore[arg-type]
+            username=username,
+            password=env.get(ENV_SMTP_PASSWORD) or None,
+        )
+    mail_table.done()
+    mail = MailSettings(sender=sender, outbox=outbox, smtp=smtp)
+
+    digest_table = reader.table("digest")
+    zone_name = digest_table.string("timezone", "UTC")
+    try:
+        zone = ZoneInfo(zone_name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(
+            f"unknown time zone {zone_name!r}", path=reader.path_name, key="digest.timezone"
+        ) from None
+    daily_at = digest_table.string("daily_at", "07:00")
+    if not _is_clock_time(daily_at):
+        raise ConfigError(
+            f"{daily_at!r} is not a time of day like 07:00",
+            path=reader.path_name,
+            key="digest.daily_at",
+        )
+    digest = DigestSettings(
+        timezone=zone,
+        daily_at=daily_at,
+        weekly_day=digest_table.choice(
+            "weekly_day",
+            ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"),
+            "monday",
+        ),
+        max_entries_per_source=digest_table.integer("max_entries_per_source", 20, low=1),
+    )
+    digest_table.done()
+
+    reader.done()
+    return Settings(
+        config_path=Path(reader.path_name) if path else None,
+        database=database,
+        log_level=log_level,
+        feeds=feeds,
+        fetch=fetch,
+        parse=parse,
+        poll=poll,
+        web=web,
+        mail=mail,
+        digest=digest,
+        secret_key=secret_key,
+    )
+
+
+def _is_clock_time(value: str) -> bool:
+    hours, _, minutes = value.partition(":")
+    return (
+        hours.isdigit()
+        and minutes.isdigit()
+        and len(minutes) == 2
+        and 0 <= int(hours) < 24
+        and 0 <= int(minutes) < 60
+    )
+
+
+def _read_feed(reader: _Reader, *, base_dir: Path) -> ConfiguredFeed:
+    url = reader.string("url", "", required=True).strip()
+    if not is_http_url(url):
+        raise ConfigError(
+            f"{url!r} is not an absolute http(s) URL", path=reader.path_name, key=reader.key("url")
+        )
+    title = reader.string("title", "") or None
+    interval_minutes = reader.number("interval_minutes", 0.0, low=0.0)
+    snapshot = reader.path("snapshot", base_dir, default=None)
+    reader.done()
+    return ConfiguredFeed(
+        url=url,
+        title=title,
+        interval=timedelta(minutes=interval_minutes) if interval_minutes else None,
+        snapshot=snapshot,
+    )
+
+
+T = TypeVar("T")
+
+
+class _Reader:
+    """Reads one TOML table, checking types and refusing unknown keys."""
+
+    def __init__(self, raw: Mapping[str, Any], *, path: str, prefix: str = "") -> None:
+        self.raw = raw
+        self.path_name = path
+        self.prefix = prefix
+        self.used: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}{name}"
+
+    def _error(self, name: str, message: str) -> ConfigError:
+        return ConfigError(message, path=self.path_name, key=self.key(name))
+
+    def _get(
+        self, name: str, kind: tuple[type, ...], kind_name: str, default: T, required: bool
+    ) -> Any:
+        self.used.add(name)
+        if name not in self.raw:
+            if required:
+                raise self._error(name, "is required")
+            return default
+        value = self.raw[name]
+        if isinstance(value, bool) and bool not in kind:
+            raise self._error(name, f"must be {kind_name}, not {value!r}")
+        if not isinstance(value, kind):
+            raise self._error(name, f"must be {kind_name}, not {value!r}")
+        return value
+
+    def string(self, name: str, default: str, *, required: bool = False) -> str:
+        return str(self._get(name, (str,), "a string", default, required))
+
+    def boolean(self, name: str, default: bool) -> bool:
+        return bool(self._get(name, (bool,), "true or false", default, False))
+
+    def integer(
+        self, name: str, default: int, *, low: int | None = None, high: int | None = None
+    ) -> int:
+        value = int(self._get(name, (int,), "a whole number", default, False))
+        self._check_range(name, value, low, high)
+        return value
+
+    def number(self, name: str, default: float, *, low: float | None = None) -> float:
+        value = float(self._get(name, (int, float), "a number", default, False))
+        self._check_range(name, value, low, None)
+        return value
+
+    def minutes(self, name: str, default: timedelta) -> timedelta:
+        value = self.number(name, default.total_seconds() / 60, low=0.0)
+        return timedelta(minutes=value)
+
+    def choice(self, name: str, options: tuple[str, ...], default: str) -> str:
+        value = self.string(name, default).lower()
+        if value not in options:
+            raise self._error(name, f"must be one of {', '.join(options)}, not {value!r}")
+        return value
+
+    def path(
+        self,
+        name: str,
+        base_dir: Path,
+        *,
+        default: Path | None = None,
+        required: bool = False,
+    ) -> Any:
+        value = self.string(name, "", required=required)
+        if not value:
+            return (base_dir / default) if default is not None else None
+        return (base_dir / Path(value).expanduser()).resolve()
+
+    def _check_range(
+        self, name: str, value: float, low: float | None, high: float | None
+    ) -> None:
+        if low is not None and value < low:
+            raise self._error(name, f"must be at least {low}, not {value}")
+        if high is not None and value > high:
+            raise self._error(name, f"must be at most {high}, not {value}")
+
+    def table(self, name: str) -> _Reader:
+        value = self._get(name, (dict,), "a table", {}, False)
+        return _Reader(value, path=self.path_name, prefix=f"{self.key(name)}.")
+
+    def table_list(self, name: str) -> list[_Reader]:
+        value = self._get(name, (list,), "an array of tables ([[feeds]])", [], False)
+        readers = []
+        for index, item in enumerate(value):
+            if not isinstance(item, dict):
+                raise self._error(name, f"item {index + 1} must be a table")
+            readers.append(_Reader(item, path=self.path_name, prefix=f"{self.key(name)}[{index}]."))
+        return readers
+
+    def done(self) -> None:
+        unknown = sorted(set(self.raw) - self.used)
+        if unknown:
+            raise self._error(unknown[0], "unknown setting")
+

@@ -1,0 +1,313 @@
+"""Poll feeds end to end: fetch, prepare (in worker processes), decide, write.
+
+The one place where the fetcher, the parser and the store meet. Decisions are made by
+pure functions (``dedup.plan_entries``, ``polling.next_poll_at``); this module only
+does the IO around them, in order:
+
+- fetching is concurrent (bounded by the fetcher's global and per-host limits);
+- parsing and sanitising run in a process pool, so the event loop never blocks on them;
+- every write goes through one database thread, one transaction per feed per poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import random
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from typing import TypeVar
+
+from sqlite_utils import Database
+
+from .config import Settings
+from .dedup import plan_entries
+from .errors import AggregatorError, ParseError
+from .fetch import FeedFetcher
+from .models import Feed, FetchResult, PollPlan, PollSummary
+from .polling import next_poll_at, parse_retry_after
+from .prepare import PreparedFeed, prepare_feed
+from .store import Store
+from .store import entries as entry_rows
+from .store import feeds as feed_rows
+
+Clock = Callable[[], datetime]
+T = TypeVar("T")
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def snapshot_urls(settings: Settings) -> dict[str, str]:
+    """Feed URL -> local file URL, when the configuration says to read snapshots."""
+    if not settings.poll.use_snapshots:
+        return {}
+    return {
+        feed.url: feed.snapshot.resolve().as_uri()
+        for feed in settings.feeds
+        if feed.snapshot is not None
+    }
+
+
+def parse_pool(workers: int) -> ProcessPoolExecutor:
+    """Worker processes for parsing. forkserver: no fork of a threaded process."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["aggregator.prepare"])
+    return ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 1, mp_context=context)
+
+
+@dataclass
+class Poller:
+    """Everything one polling process shares: settings, store, fetcher, pools, clock."""
+
+    settings: Settings
+    store: Store
+    fetcher: FeedFetcher
+    parse_executor: Executor
+    db_executor: ThreadPoolExecutor
+    clock: Clock = utc_now
+    rand: Callable[[], float] = field(default_factory=lambda: random.Random().random)  # noqa: S311
+
+    def __post_init__(self) -> None:
+        self._snapshots = snapshot_urls(self.settings)
+        self._intervals = {
+            feed.url: feed.interval for feed in self.settings.feeds if feed.interval is not None
+        }
+
+    async def db(self, work: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.db_executor, work)
+
+    async def poll_many(
+        self,
+        feeds: Sequence[Feed],
+        on_result: Callable[[PollSummary], None] | None = None,
+    ) -> list[PollSummary]:
+        async def one(feed: Feed) -> PollSummary:
+            summary = await self.poll(feed)
+            if on_result is not None:
+                on_result(summary)
+            return summary
+
+        return list(await asyncio.gather(*(one(feed) for feed in feeds)))
+
+    async def poll(self, feed: Feed) -> PollSummary:
+        """Poll one feed. Never raises for a problem of the feed: it is in the summary."""
+        fetch_url = self._snapshots.get(feed.url, feed.url)
+        result = await self.fetcher.fetch(
+            fetch_url, etag=feed.etag, last_modified=feed.last_modified
+        )
+        now = self.clock()
+        if result.error is not None:
+            return await self.db(partial(self._write_failure, feed, result, result.error, now))
+        if result.not_modified or result.content is None:
+            return await self.db(partial(self._write_not_modified, feed, result, now))
+        try:
+            prepared = await asyncio.get_running_loop().run_in_executor(
+                self.parse_executor,
+                partial(
+                    prepare_feed,
+                    result.content,
+                    url=result.final_url if fetch_url == feed.url else feed.url,
+                    headers=dict(result.headers),
+                    limits=self.settings.parse,
+                    now=now,
+                ),
+            )
+        except ParseError as error:
+            return await self.db(partial(self._write_failure, feed, result, error, now))
+        return await self.db(partial(self._write_success, feed, result, prepared, now))
+
+    # --- decisions on the feed row ------------------------------------------------
+
+    def _interval(self, feed: Feed) -> timedelta | None:
+        if feed.interval_seconds:
+            return timedelta(seconds=feed.interval_seconds)
+        return self._intervals.get(feed.url)
+
+    def _next_poll(
+        self, feed: Feed, now: datetime, *, error_count: int, retry_after: timedelta | None
+    ) -> datetime:
+        return next_poll_at(
+            now=now,
+            policy=self.settings.poll.policy,
+            interval=self._interval(feed),
+            error_count=error_count,
+            retry_after=retry_after,
+            rand=self.rand(),
+        )
+
+    def _moved_to(self, feed: Feed, result: FetchResult) -> str | None:
+        if feed.url not in self._snapshots and result.permanent_url:
+            return result.permanent_url
+        return None
+
+    # --- writes (run on the database thread) --------------------------------------
+
+    def _write_failure(
+        self, feed: Feed, result: FetchResult, error: AggregatorError, now: datetime
+    ) -> PollSummary:
+        retry_after = parse_retry_after(
+            result.retry_after, now=now, cap=self.settings.poll.policy.retry_after_cap
+        )
+        disable = "gone (HTTP 410): the server says the feed was removed" if result.gone else None
+        update = feed_rows.FeedUpdate(
+            polled_at=now,
+            next_poll_at=self._next_poll(
+                feed, now, error_count=feed.error_count + 1, retry_after=retry_after
+            ),
+            succeeded=False,
+            error=str(error),
+            disable_reason=disable,
+        )
+        kind = getattr(error, "kind", "error")
+        with self.store.write() as db:
+            feed_rows.apply_feed_update(db, feed, update)
+            feed_rows.record_fetch(db, _fetch_record(feed, result, now, "error", error=error, kind=kind))
+        return PollSummary(
+            feed_id=feed.id,
+            url=feed.url,
+            title=feed.title or feed.url,
+            status="disabled" if disable else "error",
+            error=str(error),
+        )
+
+    def _write_not_modified(self, feed: Feed, result: FetchResult, now: datetime) -> PollSummary:
+        update = feed_rows.FeedUpdate(
+            polled_at=now,
+            next_poll_at=self._next_poll(feed, now, error_count=0, retry_after=None),
+            succeeded=True,
+            url=self._moved_to(feed, result),
+            etag=result.etag or feed.etag,
+            last_modified=result.last_modified or feed.last_modified,
+        )
+        with self.store.write() as db:
+            feed_rows.apply_feed_update(db, feed, update)
+            feed_rows.record_fetch(db, _fetch_record(feed, result, now, "not_modified"))
+        return PollSummary(
+            feed_id=feed.id, url=feed.url, title=feed.title or feed.url, status="not_modified"
+        )
+
+    def _write_success(
+        self, feed: Feed, result: FetchResult, prepared: PreparedFeed, now: datetime
+    ) -> PollSummary:
+        update = feed_rows.FeedUpdate(
+            polled_at=now,
+            next_poll_at=self._next_poll(feed, now, error_count=0, retry_after=None),
+            succeeded=True,
+            url=self._moved_to(feed, result),
+            title=prepared.title,
+            site_url=prepared.site_url,
+            etag=result.etag,
+            last_modified=result.last_modified,
+        )
+        with self.store.write() as db:
+            plan = self._plan(db, feed, prepared, now)
+            entry_rows.apply_plan(db, feed.id, plan, now)
+            if feed.backlog_seq is None:
+                feed_rows.mark_backlog(db, feed.id)
+            feed_rows.apply_feed_update(db, feed, update)
+            feed_rows.record_fetch(
+                db,
+                _fetch_record(
+                    feed, result, now, "ok", new=len(plan.inserts), updated=len(plan.updates)
+                ),
+            )
+        return PollSummary(
+            feed_id=feed.id,
+            url=feed.url,
+            title=feed.title or prepared.title or feed.url,
+            status="ok",
+            new=len(plan.inserts) - plan.duplicates,
+            updated=len(plan.updates),
+            duplicates=plan.duplicates,
+            warnings=prepared.warnings,
+        )
+
+    def _plan(self, db: Database, feed: Feed, prepared: PreparedFeed, now: datetime) -> PollPlan:
+        records = prepared.records
+        existing = entry_rows.existing_for(
+            db,
+            feed.id,
+            keys=(r.key for r in records),
+            link_keys=(r.link_key for r in records if r.link_key),
+        )
+        candidates = entry_rows.cross_candidates(
+            db,
+            feed.id,
+            canonical_urls=(r.canonical_url for r in records if r.canonical_url),
+            norm_titles=(r.norm_title for r in records if r.norm_title),
+        )
+        return plan_entries(
+            records,
+            existing=existing,
+            candidates=candidates,
+            now=now,
+            window=self.settings.poll.cross_post_window,
+        )
+
+
+def _fetch_record(
+    feed: Feed,
+    result: FetchResult,
+    now: datetime,
+    outcome: str,
+    *,
+    error: AggregatorError | None = None,
+    kind: str | None = None,
+    new: int = 0,
+    updated: int = 0,
+) -> feed_rows.FetchRecord:
+    return feed_rows.FetchRecord(
+        feed_id=feed.id,
+        at=now,
+        url=result.url,
+        status=result.status,
+        bytes=result.bytes_read,
+        duration_ms=round(result.elapsed_seconds * 1000),
+        outcome=outcome,
+        error_kind=kind,
+        error=str(error) if error else None,
+        new=new,
+        updated=updated,
+    )
+
+
+async def poll_feeds(
+    settings: Settings,
+    store: Store,
+    *,
+    feed_ids: Sequence[int] | None = None,
+    due_only: bool = False,
+    clock: Clock = utc_now,
+    on_start: Callable[[int], None] | None = None,
+    on_result: Callable[[PollSummary], None] | None = None,
+) -> list[PollSummary]:
+    """Poll the chosen feeds (all enabled ones by default) once, concurrently."""
+    db_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aggregator-db")
+    loop = asyncio.get_running_loop()
+    try:
+        now = clock()
+        if due_only:
+            feeds = await loop.run_in_executor(db_executor, feed_rows.due_feeds, store.db, now)
+        else:
+            everything = await loop.run_in_executor(db_executor, feed_rows.list_feeds, store.db)
+            feeds = [f for f in everything if f.enabled]
+        if feed_ids is not None:
+            wanted = set(feed_ids)
+            feeds = [f for f in feeds if f.id in wanted]
+        if on_start is not None:
+            on_start(len(feeds))
+        if not feeds:
+            return []
+        with parse_pool(min(settings.poll.parse_workers or os.cpu_count() or 1, len(feeds))) as pool:
+            async with FeedFetcher(settings.fetch) as fetcher:
+                poller = Poller(settings, store, fetcher, pool, db_executor, clock=clock)
+                return await poller.poll_many(feeds, on_result)
+    finally:
+        db_executor.shutdown(wait=True)
+

@@ -1,0 +1,57 @@
+"""Bytes of a feed document -> records ready for identity decisions.
+
+This is the CPU-heavy part of a poll (parse, sanitise, derive keys), so it is one
+picklable function the pipeline runs in worker processes, keeping the event loop free.
+Pure: no IO, the clock comes in as ``now``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+from .dedup import make_record
+from .models import EntryRecord
+from .parse import ParseLimits, parse_feed
+from .sanitize import html_to_text, sanitize_html
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedFeed:
+    title: str | None
+    site_url: str | None
+    format: str
+    records: tuple[EntryRecord, ...]
+    warnings: tuple[str, ...]
+
+
+def prepare_feed(
+    content: bytes,
+    *,
+    url: str,
+    headers: Mapping[str, str],
+    limits: ParseLimits,
+    now: datetime,
+) -> PreparedFeed:
+    """Parse, sanitise and derive identity. Raises ParseError for unusable documents."""
+    parsed = parse_feed(content, url=url, headers=headers, limits=limits)
+    records = []
+    for entry in parsed.entries:
+        base = entry.link or parsed.site_url or url
+        content_html = sanitize_html(entry.content_html, base_url=base)
+        summary_html = (
+            sanitize_html(entry.summary_html, base_url=base)
+            if entry.summary_html != entry.content_html
+            else content_html
+        )
+        clean = replace(entry, content_html=content_html, summary_html=summary_html)
+        text = html_to_text(content_html or summary_html)
+        records.append(make_record(clean, feed_url=url, text=text, now=now))
+    return PreparedFeed(
+        title=parsed.title,
+        site_url=parsed.site_url,
+        format=parsed.format,
+        records=tuple(records),
+        warnings=parsed.warnings,
+    )

@@ -1,0 +1,129 @@
+"""Entry rows: lookups that identity decisions need, and writing a poll's plan."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlite_utils import Database
+
+from ..models import EntryRecord, PollPlan, StoredEntry
+from .codec import from_db_required, to_db
+
+_STORED_COLUMNS = (
+    "id, feed_id, key, link_key, canonical_url, norm_title, content_hash, text, published, "
+    "first_seen, duplicate_of"
+)
+# SQLite's default limit on host parameters is far above this; chunks keep plans tidy.
+_CHUNK = 400
+
+
+def _stored(row: Sequence[Any]) -> StoredEntry:
+    return StoredEntry(
+        id=row[0],
+        feed_id=row[1],
+        key=row[2],
+        link_key=row[3],
+        canonical_url=row[4],
+        norm_title=row[5],
+        content_hash=row[6],
+        text=row[7],
+        published=from_db_required(row[8]),
+        first_seen=from_db_required(row[9]),
+        duplicate_of=row[10],
+    )
+
+
+def _chunks(values: Iterable[str]) -> Iterable[list[str]]:
+    unique = sorted(set(values))
+    for start in range(0, len(unique), _CHUNK):
+        yield unique[start : start + _CHUNK]
+
+
+def existing_for(
+    db: Database, feed_id: int, keys: Iterable[str], link_keys: Iterable[str]
+) -> list[StoredEntry]:
+    """Entries of this feed that share a key or a link key with the incoming records."""
+    found: dict[int, StoredEntry] = {}
+    for column, values in (("key", keys), ("link_key", link_keys)):
+        for chunk in _chunks(values):
+            marks = ", ".join("?" * len(chunk))
+            cursor = db.execute(
+                f"SELECT {_STORED_COLUMNS} FROM entries WHERE feed_id = ? AND {column} IN ({marks})",
+                [feed_id, *chunk],
+            )
+            for row in cursor.fetchall():
+                found[row[0]] = _stored(row)
+    return list(found.values())
+
+
+def cross_candidates(
+    db: Database, feed_id: int, canonical_urls: Iterable[str], norm_titles: Iterable[str]
+) -> list[StoredEntry]:
+    """Entries of other feeds that may be the same story (same URL or same title)."""
+    found: dict[int, StoredEntry] = {}
+    for column, values in (("canonical_url", canonical_urls), ("norm_title", norm_titles)):
+        for chunk in _chunks(v for v in values if v):
+            marks = ", ".join("?" * len(chunk))
+            cursor = db.execute(
+                f"SELECT {_STORED_COLUMNS} FROM entries "
+                f"WHERE feed_id != ? AND {column} IN ({marks})",
+                [feed_id, *chunk],
+            )
+            for row in cursor.fetchall():
+                found[row[0]] = _stored(row)
+    return sorted(found.values(), key=lambda entry: entry.id)
+
+
+def _columns(record: EntryRecord) -> dict[str, Any]:
+    return {
+        "key": record.key,
+        "link_key": record.link_key,
+        "guid": record.guid,
+        "link": record.link,
+        "canonical_url": record.canonical_url,
+        "title": record.title,
+        "norm_title": record.norm_title,
+        "author": record.author,
+        "summary_html": record.summary_html,
+        "content_html": record.content_html,
+        "text": record.text,
+        "content_hash": record.content_hash,
+        "published": to_db(record.published),
+        "updated": to_db(record.updated),
+        "date_missing": int(record.date_missing),
+    }
+
+
+def apply_plan(db: Database, feed_id: int, plan: PollPlan, now: datetime) -> list[int]:
+    """Write a plan inside the caller's transaction. Returns the new entry ids in order."""
+    stamp = to_db(now)
+    new_ids: list[int] = []
+    for new in plan.inserts:
+        values = _columns(new.record)
+        values.update(
+            feed_id=feed_id, first_seen=stamp, last_changed=stamp, duplicate_of=new.duplicate_of
+        )
+        names = ", ".join(values)
+        marks = ", ".join("?" * len(values))
+        cursor = db.execute(f"INSERT INTO entries ({names}) VALUES ({marks})", list(values.values()))
+        assert cursor.lastrowid is not None
+        new_ids.append(cursor.lastrowid)
+    for update in plan.updates:
+        values = _columns(update.record)
+        values["last_changed"] = stamp
+        assignments = ", ".join(f"{name} = ?" for name in values)
+        db.execute(
+            f"UPDATE entries SET {assignments} WHERE id = ? AND feed_id = ?",
+            [*values.values(), update.entry_id, feed_id],
+        )
+    return new_ids
+
+
+def count_entries(db: Database, feed_id: int | None = None) -> int:
+    if feed_id is None:
+        row = db.execute("SELECT count(*) FROM entries").fetchone()
+    else:
+        row = db.execute("SELECT count(*) FROM entries WHERE feed_id = ?", [feed_id]).fetchone()
+    return int(row[0])

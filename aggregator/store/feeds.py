@@ -1,0 +1,199 @@
+"""Feed rows: sources, their polling state and their fetch records."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlite_utils import Database
+
+from ..models import Feed
+from .codec import from_db, from_db_required, to_db
+
+FEED_ORIGINS = ("config", "cli", "opml", "admin")
+
+
+def _feed(row: Any) -> Feed:
+    return Feed(
+        id=row["id"],
+        url=row["url"],
+        title=row["title"],
+        site_url=row["site_url"],
+        enabled=bool(row["enabled"]),
+        disabled_reason=row["disabled_reason"],
+        etag=row["etag"],
+        last_modified=row["last_modified"],
+        error_count=row["error_count"],
+        last_error=row["last_error"],
+        next_poll_at=from_db(row["next_poll_at"]),
+        last_polled_at=from_db(row["last_polled_at"]),
+        last_success_at=from_db(row["last_success_at"]),
+        interval_seconds=row["interval_seconds"],
+        added_at=from_db_required(row["added_at"]),
+        backlog_seq=row["backlog_seq"],
+    )
+
+
+def _rows(db: Database, sql: str, params: Iterable[Any] = ()) -> list[dict[str, Any]]:
+    cursor = db.execute(sql, list(params))
+    names = [column[0] for column in cursor.description]
+    return [dict(zip(names, values, strict=True)) for values in cursor.fetchall()]
+
+
+def list_feeds(db: Database) -> list[Feed]:
+    return [_feed(row) for row in _rows(db, "SELECT * FROM feeds ORDER BY id")]
+
+
+def get_feed(db: Database, feed_id: int) -> Feed | None:
+    rows = _rows(db, "SELECT * FROM feeds WHERE id = ?", [feed_id])
+    return _feed(rows[0]) if rows else None
+
+
+def feed_by_url(db: Database, url: str) -> Feed | None:
+    rows = _rows(db, "SELECT * FROM feeds WHERE url = ?", [url])
+    return _feed(rows[0]) if rows else None
+
+
+def add_feed(
+    db: Database,
+    *,
+    url: str,
+    title: str | None,
+    origin: str,
+    now: datetime,
+    interval_seconds: int | None = None,
+) -> tuple[Feed, bool]:
+    """Insert a feed unless its URL is known. Returns the feed and whether it is new."""
+    existing = feed_by_url(db, url)
+    if existing is not None:
+        return existing, False
+    db.execute(
+        "INSERT INTO feeds (url, title, origin, added_at, interval_seconds) VALUES (?, ?, ?, ?, ?)",
+        [url, title or "", origin, to_db(now), interval_seconds],
+    )
+    feed = feed_by_url(db, url)
+    assert feed is not None
+    return feed, True
+
+
+def remove_feed(db: Database, feed_id: int) -> bool:
+    cursor = db.execute("DELETE FROM feeds WHERE id = ?", [feed_id])
+    return cursor.rowcount > 0
+
+
+def set_enabled(db: Database, feed_id: int, enabled: bool, reason: str | None = None) -> None:
+    db.execute(
+        "UPDATE feeds SET enabled = ?, disabled_reason = ?, error_count = CASE WHEN ? THEN 0 "
+        "ELSE error_count END, next_poll_at = CASE WHEN ? THEN NULL ELSE next_poll_at END "
+        "WHERE id = ?",
+        [int(enabled), None if enabled else reason, int(enabled), int(enabled), feed_id],
+    )
+
+
+def set_interval(db: Database, feed_id: int, interval_seconds: int | None) -> None:
+    db.execute("UPDATE feeds SET interval_seconds = ? WHERE id = ?", [interval_seconds, feed_id])
+
+
+def due_feeds(db: Database, now: datetime) -> list[Feed]:
+    rows = _rows(
+        db,
+        "SELECT * FROM feeds WHERE enabled = 1 AND (next_poll_at IS NULL OR next_poll_at <= ?) "
+        "ORDER BY next_poll_at IS NOT NULL, next_poll_at, id",
+        [to_db(now)],
+    )
+    return [_feed(row) for row in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class FeedUpdate:
+    """The feed-row side of one poll's outcome."""
+
+    polled_at: datetime
+    next_poll_at: datetime
+    succeeded: bool
+    url: str | None = None  # a permanent redirect moved the feed here
+    title: str | None = None
+    site_url: str | None = None
+    etag: str | None = None
+    last_modified: str | None = None
+    error: str | None = None
+    disable_reason: str | None = None  # e.g. 410 Gone
+
+
+def apply_feed_update(db: Database, feed: Feed, update: FeedUpdate) -> None:
+    values: dict[str, Any] = {
+        "last_polled_at": to_db(update.polled_at),
+        "next_poll_at": to_db(update.next_poll_at),
+    }
+    if update.succeeded:
+        values.update(
+            error_count=0,
+            last_error=None,
+            last_success_at=to_db(update.polled_at),
+            etag=update.etag,
+            last_modified=update.last_modified,
+        )
+        if update.title and not feed.title:
+            values["title"] = update.title
+        if update.site_url:
+            values["site_url"] = update.site_url
+    else:
+        values.update(error_count=feed.error_count + 1, last_error=update.error)
+    if update.url and update.url != feed.url and feed_by_url(db, update.url) is None:
+        values["url"] = update.url
+    if update.disable_reason:
+        values.update(enabled=0, disabled_reason=update.disable_reason)
+    assignments = ", ".join(f"{name} = ?" for name in values)
+    db.execute(f"UPDATE feeds SET {assignments} WHERE id = ?", [*values.values(), feed.id])
+
+
+def mark_backlog(db: Database, feed_id: int) -> None:
+    """Remember the feed's first batch as backlog: digests start after it."""
+    db.execute(
+        "UPDATE feeds SET backlog_seq = (SELECT coalesce(max(id), 0) FROM entries) "
+        "WHERE id = ? AND backlog_seq IS NULL",
+        [feed_id],
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class FetchRecord:
+    feed_id: int
+    at: datetime
+    url: str
+    status: int | None
+    bytes: int
+    duration_ms: int
+    outcome: str  # ok, not_modified, error
+    error_kind: str | None = None
+    error: str | None = None
+    new: int = 0
+    updated: int = 0
+
+
+def record_fetch(db: Database, record: FetchRecord) -> None:
+    db.execute(
+        "INSERT INTO fetches (feed_id, at, url, status, bytes, duration_ms, outcome, error_kind, "
+        "error, new, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            record.feed_id,
+            to_db(record.at),
+            record.url,
+            record.status,
+            record.bytes,
+            record.duration_ms,
+            record.outcome,
+            record.error_kind,
+            record.error,
+            record.new,
+            record.updated,
+        ],
+    )
+
+
+def recent_fetches(db: Database, feed_id: int, limit: int = 20) -> list[dict[str, Any]]:
+    return _rows(
+        db, "SELECT * FROM fetches WHERE feed_id = ? ORDER BY at DESC, id DESC LIMIT ?", [feed_id, limit]
+    )
