@@ -133,8 +133,9 @@ def canonical_url(url: str | None, base: str | None = None) -> str | None:
         return None
     host = _canonical_host(parts.hostname)
     port = parts.port
-    scheme = parts.scheme.lower()
-    if port is not None and port != _DEFAULT_PORTS.get(scheme):
+    # The scheme folds to https, so either default port is dropped: otherwise
+    # "http://host:443/" would canonicalise to a form that canonicalises again.
+    if port is not None and port not in _DEFAULT_PORTS.values():
         host = f"{host}:{port}"
     path = re.sub(r"/{2,}", "/", _canonical_path(parts.path or "/"))
     path = re.sub(r"/index\.(html?|php)$", "/", path)
