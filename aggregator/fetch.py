@@ -1,0 +1,622 @@
+"""Fetch feeds over HTTP(S): conditional GET, bounded in time, size, redirects and concurrency.
+
+The only module that talks to httpx. ``FeedFetcher.fetch`` never raises for network or
+HTTP trouble: every outcome comes back as a ``FetchResult`` whose ``error`` is one of the
+``aggregator.errors.FetchError`` classes.
+
+Server-side request forgery is stopped where the socket is opened: a network backend
+resolves the host, refuses the connection if any address is not public, and connects to
+the address it checked, so a name cannot resolve differently between check and use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+import ssl
+import time
+import typing
+import zlib
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from email.utils import format_datetime, parsedate_to_datetime
+from pathlib import Path
+from types import TracebackType
+from urllib.parse import unquote, urljoin, urlsplit
+from urllib.request import url2pathname
+
+import httpcore
+import httpx
+
+from . import USER_AGENT
+from .errors import (
+    FetchConnectError,
+    FetchError,
+    FetchRefused,
+    FetchStatusError,
+    FetchTimeout,
+    FetchTooLarge,
+    FetchTooManyRedirects,
+)
+from .models import FetchResult
+
+ACCEPT = (
+    "application/atom+xml, application/rss+xml, application/xml;q=0.9, text/xml;q=0.9, */*;q=0.1"
+)
+ACCEPT_ENCODING = "gzip, deflate"
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+PERMANENT_REDIRECTS = frozenset({301, 308})
+RETRY_AFTER_STATUSES = frozenset({429, 503})
+_CHUNK = 64 * 1024  # largest piece a decoder may hand back at once
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@dataclass(frozen=True, slots=True)
+class FetchSettings:
+    user_agent: str = USER_AGENT
+    connect_timeout: float = 10.0
+    read_timeout: float = 20.0
+    # Deadline for the whole fetch including redirects and the body: httpx timeouts
+    # are per phase, so a server dripping one byte at a time never trips them.
+    total_timeout: float = 60.0
+    max_body_bytes: int = 16 * 1024 * 1024  # decompressed
+    max_redirects: int = 5
+    max_connections: int = 32
+    max_per_host: int = 4
+    allow_private_addresses: bool = False
+    allow_file_urls: bool = False
+
+
+# --- address policy -------------------------------------------------------------------
+
+_CGNAT = ipaddress.IPv4Network("100.64.0.0/10")
+_NAT64 = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("64:ff9b:1::/48"))
+
+
+def is_public_address(address: IPAddress) -> bool:
+    """True when a feed may be fetched from ``address``: a global unicast address."""
+    if isinstance(address, ipaddress.IPv6Address):
+        embedded = address.ipv4_mapped or address.sixtofour
+        if embedded is not None:
+            return is_public_address(embedded)
+        if any(address in net for net in _NAT64):
+            return False
+    elif address in _CGNAT:
+        return False
+    return address.is_global and not (
+        address.is_private
+        or address.is_loopback
+        or address.is_link_local
+        or address.is_multicast
+        or address.is_reserved
+        or address.is_unspecified
+    )
+
+
+class _AddressRefused(Exception):
+    """Raised inside the network backend; turned into FetchRefused by the fetcher."""
+
+
+class _GuardedBackend(httpcore.AsyncNetworkBackend):
+    """Resolves host names itself, checks every address, connects to a checked one."""
+
+    def __init__(self, inner: httpcore.AsyncNetworkBackend, *, allow_private: bool) -> None:
+        self._inner = inner
+        self._allow_private = allow_private
+
+    async def _resolve(self, host: str, port: int, seconds: float | None) -> list[str]:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(seconds):
+                infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except TimeoutError as exc:
+            raise httpcore.ConnectTimeout(f"resolving {host} timed out") from exc
+        except (socket.gaierror, UnicodeError) as exc:
+            raise httpcore.ConnectError(f"unknown host {host!r}") from exc
+        addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+        if not addresses:
+            raise httpcore.ConnectError(f"unknown host {host!r}")
+        if not self._allow_private:
+            for text in addresses:
+                if not is_public_address(ipaddress.ip_address(text.split("%", 1)[0])):
+                    raise _AddressRefused(
+                        f"host {host!r} resolves to non-public address {text}"
+                        " (private addresses are not allowed)"
+                    )
+        return addresses
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's interface)
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        addresses = await self._resolve(host, port, timeout)
+        last_error: Exception | None = None
+        for address in addresses:
+            try:
+                return await self._inner.connect_tcp(
+                    address,
+                    port,
+                    timeout=timeout,
+                    local_address=local_address,
+                    socket_options=socket_options,
+                )
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                last_error = exc
+        assert last_error is not None
+        raise last_error
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's interface)
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        raise _AddressRefused("unix sockets are not allowed")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+class _GuardedTransport(httpx.AsyncHTTPTransport):
+    """httpx's transport with the connection pool built on the guarded backend.
+
+    httpx offers no argument for a network backend, so the pool it builds is replaced
+    by an equivalent one that has it.
+    """
+
+    def __init__(self, *, limits: httpx.Limits, allow_private: bool) -> None:
+        super().__init__(limits=limits, trust_env=False)
+        self._pool = httpcore.AsyncConnectionPool(
+            ssl_context=httpx.create_ssl_context(trust_env=False),
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            http1=True,
+            http2=False,
+            network_backend=_GuardedBackend(httpcore.AnyIOBackend(), allow_private=allow_private),
+        )
+
+
+# --- bounded decompression ----------------------------------------------------------
+
+
+class _Decoder:
+    """Content-Encoding decoder that never returns more than ``_CHUNK`` bytes per step,
+    so a compression bomb is stopped by the size cap before it fills memory."""
+
+    def __init__(self, encoding: str) -> None:
+        self.encoding = encoding
+        self._gzip = encoding in ("gzip", "x-gzip")
+        self._started = False
+        self._raw_deflate = False
+        self._pending = b""
+        self._obj = self._new()
+
+    def _new(self) -> typing.Any:  # zlib's decompress object has no public type
+        if self._gzip:
+            return zlib.decompressobj(16 + zlib.MAX_WBITS)
+        return zlib.decompressobj(-zlib.MAX_WBITS if self._raw_deflate else zlib.MAX_WBITS)
+
+    def feed(self, data: bytes) -> Iterable[bytes]:
+        """Decompress ``data`` piece by piece (raises zlib.error on corrupt input)."""
+        if not self._started and not self._gzip:
+            # "deflate" is sent both zlib-wrapped (correct) and raw (common mistake).
+            self._started = True
+            self._pending = data
+            try:
+                yield from self._drain()
+            except zlib.error:
+                self._raw_deflate = True
+                self._obj = self._new()
+                self._pending = data
+                yield from self._drain()
+            return
+        self._started = True
+        self._pending = data
+        yield from self._drain()
+
+    def _drain(self) -> Iterable[bytes]:
+        while self._pending:
+            if self._obj.eof:
+                leftover = self._obj.unused_data + self._pending
+                if not self._gzip or not leftover.strip(b"\0"):
+                    return  # trailing garbage after the stream: ignored, as browsers do
+                self._obj = self._new()  # another gzip member follows
+                self._pending = leftover
+            out = self._obj.decompress(self._pending, _CHUNK)
+            self._pending = self._obj.unconsumed_tail
+            if out:
+                yield out
+        while not self._obj.eof:
+            out = self._obj.decompress(b"", _CHUNK)
+            if not out:
+                break
+            yield out
+
+    @property
+    def started(self) -> bool:
+        return self._started
+
+    @property
+    def complete(self) -> bool:
+        return bool(self._obj.eof)
+
+
+def _decoder_for(content_encoding: str) -> _Decoder | None:
+    """None for identity; raises ValueError for an encoding we do not speak."""
+    codings = [c.strip().lower() for c in content_encoding.split(",") if c.strip()]
+    codings = [c for c in codings if c != "identity"]
+    if not codings:
+        return None
+    if len(codings) == 1 and codings[0] in ("gzip", "x-gzip", "deflate"):
+        return _Decoder(codings[0])
+    raise ValueError(f"unsupported content-encoding {content_encoding!r}")
+
+
+# --- the fetcher --------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Hop:
+    """What one request/response exchange produced."""
+
+    url: str
+    status: int
+    headers: dict[str, str]
+    body: bytes | None = None
+    location: str | None = None
+    bytes_read: int = 0
+
+
+@dataclass(slots=True)
+class _Progress:
+    """Mutable state of one fetch, so errors can report how far it got."""
+
+    final_url: str
+    status: int | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    bytes_read: int = 0
+
+
+class FeedFetcher:
+    """One per process: owns the HTTP client, the concurrency slots and the limits."""
+
+    def __init__(self, settings: FetchSettings) -> None:
+        self.settings = settings
+        self._client: httpx.AsyncClient | None = None
+        self._global = asyncio.Semaphore(settings.max_connections)
+        self._hosts: dict[str, asyncio.Semaphore] = {}
+
+    async def __aenter__(self) -> FeedFetcher:
+        s = self.settings
+        limits = httpx.Limits(
+            max_connections=s.max_connections,
+            max_keepalive_connections=s.max_connections,
+            keepalive_expiry=30.0,
+        )
+        self._client = httpx.AsyncClient(
+            transport=_GuardedTransport(limits=limits, allow_private=s.allow_private_addresses),
+            timeout=httpx.Timeout(
+                connect=s.connect_timeout,
+                read=s.read_timeout,
+                write=s.read_timeout,
+                pool=s.total_timeout,
+            ),
+            follow_redirects=False,
+            trust_env=False,
+            headers={
+                "User-Agent": s.user_agent,
+                "Accept": ACCEPT,
+                "Accept-Encoding": ACCEPT_ENCODING,
+            },
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def fetch(
+        self, url: str, *, etag: str | None = None, last_modified: str | None = None
+    ) -> FetchResult:
+        """Conditional GET of ``url``; every failure is returned in ``error``."""
+        started = time.perf_counter()
+        progress = _Progress(final_url=url)
+        try:
+            result = await self._fetch(url, etag, last_modified, progress)
+        except FetchError as error:
+            result = FetchResult(
+                url=url,
+                final_url=progress.final_url,
+                status=progress.status,
+                headers=progress.headers,
+                bytes_read=progress.bytes_read,
+                retry_after=(
+                    progress.headers.get("retry-after")
+                    if progress.status in RETRY_AFTER_STATUSES
+                    else None
+                ),
+                error=error,
+            )
+        elapsed = time.perf_counter() - started
+        return _with_elapsed(result, elapsed)
+
+    async def _fetch(
+        self, url: str, etag: str | None, last_modified: str | None, progress: _Progress
+    ) -> FetchResult:
+        scheme = urlsplit(url.strip()).scheme.lower()
+        if scheme == "file":
+            if not self.settings.allow_file_urls:
+                raise FetchRefused("file URLs are not allowed", url=url)
+            return await self._fetch_file(url, last_modified, progress)
+        if scheme not in ("http", "https"):
+            raise FetchRefused(f"scheme {scheme or '(none)'!r} is not allowed", url=url)
+        return await self._fetch_http(url.strip(), etag, last_modified, progress)
+
+    # --- http ---
+
+    async def _fetch_http(
+        self, url: str, etag: str | None, last_modified: str | None, progress: _Progress
+    ) -> FetchResult:
+        s = self.settings
+        conditional: dict[str, str] = {}
+        if etag:
+            conditional["If-None-Match"] = etag
+        if last_modified:
+            conditional["If-Modified-Since"] = last_modified
+        current = url
+        seen = {url}
+        permanent = True
+        redirects = 0
+        deadline: float | None = None
+        loop = asyncio.get_running_loop()
+        while True:
+            progress.final_url = current
+            host = _host_key(current, url)
+            # Per-host slot first, so waiters for one busy host never hold global slots.
+            async with self._host_slot(host), self._global:
+                if deadline is None:
+                    deadline = loop.time() + s.total_timeout
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        hop = await self._exchange(current, conditional, progress)
+                except TimeoutError:
+                    raise FetchTimeout(
+                        f"no complete answer within the {s.total_timeout:g} s deadline",
+                        url=current,
+                    ) from None
+            if hop.location is None:
+                break
+            redirects += 1
+            permanent = permanent and hop.status in PERMANENT_REDIRECTS
+            target = urljoin(current, hop.location.strip())
+            if redirects > s.max_redirects:
+                raise FetchTooManyRedirects(
+                    f"more than {s.max_redirects} redirects (last to {target})", url=url
+                )
+            if target in seen:
+                raise FetchTooManyRedirects(f"redirect loop back to {target}", url=url)
+            if urlsplit(target).scheme.lower() not in ("http", "https"):
+                raise FetchRefused(f"redirect to a non-http(s) URL {target!r}", url=url)
+            seen.add(target)
+            current = target
+
+        not_modified = hop.status == 304
+        if not_modified:
+            # Keep the validators we sent unless the server replaced them.
+            etag = hop.headers.get("etag", etag)
+            last_modified = hop.headers.get("last-modified", last_modified)
+        else:
+            etag = hop.headers.get("etag")
+            last_modified = hop.headers.get("last-modified")
+        return FetchResult(
+            url=url,
+            final_url=current,
+            status=hop.status,
+            content=hop.body,
+            headers=hop.headers,
+            not_modified=not_modified,
+            etag=etag,
+            last_modified=last_modified,
+            permanent_url=current if redirects and permanent else None,
+            bytes_read=hop.bytes_read,
+        )
+
+    def _host_slot(self, host: str) -> asyncio.Semaphore:
+        slot = self._hosts.get(host)
+        if slot is None:
+            slot = self._hosts[host] = asyncio.Semaphore(self.settings.max_per_host)
+        return slot
+
+    async def _exchange(self, url: str, headers: dict[str, str], progress: _Progress) -> _Hop:
+        """One request; reads the body only for a 2xx answer. Raises FetchError."""
+        assert self._client is not None, "use FeedFetcher as an async context manager"
+        try:
+            async with self._client.stream("GET", url, headers=headers) as response:
+                hop = _Hop(
+                    url=url,
+                    status=response.status_code,
+                    headers={k.lower(): v for k, v in response.headers.items()},
+                )
+                progress.status = hop.status
+                progress.headers = hop.headers
+                self._check_status(hop)
+                if hop.status in REDIRECT_STATUSES:
+                    return hop
+                if hop.status == 304:
+                    return hop
+                hop.body = await self._read_body(response, hop, progress)
+                return hop
+        except FetchError:
+            raise
+        except _AddressRefused as exc:
+            raise FetchRefused(str(exc), url=url) from None
+        except httpx.InvalidURL as exc:
+            raise FetchRefused(f"invalid URL: {exc}", url=url) from None
+        except httpx.TimeoutException as exc:
+            phase = type(exc).__name__.removesuffix("Timeout").lower() or "request"
+            raise FetchTimeout(f"{phase} timed out", url=url) from None
+        except httpx.ConnectError as exc:
+            raise FetchConnectError(_connect_message(exc), url=url) from None
+        except httpx.DecodingError as exc:
+            raise FetchError(f"cannot decode body: {exc}", url=url) from None
+        except httpx.HTTPError as exc:
+            raise FetchError(f"{type(exc).__name__}: {exc}", url=url) from None
+
+    def _check_status(self, hop: _Hop) -> None:
+        status = hop.status
+        if status in REDIRECT_STATUSES:
+            hop.location = hop.headers.get("location")
+            if not hop.location:
+                raise FetchStatusError(
+                    f"HTTP {status} redirect without Location", url=hop.url, status=status
+                )
+            return
+        if status == 304 or 200 <= status < 300:
+            return
+        if status == 410:
+            raise FetchStatusError("gone (HTTP 410)", url=hop.url, status=status)
+        detail = ""
+        if status in RETRY_AFTER_STATUSES and "retry-after" in hop.headers:
+            detail = f", Retry-After {hop.headers['retry-after'][:64]!r}"
+        raise FetchStatusError(f"HTTP {status}{detail}", url=hop.url, status=status)
+
+    async def _read_body(self, response: httpx.Response, hop: _Hop, progress: _Progress) -> bytes:
+        cap = self.settings.max_body_bytes
+        declared = hop.headers.get("content-length", "").strip()
+        # Compressed data is smaller than what it expands to, so this holds for any encoding.
+        if declared.isdigit() and int(declared) > cap:
+            raise FetchTooLarge(
+                f"Content-Length {declared} is over the {cap}-byte limit", url=hop.url
+            )
+        try:
+            decoder = _decoder_for(hop.headers.get("content-encoding", ""))
+        except ValueError as exc:
+            raise FetchError(str(exc), url=hop.url) from None
+        body = bytearray()
+        async for piece in _decoded(response.aiter_raw(), decoder, hop.url):
+            body += piece
+            hop.bytes_read = progress.bytes_read = len(body)
+            if len(body) > cap:
+                raise FetchTooLarge(
+                    f"body over the {cap}-byte limit (after decompression)", url=hop.url
+                )
+        if decoder is not None and decoder.started and not decoder.complete:
+            raise FetchError(f"truncated {decoder.encoding} body", url=hop.url)
+        if not body:
+            raise FetchStatusError("empty body", url=hop.url, status=hop.status)
+        return bytes(body)
+
+    # --- file ---
+
+    async def _fetch_file(
+        self, url: str, last_modified: str | None, progress: _Progress
+    ) -> FetchResult:
+        parts = urlsplit(url.strip())
+        if parts.netloc not in ("", "localhost"):
+            raise FetchRefused(f"file URL on another host {parts.netloc!r}", url=url)
+        path = Path(url2pathname(unquote(parts.path)))
+        cap = self.settings.max_body_bytes
+        try:
+            async with asyncio.timeout(self.settings.total_timeout):
+                mtime, content = await asyncio.to_thread(_read_file, path, cap, last_modified)
+        except TimeoutError:
+            raise FetchTimeout("reading the file timed out", url=url) from None
+        except FileNotFoundError:
+            progress.status = 404
+            raise FetchStatusError("file not found", url=url, status=404) from None
+        except OSError as exc:
+            raise FetchError(f"cannot read file: {exc.strerror or exc}", url=url) from None
+        if content is None:
+            return FetchResult(
+                url=url, final_url=url, status=304, not_modified=True, last_modified=mtime
+            )
+        progress.bytes_read = len(content)
+        if len(content) > cap:
+            raise FetchTooLarge(f"file over the {cap}-byte limit", url=url)
+        if not content:
+            raise FetchStatusError("empty file", url=url, status=200)
+        return FetchResult(
+            url=url,
+            final_url=url,
+            status=200,
+            content=content,
+            headers={"last-modified": mtime},
+            last_modified=mtime,
+            bytes_read=len(content),
+        )
+
+
+def _read_file(path: Path, cap: int, last_modified: str | None) -> tuple[str, bytes | None]:
+    """(Last-Modified of the file, its content or None when unchanged); reads cap+1 at most."""
+    with path.open("rb") as handle:
+        stamp = datetime.fromtimestamp(path.stat().st_mtime, UTC).replace(microsecond=0)
+        mtime = format_datetime(stamp, usegmt=True)
+        if last_modified and _not_after(stamp, last_modified):
+            return mtime, None
+        return mtime, handle.read(cap + 1)
+
+
+def _not_after(stamp: datetime, http_date: str) -> bool:
+    try:
+        since = parsedate_to_datetime(http_date)
+    except (TypeError, ValueError):
+        return False
+    if since.tzinfo is None:
+        since = since.replace(tzinfo=UTC)
+    return stamp <= since
+
+
+async def _decoded(
+    raw: AsyncIterator[bytes], decoder: _Decoder | None, url: str
+) -> AsyncIterator[bytes]:
+    async for chunk in raw:
+        if decoder is None:
+            yield chunk
+            continue
+        try:
+            for piece in decoder.feed(chunk):
+                yield piece
+        except zlib.error as exc:
+            raise FetchError(f"corrupt {decoder.encoding} body: {exc}", url=url) from None
+
+
+def _host_key(url: str, fallback: str) -> str:
+    try:
+        return (urlsplit(url).hostname or "").lower() or fallback
+    except ValueError:
+        return fallback
+
+
+def _connect_message(exc: httpx.ConnectError) -> str:
+    text = str(exc) or type(exc).__name__
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            reason = cause.verify_message or cause.reason or "verification failed"
+            return f"TLS certificate not trusted: {reason}"
+        if isinstance(cause, ssl.SSLError):
+            return f"TLS handshake failed: {cause.reason or cause}"
+        cause = cause.__cause__ or cause.__context__
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        return f"TLS certificate not trusted: {text}"
+    if "refused" in text.lower():
+        return f"connection refused ({text})"
+    return f"cannot connect: {text}"
+
+
+def _with_elapsed(result: FetchResult, elapsed: float) -> FetchResult:
+    return replace(result, elapsed_seconds=round(elapsed, 6))
