@@ -1,0 +1,524 @@
+"""Outgoing mail: building safe messages and handing them to SMTP or a Maildir outbox.
+
+Callers (digests, subscriptions) describe a message as an ``OutgoingMessage``; this
+module turns it into RFC 5322 bytes and delivers it. Every header value is cleaned of
+line breaks and control characters and addresses are built from parts, so text from
+feeds or forms can never add a header or a recipient (THREATS C5). The SMTP envelope
+recipient is exactly the message's one recipient, never read back from headers.
+
+Delivery failures come out as ``MailTemporaryError`` (try again later: 4xx, connection
+refused, lost or timed out, TLS or login trouble) or ``MailPermanentError`` (a 5xx for
+this recipient or this message, or an address that cannot be mailed); both carry
+``.address``. A failure while the message body is being transferred leaves its fate
+unknown: it is reported as temporary, so a retry may deliver it a second time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mailbox
+import re
+import smtplib
+import ssl
+import threading
+import unicodedata
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.policy import EmailPolicy
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from .errors import ConfigError, MailPermanentError, MailTemporaryError
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingMessage:
+    """One message for one recipient, with its bodies already rendered."""
+
+    message_id: str  # deterministic, chosen by the caller: "<digest-42.1a2b3c@host>"
+    sender: str  # "Name <addr>" or "addr"
+    recipient: str  # one address ("addr" or "Name <addr>"); also the envelope recipient
+    subject: str
+    text: str
+    html: str | None  # rendered, CSS inlined; None sends text/plain only
+    date: datetime  # timezone-aware
+    # List-Id, List-Unsubscribe, List-Unsubscribe-Post, Precedence, Auto-Submitted …
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+# --- building -----------------------------------------------------------------------
+
+MAX_SUBJECT_CHARS = 500
+MAX_ADDRESS_CHARS = 254
+MAX_HEADER_VALUE_CHARS = 4000
+_FOLD_AT = 78
+_HARD_LINE_LIMIT = 998
+
+# Headers this module sets itself or that would change who receives the message.
+_RESERVED_HEADERS = frozenset(
+    {
+        "subject",
+        "from",
+        "to",
+        "cc",
+        "bcc",
+        "sender",
+        "reply-to",
+        "message-id",
+        "date",
+        "mime-version",
+        "return-path",
+        "received",
+    }
+)
+_RESERVED_PREFIXES = ("content-", "resent-")
+# Address and subject headers need the email package's own encoding (RFC 2047, quoting).
+_ENCODED_HEADERS = frozenset({"subject", "from", "to", "mime-version"})
+_HEADER_NAME = re.compile(r"[!-9;-~]{1,76}")  # printable ASCII without ':' (RFC 5322 2.2)
+_ATOM_CHARS = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
+_DOT_ATOM = re.compile(rf"{_ATOM_CHARS}+(?:\.{_ATOM_CHARS}+)*")
+_QUOTED_LOCAL = re.compile(r'"([ !#-\[\]-~]{1,62})"')  # printable ASCII but '"' and '\'
+_DOMAIN_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+_NAME_AND_ADDRESS = re.compile(r"(?P<name>.*?)\s*<(?P<address>[^<>]*)>")
+
+
+class _MailPolicy(EmailPolicy):
+    """SMTP policy that leaves ASCII list headers readable.
+
+    The stock policy turns a long unbreakable value (an unsubscribe URL) into RFC 2047
+    encoded words, which mail clients then fail to parse as a List-Unsubscribe link.
+    Extra headers in plain ASCII are folded at spaces only.
+    """
+
+    def fold(self, name: str, value: Any) -> str:
+        verbatim = _fold_verbatim(name, str(value), self.linesep)
+        return verbatim if verbatim is not None else super().fold(name, value)
+
+    def fold_binary(self, name: str, value: Any) -> bytes:
+        verbatim = _fold_verbatim(name, str(value), self.linesep)
+        if verbatim is not None:
+            return verbatim.encode("ascii")
+        return super().fold_binary(name, value)
+
+
+SMTP_POLICY = _MailPolicy(linesep="\r\n", cte_type="7bit")
+FILE_POLICY = _MailPolicy(linesep="\n", cte_type="7bit")
+
+
+def _fold_verbatim(name: str, value: str, linesep: str) -> str | None:
+    lowered = name.lower()
+    if lowered in _ENCODED_HEADERS or lowered.startswith("content-") or not value.isascii():
+        return None
+    lines = [f"{name}:"]
+    for word in value.split():
+        if len(lines[-1]) + 1 + len(word) > _FOLD_AT and lines[-1].strip() != f"{name}:":
+            lines.append("")
+        lines[-1] += " " + word
+    if any(len(line) > _HARD_LINE_LIMIT for line in lines):
+        return None
+    return linesep.join(lines) + linesep
+
+
+def clean_header_value(value: str) -> str:
+    """One line of text: control characters and line/paragraph separators become spaces.
+
+    Runs of whitespace collapse to one space, so nothing can start a new header line.
+    """
+    chars = [
+        " " if unicodedata.category(char) in ("Cc", "Zl", "Zp") else char
+        for char in value.replace("\r\n", " ")
+    ]
+    return " ".join("".join(chars).split())
+
+
+def parse_address(value: str) -> Address:
+    """``"addr"`` or ``"Name <addr>"`` as an ``Address``; ``ValueError`` if not mailable.
+
+    The domain is converted to its ASCII (IDNA) form; local parts must be ASCII (dot-atom
+    or quoted). The display name can hold anything: it is quoted or encoded on output.
+    """
+    text = clean_header_value(value)
+    name = ""
+    matched = _NAME_AND_ADDRESS.fullmatch(text)
+    if matched:
+        name, text = matched["name"].strip(), matched["address"].strip()
+        if len(name) >= 2 and name[0] == name[-1] == '"':
+            name = name[1:-1].replace('\\"', '"').replace("\\\\", "\\")
+    if len(text) > MAX_ADDRESS_CHARS:
+        raise ValueError("address too long")
+    local, at, domain = text.rpartition("@")
+    if not at or not local or not domain:
+        raise ValueError(f"not an email address: {text!r}")
+    quoted = _QUOTED_LOCAL.fullmatch(local)
+    if quoted:
+        username = quoted[1]
+    elif _DOT_ATOM.fullmatch(local) and len(local) <= 64:
+        username = local
+    else:
+        raise ValueError(f"unsupported local part: {local!r}")
+    return Address(display_name=name, username=username, domain=_ascii_domain(domain))
+
+
+def _ascii_domain(domain: str) -> str:
+    try:
+        ascii_domain = domain.rstrip(".").encode("idna").decode("ascii").lower()
+    except UnicodeError as error:
+        raise ValueError(f"not a mail domain: {domain!r}") from error
+    labels = ascii_domain.split(".")
+    if len(ascii_domain) > 253 or not all(_DOMAIN_LABEL.fullmatch(label) for label in labels):
+        raise ValueError(f"not a mail domain: {domain!r}")
+    return ascii_domain
+
+
+def clean_message_id(value: str) -> str:
+    """``<left@right>`` with nothing else; ``ValueError`` for anything else."""
+    text = clean_header_value(value).strip("<> ")
+    left, at, right = text.partition("@")
+    if not (at and _DOT_ATOM.fullmatch(left) and _DOT_ATOM.fullmatch(right)) or len(text) > 250:
+        raise ValueError(f"not a Message-ID: {value!r}")
+    return f"<{text}>"
+
+
+def envelope_addresses(message: OutgoingMessage) -> tuple[str, str]:
+    """(MAIL FROM, RCPT TO) for the message: the sender's and recipient's bare addresses."""
+    return parse_address(message.sender).addr_spec, _recipient(message).addr_spec
+
+
+def _recipient(message: OutgoingMessage) -> Address:
+    try:
+        return parse_address(message.recipient)
+    except ValueError as error:
+        raise MailPermanentError(f"cannot be mailed: {error}", address=message.recipient) from error
+
+
+def build_email(message: OutgoingMessage) -> EmailMessage:
+    """The message as MIME: text/plain, or multipart/alternative with text then HTML.
+
+    Raises ``MailPermanentError`` when the recipient cannot be mailed, ``ValueError``
+    for a sender, Message-ID, date or extra header that the caller got wrong.
+    """
+    recipient = _recipient(message)
+    if message.date.tzinfo is None:
+        raise ValueError("message date must be timezone-aware")
+    subject = clean_header_value(message.subject)
+    if len(subject) > MAX_SUBJECT_CHARS:
+        subject = subject[: MAX_SUBJECT_CHARS - 1].rstrip() + "…"
+
+    email = EmailMessage(policy=SMTP_POLICY)
+    email["From"] = parse_address(message.sender)
+    email["To"] = recipient
+    email["Subject"] = subject
+    email["Date"] = message.date
+    email["Message-ID"] = clean_message_id(message.message_id)
+    for name, value in message.headers.items():
+        email[_extra_header_name(name)] = clean_header_value(value)[:MAX_HEADER_VALUE_CHARS]
+    email.set_content(message.text, subtype="plain", charset="utf-8")
+    if message.html is not None:
+        email.add_alternative(message.html, subtype="html", charset="utf-8")
+        for part in email.iter_parts():
+            del part["MIME-Version"]  # the email package repeats it on each part
+    return email
+
+
+def _extra_header_name(name: str) -> str:
+    lowered = name.lower()
+    if not _HEADER_NAME.fullmatch(name):
+        raise ValueError(f"not a header name: {name!r}")
+    if lowered in _RESERVED_HEADERS or lowered.startswith(_RESERVED_PREFIXES):
+        raise ValueError(f"header {name!r} is set by the mailer, not by callers")
+    return name
+
+
+# --- delivery -----------------------------------------------------------------------
+
+Security = Literal["starttls", "tls", "none"]
+_LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+@dataclass(frozen=True, slots=True)
+class SmtpSettings:
+    host: str
+    port: int = 587
+    security: Security = "starttls"
+    username: str | None = None
+    password: str | None = None
+    timeout: float = 30.0  # seconds, per network operation
+    helo: str | None = None  # name we greet with; the local host name when None
+    max_messages_per_connection: int = 100
+
+    def __post_init__(self) -> None:
+        if not self.host:
+            raise ConfigError("an SMTP host is required", key="smtp.host")
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"invalid port {self.port}", key="smtp.port")
+        if self.security not in ("starttls", "tls", "none"):
+            raise ConfigError(f"unknown security {self.security!r}", key="smtp.security")
+        if self.timeout <= 0:
+            raise ConfigError("timeout must be positive", key="smtp.timeout")
+        if self.max_messages_per_connection < 1:
+            raise ConfigError("must be at least 1", key="smtp.max_messages_per_connection")
+        if self.password is not None and self.username is None:
+            raise ConfigError("a password needs a username", key="smtp.username")
+        if self.username and self.security == "none" and self.host not in _LOOPBACK_HOSTS:
+            raise ConfigError(
+                "refusing to send credentials unencrypted; use starttls or tls",
+                key="smtp.security",
+            )
+
+    def __repr__(self) -> str:  # never show the password in logs
+        secret = "***" if self.password else None
+        return (
+            f"SmtpSettings(host={self.host!r}, port={self.port}, security={self.security!r}, "
+            f"username={self.username!r}, password={secret!r})"
+        )
+
+
+class Sender(Protocol):
+    def send(self, message: OutgoingMessage) -> None:
+        """Hand the message over, or raise MailTemporaryError / MailPermanentError."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class _StaleConnection(Exception):
+    """A reused connection failed before the message was transferred: safe to retry."""
+
+
+class SmtpSender:
+    """Delivers over one SMTP connection, reused for up to ``max_messages_per_connection``.
+
+    Synchronous (callers run it in a worker thread); a lock makes concurrent calls queue.
+    TLS certificates are always verified; ``ssl_context`` may trust a private CA.
+    """
+
+    def __init__(self, settings: SmtpSettings, *, ssl_context: ssl.SSLContext | None = None):
+        self.settings = settings
+        self._context = ssl_context or ssl.create_default_context()
+        self._connection: smtplib.SMTP | None = None
+        self._used = 0  # transactions on the current connection
+        self._lock = threading.Lock()
+
+    @property
+    def where(self) -> str:
+        return f"{self.settings.host}:{self.settings.port}"
+
+    def send(self, message: OutgoingMessage) -> None:
+        data = build_email(message).as_bytes(policy=SMTP_POLICY)
+        sender, recipient = envelope_addresses(message)
+        with self._lock:
+            try:
+                self._send_once(sender, recipient, data, address=message.recipient)
+            except _StaleConnection:
+                # The server closed an idle or used-up connection: nothing was transferred.
+                self._send_once(sender, recipient, data, address=message.recipient, retry=False)
+
+    def close(self) -> None:
+        with self._lock:
+            self._disconnect(polite=True)
+
+    def __enter__(self) -> SmtpSender:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- one transaction -------------------------------------------------------------
+
+    def _send_once(
+        self, sender: str, recipient: str, data: bytes, *, address: str, retry: bool = True
+    ) -> None:
+        if self._connection is not None and self._used >= self.settings.max_messages_per_connection:
+            self._disconnect(polite=True)
+        reused = self._connection is not None
+        connection = self._connection or self._connect(address)
+        self._used += 1
+        stage = "sender"
+        try:
+            code, reply = connection.mail(sender)
+            if code == 250:
+                stage = "recipient"
+                code, reply = connection.rcpt(recipient)
+        except OSError as error:  # includes SMTPServerDisconnected
+            self._disconnect(polite=False)
+            if reused and retry:
+                raise _StaleConnection from error
+            raise MailTemporaryError(
+                f"connection to {self.where} lost: {_describe(error)}", address=address
+            ) from error
+        if code not in (250, 251):
+            self._after_refusal(code)
+            if code == 421 and reused and retry:
+                raise _StaleConnection
+            raise _refusal(code, reply, stage, address, self.where)
+        try:
+            code, reply = connection.data(data)
+        except smtplib.SMTPResponseException as error:  # DATA itself refused: nothing sent
+            self._after_refusal(error.smtp_code)
+            raise _refusal(
+                error.smtp_code, error.smtp_error, "data", address, self.where
+            ) from error
+        except OSError as error:
+            self._disconnect(polite=False)
+            raise MailTemporaryError(
+                f"connection to {self.where} lost during transfer, delivery unknown: "
+                f"{_describe(error)}",
+                address=address,
+            ) from error
+        if code != 250:
+            self._after_refusal(code)
+            raise _refusal(code, reply, "data", address, self.where)
+
+    def _after_refusal(self, code: int) -> None:
+        if code == 421:  # the server is closing the connection
+            self._disconnect(polite=False)
+        else:
+            self._reset()
+
+    # -- connection ------------------------------------------------------------------
+
+    def _connect(self, address: str) -> smtplib.SMTP:
+        settings = self.settings
+        connection: smtplib.SMTP | None = None
+        try:
+            if settings.security == "tls":
+                connection = smtplib.SMTP_SSL(
+                    settings.host,
+                    settings.port,
+                    local_hostname=settings.helo,
+                    timeout=settings.timeout,
+                    context=self._context,
+                )
+            else:
+                connection = smtplib.SMTP(
+                    settings.host,
+                    settings.port,
+                    local_hostname=settings.helo,
+                    timeout=settings.timeout,
+                )
+            connection.ehlo_or_helo_if_needed()
+            if settings.security == "starttls":
+                if not connection.has_extn("starttls"):
+                    raise MailTemporaryError(
+                        f"{self.where} does not offer STARTTLS; not sending in clear text",
+                        address=address,
+                    )
+                connection.starttls(context=self._context)
+                connection.ehlo()
+            if settings.username is not None:
+                connection.login(settings.username, settings.password or "")
+        except MailTemporaryError:
+            _abandon(connection)
+            raise
+        except ssl.SSLCertVerificationError as error:
+            _abandon(connection)
+            raise MailTemporaryError(
+                f"TLS certificate of {self.where} not trusted: {error.verify_message}",
+                address=address,
+            ) from error
+        except smtplib.SMTPAuthenticationError as error:
+            _abandon(connection)
+            raise MailTemporaryError(
+                f"login to {self.where} refused ({error.smtp_code})", address=address
+            ) from error
+        except (smtplib.SMTPException, OSError) as error:
+            _abandon(connection)
+            raise MailTemporaryError(
+                f"cannot connect to {self.where}: {_describe(error)}",
+                address=address,
+            ) from error
+        self._connection = connection
+        self._used = 0
+        return connection
+
+    def _reset(self) -> None:
+        """Abort a refused transaction so the connection can carry the next one."""
+        if self._connection is None:
+            return
+        try:
+            code, _ = self._connection.rset()
+        except (smtplib.SMTPException, OSError):
+            code = 0
+        if code != 250:
+            self._disconnect(polite=False)
+
+    def _disconnect(self, *, polite: bool) -> None:
+        connection, self._connection = self._connection, None
+        self._used = 0
+        if connection is None:
+            return
+        if polite:
+            try:
+                connection.quit()
+                return
+            except (smtplib.SMTPException, OSError):
+                pass
+        _abandon(connection)
+
+
+def _abandon(connection: smtplib.SMTP | None) -> None:
+    if connection is not None:
+        with contextlib.suppress(OSError):
+            connection.close()
+
+
+def _refusal(
+    code: int, reply: bytes | str, stage: str, address: str, where: str
+) -> MailTemporaryError | MailPermanentError:
+    text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else reply
+    message = f"{where} refused the {stage}: {code} {text}"
+    # A 5xx for the sender is our configuration, not this recipient: try again later.
+    if 500 <= code < 600 and stage != "sender":
+        return MailPermanentError(message, address=address)
+    return MailTemporaryError(message, address=address)
+
+
+def _describe(error: BaseException) -> str:
+    return str(error) or type(error).__name__
+
+
+class MaildirSender:
+    """Writes each message into a Maildir (``new/``); the outbox when there is no SMTP.
+
+    The folder and its parents are created on first use. ``mailbox`` writes into
+    ``tmp/`` and then moves the file into ``new/``, so readers never see half a message.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._box: mailbox.Maildir | None = None
+        self._lock = threading.Lock()
+
+    def send(self, message: OutgoingMessage) -> None:
+        data = build_email(message).as_bytes(policy=FILE_POLICY)
+        with self._lock:
+            try:
+                if self._box is None:
+                    self.path.mkdir(parents=True, exist_ok=True)
+                    self._box = mailbox.Maildir(self.path, create=True)
+                self._box.add(data)
+            except OSError as error:
+                raise MailTemporaryError(
+                    f"cannot write to outbox {self.path}: {error.strerror or error}",
+                    address=message.recipient,
+                ) from error
+
+    def close(self) -> None:
+        with self._lock:
+            if self._box is not None:
+                self._box.close()
+                self._box = None
+
+    def __enter__(self) -> MaildirSender:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def open_sender(smtp: SmtpSettings | None, outbox: Path) -> Sender:
+    """SMTP when a server is configured, else the Maildir outbox."""
+    return SmtpSender(smtp) if smtp is not None else MaildirSender(outbox)
