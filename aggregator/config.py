@@ -10,6 +10,7 @@ directory of the file itself, so a configuration works whatever the working dire
 
 from __future__ import annotations
 
+import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -181,13 +182,13 @@ def settings_from_mapping(
     )
     limits_table.done()
 
-    feeds = tuple(
-        _read_feed(item, base_dir=base_dir) for item in reader.table_list("feeds")
-    )
+    feeds = tuple(_read_feed(item, base_dir=base_dir) for item in reader.table_list("feeds"))
     seen: set[str] = set()
     for index, feed in enumerate(feeds):
         if feed.url in seen:
-            raise ConfigError(f"{feed.url} is listed twice", path=reader.path_name, key=f"feeds[{index}].url")
+            raise ConfigError(
+                f"{feed.url} is listed twice", path=reader.path_name, key=f"feeds[{index}].url"
+            )
         seen.add(feed.url)
     if poll.use_snapshots and any(feed.snapshot for feed in feeds):
         # Snapshots are local files: reading them needs file URLs.
@@ -372,9 +373,7 @@ class _Reader:
             return (base_dir / default) if default is not None else None
         return (base_dir / Path(value).expanduser()).resolve()
 
-    def _check_range(
-        self, name: str, value: float, low: float | None, high: float | None
-    ) -> None:
+    def _check_range(self, name: str, value: float, low: float | None, high: float | None) -> None:
         if low is not None and value < low:
             raise self._error(name, f"must be at least {low}, not {value}")
         if high is not None and value > high:
@@ -398,3 +397,11 @@ class _Reader:
         if unknown:
             raise self._error(unknown[0], "unknown setting")
 
+
+def load(explicit: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Settings for a process: the file named, else $AGGREGATOR_CONFIG, else the default.
+
+    ``env`` defaults to the process environment; this is the one place it is read.
+    """
+    environment = os.environ if env is None else env
+    return load_settings(config_path_from(explicit, environment), environment)

@@ -9,6 +9,7 @@
     │   ├── FetchTooLarge                          body over the (decompressed) size cap
     │   ├── FetchTooManyRedirects                  redirect loop or chain past the hop limit
     │   └── FetchStatusError   status              unusable status (4xx, 5xx, empty 200)
+    ├── SourceError            url                 a feed source that cannot be added (scheme, OPML)
     ├── ParseError             url                 the bytes are not a usable feed
     │   └── NotAFeed           alternate           an HTML page (and the feed it links, if any)
     ├── StoreError             path                the database cannot be used
@@ -80,6 +81,12 @@ class FetchStatusError(FetchError):
     def __init__(self, message: str, *, url: str, status: int) -> None:
         super().__init__(message, url=url)
         self.status = status
+
+
+class SourceError(AggregatorError):
+    def __init__(self, message: str, *, url: str | None = None) -> None:
+        super().__init__(f"{url}: {message}" if url else message)
+        self.url = url
 
 
 class ParseError(AggregatorError):

@@ -71,7 +71,7 @@ class Poller:
     parse_executor: Executor
     db_executor: ThreadPoolExecutor
     clock: Clock = utc_now
-    rand: Callable[[], float] = field(default_factory=lambda: random.Random().random)  # noqa: S311
+    rand: Callable[[], float] = field(default_factory=lambda: random.Random().random)
 
     def __post_init__(self) -> None:
         self._snapshots = snapshot_urls(self.settings)
@@ -167,7 +167,9 @@ class Poller:
         kind = getattr(error, "kind", "error")
         with self.store.write() as db:
             feed_rows.apply_feed_update(db, feed, update)
-            feed_rows.record_fetch(db, _fetch_record(feed, result, now, "error", error=error, kind=kind))
+            feed_rows.record_fetch(
+                db, _fetch_record(feed, result, now, "error", error=error, kind=kind)
+            )
         return PollSummary(
             feed_id=feed.id,
             url=feed.url,
@@ -304,10 +306,11 @@ async def poll_feeds(
             on_start(len(feeds))
         if not feeds:
             return []
-        with parse_pool(min(settings.poll.parse_workers or os.cpu_count() or 1, len(feeds))) as pool:
+        with parse_pool(
+            min(settings.poll.parse_workers or os.cpu_count() or 1, len(feeds))
+        ) as pool:
             async with FeedFetcher(settings.fetch) as fetcher:
                 poller = Poller(settings, store, fetcher, pool, db_executor, clock=clock)
                 return await poller.poll_many(feeds, on_result)
     finally:
         db_executor.shutdown(wait=True)
-

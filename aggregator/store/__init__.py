@@ -40,7 +40,10 @@ class Store:
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             conn = sqlite3.connect(
-                str(path), isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
+                str(path),
+                isolation_level=None,
+                check_same_thread=False,
+                timeout=BUSY_TIMEOUT_MS / 1000,
             )
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             app_id = conn.execute("PRAGMA application_id").fetchone()[0]
@@ -48,7 +51,9 @@ class Store:
                 "SELECT count(*) FROM sqlite_master WHERE type = 'table'"
             ).fetchone()[0]
         except sqlite3.DatabaseError as error:
-            raise IncompatibleDatabase(f"not a usable SQLite database ({error})", path=str(path)) from None
+            raise IncompatibleDatabase(
+                f"not a usable SQLite database ({error})", path=str(path)
+            ) from None
         if app_id != APPLICATION_ID and (app_id != 0 or tables):
             conn.close()
             raise IncompatibleDatabase(

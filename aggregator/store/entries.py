@@ -50,7 +50,8 @@ def existing_for(
         for chunk in _chunks(values):
             marks = ", ".join("?" * len(chunk))
             cursor = db.execute(
-                f"SELECT {_STORED_COLUMNS} FROM entries WHERE feed_id = ? AND {column} IN ({marks})",
+                f"SELECT {_STORED_COLUMNS} FROM entries "
+                f"WHERE feed_id = ? AND {column} IN ({marks})",
                 [feed_id, *chunk],
             )
             for row in cursor.fetchall():
@@ -107,7 +108,9 @@ def apply_plan(db: Database, feed_id: int, plan: PollPlan, now: datetime) -> lis
         )
         names = ", ".join(values)
         marks = ", ".join("?" * len(values))
-        cursor = db.execute(f"INSERT INTO entries ({names}) VALUES ({marks})", list(values.values()))
+        cursor = db.execute(
+            f"INSERT INTO entries ({names}) VALUES ({marks})", list(values.values())
+        )
         assert cursor.lastrowid is not None
         new_ids.append(cursor.lastrowid)
     for update in plan.updates:

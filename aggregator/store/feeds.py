@@ -195,5 +195,7 @@ def record_fetch(db: Database, record: FetchRecord) -> None:
 
 def recent_fetches(db: Database, feed_id: int, limit: int = 20) -> list[dict[str, Any]]:
     return _rows(
-        db, "SELECT * FROM fetches WHERE feed_id = ? ORDER BY at DESC, id DESC LIMIT ?", [feed_id, limit]
+        db,
+        "SELECT * FROM fetches WHERE feed_id = ? ORDER BY at DESC, id DESC LIMIT ?",
+        [feed_id, limit],
     )

@@ -81,7 +81,7 @@ def m001_feeds_entries_fetches(db: Database) -> None:
         CREATE INDEX fetches_feed_at ON fetches(feed_id, at DESC);
         """
     )
-    db["entries"].enable_fts(
+    db.table("entries").enable_fts(
         ["title", "author", "text"], create_triggers=True, tokenize="porter unicode61"
     )
 

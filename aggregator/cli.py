@@ -1,0 +1,336 @@
+"""The ``aggregator`` command: a thin skin over the library.
+
+Every command takes ``--config PATH`` (or $AGGREGATOR_CONFIG). Errors the product
+raises on purpose end the command with one line on stderr and exit status 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from . import __version__
+from .config import Settings, load
+from .errors import AggregatorError
+from .fetch import FeedFetcher
+from .models import FeedSource, PollSummary
+from .pipeline import poll_feeds
+from .sources import (
+    add_source,
+    discover_feed_url,
+    export_opml,
+    import_opml,
+    remove_source,
+    sync_configured_feeds,
+)
+from .store import Store
+from .store import feeds as feed_rows
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class App:
+    """What a command needs, made on first use from the --config option."""
+
+    def __init__(self, config: str | None) -> None:
+        self._config = config
+        self._settings: Settings | None = None
+        self._store: Store | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = load(self._config)
+        return self._settings
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = Store.open(self.settings.database)
+            sync_configured_feeds(self._store, self.settings, now())
+        return self._store
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+@contextmanager
+def _one_line_errors() -> Iterator[None]:
+    try:
+        yield
+    except AggregatorError as error:
+        err.print(f"[red]error:[/red] {error}", markup=True, highlight=False)
+        sys.exit(1)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    "config",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Configuration file (default: $AGGREGATOR_CONFIG, else config/default.toml).",
+)
+@click.version_option(__version__, prog_name="aggregator")
+@click.pass_context
+def cli(ctx: click.Context, config: str | None) -> None:
+    """Cross-blog aggregator and digest mailer."""
+    app = App(config)
+    ctx.obj = app
+    ctx.call_on_close(app.close)
+
+
+def _app(ctx: click.Context) -> App:
+    app = ctx.find_object(App)
+    assert app is not None
+    return app
+
+
+@cli.command()
+@click.pass_context
+def init(ctx: click.Context) -> None:
+    """Create or migrate the database and add the configured feeds."""
+    with _one_line_errors():
+        app = _app(ctx)
+        store = app.store
+        count = len(feed_rows.list_feeds(store.db))
+        out.print(f"Database ready: {store.path} ({count} feeds)")
+
+
+# --- feeds ---------------------------------------------------------------------------
+
+
+@cli.group()
+def feeds() -> None:
+    """List, add, remove, import and export feed sources."""
+
+
+@feeds.command("list")
+@click.pass_context
+def feeds_list(ctx: click.Context) -> None:
+    """Show every feed with its health."""
+    with _one_line_errors():
+        rows = feed_rows.list_feeds(_app(ctx).store.db)
+        table = Table(title=f"{len(rows)} feeds", title_justify="left")
+        for column in ("id", "title", "url", "state", "last poll", "errors", "next poll"):
+            table.add_column(column, overflow="fold")
+        for feed in rows:
+            state = "enabled" if feed.enabled else f"disabled: {feed.disabled_reason or ''}"
+            if feed.enabled and feed.last_error:
+                state = f"failing: {feed.last_error}"
+            table.add_row(
+                str(feed.id),
+                feed.title or "—",
+                feed.url,
+                state,
+                _when(feed.last_polled_at),
+                str(feed.error_count),
+                _when(feed.next_poll_at),
+            )
+        out.print(table)
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M") if moment else "—"
+
+
+@feeds.command("add")
+@click.argument("url")
+@click.option("--title", default=None, help="Name to show instead of the feed's own title.")
+@click.option(
+    "--discover/--no-discover",
+    default=True,
+    help="Fetch the URL first; for a web page, add the feed it links (default on).",
+)
+@click.pass_context
+def feeds_add(ctx: click.Context, url: str, title: str | None, discover: bool) -> None:
+    """Add a feed by URL (a blog's home page works too)."""
+    with _one_line_errors():
+        app = _app(ctx)
+        if discover:
+            url = asyncio.run(_discover(app.settings, url))
+        feed, created = add_source(
+            app.store, FeedSource(url=url, title=title), origin="cli", now=now()
+        )
+        if created:
+            out.print(f"Added feed {feed.id}: {feed.url}")
+        else:
+            out.print(f"Already there as feed {feed.id}: {feed.url}")
+
+
+async def _discover(settings: Settings, url: str) -> str:
+    async with FeedFetcher(settings.fetch) as fetcher:
+        return await discover_feed_url(fetcher, url, settings)
+
+
+@feeds.command("remove")
+@click.argument("feed")
+@click.pass_context
+def feeds_remove(ctx: click.Context, feed: str) -> None:
+    """Remove a feed (by id or URL) and its entries."""
+    with _one_line_errors():
+        app = _app(ctx)
+        removed = remove_source(app.store, feed)
+        out.print(f"Removed feed {removed.id}: {removed.url}")
+        if removed.url in {f.url for f in app.settings.feeds}:
+            err.print(
+                "note: this feed is listed in the config file and comes back at the next start "
+                "unless it is removed there too"
+            )
+
+
+@feeds.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.pass_context
+def feeds_import(ctx: click.Context, file: Path) -> None:
+    """Add every feed an OPML file lists."""
+    with _one_line_errors():
+        report = import_opml(_app(ctx).store, file.read_bytes(), name=str(file), now=now())
+        for problem in report.problems:
+            err.print(f"skipped: {problem}")
+        out.print(
+            f"Imported {file}: {len(report.added)} added, {len(report.known)} already there, "
+            f"{len(report.problems)} skipped"
+        )
+
+
+@feeds.command("export")
+@click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.pass_context
+def feeds_export(ctx: click.Context, out_file: Path | None) -> None:
+    """Write the feed list as OPML (to stdout, or --out FILE)."""
+    with _one_line_errors():
+        document = export_opml(feed_rows.list_feeds(_app(ctx).store.db), now=now())
+        if out_file is None:
+            click.echo(document, nl=False)
+        else:
+            out_file.write_text(document, encoding="utf-8")
+            err.print(f"Wrote {out_file}")
+
+
+# --- polling -------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--due", is_flag=True, help="Only the feeds whose next poll time has come.")
+@click.option("--feed", "feed_ids", multiple=True, type=int, help="Only this feed id (repeatable).")
+@click.pass_context
+def poll(ctx: click.Context, due: bool, feed_ids: Sequence[int]) -> None:
+    """Poll the feeds once and print a summary."""
+    with _one_line_errors():
+        summaries = _poll(_app(ctx), due=due, feed_ids=list(feed_ids) or None)
+        _exit_for(summaries)
+
+
+def _poll(app: App, *, due: bool, feed_ids: list[int] | None) -> list[PollSummary]:
+    store = app.store
+    progress = Progress(
+        TextColumn("polling"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    )
+    with progress:
+        task = progress.add_task("", total=None)
+
+        def started(total: int) -> None:
+            progress.update(task, total=total)
+
+        def finished(summary: PollSummary) -> None:
+            progress.update(task, advance=1, description=summary.title[:40])
+
+        summaries = asyncio.run(
+            poll_feeds(
+                app.settings,
+                store,
+                feed_ids=feed_ids,
+                due_only=due,
+                on_start=started,
+                on_result=finished,
+            )
+        )
+    _print_summary(summaries)
+    return summaries
+
+
+def _print_summary(summaries: list[PollSummary]) -> None:
+    if not summaries:
+        out.print("No feeds to poll.")
+        return
+    table = Table(title="Poll summary", title_justify="left")
+    for column, justify in (
+        ("feed", "left"),
+        ("status", "left"),
+        ("new", "right"),
+        ("updated", "right"),
+        ("duplicates", "right"),
+        ("errors", "left"),
+    ):
+        table.add_column(column, justify=justify, overflow="fold")  # type: ignore[arg-type]
+    for summary in sorted(summaries, key=lambda s: s.feed_id):
+        problems = summary.error or "; ".join(summary.warnings)
+        table.add_row(
+            f"{summary.feed_id} {summary.title}",
+            _status_label(summary.status),
+            str(summary.new),
+            str(summary.updated),
+            str(summary.duplicates),
+            problems or "",
+        )
+    out.print(table)
+    totals = {
+        "new": sum(s.new for s in summaries),
+        "updated": sum(s.updated for s in summaries),
+        "duplicates": sum(s.duplicates for s in summaries),
+        "failed": sum(1 for s in summaries if s.status in ("error", "disabled")),
+    }
+    out.print(
+        f"{len(summaries)} feeds: {totals['new']} new, {totals['updated']} updated, "
+        f"{totals['duplicates']} cross-posts, {totals['failed']} failed"
+    )
+    for summary in summaries:
+        if summary.error:
+            err.print(f"error: {summary.error}")
+
+
+def _status_label(status: str) -> str:
+    return {"not_modified": "not modified"}.get(status, status)
+
+
+def _exit_for(summaries: list[PollSummary]) -> None:
+    if summaries and all(s.status in ("error", "disabled") for s in summaries):
+        sys.exit(2)
+
+
+@cli.command()
+@click.pass_context
+def run(ctx: click.Context) -> None:
+    """Run the main job on the configured database: poll every feed and summarise."""
+    with _one_line_errors():
+        app = _app(ctx)
+        out.print(f"Database: {app.store.path}")
+        summaries = _poll(app, due=False, feed_ids=None)
+        _exit_for(summaries)
+
+
+def main(argv: list[str] | None = None) -> Any:
+    return cli.main(args=argv, prog_name="aggregator")

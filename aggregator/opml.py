@@ -1,0 +1,54 @@
+"""OPML subscription lists: read (untrusted files, so defusedxml) and write."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from email.utils import format_datetime
+from xml.etree.ElementTree import Element, SubElement, tostring
+
+import defusedxml.ElementTree as safe_xml  # refuses entity expansion and external DTDs
+from defusedxml import DefusedXmlException
+
+from .errors import SourceError
+from .models import FeedSource
+
+MAX_OPML_BYTES = 5 * 1024 * 1024
+
+
+def read_opml(data: bytes, *, name: str = "OPML file") -> list[FeedSource]:
+    """The feeds an OPML document lists, nested folders included, each URL once."""
+    if len(data) > MAX_OPML_BYTES:
+        raise SourceError(f"{name}: larger than {MAX_OPML_BYTES // (1024 * 1024)} MB")
+    try:
+        root = safe_xml.fromstring(data)
+    except DefusedXmlException as error:
+        raise SourceError(f"{name}: refused ({type(error).__name__}: entities or DTDs)") from None
+    except safe_xml.ParseError as error:
+        raise SourceError(f"{name}: not well-formed XML ({error})") from None
+    if root.tag != "opml":
+        raise SourceError(f"{name}: not an OPML document (root element <{root.tag}>)")
+    sources: list[FeedSource] = []
+    seen: set[str] = set()
+    for outline in root.iter("outline"):
+        url = (outline.get("xmlUrl") or outline.get("xmlurl") or "").strip()
+        if not url:
+            continue  # a folder
+        title = (outline.get("title") or outline.get("text") or "").strip() or None
+        if url in seen:
+            continue
+        seen.add(url)
+        sources.append(FeedSource(url=url, title=title))
+    return sources
+
+
+def write_opml(feeds: Iterable[FeedSource], *, title: str, now: datetime) -> str:
+    root = Element("opml", version="2.0")
+    head = SubElement(root, "head")
+    SubElement(head, "title").text = title
+    SubElement(head, "dateCreated").text = format_datetime(now)
+    body = SubElement(root, "body")
+    for feed in feeds:
+        label = feed.title or feed.url
+        SubElement(body, "outline", type="rss", text=label, title=label, xmlUrl=feed.url)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + tostring(root, encoding="unicode") + "\n"

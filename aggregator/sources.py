@@ -1,0 +1,137 @@
+"""Managing feed sources: from the config file, the CLI, OPML files and the admin page."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from .config import Settings
+from .errors import NotAFeed, ParseError, SourceError
+from .fetch import FeedFetcher
+from .models import Feed, FeedSource
+from .opml import read_opml, write_opml
+from .parse import parse_feed
+from .store import Store
+from .store import feeds as feed_rows
+from .urls import is_http_url
+
+
+def check_source_url(url: str) -> str:
+    """A feed source must be an absolute http(s) URL (THREATS H5)."""
+    cleaned = url.strip()
+    if not is_http_url(cleaned):
+        raise SourceError("only absolute http:// and https:// feed URLs can be added", url=cleaned)
+    return cleaned
+
+
+def sync_configured_feeds(store: Store, settings: Settings, now: datetime) -> list[Feed]:
+    """Add the feeds the config file lists and the store does not know yet."""
+    added = []
+    with store.write() as db:
+        for configured in settings.feeds:
+            feed, created = feed_rows.add_feed(
+                db,
+                url=configured.url,
+                title=configured.title,
+                origin="config",
+                now=now,
+                interval_seconds=int(configured.interval.total_seconds())
+                if configured.interval
+                else None,
+            )
+            if created:
+                added.append(feed)
+    return added
+
+
+def add_source(
+    store: Store, source: FeedSource, *, origin: str, now: datetime
+) -> tuple[Feed, bool]:
+    url = check_source_url(source.url)
+    with store.write() as db:
+        return feed_rows.add_feed(
+            db,
+            url=url,
+            title=source.title,
+            origin=origin,
+            now=now,
+            interval_seconds=source.interval_seconds,
+        )
+
+
+def find_feed(store: Store, ident: str) -> Feed:
+    """A feed by id or URL, or SourceError."""
+    feed = None
+    if ident.isdigit():
+        feed = feed_rows.get_feed(store.db, int(ident))
+    if feed is None:
+        feed = feed_rows.feed_by_url(store.db, ident.strip())
+    if feed is None:
+        raise SourceError(f"no feed with id or URL {ident!r}")
+    return feed
+
+
+def remove_source(store: Store, ident: str) -> Feed:
+    feed = find_feed(store, ident)
+    with store.write() as db:
+        feed_rows.remove_feed(db, feed.id)
+    return feed
+
+
+@dataclass(frozen=True, slots=True)
+class ImportReport:
+    added: tuple[Feed, ...]
+    known: tuple[Feed, ...]
+    problems: tuple[str, ...]
+
+
+def import_opml(store: Store, data: bytes, *, name: str, now: datetime) -> ImportReport:
+    """Add every feed an OPML file lists; a bad outline is reported, the rest still added."""
+    sources = read_opml(data, name=name)
+    added: list[Feed] = []
+    known: list[Feed] = []
+    problems: list[str] = []
+    with store.write() as db:
+        for source in sources:
+            if not is_http_url(source.url):
+                problems.append(f"{name}: {source.url!r}: not an http(s) feed URL, skipped")
+                continue
+            feed, created = feed_rows.add_feed(
+                db, url=source.url.strip(), title=source.title, origin="opml", now=now
+            )
+            (added if created else known).append(feed)
+    return ImportReport(tuple(added), tuple(known), tuple(problems))
+
+
+def export_opml(feeds: Sequence[Feed], *, now: datetime) -> str:
+    return write_opml(
+        (FeedSource(url=f.url, title=f.title or None) for f in feeds),
+        title="Aggregated blogs",
+        now=now,
+    )
+
+
+async def discover_feed_url(fetcher: FeedFetcher, url: str, settings: Settings) -> str:
+    """The feed behind ``url``: itself when it is a feed, else the feed its page links.
+
+    Raises SourceError (with the fetch or parse error's one line) when there is none.
+    """
+    url = check_source_url(url)
+    result = await fetcher.fetch(url)
+    if result.error is not None:
+        raise SourceError(f"cannot fetch: {result.error.reason}", url=url)
+    try:
+        parse_feed(
+            result.content or b"",
+            url=result.final_url,
+            headers=result.headers,
+            limits=settings.parse,
+        )
+    except NotAFeed as error:
+        if error.alternate and error.alternate != url:
+            return check_source_url(error.alternate)
+        raise SourceError(error.reason, url=url) from None
+    except ParseError as error:
+        raise SourceError(error.reason, url=url) from None
+    return result.permanent_url or url

@@ -1,0 +1,99 @@
+"""The command line, run as a user runs it: the installed `aggregator` command."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from feedfactory import Item, rss
+from feedserver import FeedServer
+
+AGGREGATOR = [sys.executable, "-m", "aggregator"]
+
+
+def run(*args: str, config: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "AGGREGATOR_CONFIG": str(config), "COLUMNS": "200"}
+    result = subprocess.run(
+        [*AGGREGATOR, *args], capture_output=True, text=True, env=env, timeout=60, check=False
+    )
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def config(tmp_path: Path, extra: str = "") -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(
+        'database = "db.sqlite3"\n[fetch]\nallow_private_addresses = true\n'
+        "[poll]\nparse_workers = 1\n" + extra
+    )
+    return path
+
+
+def test_add_poll_list_export(tmp_path: Path, feed_server: FeedServer) -> None:
+    cfg = config(tmp_path)
+    url = feed_server.add("/a.xml", body=rss([Item("Hello", link="https://blog.test/hello")]))
+    assert "Added feed 1" in run("feeds", "add", url, config=cfg).stdout
+    assert "Already there as feed 1" in run("feeds", "add", url, config=cfg).stdout
+    polled = run("poll", config=cfg)
+    assert "1 new" in polled.stdout and "Poll summary" in polled.stdout
+    listing = run("feeds", "list", config=cfg).stdout
+    assert url in listing and "Test blog" in listing
+    exported = run("feeds", "export", config=cfg).stdout
+    assert f'xmlUrl="{url}"' in exported
+
+
+def test_add_discovers_the_feed_of_a_blog_home_page(
+    tmp_path: Path, feed_server: FeedServer
+) -> None:
+    cfg = config(tmp_path)
+    feed_url = feed_server.add("/feed/", body=rss([Item("Hello", link="https://blog.test/hello")]))
+    home = feed_server.add(
+        "/",
+        body=b'<!doctype html><html><head><link rel="alternate" type="application/rss+xml" '
+        b'href="/feed/"></head><body>blog</body></html>',
+        content_type="text/html; charset=utf-8",
+    )
+    out = run("feeds", "add", home, config=cfg).stdout
+    assert feed_url in out
+
+
+def test_bad_inputs_are_one_line_errors(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    bad_scheme = run("feeds", "add", "--no-discover", "ftp://x.test/feed", config=cfg, check=False)
+    assert bad_scheme.returncode == 1
+    assert bad_scheme.stderr.strip().count("\n") == 0
+    assert "only absolute http:// and https://" in bad_scheme.stderr
+    missing = run("feeds", "remove", "99", config=cfg, check=False)
+    assert missing.returncode == 1 and "no feed" in missing.stderr
+    broken = tmp_path / "broken.toml"
+    broken.write_text('database = "broken.sqlite3"\nfrobnicate = true\n')
+    result = run("feeds", "list", config=broken, check=False)
+    assert result.returncode == 1
+    assert f"{broken}: frobnicate: unknown setting" in result.stderr
+    assert not (tmp_path / "broken.sqlite3").exists()  # stopped before doing anything
+
+
+def test_poll_exits_non_zero_when_every_feed_failed(
+    tmp_path: Path, feed_server: FeedServer
+) -> None:
+    cfg = config(tmp_path)
+    url = feed_server.add("/down.xml", status=503, body=b"down")
+    run("feeds", "add", "--no-discover", url, config=cfg)
+    result = run("poll", config=cfg, check=False)
+    assert result.returncode == 2
+    assert "503" in result.stderr
+
+
+def test_import_opml_file(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    opml = tmp_path / "subs.opml"
+    opml.write_text(
+        '<opml version="2.0"><body><outline xmlUrl="https://a.test/feed" text="A"/>'
+        '<outline xmlUrl="gopher://b.test/feed" text="B"/></body></opml>'
+    )
+    result = run("feeds", "import", str(opml), config=cfg)
+    assert "1 added" in result.stdout and "1 skipped" in result.stdout
+    assert "gopher://b.test/feed" in result.stderr
