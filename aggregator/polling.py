@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 
-# Retry-After is delta-seconds or an HTTP-date; anything longer than this is not either.
+# An HTTP-date is about 30 characters; anything much longer is not one.
 _MAX_RETRY_AFTER_CHARS = 64
 _SECONDS = re.compile(r"^[+-]?\d+(?:\.\d+)?$")
 # Doubling past this many times exceeds any sensible cap; stops the arithmetic growing.
@@ -48,13 +48,13 @@ def parse_retry_after(value: str | None, *, now: datetime, cap: timedelta) -> ti
     if value is None:
         return None
     text = value.strip()
-    if not text or len(text) > _MAX_RETRY_AFTER_CHARS:
-        return None
     if _SECONDS.match(text):
-        seconds = float(text)
+        seconds = float(text)  # a thousand digits is inf here, never a huge int
         if seconds <= 0:
             return timedelta(0)
         return cap if seconds >= cap.total_seconds() else timedelta(seconds=math.ceil(seconds))
+    if not text or len(text) > _MAX_RETRY_AFTER_CHARS:
+        return None
     try:
         when = parsedate_to_datetime(text)
     except (TypeError, ValueError, IndexError, OverflowError):
