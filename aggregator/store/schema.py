@@ -86,5 +86,11 @@ def m001_feeds_entries_fetches(db: Database) -> None:
     )
 
 
+@migrations()
+def m002_instance_secrets(db: Database) -> None:
+    """Secrets made at first start (link tokens, CSRF): in the database, never the repo."""
+    db.execute("CREATE TABLE secrets (name TEXT PRIMARY KEY, value BLOB NOT NULL)")
+
+
 def apply_migrations(db: Database) -> None:
     migrations.apply(db)
