@@ -18,7 +18,7 @@ import ssl
 import time
 import typing
 import zlib
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
@@ -601,20 +601,32 @@ def _host_key(url: str, fallback: str) -> str:
         return fallback
 
 
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """The exception, its causes and contexts, and members of exception groups."""
+    stack, seen = [exc], set()
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        if isinstance(current, BaseExceptionGroup):
+            stack.extend(current.exceptions)
+        stack.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+
+
 def _connect_message(exc: httpx.ConnectError) -> str:
     text = str(exc) or type(exc).__name__
-    cause: BaseException | None = exc
-    while cause is not None:
+    for cause in _causes(exc):
         if isinstance(cause, ssl.SSLCertVerificationError):
             reason = cause.verify_message or cause.reason or "verification failed"
             return f"TLS certificate not trusted: {reason}"
         if isinstance(cause, ssl.SSLError):
             return f"TLS handshake failed: {cause.reason or cause}"
-        cause = cause.__cause__ or cause.__context__
-    if "CERTIFICATE_VERIFY_FAILED" in text:
-        return f"TLS certificate not trusted: {text}"
-    if "refused" in text.lower():
-        return f"connection refused ({text})"
+        if isinstance(cause, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(cause, httpcore.ConnectError) and "unknown host" in str(cause):
+            return str(cause)
     return f"cannot connect: {text}"
 
 

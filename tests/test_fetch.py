@@ -1,0 +1,683 @@
+"""The fetch adapter against a real HTTP(S) server on loopback (threats H1-H10)."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import ipaddress
+import os
+import socket
+import ssl
+import subprocess
+import time
+import tracemalloc
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from feedserver import FeedServer, Response
+
+from aggregator import USER_AGENT
+from aggregator import fetch as fetch_module
+from aggregator.errors import (
+    FetchConnectError,
+    FetchError,
+    FetchRefused,
+    FetchStatusError,
+    FetchTimeout,
+    FetchTooLarge,
+    FetchTooManyRedirects,
+)
+from aggregator.fetch import FeedFetcher, FetchSettings, is_public_address
+from aggregator.models import FetchResult
+
+RSS = b'<?xml version="1.0"?><rss version="2.0"><channel><title>t</title></channel></rss>'
+LAST_MODIFIED = "Tue, 02 Jan 2024 10:00:00 GMT"
+
+
+def settings(**overrides: object) -> FetchSettings:
+    """Test defaults: private addresses allowed (the server is on loopback), short limits."""
+    values: dict[str, object] = {
+        "allow_private_addresses": True,
+        "connect_timeout": 5.0,
+        "read_timeout": 10.0,
+        "total_timeout": 10.0,
+    }
+    values.update(overrides)
+    return FetchSettings(**values)  # type: ignore[arg-type]
+
+
+async def fetch_one(url: str, **kwargs: object) -> FetchResult:
+    conditional = {k: kwargs.pop(k) for k in ("etag", "last_modified") if k in kwargs}
+    async with FeedFetcher(settings(**kwargs)) as fetcher:
+        return await fetcher.fetch(url, **conditional)  # type: ignore[arg-type]
+
+
+def gzip_bomb(size: int) -> bytes:
+    """``size`` zero bytes, gzip-compressed (about 1,000 : 1)."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    block = bytes(1024 * 1024)
+    parts = [packer.compress(block) for _ in range(size // len(block))]
+    return b"".join([*parts, packer.flush()])
+
+
+# --- plain success and conditional GET -----------------------------------------------
+
+
+async def test_200_returns_body_headers_and_validators(feed_server: FeedServer) -> None:
+    url = feed_server.add(
+        "/feed.xml",
+        RSS,
+        etag='"v1"',
+        last_modified=LAST_MODIFIED,
+        headers={"X-Extra": "yes"},
+    )
+    result = await fetch_one(url)
+
+    assert result.ok and result.error is None
+    assert result.status == 200
+    assert result.content == RSS
+    assert result.final_url == url and result.permanent_url is None
+    assert result.etag == '"v1"' and result.last_modified == LAST_MODIFIED
+    assert result.headers["content-type"] == "application/rss+xml; charset=utf-8"
+    assert result.headers["etag"] == '"v1"'
+    assert result.headers["last-modified"] == LAST_MODIFIED
+    assert result.headers["x-extra"] == "yes"
+    assert result.bytes_read == len(RSS)
+    assert 0 < result.elapsed_seconds < 5
+
+    sent = feed_server.requests_for("/feed.xml")[0].headers
+    assert sent["user-agent"] == USER_AGENT
+    assert sent["accept"].startswith("application/atom+xml, application/rss+xml")
+    assert sent["accept-encoding"] == "gzip, deflate"
+    assert "if-none-match" not in sent and "if-modified-since" not in sent
+
+
+async def test_gzip_body_is_decompressed(feed_server: FeedServer) -> None:
+    url = feed_server.add_raw(
+        "/gz.xml", raw_body=gzip.compress(RSS * 100), headers={"content-encoding": "gzip"}
+    )
+    result = await fetch_one(url)
+    assert result.content == RSS * 100 and result.bytes_read == len(RSS) * 100
+
+
+@pytest.mark.parametrize("raw", [True, False], ids=["raw-deflate", "zlib-deflate"])
+async def test_deflate_body_is_decompressed(feed_server: FeedServer, raw: bool) -> None:
+    packer = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS if raw else zlib.MAX_WBITS)
+    body = packer.compress(RSS * 50) + packer.flush()
+    url = feed_server.add_raw("/d.xml", raw_body=body, headers={"content-encoding": "deflate"})
+    result = await fetch_one(url)
+    assert result.ok, result.error
+    assert result.content == RSS * 50
+
+
+async def test_conditional_get_with_etag_gives_304(feed_server: FeedServer) -> None:
+    url = feed_server.add("/feed.xml", RSS, etag='"v1"', last_modified=LAST_MODIFIED)
+    result = await fetch_one(url, etag='"v1"', last_modified=LAST_MODIFIED)
+
+    assert result.status == 304 and result.not_modified and result.ok
+    assert result.content is None
+    assert result.etag == '"v1"' and result.last_modified == LAST_MODIFIED
+    sent = feed_server.requests_for("/feed.xml")[0].headers
+    assert sent["if-none-match"] == '"v1"'
+    assert sent["if-modified-since"] == LAST_MODIFIED
+
+
+async def test_conditional_get_with_last_modified_only_gives_304(
+    feed_server: FeedServer,
+) -> None:
+    url = feed_server.add("/feed.xml", RSS, last_modified=LAST_MODIFIED)
+    assert (await fetch_one(url, last_modified=LAST_MODIFIED)).not_modified
+    changed = await fetch_one(url, last_modified="Mon, 01 Jan 2024 10:00:00 GMT")
+    assert changed.status == 200 and changed.content == RSS
+
+
+async def test_stale_etag_gets_the_new_body(feed_server: FeedServer) -> None:
+    url = feed_server.add("/feed.xml", RSS, etag='"v2"')
+    result = await fetch_one(url, etag='"v1"')
+    assert result.status == 200 and not result.not_modified and result.etag == '"v2"'
+
+
+# --- redirects (H3) -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("statuses", [[301], [308], [301, 308, 301]])
+async def test_h3_permanent_redirect_chain_sets_permanent_url(
+    feed_server: FeedServer, statuses: list[int]
+) -> None:
+    final = feed_server.add("/final.xml", RSS)
+    targets = [f"/hop{i}" for i in range(1, len(statuses))] + [final]
+    for i, status in enumerate(statuses):
+        feed_server.add_redirect(f"/hop{i}", targets[i], status=status)
+    result = await fetch_one(feed_server.url("/hop0"))
+
+    assert result.ok and result.content == RSS
+    assert result.url == feed_server.url("/hop0")
+    assert result.final_url == final
+    assert result.permanent_url == final
+
+
+@pytest.mark.parametrize("statuses", [[302], [307], [303], [301, 302], [307, 308]])
+async def test_h3_temporary_hop_never_sets_permanent_url(
+    feed_server: FeedServer, statuses: list[int]
+) -> None:
+    final = feed_server.add("/final.xml", RSS)
+    targets = [f"/hop{i}" for i in range(1, len(statuses))] + ["/final.xml"]
+    for i, status in enumerate(statuses):
+        feed_server.add_redirect(f"/hop{i}", targets[i], status=status)
+    result = await fetch_one(feed_server.url("/hop0"))
+
+    assert result.ok and result.final_url == final
+    assert result.permanent_url is None
+
+
+async def test_h3_redirect_loop_is_stopped(feed_server: FeedServer) -> None:
+    feed_server.add_redirect("/a", "/b", status=301)
+    feed_server.add_redirect("/b", "/a", status=302)
+    result = await fetch_one(feed_server.url("/a"), max_redirects=10)
+
+    assert isinstance(result.error, FetchTooManyRedirects)
+    assert "loop" in str(result.error)
+    assert result.content is None and result.permanent_url is None
+    assert len(feed_server.requests) == 2  # caught on the first repeat, not at the hop limit
+
+
+async def test_h3_long_chain_is_stopped_at_the_hop_limit(feed_server: FeedServer) -> None:
+    for i in range(20):
+        feed_server.add_redirect(f"/r{i}", f"/r{i + 1}", status=301)
+    result = await fetch_one(feed_server.url("/r0"), max_redirects=5)
+
+    assert isinstance(result.error, FetchTooManyRedirects)
+    assert "more than 5 redirects" in str(result.error)
+    assert len(feed_server.requests) == 6
+
+
+async def test_h3_chain_at_the_hop_limit_is_followed(feed_server: FeedServer) -> None:
+    for i in range(5):
+        feed_server.add_redirect(f"/r{i}", f"/r{i + 1}", status=301)
+    feed_server.add("/r5", RSS)
+    result = await fetch_one(feed_server.url("/r0"), max_redirects=5)
+    assert result.ok and result.permanent_url == feed_server.url("/r5")
+
+
+async def test_redirect_without_location_is_an_error(feed_server: FeedServer) -> None:
+    url = feed_server.add("/nowhere", status=301, content_type=None)
+    result = await fetch_one(url)
+    assert isinstance(result.error, FetchStatusError) and result.error.status == 301
+
+
+# --- status codes (410, 429/503, 5xx, empty 200) ------------------------------------
+
+
+async def test_410_gone(feed_server: FeedServer) -> None:
+    url = feed_server.add("/gone.xml", b"gone", status=410, content_type="text/plain")
+    result = await fetch_one(url)
+
+    assert result.status == 410 and result.gone
+    assert isinstance(result.error, FetchStatusError) and result.error.status == 410
+    assert "gone" in str(result.error)
+    assert result.content is None
+
+
+@pytest.mark.parametrize("status", [429, 503])
+@pytest.mark.parametrize("retry_after", ["120", "Wed, 21 Oct 2026 07:28:00 GMT", "soon!"])
+async def test_h6_retry_after_is_captured_raw(
+    feed_server: FeedServer, status: int, retry_after: str
+) -> None:
+    url = feed_server.add("/busy", b"busy", status=status, headers={"Retry-After": retry_after})
+    result = await fetch_one(url)
+
+    assert result.status == status
+    assert isinstance(result.error, FetchStatusError) and result.error.status == status
+    assert result.retry_after == retry_after
+    assert result.headers["retry-after"] == retry_after
+    assert len(feed_server.requests) == 1  # no retries of our own
+
+
+async def test_retry_after_ignored_for_other_statuses(feed_server: FeedServer) -> None:
+    url = feed_server.add("/x", b"x", status=500, headers={"Retry-After": "10"})
+    assert (await fetch_one(url)).retry_after is None
+
+
+@pytest.mark.parametrize("status", [500, 502, 404, 403])
+async def test_error_statuses(feed_server: FeedServer, status: int) -> None:
+    url = feed_server.add("/broken", b"oops", status=status, content_type="text/plain")
+    result = await fetch_one(url)
+
+    assert result.status == status and not result.ok
+    assert isinstance(result.error, FetchStatusError) and result.error.status == status
+    assert f"HTTP {status}" in str(result.error) and url in str(result.error)
+    assert result.content is None
+
+
+async def test_h9_empty_200_is_an_error(feed_server: FeedServer) -> None:
+    url = feed_server.add("/empty.xml", b"", etag='"e"')
+    result = await fetch_one(url)
+
+    assert result.status == 200
+    assert isinstance(result.error, FetchStatusError) and "empty body" in str(result.error)
+    assert result.content is None and result.etag is None
+
+
+async def test_sequence_recovers_after_failure(feed_server: FeedServer) -> None:
+    url = feed_server.add_sequence("/flaky", [Response(status=503), Response(body=RSS)])
+    async with FeedFetcher(settings()) as fetcher:
+        first = await fetcher.fetch(url)
+        second = await fetcher.fetch(url)
+    assert first.status == 503 and not first.ok
+    assert second.ok and second.content == RSS
+
+
+# --- deadlines (H1) -----------------------------------------------------------------
+
+
+async def _timed(fetcher: FeedFetcher, url: str) -> tuple[FetchResult, float]:
+    started = time.monotonic()
+    result = await fetcher.fetch(url)
+    return result, time.monotonic() - started
+
+
+async def test_h1_drip_and_hang_stopped_by_total_deadline_others_finish(
+    feed_server: FeedServer,
+) -> None:
+    """Neither server trips a per-phase timeout; only the total deadline stops them."""
+    drip = feed_server.add_drip("/drip", chunk=b"<", interval=0.1)
+    hang = feed_server.add_hang("/hang")
+    good = [feed_server.add(f"/ok{i}.xml", RSS, delay=0.05) for i in range(6)]
+    config = settings(read_timeout=30.0, total_timeout=1.5, max_per_host=8)
+    async with FeedFetcher(config) as fetcher:
+        results = await asyncio.gather(*(_timed(fetcher, u) for u in [drip, hang, *good]))
+
+        for result, took in results[:2]:
+            assert isinstance(result.error, FetchTimeout), result.error
+            assert "deadline" in str(result.error)
+            assert result.content is None
+            assert 1.4 < took < 3.0
+        drip_result = results[0][0]
+        assert drip_result.status == 200 and drip_result.bytes_read >= 5
+        for result, took in results[2:]:
+            assert result.ok and result.content == RSS
+            assert took < 1.0  # did not wait for the stuck ones
+        # The fetcher still works after the timeouts.
+        again = await fetcher.fetch(good[0])
+        assert again.ok
+
+
+async def test_h1_slot_is_freed_after_the_deadline(feed_server: FeedServer) -> None:
+    hang = feed_server.add_hang("/hang")
+    good = feed_server.add("/ok.xml", RSS)
+    config = settings(max_connections=1, max_per_host=1, total_timeout=0.8, read_timeout=30.0)
+    async with FeedFetcher(config) as fetcher:
+        stuck = asyncio.create_task(_timed(fetcher, hang))
+        await asyncio.sleep(0.1)  # the hang holds the only slot now
+        result, took = await _timed(fetcher, good)
+        hang_result, _ = await stuck
+
+    assert isinstance(hang_result.error, FetchTimeout)
+    assert result.ok and result.content == RSS
+    assert 0.5 < took < 2.0  # waited for the slot, got it when the deadline freed it
+
+
+async def test_read_timeout_per_phase(feed_server: FeedServer) -> None:
+    url = feed_server.add("/slow.xml", RSS, delay=2.0)
+    result = await fetch_one(url, read_timeout=0.3, total_timeout=10.0)
+    assert isinstance(result.error, FetchTimeout) and "read timed out" in str(result.error)
+    assert result.elapsed_seconds < 1.5
+
+
+# --- connection failures (H2) -------------------------------------------------------
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_h2_connection_refused() -> None:
+    url = f"http://127.0.0.1:{_closed_port()}/feed.xml"
+    result = await fetch_one(url)
+
+    assert isinstance(result.error, FetchConnectError)
+    assert "refused" in str(result.error).lower()
+    assert result.status is None and result.content is None
+
+
+async def test_h2_unknown_host() -> None:
+    result = await fetch_one("http://no-such-host.invalid/feed.xml", connect_timeout=3.0)
+    assert isinstance(result.error, FetchConnectError | FetchTimeout)
+    assert "no-such-host.invalid" in str(result.error)
+    assert result.status is None
+
+
+@pytest.fixture(scope="module")
+def self_signed(tmp_path_factory: pytest.TempPathFactory) -> ssl.SSLContext:
+    """A server TLS context with a freshly made self-signed certificate for 127.0.0.1."""
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    try:
+        subprocess.run(
+            [
+                *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes"),
+                *("-keyout", str(key), "-out", str(cert), "-days", "2"),
+                *("-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+    except (OSError, subprocess.CalledProcessError) as exc:
+        pytest.skip(f"cannot make a certificate with openssl: {exc}")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    return context
+
+
+@pytest.fixture
+def tls_server(self_signed: ssl.SSLContext) -> Iterator[FeedServer]:
+    server = FeedServer(tls=self_signed).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def test_h2_self_signed_certificate_is_refused(tls_server: FeedServer) -> None:
+    url = tls_server.add("/feed.xml", RSS)
+    assert url.startswith("https://")
+    result = await fetch_one(url)
+
+    assert isinstance(result.error, FetchConnectError)
+    assert "TLS certificate not trusted" in str(result.error)
+    assert "self-signed" in str(result.error)
+    assert result.content is None
+    assert tls_server.requests == []  # no HTTP request went over the untrusted channel
+
+
+# --- size caps and compression abuse (H8) --------------------------------------------
+
+CAP = 2 * 1024 * 1024
+
+
+async def test_h8_gzip_bomb_is_capped_and_memory_stays_near_the_cap(
+    feed_server: FeedServer,
+) -> None:
+    bomb = gzip_bomb(512 * 1024 * 1024)  # 512 MiB of zeros in about half a megabyte
+    assert len(bomb) < 1024 * 1024
+    url = feed_server.add_raw("/bomb.xml", raw_body=bomb, headers={"content-encoding": "gzip"})
+    async with FeedFetcher(settings(max_body_bytes=CAP)) as fetcher:
+        tracemalloc.start()
+        try:
+            result = await fetcher.fetch(url)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+
+    assert isinstance(result.error, FetchTooLarge), result.error
+    assert "after decompression" in str(result.error)
+    assert result.content is None
+    assert CAP < result.bytes_read <= CAP + 64 * 1024
+    assert peak < 3 * CAP, f"peak {peak} bytes"
+
+
+@pytest.mark.parametrize("wbits", [zlib.MAX_WBITS, -zlib.MAX_WBITS], ids=["zlib", "raw"])
+async def test_h8_deflate_bomb_is_capped(feed_server: FeedServer, wbits: int) -> None:
+    packer = zlib.compressobj(9, zlib.DEFLATED, wbits)
+    block = bytes(1024 * 1024)
+    bomb = b"".join(packer.compress(block) for _ in range(64)) + packer.flush()
+    url = feed_server.add_raw("/bomb", raw_body=bomb, headers={"content-encoding": "deflate"})
+    result = await fetch_one(url, max_body_bytes=CAP)
+    assert isinstance(result.error, FetchTooLarge)
+    assert result.bytes_read <= CAP + 64 * 1024
+
+
+async def test_h8_endless_chunked_body_is_capped(feed_server: FeedServer) -> None:
+    url = feed_server.add_endless("/endless.xml")
+    result = await fetch_one(url, max_body_bytes=CAP, total_timeout=20.0)
+
+    assert isinstance(result.error, FetchTooLarge)
+    assert result.content is None
+    assert CAP < result.bytes_read <= CAP + 64 * 1024
+    assert result.elapsed_seconds < 10
+
+
+async def test_h8_content_length_over_the_cap_is_refused_up_front(
+    feed_server: FeedServer,
+) -> None:
+    url = feed_server.add_raw(
+        "/big", raw_body=RSS, headers={"content-length": str(CAP + 1), "connection": "close"}
+    )
+    result = await fetch_one(url, max_body_bytes=CAP)
+    assert isinstance(result.error, FetchTooLarge) and "Content-Length" in str(result.error)
+    assert result.bytes_read == 0
+
+
+async def test_h8_content_length_that_lies_low_does_not_lift_the_cap(
+    feed_server: FeedServer,
+) -> None:
+    """A small, honest-looking Content-Length says nothing about the decompressed size."""
+    bomb = gzip_bomb(64 * 1024 * 1024)
+    url = feed_server.add_raw("/bomb", raw_body=bomb, headers={"content-encoding": "gzip"})
+    result = await fetch_one(url, max_body_bytes=CAP)
+    assert int(result.headers["content-length"]) < CAP
+    assert isinstance(result.error, FetchTooLarge)
+
+
+async def test_h8_content_length_that_lies_high_gives_no_partial_body(
+    feed_server: FeedServer,
+) -> None:
+    url = feed_server.add_raw(
+        "/short", raw_body=RSS, headers={"content-length": "100000", "connection": "close"}
+    )
+    result = await fetch_one(url)
+    assert isinstance(result.error, FetchError) and result.content is None
+
+
+async def test_h8_truncated_gzip_stream_is_an_error(feed_server: FeedServer) -> None:
+    whole = gzip.compress(os.urandom(50_000))
+    url = feed_server.add_raw(
+        "/cut.xml", raw_body=whole[: len(whole) // 2], headers={"content-encoding": "gzip"}
+    )
+    result = await fetch_one(url)
+    assert type(result.error) is FetchError and "truncated gzip" in str(result.error)
+    assert result.content is None
+
+
+async def test_h8_gzip_header_on_plain_bytes_is_an_error(feed_server: FeedServer) -> None:
+    url = feed_server.add_raw("/liar.xml", raw_body=RSS, headers={"content-encoding": "gzip"})
+    result = await fetch_one(url)
+    assert isinstance(result.error, FetchError) and "corrupt gzip" in str(result.error)
+    assert result.content is None
+
+
+async def test_unknown_content_encoding_is_an_error(feed_server: FeedServer) -> None:
+    url = feed_server.add_raw("/br.xml", raw_body=RSS, headers={"content-encoding": "br"})
+    result = await fetch_one(url)
+    assert isinstance(result.error, FetchError) and "content-encoding" in str(result.error)
+
+
+# --- concurrency (H10) --------------------------------------------------------------
+
+
+async def test_h10_per_host_limit_holds(feed_server: FeedServer) -> None:
+    urls = [feed_server.add(f"/many/{i}.xml", RSS, delay=0.15) for i in range(12)]
+    async with FeedFetcher(settings(max_per_host=3, max_connections=32)) as fetcher:
+        results = await asyncio.gather(*(fetcher.fetch(u) for u in urls))
+    assert all(r.ok for r in results)
+    assert feed_server.max_concurrent("/many/") == 3
+
+
+async def test_global_limit_holds_across_hosts(feed_server: FeedServer) -> None:
+    """127.0.0.1 and localhost are two hosts to the per-host limit; the global one binds."""
+    paths = [f"/g/{i}.xml" for i in range(8)]
+    for path in paths:
+        feed_server.add(path, RSS, delay=0.15)
+    urls = [
+        feed_server.url(p) if i % 2 else f"http://localhost:{feed_server.port}{p}"
+        for i, p in enumerate(paths)
+    ]
+    async with FeedFetcher(settings(max_per_host=4, max_connections=2)) as fetcher:
+        results = await asyncio.gather(*(fetcher.fetch(u) for u in urls))
+    assert all(r.ok for r in results), [r.error for r in results]
+    assert feed_server.max_concurrent("/g/") == 2
+
+
+# --- server-side request forgery (H4) -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "127.0.0.1",
+        "localhost",
+        "2130706433",  # decimal
+        "0177.0.0.1",  # octal
+        "0x7f.1",  # hex, short form
+        "127.1",
+        "[::ffff:127.0.0.1]",  # IPv4-mapped IPv6
+        "[::1]",
+        "0.0.0.0",
+        "10.0.0.1",
+        "169.254.169.254",  # cloud metadata
+        "100.64.0.1",  # CGNAT
+        "[64:ff9b::7f00:1]",  # NAT64 of 127.0.0.1
+        "[fe80::1]",
+    ],
+)
+async def test_h4_private_addresses_refused_when_guard_is_on(
+    feed_server: FeedServer, host: str
+) -> None:
+    feed_server.add("/feed.xml", RSS)
+    url = f"http://{host}:{feed_server.port}/feed.xml"
+    result = await fetch_one(url, allow_private_addresses=False, connect_timeout=2.0)
+
+    assert isinstance(result.error, FetchRefused), result.error
+    assert result.content is None and result.status is None
+    assert feed_server.requests == []
+
+
+@pytest.mark.parametrize(
+    ("address", "public"),
+    [
+        ("93.184.216.34", True),
+        ("2606:4700:4700::1111", True),
+        ("127.0.0.1", False),
+        ("10.1.2.3", False),
+        ("172.16.0.1", False),
+        ("192.168.1.1", False),
+        ("169.254.1.1", False),
+        ("100.64.0.1", False),
+        ("100.127.255.255", False),
+        ("0.0.0.0", False),
+        ("224.0.0.1", False),
+        ("240.0.0.1", False),
+        ("255.255.255.255", False),
+        ("::1", False),
+        ("::", False),
+        ("fe80::1", False),
+        ("fc00::1", False),
+        ("ff02::1", False),
+        ("::ffff:127.0.0.1", False),
+        ("::ffff:10.0.0.1", False),
+        ("::ffff:93.184.216.34", True),
+        ("64:ff9b::a00:1", False),
+        ("64:ff9b:1::1", False),
+        ("2002:7f00:1::", False),  # 6to4 wrapping 127.0.0.1
+    ],
+)
+def test_h4_address_policy(address: str, public: bool) -> None:
+    assert is_public_address(ipaddress.ip_address(address)) is public
+
+
+@pytest.fixture
+def second_host() -> Iterator[FeedServer]:
+    """A server on 127.0.0.2, which the tests below treat as a public address."""
+    server = FeedServer(host="127.0.0.2").start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def test_h4_redirect_hop_to_loopback_is_refused(
+    feed_server: FeedServer, second_host: FeedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_policy = is_public_address
+    monkeypatch.setattr(
+        fetch_module,
+        "is_public_address",
+        lambda address: str(address) == "127.0.0.2" or real_policy(address),
+    )
+    internal = feed_server.add("/secret", b"internal data")
+    start = second_host.add_redirect("/feed.xml", internal, status=302)
+    second_host.add("/ok.xml", RSS)
+
+    async with FeedFetcher(settings(allow_private_addresses=False)) as fetcher:
+        allowed = await fetcher.fetch(second_host.url("/ok.xml"))
+        result = await fetcher.fetch(start)
+
+    assert allowed.ok and allowed.content == RSS  # the guard lets allowed addresses through
+    assert isinstance(result.error, FetchRefused), result.error
+    assert "127.0.0.1" in str(result.error)
+    assert result.content is None
+    assert feed_server.requests == []  # nothing reached the internal server
+
+
+# --- schemes and file URLs (H5) -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ftp://example.org/feed.xml",
+        "gopher://example.org/",
+        "javascript:alert(1)",
+        "data:text/xml,<rss/>",
+        "feed.xml",
+        "",
+        "file:///etc/passwd",
+    ],
+)
+async def test_h5_other_schemes_refused(url: str) -> None:
+    result = await fetch_one(url)
+    assert isinstance(result.error, FetchRefused)
+    assert result.content is None
+
+
+async def test_h5_redirect_to_file_url_refused_even_when_files_are_allowed(
+    feed_server: FeedServer, tmp_path: Path
+) -> None:
+    secret = tmp_path / "secret.xml"
+    secret.write_bytes(RSS)
+    url = feed_server.add_redirect("/feed.xml", secret.as_uri(), status=301)
+    result = await fetch_one(url, allow_file_urls=True)
+    assert isinstance(result.error, FetchRefused) and result.content is None
+
+
+async def test_file_urls_when_enabled(tmp_path: Path) -> None:
+    snapshot = tmp_path / "snap shot.xml"
+    snapshot.write_bytes(RSS)
+    url = snapshot.as_uri()
+    async with FeedFetcher(settings(allow_file_urls=True, max_body_bytes=1000)) as fetcher:
+        first = await fetcher.fetch(url)
+        again = await fetcher.fetch(url, last_modified=first.last_modified)
+        snapshot.write_bytes(RSS * 100)
+        bigger = await fetcher.fetch(url)
+        missing = await fetcher.fetch((tmp_path / "nope.xml").as_uri())
+
+    assert first.ok and first.status == 200 and first.content == RSS
+    assert first.last_modified and first.last_modified.endswith("GMT")
+    assert first.bytes_read == len(RSS)
+    assert again.not_modified and again.ok and again.content is None
+    assert isinstance(bigger.error, FetchTooLarge)
+    assert isinstance(missing.error, FetchStatusError) and "not found" in str(missing.error)
+
+
+async def test_file_urls_refused_by_default(tmp_path: Path) -> None:
+    snapshot = tmp_path / "feed.xml"
+    snapshot.write_bytes(RSS)
+    result = await fetch_one(snapshot.as_uri())
+    assert isinstance(result.error, FetchRefused) and "file URLs are not allowed" in str(
+        result.error
+    )
