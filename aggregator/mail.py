@@ -40,7 +40,7 @@ class OutgoingMessage:
 
     message_id: str  # deterministic, chosen by the caller: "<digest-42.1a2b3c@host>"
     sender: str  # "Name <addr>" or "addr"
-    recipient: str  # one address ("addr" or "Name <addr>"); also the envelope recipient
+    recipient: str  # one bare address ("addr"); also the envelope recipient
     subject: str
     text: str
     html: str | None  # rendered, CSS inlined; None sends text/plain only
@@ -134,15 +134,18 @@ def clean_header_value(value: str) -> str:
     return " ".join("".join(chars).split())
 
 
-def parse_address(value: str) -> Address:
+def parse_address(value: str, *, allow_name: bool = True) -> Address:
     """``"addr"`` or ``"Name <addr>"`` as an ``Address``; ``ValueError`` if not mailable.
 
     The domain is converted to its ASCII (IDNA) form; local parts must be ASCII (dot-atom
     or quoted). The display name can hold anything: it is quoted or encoded on output.
+    With ``allow_name`` false only a bare address is accepted, exactly as given.
     """
     text = clean_header_value(value)
+    if not allow_name and text != value:
+        raise ValueError("address contains spaces or control characters")
     name = ""
-    matched = _NAME_AND_ADDRESS.fullmatch(text)
+    matched = _NAME_AND_ADDRESS.fullmatch(text) if allow_name else None
     if matched:
         name, text = matched["name"].strip(), matched["address"].strip()
         if len(name) >= 2 and name[0] == name[-1] == '"':
@@ -189,7 +192,7 @@ def envelope_addresses(message: OutgoingMessage) -> tuple[str, str]:
 
 def _recipient(message: OutgoingMessage) -> Address:
     try:
-        return parse_address(message.recipient)
+        return parse_address(message.recipient, allow_name=False)
     except ValueError as error:
         raise MailPermanentError(f"cannot be mailed: {error}", address=message.recipient) from error
 
@@ -497,7 +500,9 @@ class MaildirSender:
         with self._lock:
             try:
                 if self._box is None:
-                    self.path.mkdir(parents=True, exist_ok=True)
+                    # Maildir(create=True) makes tmp/new/cur only when the folder is new.
+                    for sub in ("tmp", "new", "cur"):
+                        (self.path / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
                     self._box = mailbox.Maildir(self.path, create=True)
                 self._box.add(data)
             except OSError as error:

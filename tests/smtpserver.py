@@ -36,7 +36,9 @@ class Received:
     connection: int  # serial number of the SMTP connection that carried it
 
     def parse(self) -> EmailMessage:
-        message = email.message_from_bytes(self.data, policy=default_policy)
+        # SMTP carries CRLF; local line ends make decoded bodies compare as plain text.
+        local = self.data.replace(b"\r\n", b"\n")
+        message = email.message_from_bytes(local, policy=default_policy)
         assert isinstance(message, EmailMessage)
         return message
 
