@@ -12,6 +12,7 @@ Every accepted message is recorded with its envelope; ``messages()`` parses them
 
 from __future__ import annotations
 
+import asyncio
 import email
 import itertools
 import socket
@@ -43,7 +44,7 @@ class Received:
         return message
 
 
-class _ScriptedSMTP(SMTP):  # type: ignore[misc]
+class _ScriptedSMTP(SMTP):
     """One connection; can drop itself around the reply to DATA."""
 
     def __init__(self, handler: Any, *, connection: int, **kwargs: Any) -> None:
@@ -53,15 +54,17 @@ class _ScriptedSMTP(SMTP):  # type: ignore[misc]
 
     async def push(self, status: Any) -> None:
         drop, self.drop = self.drop, None
+        transport = self.transport
+        assert isinstance(transport, asyncio.Transport)
         if drop == "before":
-            self.transport.abort()
+            transport.abort()
             return
         await super().push(status)
         if drop == "after":
-            self.transport.close()
+            transport.close()
 
 
-class _Controller(Controller):  # type: ignore[misc]
+class _Controller(Controller):
     def __init__(self, owner: SmtpServer, **kwargs: Any) -> None:
         super().__init__(owner, **kwargs)
         self._owner = owner

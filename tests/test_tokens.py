@@ -15,7 +15,9 @@ NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
 
 
-def refusal(token: str, purpose: str = "confirm", *, secret: bytes = SECRET, now=NOW) -> str:
+def refusal(
+    token: str, purpose: str = "confirm", *, secret: bytes = SECRET, now: datetime = NOW
+) -> str:
     with pytest.raises(TokenError) as caught:
         verify_token(secret, token, purpose, now=now, max_age=DAY)
     return str(caught.value)
