@@ -190,7 +190,9 @@ def test_next_poll_at_bounds(
     if retry_after is not None:
         assert at - NOW >= retry_after
     upper = max(
-        (interval or POLICY.interval) * 1.1 if errors == 0 else POLICY.backoff_cap,
+        max(POLICY.interval if interval is None else interval, POLICY.min_interval) * 1.1
+        if errors == 0
+        else POLICY.backoff_cap,
         retry_after or timedelta(0),
         POLICY.min_interval,
     )
