@@ -357,14 +357,14 @@ class FeedFetcher:
     async def _fetch(
         self, url: str, etag: str | None, last_modified: str | None, progress: _Progress
     ) -> FetchResult:
-        scheme = urlsplit(url.strip()).scheme.lower()
+        url = url.strip()
+        scheme = _scheme_of(url)
         if scheme == "file":
             if not self.settings.allow_file_urls:
                 raise FetchRefused("file URLs are not allowed", url=url)
             return await self._fetch_file(url, last_modified, progress)
-        if scheme not in ("http", "https"):
-            raise FetchRefused(f"scheme {scheme or '(none)'!r} is not allowed", url=url)
-        return await self._fetch_http(url.strip(), etag, last_modified, progress)
+        _check_http_url(url, url)
+        return await self._fetch_http(url, etag, last_modified, progress)
 
     # --- http ---
 
@@ -402,15 +402,17 @@ class FeedFetcher:
                 break
             redirects += 1
             permanent = permanent and hop.status in PERMANENT_REDIRECTS
-            target = urljoin(current, hop.location.strip())
+            try:
+                target = urljoin(current, hop.location.strip())
+            except ValueError:
+                raise FetchRefused(f"invalid redirect to {hop.location!r}", url=url) from None
             if redirects > s.max_redirects:
                 raise FetchTooManyRedirects(
                     f"more than {s.max_redirects} redirects (last to {target})", url=url
                 )
             if target in seen:
                 raise FetchTooManyRedirects(f"redirect loop back to {target}", url=url)
-            if urlsplit(target).scheme.lower() not in ("http", "https"):
-                raise FetchRefused(f"redirect to a non-http(s) URL {target!r}", url=url)
+            _check_http_url(target, url, what="redirect to ")
             seen.add(target)
             current = target
 
@@ -464,7 +466,7 @@ class FeedFetcher:
             raise
         except _AddressRefused as exc:
             raise FetchRefused(str(exc), url=url) from None
-        except httpx.InvalidURL as exc:
+        except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
             raise FetchRefused(f"invalid URL: {exc}", url=url) from None
         except httpx.TimeoutException as exc:
             phase = type(exc).__name__.removesuffix("Timeout").lower() or "request"
@@ -529,6 +531,8 @@ class FeedFetcher:
         if parts.netloc not in ("", "localhost"):
             raise FetchRefused(f"file URL on another host {parts.netloc!r}", url=url)
         path = Path(url2pathname(unquote(parts.path)))
+        if not path.is_absolute():
+            raise FetchRefused("file URL without an absolute path", url=url)
         cap = self.settings.max_body_bytes
         try:
             async with asyncio.timeout(self.settings.total_timeout):
@@ -592,6 +596,28 @@ async def _decoded(
                 yield piece
         except zlib.error as exc:
             raise FetchError(f"corrupt {decoder.encoding} body: {exc}", url=url) from None
+
+
+def _scheme_of(url: str) -> str:
+    try:
+        return urlsplit(url).scheme.lower()
+    except ValueError:
+        return ""
+
+
+def _check_http_url(target: str, url: str, *, what: str = "") -> None:
+    """Raise FetchRefused unless ``target`` is an http(s) URL with a host and valid port."""
+    try:
+        parts = urlsplit(target)
+        scheme, host, _ = parts.scheme.lower(), parts.hostname, parts.port
+    except ValueError as exc:
+        raise FetchRefused(f"{what}invalid URL {target!r}: {exc}", url=url) from None
+    if scheme not in ("http", "https"):
+        raise FetchRefused(
+            f"{what}{target!r}: scheme {scheme or '(none)'!r} is not allowed", url=url
+        )
+    if not host:
+        raise FetchRefused(f"{what}{target!r}: no host", url=url)
 
 
 def _host_key(url: str, fallback: str) -> str:

@@ -637,9 +637,13 @@ async def test_h4_redirect_hop_to_loopback_is_refused(
         "feed.xml",
         "",
         "file:///etc/passwd",
+        "http:///no-host.xml",
+        "http://[::1/feed.xml",
+        "http://example.org:port/feed.xml",
+        "http://exa\x00mple.org/",
     ],
 )
-async def test_h5_other_schemes_refused(url: str) -> None:
+async def test_h5_other_schemes_and_malformed_urls_refused(url: str) -> None:
     result = await fetch_one(url)
     assert isinstance(result.error, FetchRefused)
     assert result.content is None
