@@ -194,47 +194,35 @@ class _Decoder:
     def __init__(self, encoding: str) -> None:
         self.encoding = encoding
         self._gzip = encoding in ("gzip", "x-gzip")
-        self._started = False
-        self._raw_deflate = False
+        self._received = False
         self._pending = b""
-        self._obj = self._new()
+        # zlib's decompress object has no public type. For deflate it is made once the
+        # first two bytes show whether the stream is zlib-wrapped (correct) or raw
+        # (a common server mistake).
+        self._obj: typing.Any = zlib.decompressobj(16 + zlib.MAX_WBITS) if self._gzip else None
 
-    def _new(self) -> typing.Any:  # zlib's decompress object has no public type
-        if self._gzip:
-            return zlib.decompressobj(16 + zlib.MAX_WBITS)
-        return zlib.decompressobj(-zlib.MAX_WBITS if self._raw_deflate else zlib.MAX_WBITS)
-
-    def feed(self, data: bytes) -> Iterable[bytes]:
+    def feed(self, data: bytes) -> Iterator[bytes]:
         """Decompress ``data`` piece by piece (raises zlib.error on corrupt input)."""
-        if not self._started and not self._gzip:
-            # "deflate" is sent both zlib-wrapped (correct) and raw (common mistake).
-            self._started = True
-            self._pending = data
-            try:
-                yield from self._drain()
-            except zlib.error:
-                self._raw_deflate = True
-                self._obj = self._new()
-                self._pending = data
-                yield from self._drain()
-            return
-        self._started = True
-        self._pending = data
-        yield from self._drain()
-
-    def _drain(self) -> Iterable[bytes]:
+        self._received = self._received or bool(data)
+        self._pending += data
+        if self._obj is None:
+            if len(self._pending) < 2:
+                return
+            wbits = zlib.MAX_WBITS if _zlib_header(self._pending) else -zlib.MAX_WBITS
+            self._obj = zlib.decompressobj(wbits)
         while self._pending:
             if self._obj.eof:
-                leftover = self._obj.unused_data + self._pending
-                if not self._gzip or not leftover.strip(b"\0"):
-                    return  # trailing garbage after the stream: ignored, as browsers do
-                self._obj = self._new()  # another gzip member follows
-                self._pending = leftover
+                if not self._gzip or not self._pending.strip(b"\0"):
+                    self._pending = b""  # trailing bytes after the stream: ignored
+                    return
+                self._obj = zlib.decompressobj(16 + zlib.MAX_WBITS)  # another gzip member
             out = self._obj.decompress(self._pending, _CHUNK)
-            self._pending = self._obj.unconsumed_tail
+            self._pending = self._obj.unconsumed_tail or (
+                self._obj.unused_data if self._obj.eof else b""
+            )
             if out:
                 yield out
-        while not self._obj.eof:
+        while not self._obj.eof:  # output zlib holds back beyond _CHUNK
             out = self._obj.decompress(b"", _CHUNK)
             if not out:
                 break
@@ -242,11 +230,16 @@ class _Decoder:
 
     @property
     def started(self) -> bool:
-        return self._started
+        return self._received
 
     @property
     def complete(self) -> bool:
-        return bool(self._obj.eof)
+        return self._obj is not None and bool(self._obj.eof)
+
+
+def _zlib_header(data: bytes) -> bool:
+    cmf, flg = data[0], data[1]
+    return cmf & 0x0F == 8 and cmf >> 4 <= 7 and (cmf * 256 + flg) % 31 == 0
 
 
 def _decoder_for(content_encoding: str) -> _Decoder | None:
@@ -334,6 +327,7 @@ class FeedFetcher:
     ) -> FetchResult:
         """Conditional GET of ``url``; every failure is returned in ``error``."""
         started = time.perf_counter()
+        url = url.strip()
         progress = _Progress(final_url=url)
         try:
             result = await self._fetch(url, etag, last_modified, progress)
@@ -357,7 +351,6 @@ class FeedFetcher:
     async def _fetch(
         self, url: str, etag: str | None, last_modified: str | None, progress: _Progress
     ) -> FetchResult:
-        url = url.strip()
         scheme = _scheme_of(url)
         if scheme == "file":
             if not self.settings.allow_file_urls:

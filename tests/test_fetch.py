@@ -102,6 +102,12 @@ async def test_gzip_body_is_decompressed(feed_server: FeedServer) -> None:
     assert result.content == RSS * 100 and result.bytes_read == len(RSS) * 100
 
 
+async def test_concatenated_gzip_members_are_all_read(feed_server: FeedServer) -> None:
+    body = gzip.compress(RSS[:20]) + gzip.compress(RSS[20:])
+    url = feed_server.add_raw("/two.xml", raw_body=body, headers={"content-encoding": "gzip"})
+    assert (await fetch_one(url)).content == RSS
+
+
 @pytest.mark.parametrize("raw", [True, False], ids=["raw-deflate", "zlib-deflate"])
 async def test_deflate_body_is_decompressed(feed_server: FeedServer, raw: bool) -> None:
     packer = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS if raw else zlib.MAX_WBITS)
