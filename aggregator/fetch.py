@@ -377,7 +377,7 @@ class FeedFetcher:
         deadline: float | None = None
         loop = asyncio.get_running_loop()
         while True:
-            progress.final_url = current
+            progress.final_url, progress.status, progress.headers = current, None, {}
             host = _host_key(current, url)
             # Per-host slot first, so waiters for one busy host never hold global slots.
             async with self._host_slot(host), self._global:

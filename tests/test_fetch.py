@@ -350,6 +350,14 @@ async def test_h2_connection_refused() -> None:
     assert result.status is None and result.content is None
 
 
+async def test_h2_refused_after_a_redirect_reports_no_status(feed_server: FeedServer) -> None:
+    dead = f"http://127.0.0.1:{_closed_port()}/feed.xml"
+    url = feed_server.add_redirect("/moved", dead, status=301)
+    result = await fetch_one(url)
+    assert isinstance(result.error, FetchConnectError)
+    assert result.final_url == dead and result.status is None and result.permanent_url is None
+
+
 async def test_h2_unknown_host() -> None:
     result = await fetch_one("http://no-such-host.invalid/feed.xml", connect_timeout=3.0)
     assert isinstance(result.error, FetchConnectError | FetchTimeout)
