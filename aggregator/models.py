@@ -103,6 +103,9 @@ class ParsedEntry:
     content_html: str
     published: datetime | None  # None when missing or unparseable
     updated: datetime | None
+    # What relative links in the HTML resolve against: the entry's xml:base when it is
+    # http(s), else the feed document's URL.
+    base_url: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
