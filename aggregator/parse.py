@@ -499,12 +499,14 @@ def _describe_xml_error(error: BaseException) -> str:
     return str(error) or type(error).__name__
 
 
-def _run_feedparser(data: bytes, base: str) -> tuple[Any, str | None]:
+def _run_feedparser(data: bytes) -> tuple[Any, str | None]:
     """Parse strictly (expat, no DTD left to act on); fall back to the lenient parser.
 
     Returns feedparser's handler and, when the document was not well-formed, why.
+    feedparser gets no base URL: it applies xml:base and leaves ids as given (with a
+    base it would rewrite permalink guids); links are resolved here afterwards.
     """
-    strict = _StrictParser(base, None, "utf-8")
+    strict = _StrictParser("", None, "utf-8")
     strict.resolve_relative_uris = False
     strict.sanitize_html = False
     # Safe without defusedxml: _scan_prolog removed every DOCTYPE and entity declaration.
@@ -522,7 +524,7 @@ def _run_feedparser(data: bytes, base: str) -> tuple[Any, str | None]:
         reason = _describe_xml_error(strict.exc or exc)
     else:
         return strict, None
-    loose = _LooseParser(base, None, "utf-8", {})
+    loose = _LooseParser("", None, "utf-8", {})
     loose.resolve_relative_uris = False
     loose.sanitize_html = False
     loose.feed(data.decode("utf-8", "replace"))
@@ -546,7 +548,7 @@ def _parse_xml_feed(
         data = cut
         warnings.append(f"more than {limits.max_entries} entries, kept the first ones")
     try:
-        handler, malformed = _run_feedparser(data, base)
+        handler, malformed = _run_feedparser(data)
     except RecursionError:
         raise ParseError("not a feed: nested too deeply", url=url) from None
     except Exception as exc:  # feedparser is not hardened against every hostile input
@@ -599,7 +601,7 @@ def _utc(value: Any) -> datetime | None:
 
 
 def _entry_base(raw: Mapping[str, Any], base: str) -> str:
-    """The entry's xml:base (as feedparser tracked it) if http(s), else the document's."""
+    """The entry's xml:base (relative ones resolved) if http(s), else the document's."""
     for key in ("summary_detail", "title_detail"):
         detail = raw.get(key)
         if isinstance(detail, Mapping):
@@ -638,7 +640,7 @@ def _entry(raw: dict[str, Any], base: str, limits: ParseLimits) -> ParsedEntry:
     guid = _str_or_none(raw.get("id"))
     return ParsedEntry(
         guid=_clean_line(guid[:2048]) or None if guid else None,
-        link=clean_link(_str_or_none(raw.get("link")), entry_base or None),
+        link=clean_link(_str_or_none(raw.get("link")), base or None),
         title=_plain(raw.get("title"), _type_of(raw, "title_detail"), limits.max_title_chars),
         author=_plain(author, None, limits.max_author_chars) or None,
         summary_html=summary_html,
