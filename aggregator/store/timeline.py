@@ -1,0 +1,335 @@
+"""Read queries for the web pages: timeline pages, entries, sources and their health.
+
+Pages are keyset-paginated on ``(published, id)`` (the ``entries_timeline`` and
+``entries_feed_timeline`` indexes), never OFFSET: a page boundary is a position in the
+order, so entries arriving between two page loads never shift or repeat what a reader
+pages through.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+from sqlite_utils import Database
+
+from ..errors import StoreError
+from .codec import from_db, from_db_required, to_db
+
+__all__ = [
+    "AlsoOn",
+    "Cursor",
+    "FeedHealth",
+    "SourceLink",
+    "TimelineEntry",
+    "TimelinePage",
+    "entry_count",
+    "feed_health",
+    "fts_query",
+    "get_entry",
+    "latest_entries",
+    "source_links",
+    "timeline_page",
+]
+
+_CURSOR = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z)\|(\d{1,18})")
+# A search term is a run of letters or digits; everything else only separates terms.
+_TERM = re.compile(r"\w+", re.UNICODE)
+MAX_SEARCH_TERMS = 12
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Cursor:
+    """A position in the timeline order: the (published, id) of an entry."""
+
+    published: str  # the stored fixed-width UTC text (codec.to_db)
+    id: int
+
+    def __str__(self) -> str:
+        return f"{self.published}|{self.id}"
+
+    @classmethod
+    def parse(cls, text: str) -> Cursor:
+        """``published|id`` as made by ``str()``; ValueError for anything else."""
+        match = _CURSOR.fullmatch(text)
+        if match is None:
+            raise ValueError(f"not a page position: {text[:60]!r}")
+        published = match.group(1)
+        from_db_required(published)  # rejects impossible dates such as month 13
+        return cls(published, int(match.group(2)))
+
+
+@dataclass(frozen=True, slots=True)
+class AlsoOn:
+    """Another copy of the same story, on another source."""
+
+    entry_id: int
+    feed_id: int
+    feed_title: str
+    link: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class TimelineEntry:
+    id: int
+    feed_id: int
+    feed_title: str
+    title: str
+    link: str | None
+    author: str | None
+    summary_html: str
+    content_html: str
+    text: str
+    published: datetime
+    updated: datetime | None
+    last_changed: datetime
+    duplicate_of: int | None
+    also_on: tuple[AlsoOn, ...] = ()
+
+    @property
+    def cursor(self) -> Cursor:
+        return Cursor(_stamp(self.published), self.id)
+
+
+@dataclass(frozen=True, slots=True)
+class TimelinePage:
+    entries: tuple[TimelineEntry, ...]
+    older: Cursor | None  # ask for ``before=older`` to get the next older page
+    newer: Cursor | None  # ask for ``after=newer`` to get the next newer page
+
+
+@dataclass(frozen=True, slots=True)
+class SourceLink:
+    """What a badge or a filter menu needs of a feed."""
+
+    id: int
+    title: str
+    enabled: bool
+
+
+@dataclass(frozen=True, slots=True)
+class FeedHealth:
+    """A feed row with its latest fetch, for the source page and the admin list."""
+
+    feed_id: int
+    entries: int
+    last_fetch_at: datetime | None
+    last_status: int | None
+    last_outcome: str | None
+    last_fetch_error: str | None
+
+
+_ENTRY_COLUMNS = (
+    "e.id, e.feed_id, coalesce(nullif(f.title, ''), f.url), e.title, e.link, e.author, "
+    "e.summary_html, e.content_html, e.text, e.published, e.updated, e.last_changed, "
+    "e.duplicate_of"
+)
+
+
+def _stamp(moment: datetime) -> str:
+    value = to_db(moment)
+    assert value is not None
+    return value
+
+
+def _entry(row: Sequence[Any]) -> TimelineEntry:
+    return TimelineEntry(
+        id=row[0],
+        feed_id=row[1],
+        feed_title=row[2],
+        title=row[3],
+        link=row[4],
+        author=row[5],
+        summary_html=row[6],
+        content_html=row[7],
+        text=row[8],
+        published=from_db_required(row[9]),
+        updated=from_db(row[10]),
+        last_changed=from_db_required(row[11]),
+        duplicate_of=row[12],
+    )
+
+
+def _execute(db: Database, sql: str, params: Iterable[Any]) -> list[Any]:
+    try:
+        return db.execute(sql, list(params)).fetchall()
+    except sqlite3.DatabaseError as error:
+        raise StoreError(f"timeline query failed: {error}") from None
+
+
+def fts_query(text: str) -> str | None:
+    """The user's words as an FTS5 query that cannot be read as FTS syntax.
+
+    Each word becomes a quoted string (all must match, in any order); quotes,
+    operators, column filters and parentheses in the input are just separators.
+    None when no word is left.
+    """
+    terms = _TERM.findall(text)[:MAX_SEARCH_TERMS]
+    if not terms:
+        return None
+    return " ".join('"' + term.replace('"', '""') + '"' for term in terms)
+
+
+def timeline_page(
+    db: Database,
+    *,
+    feed_id: int | None = None,
+    search: str | None = None,
+    before: Cursor | None = None,
+    after: Cursor | None = None,
+    limit: int = 30,
+) -> TimelinePage:
+    """One page, newest first.
+
+    Without ``feed_id`` only stories are listed (an entry that is a cross-post of an
+    earlier one shows as "also on" of its story); with it, every entry of that feed.
+    ``search`` is an FTS5 query made by ``fts_query``. ``before`` pages to older
+    entries, ``after`` to newer ones (not both).
+    """
+    if before is not None and after is not None:
+        raise ValueError("before and after together")
+    where: list[str] = []
+    params: list[Any] = []
+    if search is not None:
+        source = "entries_fts JOIN entries e ON e.id = entries_fts.rowid"
+        where.append("entries_fts MATCH ?")
+        params.append(search)
+    else:
+        source = "entries e"
+    if feed_id is None:
+        where.append("e.duplicate_of IS NULL")
+    else:
+        where.append("e.feed_id = ?")
+        params.append(feed_id)
+    if after is not None:
+        where.append("(e.published, e.id) > (?, ?)")
+        params += [after.published, after.id]
+        order = "ASC"
+    else:
+        if before is not None:
+            where.append("(e.published, e.id) < (?, ?)")
+            params += [before.published, before.id]
+        order = "DESC"
+    sql = (
+        f"SELECT {_ENTRY_COLUMNS} FROM {source} JOIN feeds f ON f.id = e.feed_id "
+        f"WHERE {' AND '.join(where)} "
+        f"ORDER BY e.published {order}, e.id {order} LIMIT ?"
+    )
+    rows = _execute(db, sql, [*params, limit + 1])
+    more = len(rows) > limit
+    entries = [_entry(row) for row in rows[:limit]]
+    if after is not None:
+        if not more:
+            # Back at the top: show a full first page rather than a short one.
+            return timeline_page(db, feed_id=feed_id, search=search, limit=limit)
+        entries.reverse()
+        return TimelinePage(
+            tuple(_with_copies(db, entries)), older=entries[-1].cursor, newer=entries[0].cursor
+        )
+    older = entries[-1].cursor if more else None
+    newer: Cursor | None = None
+    if before is not None:
+        # The page the reader came from is above this one.
+        newer = entries[0].cursor if entries else before
+    return TimelinePage(tuple(_with_copies(db, entries)), older=older, newer=newer)
+
+
+def _with_copies(db: Database, entries: list[TimelineEntry]) -> list[TimelineEntry]:
+    """Each entry with the other copies of its story (the story itself included)."""
+    if not entries:
+        return entries
+    roots = sorted({entry.duplicate_of or entry.id for entry in entries})
+    marks = ", ".join("?" * len(roots))
+    rows = _execute(
+        db,
+        "SELECT e.id, e.feed_id, coalesce(nullif(f.title, ''), f.url), e.link, "
+        "coalesce(e.duplicate_of, e.id) FROM entries e JOIN feeds f ON f.id = e.feed_id "
+        f"WHERE e.duplicate_of IN ({marks}) OR e.id IN ({marks}) ORDER BY e.id",
+        [*roots, *roots],
+    )
+    copies: dict[int, list[AlsoOn]] = {}
+    for entry_id, copy_feed, title, link, root in rows:
+        copies.setdefault(root, []).append(AlsoOn(entry_id, copy_feed, title, link))
+    result = []
+    for entry in entries:
+        others = [
+            copy
+            for copy in copies.get(entry.duplicate_of or entry.id, [])
+            if copy.entry_id != entry.id and copy.feed_id != entry.feed_id
+        ]
+        seen: set[int] = set()
+        unique = []
+        for copy in others:
+            if copy.feed_id not in seen:
+                seen.add(copy.feed_id)
+                unique.append(copy)
+        result.append(replace(entry, also_on=tuple(unique)) if unique else entry)
+    return result
+
+
+def latest_entries(
+    db: Database, *, feed_id: int | None = None, limit: int = 50
+) -> list[TimelineEntry]:
+    """The newest entries (stories only when no feed is given), for Atom feeds."""
+    return list(timeline_page(db, feed_id=feed_id, limit=limit).entries)
+
+
+def get_entry(db: Database, entry_id: int) -> TimelineEntry | None:
+    rows = _execute(
+        db,
+        f"SELECT {_ENTRY_COLUMNS} FROM entries e JOIN feeds f ON f.id = e.feed_id WHERE e.id = ?",
+        [entry_id],
+    )
+    if not rows:
+        return None
+    return _with_copies(db, [_entry(rows[0])])[0]
+
+
+def source_links(db: Database) -> list[SourceLink]:
+    """Every feed, by title, for filter menus and badges."""
+    rows = _execute(
+        db,
+        "SELECT id, coalesce(nullif(title, ''), url), enabled FROM feeds "
+        "ORDER BY lower(coalesce(nullif(title, ''), url)), id",
+        [],
+    )
+    return [SourceLink(row[0], row[1], bool(row[2])) for row in rows]
+
+
+def feed_health(db: Database, feed_ids: Iterable[int] | None = None) -> dict[int, FeedHealth]:
+    """Latest fetch and entry count per feed (all feeds when ``feed_ids`` is None)."""
+    params: list[Any] = []
+    only = ""
+    if feed_ids is not None:
+        ids = list(feed_ids)
+        if not ids:
+            return {}
+        only = f"WHERE f.id IN ({', '.join('?' * len(ids))})"
+        params = ids
+    rows = _execute(
+        db,
+        "SELECT f.id, (SELECT count(*) FROM entries e WHERE e.feed_id = f.id), "
+        "x.at, x.status, x.outcome, x.error FROM feeds f "
+        "LEFT JOIN fetches x ON x.id = (SELECT id FROM fetches WHERE feed_id = f.id "
+        f"ORDER BY at DESC, id DESC LIMIT 1) {only} ORDER BY f.id",
+        params,
+    )
+    return {
+        row[0]: FeedHealth(
+            feed_id=row[0],
+            entries=row[1],
+            last_fetch_at=from_db(row[2]),
+            last_status=row[3],
+            last_outcome=row[4],
+            last_fetch_error=row[5],
+        )
+        for row in rows
+    }
+
+
+def entry_count(db: Database) -> int:
+    return int(_execute(db, "SELECT count(*) FROM entries", [])[0][0])

@@ -1,0 +1,65 @@
+"""The web app: merged timeline, entry and source pages, Atom and OPML, admin.
+
+``create_app(settings, clock=...)`` builds a Starlette app from settings passed in; it
+reads nothing from the environment. Routes are declared in one list below.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.routing import BaseRoute, Mount
+from starlette.staticfiles import StaticFiles
+
+from ..config import Settings
+from ..render import make_environment
+from ..urls import is_http_url
+from . import admin, feeds, views
+from .context import Clock, WebContext, system_clock
+from .pages import http_error, server_error
+from .security import SecurityHeadersMiddleware
+
+__all__ = ["create_app"]
+
+STATIC = Path(__file__).resolve().parent.parent.parent / "static"
+# Large enough for an OPML upload (sources.import_opml caps the file at 5 MB).
+MAX_BODY_BYTES = 6 * 1024 * 1024
+
+
+def create_app(settings: Settings, *, clock: Clock | None = None) -> Starlette:
+    templates = make_environment(filters={"xml_safe": feeds.xml_safe, "http_url": is_http_url})
+    web = WebContext(settings, clock=clock or system_clock, templates=templates)
+
+    routes: list[BaseRoute] = [
+        *views.routes,
+        *feeds.routes,
+        *admin.routes,
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+    ]
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            web.close()
+
+    app = Starlette(
+        routes=routes,
+        middleware=[
+            Middleware(
+                SecurityHeadersMiddleware,
+                secure_cookies=settings.web.base_url.startswith("https:"),
+            )
+        ],
+        exception_handlers={HTTPException: http_error, 500: server_error},
+        lifespan=lifespan,
+        max_body_size=MAX_BODY_BYTES,
+    )
+    app.state.web = web
+    return app

@@ -1,0 +1,123 @@
+"""Machine-readable exports: the merged and per-source Atom feeds, and OPML.
+
+Atom answers carry an ETag and a Last-Modified derived from the entries they list, so
+a reader polling with If-None-Match / If-Modified-Since gets a 304 without the feed
+being rendered.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from email.utils import format_datetime, parsedate_to_datetime
+
+from markupsafe import Markup
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ..sources import export_opml
+from ..store import feeds as feed_rows
+from ..store import timeline
+from ..store.timeline import TimelineEntry
+from .context import web_context
+from .pages import SITE_TITLE
+
+FEED_SIZE = 50
+ATOM_TYPE = "application/atom+xml; charset=utf-8"
+# Bump when the Atom template changes, so that cached copies are not kept.
+_FORMAT_VERSION = "atom-1"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff\ud800-\udfff]")
+
+
+def xml_safe(value: str) -> str:
+    """Drops the characters XML 1.0 cannot carry at all (escaping cannot help them)."""
+    cleaned = _XML_INVALID.sub("", value)
+    return Markup(cleaned) if isinstance(value, Markup) else cleaned  # noqa: S704 - same input
+
+
+def _validators(entries: Sequence[TimelineEntry], scope: str) -> tuple[str, datetime]:
+    digest = hashlib.sha256(f"{_FORMAT_VERSION}\x00{scope}".encode())
+    for entry in entries:
+        digest.update(f"\x00{entry.id}\x00{entry.last_changed}\x00{entry.feed_title}".encode())
+    changed = max((entry.last_changed for entry in entries), default=_EPOCH)
+    return f'"{digest.hexdigest()[:32]}"', changed.replace(microsecond=0)
+
+
+def _not_modified(request: Request, etag: str, last_modified: datetime) -> bool:
+    if_none_match = request.headers.get("if-none-match")
+    if if_none_match is not None:
+        tags = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
+        return etag in tags or "*" in tags
+    if_modified_since = request.headers.get("if-modified-since")
+    if if_modified_since:
+        try:
+            since = parsedate_to_datetime(if_modified_since)
+        except (TypeError, ValueError, IndexError):
+            return False
+        if since.tzinfo is None:
+            since = since.replace(tzinfo=UTC)
+        return last_modified <= since
+    return False
+
+
+def _atom(request: Request, feed_id: int | None) -> Response:
+    web = web_context(request)
+    db = web.store().db
+    base = web.settings.web.base_url
+    if feed_id is None:
+        title, path, alternate = SITE_TITLE, "/feed.atom", f"{base}/"
+    else:
+        feed = feed_rows.get_feed(db, feed_id)
+        if feed is None:
+            raise HTTPException(404, f"There is no source with id {feed_id}.")
+        title = feed.title or feed.url
+        path = f"/sources/{feed_id}/feed.atom"
+        alternate = f"{base}/sources/{feed_id}"
+    entries = timeline.latest_entries(db, feed_id=feed_id, limit=FEED_SIZE)
+    etag, changed = _validators(entries, f"{base}{path}\x00{title}")
+    headers = {
+        "etag": etag,
+        "last-modified": format_datetime(changed, usegmt=True),
+        "cache-control": "no-cache",
+    }
+    if _not_modified(request, etag, changed):
+        return Response(status_code=304, headers=headers)
+    body = web.templates.get_template("feed.atom").render(
+        title=title,
+        feed_url=f"{base}{path}",
+        alternate=alternate,
+        base_url=base,
+        updated=max((e.updated or e.published for e in entries), default=changed),
+        entries=entries,
+    )
+    return Response(body, media_type=ATOM_TYPE, headers=headers)
+
+
+def merged_atom(request: Request) -> Response:
+    return _atom(request, None)
+
+
+def source_atom(request: Request) -> Response:
+    return _atom(request, request.path_params["feed_id"])
+
+
+def opml(request: Request) -> Response:
+    web = web_context(request)
+    document = export_opml(feed_rows.list_feeds(web.store().db), now=web.now())
+    return Response(
+        document,
+        media_type="text/x-opml; charset=utf-8",
+        headers={"content-disposition": 'inline; filename="feeds.opml"'},
+    )
+
+
+routes = [
+    Route("/feed.atom", merged_atom, name="atom"),
+    Route("/sources/{feed_id:int}/feed.atom", source_atom, name="source_atom"),
+    Route("/opml", opml, name="opml"),
+]

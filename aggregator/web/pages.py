@@ -1,0 +1,156 @@
+"""Rendering pages and error pages; reading query parameters.
+
+Public helpers, for every page of the web app::
+
+    render(request: Request, template_name: str, context: Mapping[str, Any],
+           status_code: int = 200, headers: Mapping[str, str] | None = None) -> HTMLResponse
+        Renders a template (extending ``base.html``) with the one Jinja2 environment.
+        Every template also sees ``request``, ``csrf_token()`` (call it inside a form),
+        ``csrf_field`` (the hidden field's name), ``nav`` and ``site_title``.
+    int_param(request: Request, name: str) -> int | None
+        A positive whole-number query parameter, or HTTPException(400).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+
+from .context import web_context
+from .security import FORM_FIELD, SECURITY_HEADERS, csrf_token
+
+__all__ = ["SITE_TITLE", "NavItem", "int_param", "render", "str_param"]
+
+SITE_TITLE = "Blog digest"
+MAX_PARAM_CHARS = 200
+log = logging.getLogger("aggregator.web")
+
+
+@dataclass(frozen=True, slots=True)
+class NavItem:
+    href: str
+    label: str
+    current: bool
+
+
+_NAV = (
+    ("/", "Timeline"),
+    ("/subscribe", "Subscribe"),
+    ("/feed.atom", "Atom feed"),
+    ("/admin", "Admin"),
+)
+
+
+def _nav(request: Request) -> list[NavItem]:
+    paths = {getattr(route, "path", None) for route in request.app.routes}
+    path = request.url.path
+    items = []
+    for href, label in _NAV:
+        if href not in paths:
+            continue
+        current = path == href if href == "/" else path.startswith(href)
+        items.append(NavItem(href, label, current))
+    return items
+
+
+def render(
+    request: Request,
+    template_name: str,
+    context: Mapping[str, Any],
+    status_code: int = 200,
+    headers: Mapping[str, str] | None = None,
+) -> HTMLResponse:
+    web = web_context(request)
+    template = web.templates.get_template(template_name)
+    html = template.render(
+        {
+            "request": request,
+            "csrf_token": lambda: csrf_token(request),
+            "csrf_field": FORM_FIELD,
+            "nav": _nav(request),
+            "site_title": SITE_TITLE,
+            **context,
+        }
+    )
+    # Set here as well as by the middleware: error pages from the outermost layer
+    # never pass through it.
+    all_headers = dict(SECURITY_HEADERS)
+    all_headers.update(headers or {})
+    return HTMLResponse(html, status_code=status_code, headers=all_headers)
+
+
+def str_param(request: Request, name: str) -> str | None:
+    value = request.query_params.get(name)
+    if value is None:
+        return None
+    if len(value) > MAX_PARAM_CHARS:
+        raise HTTPException(
+            400, f"The “{name}” parameter is too long (at most {MAX_PARAM_CHARS} characters)."
+        )
+    return value
+
+
+def int_param(request: Request, name: str) -> int | None:
+    value = str_param(request, name)
+    if value is None or value == "":
+        return None
+    if not value.isascii() or not value.isdigit() or len(value) > 18 or int(value) < 1:
+        raise HTTPException(400, f"The “{name}” parameter must be a positive whole number.")
+    return int(value)
+
+
+_TITLES = {
+    400: "Bad request",
+    401: "Sign-in needed",
+    403: "Not allowed",
+    404: "Not found",
+    405: "Method not allowed",
+    413: "Too large",
+    500: "Something went wrong",
+    503: "Unavailable",
+}
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    detail = exc.detail if exc.detail and exc.status_code != 500 else None
+    if exc.status_code == 404 and detail == "Not Found":
+        detail = "There is no page at this address."
+    return render(
+        request,
+        "error.html",
+        {
+            "status": exc.status_code,
+            "heading": _TITLES.get(exc.status_code, "Error"),
+            "detail": detail,
+        },
+        status_code=exc.status_code,
+        headers=exc.headers,
+    )
+
+
+async def server_error(request: Request, exc: Exception) -> Response:
+    log.error("error serving %s %s", request.method, request.url.path, exc_info=exc)
+    try:
+        return render(
+            request,
+            "error.html",
+            {
+                "status": 500,
+                "heading": _TITLES[500],
+                "detail": "The server could not answer this request. Try again in a moment.",
+            },
+            status_code=500,
+        )
+    except Exception:  # the error page itself must not fail
+        return HTMLResponse(
+            "<!doctype html><title>Error</title><h1>Something went wrong</h1>",
+            status_code=500,
+            headers=dict(SECURITY_HEADERS),
+        )

@@ -1,0 +1,198 @@
+"""Reader pages: the merged timeline, an entry, a source with its health."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from urllib.parse import urlencode
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ..errors import StoreError
+from ..store import feeds as feed_rows
+from ..store import timeline
+from ..store.codec import from_db
+from ..store.timeline import Cursor, TimelineEntry
+from .context import WebContext, web_context
+from .pages import int_param, render, str_param
+
+PAGE_SIZE = 30
+
+
+@dataclass(frozen=True, slots=True)
+class Day:
+    label: str
+    iso: str
+    entries: tuple[TimelineEntry, ...]
+
+
+def group_by_day(entries: Sequence[TimelineEntry], web: WebContext) -> list[Day]:
+    """Consecutive entries under the local day they were published on."""
+    today = web.now().astimezone(web.timezone).date()
+    days: list[tuple[date, list[TimelineEntry]]] = []
+    for entry in entries:
+        day = entry.published.astimezone(web.timezone).date()
+        if days and days[-1][0] == day:
+            days[-1][1].append(entry)
+        else:
+            days.append((day, [entry]))
+    return [Day(_day_label(day, today), day.isoformat(), tuple(items)) for day, items in days]
+
+
+def _day_label(day: date, today: date) -> str:
+    if day == today:
+        return "Today"
+    if day == today - timedelta(days=1):
+        return "Yesterday"
+    pattern = "%A %-d %B" if day.year == today.year else "%A %-d %B %Y"
+    return day.strftime(pattern)
+
+
+def _cursor_param(request: Request, name: str) -> Cursor | None:
+    value = str_param(request, name)
+    if not value:
+        return None
+    try:
+        return Cursor.parse(value)
+    except ValueError:
+        raise HTTPException(
+            400, f"The “{name}” parameter is not a page position from this site."
+        ) from None
+
+
+def _page_link(path: str, params: dict[str, str | int | None], cursor: tuple[str, Cursor]) -> str:
+    query = {key: str(value) for key, value in params.items() if value not in (None, "")}
+    query[cursor[0]] = str(cursor[1])
+    return f"{path}?{urlencode(query)}"
+
+
+def _local(moment: datetime, web: WebContext) -> datetime:
+    return moment.astimezone(web.timezone)
+
+
+def timeline_view(request: Request) -> Response:
+    web = web_context(request)
+    source_id = int_param(request, "source")
+    raw_query = (str_param(request, "q") or "").strip()
+    before = _cursor_param(request, "before")
+    after = _cursor_param(request, "after")
+    if before is not None and after is not None:
+        raise HTTPException(400, "Ask for older or newer entries, not both at once.")
+    db = web.store().db
+    sources = timeline.source_links(db)
+    source = next((s for s in sources if s.id == source_id), None)
+    if source_id is not None and source is None:
+        raise HTTPException(404, f"There is no source with id {source_id}.")
+    search = timeline.fts_query(raw_query) if raw_query else None
+    if raw_query and search is None:
+        page = timeline.TimelinePage((), None, None)
+    else:
+        page = timeline.timeline_page(
+            db, feed_id=source_id, search=search, before=before, after=after, limit=PAGE_SIZE
+        )
+    params: dict[str, str | int | None] = {"q": raw_query, "source": source_id}
+    return render(
+        request,
+        "timeline.html",
+        {
+            "days": group_by_day(page.entries, web),
+            "sources": sources,
+            "source": source,
+            "query": raw_query,
+            "paged": before is not None or after is not None,
+            "older_url": _page_link("/", params, ("before", page.older)) if page.older else None,
+            "newer_url": _page_link("/", params, ("after", page.newer)) if page.newer else None,
+            "local": lambda moment: _local(moment, web),
+        },
+    )
+
+
+def entry_view(request: Request) -> Response:
+    web = web_context(request)
+    entry_id: int = request.path_params["entry_id"]
+    db = web.store().db
+    entry = timeline.get_entry(db, entry_id)
+    if entry is None:
+        raise HTTPException(404, f"There is no entry with id {entry_id}.")
+    story = None
+    if entry.duplicate_of is not None:
+        story = timeline.get_entry(db, entry.duplicate_of)
+    return render(
+        request,
+        "entry.html",
+        {"entry": entry, "story": story, "local": lambda moment: _local(moment, web)},
+    )
+
+
+def source_view(request: Request) -> Response:
+    web = web_context(request)
+    feed_id: int = request.path_params["feed_id"]
+    before = _cursor_param(request, "before")
+    after = _cursor_param(request, "after")
+    if before is not None and after is not None:
+        raise HTTPException(400, "Ask for older or newer entries, not both at once.")
+    db = web.store().db
+    feed = feed_rows.get_feed(db, feed_id)
+    if feed is None:
+        raise HTTPException(404, f"There is no source with id {feed_id}.")
+    health = timeline.feed_health(db, [feed_id]).get(feed_id)
+    fetches = feed_rows.recent_fetches(db, feed_id, limit=10)
+    page = timeline.timeline_page(db, feed_id=feed_id, before=before, after=after, limit=PAGE_SIZE)
+    path = f"/sources/{feed_id}"
+    return render(
+        request,
+        "source.html",
+        {
+            "feed": feed,
+            "health": health,
+            "fetches": [_fetch_row(row) for row in fetches],
+            "days": group_by_day(page.entries, web),
+            "older_url": _page_link(path, {}, ("before", page.older)) if page.older else None,
+            "newer_url": _page_link(path, {}, ("after", page.newer)) if page.newer else None,
+            "local": lambda moment: _local(moment, web),
+        },
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class FetchRow:
+    at: datetime | None
+    status: int | None
+    outcome: str
+    new: int
+    updated: int
+    duration_ms: int
+    error: str | None
+
+
+def _fetch_row(row: dict[str, object]) -> FetchRow:
+    return FetchRow(
+        at=from_db(str(row["at"])) if row["at"] else None,
+        status=row["status"] if isinstance(row["status"], int) else None,
+        outcome=str(row["outcome"]),
+        new=int(str(row["new"])),
+        updated=int(str(row["updated"])),
+        duration_ms=int(str(row["duration_ms"])),
+        error=str(row["error"]) if row["error"] else None,
+    )
+
+
+def healthz(request: Request) -> Response:
+    web = web_context(request)
+    try:
+        count = timeline.entry_count(web.store().db)
+    except StoreError as error:
+        return JSONResponse({"status": "error", "database": str(error)}, status_code=503)
+    return JSONResponse({"status": "ok", "database": "ok", "entries": count})
+
+
+routes = [
+    Route("/", timeline_view, name="timeline"),
+    Route("/entries/{entry_id:int}", entry_view, name="entry"),
+    Route("/sources/{feed_id:int}", source_view, name="source"),
+    Route("/healthz", healthz, name="healthz"),
+]
