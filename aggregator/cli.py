@@ -332,5 +332,32 @@ def run(ctx: click.Context) -> None:
         _exit_for(summaries)
 
 
+@cli.command()
+@click.option("--host", default=None, help="Address to listen on (default: web.host).")
+@click.option("--port", default=None, type=int, help="Port to listen on (default: web.port).")
+@click.pass_context
+def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
+    """Serve the web timeline, Atom feed and admin pages."""
+    import uvicorn  # imported here: the other commands need no web stack
+
+    from .web import create_app
+
+    with _one_line_errors():
+        app = _app(ctx)
+        settings = app.settings
+        app.store  # noqa: B018 - creates or migrates the database and adds configured feeds
+        host = host or settings.web.host
+        port = port or settings.web.port
+        admin = "on" if settings.web.admin_password else "off (set AGGREGATOR_ADMIN_PASSWORD)"
+        err.print(f"Serving {settings.database} on http://{host}:{port}/ (admin {admin})")
+        uvicorn.run(
+            create_app(settings),
+            host=host,
+            port=port,
+            log_level=settings.log_level,
+            server_header=False,
+        )
+
+
 def main(argv: list[str] | None = None) -> Any:
     return cli.main(args=argv, prog_name="aggregator")
