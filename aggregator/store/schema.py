@@ -92,5 +92,87 @@ def m002_instance_secrets(db: Database) -> None:
     db.execute("CREATE TABLE secrets (name TEXT PRIMARY KEY, value BLOB NOT NULL)")
 
 
+@migrations()
+def m003_subscribers(db: Database) -> None:
+    """Subscribers, their sources, sign-up rate limits and used confirmation tokens."""
+    db.executescript(
+        """
+        CREATE TABLE subscribers (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: links carry it
+            email TEXT NOT NULL,
+            email_key TEXT NOT NULL UNIQUE,  -- normalised, case-folded: one row per address
+            status TEXT NOT NULL
+                CHECK (status IN ('pending', 'confirmed', 'unsubscribed', 'bounced')),
+            cadence TEXT NOT NULL CHECK (cadence IN ('daily', 'weekly')),
+            all_feeds INTEGER NOT NULL DEFAULT 1,
+            watermark INTEGER NOT NULL DEFAULT 0,  -- highest entry id considered for a digest
+            created_at TEXT NOT NULL,
+            confirmed_at TEXT,
+            status_changed_at TEXT NOT NULL,
+            last_confirmation_at TEXT,
+            last_digest_at TEXT,
+            bounce_reason TEXT
+        );
+        CREATE INDEX subscribers_status ON subscribers(status, created_at);
+        CREATE TABLE subscriber_feeds (
+            subscriber_id INTEGER NOT NULL REFERENCES subscribers(id) ON DELETE CASCADE,
+            feed_id INTEGER NOT NULL REFERENCES feeds(id) ON DELETE CASCADE,
+            PRIMARY KEY (subscriber_id, feed_id)
+        ) WITHOUT ROWID;
+        CREATE INDEX subscriber_feeds_feed ON subscriber_feeds(feed_id);
+        CREATE TABLE signup_attempts (
+            key TEXT NOT NULL,  -- "client:<hash>" or "address:<hash>"
+            at TEXT NOT NULL
+        );
+        CREATE INDEX signup_attempts_key_at ON signup_attempts(key, at);
+        CREATE INDEX signup_attempts_at ON signup_attempts(at);
+        CREATE TABLE used_tokens (
+            token_hash TEXT PRIMARY KEY,
+            used_at TEXT NOT NULL
+        ) WITHOUT ROWID;
+        """
+    )
+
+
+@migrations()
+def m004_digests(db: Database) -> None:
+    """Digests built per subscriber, the entries of each, and the sending lease."""
+    db.executescript(
+        """
+        CREATE TABLE digests (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: Message-IDs derive from it
+            subscriber_id INTEGER NOT NULL REFERENCES subscribers(id) ON DELETE CASCADE,
+            status TEXT NOT NULL CHECK (status IN ('pending', 'sent', 'failed', 'cancelled')),
+            created_at TEXT NOT NULL,
+            sent_at TEXT,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at TEXT NOT NULL,
+            last_error TEXT,
+            message_id TEXT,  -- set when sent; derived from the id, so the same on resends
+            first_entry INTEGER NOT NULL,
+            last_entry INTEGER NOT NULL,
+            entry_count INTEGER NOT NULL,
+            more TEXT NOT NULL DEFAULT '{}'  -- JSON: feed id -> stories left out by the cap
+        );
+        CREATE INDEX digests_outbox ON digests(status, next_attempt_at, id);
+        CREATE INDEX digests_subscriber ON digests(subscriber_id, id);
+        CREATE TABLE digest_entries (
+            digest_id INTEGER NOT NULL REFERENCES digests(id) ON DELETE CASCADE,
+            position INTEGER NOT NULL,
+            entry_id INTEGER NOT NULL REFERENCES entries(id) ON DELETE CASCADE,
+            feed_id INTEGER NOT NULL,
+            also_on TEXT NOT NULL DEFAULT '',  -- comma-separated entry ids of other copies
+            PRIMARY KEY (digest_id, position)
+        ) WITHOUT ROWID;
+        CREATE INDEX digest_entries_entry ON digest_entries(entry_id);
+        CREATE TABLE leases (
+            name TEXT PRIMARY KEY,
+            owner TEXT NOT NULL,
+            expires_at TEXT NOT NULL
+        ) WITHOUT ROWID;
+        """
+    )
+
+
 def apply_migrations(db: Database) -> None:
     migrations.apply(db)

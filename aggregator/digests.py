@@ -1,0 +1,600 @@
+"""Build pending digests, send them, mark them sent: each digest exactly once (DESIGN §7).
+
+Building runs one transaction per subscriber: select what is new since their
+watermark, insert a pending digest with its entries, move the watermark. Sending
+renders each pending digest from what was stored, hands it to the mailer, then marks
+it sent in its own transaction. A crash between the hand-over and the mark re-sends
+that one message on the next run, with the same Message-ID; nothing else repeats and
+nothing is skipped. Temporary failures are retried with backoff; a permanent refusal
+marks the address bounced and ends only that subscriber's digests.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets as random_source
+import socket
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from sqlite_utils import Database
+
+from .config import Settings
+from .errors import MailPermanentError, MailTemporaryError
+from .mail import OutgoingMessage, Sender, parse_address
+from .sanitize import clean_text, excerpt
+from .selection import DigestPlan, Subscriber, is_due, select_digest
+from .store import Store
+from .store import digests as digest_rows
+from .store import subscribers as subscriber_rows
+from .store.codec import to_db
+from .store.digests import DigestLine, DigestRow, EntryView
+from .subscriptions import Links, environment, inline_css, links_for
+
+BACKOFF_BASE = timedelta(minutes=5)
+BACKOFF_CAP = timedelta(hours=6)
+MAX_ATTEMPTS = 12  # about two and a half days of retries, then the digest is failed
+# This many temporary failures in a row means the mail server is away: stop the run
+# (what is left stays pending for the next one) instead of knocking on every digest.
+MAX_CONSECUTIVE_TEMPORARY = 5
+LEASE_NAME = "digest-send"
+LEASE_LENGTH = timedelta(minutes=2)
+LEASE_RENEW_SECONDS = 20.0
+EXCERPT_CHARS = 280
+MAX_TITLE_CHARS = 300
+MAX_SOURCE_CHARS = 80
+_BATCH = 200
+_CACHE_SIZE = 64
+_VIEW_CACHE_SIZE = 20_000
+
+Clock = Callable[[], datetime]
+
+
+# --- building -----------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class BuildReport:
+    considered: int = 0
+    built: int = 0
+    empty: int = 0
+    not_due: int = 0
+    digest_ids: list[int] = field(default_factory=list)
+
+
+class _PlanCache:
+    """Subscribers with the same watermark and sources get the same plan: compute it once.
+
+    Bounded, so memory does not grow with the number of subscribers.
+    """
+
+    def __init__(self, size: int = _CACHE_SIZE) -> None:
+        self._plans: OrderedDict[tuple[Any, ...], DigestPlan | None] = OrderedDict()
+        self._size = size
+
+    def plan(
+        self, db: Database, subscriber: Subscriber, upto: int, max_per_source: int
+    ) -> DigestPlan | None:
+        feeds = None if subscriber.feed_ids is None else tuple(sorted(subscriber.feed_ids))
+        key = (subscriber.watermark, feeds, upto, max_per_source)
+        if key in self._plans:
+            self._plans.move_to_end(key)
+            return self._plans[key]
+        candidates = digest_rows.candidates(db, subscriber, upto)
+        members = digest_rows.story_members(db, {c.story_id for c in candidates})
+        plan = select_digest(
+            subscriber, candidates, members, upto=upto, max_per_source=max_per_source
+        )
+        self._plans[key] = plan
+        if len(self._plans) > self._size:
+            self._plans.popitem(last=False)
+        return plan
+
+
+def _due(subscriber: Subscriber, settings: Settings, now: datetime) -> bool:
+    digest = settings.digest
+    return is_due(
+        subscriber.cadence,
+        subscriber.last_digest_at,
+        now,
+        digest.timezone,
+        digest.daily_at,
+        digest.weekly_day,
+    )
+
+
+def build_pending(
+    store: Store,
+    settings: Settings,
+    now: datetime,
+    *,
+    due_only: bool,
+    subscriber_ids: list[int] | None = None,
+) -> BuildReport:
+    """Build the digests of confirmed subscribers (only those due, with ``due_only``).
+
+    One transaction per subscriber; the subscriber is read again inside it, so two
+    builders running at once never build the same entries twice.
+    """
+    report = BuildReport()
+    cache = _PlanCache()
+    upto = subscriber_rows.high_water(store.db)
+    wanted = set(subscriber_ids) if subscriber_ids is not None else None
+    for listed in subscriber_rows.iter_confirmed(store.db):
+        if wanted is not None and listed.id not in wanted:
+            continue
+        if due_only and not _due(listed, settings, now):
+            report.not_due += 1
+            continue
+        report.considered += 1
+        with store.write() as db:
+            subscriber = subscriber_rows.get(db, listed.id)
+            if subscriber is None or subscriber.status != "confirmed":
+                continue
+            if due_only and not _due(subscriber, settings, now):
+                continue
+            plan = cache.plan(db, subscriber, upto, settings.digest.max_entries_per_source)
+            if plan is None:
+                report.empty += 1
+            else:
+                report.digest_ids.append(digest_rows.insert_digest(db, subscriber.id, plan, now))
+                report.built += 1
+            subscriber_rows.advance(db, subscriber.id, max(upto, subscriber.watermark), now)
+    return report
+
+
+def plan_all(
+    store: Store, settings: Settings, now: datetime, *, due_only: bool
+) -> Iterator[tuple[Subscriber, DigestPlan | None]]:
+    """What a build would produce for each confirmed subscriber, writing nothing."""
+    cache = _PlanCache()
+    upto = subscriber_rows.high_water(store.db)
+    for subscriber in subscriber_rows.iter_confirmed(store.db):
+        if due_only and not _due(subscriber, settings, now):
+            continue
+        yield (
+            subscriber,
+            cache.plan(store.db, subscriber, upto, settings.digest.max_entries_per_source),
+        )
+
+
+# --- rendering ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StoryView:
+    title: str
+    url: str | None
+    source: str
+    published: datetime
+    author: str | None
+    excerpt: str
+    also_on: tuple[tuple[str, str | None], ...]  # (source name, link)
+
+
+@dataclass(frozen=True, slots=True)
+class SectionView:
+    feed_id: int
+    title: str
+    url: str | None
+    anchor: str
+    stories: tuple[StoryView, ...]
+    more: int
+    more_url: str
+
+
+def line(text: str | None, limit: int = MAX_TITLE_CHARS) -> str:
+    """One line of plain text, no controls or bidi overrides, at most ``limit`` chars."""
+    cleaned = clean_text(text or "")
+    if len(cleaned) > limit:
+        cleaned = cleaned[: limit - 1].rstrip() + "…"
+    return cleaned
+
+
+def _source_name(entry: EntryView) -> str:
+    return line(entry.feed_title or entry.site_url or entry.feed_url, MAX_SOURCE_CHARS)
+
+
+class Renderer:
+    """Renders stored digests; remembers per-entry views so a run cleans each entry once."""
+
+    def __init__(self, store: Store, settings: Settings, links: Links) -> None:
+        self.store = store
+        self.settings = settings
+        self.links = links
+        self._env = environment()
+        self._html = self._env.get_template("email/digest.html")
+        self._text = self._env.get_template("email/digest.txt")
+        self._views: OrderedDict[int, StoryView] = OrderedDict()
+        self.product = _product_name(settings)
+        self.list_id = f"{self.product} <digest.{links.host}>"
+
+    def _story(self, line_: DigestLine) -> StoryView:
+        entry = line_.entry
+        cached = self._views.get(entry.id)
+        if cached is not None:
+            self._views.move_to_end(entry.id)
+            return cached
+        view = StoryView(
+            title=line(entry.title) or "(untitled)",
+            url=entry.link,
+            source=_source_name(entry),
+            published=entry.published,
+            author=line(entry.author, MAX_SOURCE_CHARS) or None,
+            excerpt=excerpt(entry.content_html or entry.summary_html, EXCERPT_CHARS),
+            also_on=tuple((_source_name(copy), copy.link) for copy in line_.also_on),
+        )
+        self._views[entry.id] = view
+        if len(self._views) > _VIEW_CACHE_SIZE:
+            self._views.popitem(last=False)
+        return view
+
+    def sections(self, lines: list[DigestLine], more: dict[int, int]) -> list[SectionView]:
+        grouped: dict[int, list[DigestLine]] = {}
+        for item in lines:
+            grouped.setdefault(item.section_feed_id, []).append(item)
+        names = digest_rows.feed_titles(self.store.db, [*grouped, *more])
+        sections = []
+        for feed_id in sorted(set(grouped) | {k for k, v in more.items() if v}):
+            title, feed_url, site_url = names.get(feed_id, ("", "", None))
+            items = grouped.get(feed_id, [])
+            stories = tuple(self._story(item) for item in items)
+            name = stories[0].source if stories else line(title or site_url or feed_url, 80)
+            sections.append(
+                SectionView(
+                    feed_id=feed_id,
+                    title=name or "(untitled source)",
+                    url=site_url,
+                    anchor=f"source-{feed_id}",
+                    stories=stories,
+                    more=more.get(feed_id, 0),
+                    more_url=self.links.source(feed_id),
+                )
+            )
+        return sections
+
+    def message(self, digest: DigestRow, *, date: datetime) -> OutgoingMessage | None:
+        """The stored digest as a message; None when nothing of it is left to show."""
+        lines = digest_rows.digest_lines(self.store.db, digest.id)
+        sections = self.sections(lines, digest.more)
+        if not sections:
+            return None
+        return self.compose(
+            sections,
+            digest_id=digest.id,
+            subscriber_id=digest.subscriber_id,
+            recipient=digest.email,
+            issued_at=digest.created_at,
+            date=date,
+        )
+
+    def compose(
+        self,
+        sections: list[SectionView],
+        *,
+        digest_id: int | None,
+        subscriber_id: int,
+        recipient: str,
+        issued_at: datetime,
+        date: datetime,
+    ) -> OutgoingMessage:
+        links = self.links
+        total = sum(len(s.stories) + s.more for s in sections)
+        subject = digest_subject(total, [s.title for s in sections])
+        unsubscribe_url = links.unsubscribe(subscriber_id, issued_at)
+        context = {
+            "product": self.product,
+            "subject": subject,
+            "total": total,
+            "sections": sections,
+            "date": issued_at.astimezone(self.settings.digest.timezone),
+            "home_url": links.home(),
+            "web_url": links.digest(digest_id, issued_at) if digest_id is not None else None,
+            "archive_url": links.archive(subscriber_id, issued_at),
+            "preferences_url": links.preferences(subscriber_id, issued_at),
+            "unsubscribe_url": unsubscribe_url,
+        }
+        mailto = links.unsubscribe_mailto(self.settings.mail.sender, subscriber_id, issued_at)
+        headers = {
+            "List-Id": self.list_id,
+            "List-Unsubscribe": f"<{unsubscribe_url}>, <{mailto}>",
+            "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+            "List-Archive": f"<{links.archive(subscriber_id, issued_at)}>",
+            "Precedence": "bulk",
+            "Auto-Submitted": "auto-generated",
+            "X-Auto-Response-Suppress": "All",
+        }
+        ident = digest_id if digest_id is not None else f"preview{subscriber_id}"
+        return OutgoingMessage(
+            message_id=links.message_id("digest", ident),
+            sender=self.settings.mail.sender,
+            recipient=recipient,
+            subject=subject,
+            text=self._text.render(context),
+            html=inline_css(self._html.render(context)),
+            date=date,
+            headers=headers,
+        )
+
+    def web_html(self, digest: DigestRow) -> tuple[str, list[SectionView]]:
+        """Subject and sections of a stored digest, for its web copy."""
+        lines = digest_rows.digest_lines(self.store.db, digest.id)
+        sections = self.sections(lines, digest.more)
+        total = sum(len(s.stories) + s.more for s in sections)
+        return digest_subject(total, [s.title for s in sections]), sections
+
+
+def digest_subject(total: int, sources: list[str]) -> str:
+    """Count and sources: "3 new posts from A and B"."""
+    names = [line(name, 40) for name in sources]
+    if len(names) > 3:
+        shown = f"{', '.join(names[:2])} and {len(names) - 2} more sources"
+    elif len(names) > 1:
+        shown = f"{', '.join(names[:-1])} and {names[-1]}"
+    else:
+        shown = names[0] if names else ""
+    noun = "post" if total == 1 else "posts"
+    return f"{total} new {noun} from {shown}" if shown else f"{total} new {noun}"
+
+
+def _product_name(settings: Settings) -> str:
+    try:
+        return line(parse_address(settings.mail.sender).display_name, 60) or "Blog digest"
+    except ValueError:
+        return "Blog digest"
+
+
+# --- sending ------------------------------------------------------------------------
+
+Outcome = Literal["sent", "retry", "failed", "bounced", "empty"]
+
+
+@dataclass(frozen=True, slots=True)
+class SendProgress:
+    done: int
+    total: int
+    outcome: Outcome
+    digest_id: int
+    address: str
+
+
+@dataclass(slots=True)
+class SendReport:
+    sent: int = 0
+    retried: int = 0
+    failed: int = 0
+    bounced: int = 0
+    empty: int = 0
+    stopped: str | None = None  # why the run ended early, if it did
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def handled(self) -> int:
+        return self.sent + self.retried + self.failed + self.bounced + self.empty
+
+
+def backoff(attempts: int) -> timedelta:
+    """Wait before attempt ``attempts + 1``: doubling from five minutes, capped."""
+    delay: timedelta = BACKOFF_BASE * (2 ** min(max(attempts - 1, 0), 20))
+    return min(delay, BACKOFF_CAP)
+
+
+class _Lease:
+    """One sending run at a time across processes; a holder that died is taken over."""
+
+    def __init__(self, store: Store, clock: Clock) -> None:
+        self.store = store
+        self.clock = clock
+        self.host = socket.gethostname()
+        self.owner = f"{self.host}:{os.getpid()}:{random_source.token_hex(4)}"
+        self._renewed = 0.0
+
+    def take(self) -> bool:
+        now = self.clock()
+        with self.store.write() as db:
+            if digest_rows.take_lease(db, LEASE_NAME, self.owner, now, now + LEASE_LENGTH):
+                self._renewed = time.monotonic()
+                return True
+            row = db.execute("SELECT owner FROM leases WHERE name = ?", [LEASE_NAME]).fetchone()
+            if row and self._dead(row[0]):
+                db.execute(
+                    "UPDATE leases SET owner = ?, expires_at = ? WHERE name = ?",
+                    [self.owner, to_db(now + LEASE_LENGTH), LEASE_NAME],
+                )
+                self._renewed = time.monotonic()
+                return True
+        return False
+
+    def _dead(self, owner: str) -> bool:
+        host, _, rest = owner.partition(":")
+        pid_text = rest.partition(":")[0]
+        if host != self.host or not pid_text.isdigit():
+            return False
+        try:
+            os.kill(int(pid_text), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+
+    def keep(self) -> bool:
+        if time.monotonic() - self._renewed < LEASE_RENEW_SECONDS:
+            return True
+        return self.take()
+
+    def release(self) -> None:
+        with self.store.write() as db:
+            digest_rows.release_lease(db, LEASE_NAME, self.owner)
+
+
+def count_due(store: Store, now: datetime) -> int:
+    row = store.conn.execute(
+        "SELECT count(*) FROM digests WHERE status = 'pending' AND next_attempt_at <= ?",
+        [to_db(now)],
+    ).fetchone()
+    return int(row[0])
+
+
+def send_pending(
+    store: Store,
+    sender: Sender,
+    settings: Settings,
+    now: datetime,
+    on_progress: Callable[[SendProgress], None] | None = None,
+    *,
+    clock: Clock | None = None,
+    limit: int | None = None,
+) -> SendReport:
+    """Send every pending digest whose time has come (``now``), oldest first.
+
+    ``clock`` stamps sends and retries as the run goes (``now`` throughout if omitted).
+    """
+    tick: Clock = clock or (lambda: now)
+    report = SendReport()
+    links = links_for(store, settings)
+    renderer = Renderer(store, settings, links)
+    lease = _Lease(store, tick)
+    if not lease.take():
+        report.stopped = "another run is sending digests"
+        return report
+    try:
+        total = count_due(store, now)
+        if limit is not None:
+            total = min(total, limit)
+        consecutive = 0
+        after = 0
+        while report.stopped is None:
+            batch = digest_rows.due_batch(store.db, now, after_id=after, limit=_BATCH)
+            if not batch:
+                break
+            for digest in batch:
+                after = digest.id
+                if limit is not None and report.handled >= limit:
+                    report.stopped = "limit reached"
+                    break
+                if not lease.keep():
+                    report.stopped = "lost the sending lease to another run"
+                    break
+                outcome = _send_one(store, sender, renderer, digest, tick, report)
+                consecutive = consecutive + 1 if outcome == "retry" else 0
+                if on_progress is not None:
+                    on_progress(
+                        SendProgress(report.handled, total, outcome, digest.id, digest.email)
+                    )
+                if consecutive >= MAX_CONSECUTIVE_TEMPORARY:
+                    report.stopped = f"mail server unavailable: {report.errors[-1]}"
+                    break
+    finally:
+        lease.release()
+    return report
+
+
+def _send_one(
+    store: Store,
+    sender: Sender,
+    renderer: Renderer,
+    digest: DigestRow,
+    tick: Clock,
+    report: SendReport,
+) -> Outcome:
+    if digest.subscriber_status != "confirmed":
+        with store.write() as db:
+            digest_rows.close_pending(db, digest.subscriber_id, "cancelled", "not subscribed")
+        report.empty += 1
+        return "empty"
+    message = renderer.message(digest, date=tick())
+    if message is None:  # every entry of it was deleted with its feed
+        with store.write() as db:
+            digest_rows.mark_failed(db, digest.id, "nothing left to send")
+        report.empty += 1
+        return "empty"
+    try:
+        sender.send(message)
+    except MailPermanentError as error:
+        reason = str(error)
+        with store.write() as db:
+            digest_rows.mark_failed(db, digest.id, reason)
+            digest_rows.close_pending(db, digest.subscriber_id, "failed", "address bounced")
+            subscriber_rows.set_status(db, digest.subscriber_id, "bounced", tick(), reason=reason)
+        report.bounced += 1
+        report.errors.append(reason)
+        return "bounced"
+    except MailTemporaryError as error:
+        reason = str(error)
+        with store.write() as db:
+            if digest.attempts + 1 >= MAX_ATTEMPTS:
+                digest_rows.mark_failed(db, digest.id, f"gave up: {reason}")
+                outcome: Outcome = "failed"
+                report.failed += 1
+            else:
+                digest_rows.mark_retry(db, digest.id, reason, tick() + backoff(digest.attempts + 1))
+                outcome = "retry"
+                report.retried += 1
+        report.errors.append(reason)
+        return outcome
+    with store.write() as db:
+        digest_rows.mark_sent(db, digest.id, message.message_id, tick())
+    report.sent += 1
+    return "sent"
+
+
+# --- preview ------------------------------------------------------------------------
+
+
+def preview(
+    store: Store, settings: Settings, now: datetime, *, email: str | None = None
+) -> OutgoingMessage | None:
+    """The digest a subscriber (or, without one, a reader of every source since the
+    start) would get now. Writes nothing but the instance secret on first use."""
+    links = links_for(store, settings)
+    if email is not None:
+        from .subscriptions import normalise_email
+
+        _, key = normalise_email(email)
+        subscriber = subscriber_rows.by_key(store.db, key)
+        if subscriber is None:
+            raise LookupError(f"no subscriber {email}")
+    else:
+        subscriber = Subscriber(
+            id=0,
+            email=parse_address(settings.mail.sender).addr_spec,
+            status="confirmed",
+            cadence="weekly",
+            feed_ids=None,
+            watermark=0,
+            created_at=now,
+        )
+    upto = subscriber_rows.high_water(store.db)
+    plan = _PlanCache().plan(store.db, subscriber, upto, settings.digest.max_entries_per_source)
+    if plan is None:
+        return None
+    renderer = Renderer(store, settings, links)
+    lines = _plan_lines(store, plan)
+    more = {s.feed_id: s.more for s in plan.sections if s.more}
+    sections = renderer.sections(lines, more)
+    return renderer.compose(
+        sections,
+        digest_id=None,
+        subscriber_id=subscriber.id,
+        recipient=subscriber.email,
+        issued_at=now,
+        date=now,
+    )
+
+
+def _plan_lines(store: Store, plan: DigestPlan) -> list[DigestLine]:
+    ids = [item.entry_id for s in plan.sections for item in s.items]
+    also = [i for s in plan.sections for item in s.items for i in item.also_on]
+    views: dict[int, EntryView] = digest_rows.entries_by_id(store.db, ids + also)
+    lines = []
+    for section in plan.sections:
+        for item in section.items:
+            if item.entry_id in views:
+                copies = tuple(views[i] for i in item.also_on if i in views)
+                lines.append(DigestLine(views[item.entry_id], section.feed_id, copies))
+    return lines

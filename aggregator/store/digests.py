@@ -1,0 +1,328 @@
+"""Digest rows: candidates for a subscriber, built digests, their sending state, the lease."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from sqlite_utils import Database
+
+from ..selection import Candidate, DigestPlan, StoryMember, Subscriber
+from .codec import from_db, from_db_required, to_db
+
+DigestStatus = Literal["pending", "sent", "failed", "cancelled"]
+_CHUNK = 400
+
+
+# --- what a subscriber has not seen yet -----------------------------------------------
+
+
+def candidates(db: Database, subscriber: Subscriber, upto: int) -> list[Candidate]:
+    """Entries after the watermark, up to ``upto``, past their feed's backlog, in the
+    subscriber's sources."""
+    sql = (
+        "SELECT e.id, e.feed_id, coalesce(e.duplicate_of, e.id), e.published "
+        "FROM entries e JOIN feeds f ON f.id = e.feed_id "
+        "WHERE e.id > ? AND e.id <= ? AND e.id > coalesce(f.backlog_seq, 0)"
+    )
+    params: list[Any] = [subscriber.watermark, upto]
+    if subscriber.feed_ids is not None:
+        if not subscriber.feed_ids:
+            return []
+        marks = ", ".join("?" * len(subscriber.feed_ids))
+        sql += f" AND e.feed_id IN ({marks})"
+        params.extend(sorted(subscriber.feed_ids))
+    cursor = db.execute(sql + " ORDER BY e.id", params)
+    return [
+        Candidate(id=row[0], feed_id=row[1], story_id=row[2], published=from_db_required(row[3]))
+        for row in cursor.fetchall()
+    ]
+
+
+def story_members(db: Database, story_ids: Iterable[int]) -> dict[int, list[StoryMember]]:
+    """Every copy of each story (the story's own entry included), by story id."""
+    found: dict[int, list[StoryMember]] = {}
+    unique = sorted(set(story_ids))
+    for start in range(0, len(unique), _CHUNK):
+        chunk = unique[start : start + _CHUNK]
+        marks = ", ".join("?" * len(chunk))
+        cursor = db.execute(
+            f"SELECT id, feed_id, coalesce(duplicate_of, id) FROM entries "
+            f"WHERE id IN ({marks}) OR duplicate_of IN ({marks}) ORDER BY id",
+            [*chunk, *chunk],
+        )
+        for entry_id, feed_id, story_id in cursor.fetchall():
+            found.setdefault(story_id, []).append(StoryMember(id=entry_id, feed_id=feed_id))
+    return found
+
+
+# --- building -----------------------------------------------------------------------
+
+
+def insert_digest(db: Database, subscriber_id: int, plan: DigestPlan, now: datetime) -> int:
+    stamp = to_db(now)
+    more = {str(s.feed_id): s.more for s in plan.sections if s.more}
+    cursor = db.execute(
+        "INSERT INTO digests (subscriber_id, status, created_at, next_attempt_at, first_entry, "
+        "last_entry, entry_count, more) VALUES (?, 'pending', ?, ?, ?, ?, ?, ?)",
+        [
+            subscriber_id,
+            stamp,
+            stamp,
+            plan.first_entry,
+            plan.last_entry,
+            plan.entry_count,
+            json.dumps(more, sort_keys=True),
+        ],
+    )
+    digest_id = cursor.lastrowid
+    assert digest_id is not None
+    rows = []
+    position = 0
+    for section in plan.sections:
+        for item in section.items:
+            also_on = ",".join(str(entry_id) for entry_id in item.also_on)
+            rows.append((digest_id, position, item.entry_id, section.feed_id, also_on))
+            position += 1
+    db.conn.executemany(
+        "INSERT INTO digest_entries (digest_id, position, entry_id, feed_id, also_on) "
+        "VALUES (?, ?, ?, ?, ?)",
+        rows,
+    )
+    return digest_id
+
+
+# --- reading a stored digest ----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DigestRow:
+    id: int
+    subscriber_id: int
+    email: str
+    subscriber_status: str
+    status: DigestStatus
+    created_at: datetime
+    sent_at: datetime | None
+    attempts: int
+    next_attempt_at: datetime
+    last_error: str | None
+    message_id: str | None
+    first_entry: int
+    last_entry: int
+    entry_count: int
+    more: dict[int, int]
+
+
+_DIGEST_COLUMNS = (
+    "d.id, d.subscriber_id, s.email, s.status, d.status, d.created_at, d.sent_at, d.attempts, "
+    "d.next_attempt_at, d.last_error, d.message_id, d.first_entry, d.last_entry, "
+    "d.entry_count, d.more"
+)
+
+
+def _digest(row: Sequence[Any]) -> DigestRow:
+    return DigestRow(
+        id=row[0],
+        subscriber_id=row[1],
+        email=row[2],
+        subscriber_status=row[3],
+        status=row[4],
+        created_at=from_db_required(row[5]),
+        sent_at=from_db(row[6]),
+        attempts=row[7],
+        next_attempt_at=from_db_required(row[8]),
+        last_error=row[9],
+        message_id=row[10],
+        first_entry=row[11],
+        last_entry=row[12],
+        entry_count=row[13],
+        more={int(k): int(v) for k, v in json.loads(row[14] or "{}").items()},
+    )
+
+
+def get_digest(db: Database, digest_id: int) -> DigestRow | None:
+    row = db.execute(
+        f"SELECT {_DIGEST_COLUMNS} FROM digests d JOIN subscribers s ON s.id = d.subscriber_id "
+        "WHERE d.id = ?",
+        [digest_id],
+    ).fetchone()
+    return _digest(row) if row else None
+
+
+def due_batch(db: Database, now: datetime, *, after_id: int, limit: int) -> list[DigestRow]:
+    """Pending digests whose next attempt has come, in id order, after ``after_id``."""
+    cursor = db.execute(
+        f"SELECT {_DIGEST_COLUMNS} FROM digests d JOIN subscribers s ON s.id = d.subscriber_id "
+        "WHERE d.status = 'pending' AND d.next_attempt_at <= ? AND d.id > ? "
+        "ORDER BY d.id LIMIT ?",
+        [to_db(now), after_id, limit],
+    )
+    return [_digest(row) for row in cursor.fetchall()]
+
+
+def for_subscriber(db: Database, subscriber_id: int, *, limit: int = 50) -> list[DigestRow]:
+    cursor = db.execute(
+        f"SELECT {_DIGEST_COLUMNS} FROM digests d JOIN subscribers s ON s.id = d.subscriber_id "
+        "WHERE d.subscriber_id = ? AND d.status = 'sent' ORDER BY d.id DESC LIMIT ?",
+        [subscriber_id, limit],
+    )
+    return [_digest(row) for row in cursor.fetchall()]
+
+
+@dataclass(frozen=True, slots=True)
+class EntryView:
+    """An entry as a digest shows it."""
+
+    id: int
+    feed_id: int
+    feed_title: str
+    feed_url: str
+    site_url: str | None
+    title: str
+    link: str | None
+    author: str | None
+    published: datetime
+    summary_html: str
+    content_html: str
+
+
+@dataclass(frozen=True, slots=True)
+class DigestLine:
+    entry: EntryView
+    section_feed_id: int
+    also_on: tuple[EntryView, ...]
+
+
+_ENTRY_COLUMNS = (
+    "e.id, e.feed_id, f.title, f.url, f.site_url, e.title, e.link, e.author, e.published, "
+    "e.summary_html, e.content_html"
+)
+
+
+def _entry(row: Sequence[Any]) -> EntryView:
+    return EntryView(
+        id=row[0],
+        feed_id=row[1],
+        feed_title=row[2],
+        feed_url=row[3],
+        site_url=row[4],
+        title=row[5],
+        link=row[6],
+        author=row[7],
+        published=from_db_required(row[8]),
+        summary_html=row[9],
+        content_html=row[10],
+    )
+
+
+def entries_by_id(db: Database, ids: Iterable[int]) -> dict[int, EntryView]:
+    found: dict[int, EntryView] = {}
+    unique = sorted(set(ids))
+    for start in range(0, len(unique), _CHUNK):
+        chunk = unique[start : start + _CHUNK]
+        marks = ", ".join("?" * len(chunk))
+        cursor = db.execute(
+            f"SELECT {_ENTRY_COLUMNS} FROM entries e JOIN feeds f ON f.id = e.feed_id "
+            f"WHERE e.id IN ({marks})",
+            chunk,
+        )
+        for row in cursor.fetchall():
+            found[row[0]] = _entry(row)
+    return found
+
+
+def digest_lines(db: Database, digest_id: int) -> list[DigestLine]:
+    """The stored digest's entries in order, with their "also on" copies.
+
+    An entry deleted since (its feed was removed) drops out of the digest.
+    """
+    rows = db.execute(
+        "SELECT entry_id, feed_id, also_on FROM digest_entries WHERE digest_id = ? "
+        "ORDER BY position",
+        [digest_id],
+    ).fetchall()
+    also = {row[0]: tuple(int(part) for part in row[2].split(",") if part) for row in rows}
+    views = entries_by_id(db, [row[0] for row in rows] + [i for ids in also.values() for i in ids])
+    lines = []
+    for entry_id, feed_id, _ in rows:
+        if entry_id in views:
+            copies = tuple(views[i] for i in also[entry_id] if i in views)
+            lines.append(DigestLine(entry=views[entry_id], section_feed_id=feed_id, also_on=copies))
+    return lines
+
+
+def feed_titles(db: Database, feed_ids: Iterable[int]) -> dict[int, tuple[str, str, str | None]]:
+    """Feed id -> (title, url, site url)."""
+    ids = sorted(set(feed_ids))
+    if not ids:
+        return {}
+    marks = ", ".join("?" * len(ids))
+    cursor = db.execute(f"SELECT id, title, url, site_url FROM feeds WHERE id IN ({marks})", ids)
+    return {row[0]: (row[1], row[2], row[3]) for row in cursor.fetchall()}
+
+
+# --- sending state ------------------------------------------------------------------
+
+
+def mark_sent(db: Database, digest_id: int, message_id: str, now: datetime) -> bool:
+    """Sent; False when it was no longer pending (another run got there first)."""
+    cursor = db.execute(
+        "UPDATE digests SET status = 'sent', sent_at = ?, message_id = ?, "
+        "attempts = attempts + 1, last_error = NULL WHERE id = ? AND status = 'pending'",
+        [to_db(now), message_id, digest_id],
+    )
+    return cursor.rowcount == 1
+
+
+def mark_retry(db: Database, digest_id: int, error: str, next_attempt_at: datetime) -> None:
+    db.execute(
+        "UPDATE digests SET attempts = attempts + 1, last_error = ?, next_attempt_at = ? "
+        "WHERE id = ? AND status = 'pending'",
+        [error, to_db(next_attempt_at), digest_id],
+    )
+
+
+def mark_failed(db: Database, digest_id: int, error: str) -> None:
+    db.execute(
+        "UPDATE digests SET status = 'failed', attempts = attempts + 1, last_error = ? "
+        "WHERE id = ? AND status = 'pending'",
+        [error, digest_id],
+    )
+
+
+def close_pending(db: Database, subscriber_id: int, status: DigestStatus, reason: str) -> int:
+    """End every pending digest of a subscriber (unsubscribed, bounced)."""
+    cursor = db.execute(
+        "UPDATE digests SET status = ?, last_error = ? "
+        "WHERE subscriber_id = ? AND status = 'pending'",
+        [status, reason, subscriber_id],
+    )
+    return cursor.rowcount
+
+
+def count_by_status(db: Database) -> dict[str, int]:
+    cursor = db.execute("SELECT status, count(*) FROM digests GROUP BY status")
+    return {row[0]: row[1] for row in cursor.fetchall()}
+
+
+# --- the sending lease: one sending run at a time ------------------------------------
+
+
+def take_lease(db: Database, name: str, owner: str, now: datetime, until: datetime) -> bool:
+    """Hold ``name`` until ``until`` unless someone else holds it unexpired."""
+    cursor = db.execute(
+        "INSERT INTO leases (name, owner, expires_at) VALUES (?, ?, ?) "
+        "ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, "
+        "expires_at = excluded.expires_at "
+        "WHERE leases.owner = excluded.owner OR leases.expires_at <= ?",
+        [name, owner, to_db(until), to_db(now)],
+    )
+    return cursor.rowcount == 1
+
+
+def release_lease(db: Database, name: str, owner: str) -> None:
+    db.execute("DELETE FROM leases WHERE name = ? AND owner = ?", [name, owner])

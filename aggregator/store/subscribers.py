@@ -1,0 +1,234 @@
+"""Subscriber rows, their chosen sources, sign-up rate limits and used tokens."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from datetime import datetime
+from typing import Any
+
+from sqlite_utils import Database
+
+from ..selection import Cadence, Subscriber, SubscriberStatus
+from .codec import from_db, from_db_required, to_db
+
+_COLUMNS = (
+    "id, email, status, cadence, all_feeds, watermark, created_at, confirmed_at, "
+    "last_digest_at, last_confirmation_at"
+)
+
+
+def _feed_ids(db: Database, subscriber_id: int) -> frozenset[int]:
+    cursor = db.execute(
+        "SELECT feed_id FROM subscriber_feeds WHERE subscriber_id = ?", [subscriber_id]
+    )
+    return frozenset(row[0] for row in cursor.fetchall())
+
+
+def _subscriber(db: Database, row: Any) -> Subscriber:
+    return Subscriber(
+        id=row[0],
+        email=row[1],
+        status=row[2],
+        cadence=row[3],
+        feed_ids=None if row[4] else _feed_ids(db, row[0]),
+        watermark=row[5],
+        created_at=from_db_required(row[6]),
+        confirmed_at=from_db(row[7]),
+        last_digest_at=from_db(row[8]),
+        last_confirmation_at=from_db(row[9]),
+    )
+
+
+def get(db: Database, subscriber_id: int) -> Subscriber | None:
+    row = db.execute(f"SELECT {_COLUMNS} FROM subscribers WHERE id = ?", [subscriber_id]).fetchone()
+    return _subscriber(db, row) if row else None
+
+
+def by_key(db: Database, email_key: str) -> Subscriber | None:
+    row = db.execute(
+        f"SELECT {_COLUMNS} FROM subscribers WHERE email_key = ?", [email_key]
+    ).fetchone()
+    return _subscriber(db, row) if row else None
+
+
+def list_all(db: Database, status: SubscriberStatus | None = None) -> list[Subscriber]:
+    if status is None:
+        cursor = db.execute(f"SELECT {_COLUMNS} FROM subscribers ORDER BY id")
+    else:
+        cursor = db.execute(
+            f"SELECT {_COLUMNS} FROM subscribers WHERE status = ? ORDER BY id", [status]
+        )
+    return [_subscriber(db, row) for row in cursor.fetchall()]
+
+
+def confirmed_ids(db: Database) -> list[int]:
+    cursor = db.execute("SELECT id FROM subscribers WHERE status = 'confirmed' ORDER BY id")
+    return [row[0] for row in cursor.fetchall()]
+
+
+def iter_confirmed(db: Database, batch: int = 500) -> Iterator[Subscriber]:
+    """Confirmed subscribers in id order, read a batch at a time (memory stays flat)."""
+    after = 0
+    while True:
+        rows = db.execute(
+            f"SELECT {_COLUMNS} FROM subscribers WHERE status = 'confirmed' AND id > ? "
+            "ORDER BY id LIMIT ?",
+            [after, batch],
+        ).fetchall()
+        if not rows:
+            return
+        for row in rows:
+            yield _subscriber(db, row)
+        after = rows[-1][0]
+
+
+def insert(
+    db: Database,
+    *,
+    email: str,
+    email_key: str,
+    status: SubscriberStatus,
+    cadence: Cadence,
+    feed_ids: frozenset[int] | None,
+    now: datetime,
+    watermark: int = 0,
+) -> int:
+    stamp = to_db(now)
+    cursor = db.execute(
+        "INSERT INTO subscribers (email, email_key, status, cadence, all_feeds, watermark, "
+        "created_at, confirmed_at, status_changed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            email,
+            email_key,
+            status,
+            cadence,
+            int(feed_ids is None),
+            watermark,
+            stamp,
+            stamp if status == "confirmed" else None,
+            stamp,
+        ],
+    )
+    assert cursor.lastrowid is not None
+    set_feeds(db, cursor.lastrowid, feed_ids)
+    return cursor.lastrowid
+
+
+def set_feeds(db: Database, subscriber_id: int, feed_ids: frozenset[int] | None) -> None:
+    db.execute("DELETE FROM subscriber_feeds WHERE subscriber_id = ?", [subscriber_id])
+    db.execute(
+        "UPDATE subscribers SET all_feeds = ? WHERE id = ?", [int(feed_ids is None), subscriber_id]
+    )
+    if feed_ids:
+        db.conn.executemany(
+            "INSERT INTO subscriber_feeds (subscriber_id, feed_id) "
+            "SELECT ?, id FROM feeds WHERE id = ?",
+            [(subscriber_id, feed_id) for feed_id in sorted(feed_ids)],
+        )
+
+
+def set_preferences(
+    db: Database, subscriber_id: int, *, cadence: Cadence, feed_ids: frozenset[int] | None
+) -> None:
+    db.execute("UPDATE subscribers SET cadence = ? WHERE id = ?", [cadence, subscriber_id])
+    set_feeds(db, subscriber_id, feed_ids)
+
+
+def set_status(
+    db: Database,
+    subscriber_id: int,
+    status: SubscriberStatus,
+    now: datetime,
+    *,
+    reason: str | None = None,
+) -> None:
+    db.execute(
+        "UPDATE subscribers SET status = ?, status_changed_at = ?, bounce_reason = ? WHERE id = ?",
+        [status, to_db(now), reason, subscriber_id],
+    )
+
+
+def confirm(db: Database, subscriber_id: int, now: datetime, watermark: int) -> None:
+    """Confirmed from now on; digests start after entry ``watermark``."""
+    stamp = to_db(now)
+    db.execute(
+        "UPDATE subscribers SET status = 'confirmed', confirmed_at = ?, status_changed_at = ?, "
+        "watermark = max(watermark, ?), last_digest_at = ?, bounce_reason = NULL WHERE id = ?",
+        [stamp, stamp, watermark, stamp, subscriber_id],
+    )
+
+
+def mark_confirmation_sent(db: Database, subscriber_id: int, now: datetime) -> None:
+    db.execute(
+        "UPDATE subscribers SET last_confirmation_at = ? WHERE id = ?",
+        [to_db(now), subscriber_id],
+    )
+
+
+def advance(db: Database, subscriber_id: int, watermark: int, now: datetime) -> None:
+    """Record a digest run for the subscriber: watermark and time only ever move forward."""
+    db.execute(
+        "UPDATE subscribers SET watermark = max(watermark, ?), last_digest_at = ? WHERE id = ?",
+        [watermark, to_db(now), subscriber_id],
+    )
+
+
+def delete(db: Database, subscriber_id: int) -> bool:
+    return db.execute("DELETE FROM subscribers WHERE id = ?", [subscriber_id]).rowcount > 0
+
+
+def expire_pending(db: Database, older_than: datetime) -> int:
+    """Forget pending addresses that were never confirmed. Returns how many went."""
+    cursor = db.execute(
+        "DELETE FROM subscribers WHERE status = 'pending' AND status_changed_at < ?",
+        [to_db(older_than)],
+    )
+    return cursor.rowcount
+
+
+def counts(db: Database) -> dict[str, int]:
+    cursor = db.execute("SELECT status, count(*) FROM subscribers GROUP BY status")
+    return {row[0]: row[1] for row in cursor.fetchall()}
+
+
+# --- rate limits --------------------------------------------------------------------
+
+
+def count_attempts(db: Database, key: str, since: datetime) -> int:
+    row = db.execute(
+        "SELECT count(*) FROM signup_attempts WHERE key = ? AND at >= ?", [key, to_db(since)]
+    ).fetchone()
+    return int(row[0])
+
+
+def record_attempts(db: Database, keys: Iterable[str], now: datetime) -> None:
+    stamp = to_db(now)
+    db.conn.executemany(
+        "INSERT INTO signup_attempts (key, at) VALUES (?, ?)", [(key, stamp) for key in keys]
+    )
+
+
+def prune_attempts(db: Database, before: datetime) -> None:
+    db.execute("DELETE FROM signup_attempts WHERE at < ?", [to_db(before)])
+
+
+# --- single-use tokens --------------------------------------------------------------
+
+
+def use_token(db: Database, token_hash: str, now: datetime) -> bool:
+    """Record a token as used; False when it was used before."""
+    cursor = db.execute(
+        "INSERT OR IGNORE INTO used_tokens (token_hash, used_at) VALUES (?, ?)",
+        [token_hash, to_db(now)],
+    )
+    return cursor.rowcount == 1
+
+
+def prune_tokens(db: Database, before: datetime) -> None:
+    db.execute("DELETE FROM used_tokens WHERE used_at < ?", [to_db(before)])
+
+
+def high_water(db: Database) -> int:
+    """The highest entry id stored so far (0 for none)."""
+    row = db.execute("SELECT coalesce(max(id), 0) FROM entries").fetchone()
+    return int(row[0])

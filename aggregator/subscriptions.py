@@ -1,0 +1,484 @@
+"""Subscribe, confirm, change preferences, unsubscribe (DESIGN §8, THREATS S).
+
+Sign-up is double opt-in: the form stores a pending address and yields a confirmation
+message; only the link in it (a signed, time-limited, single-use token) confirms.
+Whatever state an address is in, the sign-up answer is the same; what differs is only
+the mail its owner receives (a confirmation, or a note with their preferences link).
+Messages are returned, not sent, so that the web layer can answer before SMTP does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets as random_source
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import quote, urlencode, urlsplit
+
+from email_validator import EmailNotValidError, validate_email
+from jinja2 import Environment
+
+from .config import Settings
+from .errors import MailError, TokenError
+from .mail import OutgoingMessage, Sender, parse_address
+from .render import make_environment
+from .selection import CADENCES, Cadence, Subscriber
+from .store import Store
+from .store import digests as digest_rows
+from .store import subscribers as rows
+from .store.secrets import get_or_create_secret
+from .tokens import make_token, verify_token
+
+CONFIRM_MAX_AGE = timedelta(days=2)
+PENDING_MAX_AGE = timedelta(days=7)  # unconfirmed addresses are forgotten after this
+CLIENT_WINDOW = timedelta(hours=1)
+CLIENT_LIMIT = 10  # sign-up attempts per client per window
+ADDRESS_WINDOW = timedelta(hours=1)  # at most one confirmation mail per address per window
+MAX_ADDRESS_INPUT = 320
+
+PURPOSE_CONFIRM = "confirm"
+PURPOSE_UNSUBSCRIBE = "unsubscribe"
+PURPOSE_PREFERENCES = "preferences"
+PURPOSE_ARCHIVE = "archive"
+PURPOSE_DIGEST = "digest"
+
+_DOT_ATOM_HOST = re.compile(r"[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*")
+
+
+class InvalidSubscription(ValueError):
+    """The form was filled in wrongly (not an address, unknown cadence): say so."""
+
+
+class RateLimited(Exception):
+    """Too many sign-ups from one client: ask it to come back later."""
+
+
+# --- links --------------------------------------------------------------------------
+
+
+class Links:
+    """Absolute URLs of the subscription pages, with their signed tokens."""
+
+    def __init__(self, base_url: str, secret: bytes) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._secret = secret
+        host = urlsplit(self.base_url).hostname or "localhost"
+        self.host = host if _DOT_ATOM_HOST.fullmatch(host) else "localhost"
+
+    def token(self, purpose: str, subject: int, issued_at: datetime) -> str:
+        return make_token(self._secret, purpose, str(subject), issued_at=issued_at)
+
+    def verify(
+        self, purpose: str, token: str, *, now: datetime, max_age: timedelta | None = None
+    ) -> int:
+        """The id a token was made for; ``TokenError`` for anything else."""
+        subject = verify_token(self._secret, token, purpose, now=now, max_age=max_age)
+        if not subject.isdigit():
+            raise TokenError("invalid or expired link")
+        return int(subject)
+
+    def _url(self, path: str, **query: Any) -> str:
+        return f"{self.base_url}{path}" + (f"?{urlencode(query)}" if query else "")
+
+    def subscribe(self) -> str:
+        return self._url("/subscribe")
+
+    def confirm(self, subscriber_id: int, issued_at: datetime) -> str:
+        token = self.token(PURPOSE_CONFIRM, subscriber_id, issued_at)
+        return self._url("/subscribe/confirm", token=token)
+
+    def unsubscribe(self, subscriber_id: int, issued_at: datetime) -> str:
+        token = self.token(PURPOSE_UNSUBSCRIBE, subscriber_id, issued_at)
+        return self._url("/unsubscribe", token=token)
+
+    def unsubscribe_mailto(self, sender: str, subscriber_id: int, issued_at: datetime) -> str:
+        token = self.token(PURPOSE_UNSUBSCRIBE, subscriber_id, issued_at)
+        address = parse_address(sender).addr_spec
+        return f"mailto:{address}?subject={quote('unsubscribe ' + token)}"
+
+    def preferences(self, subscriber_id: int, issued_at: datetime) -> str:
+        token = self.token(PURPOSE_PREFERENCES, subscriber_id, issued_at)
+        return self._url("/preferences", token=token)
+
+    def archive(self, subscriber_id: int, issued_at: datetime, *, atom: bool = False) -> str:
+        token = self.token(PURPOSE_ARCHIVE, subscriber_id, issued_at)
+        return self._url("/digests/feed.atom" if atom else "/digests", token=token)
+
+    def digest(self, digest_id: int, issued_at: datetime) -> str:
+        token = self.token(PURPOSE_DIGEST, digest_id, issued_at)
+        return self._url(f"/digests/{digest_id}", token=token)
+
+    def source(self, feed_id: int) -> str:
+        return self._url("/", source=feed_id)
+
+    def home(self) -> str:
+        return self.base_url + "/"
+
+    def message_id(self, kind: str, ident: int | str) -> str:
+        """``<kind-ident.signature@host>``: the same for the same ident, unguessable."""
+        mac = hmac.new(self._secret, f"message-id:{kind}:{ident}".encode(), hashlib.sha256)
+        return f"<{kind}-{ident}.{mac.hexdigest()[:16]}@{self.host}>"
+
+
+def links_for(store: Store, settings: Settings) -> Links:
+    with store.write() as db:
+        secret = get_or_create_secret(db, "tokens")
+    return Links(settings.web.base_url, secret)
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()
+
+
+def _key_hash(kind: str, value: str) -> str:
+    return f"{kind}:{hashlib.sha256(value.encode('utf-8', 'replace')).hexdigest()[:32]}"
+
+
+# --- input --------------------------------------------------------------------------
+
+
+def normalise_email(text: str) -> tuple[str, str]:
+    """(address to mail, key that identifies it) or ``InvalidSubscription``.
+
+    Syntax only (no DNS look-ups). The domain is lower-cased and IDNA-encoded for the
+    key; the local part keeps its case for mailing but not for identity, as almost
+    every mail system ignores it.
+    """
+    text = (text or "").strip()
+    if not text or len(text) > MAX_ADDRESS_INPUT or any(ord(c) < 32 for c in text):
+        raise InvalidSubscription("Please enter a valid email address.")
+    try:
+        valid = validate_email(text, check_deliverability=False)
+    except EmailNotValidError:
+        raise InvalidSubscription("Please enter a valid email address.") from None
+    address = f"{valid.local_part}@{valid.ascii_domain}" if valid.ascii_domain else valid.email
+    try:
+        parse_address(address, allow_name=False)  # what the mailer will accept
+    except ValueError:
+        raise InvalidSubscription("Please enter a valid email address.") from None
+    return address, address.casefold()
+
+
+def parse_cadence(value: str | None) -> Cadence:
+    for cadence in CADENCES:
+        if value == cadence:
+            return cadence
+    raise InvalidSubscription("Please choose daily or weekly.")
+
+
+def known_feed_ids(store: Store, wanted: Iterable[int] | None) -> frozenset[int] | None:
+    """The chosen feeds that exist; None (every feed) when none or all are chosen."""
+    if wanted is None:
+        return None
+    ids = {row[0] for row in store.conn.execute("SELECT id FROM feeds").fetchall()}
+    chosen = frozenset(i for i in wanted if i in ids)
+    return None if not chosen or chosen == ids else chosen
+
+
+# --- signing up -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Signup:
+    """The outcome of a sign-up form: always the same answer to the person at the form."""
+
+    message: OutgoingMessage | None  # for the address's owner; send after answering
+
+
+def request_signup(
+    store: Store,
+    settings: Settings,
+    links: Links,
+    *,
+    email: str,
+    cadence: str,
+    feed_ids: Iterable[int] | None,
+    client: str,
+    now: datetime,
+) -> Signup:
+    """Record a sign-up and say what mail (if any) goes out.
+
+    Raises ``InvalidSubscription`` for a bad form and ``RateLimited`` when ``client``
+    tried too often; neither depends on whether the address is known (THREATS S6).
+    """
+    address, key = normalise_email(email)
+    chosen_cadence = parse_cadence(cadence)
+    chosen = known_feed_ids(store, feed_ids)
+    client_key = _key_hash("client", client)
+    address_key = _key_hash("address", key)
+    with store.write() as db:
+        rows.prune_attempts(db, now - max(CLIENT_WINDOW, ADDRESS_WINDOW))
+        rows.expire_pending(db, now - PENDING_MAX_AGE)
+        if rows.count_attempts(db, client_key, now - CLIENT_WINDOW) >= CLIENT_LIMIT:
+            raise RateLimited
+        rows.record_attempts(db, [client_key, address_key], now)
+        existing = rows.by_key(db, key)
+        if existing is None:
+            subscriber_id = rows.insert(
+                db,
+                email=address,
+                email_key=key,
+                status="pending",
+                cadence=chosen_cadence,
+                feed_ids=chosen,
+                now=now,
+            )
+            kind = "confirm"
+        elif existing.status == "confirmed":
+            subscriber_id, kind = existing.id, "already"
+        else:
+            subscriber_id, kind = existing.id, "confirm"
+            rows.set_preferences(db, subscriber_id, cadence=chosen_cadence, feed_ids=chosen)
+            if existing.status != "pending":
+                rows.set_status(db, subscriber_id, "pending", now)
+        last = existing.last_confirmation_at if existing else None
+        if last is not None and now - ADDRESS_WINDOW < last <= now:
+            return Signup(message=None)
+        rows.mark_confirmation_sent(db, subscriber_id, now)
+    if kind == "confirm":
+        return Signup(message=confirmation_message(settings, links, subscriber_id, address, now))
+    return Signup(message=reminder_message(settings, links, subscriber_id, address, now))
+
+
+def send_quietly(sender: Sender, message: OutgoingMessage | None) -> str | None:
+    """Send a sign-up mail; a failure is returned as one line, never raised to a visitor."""
+    if message is None:
+        return None
+    try:
+        sender.send(message)
+    except MailError as error:
+        return str(error)
+    return None
+
+
+_ENVIRONMENT: Environment | None = None
+
+
+def environment() -> Environment:
+    global _ENVIRONMENT
+    if _ENVIRONMENT is None:
+        _ENVIRONMENT = make_environment()
+    return _ENVIRONMENT
+
+
+def _message(
+    settings: Settings,
+    links: Links,
+    *,
+    template: str,
+    subject: str,
+    recipient: str,
+    context: dict[str, Any],
+    now: datetime,
+) -> OutgoingMessage:
+    env = environment()
+    context = {"product": _product_name(settings), "home_url": links.home(), **context}
+    return OutgoingMessage(
+        message_id=links.message_id(template, random_source.token_hex(8)),
+        sender=settings.mail.sender,
+        recipient=recipient,
+        subject=subject,
+        text=env.get_template(f"email/{template}.txt").render(context),
+        html=inline_css(env.get_template(f"email/{template}.html").render(context)),
+        date=now,
+        headers={"Auto-Submitted": "auto-generated", "X-Auto-Response-Suppress": "All"},
+    )
+
+
+def confirmation_message(
+    settings: Settings, links: Links, subscriber_id: int, address: str, now: datetime
+) -> OutgoingMessage:
+    """The double opt-in mail. Carries no text from the form (THREATS C6)."""
+    return _message(
+        settings,
+        links,
+        template="confirm",
+        subject=f"Confirm your subscription to {_product_name(settings)}",
+        recipient=address,
+        context={
+            "confirm_url": links.confirm(subscriber_id, now),
+            "valid_hours": int(CONFIRM_MAX_AGE.total_seconds() // 3600),
+        },
+        now=now,
+    )
+
+
+def reminder_message(
+    settings: Settings, links: Links, subscriber_id: int, address: str, now: datetime
+) -> OutgoingMessage:
+    """For a sign-up of an address that is already subscribed: where its settings are."""
+    return _message(
+        settings,
+        links,
+        template="already",
+        subject=f"You are already subscribed to {_product_name(settings)}",
+        recipient=address,
+        context={
+            "preferences_url": links.preferences(subscriber_id, now),
+            "unsubscribe_url": links.unsubscribe(subscriber_id, now),
+        },
+        now=now,
+    )
+
+
+def _product_name(settings: Settings) -> str:
+    try:
+        name = parse_address(settings.mail.sender).display_name
+    except ValueError:
+        name = ""
+    return name or "Blog digest"
+
+
+def inline_css(html: str) -> str:
+    import css_inline  # imported here: only mail building needs it
+
+    inliner = css_inline.CSSInliner(load_remote_stylesheets=False, keep_style_tags=False)
+    return str(inliner.inline(html))
+
+
+# --- links followed -----------------------------------------------------------------
+
+
+def confirm(store: Store, links: Links, token: str, now: datetime) -> Subscriber:
+    """Confirm the address a confirmation token was made for. Works once, then expires.
+
+    ``TokenError`` (one message for every cause) for a forged, expired, reused token or
+    an address that is no longer pending.
+    """
+    subscriber_id = links.verify(PURPOSE_CONFIRM, token, now=now, max_age=CONFIRM_MAX_AGE)
+    with store.write() as db:
+        subscriber = rows.get(db, subscriber_id)
+        if subscriber is None or subscriber.status != "pending":
+            raise TokenError("invalid or expired link")
+        if not rows.use_token(db, _token_hash(token), now):
+            raise TokenError("invalid or expired link")
+        rows.prune_tokens(db, now - CONFIRM_MAX_AGE * 2)
+        rows.confirm(db, subscriber_id, now, rows.high_water(db))
+        confirmed = rows.get(db, subscriber_id)
+    assert confirmed is not None
+    return confirmed
+
+
+def check_confirm_token(store: Store, links: Links, token: str, now: datetime) -> Subscriber:
+    """Read-only check behind the confirmation page (GET changes nothing)."""
+    subscriber_id = links.verify(PURPOSE_CONFIRM, token, now=now, max_age=CONFIRM_MAX_AGE)
+    subscriber = rows.get(store.db, subscriber_id)
+    if subscriber is None or subscriber.status != "pending":
+        raise TokenError("invalid or expired link")
+    return subscriber
+
+
+def subscriber_for(
+    store: Store, links: Links, purpose: str, token: str, now: datetime
+) -> Subscriber:
+    """The subscriber a long-lived link (preferences, unsubscribe, archive) was made for."""
+    subscriber_id = links.verify(purpose, token, now=now)
+    subscriber = rows.get(store.db, subscriber_id)
+    if subscriber is None:
+        raise TokenError("invalid or expired link")
+    return subscriber
+
+
+def unsubscribe(store: Store, links: Links, token: str, now: datetime) -> Subscriber:
+    """Stop every digest to the address; pending ones are cancelled. Idempotent."""
+    subscriber_id = links.verify(PURPOSE_UNSUBSCRIBE, token, now=now)
+    return unsubscribe_id(store, subscriber_id, now)
+
+
+def unsubscribe_id(store: Store, subscriber_id: int, now: datetime) -> Subscriber:
+    with store.write() as db:
+        subscriber = rows.get(db, subscriber_id)
+        if subscriber is None:
+            raise TokenError("invalid or expired link")
+        if subscriber.status in ("confirmed", "pending"):
+            rows.set_status(db, subscriber_id, "unsubscribed", now)
+        digest_rows.close_pending(db, subscriber_id, "cancelled", "unsubscribed")
+        changed = rows.get(db, subscriber_id)
+    assert changed is not None
+    return changed
+
+
+def update_preferences(
+    store: Store,
+    links: Links,
+    token: str,
+    now: datetime,
+    *,
+    cadence: str,
+    feed_ids: Iterable[int] | None,
+) -> Subscriber:
+    subscriber_id = links.verify(PURPOSE_PREFERENCES, token, now=now)
+    chosen_cadence = parse_cadence(cadence)
+    chosen = known_feed_ids(store, feed_ids)
+    with store.write() as db:
+        subscriber = rows.get(db, subscriber_id)
+        if subscriber is None:
+            raise TokenError("invalid or expired link")
+        rows.set_preferences(db, subscriber_id, cadence=chosen_cadence, feed_ids=chosen)
+        changed = rows.get(db, subscriber_id)
+    assert changed is not None
+    return changed
+
+
+# --- the operator's commands --------------------------------------------------------
+
+
+def add_by_operator(
+    store: Store,
+    settings: Settings,
+    links: Links,
+    *,
+    email: str,
+    cadence: str = "weekly",
+    pending: bool = False,
+    now: datetime,
+) -> tuple[Subscriber, OutgoingMessage | None]:
+    """Add an address the operator vouches for (confirmed), or a pending one with a
+    confirmation message to send."""
+    address, key = normalise_email(email)
+    chosen_cadence = parse_cadence(cadence)
+    with store.write() as db:
+        existing = rows.by_key(db, key)
+        if existing is None:
+            subscriber_id = rows.insert(
+                db,
+                email=address,
+                email_key=key,
+                status="pending" if pending else "confirmed",
+                cadence=chosen_cadence,
+                feed_ids=None,
+                now=now,
+                watermark=rows.high_water(db),
+            )
+            if not pending:
+                rows.advance(db, subscriber_id, rows.high_water(db), now)
+        else:
+            subscriber_id = existing.id
+            rows.set_preferences(db, subscriber_id, cadence=chosen_cadence, feed_ids=None)
+            if pending and existing.status != "confirmed":
+                rows.set_status(db, subscriber_id, "pending", now)
+            elif not pending and existing.status != "confirmed":
+                rows.confirm(db, subscriber_id, now, rows.high_water(db))
+        if pending:
+            rows.mark_confirmation_sent(db, subscriber_id, now)
+        subscriber = rows.get(db, subscriber_id)
+    assert subscriber is not None
+    message = None
+    if pending and subscriber.status == "pending":
+        message = confirmation_message(settings, links, subscriber.id, subscriber.email, now)
+    return subscriber, message
+
+
+def remove_by_operator(store: Store, email: str) -> bool:
+    """Forget an address entirely (its digests too)."""
+    try:
+        _, key = normalise_email(email)
+    except InvalidSubscription:
+        key = email.strip().casefold()
+    with store.write() as db:
+        subscriber = rows.by_key(db, key)
+        return subscriber is not None and rows.delete(db, subscriber.id)

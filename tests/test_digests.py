@@ -1,0 +1,330 @@
+"""Building and sending digests to a real SMTP server on loopback, from a real SQLite file."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from email.message import EmailMessage
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from digestkit import T0, add_entry, add_feed, later, make_settings, mark_backlog, rows
+from smtpserver import SmtpServer
+
+from aggregator.digests import (
+    MAX_CONSECUTIVE_TEMPORARY,
+    build_pending,
+    preview,
+    send_pending,
+)
+from aggregator.mail import SmtpSender, SmtpSettings
+from aggregator.store import Store
+from aggregator.subscriptions import (
+    PURPOSE_DIGEST,
+    PURPOSE_PREFERENCES,
+    PURPOSE_UNSUBSCRIBE,
+    add_by_operator,
+    links_for,
+    unsubscribe_id,
+)
+
+
+@pytest.fixture
+def env(tmp_path: Path, smtp_server: SmtpServer):
+    settings = make_settings(tmp_path, smtp_port=smtp_server.port, max_entries_per_source=5)
+    store = Store.open(settings.database)
+    sender = SmtpSender(SmtpSettings(host="127.0.0.1", port=smtp_server.port, security="none"))
+    yield settings, store, sender
+    sender.close()
+    assert store.integrity_ok()
+    store.close()
+
+
+def subscribe(store: Store, settings, email: str, **kwargs):
+    subscriber, _ = add_by_operator(
+        store, settings, links_for(store, settings), email=email, now=T0, **kwargs
+    )
+    return subscriber
+
+
+def parts(message: EmailMessage) -> tuple[str, str]:
+    assert message.get_content_type() == "multipart/alternative"
+    text_part, html_part = message.iter_parts()
+    assert text_part.get_content_type() == "text/plain"
+    assert html_part.get_content_type() == "text/html"
+    return text_part.get_content(), html_part.get_content()
+
+
+def two_blogs(store: Store) -> tuple[int, int]:
+    return add_feed(store, "Alpha Blog"), add_feed(store, "Beta Notes")
+
+
+def test_a_digest_arrives_with_both_parts_headers_and_working_links(env, smtp_server) -> None:
+    settings, store, sender = env
+    alpha, beta = two_blogs(store)
+    reader = subscribe(store, settings, "Reader@Example.org")
+    first = add_entry(store, alpha, "Layers meets Agder", link="https://alpha.test/agder")
+    add_entry(store, alpha, "Second thoughts", link="https://alpha.test/second", published=later(1))
+    add_entry(store, beta, "Layers meets Agder", link="https://beta.test/agder", duplicate_of=first)
+    add_entry(store, beta, "Cluster tuning", link="https://beta.test/tuning", published=later(2))
+
+    report = build_pending(store, settings, later(3), due_only=False)
+    assert report.built == 1
+    sent = send_pending(store, sender, settings, later(3))
+    assert (sent.sent, sent.retried, sent.bounced) == (1, 0, 0)
+
+    (received,) = smtp_server.received()
+    assert received.rcpt_tos == ("Reader@example.org",)
+    message = received.parse()
+    assert message["Subject"] == "3 new posts from Alpha Blog and Beta Notes"
+    assert message["To"] == "Reader@example.org"
+    assert message["From"] == "Blog digest <digest@news.example.org>"
+    assert message["Precedence"] == "bulk"
+    assert message["Auto-Submitted"] == "auto-generated"
+    assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert message["List-Id"] == "Blog digest <digest.news.example.org>"
+    ((digest_id, message_id),) = rows(store, "SELECT id, message_id FROM digests")
+    assert message["Message-ID"] == message_id
+    assert re.fullmatch(rf"<digest-{digest_id}\.[0-9a-f]{{16}}@news\.example\.org>", message_id)
+
+    unsubscribe_https, unsubscribe_mailto = re.findall(r"<([^>]+)>", message["List-Unsubscribe"])
+    assert unsubscribe_https.startswith("https://news.example.org/unsubscribe?token=")
+    assert unsubscribe_mailto.startswith("mailto:digest@news.example.org?subject=unsubscribe")
+    links = links_for(store, settings)
+
+    def token_of(url: str) -> str:
+        return parse_qs(urlsplit(url).query)["token"][0]
+
+    assert links.verify(PURPOSE_UNSUBSCRIBE, token_of(unsubscribe_https), now=later(4)) == reader.id
+
+    text, html = parts(message)
+    # Headline index, then a section per source; the cross-post once, with "also on".
+    assert text.index("In this digest") < text.index("ALPHA BLOG") < text.index("BETA NOTES")
+    assert text.count("Layers meets Agder") == 2  # index + section, never the copy again
+    assert "Also on Beta Notes: https://beta.test/agder" in text
+    assert 'href="https://beta.test/agder"' in html and "Also on" in html
+    assert html.count(">Layers meets Agder</a>") == 2
+    hrefs = re.findall(r'href="([^"]+)"', html)
+    web_copy = next(h for h in hrefs if "/digests/" in h).replace("&amp;", "&")
+    prefs = next(h for h in hrefs if "/preferences" in h).replace("&amp;", "&")
+    assert links.verify(PURPOSE_DIGEST, token_of(web_copy), now=later(4)) == digest_id
+    assert links.verify(PURPOSE_PREFERENCES, token_of(prefs), now=later(4)) == reader.id
+    assert f"View in your browser: {web_copy}" in text
+    assert 'style="' in html and "<style>" not in html  # CSS inlined; dark mode kept
+    assert "prefers-color-scheme: dark" in html
+
+    # Nothing new: no second digest, and nothing goes out again.
+    assert build_pending(store, settings, later(5), due_only=False).built == 0
+    assert send_pending(store, sender, settings, later(5)).sent == 0
+    assert len(smtp_server.received()) == 1
+
+
+def test_backlog_pending_addresses_and_other_sources_are_left_out(env, smtp_server) -> None:
+    settings, store, sender = env
+    alpha = add_feed(store, "Alpha Blog", backlog=True)
+    for i in range(3):
+        add_entry(store, alpha, f"Old post {i}")
+    mark_backlog(store, alpha)  # the feed's first poll: all of that is backlog
+    beta = add_feed(store, "Beta Notes")
+    subscribe(store, settings, "pending@example.org", pending=True)
+    only_beta = subscribe(store, settings, "beta@example.org")
+    with store.write() as db:
+        db.execute("UPDATE subscribers SET watermark = 0, all_feeds = 0 WHERE id = ?", [only_beta.id])
+        db.execute("INSERT INTO subscriber_feeds VALUES (?, ?)", [only_beta.id, beta])
+    everything = subscribe(store, settings, "all@example.org")
+    with store.write() as db:
+        db.execute("UPDATE subscribers SET watermark = 0 WHERE id = ?", [everything.id])
+    add_entry(store, alpha, "New on alpha")
+    add_entry(store, beta, "New on beta")
+
+    assert build_pending(store, settings, later(1), due_only=False).built == 2
+    send_pending(store, sender, settings, later(1))
+    by_rcpt = {r.rcpt_tos[0]: r.parse() for r in smtp_server.received()}
+    assert set(by_rcpt) == {"beta@example.org", "all@example.org"}  # pending gets nothing
+    beta_text, _ = parts(by_rcpt["beta@example.org"])
+    all_text, _ = parts(by_rcpt["all@example.org"])
+    assert "New on beta" in beta_text and "alpha" not in beta_text.lower()
+    assert "New on alpha" in all_text and "Old post" not in all_text
+
+
+def test_flooding_source_is_capped_with_and_n_more(env, smtp_server) -> None:
+    settings, store, sender = env
+    alpha, beta = two_blogs(store)
+    subscribe(store, settings, "reader@example.org")
+    for i in range(30):
+        add_entry(store, alpha, f"Re-emitted old post {i}", published=T0.replace(year=2019, day=1 + i % 28))
+    add_entry(store, alpha, "Actually new", published=later(1))
+    add_entry(store, beta, "Quiet blog post", published=later(1))
+    build_pending(store, settings, later(2), due_only=False)
+    send_pending(store, sender, settings, later(2))
+    (message,) = smtp_server.messages()
+    text, html = parts(message)
+    assert message["Subject"] == "32 new posts from Alpha Blog and Beta Notes"
+    alpha_section = text[text.index("ALPHA BLOG") : text.index("BETA NOTES")]
+    assert alpha_section.index("Actually new") < alpha_section.index("Re-emitted")
+    assert "and 26 more from Alpha Blog: https://news.example.org/?source=" in text
+    assert "Quiet blog post" in text
+    assert "and 26 more from Alpha Blog" in html
+
+
+def test_permanent_refusal_marks_the_address_not_the_run(env, smtp_server) -> None:
+    settings, store, sender = env
+    alpha, _ = two_blogs(store)
+    for name in ("a", "gone", "c"):
+        subscribe(store, settings, f"{name}@example.org")
+    add_entry(store, alpha, "Post")
+    smtp_server.perm_fail.add("gone@example.org")
+    build_pending(store, settings, later(1), due_only=False)
+    report = send_pending(store, sender, settings, later(1))
+    assert (report.sent, report.bounced) == (2, 1)
+    assert sorted(r.rcpt_tos[0] for r in smtp_server.received()) == ["a@example.org", "c@example.org"]
+    assert rows(store, "SELECT status FROM subscribers WHERE email = 'gone@example.org'") == [("bounced",)]
+    assert rows(store, "SELECT d.status FROM digests d JOIN subscribers s ON s.id = d.subscriber_id WHERE s.email = 'gone@example.org'") == [("failed",)]
+    # A bounced address gets no further digests.
+    add_entry(store, alpha, "Another post")
+    build_pending(store, settings, later(2), due_only=False)
+    send_pending(store, sender, settings, later(2))
+    assert Counter(r.rcpt_tos[0] for r in smtp_server.received()) == {"a@example.org": 2, "c@example.org": 2}
+
+
+def test_temporary_refusal_is_retried_with_backoff_and_delivered_once(env, smtp_server) -> None:
+    settings, store, sender = env
+    alpha, _ = two_blogs(store)
+    subscribe(store, settings, "busy@example.org")
+    subscribe(store, settings, "ok@example.org")
+    add_entry(store, alpha, "Post")
+    smtp_server.temp_fail.add("busy@example.org")
+    build_pending(store, settings, later(1), due_only=False)
+    report = send_pending(store, sender, settings, later(1))
+    assert (report.sent, report.retried) == (1, 1)
+    ((attempts, next_at, error),) = rows(
+        store, "SELECT attempts, next_attempt_at, last_error FROM digests WHERE status = 'pending'"
+    )
+    assert attempts == 1 and "450" in error and next_at > "2026-11-02T09:00"
+    # Before the backoff has passed nothing is tried again.
+    assert send_pending(store, sender, settings, later(1.01)).handled == 0
+    smtp_server.temp_fail.clear()
+    assert send_pending(store, sender, settings, later(2)).sent == 1
+    assert Counter(r.rcpt_tos[0] for r in smtp_server.received()) == {"busy@example.org": 1, "ok@example.org": 1}
+
+
+def test_server_down_for_a_whole_run_then_back_loses_nothing(env, smtp_server) -> None:
+    settings, store, sender = env
+    alpha, _ = two_blogs(store)
+    for i in range(12):
+        subscribe(store, settings, f"r{i}@example.org")
+    add_entry(store, alpha, "Post")
+    build_pending(store, settings, later(1), due_only=False)
+    smtp_server.stop()
+    report = send_pending(store, sender, settings, later(1))
+    assert report.sent == 0 and report.retried == MAX_CONSECUTIVE_TEMPORARY
+    assert report.stopped is not None and "unavailable" in report.stopped
+    assert rows(store, "SELECT count(*) FROM digests WHERE status = 'pending'") == [(12,)]
+    smtp_server.start()
+    report = send_pending(store, sender, settings, later(3))
+    assert report.sent == 12
+    assert sorted(r.rcpt_tos[0] for r in smtp_server.received()) == sorted(f"r{i}@example.org" for i in range(12))
+
+
+def test_dropped_connections_repeat_at_most_the_message_in_flight(env, smtp_server) -> None:
+    settings, store, sender = env
+    alpha, _ = two_blogs(store)
+    for i in range(10):
+        subscribe(store, settings, f"r{i}@example.org")
+    add_entry(store, alpha, "Post")
+    build_pending(store, settings, later(1), due_only=False)
+    smtp_server.drop_every = 3
+    smtp_server.drop_before_reply = True  # accepted, but the client never hears so
+    now = later(1)
+    for _ in range(6):
+        send_pending(store, sender, settings, now)
+        now = now.replace(hour=now.hour + 1)
+    counts = Counter(r.rcpt_tos[0] for r in smtp_server.received())
+    assert set(counts) == {f"r{i}@example.org" for i in range(10)}
+    drops = len(smtp_server.received()) // 3
+    assert sum(counts.values()) - 10 <= drops
+    assert rows(store, "SELECT count(*) FROM digests WHERE status = 'sent'") == [(10,)]
+    # The repeated message is the same message: same Message-ID.
+    by_rcpt: dict[str, set[str]] = {}
+    for r in smtp_server.received():
+        by_rcpt.setdefault(r.rcpt_tos[0], set()).add(r.parse()["Message-ID"])
+    assert all(len(ids) == 1 for ids in by_rcpt.values())
+
+
+def test_hostile_titles_and_bodies_are_inert_in_both_parts(env, smtp_server) -> None:
+    settings, store, sender = env
+    evil = add_feed(store, "Evil <script>alert(1)</script> Blog\r\nBcc: victim@example.org")
+    subscribe(store, settings, "reader@example.org")
+    add_entry(
+        store,
+        evil,
+        "Hi\r\nBcc: victim@example.org\r\n\r\n<script>alert('x')</script>\u202egnp.exe\u2028X-Evil: 1",
+        link="https://evil.test/post",
+        body="<script>alert(2)</script><img src=https://tracker.test/p.gif onerror=alert(3)>"
+        + "<p>" + "long words " * 200_000 + "</p>",
+        author="Mallory\r\nX-Injected: yes",
+    )
+    build_pending(store, settings, later(1), due_only=False)
+    assert send_pending(store, sender, settings, later(1)).sent == 1
+    (received,) = smtp_server.received()
+    assert received.rcpt_tos == ("reader@example.org",)
+    assert smtp_server.rcpt_seen == ["reader@example.org"]
+    message = received.parse()
+    assert "\n" not in message["Subject"] and message.get("Bcc") is None
+    assert message.get("X-Evil") is None and message.get("X-Injected") is None
+    text, html = parts(message)
+    assert "<script" not in html and "onerror" not in html and "<img" not in html
+    assert "&lt;script&gt;" in html  # shown as text
+    assert "tracker.test" not in html + text  # no remote images in digests
+    for part in (text, html, message["Subject"]):
+        assert "\u202e" not in part and "\u2028" not in part
+    assert len(received.data) < 200_000  # a huge entry is an excerpt, not the whole body
+    assert "\nBcc:" not in text and "\nX-Evil" not in text
+
+
+def test_due_only_builds_for_those_whose_time_has_come(env, smtp_server) -> None:
+    settings, store, sender = env
+    alpha, _ = two_blogs(store)
+    daily = subscribe(store, settings, "daily@example.org", cadence="daily")
+    weekly = subscribe(store, settings, "weekly@example.org", cadence="weekly")
+    add_entry(store, alpha, "Post")
+    # Confirmed at T0 (Monday 08:00): the next daily slot is Tuesday 07:00, weekly next Monday.
+    assert build_pending(store, settings, later(20), due_only=True).built == 0
+    report = build_pending(store, settings, later(24), due_only=True)
+    assert report.built == 1 and report.not_due == 1
+    assert rows(store, "SELECT subscriber_id FROM digests") == [(daily.id,)]
+    # Three days of downtime: one catch-up digest for the daily reader, none in between.
+    add_entry(store, alpha, "Another")
+    assert build_pending(store, settings, later(24 * 4), due_only=True).built == 1
+    assert build_pending(store, settings, later(24 * 4 + 1), due_only=True).built == 0
+    # Without --due everyone confirmed gets what is new, whatever the cadence.
+    assert build_pending(store, settings, later(24 * 4 + 2), due_only=False).built == 1
+    assert rows(store, "SELECT count(*) FROM digests WHERE subscriber_id = ?", weekly.id) == [(1,)]
+
+
+def test_preview_moves_no_watermark_and_stores_no_digest(env) -> None:
+    settings, store, _ = env
+    alpha, _ = two_blogs(store)
+    subscribe(store, settings, "reader@example.org")
+    add_entry(store, alpha, "Post to preview")
+    before = rows(store, "SELECT watermark, last_digest_at FROM subscribers")
+    message = preview(store, settings, later(1), email="READER@example.org")
+    assert message is not None and "Post to preview" in message.text
+    assert message.html is not None and "Post to preview" in message.html
+    assert rows(store, "SELECT watermark, last_digest_at FROM subscribers") == before
+    assert rows(store, "SELECT count(*) FROM digests") == [(0,)]
+    everything = preview(store, settings, later(1))
+    assert everything is not None and "Post to preview" in everything.text
+
+
+def test_unsubscribing_cancels_pending_digests(env, smtp_server) -> None:
+    settings, store, sender = env
+    alpha, _ = two_blogs(store)
+    reader = subscribe(store, settings, "reader@example.org")
+    add_entry(store, alpha, "Post")
+    build_pending(store, settings, later(1), due_only=False)
+    unsubscribe_id(store, reader.id, later(1))
+    assert send_pending(store, sender, settings, later(1)).sent == 0
+    assert smtp_server.received() == []
+    assert rows(store, "SELECT status FROM digests") == [("cancelled",)]
