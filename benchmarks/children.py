@@ -1,0 +1,230 @@
+"""Contenders that run in our own environment, one per child process.
+
+    python -m benchmarks.children fetch-floor --corpus DIR --port P --mode cold|warm --out R
+    python -m benchmarks.children parse-floor --corpus DIR --out R [--light]
+    python -m benchmarks.children ours-setup --corpus DIR --port P --config C
+    python -m benchmarks.children ours-poll --config C --out R
+
+Each writes a JSON report with the wall time of its measured phase (the work itself,
+without interpreter start-up and imports) and what it counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from .corpus import Corpus
+
+# Our fetcher's default global connection limit; the fetch floor uses the same.
+FETCH_CONCURRENCY = 32
+TICK_SECONDS = 0.005
+
+
+def _write(out: Path, report: dict[str, Any]) -> None:
+    out.write_text(json.dumps(report, indent=1), encoding="utf-8")
+
+
+# --- fetch floor: httpx, no parsing --------------------------------------------------
+
+
+async def _fetch_all(corpus: Corpus, port: int, warm: bool, concurrency: int) -> dict[str, Any]:
+    import httpx
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    statuses: dict[str, int] = {}
+    received = 0
+    gate = asyncio.Semaphore(concurrency)
+    async with httpx.AsyncClient(limits=limits, timeout=60.0, trust_env=False) as client:
+
+        async def one(url: str, headers: dict[str, str]) -> None:
+            nonlocal received
+            async with gate:
+                response = await client.get(url, headers=headers)
+            received += len(response.content)
+            statuses[str(response.status_code)] = statuses.get(str(response.status_code), 0) + 1
+
+        started = time.perf_counter()
+        await asyncio.gather(
+            *(
+                one(
+                    feed.url(port),
+                    {"If-None-Match": feed.etag, "If-Modified-Since": feed.last_modified}
+                    if warm
+                    else {},
+                )
+                for feed in corpus.feeds
+            )
+        )
+        phase = time.perf_counter() - started
+    return {"phase_wall": phase, "statuses": statuses, "body_bytes": received}
+
+
+def fetch_floor(args: argparse.Namespace) -> int:
+    corpus = Corpus.load(Path(args.corpus))
+    report = asyncio.run(_fetch_all(corpus, args.port, args.mode == "warm", args.concurrency))
+    report["concurrency"] = args.concurrency
+    _write(Path(args.out), report)
+    return 0
+
+
+# --- parse floor: feedparser, no fetching --------------------------------------------
+
+
+def parse_floor(args: argparse.Namespace) -> int:
+    import feedparser
+
+    corpus = Corpus.load(Path(args.corpus))
+    documents = [corpus.body(feed) for feed in corpus.feeds]
+    options = {"sanitize_html": False, "resolve_relative_uris": False} if args.light else {}
+    entries = bozo = 0
+    started = time.perf_counter()
+    cpu_started = time.process_time()
+    for document in documents:
+        parsed = feedparser.parse(document, **options)
+        entries += len(parsed.entries)
+        bozo += bool(parsed.bozo)
+    report = {
+        "phase_wall": time.perf_counter() - started,
+        "phase_cpu": time.process_time() - cpu_started,
+        "entries": entries,
+        "bozo": bozo,
+        "options": options,
+    }
+    _write(Path(args.out), report)
+    return 0
+
+
+# --- our pipeline ------------------------------------------------------------------
+
+
+def write_config(path: Path, database: Path) -> None:
+    """A config holding only what the benchmark needs; everything else is default."""
+    path.write_text(
+        f"database = {json.dumps(str(database))}\n\n[fetch]\nallow_private_addresses = true\n",
+        encoding="utf-8",
+    )
+
+
+def ours_setup(args: argparse.Namespace) -> int:
+    from aggregator.config import load_settings
+    from aggregator.models import FeedSource
+    from aggregator.sources import add_source
+    from aggregator.store import Store
+
+    settings = load_settings(Path(args.config), env={})
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{settings.database}{suffix}").unlink(missing_ok=True)
+    corpus = Corpus.load(Path(args.corpus))
+    store = Store.open(settings.database)
+    now = datetime.now(UTC)
+    try:
+        for feed in corpus.feeds:
+            add_source(store, FeedSource(url=feed.url(args.port)), origin="cli", now=now)
+    finally:
+        store.close()
+    return 0
+
+
+async def _with_ticker(work: Callable[[], Awaitable[Any]]) -> tuple[Any, float, list[float]]:
+    """Run ``work`` beside a task that sleeps TICK_SECONDS at a time and records how late
+    each wake-up was: the event loop's lag."""
+    lags: list[float] = []
+    done = asyncio.Event()
+
+    async def tick() -> None:
+        while not done.is_set():
+            before = time.perf_counter()
+            await asyncio.sleep(TICK_SECONDS)
+            lags.append(time.perf_counter() - before - TICK_SECONDS)
+
+    ticker = asyncio.create_task(tick())
+    started = time.perf_counter()
+    try:
+        result = await work()
+    finally:
+        phase = time.perf_counter() - started
+        done.set()
+        await ticker
+    return result, phase, lags
+
+
+def ours_poll(args: argparse.Namespace) -> int:
+    from aggregator.config import load_settings
+    from aggregator.pipeline import poll_feeds
+    from aggregator.store import Store
+
+    settings = load_settings(Path(args.config), env={})
+    store = Store.open(settings.database)
+    try:
+        summaries, phase, lags = asyncio.run(_with_ticker(lambda: poll_feeds(settings, store)))
+        stored = store.db.execute("SELECT count(*) FROM entries").fetchone()[0]
+    finally:
+        store.close()
+    statuses: dict[str, int] = {}
+    for summary in summaries:
+        statuses[summary.status] = statuses.get(summary.status, 0) + 1
+    errors = sorted({s.error for s in summaries if s.error})[:5]
+    lags.sort()
+    report = {
+        "phase_wall": phase,
+        "statuses": statuses,
+        "new": sum(s.new for s in summaries),
+        "updated": sum(s.updated for s in summaries),
+        "duplicates": sum(s.duplicates for s in summaries),
+        "entries_stored": stored,
+        "errors": errors,
+        "lag_max_ms": (lags[-1] if lags else 0.0) * 1000,
+        "lag_p99_ms": (lags[int(len(lags) * 0.99)] if lags else 0.0) * 1000,
+        "lag_median_ms": (statistics.median(lags) if lags else 0.0) * 1000,
+        "lag_over_50ms": sum(lag > 0.05 for lag in lags),
+        "ticks": len(lags),
+    }
+    _write(Path(args.out), report)
+    return 0 if not errors else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.children")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    fetch = commands.add_parser("fetch-floor")
+    fetch.add_argument("--corpus", required=True)
+    fetch.add_argument("--port", type=int, required=True)
+    fetch.add_argument("--mode", choices=("cold", "warm"), default="cold")
+    fetch.add_argument("--concurrency", type=int, default=FETCH_CONCURRENCY)
+    fetch.add_argument("--out", required=True)
+    fetch.set_defaults(run=fetch_floor)
+
+    parse = commands.add_parser("parse-floor")
+    parse.add_argument("--corpus", required=True)
+    parse.add_argument("--light", action="store_true", help="no sanitising, no URI resolution")
+    parse.add_argument("--out", required=True)
+    parse.set_defaults(run=parse_floor)
+
+    setup = commands.add_parser("ours-setup")
+    setup.add_argument("--corpus", required=True)
+    setup.add_argument("--port", type=int, required=True)
+    setup.add_argument("--config", required=True)
+    setup.set_defaults(run=ours_setup)
+
+    poll = commands.add_parser("ours-poll")
+    poll.add_argument("--config", required=True)
+    poll.add_argument("--out", required=True)
+    poll.set_defaults(run=ours_poll)
+
+    args = parser.parse_args(argv)
+    code: int = args.run(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,519 @@
+"""Polling benchmark: our cold and warm poll against the floors and against the tools a
+user would pick instead, all measured in one run on one corpus served on loopback.
+
+    python -m benchmarks.poll            # 500 feeds x 20 entries (~77 MB)
+    python -m benchmarks.poll --quick    # 100 feeds, a smoke run
+
+Every contender runs as a child process measured on its own (wall, CPU of its whole
+process tree, peak memory); the loopback server counts what each one asked for. See
+benchmarks/README.md for what each number means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import REPO, ROOT, WORK
+from .children import write_config
+from .compare_env import ensure_env, env_python, installed_versions
+from .corpus import DEFAULT_ENTRIES, DEFAULT_FEEDS, DEFAULT_SEED, QUICK_FEEDS, ensure_corpus
+from .measure import Measured, become_subreaper, run_measured
+from .server import Counters, FeedServer
+
+COMPARE_VENV = ROOT / ".venv-compare"
+RESULTS = WORK / "results-poll.json"
+
+# Goals (issue 2): cold poll within half the default-feedparser parse floor; warm poll
+# within 1.2x the conditional-GET fetch floor, with only conditional requests; the
+# event loop never blocked by parsing.
+COLD_GOAL = 0.5
+WARM_GOAL = 1.2
+# A parse on the event loop would stall it for a whole feed's parse (tens to hundreds
+# of ms); scheduling noise on a loaded 2-core machine stays well under this.
+LAG_GOAL_MS = 100.0
+
+CONTENDERS = (
+    "fetch-cold",
+    "fetch-warm",
+    "parse",
+    "parse-light",
+    "ours-cold",
+    "ours-warm",
+    "reader-cold",
+    "reader-warm",
+    "rss2email-cold",
+    "rss2email-warm",
+)
+LABELS = {
+    "fetch-cold": "fetch floor (httpx, no parsing)",
+    "fetch-warm": "warm fetch floor (conditional GET)",
+    "parse": "parse floor (feedparser defaults)",
+    "parse-light": "feedparser, no sanitise/resolve",
+    "ours-cold": "ours: cold poll",
+    "ours-warm": "ours: warm poll",
+    "reader-cold": "reader: cold update",
+    "reader-warm": "reader: warm update",
+    "rss2email-cold": "rss2email: cold run",
+    "rss2email-warm": "rss2email: warm run",
+}
+
+
+@dataclass
+class Row:
+    key: str
+    measured: Measured | None
+    traffic: Counters
+    skipped: str | None = None
+
+    @property
+    def phase(self) -> float:
+        if self.measured is None:
+            return math.nan
+        return float(self.measured.report.get("phase_wall", self.measured.wall))
+
+
+def child_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+    env["PYTHONPATH"] = str(REPO)
+    env["XDG_RUNTIME_DIR"] = str(WORK)  # rss2email's lock file
+    env.pop("AGGREGATOR_CONFIG", None)
+    return env
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, server: FeedServer, work: Path) -> None:
+        self.args = args
+        self.server = server
+        self.work = work
+        self.env = child_env()
+        self.rows: dict[str, Row] = {}
+
+    def run(self, key: str, argv: Sequence[str], *, report: bool = True, show: bool = True) -> Row:
+        before = self.server.counters()
+        out = self.work / f"{key}.json" if report else None
+        if show:
+            print(f"  {LABELS.get(key, key)} …", end="", flush=True)
+        measured = run_measured(
+            key,
+            argv,
+            env=self.env,
+            cwd=REPO,
+            log=self.work / f"{key}.log",
+            report=out,
+            timeout=self.args.timeout,
+        )
+        traffic = self.server.counters() - before
+        row = Row(key, measured, traffic)
+        if show:
+            print(
+                f" {row.phase:.2f} s"
+                + (
+                    ""
+                    if measured.ok
+                    else f"  FAILED (exit {measured.returncode}, see {measured.log})"
+                )
+            )
+            self.rows[key] = row
+        elif not measured.ok:
+            print(f"  {key} failed (exit {measured.returncode}), see {measured.log}")
+        return row
+
+    def skip(self, key: str, why: str) -> None:
+        print(f"  {LABELS[key]}: skipped: {why}")
+        self.rows[key] = Row(key, None, Counters(), skipped=why)
+
+
+def ours(bench: Bench, corpus_root: Path) -> None:
+    python = sys.executable
+    config = bench.work / "ours.toml"
+    write_config(config, bench.work / "ours.sqlite3")
+    setup = bench.run(
+        "ours-setup",
+        [
+            python,
+            "-m",
+            "benchmarks.children",
+            "ours-setup",
+            "--corpus",
+            str(corpus_root),
+            "--port",
+            str(bench.server.port),
+            "--config",
+            str(config),
+        ],
+        report=False,
+        show=False,
+    )
+    if setup.measured is None or not setup.measured.ok:
+        bench.skip("ours-cold", "setup failed")
+        bench.skip("ours-warm", "setup failed")
+        return
+    for key in ("ours-cold", "ours-warm"):
+        bench.run(
+            key,
+            [
+                python,
+                "-m",
+                "benchmarks.children",
+                "ours-poll",
+                "--config",
+                str(config),
+                "--out",
+                str(bench.work / f"{key}.json"),
+            ],
+        )
+
+
+def competitors(bench: Bench, urls: Path) -> None:
+    keys = ("reader-cold", "reader-warm", "rss2email-cold", "rss2email-warm")
+    if bench.args.no_compare:
+        for key in keys:
+            bench.skip(key, "--no-compare")
+        return
+    print(f"  preparing {COMPARE_VENV.name} (the first run installs reader and rss2email) …")
+    why = ensure_env(COMPARE_VENV, getattr(sys, "_base_executable", sys.executable))
+    if why is not None:
+        for key in keys:
+            bench.skip(key, why)
+        return
+    python = str(env_python(COMPARE_VENV))
+    script = str(ROOT / "compare_env.py")
+    db = str(bench.work / "reader.sqlite3")
+    setup = bench.run(
+        "reader-setup",
+        [python, script, "reader-setup", "--urls", str(urls), "--db", db],
+        report=False,
+        show=False,
+    )
+    if setup.measured is not None and setup.measured.ok:
+        for key in ("reader-cold", "reader-warm"):
+            bench.run(
+                key,
+                [
+                    python,
+                    script,
+                    "reader-update",
+                    "--db",
+                    db,
+                    "--workers",
+                    str(bench.args.reader_workers),
+                    "--out",
+                    str(bench.work / f"{key}.json"),
+                ],
+            )
+    else:
+        bench.skip("reader-cold", "setup failed")
+        bench.skip("reader-warm", "setup failed")
+    config = str(bench.work / "rss2email.cfg")
+    data = str(bench.work / "rss2email.json")
+    setup = bench.run(
+        "rss2email-setup",
+        [python, script, "r2e-setup", "--urls", str(urls), "--config", config, "--data", data],
+        report=False,
+        show=False,
+    )
+    if setup.measured is not None and setup.measured.ok:
+        for key in ("rss2email-cold", "rss2email-warm"):
+            bench.run(
+                key,
+                [
+                    python,
+                    script,
+                    "r2e-run",
+                    "--config",
+                    config,
+                    "--data",
+                    data,
+                    "--out",
+                    str(bench.work / f"{key}.json"),
+                ],
+            )
+    else:
+        bench.skip("rss2email-cold", "setup failed")
+        bench.skip("rss2email-warm", "setup failed")
+
+
+# --- results -----------------------------------------------------------------------
+
+
+def ratio(a: Row | None, b: Row | None) -> float:
+    if a is None or b is None or a.measured is None or b.measured is None:
+        return math.nan
+    if not (a.measured.ok and b.measured.ok) or b.phase <= 0:
+        return math.nan
+    return a.phase / b.phase
+
+
+def goals(rows: dict[str, Row]) -> list[dict[str, Any]]:
+    cold = ratio(rows.get("ours-cold"), rows.get("parse"))
+    warm = ratio(rows.get("ours-warm"), rows.get("fetch-warm"))
+    found: list[dict[str, Any]] = [
+        {
+            "goal": f"cold poll <= {COLD_GOAL} x parse floor",
+            "value": cold,
+            "pass": cold <= COLD_GOAL,
+        },
+        {
+            "goal": f"warm poll <= {WARM_GOAL} x warm fetch floor",
+            "value": warm,
+            "pass": warm <= WARM_GOAL,
+        },
+    ]
+    warm_row = rows.get("ours-warm")
+    if warm_row is not None and warm_row.measured is not None:
+        t = warm_row.traffic
+        only_conditional = t.requests > 0 and t.conditional == t.requests and t.ok == 0
+        found.append(
+            {
+                "goal": "warm poll sends only conditional requests (all answered 304)",
+                "value": f"{t.conditional}/{t.requests} conditional, {t.not_modified} x 304",
+                "pass": only_conditional and t.not_modified == t.requests,
+            }
+        )
+    cold_row = rows.get("ours-cold")
+    if cold_row is not None and cold_row.measured is not None:
+        lag = float(cold_row.measured.report.get("lag_max_ms", math.nan))
+        p99 = float(cold_row.measured.report.get("lag_p99_ms", math.nan))
+        found.append(
+            {
+                "goal": f"event loop lag during cold poll < {LAG_GOAL_MS:g} ms",
+                "value": f"max {lag:.1f} ms, p99 {p99:.1f} ms",
+                "pass": lag < LAG_GOAL_MS,
+            }
+        )
+    return found
+
+
+def _fmt(value: float, digits: int = 2) -> str:
+    return "—" if math.isnan(value) else f"{value:.{digits}f}"
+
+
+def table(rows: dict[str, Row]) -> str:
+    header = (
+        "contender",
+        "wall s",
+        "proc s",
+        "CPU s",
+        "peak MB",
+        "maxRSS MB",
+        "requests",
+        "304",
+        "MB sent",
+    )
+    lines = [header]
+    for key in CONTENDERS:
+        row = rows.get(key)
+        if row is None:
+            continue
+        m = row.measured
+        if m is None:
+            lines.append((LABELS[key], "skipped", "", "", "", "", "", "", ""))
+            continue
+        t = row.traffic
+        failed = "" if m.ok else " (failed)"
+        lines.append(
+            (
+                LABELS[key] + failed,
+                _fmt(row.phase),
+                _fmt(m.wall),
+                _fmt(m.cpu),
+                _fmt(m.peak_pss_mb, 0),
+                _fmt(m.max_rss_mb, 0),
+                str(t.requests) if t.requests else "",
+                str(t.not_modified) if t.requests else "",
+                _fmt(t.bytes / 1e6, 1) if t.requests else "",
+            )
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    out = []
+    for n, line in enumerate(lines):
+        cells = [line[0].ljust(widths[0])] + [
+            c.rjust(w) for c, w in zip(line[1:], widths[1:], strict=True)
+        ]
+        out.append("| " + " | ".join(cells) + " |")
+        if n == 0:
+            out.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(out)
+
+
+def ratios(rows: dict[str, Row]) -> list[tuple[str, float]]:
+    return [
+        ("cold poll / parse floor", ratio(rows.get("ours-cold"), rows.get("parse"))),
+        ("cold poll / fetch floor", ratio(rows.get("ours-cold"), rows.get("fetch-cold"))),
+        ("warm poll / warm fetch floor", ratio(rows.get("ours-warm"), rows.get("fetch-warm"))),
+        ("reader cold / our cold", ratio(rows.get("reader-cold"), rows.get("ours-cold"))),
+        ("reader warm / our warm", ratio(rows.get("reader-warm"), rows.get("ours-warm"))),
+        ("rss2email cold / our cold", ratio(rows.get("rss2email-cold"), rows.get("ours-cold"))),
+        ("rss2email warm / our warm", ratio(rows.get("rss2email-warm"), rows.get("ours-warm"))),
+    ]
+
+
+def row_json(row: Row) -> dict[str, Any]:
+    m = row.measured
+    result: dict[str, Any] = {"label": LABELS.get(row.key, row.key), "skipped": row.skipped}
+    if m is not None:
+        result.update(
+            {
+                "ok": m.ok,
+                "returncode": m.returncode,
+                "phase_wall_s": row.phase,
+                "process_wall_s": m.wall,
+                "cpu_user_s": m.cpu_user,
+                "cpu_sys_s": m.cpu_sys,
+                "peak_pss_mb": m.peak_pss_mb,
+                "max_rss_mb": m.max_rss_mb,
+                "traffic": vars(row.traffic),
+                "report": m.report,
+                "log": m.log,
+            }
+        )
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.poll", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help=f"{QUICK_FEEDS} feeds, smoke run")
+    parser.add_argument("--feeds", type=int, default=None)
+    parser.add_argument("--entries", type=int, default=DEFAULT_ENTRIES)
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    parser.add_argument("--reader-workers", type=int, default=8)
+    parser.add_argument("--no-compare", action="store_true", help="skip reader and rss2email")
+    parser.add_argument("--timeout", type=float, default=600.0, help="per contender, seconds")
+    args = parser.parse_args(argv)
+    feeds = args.feeds or (QUICK_FEEDS if args.quick else DEFAULT_FEEDS)
+
+    subreaper = become_subreaper()
+    started = time.perf_counter()
+    corpus = ensure_corpus(feeds, args.entries, args.seed)
+    print(
+        f"poll benchmark: {len(corpus.feeds)} feeds x {args.entries} entries, "
+        f"{corpus.total_bytes / 1e6:.1f} MB ({corpus.root.name}), "
+        f"{os.cpu_count()} CPUs, Python {platform.python_version()}"
+    )
+    if not subreaper:
+        print("  note: cannot become a child subreaper; CPU of orphaned workers is not counted")
+    work = WORK / "poll"
+    work.mkdir(parents=True, exist_ok=True)
+    with FeedServer(corpus).start() as server:
+        urls = work / "urls.txt"
+        urls.write_text("".join(server.url(f) + "\n" for f in corpus.feeds), encoding="utf-8")
+        bench = Bench(args, server, work)
+        python = sys.executable
+        root = str(corpus.root)
+        port = str(server.port)
+        for key, mode in (("fetch-cold", "cold"), ("fetch-warm", "warm")):
+            bench.run(
+                key,
+                [
+                    python,
+                    "-m",
+                    "benchmarks.children",
+                    "fetch-floor",
+                    "--corpus",
+                    root,
+                    "--port",
+                    port,
+                    "--mode",
+                    mode,
+                    "--out",
+                    str(work / f"{key}.json"),
+                ],
+            )
+        bench.run(
+            "parse",
+            [
+                python,
+                "-m",
+                "benchmarks.children",
+                "parse-floor",
+                "--corpus",
+                root,
+                "--out",
+                str(work / "parse.json"),
+            ],
+        )
+        bench.run(
+            "parse-light",
+            [
+                python,
+                "-m",
+                "benchmarks.children",
+                "parse-floor",
+                "--corpus",
+                root,
+                "--light",
+                "--out",
+                str(work / "parse-light.json"),
+            ],
+        )
+        ours(bench, corpus.root)
+        competitors(bench, urls)
+    rows = bench.rows
+
+    print()
+    print(table(rows))
+    print()
+    for name, value in ratios(rows):
+        print(f"  {name:<30} {_fmt(value)}")
+    print()
+    checked = goals(rows)
+    for goal in checked:
+        value = goal["value"]
+        shown = _fmt(value) if isinstance(value, float) else value
+        print(f"  {'PASS' if goal['pass'] else 'MISS'}  {goal['goal']}: {shown}")
+    cold = rows.get("ours-cold")
+    if cold is not None and cold.measured is not None:
+        report = cold.measured.report
+        print(
+            f"  ours cold: {report.get('entries_stored')} entries stored, "
+            f"{report.get('duplicates')} cross-post duplicates, statuses {report.get('statuses')}"
+        )
+    total = time.perf_counter() - started
+    print(f"  whole run {total:.0f} s; results in {RESULTS}")
+
+    RESULTS.write_text(
+        json.dumps(
+            {
+                "corpus": {
+                    "feeds": len(corpus.feeds),
+                    "entries": corpus.total_entries,
+                    "bytes": corpus.total_bytes,
+                    "seed": corpus.seed,
+                    "dir": str(corpus.root),
+                },
+                "machine": {
+                    "cpus": os.cpu_count(),
+                    "python": platform.python_version(),
+                    "platform": platform.platform(),
+                },
+                "competitors": installed_versions(COMPARE_VENV),
+                "contenders": {key: row_json(row) for key, row in rows.items()},
+                "ratios": dict(ratios(rows)),
+                "goals": checked,
+                "run_seconds": total,
+            },
+            indent=1,
+            default=str,
+        ),
+        encoding="utf-8",
+    )
+    ours_ok = all(
+        rows[k].measured is not None and rows[k].measured.ok  # type: ignore[union-attr]
+        for k in ("ours-cold", "ours-warm")
+        if k in rows
+    )
+    return 0 if ours_ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
