@@ -17,11 +17,12 @@ from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
 
 from ..config import Settings
+from ..errors import StoreError
 from ..render import make_environment
 from ..urls import is_http_url
 from . import admin, feeds, views
 from .context import Clock, WebContext, system_clock
-from .pages import http_error, server_error
+from .pages import http_error, server_error, store_error
 from .security import SecurityHeadersMiddleware
 
 __all__ = ["create_app"]
@@ -57,7 +58,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> Starlette:
                 secure_cookies=settings.web.base_url.startswith("https:"),
             )
         ],
-        exception_handlers={HTTPException: http_error, 500: server_error},
+        exception_handlers={HTTPException: http_error, StoreError: store_error, 500: server_error},
         lifespan=lifespan,
         max_body_size=MAX_BODY_BYTES,
     )

@@ -135,6 +135,21 @@ async def http_error(request: Request, exc: Exception) -> Response:
     )
 
 
+async def store_error(request: Request, exc: Exception) -> Response:
+    log.error("database error serving %s: %s", request.url.path, exc)
+    return render(
+        request,
+        "error.html",
+        {
+            "status": 503,
+            "heading": _TITLES[503],
+            "detail": "The database cannot be read right now. Try again in a moment.",
+        },
+        status_code=503,
+        headers={"retry-after": "30"},
+    )
+
+
 async def server_error(request: Request, exc: Exception) -> Response:
     log.error("error serving %s %s", request.method, request.url.path, exc_info=exc)
     try:
