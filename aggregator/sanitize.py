@@ -93,6 +93,18 @@ _CLEANER = nh3.Cleaner(
     url_schemes={"http", "https"},
 )
 
+# Attribute values in the cleaner's output are final (absolute links, plain numbers), so
+# passes over it need no filter.
+_STRUCTURE_CLEANER = nh3.Cleaner(
+    tags=set(_TAGS),
+    clean_content_tags=set(_CLEAN_CONTENT_TAGS),
+    attributes=_ATTRIBUTES,
+    strip_comments=True,
+    link_rel="nofollow noopener noreferrer",
+    url_schemes={"http", "https"},
+)
+_MAX_PASSES = 4
+
 # --- nesting guard ----------------------------------------------------------------------
 # html5ever needs time quadratic in the depth of some nestings (<ul><li> …, <div><a> …):
 # 20,000 levels take seconds. Tags past a sane depth are dropped before it sees them.
@@ -160,10 +172,18 @@ def sanitize_html(html: str, *, base_url: str | None = None) -> str:
         return ""
     token = _BASE_URL.set(base_url)
     try:
-        cleaned = _CLEANER.clean(_limit_nesting(html))
+        cleaned = _drop_unwanted_images(_CLEANER.clean(_limit_nesting(html))).strip()
     finally:
         _BASE_URL.reset(token)
-    return _drop_unwanted_images(cleaned).strip()
+    # Removing a tag can leave a tree that parses differently when read again
+    # ("<li><form><li>" -> "<li><li></li></li>" -> "<li></li><li></li>"): clean the
+    # structure until it is stable, so that sanitising the result changes nothing.
+    for _ in range(_MAX_PASSES):
+        again = _drop_unwanted_images(_STRUCTURE_CLEANER.clean(cleaned)).strip()
+        if again == cleaned:
+            break
+        cleaned = again
+    return cleaned
 
 
 # --- plain text ---------------------------------------------------------------------------
@@ -186,6 +206,7 @@ _TEXT_CLEANER = nh3.Cleaner(
 _CELL_TAG = re.compile(r"</?t[dh]>")
 _ANY_TAG = re.compile(r"<[^>]*>")  # output of _TEXT_CLEANER: bare tags, text escaped
 _HORIZONTAL_SPACE = re.compile(r"[^\S\n]+")
+_WHITESPACE = re.compile(r"[ \t\r\n\f]+")
 _BLANK_LINES = re.compile(r"\n(?:[ ]?\n)+")
 
 # C0 and C1 controls except tab and newline, DEL, lone surrogates, non-characters.
@@ -199,13 +220,14 @@ def html_to_text(html: str) -> str:
     """Plain text of an HTML fragment: one line per block, whitespace collapsed."""
     if not html:
         return ""
-    if "<" not in html and "&" not in html:
-        text = html
-    else:
+    if "<" in html or "&" in html:
         markup = _TEXT_CLEANER.clean(_limit_nesting(html))
-        markup = _CELL_TAG.sub(" ", markup)
+        # Line breaks in the source are just spaces in HTML; only block tags break lines.
+        markup = _CELL_TAG.sub(" ", _WHITESPACE.sub(" ", markup))
         text = html_lib.unescape(_ANY_TAG.sub("\n", markup))
-    text = _BIDI.sub("", _CONTROL.sub("", text.replace("\r", "\n")))
+    else:
+        text = _WHITESPACE.sub(" ", html)
+    text = _BIDI.sub("", _CONTROL.sub("", text))
     text = _HORIZONTAL_SPACE.sub(" ", text)
     lines = (line.strip() for line in text.split("\n"))
     return "\n".join(line for line in lines if line)
