@@ -282,8 +282,8 @@ def _to_utf8(content: bytes, headers: Mapping[str, str]) -> tuple[bytes, list[st
         except UnicodeDecodeError:
             text = content.decode("utf-8", "replace")
             bad = text.count("\ufffd")
-            non_ascii = len(text) - len(text.encode("ascii", "ignore"))
-            if bad < 4 or bad * 20 < non_ascii:  # mostly UTF-8 with a few broken bytes
+            valid = len(text) - len(text.encode("ascii", "ignore")) - bad
+            if valid >= bad:  # UTF-8 with some broken bytes, not a legacy encoding
                 warnings.append(f"{bad} invalid UTF-8 byte sequences replaced")
                 return _with_utf8_declaration(text.encode("utf-8")), warnings
         else:
