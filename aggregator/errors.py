@@ -26,6 +26,15 @@ line saying what went wrong and where.
 
 from __future__ import annotations
 
+from typing import Any
+
+
+def _restore(cls: type[AggregatorError], args: tuple[Any, ...], state: dict[str, Any]) -> Any:
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
+
 
 class AggregatorError(Exception):
     """Root of every error the product raises on purpose."""
@@ -36,6 +45,11 @@ class AggregatorError(Exception):
     @property
     def message(self) -> str:
         return str(self.args[0])
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Errors cross process boundaries (parsing runs in a process pool); the default
+        # pickling calls cls(*args), which keyword-only arguments such as url= break.
+        return (_restore, (type(self), self.args, dict(self.__dict__)))
 
 
 class ConfigError(AggregatorError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 import threading
 import time
 import tracemalloc
@@ -602,3 +603,14 @@ def test_oversized_document_is_refused_f3() -> None:
             url=URL,
             limits=ParseLimits(max_document_bytes=1024),
         )
+
+
+def test_parse_errors_survive_the_process_pool() -> None:
+    """Parsing runs in worker processes: its errors must pickle with their fields."""
+    with pytest.raises(NotAFeed) as info:
+        parse_feed(
+            b'<html><head><link rel="alternate" type="application/rss+xml" href="/f">', url=URL
+        )
+    copy = pickle.loads(pickle.dumps(info.value))
+    assert type(copy) is NotAFeed and str(copy) == str(info.value)
+    assert (copy.url, copy.alternate) == (URL, "https://feeds.example.com/f")
