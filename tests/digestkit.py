@@ -15,9 +15,7 @@ T0 = datetime(2026, 11, 2, 8, 0, tzinfo=UTC)
 BASE_URL = "https://news.example.org"
 
 
-def make_settings(
-    tmp_path: Path, *, smtp_port: int | None = None, **digest: Any
-) -> Settings:
+def make_settings(tmp_path: Path, *, smtp_port: int | None = None, **digest: Any) -> Settings:
     mail: dict[str, Any] = {
         "from": "Blog digest <digest@news.example.org>",
         "outbox": str(tmp_path / "outbox"),

@@ -130,7 +130,9 @@ def test_backlog_pending_addresses_and_other_sources_are_left_out(env, smtp_serv
     subscribe(store, settings, "pending@example.org", pending=True)
     only_beta = subscribe(store, settings, "beta@example.org")
     with store.write() as db:
-        db.execute("UPDATE subscribers SET watermark = 0, all_feeds = 0 WHERE id = ?", [only_beta.id])
+        db.execute(
+            "UPDATE subscribers SET watermark = 0, all_feeds = 0 WHERE id = ?", [only_beta.id]
+        )
         db.execute("INSERT INTO subscriber_feeds VALUES (?, ?)", [only_beta.id, beta])
     everything = subscribe(store, settings, "all@example.org")
     with store.write() as db:
@@ -153,7 +155,12 @@ def test_flooding_source_is_capped_with_and_n_more(env, smtp_server) -> None:
     alpha, beta = two_blogs(store)
     subscribe(store, settings, "reader@example.org")
     for i in range(30):
-        add_entry(store, alpha, f"Re-emitted old post {i}", published=T0.replace(year=2019, day=1 + i % 28))
+        add_entry(
+            store,
+            alpha,
+            f"Re-emitted old post {i}",
+            published=T0.replace(year=2019, day=1 + i % 28),
+        )
     add_entry(store, alpha, "Actually new", published=later(1))
     add_entry(store, beta, "Quiet blog post", published=later(1))
     build_pending(store, settings, later(2), due_only=False)
@@ -178,14 +185,25 @@ def test_permanent_refusal_marks_the_address_not_the_run(env, smtp_server) -> No
     build_pending(store, settings, later(1), due_only=False)
     report = send_pending(store, sender, settings, later(1))
     assert (report.sent, report.bounced) == (2, 1)
-    assert sorted(r.rcpt_tos[0] for r in smtp_server.received()) == ["a@example.org", "c@example.org"]
-    assert rows(store, "SELECT status FROM subscribers WHERE email = 'gone@example.org'") == [("bounced",)]
-    assert rows(store, "SELECT d.status FROM digests d JOIN subscribers s ON s.id = d.subscriber_id WHERE s.email = 'gone@example.org'") == [("failed",)]
+    assert sorted(r.rcpt_tos[0] for r in smtp_server.received()) == [
+        "a@example.org",
+        "c@example.org",
+    ]
+    assert rows(store, "SELECT status FROM subscribers WHERE email = 'gone@example.org'") == [
+        ("bounced",)
+    ]
+    assert rows(
+        store,
+        "SELECT d.status FROM digests d JOIN subscribers s ON s.id = d.subscriber_id WHERE s.email = 'gone@example.org'",
+    ) == [("failed",)]
     # A bounced address gets no further digests.
     add_entry(store, alpha, "Another post")
     build_pending(store, settings, later(2), due_only=False)
     send_pending(store, sender, settings, later(2))
-    assert Counter(r.rcpt_tos[0] for r in smtp_server.received()) == {"a@example.org": 2, "c@example.org": 2}
+    assert Counter(r.rcpt_tos[0] for r in smtp_server.received()) == {
+        "a@example.org": 2,
+        "c@example.org": 2,
+    }
 
 
 def test_temporary_refusal_is_retried_with_backoff_and_delivered_once(env, smtp_server) -> None:
@@ -206,7 +224,10 @@ def test_temporary_refusal_is_retried_with_backoff_and_delivered_once(env, smtp_
     assert send_pending(store, sender, settings, later(1.01)).handled == 0
     smtp_server.temp_fail.clear()
     assert send_pending(store, sender, settings, later(2)).sent == 1
-    assert Counter(r.rcpt_tos[0] for r in smtp_server.received()) == {"busy@example.org": 1, "ok@example.org": 1}
+    assert Counter(r.rcpt_tos[0] for r in smtp_server.received()) == {
+        "busy@example.org": 1,
+        "ok@example.org": 1,
+    }
 
 
 def test_server_down_for_a_whole_run_then_back_loses_nothing(env, smtp_server) -> None:
@@ -224,7 +245,9 @@ def test_server_down_for_a_whole_run_then_back_loses_nothing(env, smtp_server) -
     smtp_server.start()
     report = send_pending(store, sender, settings, later(3))
     assert report.sent == 12
-    assert sorted(r.rcpt_tos[0] for r in smtp_server.received()) == sorted(f"r{i}@example.org" for i in range(12))
+    assert sorted(r.rcpt_tos[0] for r in smtp_server.received()) == sorted(
+        f"r{i}@example.org" for i in range(12)
+    )
 
 
 def test_dropped_connections_repeat_at_most_the_message_in_flight(env, smtp_server) -> None:
@@ -262,7 +285,9 @@ def test_hostile_titles_and_bodies_are_inert_in_both_parts(env, smtp_server) -> 
         "Hi\r\nBcc: victim@example.org\r\n\r\n<script>alert('x')</script>\u202egnp.exe\u2028X-Evil: 1",
         link="https://evil.test/post",
         body="<script>alert(2)</script><img src=https://tracker.test/p.gif onerror=alert(3)>"
-        + "<p>" + "long words " * 200_000 + "</p>",
+        + "<p>"
+        + "long words " * 200_000
+        + "</p>",
         author="Mallory\r\nX-Injected: yes",
     )
     build_pending(store, settings, later(1), due_only=False)
@@ -284,7 +309,7 @@ def test_hostile_titles_and_bodies_are_inert_in_both_parts(env, smtp_server) -> 
 
 
 def test_due_only_builds_for_those_whose_time_has_come(env, smtp_server) -> None:
-    settings, store, sender = env
+    settings, store, _sender = env
     alpha, _ = two_blogs(store)
     daily = subscribe(store, settings, "daily@example.org", cadence="daily")
     weekly = subscribe(store, settings, "weekly@example.org", cadence="weekly")

@@ -138,9 +138,7 @@ def test_flood_is_capped_per_source_keeping_the_newest_and_counting_the_rest() -
     real = cand(300, A, hours=5)
     other = cand(301, B, hours=4)
     members = stories(*((c.id, c.id, c.feed_id) for c in [*old, real, other]))
-    plan = select_digest(
-        subscriber(), [*old, real, other], members, upto=301, max_per_source=10
-    )
+    plan = select_digest(subscriber(), [*old, real, other], members, upto=301, max_per_source=10)
     assert plan is not None
     section_a, section_b = plan.sections
     assert section_a.items[0].entry_id == 300
@@ -151,7 +149,9 @@ def test_flood_is_capped_per_source_keeping_the_newest_and_counting_the_rest() -
 
 def test_a_subscriber_with_no_sources_left_gets_nothing() -> None:
     assert (
-        select_digest(subscriber(set()), [cand(11, A)], stories((11, 11, A)), upto=11, max_per_source=5)
+        select_digest(
+            subscriber(set()), [cand(11, A)], stories((11, 11, A)), upto=11, max_per_source=5
+        )
         is None
     )
 

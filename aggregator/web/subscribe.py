@@ -1,0 +1,526 @@
+"""Subscription pages: sign up, confirm, preferences, unsubscribe, digest copies and archive.
+
+GET and HEAD never change anything (THREATS S3): a link from an email opens a page with
+a button, and only the button's POST acts. The one exception to CSRF checks is the
+RFC 8058 one-click unsubscribe, a POST of ``List-Unsubscribe=One-Click`` whose signed
+token is the capability (S5). Every refused link gets the same answer (S4), and the
+sign-up answer does not depend on what is known about the address (S6).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, TypeVar
+
+from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from ..digests import Renderer, SectionView
+from ..errors import TokenError
+from ..mail import open_sender
+from ..selection import Subscriber
+from ..store import digests as digest_rows
+from ..store.digests import DigestRow
+from ..subscriptions import (
+    PURPOSE_ARCHIVE,
+    PURPOSE_DIGEST,
+    PURPOSE_PREFERENCES,
+    PURPOSE_UNSUBSCRIBE,
+    InvalidSubscription,
+    Links,
+    RateLimited,
+    check_confirm_token,
+    confirm,
+    links_for,
+    request_signup,
+    send_quietly,
+    subscriber_for,
+    unsubscribe,
+    update_preferences,
+)
+from .context import WebContext, web_context
+from .pages import render
+from .security import check_csrf
+
+__all__ = ["routes"]
+
+log = logging.getLogger("aggregator.web.subscribe")
+T = TypeVar("T")
+MAX_TOKEN_CHARS = 1024
+REFUSED = (
+    "This link is not valid: it may be incomplete, too old, or already used. "
+    "Links in our emails work as they are; if you copied one, check that it is whole."
+)
+
+
+def _links(web: WebContext) -> Links:
+    cached: Links | None = getattr(web, "_subscription_links", None)
+    if cached is None:
+        cached = links_for(web.store(), web.settings)
+        web._subscription_links = cached  # type: ignore[attr-defined]
+    return cached
+
+
+async def _db(work: Callable[[], T]) -> T:
+    return await run_in_threadpool(work)
+
+
+def _token(request: Request, form: FormData | None = None) -> str:
+    value = (form.get("token") if form is not None else None) or request.query_params.get("token")
+    if not isinstance(value, str) or not value or len(value) > MAX_TOKEN_CHARS:
+        raise TokenError("invalid or expired link")
+    return value
+
+
+async def _form(request: Request, *, csrf: bool = True) -> FormData:
+    try:
+        form = await request.form(max_files=0, max_fields=100, max_part_size=64 * 1024)
+    except HTTPException:
+        raise
+    except ValueError as error:
+        raise HTTPException(400, f"The form could not be read: {error}") from None
+    if csrf:
+        check_csrf(request, form)
+    return form
+
+
+def _refused(request: Request) -> Response:
+    return render(
+        request,
+        "subscribe/message.html",
+        {
+            "heading": "This link does not work",
+            "lines": [REFUSED],
+            "link": ("/subscribe", "Subscribe again"),
+        },
+        status_code=400,
+    )
+
+
+def _sources(web: WebContext) -> list[tuple[int, str]]:
+    rows = (
+        web.store()
+        .conn.execute(
+            "SELECT id, coalesce(nullif(title, ''), url) FROM feeds WHERE enabled = 1 ORDER BY id"
+        )
+        .fetchall()
+    )
+    return [(row[0], row[1]) for row in rows]
+
+
+def _chosen_feeds(form: FormData) -> list[int] | None:
+    ids = []
+    for value in form.getlist("source"):
+        if isinstance(value, str) and value.isdigit() and len(value) < 12:
+            ids.append(int(value))
+    return ids or None
+
+
+def _client(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+# --- sign up ------------------------------------------------------------------------
+
+
+def _subscribe_page(
+    request: Request,
+    *,
+    status_code: int = 200,
+    error: str | None = None,
+    email: str = "",
+    cadence: str = "weekly",
+    chosen: list[int] | None = None,
+) -> Response:
+    web = web_context(request)
+    return render(
+        request,
+        "subscribe/form.html",
+        {
+            "sources": _sources(web),
+            "chosen": set(chosen or ()),
+            "cadence": cadence if cadence in ("daily", "weekly") else "weekly",
+            "email": email[:320],
+            "error": error,
+            "digest": web.settings.digest,
+        },
+        status_code=status_code,
+    )
+
+
+def subscribe_form(request: Request) -> Response:
+    return _subscribe_page(request)
+
+
+async def subscribe_post(request: Request) -> Response:
+    form = await _form(request)
+    web = web_context(request)
+    email = form.get("email")
+    cadence = form.get("cadence")
+    email_text = email if isinstance(email, str) else ""
+    cadence_text = cadence if isinstance(cadence, str) else ""
+    chosen = _chosen_feeds(form)
+    try:
+        signup = await _db(
+            lambda: request_signup(
+                web.store(),
+                web.settings,
+                _links(web),
+                email=email_text,
+                cadence=cadence_text,
+                feed_ids=chosen,
+                client=_client(request),
+                now=web.now(),
+            ),
+        )
+    except InvalidSubscription as error:
+        message = str(error)
+        return await _db(
+            lambda: _subscribe_page(
+                request,
+                status_code=400,
+                error=message,
+                email=email_text,
+                cadence=cadence_text,
+                chosen=chosen,
+            ),
+        )
+    except RateLimited:
+        return render(
+            request,
+            "subscribe/message.html",
+            {
+                "heading": "Too many sign-ups",
+                "lines": [
+                    "Too many sign-ups came from your network in the last hour. "
+                    "Please try again later."
+                ],
+                "link": None,
+            },
+            status_code=429,
+            headers={"Retry-After": "3600"},
+        )
+    task = BackgroundTask(_send, web, signup.message) if signup.message else None
+    response = render(
+        request,
+        "subscribe/message.html",
+        {
+            "heading": "Check your inbox",
+            "lines": [
+                "If the address can receive the digest, a message is on its way to it. "
+                "Open the link in that message to confirm the subscription.",
+                "Nothing arrives until the subscription is confirmed. The link works for two days.",
+            ],
+            "link": ("/", "Back to the timeline"),
+        },
+    )
+    response.background = task
+    return response
+
+
+def _send(web: WebContext, message: Any) -> None:
+    sender = open_sender(web.settings.mail.smtp, web.settings.mail.outbox)
+    try:
+        problem = send_quietly(sender, message)
+    finally:
+        sender.close()
+    if problem:
+        log.warning("sign-up mail not sent: %s", problem)
+
+
+# --- confirm ------------------------------------------------------------------------
+
+
+def confirm_page(request: Request) -> Response:
+    web = web_context(request)
+    try:
+        token = _token(request)
+        check_confirm_token(web.store(), _links(web), token, web.now())
+    except TokenError:
+        return _refused(request)
+    return render(
+        request,
+        "subscribe/confirm.html",
+        {"token": token},
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+async def confirm_post(request: Request) -> Response:
+    form = await _form(request)
+    web = web_context(request)
+    try:
+        token = _token(request, form)
+        subscriber = await _db(lambda: confirm(web.store(), _links(web), token, web.now()))
+    except TokenError:
+        return _refused(request)
+    links = _links(web)
+    now = web.now()
+    return render(
+        request,
+        "subscribe/message.html",
+        {
+            "heading": "You are subscribed",
+            "lines": [
+                f"The {subscriber.cadence} digest will come to this address, "
+                "with everything new since now.",
+                "Every digest has links to change the cadence and sources or to unsubscribe.",
+            ],
+            "link": (links.preferences(subscriber.id, now), "Change preferences"),
+        },
+    )
+
+
+# --- preferences --------------------------------------------------------------------
+
+
+def _preferences_page(
+    request: Request,
+    subscriber: Subscriber,
+    token: str,
+    *,
+    notice: str | None = None,
+    error: str | None = None,
+    status_code: int = 200,
+) -> Response:
+    web = web_context(request)
+    links = _links(web)
+    sources = _sources(web)
+    chosen = (
+        {feed_id for feed_id, _ in sources}
+        if subscriber.feed_ids is None
+        else set(subscriber.feed_ids)
+    )
+    now = web.now()
+    return render(
+        request,
+        "subscribe/preferences.html",
+        {
+            "subscriber": subscriber,
+            "token": token,
+            "sources": sources,
+            "chosen": chosen,
+            "notice": notice,
+            "error": error,
+            "unsubscribe_url": links.unsubscribe(subscriber.id, now),
+            "archive_url": links.archive(subscriber.id, now),
+        },
+        status_code=status_code,
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+def preferences_page(request: Request) -> Response:
+    web = web_context(request)
+    try:
+        token = _token(request)
+        subscriber = subscriber_for(web.store(), _links(web), PURPOSE_PREFERENCES, token, web.now())
+    except TokenError:
+        return _refused(request)
+    return _preferences_page(request, subscriber, token)
+
+
+async def preferences_post(request: Request) -> Response:
+    form = await _form(request)
+    web = web_context(request)
+    cadence = form.get("cadence")
+    chosen = _chosen_feeds(form)
+    try:
+        token = _token(request, form)
+        subscriber = await _db(
+            lambda: update_preferences(
+                web.store(),
+                _links(web),
+                token,
+                web.now(),
+                cadence=cadence if isinstance(cadence, str) else "",
+                feed_ids=chosen,
+            ),
+        )
+    except TokenError:
+        return _refused(request)
+    except InvalidSubscription as error:
+        message = str(error)
+        current = await _db(
+            lambda: subscriber_for(web.store(), _links(web), PURPOSE_PREFERENCES, token, web.now())
+        )
+        return await _db(
+            lambda: _preferences_page(request, current, token, error=message, status_code=400)
+        )
+    return await _db(
+        lambda: _preferences_page(request, subscriber, token, notice="Preferences saved.")
+    )
+
+
+# --- unsubscribe --------------------------------------------------------------------
+
+
+def unsubscribe_page(request: Request) -> Response:
+    web = web_context(request)
+    try:
+        token = _token(request)
+        subscriber = subscriber_for(web.store(), _links(web), PURPOSE_UNSUBSCRIBE, token, web.now())
+    except TokenError:
+        return _refused(request)
+    return render(
+        request,
+        "subscribe/unsubscribe.html",
+        {"token": token, "subscribed": subscriber.status in ("confirmed", "pending")},
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+async def unsubscribe_post(request: Request) -> Response:
+    # RFC 8058: mail providers POST "List-Unsubscribe=One-Click" to the header's URL.
+    raw = await _form(request, csrf=False)
+    one_click = raw.get("List-Unsubscribe") == "One-Click"
+    if not one_click:
+        check_csrf(request, raw)
+    web = web_context(request)
+    try:
+        token = _token(request, raw)
+        await _db(lambda: unsubscribe(web.store(), _links(web), token, web.now()))
+    except TokenError:
+        if one_click:
+            return PlainTextResponse(REFUSED, status_code=400)
+        return _refused(request)
+    if one_click:
+        return PlainTextResponse("Unsubscribed. No more digests will be sent to this address.\n")
+    return render(
+        request,
+        "subscribe/message.html",
+        {
+            "heading": "You are unsubscribed",
+            "lines": ["No more digests will be sent to this address."],
+            "link": ("/subscribe", "Subscribe again"),
+        },
+    )
+
+
+# --- digest copies and the archive --------------------------------------------------
+
+
+def _web_copy(web: WebContext, digest: DigestRow) -> tuple[str, list[SectionView]]:
+    return Renderer(web.store(), web.settings, _links(web)).web_html(digest)
+
+
+def digest_page(request: Request) -> Response:
+    web = web_context(request)
+    digest_id: int = request.path_params["digest_id"]
+    try:
+        token = _token(request)
+        if _links(web).verify(PURPOSE_DIGEST, token, now=web.now()) != digest_id:
+            raise TokenError("invalid or expired link")
+    except TokenError:
+        return _refused(request)
+    digest = digest_rows.get_digest(web.store().db, digest_id)
+    if digest is None:
+        return _refused(request)
+    subject, sections = _web_copy(web, digest)
+    links = _links(web)
+    return render(
+        request,
+        "subscribe/digest.html",
+        {
+            "subject": subject,
+            "sections": sections,
+            "digest": digest,
+            "date": digest.created_at.astimezone(web.settings.digest.timezone),
+            "archive_url": links.archive(digest.subscriber_id, digest.created_at),
+            "preferences_url": links.preferences(digest.subscriber_id, digest.created_at),
+        },
+        headers={"Cache-Control": "private, no-store", "Referrer-Policy": "no-referrer"},
+    )
+
+
+def _archive(request: Request) -> tuple[Subscriber, list[dict[str, Any]], str] | None:
+    web = web_context(request)
+    try:
+        token = _token(request)
+        subscriber = subscriber_for(web.store(), _links(web), PURPOSE_ARCHIVE, token, web.now())
+    except TokenError:
+        return None
+    links = _links(web)
+    renderer = Renderer(web.store(), web.settings, links)
+    items = []
+    for digest in digest_rows.for_subscriber(web.store().db, subscriber.id, limit=50):
+        subject, sections = renderer.web_html(digest)
+        items.append(
+            {
+                "digest": digest,
+                "subject": subject,
+                "sections": sections,
+                "url": links.digest(digest.id, digest.created_at),
+                "when": digest.sent_at or digest.created_at,
+            }
+        )
+    return subscriber, items, token
+
+
+def archive_page(request: Request) -> Response:
+    found = _archive(request)
+    if found is None:
+        return _refused(request)
+    subscriber, items, _ = found
+    web = web_context(request)
+    links = _links(web)
+    now = web.now()
+    return render(
+        request,
+        "subscribe/archive.html",
+        {
+            "items": items,
+            "feed_url": links.archive(subscriber.id, now, atom=True),
+            "preferences_url": links.preferences(subscriber.id, now),
+            "tz": web.settings.digest.timezone,
+        },
+        headers={"Cache-Control": "private, no-store", "Referrer-Policy": "no-referrer"},
+    )
+
+
+def archive_feed(request: Request) -> Response:
+    found = _archive(request)
+    if found is None:
+        return PlainTextResponse(REFUSED, status_code=400)
+    subscriber, items, _ = found
+    web = web_context(request)
+    links = _links(web)
+    now = web.now()
+    updated: datetime = items[0]["when"] if items else subscriber.created_at
+    body = web.templates.get_template("subscribe/archive.atom").render(
+        {
+            "items": items,
+            "self_url": links.archive(subscriber.id, now, atom=True),
+            "page_url": links.archive(subscriber.id, now),
+            "feed_id": f"tag:{links.host},2026:digests:{subscriber.id}",
+            "updated": updated,
+            "title": "Your digests",
+        }
+    )
+    return Response(
+        body,
+        media_type="application/atom+xml; charset=utf-8",
+        headers={"Cache-Control": "private, no-store"},
+    )
+
+
+routes: list[BaseRoute] = [
+    Route("/subscribe", subscribe_form, methods=["GET"], name="subscribe"),
+    Route("/subscribe", subscribe_post, methods=["POST"], name="subscribe_post"),
+    Route("/subscribe/confirm", confirm_page, methods=["GET"], name="confirm"),
+    Route("/subscribe/confirm", confirm_post, methods=["POST"], name="confirm_post"),
+    Route("/preferences", preferences_page, methods=["GET"], name="preferences"),
+    Route("/preferences", preferences_post, methods=["POST"], name="preferences_post"),
+    Route("/unsubscribe", unsubscribe_page, methods=["GET"], name="unsubscribe"),
+    Route("/unsubscribe", unsubscribe_post, methods=["POST"], name="unsubscribe_post"),
+    Route("/digests", archive_page, methods=["GET"], name="digest_archive"),
+    Route("/digests/feed.atom", archive_feed, methods=["GET"], name="digest_archive_feed"),
+    Route("/digests/{digest_id:int}", digest_page, methods=["GET"], name="digest"),
+]
