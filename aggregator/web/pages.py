@@ -42,6 +42,7 @@ class NavItem:
 _NAV = (
     ("/", "Timeline"),
     ("/subscribe", "Subscribe"),
+    ("/digests", "Digests"),
     ("/feed.atom", "Atom feed"),
     ("/admin", "Admin"),
 )
