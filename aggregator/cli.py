@@ -359,5 +359,200 @@ def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
         )
 
 
+# --- subscribers and digests ---------------------------------------------------------
+
+
+@cli.group()
+def subscribers() -> None:
+    """List, add and remove digest subscribers."""
+
+
+@subscribers.command("list")
+@click.pass_context
+def subscribers_list(ctx: click.Context) -> None:
+    """Show every subscriber with their state, cadence and sources."""
+    from .store import subscribers as subscriber_rows
+
+    with _one_line_errors():
+        db = _app(ctx).store.db
+        rows = subscriber_rows.list_all(db)
+        table = Table(title=f"{len(rows)} subscribers", title_justify="left")
+        for column in ("id", "email", "status", "cadence", "sources", "since", "last digest"):
+            table.add_column(column, overflow="fold")
+        for row in rows:
+            sources = "all" if row.feed_ids is None else ", ".join(map(str, sorted(row.feed_ids)))
+            table.add_row(
+                str(row.id),
+                row.email,
+                row.status,
+                row.cadence,
+                sources or "none",
+                _when(row.confirmed_at or row.created_at),
+                _when(row.last_digest_at),
+            )
+        out.print(table)
+
+
+@subscribers.command("add")
+@click.argument("email")
+@click.option("--pending", is_flag=True, help="Send a confirmation link instead of confirming now.")
+@click.option("--cadence", type=click.Choice(["daily", "weekly"]), default="weekly")
+@click.pass_context
+def subscribers_add(ctx: click.Context, email: str, pending: bool, cadence: str) -> None:
+    """Add an address. Confirmed at once (you vouch for it) unless --pending."""
+    from .mail import open_sender
+    from .subscriptions import InvalidSubscription, add_by_operator, links_for
+
+    with _one_line_errors():
+        app = _app(ctx)
+        store, settings = app.store, app.settings
+        try:
+            subscriber, message = add_by_operator(
+                store,
+                settings,
+                links_for(store, settings),
+                email=email,
+                cadence=cadence,
+                pending=pending,
+                now=now(),
+            )
+        except InvalidSubscription as error:
+            err.print(f"[red]error:[/red] {email!r}: {error}", markup=True)
+            sys.exit(1)
+        if message is not None:
+            sender = open_sender(settings.mail.smtp, settings.mail.outbox)
+            try:
+                sender.send(message)
+            finally:
+                sender.close()
+            out.print(f"Confirmation sent to {subscriber.email} (subscriber {subscriber.id})")
+        else:
+            out.print(
+                f"Subscriber {subscriber.id}: {subscriber.email} is {subscriber.status}, "
+                f"{subscriber.cadence}"
+            )
+
+
+@subscribers.command("remove")
+@click.argument("email")
+@click.pass_context
+def subscribers_remove(ctx: click.Context, email: str) -> None:
+    """Forget an address and its digests."""
+    from .subscriptions import remove_by_operator
+
+    with _one_line_errors():
+        if remove_by_operator(_app(ctx).store, email):
+            out.print(f"Removed {email}")
+        else:
+            err.print(f"No subscriber {email}")
+            sys.exit(1)
+
+
+@cli.group()
+def digest() -> None:
+    """Preview and send the email digests."""
+
+
+@digest.command("preview")
+@click.option("--subscriber", "email", default=None, help="Whose digest (default: every source).")
+@click.option(
+    "--out",
+    "out_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write to FILE: .html the HTML part, .txt the text part, else the whole message.",
+)
+@click.pass_context
+def digest_preview(ctx: click.Context, email: str | None, out_file: Path | None) -> None:
+    """Render the digest that would go out now, without sending or moving anything."""
+    from .digests import preview
+    from .mail import FILE_POLICY, build_email
+    from .subscriptions import InvalidSubscription
+
+    with _one_line_errors():
+        app = _app(ctx)
+        try:
+            message = preview(app.store, app.settings, now(), email=email)
+        except (LookupError, InvalidSubscription) as error:
+            err.print(f"[red]error:[/red] {error}", markup=True)
+            sys.exit(1)
+        if message is None:
+            out.print("Nothing new: no digest would be sent.")
+            return
+        if out_file is None:
+            click.echo(f"Subject: {message.subject}\n")
+            click.echo(message.text, nl=False)
+            return
+        suffix = out_file.suffix.lower()
+        if suffix in (".html", ".htm"):
+            out_file.write_text(message.html or "", encoding="utf-8")
+        elif suffix == ".txt":
+            out_file.write_text(message.text, encoding="utf-8")
+        else:
+            out_file.write_bytes(build_email(message).as_bytes(policy=FILE_POLICY))
+        err.print(f"Wrote {out_file}: {message.subject}")
+
+
+@digest.command("send")
+@click.option("--due", is_flag=True, help="Only subscribers whose cadence says it is time.")
+@click.option("--dry-run", is_flag=True, help="Say what would be sent; send and change nothing.")
+@click.pass_context
+def digest_send(ctx: click.Context, due: bool, dry_run: bool) -> None:
+    """Build the digests of what is new and send every pending one."""
+    from .digests import SendProgress, build_pending, plan_all, send_pending
+    from .mail import open_sender
+
+    with _one_line_errors():
+        app = _app(ctx)
+        store, settings = app.store, app.settings
+        if dry_run:
+            count = stories = 0
+            for _, plan in plan_all(store, settings, now(), due_only=due):
+                if plan is not None:
+                    count += 1
+                    stories += plan.story_count
+            out.print(f"Would build {count} digests ({stories} stories); nothing was changed.")
+            return
+        built = build_pending(store, settings, now(), due_only=due)
+        sender = open_sender(settings.mail.smtp, settings.mail.outbox)
+        progress = Progress(
+            TextColumn("sending"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.description}"),
+            TimeElapsedColumn(),
+            console=err,
+            transient=True,
+        )
+        try:
+            with progress:
+                task = progress.add_task("", total=None)
+
+                def advance(event: SendProgress) -> None:
+                    progress.update(
+                        task, total=event.total, completed=event.done, description=event.outcome
+                    )
+
+                report = send_pending(store, sender, settings, now(), advance, clock=now)
+        finally:
+            sender.close()
+        where = (
+            f"{settings.mail.smtp.host}:{settings.mail.smtp.port}"
+            if settings.mail.smtp
+            else str(settings.mail.outbox)
+        )
+        out.print(
+            f"Built {built.built} digests ({built.empty} with nothing new"
+            + (f", {built.not_due} not due" if due else "")
+            + f"). Sent {report.sent} to {where}; {report.retried} to retry, "
+            f"{report.bounced} bounced, {report.failed} failed."
+        )
+        for problem in report.errors[-5:]:
+            err.print(f"error: {problem}")
+        if report.stopped:
+            err.print(f"stopped: {report.stopped}")
+            sys.exit(2)
+
+
 def main(argv: list[str] | None = None) -> Any:
     return cli.main(args=argv, prog_name="aggregator")
