@@ -134,20 +134,22 @@ def ours_setup(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _with_ticker(work: Callable[[], Awaitable[Any]]) -> tuple[Any, float, list[float]]:
+async def _with_ticker(
+    work: Callable[[], Awaitable[Any]],
+) -> tuple[Any, float, list[tuple[float, float]]]:
     """Run ``work`` beside a task that sleeps TICK_SECONDS at a time and records how late
-    each wake-up was: the event loop's lag."""
-    lags: list[float] = []
+    each wake-up was (the event loop's lag), with when it happened (perf_counter)."""
+    lags: list[tuple[float, float]] = []
     done = asyncio.Event()
+    started = time.perf_counter()
 
     async def tick() -> None:
         while not done.is_set():
             before = time.perf_counter()
             await asyncio.sleep(TICK_SECONDS)
-            lags.append(time.perf_counter() - before - TICK_SECONDS)
+            lags.append((time.perf_counter() - before - TICK_SECONDS, before))
 
     ticker = asyncio.create_task(tick())
-    started = time.perf_counter()
     try:
         result = await work()
     finally:
@@ -164,8 +166,16 @@ def ours_poll(args: argparse.Namespace) -> int:
 
     settings = load_settings(Path(args.config), env={})
     store = Store.open(settings.database)
+    finished: list[float] = []  # when each feed's summary came back
     try:
-        summaries, phase, lags = asyncio.run(_with_ticker(lambda: poll_feeds(settings, store)))
+        started = time.perf_counter()
+        summaries, phase, timed_lags = asyncio.run(
+            _with_ticker(
+                lambda: poll_feeds(
+                    settings, store, on_result=lambda _: finished.append(time.perf_counter())
+                )
+            )
+        )
         stored = store.db.execute("SELECT count(*) FROM entries").fetchone()[0]
     finally:
         store.close()
@@ -173,7 +183,12 @@ def ours_poll(args: argparse.Namespace) -> int:
     for summary in summaries:
         statuses[summary.status] = statuses.get(summary.status, 0) + 1
     errors = sorted({s.error for s in summaries if s.error})[:5]
-    lags.sort()
+    lags = sorted(lag for lag, _ in timed_lags)
+    worst = sorted(timed_lags, reverse=True)[:5]
+    # Stalls before the first feed is done belong to start-up (opening the client,
+    # starting the worker processes); the rest to the steady state of the poll.
+    first = min(finished, default=started)
+    steady = [lag for lag, at in timed_lags if at >= first]
     report = {
         "phase_wall": phase,
         "statuses": statuses,
@@ -187,6 +202,10 @@ def ours_poll(args: argparse.Namespace) -> int:
         "lag_median_ms": (statistics.median(lags) if lags else 0.0) * 1000,
         "lag_over_50ms": sum(lag > 0.05 for lag in lags),
         "ticks": len(lags),
+        # The five longest stalls: [seconds into the poll, lag in ms].
+        "lag_worst": [[round(at - started, 3), round(lag * 1000, 1)] for lag, at in worst],
+        "first_result_s": first - started,
+        "lag_steady_max_ms": max(steady, default=0.0) * 1000,
     }
     _write(Path(args.out), report)
     return 0 if not errors else 1

@@ -113,7 +113,7 @@ def reader_update(args: argparse.Namespace) -> int:
 
     reader = make_reader(args.db)
     started = time.perf_counter()
-    reader.update_feeds(workers=args.workers)
+    reader.update_feeds(workers=args.workers, scheduled=False)
     phase = time.perf_counter() - started
     counts = reader.get_entry_counts()
     errors = sum(1 for feed in reader.get_feeds() if feed.last_exception)
