@@ -217,13 +217,20 @@ def settings_from_mapping(
     smtp_port = mail_table.integer("smtp_port", default_port, low=1, high=65535)
     username = mail_table.string("smtp_username", "") or env.get(ENV_SMTP_USERNAME) or None
     if smtp_host:
-        smtp = SmtpSettings(
-            host=smtp_host,
-            port=smtp_port,
-            security=security,  # type: ignore[arg-type]
-            username=username,
-            password=env.get(ENV_SMTP_PASSWORD) or None,
-        )
+        try:
+            smtp = SmtpSettings(
+                host=smtp_host,
+                port=smtp_port,
+                security=security,  # type: ignore[arg-type]
+                username=username,
+                password=env.get(ENV_SMTP_PASSWORD) or None,
+            )
+        except ConfigError as error:
+            raise ConfigError(
+                error.message.removeprefix(f"{error.key}: "),
+                path=reader.path_name,
+                key=f"mail.{(error.key or 'smtp').removeprefix('smtp.')}",
+            ) from None
     mail_table.done()
     mail = MailSettings(sender=sender, outbox=outbox, smtp=smtp)
 

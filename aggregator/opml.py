@@ -21,7 +21,7 @@ def read_opml(data: bytes, *, name: str = "OPML file") -> list[FeedSource]:
     if len(data) > MAX_OPML_BYTES:
         raise SourceError(f"{name}: larger than {MAX_OPML_BYTES // (1024 * 1024)} MB")
     try:
-        root = safe_xml.fromstring(data)
+        root = safe_xml.fromstring(data, forbid_dtd=True)
     except DefusedXmlException as error:
         raise SourceError(f"{name}: refused ({type(error).__name__}: entities or DTDs)") from None
     except safe_xml.ParseError as error:

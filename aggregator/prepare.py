@@ -38,7 +38,7 @@ def prepare_feed(
     parsed = parse_feed(content, url=url, headers=headers, limits=limits)
     records = []
     for entry in parsed.entries:
-        base = entry.link or parsed.site_url or url
+        base = entry.base_url or entry.link or parsed.site_url or url
         content_html = sanitize_html(entry.content_html, base_url=base)
         summary_html = (
             sanitize_html(entry.summary_html, base_url=base)

@@ -36,7 +36,7 @@ def iso_date(moment: datetime | None) -> str:
 def make_environment(
     template_dir: Path = TEMPLATES,
     *,
-    globals: Mapping[str, Any] | None = None,  # noqa: A002 - the Jinja2 name
+    globals: Mapping[str, Any] | None = None,
     filters: Mapping[str, Callable[..., Any]] | None = None,
 ) -> Environment:
     environment = Environment(

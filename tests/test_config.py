@@ -93,12 +93,20 @@ def test_secrets_come_from_the_environment_only(tmp_path: Path) -> None:
         'database = "x"\n[mail]\nsmtp_host = "mail.test"\nsmtp_security = "tls"\n',
     )
     settings = load_settings(
-        path, {"AGGREGATOR_SMTP_PASSWORD": "s3cret", "AGGREGATOR_ADMIN_PASSWORD": "adm"}
+        path,
+        {
+            "AGGREGATOR_SMTP_USERNAME": "digest",
+            "AGGREGATOR_SMTP_PASSWORD": "s3cret",
+            "AGGREGATOR_ADMIN_PASSWORD": "adm",
+        },
     )
     assert settings.mail.smtp is not None
     assert settings.mail.smtp.password == "s3cret"
     assert settings.mail.smtp.port == 465
     assert settings.web.admin_password == "adm"
+    # A password without a user name is a mistake, named like any other.
+    with pytest.raises(ConfigError, match=r"mail\.username: a password needs a username"):
+        load_settings(path, {"AGGREGATOR_SMTP_PASSWORD": "s3cret"})
     # A password key in the file is not a setting at all.
     with pytest.raises(ConfigError, match="mail.smtp_password: unknown setting"):
         load_settings(write(tmp_path, 'database = "x"\n[mail]\nsmtp_password = "p"\n'), {})
