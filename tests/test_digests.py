@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections import Counter
 from email.message import EmailMessage
@@ -353,3 +354,95 @@ def test_unsubscribing_cancels_pending_digests(env, smtp_server) -> None:
     assert send_pending(store, sender, settings, later(1)).sent == 0
     assert smtp_server.received() == []
     assert rows(store, "SELECT status FROM digests") == [("cancelled",)]
+
+
+# --- the HTML part in a real browser ------------------------------------------------
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--no-first-run",
+]
+
+
+def seed_digest(tmp_path: Path):
+    """A digest of the bundled seed feeds (both blogs, a cross-post among them)."""
+    import asyncio
+    from dataclasses import replace
+
+    from aggregator.config import DEFAULT_CONFIG, load_settings
+    from aggregator.pipeline import poll_feeds
+    from aggregator.sources import sync_configured_feeds
+
+    settings = load_settings(DEFAULT_CONFIG, env={})
+    settings = replace(
+        settings,
+        database=tmp_path / "seed.sqlite3",
+        web=replace(settings.web, base_url="https://digest.example.org"),
+        digest=replace(settings.digest, max_entries_per_source=4),
+    )
+    store = Store.open(settings.database)
+    sync_configured_feeds(store, settings, T0)
+    asyncio.run(poll_feeds(settings, store, clock=lambda: T0))
+    # Pretend the last six posts of each blog arrived since the reader's last digest.
+    with store.write() as db:
+        db.execute(
+            "UPDATE feeds SET backlog_seq = (SELECT max(id) - 6 FROM entries e WHERE e.feed_id = feeds.id)"
+        )
+    subscribe(store, settings, "reader@example.org")
+    with store.write() as db:
+        db.execute("UPDATE subscribers SET watermark = 0")
+    message = preview(store, settings, T0, email="reader@example.org")
+    store.close()
+    assert message is not None and message.html is not None
+    return message
+
+
+@pytest.mark.browser
+def test_digest_html_reads_well_in_chromium(tmp_path: Path) -> None:
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian's chromium is not installed (make browser)")
+    message = seed_digest(tmp_path)
+    html = message.html or ""
+    assert "Also on" in html and "more from" in html  # a cross-post and a capped source
+    page_file = tmp_path / "digest.html"
+    page_file.write_text(html, encoding="utf-8")
+    shots = {}
+    with playwright_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            for name, width, scheme in (
+                ("digest", 760, "light"),
+                ("digest-dark", 760, "dark"),
+                ("digest-phone", 375, "light"),
+            ):
+                context = browser.new_context(
+                    viewport={"width": width, "height": 900},
+                    color_scheme=scheme,
+                    java_script_enabled=False,  # as in a mail client
+                )
+                page = context.new_page()
+                requests: list[str] = []
+                page.on("request", lambda request, seen=requests: seen.append(request.url))
+                page.goto(page_file.as_uri())
+                box = page.locator(".card").bounding_box()
+                assert box is not None and box["width"] <= width
+                assert all(url.startswith("file:") for url in requests)  # nothing remote loads
+                shots[name] = tmp_path / f"{name}.png"
+                png = page.screenshot(path=str(shots[name]), full_page=True)
+                # A full-page shot as wide as the window: nothing scrolls sideways.
+                assert int.from_bytes(png[16:20], "big") == width
+                context.close()
+        finally:
+            browser.close()
+    if os.environ.get("AGGREGATOR_WRITE_DOCS"):
+        (DOCS / "screenshots").mkdir(parents=True, exist_ok=True)
+        for name, shot in shots.items():
+            (DOCS / "screenshots" / f"{name}.png").write_bytes(shot.read_bytes())
+        (DOCS / "digest-example.txt").write_text(
+            f"Subject: {message.subject}\n\n{message.text}", encoding="utf-8"
+        )
