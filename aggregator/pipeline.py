@@ -15,8 +15,9 @@ import asyncio
 import multiprocessing
 import os
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -81,6 +82,22 @@ class Poller:
 
     async def db(self, work: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.db_executor, work)
+
+    async def choose(
+        self, *, feed_ids: Sequence[int] | None = None, due_only: bool = False, limit: int = 0
+    ) -> list[Feed]:
+        """Enabled feeds, or only those due now, most overdue first; at most ``limit``."""
+        now = self.clock()
+        if due_only:
+            feeds = await self.db(partial(feed_rows.due_feeds, self.store.db, now))
+        else:
+            feeds = [
+                f for f in await self.db(partial(feed_rows.list_feeds, self.store.db)) if f.enabled
+            ]
+        if feed_ids is not None:
+            wanted = set(feed_ids)
+            feeds = [f for f in feeds if f.id in wanted]
+        return feeds[:limit] if limit else feeds
 
     async def poll_many(
         self,
@@ -279,6 +296,25 @@ def _fetch_record(
     )
 
 
+@asynccontextmanager
+async def open_poller(
+    settings: Settings, store: Store, *, clock: Clock = utc_now
+) -> AsyncIterator[Poller]:
+    """A Poller with its fetcher, parse processes and database thread, closed on exit.
+
+    Parse processes start on demand, so a poll of two feeds costs two, not a full pool.
+    On exit the write in flight finishes (the database thread is drained) before the
+    store can be closed.
+    """
+    db_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aggregator-db")
+    try:
+        with parse_pool(settings.poll.parse_workers) as pool:
+            async with FeedFetcher(settings.fetch) as fetcher:
+                yield Poller(settings, store, fetcher, pool, db_executor, clock=clock)
+    finally:
+        db_executor.shutdown(wait=True)
+
+
 async def poll_feeds(
     settings: Settings,
     store: Store,
@@ -290,27 +326,8 @@ async def poll_feeds(
     on_result: Callable[[PollSummary], None] | None = None,
 ) -> list[PollSummary]:
     """Poll the chosen feeds (all enabled ones by default) once, concurrently."""
-    db_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aggregator-db")
-    loop = asyncio.get_running_loop()
-    try:
-        now = clock()
-        if due_only:
-            feeds = await loop.run_in_executor(db_executor, feed_rows.due_feeds, store.db, now)
-        else:
-            everything = await loop.run_in_executor(db_executor, feed_rows.list_feeds, store.db)
-            feeds = [f for f in everything if f.enabled]
-        if feed_ids is not None:
-            wanted = set(feed_ids)
-            feeds = [f for f in feeds if f.id in wanted]
+    async with open_poller(settings, store, clock=clock) as poller:
+        feeds = await poller.choose(feed_ids=feed_ids, due_only=due_only)
         if on_start is not None:
             on_start(len(feeds))
-        if not feeds:
-            return []
-        with parse_pool(
-            min(settings.poll.parse_workers or os.cpu_count() or 1, len(feeds))
-        ) as pool:
-            async with FeedFetcher(settings.fetch) as fetcher:
-                poller = Poller(settings, store, fetcher, pool, db_executor, clock=clock)
-                return await poller.poll_many(feeds, on_result)
-    finally:
-        db_executor.shutdown(wait=True)
+        return await poller.poll_many(feeds, on_result)
