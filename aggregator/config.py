@@ -79,6 +79,17 @@ class DigestSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ServiceSettings:
+    """How often the long-running service looks for work (``aggregator run``)."""
+
+    poll_tick: timedelta = timedelta(seconds=30)
+    digest_tick: timedelta = timedelta(seconds=60)
+    poll_batch: int = 64
+    # Added as a confirmed subscriber at start, so a fresh install shows a digest at once.
+    demo_subscriber: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     config_path: Path | None
     database: Path
@@ -90,6 +101,7 @@ class Settings:
     web: WebSettings = field(default_factory=WebSettings)
     mail: MailSettings = field(default_factory=MailSettings)
     digest: DigestSettings = field(default_factory=DigestSettings)
+    service: ServiceSettings = field(default_factory=ServiceSettings)
     secret_key: str | None = None
 
 
@@ -261,6 +273,15 @@ def settings_from_mapping(
     )
     digest_table.done()
 
+    service_table = reader.table("service")
+    service = ServiceSettings(
+        poll_tick=timedelta(seconds=service_table.number("poll_tick_seconds", 30.0, low=0.05)),
+        digest_tick=timedelta(seconds=service_table.number("digest_tick_seconds", 60.0, low=0.05)),
+        poll_batch=service_table.integer("poll_batch", 64, low=1),
+        demo_subscriber=service_table.string("demo_subscriber", "") or None,
+    )
+    service_table.done()
+
     reader.done()
     return Settings(
         config_path=Path(reader.path_name) if path else None,
@@ -273,6 +294,7 @@ def settings_from_mapping(
         web=web,
         mail=mail,
         digest=digest,
+        service=service,
         secret_key=secret_key,
     )
 

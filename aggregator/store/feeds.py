@@ -199,3 +199,7 @@ def recent_fetches(db: Database, feed_id: int, limit: int = 20) -> list[dict[str
         "SELECT * FROM fetches WHERE feed_id = ? ORDER BY at DESC, id DESC LIMIT ?",
         [feed_id, limit],
     )
+
+
+def set_next_poll(db: Database, feed_id: int, moment: datetime) -> None:
+    db.execute("UPDATE feeds SET next_poll_at = ? WHERE id = ?", [to_db(moment), feed_id])

@@ -1,0 +1,245 @@
+"""The long-running service: APScheduler jobs and the web app in one event loop.
+
+- The poll job wakes every ``tick`` and polls the feeds that are due (per-feed interval,
+  widened by backoff and Retry-After), most overdue first, a bounded batch at a time.
+  After downtime the overdue feeds are spread over a few minutes instead of all at once.
+- The digest job wakes every minute, builds the digests that are due (daily and weekly
+  times in the configured time zone; a missed period yields one digest) and sends them.
+- Jobs coalesce and never overlap (``max_instances=1``). A second service on the same
+  database serves pages but runs no jobs: one process holds a lock file beside the
+  database (released by the kernel if that process dies).
+- SIGTERM and Ctrl-C: uvicorn stops taking requests, the scheduler stops starting jobs,
+  the unit in flight (a feed's transaction, a message) completes, and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import IO, Any
+
+import uvicorn
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+
+from .config import Settings
+from .digests import build_pending, send_pending
+from .mail import open_sender
+from .pipeline import Poller, open_poller, utc_now
+from .polling import spread_overdue
+from .sources import sync_configured_feeds
+from .store import Store
+from .store import feeds as feed_rows
+from .web import create_app
+
+log = logging.getLogger("aggregator.service")
+
+Clock = Callable[[], datetime]
+
+
+CATCH_UP_SPREAD = timedelta(minutes=5)
+SHUTDOWN_GRACE_SECONDS = 20.0  # for the unit of work in flight
+
+
+class JobLock:
+    """An exclusive, non-blocking lock file: one job runner per database."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._handle: IO[str] | None = None
+
+    def acquire(self) -> bool:
+        if self._handle is not None:
+            return True
+        handle = self.path.open("a+", encoding="utf-8")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            return False
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self._handle = handle
+        return True
+
+    def release(self) -> None:
+        if self._handle is not None:
+            fcntl.flock(self._handle, fcntl.LOCK_UN)
+            self._handle.close()
+            self._handle = None
+
+    @property
+    def held(self) -> bool:
+        return self._handle is not None
+
+
+class Service:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Clock = utc_now,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.timings = settings.service
+        self.lock = JobLock(settings.database.with_name(settings.database.name + ".jobs.lock"))
+        self._poller: Poller | None = None
+        self._spread_done = False
+
+    # --- jobs -------------------------------------------------------------------------
+
+    async def poll_due(self) -> None:
+        if not self.lock.acquire() or self._poller is None:
+            return
+        poller = self._poller
+        if not self._spread_done:
+            await poller.db(self._spread_overdue)
+            self._spread_done = True
+        feeds = await poller.choose(due_only=True, limit=self.timings.poll_batch)
+        if not feeds:
+            return
+        summaries = await poller.poll_many(feeds)
+        for summary in summaries:
+            log.info(
+                "poll feed=%d status=%s new=%d updated=%d duplicates=%d%s",
+                summary.feed_id,
+                summary.status,
+                summary.new,
+                summary.updated,
+                summary.duplicates,
+                f" error={summary.error!r}" if summary.error else "",
+            )
+
+    def _spread_overdue(self) -> None:
+        """After downtime, overdue feeds are spread out rather than polled all at once."""
+        assert self._poller is not None
+        store = self._poller.store
+        now = self.clock()
+        overdue = [f for f in feed_rows.due_feeds(store.db, now) if f.next_poll_at is not None]
+        if len(overdue) <= self.timings.poll_batch:
+            return
+        times = spread_overdue([f.id for f in overdue], now=now, over=CATCH_UP_SPREAD)
+        with store.write() as db:
+            for feed_id, moment in times.items():
+                feed_rows.set_next_poll(db, feed_id, moment)
+        log.info("catch-up feeds=%d spread_over=%s", len(times), CATCH_UP_SPREAD)
+
+    async def digests_due(self) -> None:
+        if not self.lock.acquire():
+            return
+        await asyncio.to_thread(self._digests_due_blocking)
+
+    def _digests_due_blocking(self) -> None:
+        store = Store.open(self.settings.database)
+        sender = open_sender(self.settings.mail.smtp, self.settings.mail.outbox)
+        try:
+            built = build_pending(store, self.settings, self.clock(), due_only=True)
+            if built.built:
+                log.info("digests built=%d", built.built)
+            report = send_pending(store, sender, self.settings, self.clock(), clock=self.clock)
+            if report.handled:
+                log.info(
+                    "digests sent=%d failed=%d retry=%d%s",
+                    report.sent,
+                    report.failed,
+                    report.retried,
+                    f" stopped={report.stopped!r}" if report.stopped else "",
+                )
+        finally:
+            sender.close()
+            store.close()
+
+    # --- the process ------------------------------------------------------------------
+
+    async def serve(self, host: str | None = None, port: int | None = None) -> None:
+        settings = self.settings
+        store = Store.open(settings.database)
+        sync_configured_feeds(store, settings, self.clock())
+        if not self.lock.acquire():
+            log.warning(
+                "jobs: another process runs the jobs for %s; serving pages only", settings.database
+            )
+        app = create_app(settings, clock=self.clock)
+        server = uvicorn.Server(
+            uvicorn.Config(
+                app,
+                host=host or settings.web.host,
+                port=port if port is not None else settings.web.port,
+                log_config=None,
+                access_log=False,
+                lifespan="on",
+                timeout_graceful_shutdown=5,
+            )
+        )
+        scheduler = AsyncIOScheduler(timezone=settings.digest.timezone)
+        job_options: dict[str, Any] = {
+            "max_instances": 1,
+            "coalesce": True,
+            "misfire_grace_time": None,
+        }
+        async with open_poller(settings, store, clock=self.clock) as poller:
+            self._poller = poller
+            scheduler.add_job(
+                self.poll_due,
+                IntervalTrigger(seconds=self.timings.poll_tick.total_seconds()),
+                id="poll",
+                next_run_time=datetime.now(settings.digest.timezone),
+                **job_options,
+            )
+            scheduler.add_job(
+                self.digests_due,
+                IntervalTrigger(seconds=self.timings.digest_tick.total_seconds()),
+                id="digests",
+                next_run_time=datetime.now(settings.digest.timezone) + timedelta(seconds=2),
+                **job_options,
+            )
+            scheduler.start()
+            log.info(
+                "service url=http://%s:%s database=%s",
+                server.config.host,
+                server.config.port,
+                settings.database,
+            )
+            try:
+                await server.serve()
+            finally:
+                scheduler.shutdown(wait=False)
+                await self._wait_for_jobs(scheduler)
+                self._poller = None
+        self.lock.release()
+        store.close()
+        log.info("service stopped")
+
+    async def _wait_for_jobs(self, scheduler: AsyncIOScheduler) -> None:
+        """Let the job in flight finish its unit of work, within the grace period."""
+        running = [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and _is_job(t)]
+        if running:
+            await asyncio.wait(running, timeout=SHUTDOWN_GRACE_SECONDS)
+
+
+def _is_job(task: asyncio.Task[Any]) -> bool:
+    coro = task.get_coro()
+    name = getattr(coro, "__qualname__", "")
+    return name.startswith("Service.")
+
+
+def configure_logging(level: str) -> None:
+    """One line per event: time, level, logger, then the event's key=value pairs."""
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        datefmt="%Y-%m-%dT%H:%M:%S%z",
+    )
+
+
+def run_service(settings: Settings, *, host: str | None = None, port: int | None = None) -> None:
+    configure_logging(settings.log_level)
+    asyncio.run(Service(settings).serve(host, port))
