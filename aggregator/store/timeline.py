@@ -201,7 +201,9 @@ def timeline_page(
     else:
         source = "entries e"
     if feed_id is None:
-        where.append("e.duplicate_of IS NULL")
+        # Unary plus: keeps the planner off the duplicate_of index (which matches nearly
+        # every row and then needs a sort) and on the (published, id) index.
+        where.append("+e.duplicate_of IS NULL")
     else:
         where.append("e.feed_id = ?")
         params.append(feed_id)
@@ -243,14 +245,20 @@ def _with_copies(db: Database, entries: list[TimelineEntry]) -> list[TimelineEnt
     if not entries:
         return entries
     roots = sorted({entry.duplicate_of or entry.id for entry in entries})
-    marks = ", ".join("?" * len(roots))
-    rows = _execute(
-        db,
+    shown = {entry.id for entry in entries}
+    # Two index lookups; one query with "duplicate_of IN (…) OR id IN (…)" makes the
+    # planner scan the whole table once the lists grow.
+    columns = (
         "SELECT e.id, e.feed_id, coalesce(nullif(f.title, ''), f.url), e.link, "
         "coalesce(e.duplicate_of, e.id) FROM entries e JOIN feeds f ON f.id = e.feed_id "
-        f"WHERE e.duplicate_of IN ({marks}) OR e.id IN ({marks}) ORDER BY e.id",
-        [*roots, *roots],
     )
+    rows = _execute(db, f"{columns} WHERE e.duplicate_of IN ({', '.join('?' * len(roots))})", roots)
+    unseen_roots = [root for root in roots if root not in shown]
+    if unseen_roots:
+        rows += _execute(
+            db, f"{columns} WHERE e.id IN ({', '.join('?' * len(unseen_roots))})", unseen_roots
+        )
+    rows.sort(key=lambda row: row[0])
     copies: dict[int, list[AlsoOn]] = {}
     for entry_id, copy_feed, title, link, root in rows:
         copies.setdefault(root, []).append(AlsoOn(entry_id, copy_feed, title, link))

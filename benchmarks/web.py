@@ -1,0 +1,262 @@
+"""Web benchmark: the pages a reader loads, each against the bare SQL query it needs.
+
+    python -m benchmarks.web            # 100,000 entries across 500 feeds
+    python -m benchmarks.web --quick    # 5,000 entries across 50 feeds, a smoke run
+
+Entries are generated deterministically and written through the store's insert path
+(``store.entries.apply_plan``, FTS triggers included) into a database cached under
+benchmarks/.work/. Each page is requested in-process through the ASGI app (Starlette's
+test client: routing, the thread pool, queries, templates, middleware; no sockets), and
+its bare query runs on its own connection in the same run. Printed per case: p50 and p95
+of both, and the ratio of the p50s and p95s. Goal (issue 3): every page within 3x of its
+bare query, p95 under 50 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import random
+import sqlite3
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+from aggregator.config import Settings, settings_from_mapping
+from aggregator.models import EntryRecord, NewEntry, PollPlan
+from aggregator.store import Store
+from aggregator.store import entries as entry_rows
+from aggregator.store import feeds as feed_rows
+from aggregator.store.timeline import fts_query
+from aggregator.web import create_app
+
+from . import WORK
+
+SEED = 20261128
+NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+GOAL_RATIO = 3.0
+GOAL_P95_MS = 50.0
+PAGE = 30
+ATOM = 50
+GENERATOR_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Size:
+    feeds: int
+    entries: int
+    runs: int
+
+
+FULL = Size(feeds=500, entries=100_000, runs=200)
+QUICK = Size(feeds=50, entries=5_000, runs=40)
+
+
+def vocabulary(rng: random.Random, count: int = 3000) -> list[str]:
+    syllables = [c + v for c in "bcdfghklmnprstvz" for v in "aeiou"]
+    words: set[str] = set()
+    while len(words) < count:
+        words.add("".join(rng.choice(syllables) for _ in range(rng.randint(2, 4))))
+    return sorted(words)
+
+
+def generate(path: Path, size: Size) -> None:
+    """Feeds and entries, the same for the same size on every run."""
+    rng = random.Random(SEED)
+    words = vocabulary(rng)
+    weights = [1 / (rank + 1) for rank in range(len(words))]  # Zipf-like word use
+    store = Store.open(path)
+    started = time.perf_counter()
+    with store.write() as db:
+        feed_ids = [
+            feed_rows.add_feed(
+                db, url=f"https://blog{n}.test/feed", title=f"Blog {n}", origin="cli", now=NOW
+            )[0].id
+            for n in range(size.feeds)
+        ]
+    per_feed = size.entries // size.feeds
+    span = timedelta(days=3 * 365)
+    stories: list[tuple[int, int]] = []  # (entry id, feed id) to cross-post from
+    for index, feed_id in enumerate(feed_ids):
+        inserts = []
+        for n in range(per_feed):
+            title_words = rng.choices(words, weights, k=rng.randint(3, 8))
+            body_words = rng.choices(words, weights, k=rng.randint(40, 120))
+            html = "<p>" + " ".join(body_words) + "</p>"
+            published = NOW - span * rng.random()
+            link = f"https://blog{index}.test/{n}"
+            record = EntryRecord(
+                key=link,
+                link_key=link,
+                guid=None,
+                link=link,
+                canonical_url=link,
+                title=" ".join(title_words).capitalize(),
+                norm_title=" ".join(title_words),
+                author=f"Author {rng.randint(1, 40)}",
+                summary_html=html,
+                content_html=html,
+                text=" ".join(body_words),
+                content_hash=hashlib.sha256(html.encode()).hexdigest(),
+                published=published,
+                updated=None,
+                date_missing=False,
+            )
+            duplicate_of = None
+            if stories and rng.random() < 0.05:  # a cross-post of an earlier story
+                story, story_feed = rng.choice(stories)
+                if story_feed != feed_id:
+                    duplicate_of = story
+            inserts.append(NewEntry(record=record, duplicate_of=duplicate_of))
+        with store.write() as db:
+            new_ids = entry_rows.apply_plan(db, feed_id, PollPlan(inserts=tuple(inserts)), NOW)
+        stories.extend((entry_id, feed_id) for entry_id in rng.sample(new_ids, 2))
+    store.conn.execute("PRAGMA optimize")
+    store.close()
+    print(f"generated {size.entries} entries in {time.perf_counter() - started:.1f} s")
+
+
+def database(size: Size) -> Path:
+    WORK.mkdir(parents=True, exist_ok=True)
+    path = WORK / f"web-{size.feeds}x{size.entries}-v{GENERATOR_VERSION}.sqlite3"
+    if not path.exists():
+        partial = path.with_suffix(".partial")
+        for leftover in WORK.glob(partial.name + "*"):
+            leftover.unlink()
+        generate(partial, size)
+        partial.rename(path)
+    return path
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
+def timed(action: Callable[[], Any], runs: int) -> list[float]:
+    for _ in range(max(3, runs // 10)):
+        action()  # warm caches, compile templates
+    samples = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        action()
+        samples.append((time.perf_counter() - started) * 1000)
+    return samples
+
+
+_TIMELINE_SQL = (
+    "SELECT e.id, e.feed_id, f.title, e.title, e.link, e.author, e.summary_html, "
+    "e.content_html, e.text, e.published, e.updated, e.last_changed, e.duplicate_of "
+    "FROM {source} JOIN feeds f ON f.id = e.feed_id WHERE {where} "
+    "ORDER BY e.published DESC, e.id DESC LIMIT ?"
+)
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    path: str
+    sql: str
+    params: tuple[Any, ...]
+
+
+def cases(conn: sqlite3.Connection, words: list[str]) -> list[Case]:
+    count = conn.execute("SELECT count(*) FROM entries WHERE duplicate_of IS NULL").fetchone()[0]
+    deep = conn.execute(
+        "SELECT published, id FROM entries WHERE duplicate_of IS NULL "
+        "ORDER BY published DESC, id DESC LIMIT 1 OFFSET ?",
+        [int(count * 0.8)],
+    ).fetchone()
+    term = words[60]  # a word of middling frequency
+    plain = _TIMELINE_SQL.format(source="entries e", where="+e.duplicate_of IS NULL")
+    keyset = _TIMELINE_SQL.format(
+        source="entries e", where="+e.duplicate_of IS NULL AND (e.published, e.id) < (?, ?)"
+    )
+    search = _TIMELINE_SQL.format(
+        source="entries_fts JOIN entries e ON e.id = entries_fts.rowid",
+        where="entries_fts MATCH ? AND +e.duplicate_of IS NULL",
+    )
+    return [
+        Case("first page", "/", plain, (PAGE + 1,)),
+        Case(
+            "deep page (80%)",
+            f"/?before={deep[0]}|{deep[1]}",
+            keyset,
+            (deep[0], deep[1], PAGE + 1),
+        ),
+        Case(f"search {term!r}", f"/?q={term}", search, (fts_query(term), PAGE + 1)),
+        Case("/feed.atom", "/feed.atom", plain, (ATOM,)),
+    ]
+
+
+def settings_for(path: Path) -> Settings:
+    settings = settings_from_mapping({"database": str(path)}, env={}, path=None)
+    return replace(settings, database=path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.web", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="a small smoke run")
+    parser.add_argument("--runs", type=int, default=None, help="requests per case")
+    args = parser.parse_args(argv)
+    size = QUICK if args.quick else FULL
+    runs = args.runs or size.runs
+    path = database(size)
+    words = vocabulary(random.Random(SEED))
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+    entries = conn.execute("SELECT count(*) FROM entries").fetchone()[0]
+    print(f"database: {path.name}: {entries} entries, {size.feeds} feeds; {runs} runs per case")
+    failed = False
+    floor_app = Starlette(routes=[Route("/", lambda request: PlainTextResponse("ok"))])
+    with TestClient(floor_app) as floor_client:
+        floor = timed(lambda: floor_client.get("/").raise_for_status(), runs)
+    print(
+        f"ASGI floor (a one-line sync route, same client): p50 {percentile(floor, 0.5):.2f} ms, "
+        f"p95 {percentile(floor, 0.95):.2f} ms"
+    )
+    with TestClient(create_app(settings_for(path), clock=lambda: NOW)) as client:
+        print(
+            f"{'case':<22} {'bare p50':>9} {'bare p95':>9} {'page p50':>9} {'page p95':>9} "
+            f"{'x p50':>6} {'x p95':>6}  rows/hits"
+        )
+        for case in cases(conn, words):
+            response = client.get(case.path)
+            if response.status_code != 200:
+                print(f"{case.name}: HTTP {response.status_code}")
+                failed = True
+                continue
+            rows = conn.execute(case.sql, case.params).fetchall()
+            bare = timed(lambda case=case: conn.execute(case.sql, case.params).fetchall(), runs)
+            page = timed(lambda case=case: client.get(case.path).raise_for_status(), runs)
+            bare50, bare95 = percentile(bare, 0.5), percentile(bare, 0.95)
+            page50, page95 = percentile(page, 0.5), percentile(page, 0.95)
+            ratio50, ratio95 = page50 / bare50, page95 / bare95
+            hits = len(rows)
+            if case.name.startswith("search"):
+                hits = conn.execute(
+                    "SELECT count(*) FROM entries_fts WHERE entries_fts MATCH ?", case.params[:1]
+                ).fetchone()[0]
+            print(
+                f"{case.name:<22} {bare50:>8.2f}m {bare95:>8.2f}m {page50:>8.2f}m "
+                f"{page95:>8.2f}m {ratio50:>5.1f}x {ratio95:>5.1f}x  {hits}"
+            )
+            if page95 > GOAL_P95_MS:
+                print(f"  over the p95 goal of {GOAL_P95_MS:.0f} ms")
+            if ratio50 > GOAL_RATIO:
+                print(f"  over the goal of {GOAL_RATIO:.0f}x the bare query (p50)")
+    conn.close()
+    print("m = milliseconds; x = page / bare query")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
