@@ -79,6 +79,11 @@ class Poller:
         self._intervals = {
             feed.url: feed.interval for feed in self.settings.feeds if feed.interval is not None
         }
+        self.stopping = False
+
+    def stop(self) -> None:
+        """Start no new feed; those already fetched are still written."""
+        self.stopping = True
 
     async def db(self, work: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.db_executor, work)
@@ -114,6 +119,10 @@ class Poller:
 
     async def poll(self, feed: Feed) -> PollSummary:
         """Poll one feed. Never raises for a problem of the feed: it is in the summary."""
+        if self.stopping:
+            return PollSummary(
+                feed_id=feed.id, url=feed.url, title=feed.title or feed.url, status="skipped"
+            )
         fetch_url = self._snapshots.get(feed.url, feed.url)
         result = await self.fetcher.fetch(
             fetch_url, etag=feed.etag, last_modified=feed.last_modified

@@ -18,7 +18,10 @@ import asyncio
 import fcntl
 import logging
 import os
-from collections.abc import Callable
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
@@ -93,13 +96,29 @@ class Service:
         self.lock = JobLock(settings.database.with_name(settings.database.name + ".jobs.lock"))
         self._poller: Poller | None = None
         self._spread_done = False
+        self._in_flight: set[asyncio.Task[Any]] = set()
+
+    @contextmanager
+    def _job(self) -> Iterator[None]:
+        """Mark the current task as a job in flight, for a graceful shutdown."""
+        task = asyncio.current_task()
+        if task is not None:
+            self._in_flight.add(task)
+        try:
+            yield
+        finally:
+            if task is not None:
+                self._in_flight.discard(task)
 
     # --- jobs -------------------------------------------------------------------------
 
     async def poll_due(self) -> None:
         if not self.lock.acquire() or self._poller is None:
             return
-        poller = self._poller
+        with self._job():
+            await self._poll_due(self._poller)
+
+    async def _poll_due(self, poller: Poller) -> None:
         if not self._spread_done:
             await poller.db(self._spread_overdue)
             self._spread_done = True
@@ -135,7 +154,8 @@ class Service:
     async def digests_due(self) -> None:
         if not self.lock.acquire():
             return
-        await asyncio.to_thread(self._digests_due_blocking)
+        with self._job():
+            await asyncio.to_thread(self._digests_due_blocking)
 
     def _digests_due_blocking(self) -> None:
         store = Store.open(self.settings.database)
@@ -202,6 +222,7 @@ class Service:
                 **job_options,
             )
             scheduler.start()
+            _keep_signals_for_graceful_exit()
             log.info(
                 "service url=http://%s:%s database=%s",
                 server.config.host,
@@ -211,24 +232,31 @@ class Service:
             try:
                 await server.serve()
             finally:
+                poller.stop()
                 scheduler.shutdown(wait=False)
-                await self._wait_for_jobs(scheduler)
+                await self._wait_for_jobs()
                 self._poller = None
         self.lock.release()
         store.close()
         log.info("service stopped")
 
-    async def _wait_for_jobs(self, scheduler: AsyncIOScheduler) -> None:
+    async def _wait_for_jobs(self) -> None:
         """Let the job in flight finish its unit of work, within the grace period."""
-        running = [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and _is_job(t)]
-        if running:
-            await asyncio.wait(running, timeout=SHUTDOWN_GRACE_SECONDS)
+        if self._in_flight:
+            await asyncio.wait(set(self._in_flight), timeout=SHUTDOWN_GRACE_SECONDS)
 
 
-def _is_job(task: asyncio.Task[Any]) -> bool:
-    coro = task.get_coro()
-    name = getattr(coro, "__qualname__", "")
-    return name.startswith("Service.")
+def _keep_signals_for_graceful_exit() -> None:
+    """SIGTERM and SIGINT only ask to stop: uvicorn catches them while it serves and
+    raises them again once it has stopped; by then our own shutdown must still run,
+    and a requested stop is a clean exit (status 0)."""
+
+    def requested(signum: int, frame: object) -> None:
+        log.info("stop requested signal=%d", signum)
+
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, requested)
 
 
 def configure_logging(level: str) -> None:
@@ -238,6 +266,9 @@ def configure_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         datefmt="%Y-%m-%dT%H:%M:%S%z",
     )
+    if level != "debug":
+        # A line per job run drowns the events; keep APScheduler's warnings only.
+        logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
 
 def run_service(settings: Settings, *, host: str | None = None, port: int | None = None) -> None:
