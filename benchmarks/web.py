@@ -121,6 +121,7 @@ def generate(path: Path, size: Size) -> None:
             new_ids = entry_rows.apply_plan(db, feed_id, PollPlan(inserts=tuple(inserts)), NOW)
         stories.extend((entry_id, feed_id) for entry_id in rng.sample(new_ids, 2))
     store.conn.execute("PRAGMA optimize")
+    store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # all in the main file: renamed next
     store.close()
     print(f"generated {size.entries} entries in {time.perf_counter() - started:.1f} s")
 
