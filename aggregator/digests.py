@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import secrets as random_source
 import socket
+import textwrap
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
+from markupsafe import escape
 from sqlite_utils import Database
 
 from .config import Settings
@@ -45,6 +47,8 @@ LEASE_NAME = "digest-send"
 LEASE_LENGTH = timedelta(minutes=2)
 LEASE_RENEW_SECONDS = 20.0
 EXCERPT_CHARS = 280
+TEXT_WIDTH = 72
+_PERSONAL_LINKS = ("web_url", "archive_url", "preferences_url", "unsubscribe_url")
 MAX_TITLE_CHARS = 300
 MAX_SOURCE_CHARS = 80
 _BATCH = 200
@@ -173,6 +177,7 @@ class StoryView:
     published: datetime
     author: str | None
     excerpt: str
+    excerpt_lines: str  # the excerpt wrapped for the plain-text part
     also_on: tuple[tuple[str, str | None], ...]  # (source name, link)
 
 
@@ -210,6 +215,12 @@ class Renderer:
         self._html = self._env.get_template("email/digest.html")
         self._text = self._env.get_template("email/digest.txt")
         self._views: OrderedDict[int, StoryView] = OrderedDict()
+        # Subscribers with the same stories get the same text: render it once, with
+        # markers where each reader's own links go. The nonce keeps feed text from
+        # spelling a marker.
+        nonce = random_source.token_hex(8)
+        self._markers = {name: f"https://{name}-{nonce}.invalid/" for name in _PERSONAL_LINKS}
+        self._rendered: OrderedDict[tuple[Any, ...], tuple[str, str, str]] = OrderedDict()
         self.product = _product_name(settings)
         self.list_id = f"{self.product} <digest.{links.host}>"
 
@@ -219,13 +230,15 @@ class Renderer:
         if cached is not None:
             self._views.move_to_end(entry.id)
             return cached
+        summary = excerpt(entry.content_html or entry.summary_html, EXCERPT_CHARS)
         view = StoryView(
             title=line(entry.title) or "(untitled)",
             url=entry.link,
             source=_source_name(entry),
             published=entry.published,
             author=line(entry.author, MAX_SOURCE_CHARS) or None,
-            excerpt=excerpt(entry.content_html or entry.summary_html, EXCERPT_CHARS),
+            excerpt=summary,
+            excerpt_lines=textwrap.fill(summary, TEXT_WIDTH, break_on_hyphens=False),
             also_on=tuple((_source_name(copy), copy.link) for copy in line_.also_on),
         )
         self._views[entry.id] = view
@@ -283,21 +296,18 @@ class Renderer:
         date: datetime,
     ) -> OutgoingMessage:
         links = self.links
-        total = sum(len(s.stories) + s.more for s in sections)
-        subject = digest_subject(total, [s.title for s in sections])
         unsubscribe_url = links.unsubscribe(subscriber_id, issued_at)
-        context = {
-            "product": self.product,
-            "subject": subject,
-            "total": total,
-            "sections": sections,
-            "date": issued_at.astimezone(self.settings.digest.timezone),
-            "home_url": links.home(),
+        personal = {
             "web_url": links.digest(digest_id, issued_at) if digest_id is not None else None,
             "archive_url": links.archive(subscriber_id, issued_at),
             "preferences_url": links.preferences(subscriber_id, issued_at),
             "unsubscribe_url": unsubscribe_url,
         }
+        subject, text, html = self._shared(sections, issued_at, with_web=digest_id is not None)
+        for name, url in personal.items():
+            if url is not None:
+                text = text.replace(self._markers[name], url)
+                html = html.replace(self._markers[name], str(escape(url)))
         mailto = links.unsubscribe_mailto(self.settings.mail.sender, subscriber_id, issued_at)
         headers = {
             "List-Id": self.list_id,
@@ -314,11 +324,46 @@ class Renderer:
             sender=self.settings.mail.sender,
             recipient=recipient,
             subject=subject,
-            text=self._text.render(context),
-            html=inline_css(self._html.render(context)),
+            text=text,
+            html=html,
             date=date,
             headers=headers,
         )
+
+    def _shared(
+        self, sections: list[SectionView], issued_at: datetime, *, with_web: bool
+    ) -> tuple[str, str, str]:
+        """Subject, text and HTML (CSS inlined) with markers for the personal links."""
+        day = issued_at.astimezone(self.settings.digest.timezone)
+        key = (tuple(sections), day.date(), with_web)
+        cached = self._rendered.get(key)
+        if cached is not None:
+            self._rendered.move_to_end(key)
+            return cached
+        total = sum(len(s.stories) + s.more for s in sections)
+        subject = digest_subject(total, [s.title for s in sections])
+        markers = self._markers
+        context = {
+            "product": self.product,
+            "subject": subject,
+            "total": total,
+            "sections": sections,
+            "date": day,
+            "home_url": self.links.home(),
+            "web_url": markers["web_url"] if with_web else None,
+            "archive_url": markers["archive_url"],
+            "preferences_url": markers["preferences_url"],
+            "unsubscribe_url": markers["unsubscribe_url"],
+        }
+        rendered = (
+            subject,
+            self._text.render(context),
+            inline_css(self._html.render(context)),
+        )
+        self._rendered[key] = rendered
+        if len(self._rendered) > _CACHE_SIZE:
+            self._rendered.popitem(last=False)
+        return rendered
 
     def web_html(self, digest: DigestRow) -> tuple[str, list[SectionView]]:
         """Subject and sections of a stored digest, for its web copy."""

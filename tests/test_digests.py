@@ -446,3 +446,29 @@ def test_digest_html_reads_well_in_chromium(tmp_path: Path) -> None:
         (DOCS / "digest-example.txt").write_text(
             f"Subject: {message.subject}\n\n{message.text}", encoding="utf-8"
         )
+
+
+def test_readers_of_the_same_stories_each_get_their_own_links(env, smtp_server) -> None:
+    settings, store, sender = env
+    alpha, _ = two_blogs(store)
+    first = subscribe(store, settings, "first@example.org")
+    second = subscribe(store, settings, "second@example.org")
+    add_entry(store, alpha, "Shared story", link="https://alpha.test/shared")
+    build_pending(store, settings, later(1), due_only=False)
+    assert send_pending(store, sender, settings, later(1)).sent == 2
+    links = links_for(store, settings)
+    by_rcpt = {r.rcpt_tos[0]: r.parse() for r in smtp_server.received()}
+    for subscriber in (first, second):
+        message = by_rcpt[subscriber.email]
+        text, html = parts(message)
+        assert "Shared story" in text and "Shared story" in html
+        urls = re.findall(r"https://news\.example\.org/\S+", text)
+        assert urls and ".invalid" not in text + html
+        for url in urls:
+            query = parse_qs(urlsplit(url).query)
+            if "/unsubscribe" in url:
+                token = query["token"][0]
+                assert links.verify(PURPOSE_UNSUBSCRIBE, token, now=later(2)) == subscriber.id
+                assert url.replace("&", "&amp;") in html or url in html
+        header_url = re.findall(r"<([^>]+)>", message["List-Unsubscribe"])[0]
+        assert header_url in text

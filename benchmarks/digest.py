@@ -1,0 +1,384 @@
+"""Digest benchmark: build and send digests for many subscribers to a loopback SMTP server.
+
+    python -m benchmarks.digest [--quick] [--subscribers N] [--entries N]
+
+Seeds a database with N subscribers (daily and weekly; one source, the other, or every
+source) and a batch of new entries (some cross-posted), then measures, each in its own
+process so that memory figures are clean:
+
+- ours: ``build_pending`` then ``send_pending`` over the SMTP adapter, as
+  ``aggregator digest send`` does: selection, one transaction per subscriber, rendering
+  from the stored digest (Jinja2 + CSS inlining), MIME building, sending, marking sent;
+- baseline: the same number of pre-rendered messages (real digests, rendered before
+  the clock starts) sent with smtplib over one connection;
+- ours again at a quarter of the subscribers, to show that memory stays flat.
+
+The SMTP server (aiosmtpd, counting and discarding) runs in a process of its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import random
+import resource
+import smtplib
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+DEFAULT_SUBSCRIBERS = 10_000
+DEFAULT_ENTRIES = 5_000
+QUICK_SUBSCRIBERS = 1_000
+QUICK_ENTRIES = 500
+CROSS_POST_SHARE = 0.05
+NOW = datetime(2026, 11, 2, 8, 0, tzinfo=UTC)
+BASE_URL = "https://digest.example.org"
+SENDER = "Blog digest <digest@digest.example.org>"
+
+
+# --- the SMTP sink ------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _sink(port: int, count: Any, ready: Any, stop: Any) -> None:
+    from aiosmtpd.controller import Controller
+
+    class Counting:
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+            with count.get_lock():
+                count.value += 1
+            return "250 2.0.0 Accepted"
+
+    controller = Controller(Counting(), hostname="127.0.0.1", port=port)
+    controller.start()
+    ready.set()
+    stop.wait()
+    controller.stop()
+
+
+class Sink:
+    def __init__(self) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.port = _free_port()
+        self.count = context.Value("q", 0)
+        self._ready = context.Event()
+        self._stop = context.Event()
+        self._process = context.Process(
+            target=_sink, args=(self.port, self.count, self._ready, self._stop), daemon=True
+        )
+
+    def __enter__(self) -> Sink:
+        self._process.start()
+        if not self._ready.wait(30):
+            raise RuntimeError("SMTP sink did not start")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._process.join(10)
+
+    @property
+    def received(self) -> int:
+        return int(self.count.value)
+
+
+# --- seeding ------------------------------------------------------------------------
+
+
+def _settings(db_path: Path, port: int) -> Any:
+    from aggregator.config import settings_from_mapping
+
+    return settings_from_mapping(
+        {
+            "database": str(db_path),
+            "web": {"base_url": BASE_URL},
+            "mail": {
+                "from": SENDER,
+                "smtp_host": "127.0.0.1",
+                "smtp_port": port,
+                "smtp_security": "none",
+            },
+        },
+        env={},
+        path=db_path.parent / "config.toml",
+    )
+
+
+def seed(db_path: Path, subscribers: int, entries: int, rng: random.Random) -> None:
+    from aggregator.store import Store
+    from aggregator.store.codec import to_db
+
+    store = Store.open(db_path)
+    stamp = to_db(NOW - timedelta(days=1))
+    with store.write() as db:
+        feeds = []
+        for index, title in enumerate(("Learning Layers project blog", "Cluster Performance Blog")):
+            cursor = db.execute(
+                "INSERT INTO feeds (url, title, site_url, origin, added_at, backlog_seq) "
+                "VALUES (?, ?, ?, 'cli', ?, 0)",
+                [f"https://blog{index}.test/feed", title, f"https://blog{index}.test/", stamp],
+            )
+            feeds.append(cursor.lastrowid)
+        rows = []
+        for i in range(subscribers):
+            rows.append(
+                (
+                    f"reader{i}@example.org",
+                    f"reader{i}@example.org",
+                    "daily" if i % 2 else "weekly",
+                    int(i % 3 == 0),
+                    stamp,
+                    stamp,
+                    stamp,
+                )
+            )
+        db.conn.executemany(
+            "INSERT INTO subscribers (email, email_key, status, cadence, all_feeds, watermark, "
+            "created_at, confirmed_at, status_changed_at) "
+            "VALUES (?, ?, 'confirmed', ?, ?, 0, ?, ?, ?)",
+            rows,
+        )
+        db.execute(
+            "INSERT INTO subscriber_feeds (subscriber_id, feed_id) "
+            "SELECT id, CASE WHEN id % 3 = 1 THEN ? ELSE ? END FROM subscribers "
+            "WHERE all_feeds = 0",
+            feeds,
+        )
+    words = [
+        "cluster",
+        "learning",
+        "layers",
+        "apprentices",
+        "tools",
+        "network",
+        "scale",
+        "innovation",
+    ]
+    with store.write() as db:
+        story_ids: list[int] = []
+        for i in range(entries):
+            feed = feeds[i % 2]
+            title = " ".join(rng.choice(words) for _ in range(6)).capitalize() + f" {i}"
+            duplicate_of = None
+            if story_ids and rng.random() < CROSS_POST_SHARE:
+                duplicate_of = rng.choice(story_ids[-50:])
+            body = "<p>" + " ".join(rng.choice(words) for _ in range(120)) + "</p>"
+            published = to_db(NOW - timedelta(minutes=rng.randint(1, 60 * 24 * 14)))
+            cursor = db.execute(
+                "INSERT INTO entries (feed_id, key, link, title, norm_title, summary_html, "
+                "content_html, text, content_hash, published, first_seen, last_changed, "
+                "duplicate_of) VALUES (?, ?, ?, ?, ?, '', ?, '', ?, ?, ?, ?, ?)",
+                [
+                    feed,
+                    f"k{i}",
+                    f"https://blog{i % 2}.test/{i}",
+                    title,
+                    title.lower(),
+                    body,
+                    f"h{i}",
+                    published,
+                    stamp,
+                    stamp,
+                    duplicate_of,
+                ],
+            )
+            if duplicate_of is None and cursor.lastrowid is not None:
+                story_ids.append(cursor.lastrowid)
+    store.close()
+
+
+# --- contenders (each in a child process) ------------------------------------------
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def child_ours(db_path: Path, port: int) -> dict[str, Any]:
+    from aggregator.digests import build_pending, send_pending
+    from aggregator.mail import SmtpSender
+    from aggregator.store import Store
+
+    settings = _settings(db_path, port)
+    store = Store.open(db_path)
+    assert settings.mail.smtp is not None
+    sender = SmtpSender(settings.mail.smtp)
+    started = time.perf_counter()
+    built = build_pending(store, settings, NOW, due_only=False)
+    build_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    report = send_pending(store, sender, settings, NOW)
+    send_seconds = time.perf_counter() - started
+    sender.close()
+    store.close()
+    return {
+        "built": built.built,
+        "sent": report.sent,
+        "problems": report.errors[:3],
+        "build_seconds": build_seconds,
+        "send_seconds": send_seconds,
+        "peak_rss_mb": _peak_rss_mb(),
+    }
+
+
+def child_baseline(db_path: Path, port: int, count: int) -> dict[str, Any]:
+    """Pre-rendered real digests, sent ``count`` times over one connection, two ways:
+    through the mail adapter (MIME building included) and as ready bytes (smtplib)."""
+    from dataclasses import replace
+
+    from aggregator.digests import Renderer
+    from aggregator.mail import SMTP_POLICY, SmtpSender, build_email, envelope_addresses
+    from aggregator.store import Store
+    from aggregator.store import digests as digest_rows
+    from aggregator.subscriptions import links_for
+
+    settings = _settings(db_path, port)
+    store = Store.open(db_path)
+    renderer = Renderer(store, settings, links_for(store, settings))
+    messages = []
+    ids = [row[0] for row in store.conn.execute("SELECT id FROM digests ORDER BY id LIMIT 60")]
+    for digest_id in ids:
+        digest = digest_rows.get_digest(store.db, digest_id)
+        assert digest is not None
+        message = renderer.message(digest, date=NOW)
+        assert message is not None
+        messages.append(message)
+    store.close()
+    wire = []
+    for message in messages:
+        sender, recipient = envelope_addresses(message)
+        wire.append((sender, recipient, build_email(message).as_bytes(policy=SMTP_POLICY)))
+
+    assert settings.mail.smtp is not None
+    adapter = SmtpSender(replace(settings.mail.smtp, max_messages_per_connection=count))
+    started = time.perf_counter()
+    for index in range(count):
+        adapter.send(messages[index % len(messages)])
+    adapter_seconds = time.perf_counter() - started
+    adapter.close()
+
+    started = time.perf_counter()
+    with smtplib.SMTP("127.0.0.1", port) as connection:
+        for index in range(count):
+            sender, recipient, data = wire[index % len(wire)]
+            connection.sendmail(sender, [recipient], data)
+    wire_seconds = time.perf_counter() - started
+    return {
+        "sent": count,
+        "adapter_seconds": adapter_seconds,
+        "wire_seconds": wire_seconds,
+        "mean_bytes": sum(len(w[2]) for w in wire) / len(wire),
+        "peak_rss_mb": _peak_rss_mb(),
+    }
+
+
+def _run_child(*args: str) -> dict[str, Any]:
+    with tempfile.NamedTemporaryFile("r", suffix=".json", delete=False) as handle:
+        out = Path(handle.name)
+    try:
+        subprocess.run(
+            [sys.executable, "-m", "benchmarks.digest", "--child", *args, "--out", str(out)],
+            check=True,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+        report: dict[str, Any] = json.loads(out.read_text(encoding="utf-8"))
+        return report
+    finally:
+        out.unlink(missing_ok=True)
+
+
+# --- the run ------------------------------------------------------------------------
+
+
+def run(subscribers: int, entries: int, seed_value: int) -> int:
+    print(
+        f"digest benchmark: {subscribers} subscribers, {entries} new entries, "
+        f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}"
+    )
+    with tempfile.TemporaryDirectory(prefix="digest-bench-") as tmp, Sink() as sink:
+        full = Path(tmp) / "full.sqlite3"
+        small = Path(tmp) / "small.sqlite3"
+        started = time.perf_counter()
+        seed(full, subscribers, entries, random.Random(seed_value))
+        seed(small, max(subscribers // 4, 1), entries, random.Random(seed_value))
+        print(f"  seeded in {time.perf_counter() - started:.1f} s")
+
+        before = sink.received
+        ours = _run_child("ours", str(full), str(sink.port))
+        delivered = sink.received - before
+        total = ours["build_seconds"] + ours["send_seconds"]
+        ours_rate = ours["sent"] / total if total else 0.0
+        print(
+            f"  ours:     {ours['built']} digests built in {ours['build_seconds']:.1f} s, "
+            f"{ours['sent']} sent in {ours['send_seconds']:.1f} s "
+            f"({delivered} arrived) -> {ours_rate:.0f} msgs/s end to end, "
+            f"peak RSS {ours['peak_rss_mb']:.0f} MB"
+        )
+        if ours["problems"]:
+            print(f"  problems: {ours['problems']}")
+
+        base = _run_child("baseline", str(full), str(sink.port), str(ours["sent"]))
+        adapter_rate = base["sent"] / base["adapter_seconds"]
+        wire_rate = base["sent"] / base["wire_seconds"]
+        print(
+            f"  baseline: {base['sent']} pre-rendered digests "
+            f"(mean {base['mean_bytes'] / 1024:.1f} KB) over one connection: "
+            f"{adapter_rate:.0f} msgs/s through the mail adapter (MIME building included), "
+            f"{wire_rate:.0f} msgs/s as ready bytes with smtplib"
+        )
+
+        quarter = _run_child("ours", str(small), str(sink.port))
+        print(
+            f"  ours at {max(subscribers // 4, 1)} subscribers: peak RSS "
+            f"{quarter['peak_rss_mb']:.0f} MB (vs {ours['peak_rss_mb']:.0f} MB at {subscribers})"
+        )
+        ratio = adapter_rate / ours_rate if ours_rate else float("inf")
+        wire_ratio = wire_rate / ours_rate if ours_rate else float("inf")
+        print(
+            f"  result: ours {ours_rate:.0f} msgs/s; baseline/ours = {ratio:.2f}x against "
+            f"pre-rendered messages through the adapter (goal: within 2x), "
+            f"{wire_ratio:.2f}x against ready bytes; memory "
+            f"{quarter['peak_rss_mb']:.0f} -> {ours['peak_rss_mb']:.0f} MB for 4x the subscribers"
+        )
+        ok = ours["sent"] == ours["built"] == delivered and ours["built"] > 0
+        return 0 if ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.digest", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small smoke run")
+    parser.add_argument("--subscribers", type=int, default=None)
+    parser.add_argument("--entries", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=4)
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.child:
+        kind, db_path, port, *rest = args.child
+        if kind == "ours":
+            report = child_ours(Path(db_path), int(port))
+        else:
+            report = child_baseline(Path(db_path), int(port), int(rest[0]))
+        Path(args.out).write_text(json.dumps(report), encoding="utf-8")
+        return 0
+    subscribers = args.subscribers or (QUICK_SUBSCRIBERS if args.quick else DEFAULT_SUBSCRIBERS)
+    entries = args.entries or (QUICK_ENTRIES if args.quick else DEFAULT_ENTRIES)
+    return run(subscribers, entries, args.seed)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
