@@ -183,8 +183,10 @@ def cases(conn: sqlite3.Connection, words: list[str]) -> list[Case]:
         source="entries e", where="+e.duplicate_of IS NULL AND (e.published, e.id) < (?, ?)"
     )
     search = _TIMELINE_SQL.format(
-        source="entries_fts JOIN entries e ON e.id = entries_fts.rowid",
-        where="entries_fts MATCH ? AND +e.duplicate_of IS NULL",
+        source="entries e",
+        where="e.id IN (SELECT e.id FROM entries_fts JOIN entries e ON e.id = entries_fts.rowid "
+        "WHERE entries_fts MATCH ? AND +e.duplicate_of IS NULL "
+        "ORDER BY e.published DESC, e.id DESC LIMIT ?)",
     )
     return [
         Case("first page", "/", plain, (PAGE + 1,)),
@@ -194,7 +196,7 @@ def cases(conn: sqlite3.Connection, words: list[str]) -> list[Case]:
             keyset,
             (deep[0], deep[1], PAGE + 1),
         ),
-        Case(f"search {term!r}", f"/?q={term}", search, (fts_query(term), PAGE + 1)),
+        Case(f"search {term!r}", f"/?q={term}", search, (fts_query(term), PAGE + 1, PAGE + 1)),
         Case("/feed.atom", "/feed.atom", plain, (ATOM,)),
     ]
 

@@ -216,11 +216,20 @@ def timeline_page(
             where.append("(e.published, e.id) < (?, ?)")
             params += [before.published, before.id]
         order = "DESC"
-    sql = (
-        f"SELECT {_ENTRY_COLUMNS} FROM {source} JOIN feeds f ON f.id = e.feed_id "
-        f"WHERE {' AND '.join(where)} "
-        f"ORDER BY e.published {order}, e.id {order} LIMIT ?"
-    )
+    ordering = f"ORDER BY e.published {order}, e.id {order}"
+    if search is not None:
+        # Sort the matches' ids alone, then read whole rows for one page only: a common
+        # word matches thousands of entries.
+        sql = (
+            f"SELECT {_ENTRY_COLUMNS} FROM entries e JOIN feeds f ON f.id = e.feed_id "
+            f"WHERE e.id IN (SELECT e.id FROM {source} WHERE {' AND '.join(where)} "
+            f"{ordering} LIMIT ?) {ordering}"
+        )
+    else:
+        sql = (
+            f"SELECT {_ENTRY_COLUMNS} FROM {source} JOIN feeds f ON f.id = e.feed_id "
+            f"WHERE {' AND '.join(where)} {ordering} LIMIT ?"
+        )
     rows = _execute(db, sql, [*params, limit + 1])
     more = len(rows) > limit
     entries = [_entry(row) for row in rows[:limit]]
