@@ -70,8 +70,13 @@ async def _fetch_all(corpus: Corpus, port: int, warm: bool, concurrency: int) ->
 
 def fetch_floor(args: argparse.Namespace) -> int:
     corpus = Corpus.load(Path(args.corpus))
-    report = asyncio.run(_fetch_all(corpus, args.port, args.mode == "warm", args.concurrency))
+    warm = args.mode == "warm"
+    report, _, timed_lags = asyncio.run(
+        _with_ticker(lambda: _fetch_all(corpus, args.port, warm, args.concurrency))
+    )
     report["concurrency"] = args.concurrency
+    # The same ticker as in our poll: the lag that fetching alone causes, for comparison.
+    report.update(_lag_stats([lag for lag, _ in timed_lags]))
     _write(Path(args.out), report)
     return 0
 
@@ -159,6 +164,17 @@ async def _with_ticker(
     return result, phase, lags
 
 
+def _lag_stats(lags: list[float]) -> dict[str, Any]:
+    lags = sorted(lags)
+    return {
+        "lag_max_ms": (lags[-1] if lags else 0.0) * 1000,
+        "lag_p99_ms": (lags[int(len(lags) * 0.99)] if lags else 0.0) * 1000,
+        "lag_median_ms": (statistics.median(lags) if lags else 0.0) * 1000,
+        "lag_over_50ms": sum(lag > 0.05 for lag in lags),
+        "ticks": len(lags),
+    }
+
+
 def ours_poll(args: argparse.Namespace) -> int:
     from aggregator.config import load_settings
     from aggregator.pipeline import poll_feeds
@@ -183,7 +199,6 @@ def ours_poll(args: argparse.Namespace) -> int:
     for summary in summaries:
         statuses[summary.status] = statuses.get(summary.status, 0) + 1
     errors = sorted({s.error for s in summaries if s.error})[:5]
-    lags = sorted(lag for lag, _ in timed_lags)
     worst = sorted(timed_lags, reverse=True)[:5]
     # Stalls before the first feed is done belong to start-up (opening the client,
     # starting the worker processes); the rest to the steady state of the poll.
@@ -197,11 +212,7 @@ def ours_poll(args: argparse.Namespace) -> int:
         "duplicates": sum(s.duplicates for s in summaries),
         "entries_stored": stored,
         "errors": errors,
-        "lag_max_ms": (lags[-1] if lags else 0.0) * 1000,
-        "lag_p99_ms": (lags[int(len(lags) * 0.99)] if lags else 0.0) * 1000,
-        "lag_median_ms": (statistics.median(lags) if lags else 0.0) * 1000,
-        "lag_over_50ms": sum(lag > 0.05 for lag in lags),
-        "ticks": len(lags),
+        **_lag_stats([lag for lag, _ in timed_lags]),
         # The five longest stalls: [seconds into the poll, lag in ms].
         "lag_worst": [[round(at - started, 3), round(lag * 1000, 1)] for lag, at in worst],
         "first_result_s": first - started,

@@ -7,7 +7,9 @@
   instead of vanishing into init;
 - memory: the peak, sampled every 50 ms, of the summed proportional set size (PSS) of
   the tree, which counts pages shared between forked workers once; and the largest
-  resident set any single process of the tree reached (the kernel's high-water mark).
+  resident set any single process of the tree reached (its VmHWM, also sampled: the
+  ru_maxrss of wait4 is no use here, as Linux carries it across exec from the forked
+  copy of this process, which holds the whole corpus).
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ from typing import Any
 
 PR_SET_CHILD_SUBREAPER = 36
 SAMPLE_SECONDS = 0.05
-PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 def become_subreaper() -> bool:
@@ -79,19 +80,20 @@ def run_measured(
             list(argv), cwd=cwd, env=dict(env), stdout=out, stderr=subprocess.STDOUT
         )
         user = system = 0.0
-        max_rss_kb = 0
+        max_rss = 0
         peak_pss = 0
         wall = None
         status = 0
         timed_out = False
         deadline = started + timeout
         while True:
-            peak_pss = max(peak_pss, _tree_pss(me))
+            pss, hwm = _tree_memory(me)
+            peak_pss = max(peak_pss, pss)
+            max_rss = max(max_rss, hwm)
             reaped = _reap_all()
             for pid, code, usage in reaped:
                 user += usage.ru_utime
                 system += usage.ru_stime
-                max_rss_kb = max(max_rss_kb, usage.ru_maxrss)
                 if pid == proc.pid:
                     wall = time.perf_counter() - started
                     status = code
@@ -112,7 +114,7 @@ def run_measured(
         cpu_user=user,
         cpu_sys=system,
         peak_pss_mb=peak_pss / 1e6,
-        max_rss_mb=max_rss_kb * 1024 / 1e6,
+        max_rss_mb=max_rss / 1e6,
         timed_out=timed_out,
         report=found,
         log=str(log),
@@ -166,11 +168,13 @@ def _descendants(root: int) -> list[int]:
     return found
 
 
-def _tree_pss(root: int) -> int:
-    total = 0
+def _tree_memory(root: int) -> tuple[int, int]:
+    """Summed PSS of the tree, and the largest VmHWM in it, in bytes."""
+    total = largest = 0
     for pid in _descendants(root):
         total += _pss(pid)
-    return total
+        largest = max(largest, _status_kb(pid, b"VmHWM:") * 1024)
+    return total, largest
 
 
 def _pss(pid: int) -> int:
@@ -181,11 +185,18 @@ def _pss(pid: int) -> int:
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
+    return _status_kb(pid, b"VmRSS:") * 1024
+
+
+def _status_kb(pid: int, field: bytes) -> int:
     try:
-        with open(f"/proc/{pid}/statm", "rb") as statm:
-            return int(statm.read().split()[1]) * PAGE
+        with open(f"/proc/{pid}/status", "rb") as status:
+            for line in status:
+                if line.startswith(field):
+                    return int(line.split()[1])
     except (OSError, ValueError, IndexError):
-        return 0
+        pass
+    return 0
 
 
 def _kill_tree(root: int) -> None:

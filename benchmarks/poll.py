@@ -299,11 +299,19 @@ def goals(rows: dict[str, Row]) -> list[dict[str, Any]]:
                     f"{float(report.get('first_result_s', math.nan)):.2f} s in: start-up; "
                     f"after: max {float(report.get('lag_steady_max_ms', math.nan)):.0f} ms), "
                     f"p99 {float(report.get('lag_p99_ms', math.nan)):.0f} ms"
+                    + _control_lag(rows.get("fetch-cold"))
                 ),
                 "pass": lag < LAG_GOAL_MS,
             }
         )
     return found
+
+
+def _control_lag(row: Row | None) -> str:
+    """The lag the fetch floor alone shows (httpx, no parsing, no database)."""
+    if row is None or row.measured is None or "lag_max_ms" not in row.measured.report:
+        return ""
+    return f"; fetch floor alone: max {float(row.measured.report['lag_max_ms']):.0f} ms"
 
 
 def _fmt(value: float, digits: int = 2) -> str:
