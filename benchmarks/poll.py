@@ -184,8 +184,8 @@ def ours(bench: Bench, corpus_root: Path) -> None:
 
 
 def profile_polls(bench: Bench, corpus_root: Path, config: Path) -> None:
-    """One more cold and warm poll under py-spy (all threads and worker processes), for finding
-    where the time goes; not part of the table. The output is collapsed stacks, which
+    """One more cold and warm poll under py-spy (all threads and worker processes), to
+    find where the time goes; not part of the table. The output is collapsed stacks, which
     speedscope.app and flamegraph.pl read."""
     spy = Path(sys.executable).parent / "py-spy"
     if not spy.exists():
@@ -194,13 +194,13 @@ def profile_polls(bench: Bench, corpus_root: Path, config: Path) -> None:
     port = str(bench.server.port)
     setup = ("ours-setup", "--corpus", str(corpus_root), "--port", port, "--config", str(config))
     bench.run("ours-setup", ours_argv(*setup), report=False, show=False)
-    out = bench.work / "ours-cold-profile.txt"
-    spied = [str(spy), "record", "--format", "raw", "--threads", "--subprocesses", "--rate", "250"]
-    poll = ours_argv(
-        "ours-poll", "--config", str(config), "--out", str(bench.work / "profile.json")
-    )
-    bench.run("profile", [*spied, "--output", str(out), "--", *poll], report=False, show=False)
-    print(f"  profile of a cold poll (collapsed stacks): {out}")
+    spied = [str(spy), "record", "--format", "raw", "--threads", "--subprocesses", "--rate", "100"]
+    for phase in ("cold", "warm"):
+        out = bench.work / f"ours-{phase}-profile.txt"
+        report = str(bench.work / f"profile-{phase}.json")
+        poll = ours_argv("ours-poll", "--config", str(config), "--out", report)
+        bench.run("profile", [*spied, "--output", str(out), "--", *poll], report=False, show=False)
+        print(f"  profile of a {phase} poll (collapsed stacks): {out}")
 
 
 def competitors(bench: Bench, urls: Path) -> None:
