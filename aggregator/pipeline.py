@@ -15,9 +15,11 @@ import asyncio
 import multiprocessing
 import os
 import random
-from collections.abc import AsyncIterator, Callable, Sequence
+import signal
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -55,11 +57,25 @@ def snapshot_urls(settings: Settings) -> dict[str, str]:
     }
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def _leave_stop_signals_to_the_parent() -> None:
+    """Parse workers ignore stop signals sent to the whole process group (Ctrl-C, a
+    service manager): the polling process decides when they end, after its last write."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+
+
 def parse_pool(workers: int) -> ProcessPoolExecutor:
     """Worker processes for parsing. forkserver: no fork of a threaded process."""
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["aggregator.prepare"])
-    return ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 1, mp_context=context)
+    return ProcessPoolExecutor(
+        max_workers=workers or os.cpu_count() or 1,
+        mp_context=context,
+        initializer=_leave_stop_signals_to_the_parent,
+    )
 
 
 @dataclass
@@ -127,6 +143,10 @@ class Poller:
         result = await self.fetcher.fetch(
             fetch_url, etag=feed.etag, last_modified=feed.last_modified
         )
+        if self.stopping:  # nothing of this feed is written yet: leave it for the next poll
+            return PollSummary(
+                feed_id=feed.id, url=feed.url, title=feed.title or feed.url, status="skipped"
+            )
         now = self.clock()
         if result.error is not None:
             return await self.db(partial(self._write_failure, feed, result, result.error, now))
@@ -324,6 +344,36 @@ async def open_poller(
         db_executor.shutdown(wait=True)
 
 
+@contextmanager
+def _stop_on_signals(poller: Poller) -> Iterator[None]:
+    """While polling in the main thread, SIGTERM and SIGINT ask the poller to stop: the
+    feeds being written are committed, the others are left for the next poll, and the
+    command ends normally. A second signal acts as usual (ends the process at once; the
+    write in flight then rolls back)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    installed: list[int] = []
+
+    def requested() -> None:
+        poller.stop()
+        while installed:
+            loop.remove_signal_handler(installed.pop())
+
+    for signum in STOP_SIGNALS:
+        try:
+            loop.add_signal_handler(signum, requested)
+        except (NotImplementedError, RuntimeError, ValueError):
+            continue
+        installed.append(signum)
+    try:
+        yield
+    finally:
+        while installed:
+            loop.remove_signal_handler(installed.pop())
+
+
 async def poll_feeds(
     settings: Settings,
     store: Store,
@@ -334,9 +384,13 @@ async def poll_feeds(
     on_start: Callable[[int], None] | None = None,
     on_result: Callable[[PollSummary], None] | None = None,
 ) -> list[PollSummary]:
-    """Poll the chosen feeds (all enabled ones by default) once, concurrently."""
+    """Poll the chosen feeds (all enabled ones by default) once, concurrently.
+
+    SIGTERM or SIGINT during the poll stops it gracefully (see ``_stop_on_signals``).
+    """
     async with open_poller(settings, store, clock=clock) as poller:
-        feeds = await poller.choose(feed_ids=feed_ids, due_only=due_only)
-        if on_start is not None:
-            on_start(len(feeds))
-        return await poller.poll_many(feeds, on_result)
+        with _stop_on_signals(poller):
+            feeds = await poller.choose(feed_ids=feed_ids, due_only=due_only)
+            if on_start is not None:
+                on_start(len(feeds))
+            return await poller.poll_many(feeds, on_result)
