@@ -322,14 +322,54 @@ def _exit_for(summaries: list[PollSummary]) -> None:
 
 
 @cli.command()
+@click.option("--host", default=None, help="Address to listen on (default: web.host).")
+@click.option("--port", default=None, type=int, help="Port to listen on (default: web.port).")
+@click.option("--once", is_flag=True, help="Poll every feed once, print the summary and exit.")
 @click.pass_context
-def run(ctx: click.Context) -> None:
-    """Run the main job on the configured database: poll every feed and summarise."""
+def run(ctx: click.Context, host: str | None, port: int | None, once: bool) -> None:
+    """Run the service: poll feeds and send digests on schedule, beside the web app.
+
+    SIGTERM or Ctrl-C stop it: the unit of work in flight completes, the exit status is 0.
+    """
+    from .scheduler import run_service  # imported here: the other commands need no web stack
+
     with _one_line_errors():
         app = _app(ctx)
+        settings = app.settings
         out.print(f"Database: {app.store.path}")
-        summaries = _poll(app, due=False, feed_ids=None)
-        _exit_for(summaries)
+        if once:
+            _exit_for(_poll(app, due=False, feed_ids=None))
+            return
+        if settings.service.demo_subscriber:
+            _add_demo_subscriber(app)
+        app.close()
+        where = f"http://{host or settings.web.host}:{port or settings.web.port}/"
+        mail = (
+            f"SMTP {settings.mail.smtp.host}"
+            if settings.mail.smtp
+            else f"the outbox {settings.mail.outbox}"
+        )
+        out.print(f"Serving the timeline at {where}; digests go to {mail}. Ctrl-C stops.")
+        run_service(settings, host=host, port=port)
+
+
+def _add_demo_subscriber(app: App) -> None:
+    """The configured demo address, confirmed, so a fresh install shows a digest at once."""
+    from .subscriptions import add_by_operator, links_for
+
+    settings, store = app.settings, app.store
+    email = settings.service.demo_subscriber
+    assert email is not None
+    add_by_operator(
+        store,
+        settings,
+        links_for(store, settings),
+        email=email,
+        cadence="daily",
+        first_digest_now=True,
+        now=now(),
+    )
+    out.print(f"Demo subscriber: {email} (a daily digest)")
 
 
 @cli.command()
@@ -397,8 +437,16 @@ def subscribers_list(ctx: click.Context) -> None:
 @click.argument("email")
 @click.option("--pending", is_flag=True, help="Send a confirmation link instead of confirming now.")
 @click.option("--cadence", type=click.Choice(["daily", "weekly"]), default="weekly")
+@click.option(
+    "--now",
+    "first_digest_now",
+    is_flag=True,
+    help="First digest at the next run that finds something new, not the next scheduled time.",
+)
 @click.pass_context
-def subscribers_add(ctx: click.Context, email: str, pending: bool, cadence: str) -> None:
+def subscribers_add(
+    ctx: click.Context, email: str, pending: bool, cadence: str, first_digest_now: bool
+) -> None:
     """Add an address. Confirmed at once (you vouch for it) unless --pending."""
     from .mail import open_sender
     from .subscriptions import InvalidSubscription, add_by_operator, links_for
@@ -414,6 +462,7 @@ def subscribers_add(ctx: click.Context, email: str, pending: bool, cadence: str)
                 email=email,
                 cadence=cadence,
                 pending=pending,
+                first_digest_now=first_digest_now,
                 now=now(),
             )
         except InvalidSubscription as error:

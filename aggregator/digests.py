@@ -143,11 +143,14 @@ def build_pending(
                 continue
             plan = cache.plan(db, subscriber, upto, settings.digest.max_entries_per_source)
             if plan is None:
+                # Nothing new: not a digest, so the period is not served yet; the
+                # next run that finds something sends it.
                 report.empty += 1
+                subscriber_rows.raise_watermark(db, subscriber.id, upto)
             else:
                 report.digest_ids.append(digest_rows.insert_digest(db, subscriber.id, plan, now))
                 report.built += 1
-            subscriber_rows.advance(db, subscriber.id, max(upto, subscriber.watermark), now)
+                subscriber_rows.advance(db, subscriber.id, max(upto, subscriber.watermark), now)
     return report
 
 

@@ -435,10 +435,16 @@ def add_by_operator(
     email: str,
     cadence: str = "weekly",
     pending: bool = False,
+    first_digest_now: bool = False,
     now: datetime,
 ) -> tuple[Subscriber, OutgoingMessage | None]:
     """Add an address the operator vouches for (confirmed), or a pending one with a
-    confirmation message to send."""
+    confirmation message to send.
+
+    Like a reader who confirms, a confirmed address gets its first digest at the next
+    scheduled time; ``first_digest_now`` makes it due at once instead (the first run
+    that finds something new sends it).
+    """
     address, key = normalise_email(email)
     chosen_cadence = parse_cadence(cadence)
     with store.write() as db:
@@ -454,7 +460,7 @@ def add_by_operator(
                 now=now,
                 watermark=rows.high_water(db),
             )
-            if not pending:
+            if not pending and not first_digest_now:
                 rows.advance(db, subscriber_id, rows.high_water(db), now)
         else:
             subscriber_id = existing.id

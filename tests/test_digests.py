@@ -132,12 +132,13 @@ def test_backlog_pending_addresses_and_other_sources_are_left_out(env, smtp_serv
     only_beta = subscribe(store, settings, "beta@example.org")
     with store.write() as db:
         db.execute(
-            "UPDATE subscribers SET watermark = 0, all_feeds = 0 WHERE id = ?", [only_beta.id]
+            "UPDATE subscribers SET watermark = 1, all_feeds = 0 WHERE id = ?", [only_beta.id]
         )
         db.execute("INSERT INTO subscriber_feeds VALUES (?, ?)", [only_beta.id, beta])
     everything = subscribe(store, settings, "all@example.org")
     with store.write() as db:
-        db.execute("UPDATE subscribers SET watermark = 0 WHERE id = ?", [everything.id])
+        # Subscribed after the first old post, before the feed's first poll ended.
+        db.execute("UPDATE subscribers SET watermark = 1 WHERE id = ?", [everything.id])
     add_entry(store, alpha, "New on alpha")
     add_entry(store, beta, "New on beta")
 
@@ -149,6 +150,24 @@ def test_backlog_pending_addresses_and_other_sources_are_left_out(env, smtp_serv
     all_text, _ = parts(by_rcpt["all@example.org"])
     assert "New on beta" in beta_text and "alpha" not in beta_text.lower()
     assert "New on alpha" in all_text and "Old post" not in all_text
+
+
+def test_first_digest_on_a_fresh_installation_shows_what_the_feeds_hold(env, smtp_server) -> None:
+    settings, store, sender = env
+    early = subscribe(store, settings, "early@example.org")  # before anything was stored
+    assert early.watermark == 0
+    alpha = add_feed(store, "Alpha Blog", backlog=True)
+    for i in range(3):
+        add_entry(store, alpha, f"Old post {i}")
+    mark_backlog(store, alpha)
+    late = subscribe(store, settings, "late@example.org")  # after the first poll
+    assert build_pending(store, settings, later(1), due_only=False).built == 1
+    send_pending(store, sender, settings, later(1))
+    (received,) = smtp_server.received()
+    assert received.rcpt_tos == ("early@example.org",)
+    text, _ = parts(received.parse())
+    assert all(f"Old post {i}" in text for i in range(3))
+    assert late.watermark == 3
 
 
 def test_flooding_source_is_capped_with_and_n_more(env, smtp_server) -> None:

@@ -22,13 +22,18 @@ _CHUNK = 400
 
 def candidates(db: Database, subscriber: Subscriber, upto: int) -> list[Candidate]:
     """Entries after the watermark, up to ``upto``, past their feed's backlog, in the
-    subscriber's sources."""
+    subscriber's sources.
+
+    A subscriber whose watermark is 0 joined a fresh installation, before anything was
+    stored: their first digest shows what the feeds hold (capped per source). For
+    everyone else a newly added feed's old posts stay on the timeline.
+    """
     sql = (
         "SELECT e.id, e.feed_id, coalesce(e.duplicate_of, e.id), e.published "
         "FROM entries e JOIN feeds f ON f.id = e.feed_id "
-        "WHERE e.id > ? AND e.id <= ? AND e.id > coalesce(f.backlog_seq, 0)"
+        "WHERE e.id > ? AND e.id <= ? AND (? = 0 OR e.id > coalesce(f.backlog_seq, 0))"
     )
-    params: list[Any] = [subscriber.watermark, upto]
+    params: list[Any] = [subscriber.watermark, upto, subscriber.watermark]
     if subscriber.feed_ids is not None:
         if not subscriber.feed_ids:
             return []

@@ -173,6 +173,14 @@ def advance(db: Database, subscriber_id: int, watermark: int, now: datetime) -> 
     )
 
 
+def raise_watermark(db: Database, subscriber_id: int, watermark: int) -> None:
+    """Move the watermark forward only (entries up to it held nothing for them)."""
+    db.execute(
+        "UPDATE subscribers SET watermark = max(watermark, ?) WHERE id = ?",
+        [watermark, subscriber_id],
+    )
+
+
 def delete(db: Database, subscriber_id: int) -> bool:
     return db.execute("DELETE FROM subscribers WHERE id = ?", [subscriber_id]).rowcount > 0
 

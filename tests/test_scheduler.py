@@ -1,0 +1,225 @@
+"""The long-running service: one job runner per database (K5), end to end, SIGTERM (K8)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+from feedfactory import Item, rss
+from feedserver import FeedServer
+from smtpserver import SmtpServer
+
+from aggregator.scheduler import JobLock
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def test_k5_only_one_process_holds_the_job_lock(tmp_path: Path) -> None:
+    lock_path = tmp_path / "db.sqlite3.jobs.lock"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys,time; from pathlib import Path; from aggregator.scheduler import JobLock;"
+            f"lock = JobLock(Path({str(lock_path)!r})); print(lock.acquire(), flush=True);"
+            "time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "True"
+        second = JobLock(lock_path)
+        assert second.acquire() is False  # the other process runs the jobs
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=10)
+        assert second.acquire() is True  # a dead holder's lock is free at once
+        second.release()
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
+
+
+def service_config(tmp_path: Path, feed_url: str, smtp_port: int, web_port: int) -> Path:
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f"""
+database = "db.sqlite3"
+[fetch]
+allow_private_addresses = true
+[poll]
+interval_minutes = 0.02
+min_interval_minutes = 0.01
+parse_workers = 1
+[[feeds]]
+url = "{feed_url}"
+title = "Loopback blog"
+[web]
+port = {web_port}
+base_url = "http://127.0.0.1:{web_port}"
+[mail]
+from = "Digest <digest@example.org>"
+smtp_host = "127.0.0.1"
+smtp_port = {smtp_port}
+smtp_security = "none"
+[service]
+poll_tick_seconds = 0.5
+digest_tick_seconds = 0.5
+"""
+    )
+    return config
+
+
+def start_service(config: Path, log: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "AGGREGATOR_CONFIG": str(config)}
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "aggregator", "run"],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def test_service_end_to_end_new_entry_reaches_timeline_then_digest_and_sigterm_is_clean(
+    tmp_path: Path, feed_server: FeedServer, smtp_server: SmtpServer
+) -> None:
+    first = Item("Opening post", link="https://blog.test/opening", guid="p1")
+    feed_url = feed_server.add("/feed.xml", body=rss([first]))
+    web_port = free_port()
+    config = service_config(tmp_path, feed_url, smtp_server.port, web_port)
+    env = {**os.environ, "AGGREGATOR_CONFIG": str(config)}
+    # An installation that already has entries, and a subscriber: nothing is due yet.
+    subprocess.run(
+        [sys.executable, "-m", "aggregator", "run", "--once"],
+        cwd=REPO,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "aggregator",
+            "subscribers",
+            "add",
+            "reader@example.org",
+            "--cadence",
+            "daily",
+            "--now",
+        ],
+        cwd=REPO,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    log = tmp_path / "service.log"
+    service = start_service(config, log)
+    base = f"http://127.0.0.1:{web_port}"
+    try:
+
+        def page_has(text: str) -> bool:
+            try:
+                return text in httpx.get(base + "/", timeout=2).text
+            except httpx.HTTPError:
+                return False
+
+        wait_until(lambda: page_has("Opening post"), 30, "the first entry on the timeline")
+        time.sleep(1.5)  # digest runs come and go: nothing new for the subscriber yet
+        assert smtp_server.received() == []
+        # A new post appears on the blog: the service polls it, shows it, mails it.
+        second = Item(
+            "Fresh news",
+            link="https://blog.test/fresh",
+            guid="p2",
+            published=first.published.replace(day=2) if first.published else None,
+        )
+        feed_server.add("/feed.xml", body=rss([second, first]))
+        wait_until(lambda: page_has("Fresh news"), 30, "the new entry on the timeline")
+        wait_until(lambda: len(smtp_server.received()) >= 1, 30, "a digest email")
+        (message,) = [m for m in smtp_server.messages()]
+        assert message["To"] == "reader@example.org"
+        body = message.get_body(("plain",))
+        assert body is not None and "Fresh news" in body.get_content()
+        assert "Opening post" not in body.get_content()  # sent before the subscriber came
+        # SIGTERM: a clean stop with status 0 and a whole database.
+        service.send_signal(signal.SIGTERM)
+        assert service.wait(timeout=30) == 0, log.read_text()
+    finally:
+        if service.poll() is None:
+            service.kill()
+            service.wait(timeout=10)
+    conn = sqlite3.connect(tmp_path / "db.sqlite3")
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert conn.execute("SELECT count(*) FROM entries").fetchone()[0] == 2
+    conn.close()
+    text = log.read_text()
+    assert "poll feed=1 status=ok" in text and "service stopped" in text
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_k8_stop_signal_during_polling_exits_zero_and_restart_carries_on(
+    tmp_path: Path, feed_server: FeedServer, smtp_server: SmtpServer, sig: signal.Signals
+) -> None:
+    # A slow feed keeps a poll in flight when the signal arrives.
+    items = [Item(f"Post {n}", link=f"https://blog.test/{n}", guid=f"g{n}") for n in range(30)]
+    feed_url = feed_server.add("/slow.xml", body=rss(items), delay=1.5)
+    config = service_config(tmp_path, feed_url, smtp_server.port, free_port())
+    log = tmp_path / "service.log"
+    service = start_service(config, log)
+    try:
+        wait_until(lambda: len(feed_server.requests_for("/slow.xml")) >= 1, 30, "a poll to start")
+        service.send_signal(sig)
+        assert service.wait(timeout=30) == 0, log.read_text()
+    finally:
+        if service.poll() is None:
+            service.kill()
+            service.wait(timeout=10)
+    conn = sqlite3.connect(tmp_path / "db.sqlite3")
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    stored = conn.execute("SELECT count(*) FROM entries").fetchone()[0]
+    assert stored in (0, 30)  # the feed's batch is all there or not at all
+    conn.close()
+    # A restart carries on: the feed ends up complete, without duplicates.
+    restarted = subprocess.run(
+        [sys.executable, "-m", "aggregator", "run", "--once"],
+        cwd=REPO,
+        env={**os.environ, "AGGREGATOR_CONFIG": str(config)},
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert restarted.returncode == 0, restarted.stderr
+    conn = sqlite3.connect(tmp_path / "db.sqlite3")
+    assert conn.execute("SELECT count(*), count(DISTINCT key) FROM entries").fetchone() == (30, 30)
+    conn.close()
