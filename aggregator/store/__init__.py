@@ -89,6 +89,12 @@ class Store:
             raise StoreError(f"cannot start a write: {error}", path=str(self.path)) from None
         try:
             yield self.db
+        except sqlite3.Error as error:
+            # Disk full, a damaged page, a constraint: the whole transaction goes, and the
+            # caller gets one clear error instead of a driver exception.
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise StoreError(f"write failed: {error}", path=str(self.path)) from error
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")

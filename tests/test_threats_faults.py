@@ -1,0 +1,263 @@
+"""Faults of the machine around the product: a full disk, a database locked by another
+process, and clocks that jump (THREATS K4, K6). Real SQLite files, a real feed server,
+a real second process holding the lock."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+from digestkit import add_entry, add_feed
+from feedfactory import Item, rss
+from feedserver import FeedServer
+from threatkit import Clock, add, make_settings, poll, rows, snapshot
+
+from aggregator.digests import build_pending
+from aggregator.errors import StoreError
+from aggregator.selection import latest_slot
+from aggregator.store import Store
+from aggregator.store import feeds as feed_rows
+from aggregator.subscriptions import add_by_operator, links_for
+
+
+def big_feed(count: int, name: str = "big") -> bytes:
+    return rss(
+        [
+            Item(
+                f"{name} {i}",
+                link=f"https://{name}.test/{i}",
+                guid=f"{name}-{i}",
+                body="<p>" + f"{name} text {i} " * 200 + "</p>",
+                published=datetime(2026, 6, 1, tzinfo=UTC) + timedelta(hours=i),
+            )
+            for i in range(count)
+        ]
+    )
+
+
+# --- K4: disk full -----------------------------------------------------------------------
+
+
+def test_k4_disk_full_is_a_clear_error_without_damage_and_recovers(
+    tmp_path: Path, feed_server: FeedServer
+) -> None:
+    """K4: a full disk (max_page_count just above the current size) stops the write with a
+    StoreError naming the database; nothing is half written; raising the limit recovers."""
+    settings = make_settings(tmp_path)
+    store = Store.open(settings.database)
+    clock = Clock()
+    small = add(store, feed_server.add("/small.xml", body=big_feed(3, "small")))
+    poll(settings, store, clock)  # the small feed is in; its entries must stay as they are
+    big = add(store, feed_server.add("/big.xml", body=big_feed(300)))
+    before = snapshot(store)
+    pages = store.conn.execute("PRAGMA page_count").fetchone()[0]
+    store.conn.execute(f"PRAGMA max_page_count = {pages + 8}")
+
+    clock.now += timedelta(hours=1)
+    with pytest.raises(StoreError) as caught:
+        poll(settings, store, clock, feed_ids=[big])
+    message = str(caught.value)
+    assert "full" in message and str(settings.database) in message and "\n" not in message
+    assert store.integrity_ok()
+    assert snapshot(store) == before
+
+    store.conn.execute("PRAGMA max_page_count = 1073741823")
+    (summary,) = poll(settings, store, clock, feed_ids=[big])
+    assert (summary.status, summary.new) == ("ok", 300)
+    assert rows(store, "SELECT feed_id, count(*) FROM entries GROUP BY feed_id") == [
+        (small, 3),
+        (big, 300),
+    ]
+    assert store.integrity_ok()
+    store.close()
+
+
+# --- K4: a database locked by another process --------------------------------------------
+
+HOLD_LOCK = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN EXCLUSIVE")
+conn.execute("UPDATE feeds SET title = 'held' WHERE 0")
+print("locked", flush=True)
+sys.stdin.read()  # until the test closes our stdin
+conn.execute("ROLLBACK")
+"""
+
+
+def test_k4_database_locked_by_another_process_is_a_clear_error_then_recovers(
+    tmp_path: Path, feed_server: FeedServer
+) -> None:
+    """K4: another process holds BEGIN EXCLUSIVE: after the busy timeout the poll ends with
+    a StoreError that says the database is locked; once the lock goes, the poll works."""
+    settings = make_settings(tmp_path)
+    store = Store.open(settings.database)
+    clock = Clock()
+    feed_id = add(store, feed_server.add("/a.xml", body=big_feed(5)))
+    before = snapshot(store)
+    store.conn.execute("PRAGMA busy_timeout = 300")  # the store waits 15 s by default
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(settings.database)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"locked\n"
+        started = time.monotonic()
+        with pytest.raises(StoreError) as caught:
+            poll(settings, store, clock)
+        assert time.monotonic() - started < 10
+        assert "locked" in str(caught.value) and str(settings.database) in str(caught.value)
+    finally:
+        holder.communicate(b"", timeout=10)
+    assert holder.returncode == 0
+    assert store.integrity_ok()
+    assert snapshot(store) == before
+
+    (summary,) = poll(settings, store, clock)
+    assert (summary.feed_id, summary.status, summary.new) == (feed_id, "ok", 5)
+    store.close()
+
+
+# --- K6: clock jumps while polling -------------------------------------------------------
+
+
+def test_k6_polling_across_clock_jumps_never_storms_and_catches_up_once(
+    tmp_path: Path, feed_server: FeedServer
+) -> None:
+    """K6: back an hour, forward two days, three days of downtime: each due poll fetches
+    each feed at most once, the next poll time is always ahead of the clock, and no
+    entry is stored twice."""
+    settings = make_settings(tmp_path)
+    store = Store.open(settings.database)
+    clock = Clock()
+    paths = [f"/feed{i}.xml" for i in range(3)]
+    for path in paths:
+        add(store, feed_server.add(path, body=big_feed(4, path.strip("/.xml"))))
+
+    def due_poll() -> dict[str, int]:
+        before = Counter(r.path for r in feed_server.requests)
+        poll(settings, store, clock, due_only=True)
+        after = Counter(r.path for r in feed_server.requests)
+        polled = {path: after[path] - before[path] for path in paths}
+        assert all(count <= 1 for count in polled.values()), polled
+        for feed in feed_rows.list_feeds(store.db):
+            assert feed.next_poll_at is not None and feed.next_poll_at > clock.now
+        return polled
+
+    assert set(due_poll().values()) == {1}
+    first = clock.now
+    clock.now = first - timedelta(hours=1)  # the clock goes back an hour
+    assert set(due_poll().values()) == {0}
+    clock.now = first - timedelta(minutes=20)
+    assert set(due_poll().values()) == {0}
+    clock.now = first + timedelta(minutes=40)  # past the interval of the first poll
+    assert set(due_poll().values()) == {1}
+    clock.now += timedelta(days=2)  # forward two days
+    assert set(due_poll().values()) == {1}
+    assert set(due_poll().values()) == {0}
+    clock.now += timedelta(days=3)  # three days of downtime
+    assert set(due_poll().values()) == {1}
+    assert rows(store, "SELECT count(*), count(DISTINCT guid) FROM entries") == [(12, 12)]
+    assert store.integrity_ok()
+    store.close()
+
+
+# --- K6: clock jumps around the digest schedule ------------------------------------------
+
+BERLIN = ZoneInfo("Europe/Berlin")
+
+
+def run_times() -> list[datetime]:
+    """Hourly runs over a daylight-saving change, with the clock jumping about."""
+    times: list[datetime] = []
+    now = datetime(2026, 10, 23, 22, 0, tzinfo=UTC)
+    for _ in range(36):  # across the change on 25 October, 03:00 local
+        times.append(now)
+        now += timedelta(hours=1)
+    now -= timedelta(hours=1, minutes=30)  # back an hour (and a half)
+    for _ in range(5):
+        times.append(now)
+        now += timedelta(hours=1)
+    now += timedelta(days=2)  # forward two days
+    for _ in range(3):
+        times.append(now)
+        now += timedelta(hours=1)
+    now += timedelta(days=3)  # three days of downtime
+    for _ in range(30):
+        times.append(now)
+        now += timedelta(minutes=53)
+    return times
+
+
+def local_day_served(moment: datetime) -> object:
+    """The digest day a run at ``moment`` belongs to: local time minus the 07:00 start."""
+    return (moment.astimezone(BERLIN).replace(tzinfo=None) - timedelta(hours=7)).date()
+
+
+def test_k6_one_digest_per_period_over_clock_jumps_and_daylight_saving(tmp_path: Path) -> None:
+    """K6 (digests): hourly runs over a daylight-saving change with the clock going back and
+    jumping forward: one digest per daily period, a missed stretch coalesces into one
+    catch-up, and every entry goes out exactly once."""
+    settings = make_settings(
+        tmp_path,
+        digest={"timezone": "Europe/Berlin", "daily_at": "07:00", "max_entries_per_source": 1000},
+    )
+    store = Store.open(settings.database)
+    feed = add_feed(store, "Clockwork Blog")
+    times = run_times()
+    subscriber, _ = add_by_operator(
+        store,
+        settings,
+        links_for(store, settings),
+        email="r@example.org",
+        cadence="daily",
+        now=times[0],
+    )
+    built_at: list[datetime] = []
+    for n, moment in enumerate(times):
+        add_entry(store, feed, f"Entry {n}", link=f"https://clock.test/{n}", published=moment)
+        if build_pending(store, settings, moment, due_only=True).built:
+            built_at.append(moment)
+
+    served = [local_day_served(moment) for moment in built_at]
+    assert len(served) == len(set(served)), f"two digests in one period: {built_at}"
+    monotonic_days = set()
+    latest = times[0]
+    for moment in times:
+        if moment >= latest:  # runs after a backward jump serve nothing new
+            monotonic_days.add(local_day_served(moment))
+            latest = moment
+    # Confirming counts as served for the period it happens in: the first digest waits
+    # for the next 07:00.
+    monotonic_days.discard(local_day_served(times[0]))
+    assert set(served) == monotonic_days
+    assert len(served) >= 5
+    for moment in built_at:
+        slot = latest_slot("daily", moment, BERLIN, "07:00", "monday")
+        assert slot.astimezone(BERLIN).hour == 7
+    sent = rows(
+        store,
+        "SELECT de.entry_id FROM digest_entries de JOIN digests d ON d.id = de.digest_id "
+        "WHERE d.subscriber_id = ?",
+        subscriber.id,
+    )
+    sent_ids = [entry_id for (entry_id,) in sent]
+    assert len(sent_ids) == len(set(sent_ids)), "an entry went out twice"
+    last_upto = rows(store, "SELECT max(last_entry) FROM digests")[0][0]
+    wanted = rows(
+        store,
+        "SELECT id FROM entries WHERE id <= ? AND id > (SELECT backlog_seq FROM feeds WHERE id = ?)",
+        last_upto,
+        feed,
+    )
+    assert sorted(sent_ids) == [entry_id for (entry_id,) in wanted]
+    assert store.integrity_ok()
+    store.close()
