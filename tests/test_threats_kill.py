@@ -240,6 +240,7 @@ def test_k1_kill_nine_during_a_big_poll_leaves_each_batch_whole(rig: Rig) -> Non
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(60 + 15 * kill_runs(30))
 def test_k1_kill_nine_many_seeded_repetitions(rig: Rig) -> None:
     """K1, long run: AGGREGATOR_KILL_RUNS seeded kills; some must land mid-write."""
     outcomes = [kill_once(rig, 1000 + seed) for seed in range(kill_runs(30))]
