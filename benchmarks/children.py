@@ -16,7 +16,10 @@ import asyncio
 import json
 import statistics
 import sys
+import threading
 import time
+import traceback
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,6 +30,10 @@ from .corpus import Corpus
 # Our fetcher's default global connection limit; the fetch floor uses the same.
 FETCH_CONCURRENCY = 32
 TICK_SECONDS = 0.005
+STALL_SECONDS = 0.03  # a tick this late counts as a stall for StallWatch
+WATCH_SECONDS = 0.01
+STACK_DEPTH = 7
+STALL_PLACES = 8
 
 
 def _write(out: Path, report: dict[str, Any]) -> None:
@@ -139,8 +146,55 @@ def ours_setup(args: argparse.Namespace) -> int:
     return 0
 
 
+class StallWatch:
+    """Looks at the event-loop thread from another thread whenever the ticker is late by
+    more than STALL_SECONDS, every WATCH_SECONDS while it stays late, and counts where
+    that thread is: what holds the loop up (Python code on the loop, waiting for the
+    GIL behind another thread, or the process not being scheduled at all)."""
+
+    def __init__(self) -> None:
+        self.loop_thread = threading.get_ident()
+        self.last_tick = time.perf_counter()
+        self.samples: Counter[tuple[str, ...]] = Counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="stall-watch", daemon=True)
+
+    def start(self) -> StallWatch:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(WATCH_SECONDS):
+            if time.perf_counter() - self.last_tick - TICK_SECONDS < STALL_SECONDS:
+                continue
+            frame = sys._current_frames().get(self.loop_thread)
+            if frame is None:
+                continue
+            places: list[str] = []
+            for f in traceback.extract_stack(frame):
+                if f.filename.startswith("<frozen importlib"):
+                    # Import machinery: one marker instead of a dozen frames.
+                    if not places or places[-1] != "(importing)":
+                        places.append("(importing)")
+                    continue
+                places.append(f"{Path(f.filename).name}:{f.lineno} {f.name}")
+            self.samples[tuple(places[-STACK_DEPTH:])] += 1
+
+    def report(self) -> list[dict[str, Any]]:
+        """The most frequent places, innermost frame last, each with its share."""
+        total = sum(self.samples.values())
+        return [
+            {"samples": count, "share": round(count / total, 3), "stack": list(stack)}
+            for stack, count in self.samples.most_common(STALL_PLACES)
+        ]
+
+
 async def _with_ticker(
-    work: Callable[[], Awaitable[Any]],
+    work: Callable[[], Awaitable[Any]], watch: StallWatch | None = None
 ) -> tuple[Any, float, list[tuple[float, float]]]:
     """Run ``work`` beside a task that sleeps TICK_SECONDS at a time and records how late
     each wake-up was (the event loop's lag), with when it happened (perf_counter)."""
@@ -152,7 +206,10 @@ async def _with_ticker(
         while not done.is_set():
             before = time.perf_counter()
             await asyncio.sleep(TICK_SECONDS)
-            lags.append((time.perf_counter() - before - TICK_SECONDS, before))
+            now = time.perf_counter()
+            if watch is not None:
+                watch.last_tick = now
+            lags.append((now - before - TICK_SECONDS, before))
 
     ticker = asyncio.create_task(tick())
     try:
@@ -183,17 +240,20 @@ def ours_poll(args: argparse.Namespace) -> int:
     settings = load_settings(Path(args.config), env={})
     store = Store.open(settings.database)
     finished: list[float] = []  # when each feed's summary came back
+    watch = StallWatch().start()
     try:
         started = time.perf_counter()
         summaries, phase, timed_lags = asyncio.run(
             _with_ticker(
                 lambda: poll_feeds(
                     settings, store, on_result=lambda _: finished.append(time.perf_counter())
-                )
+                ),
+                watch,
             )
         )
         stored = store.db.execute("SELECT count(*) FROM entries").fetchone()[0]
     finally:
+        watch.stop()
         store.close()
     statuses: dict[str, int] = {}
     for summary in summaries:
@@ -217,6 +277,8 @@ def ours_poll(args: argparse.Namespace) -> int:
         "lag_worst": [[round(at - started, 3), round(lag * 1000, 1)] for lag, at in worst],
         "first_result_s": first - started,
         "lag_steady_max_ms": max(steady, default=0.0) * 1000,
+        # Where the loop thread was while the ticker was late, sampled every 10 ms.
+        "stall_places": watch.report(),
     }
     _write(Path(args.out), report)
     return 0 if not errors else 1

@@ -31,6 +31,7 @@ from .measure import Measured, become_subreaper, run_measured
 from .server import Counters, FeedServer
 
 COMPARE_VENV = ROOT / ".venv-compare"
+OUR_FILES = frozenset(path.name for path in (REPO / "aggregator").rglob("*.py"))
 RESULTS = WORK / "results-poll.json"
 
 # Goals (issue 2): cold poll within half the default-feedparser parse floor; warm poll
@@ -485,6 +486,14 @@ def main(argv: list[str] | None = None) -> int:
     cold = rows.get("ours-cold")
     if cold is not None and cold.measured is not None:
         report = cold.measured.report
+        places = report.get("stall_places") or []
+        if places:
+            print("  where the cold poll's event loop was while it was late (share of samples):")
+        for place in places[:4]:
+            stack = place["stack"]
+            ours_frame = next((f for f in reversed(stack) if f.split(":")[0] in OUR_FILES), "")
+            via = f" (from {ours_frame})" if ours_frame and ours_frame != stack[-1] else ""
+            print(f"    {place['share']:4.0%}  {stack[-1]}{via}")
         print(
             f"  ours cold: {report.get('entries_stored')} entries stored, "
             f"{report.get('duplicates')} cross-post duplicates, statuses {report.get('statuses')}"
