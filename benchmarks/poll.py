@@ -31,7 +31,7 @@ from .measure import Measured, become_subreaper, run_measured
 from .server import Counters, FeedServer
 
 COMPARE_VENV = ROOT / ".venv-compare"
-OUR_FILES = frozenset(path.name for path in (REPO / "aggregator").rglob("*.py"))
+OUR_FILES = frozenset(p.name for p in (REPO / "aggregator").rglob("*.py")) - {"__init__.py"}
 RESULTS = WORK / "results-poll.json"
 
 # Goals (issue 2): cold poll within half the default-feedparser parse floor; warm poll
@@ -262,6 +262,16 @@ def ratio(a: Row | None, b: Row | None) -> float:
     return a.phase / b.phase
 
 
+def cpu_ratio(a: Row | None, b: Row | None) -> float:
+    """Of the CPU time of the whole process trees (start-up included): steadier than wall
+    time when other work shares the machine."""
+    if a is None or b is None or a.measured is None or b.measured is None:
+        return math.nan
+    if not (a.measured.ok and b.measured.ok) or b.measured.cpu <= 0:
+        return math.nan
+    return a.measured.cpu / b.measured.cpu
+
+
 def goals(rows: dict[str, Row]) -> list[dict[str, Any]]:
     cold = ratio(rows.get("ours-cold"), rows.get("parse"))
     warm = ratio(rows.get("ours-warm"), rows.get("fetch-warm"))
@@ -370,6 +380,7 @@ def table(rows: dict[str, Row]) -> str:
 def ratios(rows: dict[str, Row]) -> list[tuple[str, float]]:
     return [
         ("cold poll / parse floor", ratio(rows.get("ours-cold"), rows.get("parse"))),
+        ("cold poll / parse floor, CPU", cpu_ratio(rows.get("ours-cold"), rows.get("parse"))),
         ("cold poll / fetch floor", ratio(rows.get("ours-cold"), rows.get("fetch-cold"))),
         ("warm poll / warm fetch floor", ratio(rows.get("ours-warm"), rows.get("fetch-warm"))),
         ("reader cold / our cold", ratio(rows.get("reader-cold"), rows.get("ours-cold"))),
