@@ -603,5 +603,33 @@ def digest_send(ctx: click.Context, due: bool, dry_run: bool) -> None:
             sys.exit(2)
 
 
+@cli.command()
+@click.pass_context
+def status(ctx: click.Context) -> None:
+    """What is due next, feed health and pending digests."""
+    from .store.metrics import snapshot
+
+    with _one_line_errors():
+        db = _app(ctx).store.db
+        data = snapshot(db)
+        feeds_state = ", ".join(f"{n} {state}" for state, n in sorted(data.feeds.items()))
+        out.print(f"Feeds: {feeds_state or 'none'}")
+        out.print(f"Entries: {data.entries} ({data.stories} stories)")
+        out.print(f"Last successful poll: {_when(data.last_successful_poll)}")
+        out.print(f"Next poll due: {_when(data.next_poll) if data.next_poll else 'now'}")
+        subs = ", ".join(f"{n} {state}" for state, n in sorted(data.subscribers.items()))
+        out.print(f"Subscribers: {subs or 'none'}")
+        pending = data.digests.get("pending", 0)
+        out.print(
+            f"Digests: {data.digests.get('sent', 0)} sent, {pending} pending, "
+            f"{data.digests.get('failed', 0)} failed; last sent {_when(data.last_digest_sent)}"
+        )
+        if pending:
+            out.print(f"Next send attempt: {_when(data.next_digest_attempt)}")
+        failing = [f for f in feed_rows.list_feeds(db) if f.enabled and f.error_count]
+        for feed in failing:
+            out.print(f"failing: feed {feed.id} {feed.url}: {feed.last_error}")
+
+
 def main(argv: list[str] | None = None) -> Any:
     return cli.main(args=argv, prog_name="aggregator")

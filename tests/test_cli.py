@@ -97,3 +97,16 @@ def test_import_opml_file(tmp_path: Path) -> None:
     result = run("feeds", "import", str(opml), config=cfg)
     assert "1 added" in result.stdout and "1 skipped" in result.stdout
     assert "gopher://b.test/feed" in result.stderr
+
+
+def test_status_reports_health_and_digests(tmp_path: Path, feed_server: FeedServer) -> None:
+    cfg = config(tmp_path)
+    good = feed_server.add("/a.xml", body=rss([Item("Hello", link="https://blog.test/hello")]))
+    bad = feed_server.add("/b.xml", status=500, body=b"no")
+    run("feeds", "add", "--no-discover", good, config=cfg)
+    run("feeds", "add", "--no-discover", bad, config=cfg)
+    run("poll", config=cfg)
+    out = run("status", config=cfg).stdout
+    assert "Feeds: 1 failing, 1 ok" in out
+    assert "Entries: 1 (1 stories)" in out
+    assert f"failing: feed 2 {bad}" in out and "500" in out

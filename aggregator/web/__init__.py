@@ -20,7 +20,7 @@ from ..config import Settings
 from ..errors import StoreError
 from ..render import make_environment
 from ..urls import is_http_url
-from . import admin, feeds, subscribe, views
+from . import admin, feeds, metrics, subscribe, views
 from .context import Clock, WebContext, system_clock
 from .pages import http_error, server_error, store_error
 from .security import SecurityHeadersMiddleware
@@ -41,6 +41,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> Starlette:
         *feeds.routes,
         *admin.routes,
         *subscribe.routes,
+        *metrics.routes,
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
 
