@@ -128,3 +128,11 @@ def test_config_path_resolution(tmp_path: Path) -> None:
     assert config_path_from("x.toml", {"AGGREGATOR_CONFIG": "y.toml"}) == Path("x.toml")
     assert config_path_from(None, {"AGGREGATOR_CONFIG": "y.toml"}) == Path("y.toml")
     assert config_path_from(None, {}) == DEFAULT_CONFIG
+
+
+def test_documented_production_example_is_valid() -> None:
+    path = Path(__file__).resolve().parent.parent / "deploy" / "production.toml"
+    settings = load_settings(path, {"AGGREGATOR_SMTP_PASSWORD": "secret"})
+    assert settings.mail.smtp is not None and settings.mail.smtp.password == "secret"
+    assert not settings.poll.use_snapshots and not settings.fetch.allow_private_addresses
+    assert settings.web.base_url.startswith("https://")
