@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+from functools import lru_cache
 from urllib.parse import (
     SplitResult,
     parse_qsl,
@@ -53,6 +54,16 @@ _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012
 _PATH_SAFE = "/%:@!$&'()*+,;=-._~"
 
 
+# A cheap first look: a query parameter whose name could be a tracking one (the name may
+# be percent-encoded, so any "%" in the query counts too).
+_MAY_TRACK = re.compile(
+    r"[?&;][\x00-\x20]*(?:%|"
+    + "|".join(re.escape(p) for p in (*_TRACKING_PREFIXES, *sorted(_TRACKING_NAMES)))
+    + ")",
+    re.IGNORECASE,
+)
+
+
 def is_tracking_parameter(name: str) -> bool:
     lowered = name.lower()
     return lowered in _TRACKING_NAMES or lowered.startswith(_TRACKING_PREFIXES)
@@ -77,6 +88,8 @@ def is_http_url(url: str | None) -> bool:
 
 def strip_tracking(url: str) -> str:
     """Drop tracking query parameters, keep everything else as it was."""
+    if not _MAY_TRACK.search(url):
+        return url
     parts = _split(url)
     if parts is None or not parts.query:
         return url
@@ -99,17 +112,32 @@ def absolute_http_url(url: str | None, base: str | None = None) -> str | None:
     cleaned = _INVISIBLE.sub("", url).replace("\\", "/")
     if not cleaned:
         return None
-    if base and is_http_url(base):
+    # An absolute http(s) URL with a host resolves to itself: no join needed.
+    if base and not _ABSOLUTE_HTTP.match(cleaned) and _is_http_base(base):
         try:
-            cleaned = urljoin(base, cleaned)
+            cleaned = _join(base, cleaned)
         except ValueError:
             return None
-    if not is_http_url(cleaned):
-        return None
     parts = _split(cleaned)
-    assert parts is not None
+    if parts is None or parts.scheme.lower() not in HTTP_SCHEMES or not parts.hostname:
+        return None
     # Lower-case the scheme so that "HTTPS://" and "https://" are one link.
     return urlunsplit(parts._replace(scheme=parts.scheme.lower()))
+
+
+# Sanitising calls these for every link of every entry; base URLs and relative links
+# repeat across a feed's entries.
+_ABSOLUTE_HTTP = re.compile(r"https?://[^/?#]", re.IGNORECASE)
+
+
+@lru_cache(maxsize=1024)
+def _is_http_base(base: str) -> bool:
+    return is_http_url(base)
+
+
+@lru_cache(maxsize=16384)
+def _join(base: str, url: str) -> str:
+    return urljoin(base, url)
 
 
 def clean_link(url: str | None, base: str | None = None) -> str | None:
