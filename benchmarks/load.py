@@ -47,6 +47,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -1230,6 +1231,9 @@ def case_l4(sizes: Sizes, work: Path) -> dict[str, Any]:
 # --- L5: polling writes beside web reads ----------------------------------------------
 
 
+READ_RATE = 40.0  # requests per second, steady
+
+
 def l5_feed_body(feed: int, cycle: int) -> bytes:
     """The feed as seen on its ``cycle``-th request: three entries newer than before."""
     rng = random.Random(f"L5:{feed}:{cycle}")
@@ -1271,14 +1275,16 @@ def child_l5_writer(params: dict[str, Any]) -> dict[str, Any]:
     db = Path(params["db"])
     settings = settings_from_mapping(fetch_config(db), env={}, path=None)
     store = Store.open(db)
+    ours: list[int] = []  # the database's other feeds are not polled
     for feed in range(params["feeds"]):
         server.add_handler(f"/busy/{feed}.xml", handler(feed))
-        add_source(
+        added, _ = add_source(
             store,
             FeedSource(url=server.url(f"/busy/{feed}.xml")),
             origin="cli",
             now=datetime.now(UTC),
         )
+        ours.append(added.id)
     before = store.conn.execute("SELECT count(*) FROM entries").fetchone()[0]
     stop = Path(params["stop"])
     ready = Path(params["ready"])
@@ -1297,7 +1303,7 @@ def child_l5_writer(params: dict[str, Any]) -> dict[str, Any]:
             deadline = time.monotonic() + params["max_seconds"]
             while not stopped() and time.monotonic() < deadline:
                 started = time.perf_counter()
-                feeds = await poller.choose()
+                feeds = await poller.choose(feed_ids=ours)
                 for summary in await poller.poll_many(feeds):
                     statuses[summary.status] += 1
                 cycles.append(time.perf_counter() - started)
@@ -1320,7 +1326,9 @@ def child_l5_writer(params: dict[str, Any]) -> dict[str, Any]:
 
 def l5_database(work: Path, quick: bool) -> Path:
     """A copy of the web benchmark's database (100,000 entries; 5,000 with --quick)."""
-    from . import web
+    with warnings.catch_warnings():  # the web benchmark's test client import
+        warnings.simplefilter("ignore")
+        from . import web
 
     size = web.QUICK if quick else web.FULL
     source_path = web.database(size)
@@ -1336,7 +1344,9 @@ def l5_database(work: Path, quick: bool) -> Path:
     return db
 
 
-def read_traffic(base: str, paths: Sequence[str], workers: int) -> dict[str, Any]:
+def read_traffic(base: str, paths: Sequence[str], workers: int, rate: float) -> dict[str, Any]:
+    """GET each path, the n-th at ``n / rate`` seconds from the start (or as soon as a
+    worker is free, when the app falls behind)."""
     import httpx
 
     statuses: Counter[str] = Counter()
@@ -1344,7 +1354,9 @@ def read_traffic(base: str, paths: Sequence[str], workers: int) -> dict[str, Any
     lock = threading.Lock()
     local = threading.local()
 
-    def one(path: str) -> None:
+    def one(slot: tuple[int, str]) -> None:
+        index, path = slot
+        time.sleep(max(0.0, begin + index / rate - time.perf_counter()))
         client = getattr(local, "client", None)
         if client is None:
             client = local.client = httpx.Client(base_url=base, timeout=30.0, trust_env=False)
@@ -1358,10 +1370,10 @@ def read_traffic(base: str, paths: Sequence[str], workers: int) -> dict[str, Any
             statuses[status] += 1
             latencies.append(elapsed)
 
-    started = time.perf_counter()
+    begin = time.perf_counter()
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        list(pool.map(one, paths))
-    wall = time.perf_counter() - started
+        list(pool.map(one, enumerate(paths)))
+    wall = time.perf_counter() - begin
     return {
         "requests": len(paths),
         "wall_s": wall,
@@ -1411,7 +1423,9 @@ def case_l5(sizes: Sizes, work: Path, quick: bool) -> dict[str, Any]:
         [stories // 2],
     ).fetchone()
     conn.close()
-    from .web import SEED, vocabulary
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from .web import SEED, vocabulary
 
     term = vocabulary(random.Random(SEED))[60]
     mix = ["/", f"/?before={deep[0]}|{deep[1]}", f"/?q={term}", "/?source=1", "/feed.atom"]
@@ -1419,8 +1433,8 @@ def case_l5(sizes: Sizes, work: Path, quick: bool) -> dict[str, Any]:
     server_log = work / "l5-server.log"
     print(
         f"  web app under uvicorn on 127.0.0.1 over {stories} stories; {sizes.requests} requests "
-        f"per phase from 4 threads ({', '.join(mix)}); writer polls {sizes.l5_feeds} feeds, "
-        f"3 new entries each per cycle"
+        f"per phase at {READ_RATE:g}/s from 4 threads ({', '.join(mix)}); "
+        f"writer polls {sizes.l5_feeds} feeds, 3 new entries each per cycle"
     )
     with server_log.open("wb") as out:
         web = subprocess.Popen(
@@ -1438,8 +1452,8 @@ def case_l5(sizes: Sizes, work: Path, quick: bool) -> dict[str, Any]:
         base = f"http://127.0.0.1:{port}"
         if not wait_http(base + "/healthz", 60):
             raise RuntimeError(f"web app did not start; see {server_log}")
-        read_traffic(base, mix * 4, 4)  # warm up: templates, caches
-        alone = read_traffic(base, paths, 4)
+        read_traffic(base, mix * 4, 4, 1000.0)  # warm up: templates, caches
+        alone = read_traffic(base, paths, 4, READ_RATE)
         for leftover in (stop, ready, writer_out):
             leftover.unlink(missing_ok=True)
         params = {
@@ -1460,7 +1474,7 @@ def case_l5(sizes: Sizes, work: Path, quick: bool) -> dict[str, Any]:
         deadline = time.monotonic() + 120
         while not ready.exists() and writer.poll() is None and time.monotonic() < deadline:
             time.sleep(0.1)
-        busy = read_traffic(base, paths, 4)
+        busy = read_traffic(base, paths, 4, READ_RATE)
         stop.touch()
         writer.wait(120)
     finally:
