@@ -72,7 +72,7 @@ def parse_pool(workers: int) -> ProcessPoolExecutor:
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["aggregator.prepare"])
     return ProcessPoolExecutor(
-        max_workers=workers or os.cpu_count() or 1,
+        max_workers=workers or os.cpu_count() or 1,  # the same count open_poller starts
         mp_context=context,
         initializer=_leave_stop_signals_to_the_parent,
     )
@@ -331,17 +331,30 @@ async def open_poller(
 ) -> AsyncIterator[Poller]:
     """A Poller with its fetcher, parse processes and database thread, closed on exit.
 
-    Parse processes start on demand, so a poll of two feeds costs two, not a full pool.
-    On exit the write in flight finishes (the database thread is drained) before the
+    The parse processes (one per core unless configured) start on a helper thread. On exit the write in flight finishes (the database thread is drained) before the
     store can be closed.
     """
     db_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aggregator-db")
+    loop = asyncio.get_running_loop()
     try:
         with parse_pool(settings.poll.parse_workers) as pool:
-            async with FeedFetcher(settings.fetch) as fetcher:
-                yield Poller(settings, store, fetcher, pool, db_executor, clock=clock)
+            # Spawning a worker waits for the fork server to import the parser (a few
+            # hundred ms the first time): done on a helper thread while fetching starts,
+            # so that the event loop never waits for it.
+            workers = settings.poll.parse_workers or os.cpu_count() or 1
+            started = loop.run_in_executor(None, _start_workers, pool, workers)
+            try:
+                async with FeedFetcher(settings.fetch) as fetcher:
+                    yield Poller(settings, store, fetcher, pool, db_executor, clock=clock)
+            finally:
+                await started
     finally:
         db_executor.shutdown(wait=True)
+
+
+def _start_workers(pool: ProcessPoolExecutor, count: int) -> None:
+    for future in [pool.submit(os.getpid) for _ in range(count)]:
+        future.result()
 
 
 @contextmanager
