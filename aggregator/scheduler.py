@@ -23,6 +23,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
@@ -38,6 +39,7 @@ from .polling import spread_overdue
 from .sources import sync_configured_feeds
 from .store import Store
 from .store import feeds as feed_rows
+from .store.entries import count_entries
 from .web import create_app
 
 log = logging.getLogger("aggregator.service")
@@ -136,6 +138,15 @@ class Service:
                 summary.duplicates,
                 f" error={summary.error!r}" if summary.error else "",
             )
+        log.info(
+            "poll cycle feeds=%d new=%d updated=%d duplicates=%d failed=%d entries=%d",
+            len(summaries),
+            sum(s.new for s in summaries),
+            sum(s.updated for s in summaries),
+            sum(s.duplicates for s in summaries),
+            sum(1 for s in summaries if s.status in ("error", "disabled")),
+            await poller.db(partial(count_entries, poller.store.db)),
+        )
 
     def _spread_overdue(self) -> None:
         """After downtime, overdue feeds are spread out rather than polled all at once."""

@@ -185,6 +185,7 @@ def test_service_end_to_end_new_entry_reaches_timeline_then_digest_and_sigterm_i
     conn.close()
     text = log.read_text()
     assert "poll feed=1 status=ok" in text and "service stopped" in text
+    assert "poll cycle feeds=1 new=1" in text
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
