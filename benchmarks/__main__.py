@@ -15,7 +15,7 @@ import time
 import traceback
 from collections.abc import Callable
 
-BENCHMARKS = ("poll", "web", "digest")
+BENCHMARKS = ("poll", "web", "digest", "load")
 
 
 def available() -> list[str]:

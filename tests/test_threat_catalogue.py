@@ -76,21 +76,7 @@ def test_matching_is_exact() -> None:
     assert not names_case("test_k10", "K1")
 
 
-def _params() -> list[object]:
-    params: list[object] = []
-    for case in case_ids():
-        marks = []
-        if case.startswith("L"):
-            marks.append(
-                pytest.mark.xfail(
-                    strict=False, reason="group L benchmarks are not all named in benchmarks/ yet"
-                )
-            )
-        params.append(pytest.param(case, id=case, marks=marks))
-    return params
-
-
-@pytest.mark.parametrize("case", _params())
+@pytest.mark.parametrize("case", case_ids())
 def test_every_threat_case_is_named_by_a_test(case: str) -> None:
     folder = "benchmarks" if case.startswith("L") else "tests"
     assert any(names_case(text, case) for text in texts(folder)), (
