@@ -32,7 +32,7 @@ from .dedup import plan_entries
 from .errors import AggregatorError, ParseError
 from .fetch import FeedFetcher
 from .models import Feed, FetchResult, PollPlan, PollSummary
-from .polling import next_poll_at, parse_retry_after
+from .polling import next_poll_at, parse_retry_after, spread_overdue
 from .prepare import PreparedFeed, prepare_feed
 from .store import Store
 from .store import entries as entry_rows
@@ -89,6 +89,11 @@ class Poller:
     db_executor: ThreadPoolExecutor
     clock: Clock = utc_now
     rand: Callable[[], float] = field(default_factory=lambda: random.Random().random)
+    # Starts the parse workers (blocking); run once, on a helper thread, before the first
+    # document is parsed: spawning a worker waits for the fork server to import the
+    # parser, which must not stall the event loop. A poll that parses nothing (all 304)
+    # starts none.
+    start_workers: Callable[[], None] | None = None
 
     def __post_init__(self) -> None:
         self._snapshots = snapshot_urls(self.settings)
@@ -96,6 +101,15 @@ class Poller:
             feed.url: feed.interval for feed in self.settings.feeds if feed.interval is not None
         }
         self.stopping = False
+        self._workers: asyncio.Future[None] | None = None
+
+    async def _workers_ready(self) -> None:
+        if self.start_workers is None:
+            return
+        if self._workers is None:
+            loop = asyncio.get_running_loop()
+            self._workers = asyncio.ensure_future(loop.run_in_executor(None, self.start_workers))
+        await asyncio.shield(self._workers)
 
     def stop(self) -> None:
         """Start no new feed; those already fetched are still written."""
@@ -153,6 +167,7 @@ class Poller:
         if result.not_modified or result.content is None:
             return await self.db(partial(self._write_not_modified, feed, result, now))
         try:
+            await self._workers_ready()
             prepared = await asyncio.get_running_loop().run_in_executor(
                 self.parse_executor,
                 partial(
@@ -331,23 +346,24 @@ async def open_poller(
 ) -> AsyncIterator[Poller]:
     """A Poller with its fetcher, parse processes and database thread, closed on exit.
 
-    The parse processes (one per core unless configured) start on a helper thread. On exit the write in flight finishes (the database thread is drained) before the
-    store can be closed.
+    The parse processes (one per core unless configured) start when the first document
+    needs parsing, on a helper thread. On exit the write in flight finishes (the database
+    thread is drained) before the store can be closed.
     """
     db_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aggregator-db")
-    loop = asyncio.get_running_loop()
+    workers = settings.poll.parse_workers or os.cpu_count() or 1
     try:
-        with parse_pool(settings.poll.parse_workers) as pool:
-            # Spawning a worker waits for the fork server to import the parser (a few
-            # hundred ms the first time): done on a helper thread while fetching starts,
-            # so that the event loop never waits for it.
-            workers = settings.poll.parse_workers or os.cpu_count() or 1
-            started = loop.run_in_executor(None, _start_workers, pool, workers)
-            try:
-                async with FeedFetcher(settings.fetch) as fetcher:
-                    yield Poller(settings, store, fetcher, pool, db_executor, clock=clock)
-            finally:
-                await started
+        with parse_pool(workers) as pool:
+            async with FeedFetcher(settings.fetch) as fetcher:
+                yield Poller(
+                    settings,
+                    store,
+                    fetcher,
+                    pool,
+                    db_executor,
+                    clock=clock,
+                    start_workers=partial(_start_workers, pool, workers),
+                )
     finally:
         db_executor.shutdown(wait=True)
 
@@ -385,6 +401,20 @@ def _stop_on_signals(poller: Poller) -> Iterator[None]:
     finally:
         while installed:
             loop.remove_signal_handler(installed.pop())
+
+
+def spread_catch_up(store: Store, now: datetime, *, batch: int, over: timedelta) -> int:
+    """After downtime, more feeds are overdue than one batch: give them next-poll times
+    spread evenly over ``over``, most overdue first, instead of polling all at once.
+    Returns how many feeds were spread (0 when a batch can take them all)."""
+    overdue = [f for f in feed_rows.due_feeds(store.db, now) if f.next_poll_at is not None]
+    if len(overdue) <= batch:
+        return 0
+    times = spread_overdue([f.id for f in overdue], now=now, over=over)
+    with store.write() as db:
+        for feed_id, moment in times.items():
+            feed_rows.set_next_poll(db, feed_id, moment)
+    return len(times)
 
 
 async def poll_feeds(

@@ -34,11 +34,9 @@ from apscheduler.triggers.interval import IntervalTrigger
 from .config import Settings
 from .digests import build_pending, send_pending
 from .mail import open_sender
-from .pipeline import Poller, open_poller, utc_now
-from .polling import spread_overdue
+from .pipeline import Poller, open_poller, spread_catch_up, utc_now
 from .sources import sync_configured_feeds
 from .store import Store
-from .store import feeds as feed_rows
 from .store.entries import count_entries
 from .web import create_app
 
@@ -149,18 +147,12 @@ class Service:
         )
 
     def _spread_overdue(self) -> None:
-        """After downtime, overdue feeds are spread out rather than polled all at once."""
         assert self._poller is not None
-        store = self._poller.store
-        now = self.clock()
-        overdue = [f for f in feed_rows.due_feeds(store.db, now) if f.next_poll_at is not None]
-        if len(overdue) <= self.timings.poll_batch:
-            return
-        times = spread_overdue([f.id for f in overdue], now=now, over=CATCH_UP_SPREAD)
-        with store.write() as db:
-            for feed_id, moment in times.items():
-                feed_rows.set_next_poll(db, feed_id, moment)
-        log.info("catch-up feeds=%d spread_over=%s", len(times), CATCH_UP_SPREAD)
+        spread = spread_catch_up(
+            self._poller.store, self.clock(), batch=self.timings.poll_batch, over=CATCH_UP_SPREAD
+        )
+        if spread:
+            log.info("catch-up feeds=%d spread_over=%s", spread, CATCH_UP_SPREAD)
 
     async def digests_due(self) -> None:
         if not self.lock.acquire():

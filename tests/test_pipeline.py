@@ -266,3 +266,25 @@ def test_snapshots_are_read_instead_of_the_network(tmp_path: Path) -> None:
     assert summary.status == "ok" and summary.new == 2
     assert summary.url == "https://blog.invalid/feed/"
     store.close()
+
+
+def test_after_downtime_overdue_feeds_are_spread_not_polled_at_once(setup) -> None:
+    """After three days of downtime, 40 overdue feeds get next-poll times spread over
+    five minutes, most overdue first; a batch's worth would be left as they are."""
+    from aggregator.pipeline import spread_catch_up
+
+    _settings, store, clock = setup
+    ids = [add(store, f"https://blog{n}.test/feed") for n in range(40)]
+    with store.write() as db:
+        for n, feed_id in enumerate(ids):
+            feed_rows.set_next_poll(db, feed_id, START - timedelta(days=3, minutes=n))
+    clock.now = START
+    assert spread_catch_up(store, clock.now, batch=64, over=timedelta(minutes=5)) == 0
+    assert spread_catch_up(store, clock.now, batch=10, over=timedelta(minutes=5)) == 40
+    feeds = {f.id: f for f in feed_rows.list_feeds(store.db)}
+    times = [feeds[i].next_poll_at for i in reversed(ids)]  # most overdue first
+    assert all(t is not None for t in times)
+    assert times == sorted(times)  # type: ignore[type-var]
+    assert times[0] >= START and times[-1] <= START + timedelta(minutes=5)  # type: ignore[operator]
+    due_now = feed_rows.due_feeds(store.db, START + timedelta(seconds=30))
+    assert 0 < len(due_now) < 10  # a trickle, not all 40 at once
