@@ -614,3 +614,16 @@ def test_parse_errors_survive_the_process_pool() -> None:
     copy = pickle.loads(pickle.dumps(info.value))
     assert type(copy) is NotAFeed and str(copy) == str(info.value)
     assert (copy.url, copy.alternate) == (URL, "https://feeds.example.com/f")
+
+
+def test_feedparser_cp1252_table_maps_every_code_point_as_feedparser_does() -> None:
+    """parse.py swaps feedparser's windows-1252 dict for a faster string table."""
+    import feedparser.mixin
+
+    from aggregator import parse as parse_module
+
+    assert feedparser.mixin._cp1252 is parse_module.CP1252_TABLE
+    text = "".join(chr(code) for code in range(0x30000) if not 0xD800 <= code < 0xE000)
+    expected = text.translate(parse_module._FEEDPARSER_CP1252)
+    assert text.translate(parse_module.CP1252_TABLE) == expected
+    assert "\x93quoted\x94".translate(parse_module.CP1252_TABLE) == "\u201cquoted\u201d"
