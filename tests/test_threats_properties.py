@@ -115,7 +115,10 @@ def test_sanitising_is_idempotent_and_inert_c1(html: str, base: str | None) -> N
     once = sanitize_html(html, base_url=base)
     assert sanitize_html(once, base_url=base) == once
     assert sanitize_html(once) == once
-    assert not _ACTIVE.search(once), once
+    # Attribute values are text (the sanitiser's output double-quotes and escapes them);
+    # markup spelled inside a title="…" is inert, so look at the structure without them.
+    structure = re.sub(r'="[^"]*"', '=""', once)
+    assert not _ACTIVE.search(structure), once
     for link in re.findall(r'\s(?:href|src)="([^"]*)"', once):
         assert is_http_url(link.replace("&amp;", "&")), link
 

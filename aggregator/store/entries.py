@@ -45,31 +45,29 @@ def existing_for(
     db: Database, feed_id: int, keys: Iterable[str], link_keys: Iterable[str]
 ) -> list[StoredEntry]:
     """Entries of this feed that share a key or a link key with the incoming records."""
-    found: dict[int, StoredEntry] = {}
-    for column, values in (("key", keys), ("link_key", link_keys)):
-        for chunk in _chunks(values):
-            marks = ", ".join("?" * len(chunk))
-            cursor = db.execute(
-                f"SELECT {_STORED_COLUMNS} FROM entries "
-                f"WHERE feed_id = ? AND {column} IN ({marks})",
-                [feed_id, *chunk],
-            )
-            for row in cursor.fetchall():
-                found[row[0]] = _stored(row)
-    return list(found.values())
+    return _matching(db, "feed_id = ?", feed_id, {"key": keys, "link_key": link_keys})
 
 
 def cross_candidates(
     db: Database, feed_id: int, canonical_urls: Iterable[str], norm_titles: Iterable[str]
 ) -> list[StoredEntry]:
     """Entries of other feeds that may be the same story (same URL or same title)."""
+    return _matching(
+        db, "feed_id != ?", feed_id, {"canonical_url": canonical_urls, "norm_title": norm_titles}
+    )
+
+
+def _matching(
+    db: Database, feed_clause: str, feed_id: int, wanted: dict[str, Iterable[str]]
+) -> list[StoredEntry]:
+    """Entries passing ``feed_clause`` whose column equals one of the wanted values."""
     found: dict[int, StoredEntry] = {}
-    for column, values in (("canonical_url", canonical_urls), ("norm_title", norm_titles)):
+    for column, values in wanted.items():
         for chunk in _chunks(v for v in values if v):
             marks = ", ".join("?" * len(chunk))
             cursor = db.execute(
                 f"SELECT {_STORED_COLUMNS} FROM entries "
-                f"WHERE feed_id != ? AND {column} IN ({marks})",
+                f"WHERE {feed_clause} AND {column} IN ({marks})",
                 [feed_id, *chunk],
             )
             for row in cursor.fetchall():
