@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
+from html.parser import HTMLParser
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -101,10 +102,29 @@ _html = st.lists(
     max_size=12,
 ).map("".join)
 
-_ACTIVE = re.compile(
-    r"<\s*(script|iframe|object|embed|form|base|meta|svg|math|style)\b|\son\w+\s*=|javascript:|vbscript:",
-    re.IGNORECASE,
-)
+_ACTIVE_ELEMENTS = frozenset(
+    {"script", "iframe", "object", "embed", "form", "base", "meta", "svg", "math", "style",
+     "link", "noscript", "frame", "frameset", "template"}
+)  # fmt: skip
+
+
+class _Elements(HTMLParser):
+    """Collects every element or attribute of a fragment that could act in a browser."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.active: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in _ACTIVE_ELEMENTS:
+            self.active.append(f"<{tag}>")
+        for name, value in attrs:
+            if name.startswith("on") or name in {"style", "formaction", "srcdoc"}:
+                self.active.append(f"{tag}[{name}]")
+            if name in {"href", "src", "cite", "action"} and not is_http_url(value or ""):
+                self.active.append(f"{tag}[{name}={value!r}]")
+
+    handle_startendtag = handle_starttag
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -115,10 +135,12 @@ def test_sanitising_is_idempotent_and_inert_c1(html: str, base: str | None) -> N
     once = sanitize_html(html, base_url=base)
     assert sanitize_html(once, base_url=base) == once
     assert sanitize_html(once) == once
-    # Attribute values are text (the sanitiser's output double-quotes and escapes them);
-    # markup spelled inside a title="…" is inert, so look at the structure without them.
-    structure = re.sub(r'="[^"]*"', '=""', once)
-    assert not _ACTIVE.search(structure), once
+    # Read the result as a browser's tokenizer would: text and attribute values are
+    # inert whatever they spell; elements and attribute names are what can act.
+    elements = _Elements()
+    elements.feed(once)
+    elements.close()
+    assert not elements.active, (elements.active, once)
     for link in re.findall(r'\s(?:href|src)="([^"]*)"', once):
         assert is_http_url(link.replace("&amp;", "&")), link
 
@@ -206,3 +228,14 @@ def test_selection_never_returns_an_entry_at_or_below_the_watermark(
     assert plan.last_entry == upto and plan.first_entry > subscriber.watermark
     for section in plan.sections:
         assert len(section.items) <= cap
+
+
+def test_markup_spelled_inside_an_attribute_value_is_inert_c1() -> None:
+    """C1: found by the property above: a noscript trick leaves escaped text in a title."""
+    hostile = "=\"<a<noscript><p title='</noscript><img src=x onerror=alert(1)>'></noscript>"
+    once = sanitize_html(hostile)
+    elements = _Elements()
+    elements.feed(once)
+    assert elements.active == []
+    assert "<img" not in once and "<noscript" not in once
+    assert sanitize_html(once) == once
