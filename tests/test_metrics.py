@@ -57,3 +57,4 @@ def test_metrics_count_polls_errors_entries(tmp_path: Path, feed_server: FeedSer
     assert samples['aggregator_feeds{state="failing"}'] == 1
     assert samples["aggregator_last_successful_poll_timestamp_seconds"] == NOW.timestamp()
     assert "# TYPE aggregator_polls_total counter" in response.text
+    assert "\naggregator_entries 1\n" in response.text  # whole numbers print as such

@@ -29,9 +29,7 @@ def exposition(data: Snapshot) -> str:
             return
         lines.append(f"# HELP aggregator_{name} {help_text}")
         lines.append(f"# TYPE aggregator_{name} {kind}")
-        lines.append(
-            f"aggregator_{name} {value:.3f}" if kind == "gauge" else f"aggregator_{name} {value:g}"
-        )
+        lines.append(f"aggregator_{name} {_number(value)}")
 
     def stamp(moment: datetime | None) -> float | None:
         return moment.timestamp() if moment else None
