@@ -62,6 +62,7 @@ from typing import Any
 from . import REPO, WORK
 from .corpus import loopback_host
 from .measure import Measured, become_subreaper, run_measured
+from .server import Behaviour, FeedServer, ServedFeed
 
 RESULTS = WORK / "results-load.json"
 CASES = ("L1", "L2", "L3", "L4", "L5")
@@ -226,6 +227,14 @@ class FeedSpec:
     delay: float
     body: bytes
 
+    def served(self, host: str) -> ServedFeed:
+        behaviour: Behaviour = "hang" if self.kind == "hang" else "ok"
+        if self.kind == "error":
+            behaviour = "error"
+        return ServedFeed(
+            host, "/feed.xml", self.body, "application/rss+xml", self.delay, behaviour=behaviour
+        )
+
 
 def l1_kind(index: int) -> str:
     if index % 100 == 37:
@@ -257,170 +266,6 @@ def l1_specs(count: int) -> dict[str, FeedSpec]:
             kind, delay, rss_document(f"Blog {index}", site, items)
         )
     return specs
-
-
-class _MixConnection(asyncio.Protocol):
-    def __init__(self, server: MixServer) -> None:
-        self.server = server
-        self.buffer = b""
-        self.busy = False
-        self.host = ""
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        self.host = transport.get_extra_info("sockname")[0]
-        self.server.opened(self.host)
-
-    def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        if self.busy or b"\r\n\r\n" not in self.buffer:
-            return
-        self.buffer = self.buffer.split(b"\r\n\r\n", 1)[1]
-        self.busy = True
-        spec = self.server.specs.get(self.host)
-        kind = spec.kind if spec else "missing"
-        self.server.requests[kind] += 1
-        if spec is None:
-            self._send(404, b"not found\n", "text/plain")
-        elif spec.kind == "hang":
-            return
-        elif spec.kind == "error":
-            loop = asyncio.get_running_loop()
-            loop.call_later(spec.delay, self._send, 500, b"server error\n", "text/plain")
-        else:
-            loop = asyncio.get_running_loop()
-            loop.call_later(spec.delay, self._send, 200, spec.body, "application/rss+xml")
-
-    def _send(self, status: int, body: bytes, content_type: str) -> None:
-        if self.transport is None or self.transport.is_closing():
-            return
-        reason = {200: "OK", 404: "Not Found", 500: "Internal Server Error"}[status]
-        head = (
-            f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n"
-        ).encode("latin-1")
-        self.transport.write(head + body)
-        self.server.answered[status] += 1
-        self.busy = False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.transport = None
-        self.server.closed(self.host)
-
-
-class MixServer:
-    """One asyncio loop on a thread; every feed listens on its own loopback address (same
-    port for all). Counts open connections: overall and per host, now and at peak."""
-
-    def __init__(self, specs: dict[str, FeedSpec]) -> None:
-        self.specs = specs
-        self.port = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._servers: list[asyncio.Server] = []
-        self.reset_counters()
-
-    def reset_counters(self) -> None:
-        self.open_now = 0
-        self.open_peak = 0
-        self.per_host: Counter[str] = Counter()
-        self.per_host_peak = 0
-        self.connections = 0
-        self.requests: Counter[str] = Counter()
-        self.answered: Counter[int] = Counter()
-
-    def opened(self, host: str) -> None:
-        self.connections += 1
-        self.open_now += 1
-        self.open_peak = max(self.open_peak, self.open_now)
-        self.per_host[host] += 1
-        self.per_host_peak = max(self.per_host_peak, self.per_host[host])
-
-    def closed(self, host: str) -> None:
-        self.open_now -= 1
-        self.per_host[host] -= 1
-
-    def url(self, host: str) -> str:
-        return f"http://{host}:{self.port}/feed.xml"
-
-    def start(self) -> MixServer:
-        ready = threading.Event()
-        failure: list[BaseException] = []
-
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            try:
-                loop.run_until_complete(self._listen())
-            except OSError as error:
-                failure.append(error)
-                ready.set()
-                return
-            ready.set()
-            loop.run_forever()
-            for server in self._servers:
-                server.close()
-            loop.close()
-
-        self._thread = threading.Thread(target=run, name="load-feed-server", daemon=True)
-        self._thread.start()
-        ready.wait(60)
-        if failure:
-            raise failure[0]
-        return self
-
-    async def _listen(self) -> None:
-        loop = asyncio.get_running_loop()
-        hosts = list(self.specs)
-        for _attempt in range(10):
-            first = await loop.create_server(
-                lambda: _MixConnection(self), host=hosts[0], port=0, backlog=512
-            )
-            port = first.sockets[0].getsockname()[1]
-            servers = [first]
-            try:
-                for host in hosts[1:]:
-                    servers.append(
-                        await loop.create_server(
-                            lambda: _MixConnection(self), host=host, port=port, backlog=512
-                        )
-                    )
-            except OSError:
-                for server in servers:
-                    server.close()
-                continue
-            self.port, self._servers = port, servers
-            return
-        raise OSError("no port free on every loopback address")
-
-    def idle(self, timeout: float = 10.0) -> None:
-        """Wait until the last client's connections are gone, then zero the counters."""
-        deadline = time.monotonic() + timeout
-        while self.open_now > 0 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert self._loop is not None
-        done = threading.Event()
-
-        def reset() -> None:
-            self.reset_counters()
-            done.set()
-
-        self._loop.call_soon_threadsafe(reset)
-        done.wait(5)
-
-    def stop(self) -> None:
-        if self._loop is not None and self._thread is not None:
-            with contextlib.suppress(RuntimeError):
-                self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
-
-    def __enter__(self) -> MixServer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 class SocketWatch:
@@ -571,9 +416,10 @@ def case_l1(sizes: Sizes, work: Path) -> dict[str, Any]:
         f"{kinds['error']} answering 500, {kinds['hang']} hanging "
         f"(cut by the {sizes.hang_timeout:g} s read timeout)"
     )
-    with MixServer(specs).start() as server:
-        urls = [server.url(host) for host in specs]
-        healthy = [server.url(h) for h, spec in specs.items() if spec.kind == "ok"]
+    feeds = {host: spec.served(host) for host, spec in specs.items()}
+    with FeedServer(feeds.values()).start() as server:
+        urls = [server.url(feed) for feed in feeds.values()]
+        healthy = [server.url(feeds[h]) for h, spec in specs.items() if spec.kind == "ok"]
         base = {"read_timeout": sizes.hang_timeout}
         runs: dict[str, tuple[Measured, dict[str, Any]]] = {}
         plan = [
@@ -585,12 +431,16 @@ def case_l1(sizes: Sizes, work: Path) -> dict[str, Any]:
             if kind == "l1-ours":
                 params["db"] = str(work / f"l1-{name}.sqlite3")
             measured = run_child(kind, params, work, f"l1-{name}")
+            seen = server.traffic
+            requests: Counter[str] = Counter()
+            for host, count in seen.requests.items():
+                requests[specs[host].kind if host in specs else "missing"] += count
             traffic = {
-                "connections": server.connections,
-                "open_peak": server.open_peak,
-                "per_host_peak": server.per_host_peak,
-                "requests": dict(server.requests),
-                "answered": {str(k): v for k, v in server.answered.items()},
+                "connections": seen.connections,
+                "open_peak": seen.open_peak,
+                "per_host_peak": seen.per_host_peak,
+                "requests": dict(requests),
+                "answered": {str(k): v for k, v in seen.answered.items()},
             }
             runs[name] = (measured, traffic)
             server.idle()

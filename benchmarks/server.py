@@ -5,10 +5,17 @@ One asyncio loop on a thread of its own; every feed listens on its own loopback 
 little CPU next to the contenders. Each answer waits a deterministic latency first (20 to
 50 ms by default, fixed per feed), honours If-None-Match (and If-Modified-Since when no
 ETag is sent) with 304, keeps connections alive unless asked not to, and counts requests,
-conditional requests, statuses and bytes.
+conditional requests, statuses and bytes. It also tracks connections (in all, open at
+once overall and per host), requests per host and answers by status.
 
     with FeedServer(corpus).start() as server:
         server.url(feed); before = server.counters(); …; server.counters() - before
+
+Feeds made elsewhere are served as given, each with a behaviour of its own (a slow feed
+is an "ok" one with a long latency):
+
+    with FeedServer([ServedFeed(host, "/feed.xml", body, "application/rss+xml", 2.0,
+                                behaviour="error")]).start() as server: …
 """
 
 from __future__ import annotations
@@ -16,14 +23,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass, fields
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, fields
 from email.utils import formatdate, parsedate_to_datetime
 from types import TracebackType
+from typing import Literal
 
 from .corpus import Corpus, CorpusFeed
 
 MAX_HEAD_BYTES = 64 * 1024
+
+# "ok": the feed after its latency; "error": 500 after its latency; "hang": reads the
+# request and never answers
+Behaviour = Literal["ok", "error", "hang"]
 
 
 @dataclass
@@ -50,11 +64,41 @@ def default_latency(feed: CorpusFeed) -> float:
     return (20 + (feed.index * 7919) % 31) / 1000
 
 
+@dataclass
+class Traffic:
+    """Connections and answers since the start or the last ``FeedServer.idle()``."""
+
+    connections: int = 0
+    open_now: int = 0
+    open_peak: int = 0
+    per_host_peak: int = 0
+    per_host: Counter[str] = field(default_factory=Counter)  # open now
+    requests: Counter[str] = field(default_factory=Counter)  # per host
+    answered: Counter[int] = field(default_factory=Counter)  # per status
+
+
 @dataclass(frozen=True)
-class _Resource:
-    feed: CorpusFeed
+class ServedFeed:
+    host: str  # a loopback address of its own
+    path: str
     body: bytes
-    latency: float
+    content_type: str
+    latency: float  # seconds before the answer
+    etag: str | None = None
+    last_modified: str | None = None  # HTTP date
+    behaviour: Behaviour = "ok"
+
+    @classmethod
+    def of(cls, corpus: Corpus, feed: CorpusFeed, latency: float) -> ServedFeed:
+        return cls(
+            feed.host,
+            feed.path,
+            corpus.body(feed),
+            feed.content_type,
+            latency,
+            feed.etag,
+            feed.last_modified,
+        )
 
 
 class _Connection(asyncio.Protocol):
@@ -64,13 +108,20 @@ class _Connection(asyncio.Protocol):
         self.busy = False
         self.closing = False
         self.transport: asyncio.Transport | None = None
-        self.resource: _Resource | None = None
+        self.host = ""
+        self.resource: ServedFeed | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
-        host = transport.get_extra_info("sockname")[0]
-        self.resource = self.server.resources.get(host)
+        self.host = transport.get_extra_info("sockname")[0]
+        self.resource = self.server.resources.get(self.host)
+        traffic = self.server.traffic
+        traffic.connections += 1
+        traffic.open_now += 1
+        traffic.open_peak = max(traffic.open_peak, traffic.open_now)
+        traffic.per_host[self.host] += 1
+        traffic.per_host_peak = max(traffic.per_host_peak, traffic.per_host[self.host])
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
@@ -102,36 +153,49 @@ class _Connection(asyncio.Protocol):
             "keep-alive"
         )
         answer = self._answer(method, target.split("?")[0], headers)
+        if answer is None:
+            return  # hangs: stays busy, never answers
         delay = self.resource.latency if self.resource else 0.0
-        asyncio.get_running_loop().call_later(delay, self._send, answer, keep_alive)
+        asyncio.get_running_loop().call_later(delay, self._send, *answer, keep_alive)
 
-    def _answer(self, method: str, path: str, headers: dict[str, str]) -> bytes:
+    def _answer(self, method: str, path: str, headers: dict[str, str]) -> tuple[int, bytes] | None:
         counters = self.server.totals
         counters.requests += 1
+        self.server.traffic.requests[self.host] += 1
         conditional = "if-none-match" in headers or "if-modified-since" in headers
         counters.conditional += conditional
-        resource = self.resource
-        if resource is None or path != resource.feed.path or method not in ("GET", "HEAD"):
+        feed = self.resource
+        if feed is None or path != feed.path or method not in ("GET", "HEAD"):
             counters.other += 1
             body = b"not found\n"
-            head = _head(404, "Not Found", "text/plain", len(body), ())
-            return head + body
-        feed = resource.feed
-        validators = (("ETag", feed.etag), ("Last-Modified", feed.last_modified))
+            return 404, _head(404, "Not Found", "text/plain", len(body), ()) + body
+        if feed.behaviour == "hang":
+            return None
+        if feed.behaviour == "error":
+            counters.other += 1
+            body = b"server error\n"
+            head = _head(500, "Internal Server Error", "text/plain", len(body), ())
+            return 500, head + body
+        validators = tuple(
+            (name, value)
+            for name, value in (("ETag", feed.etag), ("Last-Modified", feed.last_modified))
+            if value is not None
+        )
         if _not_modified(headers, feed):
             counters.not_modified += 1
-            return _head(304, "Not Modified", None, None, validators)
+            return 304, _head(304, "Not Modified", None, None, validators)
         counters.ok += 1
-        head = _head(200, "OK", feed.content_type, len(resource.body), validators)
+        head = _head(200, "OK", feed.content_type, len(feed.body), validators)
         if method == "HEAD":
-            return head
-        counters.body_bytes += len(resource.body)
-        return head + resource.body
+            return 200, head
+        counters.body_bytes += len(feed.body)
+        return 200, head + feed.body
 
-    def _send(self, answer: bytes, keep_alive: bool) -> None:
+    def _send(self, status: int, answer: bytes, keep_alive: bool) -> None:
         if self.transport is None or self.transport.is_closing():
             return
         self.server.totals.bytes += len(answer)
+        self.server.traffic.answered[status] += 1
         self.transport.write(answer)
         self.busy = False
         if not keep_alive:
@@ -146,6 +210,8 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        self.server.traffic.open_now -= 1
+        self.server.traffic.per_host[self.host] -= 1
 
 
 def _head(
@@ -164,13 +230,15 @@ def _head(
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
-def _not_modified(headers: dict[str, str], feed: CorpusFeed) -> bool:
+def _not_modified(headers: dict[str, str], feed: ServedFeed) -> bool:
     if_none_match = headers.get("if-none-match")
     if if_none_match is not None:
+        if feed.etag is None:
+            return False
         tags = [tag.strip().removeprefix("W/") for tag in if_none_match.split(",")]
         return "*" in tags or feed.etag in tags
     since = headers.get("if-modified-since")
-    if since:
+    if since and feed.last_modified is not None:
         try:
             return parsedate_to_datetime(since) >= parsedate_to_datetime(feed.last_modified)
         except (TypeError, ValueError):
@@ -180,20 +248,26 @@ def _not_modified(headers: dict[str, str], feed: CorpusFeed) -> bool:
 
 class FeedServer:
     def __init__(
-        self, corpus: Corpus, latency: Callable[[CorpusFeed], float] = default_latency
+        self,
+        feeds: Corpus | Iterable[ServedFeed],
+        latency: Callable[[CorpusFeed], float] = default_latency,
     ) -> None:
-        self.corpus = corpus
-        self.resources = {
-            feed.host: _Resource(feed, corpus.body(feed), latency(feed)) for feed in corpus.feeds
-        }
+        """A corpus's feeds, each after ``latency(feed)``; or the given feeds as they are."""
+        served = (
+            [ServedFeed.of(feeds, feed, latency(feed)) for feed in feeds.feeds]
+            if isinstance(feeds, Corpus)
+            else feeds
+        )
+        self.resources = {feed.host: feed for feed in served}
         self.totals = Counters()
+        self.traffic = Traffic()
         self.port = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._servers: list[asyncio.Server] = []
 
-    def url(self, feed: CorpusFeed) -> str:
-        return feed.url(self.port)
+    def url(self, feed: CorpusFeed | ServedFeed) -> str:
+        return f"http://{feed.host}:{self.port}{feed.path}"
 
     def counters(self) -> Counters:
         return self.totals.copy()
@@ -250,6 +324,21 @@ class FeedServer:
             self._servers = servers
             return
         raise OSError("no port free on every loopback address of the corpus")
+
+    def idle(self, timeout: float = 10.0) -> None:
+        """Wait until the last client's connections are gone, then start a new ``traffic``."""
+        deadline = time.monotonic() + timeout
+        while self.traffic.open_now > 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert self._loop is not None
+        done = threading.Event()
+
+        def reset() -> None:
+            self.traffic = Traffic()
+            done.set()
+
+        self._loop.call_soon_threadsafe(reset)
+        done.wait(5)
 
     def stop(self) -> None:
         if self._loop is not None and self._thread is not None:
