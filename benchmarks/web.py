@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -238,8 +239,8 @@ def main(argv: list[str] | None = None) -> int:
                 failed = True
                 continue
             rows = conn.execute(case.sql, case.params).fetchall()
-            bare = timed(lambda case=case: conn.execute(case.sql, case.params).fetchall(), runs)
-            page = timed(lambda case=case: client.get(case.path).raise_for_status(), runs)
+            bare = timed(partial(_query, conn, case.sql, case.params), runs)
+            page = timed(partial(_page, client, case.path), runs)
             bare50, bare95 = percentile(bare, 0.5), percentile(bare, 0.95)
             page50, page95 = percentile(page, 0.5), percentile(page, 0.95)
             ratio50, ratio95 = page50 / bare50, page95 / bare95
@@ -259,6 +260,14 @@ def main(argv: list[str] | None = None) -> int:
     conn.close()
     print("m = milliseconds; x = page / bare query")
     return 1 if failed else 0
+
+
+def _query(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> object:
+    return conn.execute(sql, params).fetchall()
+
+
+def _page(client: TestClient, path: str) -> object:
+    return client.get(path).raise_for_status()
 
 
 if __name__ == "__main__":
