@@ -18,7 +18,8 @@ import random
 import signal
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -78,6 +79,58 @@ def parse_pool(workers: int) -> ProcessPoolExecutor:
     )
 
 
+class ParseWorkers:
+    """The parse processes: started on first use, off the event loop; replaced if one dies.
+
+    Spawning a worker waits for the fork server to import the parser (a few hundred ms
+    the first time), so workers start on a helper thread, and a poll that parses nothing
+    (all 304) starts none. A worker that dies (killed, out of memory) breaks its pool:
+    the documents in flight fail with ``BrokenProcessPool`` and the next one gets a new
+    pool, so one hostile document cannot stop a long-running service from parsing.
+    """
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self._ready: asyncio.Future[ProcessPoolExecutor] | None = None
+        self._current: ProcessPoolExecutor | None = None
+        self._pools: list[ProcessPoolExecutor] = []
+
+    def _start(self) -> ProcessPoolExecutor:
+        pool = parse_pool(self.count)
+        self._pools.append(pool)
+        for future in [pool.submit(os.getpid) for _ in range(self.count)]:
+            future.result()
+        self._current = pool
+        return pool
+
+    async def _pool(self) -> ProcessPoolExecutor:
+        if self._ready is None:
+            loop = asyncio.get_running_loop()
+            self._ready = asyncio.ensure_future(loop.run_in_executor(None, self._start))
+        ready = self._ready
+        try:
+            return await asyncio.shield(ready)
+        except BrokenProcessPool:
+            if self._ready is ready:
+                self._ready = None
+            raise
+
+    async def run(self, work: Callable[[], T]) -> T:
+        pool = await self._pool()
+        try:
+            return await asyncio.get_running_loop().run_in_executor(pool, work)
+        except BrokenProcessPool:
+            if self._current is pool:
+                self._current, self._ready = None, None  # the next document starts a new pool
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+
+    def close(self) -> None:
+        for pool in self._pools:
+            pool.shutdown(wait=True)
+        self._pools.clear()
+
+
 @dataclass
 class Poller:
     """Everything one polling process shares: settings, store, fetcher, pools, clock."""
@@ -85,15 +138,10 @@ class Poller:
     settings: Settings
     store: Store
     fetcher: FeedFetcher
-    parse_executor: Executor
+    parse_workers: ParseWorkers
     db_executor: ThreadPoolExecutor
     clock: Clock = utc_now
     rand: Callable[[], float] = field(default_factory=lambda: random.Random().random)
-    # Starts the parse workers (blocking); run once, on a helper thread, before the first
-    # document is parsed: spawning a worker waits for the fork server to import the
-    # parser, which must not stall the event loop. A poll that parses nothing (all 304)
-    # starts none.
-    start_workers: Callable[[], None] | None = None
 
     def __post_init__(self) -> None:
         self._snapshots = snapshot_urls(self.settings)
@@ -101,15 +149,6 @@ class Poller:
             feed.url: feed.interval for feed in self.settings.feeds if feed.interval is not None
         }
         self.stopping = False
-        self._workers: asyncio.Future[None] | None = None
-
-    async def _workers_ready(self) -> None:
-        if self.start_workers is None:
-            return
-        if self._workers is None:
-            loop = asyncio.get_running_loop()
-            self._workers = asyncio.ensure_future(loop.run_in_executor(None, self.start_workers))
-        await asyncio.shield(self._workers)
 
     def stop(self) -> None:
         """Start no new feed; those already fetched are still written."""
@@ -167,9 +206,7 @@ class Poller:
         if result.not_modified or result.content is None:
             return await self.db(partial(self._write_not_modified, feed, result, now))
         try:
-            await self._workers_ready()
-            prepared = await asyncio.get_running_loop().run_in_executor(
-                self.parse_executor,
+            prepared = await self.parse_workers.run(
                 partial(
                     prepare_feed,
                     result.content,
@@ -177,10 +214,17 @@ class Poller:
                     headers=dict(result.headers),
                     limits=self.settings.parse,
                     now=now,
-                ),
+                )
             )
         except ParseError as error:
             return await self.db(partial(self._write_failure, feed, result, error, now))
+        except BrokenProcessPool:
+            died = ParseError(
+                "the parsing process died while reading this document (killed or out of "
+                "memory); it is tried again at the next poll",
+                url=feed.url,
+            )
+            return await self.db(partial(self._write_failure, feed, result, died, now))
         return await self.db(partial(self._write_success, feed, result, prepared, now))
 
     # --- decisions on the feed row ------------------------------------------------
@@ -347,30 +391,17 @@ async def open_poller(
     """A Poller with its fetcher, parse processes and database thread, closed on exit.
 
     The parse processes (one per core unless configured) start when the first document
-    needs parsing, on a helper thread. On exit the write in flight finishes (the database
+    needs parsing (see ParseWorkers). On exit the write in flight finishes (the database
     thread is drained) before the store can be closed.
     """
     db_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aggregator-db")
-    workers = settings.poll.parse_workers or os.cpu_count() or 1
+    workers = ParseWorkers(settings.poll.parse_workers or os.cpu_count() or 1)
     try:
-        with parse_pool(workers) as pool:
-            async with FeedFetcher(settings.fetch) as fetcher:
-                yield Poller(
-                    settings,
-                    store,
-                    fetcher,
-                    pool,
-                    db_executor,
-                    clock=clock,
-                    start_workers=partial(_start_workers, pool, workers),
-                )
+        async with FeedFetcher(settings.fetch) as fetcher:
+            yield Poller(settings, store, fetcher, workers, db_executor, clock=clock)
     finally:
+        workers.close()
         db_executor.shutdown(wait=True)
-
-
-def _start_workers(pool: ProcessPoolExecutor, count: int) -> None:
-    for future in [pool.submit(os.getpid) for _ in range(count)]:
-        future.result()
 
 
 @contextmanager

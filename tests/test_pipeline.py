@@ -288,3 +288,45 @@ def test_after_downtime_overdue_feeds_are_spread_not_polled_at_once(setup) -> No
     assert times[0] >= START and times[-1] <= START + timedelta(minutes=5)  # type: ignore[operator]
     due_now = feed_rows.due_feeds(store.db, START + timedelta(seconds=30))
     assert 0 < len(due_now) < 10  # a trickle, not all 40 at once
+
+
+def test_a_parsing_process_that_dies_fails_its_feed_only_and_parsing_goes_on(
+    setup, feed_server: FeedServer
+) -> None:
+    """A worker killed mid-document (out of memory, OOM killer, a crash in a library):
+    that feed gets a one-line error and keeps its entries; the next document is parsed
+    by a fresh process."""
+    import multiprocessing
+    import os
+    import signal
+
+    from aggregator.pipeline import open_poller
+
+    settings, store, clock = setup
+    body = "<p>" + "word " * 6000 + "</p>"
+    big_items = [Item(f"Long {n}", link=f"https://big.test/{n}", body=body) for n in range(450)]
+    big = feed_server.add("/big.xml", body=rss(big_items))
+    small = feed_server.add("/small.xml", body=rss(ITEMS))
+    big_id, small_id = add(store, big), add(store, small)
+
+    async def scenario() -> tuple[PollSummary, PollSummary]:
+        async with open_poller(settings, store, clock=clock) as poller:
+            feeds = {f.id: f for f in await poller.choose()}
+            task = asyncio.create_task(poller.poll(feeds[big_id]))
+            while not any(r.ended for r in feed_server.requests_for("/big.xml")):  # noqa: ASYNC110 - the server is another thread
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.3)  # the worker is reading the document now
+            for child in multiprocessing.active_children():
+                os.kill(child.pid or 0, signal.SIGKILL)
+            broken = await task
+            after = await poller.poll(feeds[small_id])
+            return broken, after
+
+    broken, after = asyncio.run(scenario())
+    assert broken.status == "error"
+    assert broken.error is not None and "parsing process died" in broken.error
+    assert "\n" not in broken.error
+    assert after.status == "ok" and after.new == 2
+    assert rows(store, "SELECT count(*) FROM entries WHERE feed_id = ?", big_id) == [(0,)]
+    big_feed = feed_rows.get_feed(store.db, big_id)
+    assert big_feed is not None and big_feed.enabled and big_feed.error_count == 1
