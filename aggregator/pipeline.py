@@ -12,10 +12,12 @@ does the IO around them, in order:
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import multiprocessing
 import os
 import random
 import signal
+import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -61,11 +63,24 @@ def snapshot_urls(settings: Settings) -> dict[str, str]:
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
 def _leave_stop_signals_to_the_parent() -> None:
     """Parse workers ignore stop signals sent to the whole process group (Ctrl-C, a
-    service manager): the polling process decides when they end, after its last write."""
+    service manager): the polling process decides when they end, after its last write.
+
+    A worker must never outlive the fork server that started it, though: a SIGTERM to
+    the whole group (systemd, `timeout`) ends the fork server, and a worker that ignored
+    the signal would wait for work forever. On Linux the kernel kills it then.
+    """
     for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() == 1:  # the parent died before prctl took effect
+            os._exit(0)
 
 
 def parse_pool(workers: int) -> ProcessPoolExecutor:
@@ -219,6 +234,10 @@ class Poller:
         except ParseError as error:
             return await self.db(partial(self._write_failure, feed, result, error, now))
         except BrokenProcessPool:
+            if self.stopping:  # the workers went with a stop signal to the whole group
+                return PollSummary(
+                    feed_id=feed.id, url=feed.url, title=feed.title or feed.url, status="skipped"
+                )
             died = ParseError(
                 "the parsing process died while reading this document (killed or out of "
                 "memory); it is tried again at the next poll",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -224,3 +225,48 @@ def test_k8_stop_signal_during_polling_exits_zero_and_restart_carries_on(
     conn = sqlite3.connect(tmp_path / "db.sqlite3")
     assert conn.execute("SELECT count(*), count(DISTINCT key) FROM entries").fetchone() == (30, 30)
     conn.close()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_k8_stop_signal_to_the_whole_process_group_leaves_no_process_behind(
+    tmp_path: Path, feed_server: FeedServer, smtp_server: SmtpServer, sig: signal.Signals
+) -> None:
+    """K8: systemd and `timeout` signal the whole group, Ctrl-C does too: the service,
+    its parse workers and the fork server are all gone afterwards, the exit is clean."""
+    items = [Item(f"Post {n}", link=f"https://blog.test/{n}", guid=f"g{n}") for n in range(30)]
+    feed_url = feed_server.add("/feed.xml", body=rss(items))
+    config = service_config(tmp_path, feed_url, smtp_server.port, free_port())
+    log = tmp_path / "service.log"
+    env = {**os.environ, "AGGREGATOR_CONFIG": str(config)}
+    with log.open("wb") as out:
+        service = subprocess.Popen(
+            [sys.executable, "-m", "aggregator", "run"],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    group = service.pid
+    try:
+        wait_until(lambda: "poll cycle feeds=1 new=30" in log.read_text(), 30, "a first poll")
+
+        def members() -> list[int]:
+            found = []
+            for entry in Path("/proc").iterdir():
+                if entry.name.isdigit():
+                    try:
+                        if os.getpgid(int(entry.name)) == group:
+                            found.append(int(entry.name))
+                    except ProcessLookupError:
+                        continue
+            return found
+
+        assert len(members()) >= 3  # the service, the fork server, parse workers
+        os.killpg(group, sig)
+        assert service.wait(timeout=30) == 0, log.read_text()
+        wait_until(lambda: members() == [], 10, "every process of the group to end")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGKILL)
+        service.wait(timeout=10)
