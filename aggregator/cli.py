@@ -349,7 +349,7 @@ def run(ctx: click.Context, host: str | None, port: int | None, once: bool) -> N
             if settings.mail.smtp
             else f"the outbox {settings.mail.outbox}"
         )
-        out.print(f"Serving the timeline at {where}; digests go to {mail}. Ctrl-C stops.")
+        out.print(f"Starting: the timeline at {where}; digests go to {mail}. Ctrl-C stops.")
         run_service(settings, host=host, port=port)
 
 

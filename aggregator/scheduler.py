@@ -19,6 +19,7 @@ import fcntl
 import logging
 import os
 import signal
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -33,6 +34,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from .config import Settings
 from .digests import build_pending, send_pending
+from .errors import ConfigError
 from .mail import open_sender
 from .pipeline import Poller, open_poller, spread_catch_up, utc_now
 from .sources import sync_configured_feeds
@@ -184,6 +186,7 @@ class Service:
 
     async def serve(self, host: str | None = None, port: int | None = None) -> None:
         settings = self.settings
+        listener = _listen(host or settings.web.host, settings.web.port if port is None else port)
         store = Store.open(settings.database)
         sync_configured_feeds(store, settings, self.clock())
         if not self.lock.acquire():
@@ -233,7 +236,7 @@ class Service:
                 settings.database,
             )
             try:
-                await server.serve()
+                await server.serve(sockets=[listener])
             finally:
                 poller.stop()
                 scheduler.shutdown(wait=False)
@@ -247,6 +250,15 @@ class Service:
         """Let the job in flight finish its unit of work, within the grace period."""
         if self._in_flight:
             await asyncio.wait(set(self._in_flight), timeout=SHUTDOWN_GRACE_SECONDS)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The web port, bound before any work starts: a port in use is one clear line."""
+    try:
+        return socket.create_server((host, port), backlog=128)
+    except OSError as error:
+        reason = os.strerror(error.errno) if error.errno else str(error)
+        raise ConfigError(f"cannot listen on {host}:{port}: {reason}", key="web.port") from None
 
 
 def _keep_signals_for_graceful_exit() -> None:

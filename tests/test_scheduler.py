@@ -270,3 +270,28 @@ def test_k8_stop_signal_to_the_whole_process_group_leaves_no_process_behind(
         with contextlib.suppress(ProcessLookupError):
             os.killpg(group, signal.SIGKILL)
         service.wait(timeout=10)
+
+
+def test_web_port_in_use_is_one_line_and_nothing_starts(
+    tmp_path: Path, feed_server: FeedServer, smtp_server: SmtpServer
+) -> None:
+    feed_url = feed_server.add("/feed.xml", body=rss([Item("Post", link="https://blog.test/p")]))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = service_config(tmp_path, feed_url, smtp_server.port, port)
+        result = subprocess.run(
+            [sys.executable, "-m", "aggregator", "run"],
+            cwd=REPO,
+            env={**os.environ, "AGGREGATOR_CONFIG": str(config)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"error: web.port: cannot listen on 127.0.0.1:{port}: Address already in use"
+    )
+    assert feed_server.requests_for("/feed.xml") == []  # no poll started
