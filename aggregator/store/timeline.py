@@ -310,13 +310,8 @@ def _search_ids(
         if len(found) >= want or size < chunk:
             return found
         walked += size
-        last = _execute(
-            db,
-            f"SELECT e.published, e.id FROM entries e WHERE {where} "
-            f"ORDER BY e.published {order}, e.id {order} LIMIT 1 OFFSET ?",
-            [*params, chunk - 1],
-        )[0]
-        position = Cursor(last[0], last[1])
+        last_id, last_published = _execute(db, f"{walk} LIMIT 1 OFFSET ?", [*params, chunk - 1])[0]
+        position = Cursor(last_published, last_id)
         chunk = min(chunk * _CHUNK_GROWTH, _WALK_BUDGET)
 
 
