@@ -317,6 +317,10 @@ def _status_label(status: str) -> str:
 
 
 def _exit_for(summaries: list[PollSummary]) -> None:
+    failure = next((s.store_error for s in summaries if s.store_error), None)
+    if failure:
+        err.print(f"error: poll stopped, the database failed: {failure}", markup=False)
+        sys.exit(1)
     if summaries and all(s.status in ("error", "disabled") for s in summaries):
         sys.exit(2)
 

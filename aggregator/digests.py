@@ -33,7 +33,6 @@ from .selection import DigestPlan, Subscriber, is_due, select_digest
 from .store import Store
 from .store import digests as digest_rows
 from .store import subscribers as subscriber_rows
-from .store.codec import to_db
 from .store.digests import DigestLine, DigestRow, EntryView
 from .subscriptions import Links, environment, inline_css, links_for
 
@@ -447,12 +446,9 @@ class _Lease:
             if digest_rows.take_lease(db, LEASE_NAME, self.owner, now, now + LEASE_LENGTH):
                 self._renewed = time.monotonic()
                 return True
-            row = db.execute("SELECT owner FROM leases WHERE name = ?", [LEASE_NAME]).fetchone()
-            if row and self._dead(row[0]):
-                db.execute(
-                    "UPDATE leases SET owner = ?, expires_at = ? WHERE name = ?",
-                    [self.owner, to_db(now + LEASE_LENGTH), LEASE_NAME],
-                )
+            holder = digest_rows.lease_owner(db, LEASE_NAME)
+            if holder and self._dead(holder):
+                digest_rows.hand_over_lease(db, LEASE_NAME, self.owner, now + LEASE_LENGTH)
                 self._renewed = time.monotonic()
                 return True
         return False
@@ -481,11 +477,7 @@ class _Lease:
 
 
 def count_due(store: Store, now: datetime) -> int:
-    row = store.conn.execute(
-        "SELECT count(*) FROM digests WHERE status = 'pending' AND next_attempt_at <= ?",
-        [to_db(now)],
-    ).fetchone()
-    return int(row[0])
+    return digest_rows.count_due(store.db, now)
 
 
 def send_pending(

@@ -12,8 +12,11 @@
     ├── SourceError            url                 a feed source that cannot be added (scheme, OPML)
     ├── ParseError             url                 the bytes are not a usable feed
     │   └── NotAFeed           alternate           an HTML page (and the feed it links, if any)
-    ├── StoreError             path                the database cannot be used
-    │   └── IncompatibleDatabase                   a file of another application, or damaged
+    ├── StoreError             path, reason        the database cannot be used
+    │   ├── StoreLocked                            another process held the lock past the wait
+    │   ├── StoreFull                              the disk (or the size limit) is full
+    │   ├── StoreReadOnly                          the file or its folder cannot be written
+    │   └── IncompatibleDatabase                   not SQLite, another application's, or damaged
     ├── MailError              address             a message could not be handed over
     │   ├── MailTemporaryError                     4xx, connection lost: try again later
     │   └── MailPermanentError                     5xx: the address is refused
@@ -124,6 +127,19 @@ class StoreError(AggregatorError):
     def __init__(self, message: str, *, path: str | None = None) -> None:
         super().__init__(f"{path}: {message}" if path else message)
         self.path = path
+        self.reason = " ".join(message.split())
+
+
+class StoreLocked(StoreError):
+    pass
+
+
+class StoreFull(StoreError):
+    pass
+
+
+class StoreReadOnly(StoreError):
+    pass
 
 
 class IncompatibleDatabase(StoreError):

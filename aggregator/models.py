@@ -200,3 +200,4 @@ class PollSummary:
     duplicates: int = 0
     error: str | None = None
     warnings: tuple[str, ...] = ()
+    store_error: str | None = None  # the database failed (full, locked …): the poll stopped

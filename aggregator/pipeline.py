@@ -32,7 +32,7 @@ from sqlite_utils import Database
 
 from .config import Settings
 from .dedup import plan_entries
-from .errors import AggregatorError, ParseError
+from .errors import AggregatorError, ParseError, StoreError
 from .fetch import FeedFetcher
 from .models import Feed, FetchResult, PollPlan, PollSummary
 from .polling import next_poll_at, parse_retry_after, spread_overdue
@@ -164,6 +164,7 @@ class Poller:
             feed.url: feed.interval for feed in self.settings.feeds if feed.interval is not None
         }
         self.stopping = False
+        self.store_failure: StoreError | None = None
 
     def stop(self) -> None:
         """Start no new feed; those already fetched are still written."""
@@ -178,10 +179,10 @@ class Poller:
         """Enabled feeds, or only those due now, most overdue first; at most ``limit``."""
         now = self.clock()
         if due_only:
-            feeds = await self.db(partial(feed_rows.due_feeds, self.store.db, now))
+            feeds = await self.db(lambda: feed_rows.due_feeds(self.store.db, now))
         else:
             feeds = [
-                f for f in await self.db(partial(feed_rows.list_feeds, self.store.db)) if f.enabled
+                f for f in await self.db(lambda: feed_rows.list_feeds(self.store.db)) if f.enabled
             ]
         if feed_ids is not None:
             wanted = set(feed_ids)
@@ -193,6 +194,8 @@ class Poller:
         feeds: Sequence[Feed],
         on_result: Callable[[PollSummary], None] | None = None,
     ) -> list[PollSummary]:
+        self.store_failure = None
+
         async def one(feed: Feed) -> PollSummary:
             summary = await self.poll(feed)
             if on_result is not None:
@@ -201,11 +204,37 @@ class Poller:
 
         return list(await asyncio.gather(*(one(feed) for feed in feeds)))
 
-    async def poll(self, feed: Feed) -> PollSummary:
-        """Poll one feed. Never raises for a problem of the feed: it is in the summary."""
-        if self.stopping:
+    async def _write(self, feed: Feed, work: Callable[[], PollSummary]) -> PollSummary:
+        """Run a feed's write; a database failure ends the poll (see ``store_failure``)."""
+        try:
+            return await self.db(work)
+        except StoreError as error:
+            if self.store_failure is None:
+                self.store_failure = error
             return PollSummary(
-                feed_id=feed.id, url=feed.url, title=feed.title or feed.url, status="skipped"
+                feed_id=feed.id,
+                url=feed.url,
+                title=feed.title or feed.url,
+                status="error",
+                error=f"not stored: {error}",
+                store_error=str(error),
+            )
+
+    async def poll(self, feed: Feed) -> PollSummary:
+        """Poll one feed. Never raises for a problem of the feed: it is in the summary.
+
+        When the database fails (full, locked, damaged), the feeds in flight report it
+        in their summary, no other feed is started, and ``store_failure`` keeps it.
+        """
+        if self.stopping or self.store_failure:
+            failure = self.store_failure
+            return PollSummary(
+                feed_id=feed.id,
+                url=feed.url,
+                title=feed.title or feed.url,
+                status="skipped",
+                error=f"not polled: {failure}" if failure else None,
+                store_error=str(failure) if failure else None,
             )
         fetch_url = self._snapshots.get(feed.url, feed.url)
         result = await self.fetcher.fetch(
@@ -217,9 +246,11 @@ class Poller:
             )
         now = self.clock()
         if result.error is not None:
-            return await self.db(partial(self._write_failure, feed, result, result.error, now))
+            return await self._write(
+                feed, partial(self._write_failure, feed, result, result.error, now)
+            )
         if result.not_modified or result.content is None:
-            return await self.db(partial(self._write_not_modified, feed, result, now))
+            return await self._write(feed, partial(self._write_not_modified, feed, result, now))
         try:
             prepared = await self.parse_workers.run(
                 partial(
@@ -232,7 +263,7 @@ class Poller:
                 )
             )
         except ParseError as error:
-            return await self.db(partial(self._write_failure, feed, result, error, now))
+            return await self._write(feed, partial(self._write_failure, feed, result, error, now))
         except BrokenProcessPool:
             if self.stopping:  # the workers went with a stop signal to the whole group
                 return PollSummary(
@@ -243,8 +274,8 @@ class Poller:
                 "memory); it is tried again at the next poll",
                 url=feed.url,
             )
-            return await self.db(partial(self._write_failure, feed, result, died, now))
-        return await self.db(partial(self._write_success, feed, result, prepared, now))
+            return await self._write(feed, partial(self._write_failure, feed, result, died, now))
+        return await self._write(feed, partial(self._write_success, feed, result, prepared, now))
 
     # --- decisions on the feed row ------------------------------------------------
 

@@ -24,7 +24,6 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
-from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
@@ -34,7 +33,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from .config import Settings
 from .digests import build_pending, send_pending
-from .errors import ConfigError
+from .errors import ConfigError, StoreError
 from .mail import open_sender
 from .pipeline import Poller, open_poller, spread_catch_up, utc_now
 from .sources import sync_configured_feeds
@@ -97,6 +96,7 @@ class Service:
         self.timings = settings.service
         self.lock = JobLock(settings.database.with_name(settings.database.name + ".jobs.lock"))
         self._poller: Poller | None = None
+        self._store: Store | None = None
         self._spread_done = False
         self._in_flight: set[asyncio.Task[Any]] = set()
 
@@ -114,8 +114,12 @@ class Service:
 
     # --- jobs -------------------------------------------------------------------------
 
+    def _may_run_jobs(self) -> bool:
+        """Jobs run in one process per database, and not on a read-only one."""
+        return self._store is not None and not self._store.readonly and self.lock.acquire()
+
     async def poll_due(self) -> None:
-        if not self.lock.acquire() or self._poller is None:
+        if not self._may_run_jobs() or self._poller is None:
             return
         with self._job():
             await self._poll_due(self._poller)
@@ -138,6 +142,9 @@ class Service:
                 summary.duplicates,
                 f" error={summary.error!r}" if summary.error else "",
             )
+        if poller.store_failure is not None:
+            log.error("poll stopped: the database failed: %s", poller.store_failure)
+            return
         log.info(
             "poll cycle feeds=%d new=%d updated=%d duplicates=%d failed=%d entries=%d",
             len(summaries),
@@ -145,7 +152,7 @@ class Service:
             sum(s.updated for s in summaries),
             sum(s.duplicates for s in summaries),
             sum(1 for s in summaries if s.status in ("error", "disabled")),
-            await poller.db(partial(count_entries, poller.store.db)),
+            await poller.db(lambda: count_entries(poller.store.db)),
         )
 
     def _spread_overdue(self) -> None:
@@ -157,13 +164,17 @@ class Service:
             log.info("catch-up feeds=%d spread_over=%s", spread, CATCH_UP_SPREAD)
 
     async def digests_due(self) -> None:
-        if not self.lock.acquire():
+        if not self._may_run_jobs():
             return
         with self._job():
-            await asyncio.to_thread(self._digests_due_blocking)
+            try:
+                await asyncio.to_thread(self._digests_due_blocking)
+            except StoreError as error:
+                log.error("digests stopped: the database failed: %s", error)
 
     def _digests_due_blocking(self) -> None:
-        store = Store.open(self.settings.database)
+        store = self._store
+        assert store is not None
         sender = open_sender(self.settings.mail.smtp, self.settings.mail.outbox)
         try:
             built = build_pending(store, self.settings, self.clock(), due_only=True)
@@ -180,20 +191,24 @@ class Service:
                 )
         finally:
             sender.close()
-            store.close()
 
     # --- the process ------------------------------------------------------------------
 
     async def serve(self, host: str | None = None, port: int | None = None) -> None:
         settings = self.settings
         listener = _listen(host or settings.web.host, settings.web.port if port is None else port)
-        store = Store.open(settings.database)
+        store = self._store = Store.open(settings.database)
         sync_configured_feeds(store, settings, self.clock())
-        if not self.lock.acquire():
+        if store.readonly:
+            log.warning(
+                "database %s is read-only: serving pages only (no polls, digests or sign-ups)",
+                settings.database,
+            )
+        elif not self.lock.acquire():
             log.warning(
                 "jobs: another process runs the jobs for %s; serving pages only", settings.database
             )
-        app = create_app(settings, clock=self.clock)
+        app = create_app(settings, clock=self.clock, store=store)
         server = uvicorn.Server(
             uvicorn.Config(
                 app,
@@ -244,6 +259,7 @@ class Service:
                 self._poller = None
         self.lock.release()
         store.close()
+        self._store = None
         log.info("service stopped")
 
     async def _wait_for_jobs(self) -> None:

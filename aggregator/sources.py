@@ -26,10 +26,17 @@ def check_source_url(url: str) -> str:
 
 
 def sync_configured_feeds(store: Store, settings: Settings, now: datetime) -> list[Feed]:
-    """Add the feeds the config file lists and the store does not know yet."""
+    """Add the feeds the config file lists and the store does not know yet.
+
+    Takes the write lock only when there is one to add, and adds none to a read-only
+    database (reading commands still work on one).
+    """
+    missing = [c for c in settings.feeds if feed_rows.feed_by_url(store.db, c.url) is None]
+    if not missing or store.readonly:
+        return []
     added = []
     with store.write() as db:
-        for configured in settings.feeds:
+        for configured in missing:
             feed, created = feed_rows.add_feed(
                 db,
                 url=configured.url,

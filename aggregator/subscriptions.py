@@ -29,8 +29,8 @@ from .render import make_environment
 from .selection import CADENCES, Cadence, Subscriber
 from .store import Store
 from .store import digests as digest_rows
+from .store import feeds as feed_rows
 from .store import subscribers as rows
-from .store.secrets import get_or_create_secret
 from .tokens import make_token, verify_token
 
 CONFIRM_MAX_AGE = timedelta(days=2)
@@ -125,9 +125,7 @@ class Links:
 
 
 def links_for(store: Store, settings: Settings) -> Links:
-    with store.write() as db:
-        secret = get_or_create_secret(db, "tokens")
-    return Links(settings.web.base_url, secret)
+    return Links(settings.web.base_url, store.secret("tokens"))
 
 
 def _token_hash(token: str) -> str:
@@ -174,7 +172,7 @@ def known_feed_ids(store: Store, wanted: Iterable[int] | None) -> frozenset[int]
     """The chosen feeds that exist; None (every feed) when none or all are chosen."""
     if wanted is None:
         return None
-    ids = {row[0] for row in store.conn.execute("SELECT id FROM feeds").fetchall()}
+    ids = feed_rows.feed_ids(store.db)
     chosen = frozenset(i for i in wanted if i in ids)
     return None if not chosen or chosen == ids else chosen
 

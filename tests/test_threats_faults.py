@@ -47,8 +47,10 @@ def big_feed(count: int, name: str = "big") -> bytes:
 def test_k4_disk_full_is_a_clear_error_without_damage_and_recovers(
     tmp_path: Path, feed_server: FeedServer
 ) -> None:
-    """K4: a full disk (max_page_count just above the current size) stops the write with a
-    StoreError naming the database; nothing is half written; raising the limit recovers."""
+    """K4: a full disk (max_page_count just above the current size) in the middle of a
+    poll: the feed whose write failed says "disk full" and names the database, no other
+    feed is started, nothing is half written, the store reports failing writes (for
+    /healthz); with room again, the next poll stores everything."""
     settings = make_settings(tmp_path)
     store = Store.open(settings.database)
     clock = Clock()
@@ -57,24 +59,25 @@ def test_k4_disk_full_is_a_clear_error_without_damage_and_recovers(
     big = add(store, feed_server.add("/big.xml", body=big_feed(300)))
     before = snapshot(store)
     pages = store.conn.execute("PRAGMA page_count").fetchone()[0]
-    store.conn.execute(f"PRAGMA max_page_count = {pages + 8}")
+    full = Store.open(settings.database, pragmas={"max_page_count": pages + 8})
 
     clock.now += timedelta(hours=1)
-    with pytest.raises(StoreError) as caught:
-        poll(settings, store, clock, feed_ids=[big])
-    message = str(caught.value)
-    assert "full" in message and str(settings.database) in message and "\n" not in message
+    (summary,) = poll(settings, full, clock, feed_ids=[big])
+    assert summary.status == "error" and summary.store_error is not None
+    assert "disk full" in summary.store_error and "\n" not in summary.store_error
+    assert str(settings.database) in (summary.error or "")
+    assert full.health.failing and "disk full" in (full.health.failure or "")
     assert store.integrity_ok()
     assert snapshot(store) == before
+    full.close()
 
-    store.conn.execute("PRAGMA max_page_count = 1073741823")
     (summary,) = poll(settings, store, clock, feed_ids=[big])
-    assert (summary.status, summary.new) == ("ok", 300)
+    assert (summary.status, summary.new, summary.store_error) == ("ok", 300, None)
     assert rows(store, "SELECT feed_id, count(*) FROM entries GROUP BY feed_id") == [
         (small, 3),
         (big, 300),
     ]
-    assert store.integrity_ok()
+    assert store.integrity_ok() and not store.health.failing
     store.close()
 
 
@@ -94,14 +97,13 @@ conn.execute("ROLLBACK")
 def test_k4_database_locked_by_another_process_is_a_clear_error_then_recovers(
     tmp_path: Path, feed_server: FeedServer
 ) -> None:
-    """K4: another process holds BEGIN EXCLUSIVE: after the busy timeout the poll ends with
-    a StoreError that says the database is locked; once the lock goes, the poll works."""
+    """K4: another process holds BEGIN EXCLUSIVE: after the busy timeout the poll stops
+    with a summary that says the database is locked; once the lock goes, the poll works."""
     settings = make_settings(tmp_path)
-    store = Store.open(settings.database)
+    store = Store.open(settings.database, pragmas={"busy_timeout": 300})
     clock = Clock()
     feed_id = add(store, feed_server.add("/a.xml", body=big_feed(5)))
     before = snapshot(store)
-    store.conn.execute("PRAGMA busy_timeout = 300")  # the store waits 15 s by default
 
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLD_LOCK, str(settings.database)],
@@ -111,10 +113,12 @@ def test_k4_database_locked_by_another_process_is_a_clear_error_then_recovers(
     try:
         assert holder.stdout is not None and holder.stdout.readline() == b"locked\n"
         started = time.monotonic()
-        with pytest.raises(StoreError) as caught:
-            poll(settings, store, clock)
+        (summary,) = poll(settings, store, clock)
         assert time.monotonic() - started < 10
-        assert "locked" in str(caught.value) and str(settings.database) in str(caught.value)
+        assert summary.store_error is not None and "locked" in summary.store_error
+        assert str(settings.database) in (summary.error or "")
+        with pytest.raises(StoreError, match="locked by another process"):
+            feed_rows.set_interval(store.db, feed_id, 60)
     finally:
         holder.communicate(b"", timeout=10)
     assert holder.returncode == 0

@@ -1,128 +1,309 @@
 """The SQLite store: one database file, opened, migrated and guarded here.
 
-All SQL lives in this package. ``Store.write()`` is the one way to change data: a
-``BEGIN IMMEDIATE`` transaction, so that writers queue at the start instead of failing
-half way. sqlite3 errors are wrapped into ``StoreError`` at this edge.
+All SQL lives in this package. A process opens its ``Store`` once (schema check,
+migrations and the installation's secrets, under one exclusive transaction) and keeps
+it: each thread that uses it gets a connection of its own, made on first use.
+``Store.write()`` is the one way to change data: a ``BEGIN IMMEDIATE`` transaction, so
+that writers queue at the start instead of failing half way. Reads never take a write
+lock.
+
+Many processes may share the file (the service, a second service, cron ``poll`` and
+``digest send``, CLI commands, ``aggregator backup``, a sqlite3 shell): nothing here
+opens, reads, copies or locks the database or its ``-wal``/``-shm`` with anything but
+SQLite, because closing any descriptor of the file drops every POSIX lock the process
+holds on it, and another process would then delete the WAL under live connections
+(https://www.sqlite.org/howtocorrupt.html, section 2.2).
+
+Every sqlite3 failure of the database itself, on reads and writes, arrives as a
+``StoreError`` subclass that names the file and the cause (see ``connection.translate``).
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 
 from sqlite_utils import Database
 
-from ..errors import IncompatibleDatabase, StoreError
-from .schema import APPLICATION_ID, apply_migrations
+from ..errors import IncompatibleDatabase, StoreError, StoreReadOnly
+from .connection import BUSY_TIMEOUT_MS, Connection, connect
+from .schema import APPLICATION_ID, migrations
+from .secrets import SECRET_NAMES, create_missing_secrets, read_secrets
 
-__all__ = ["Store"]
+__all__ = ["BUSY_TIMEOUT_MS", "Store", "WriteHealth"]
 
-BUSY_TIMEOUT_MS = 15_000
-_SQLITE_HEADER = b"SQLite format 3\x00"
+
+@dataclass(frozen=True, slots=True)
+class WriteHealth:
+    """How this process's last writes went (wall-clock seconds since the epoch)."""
+
+    last_success: float | None = None
+    last_failure: float | None = None
+    failure: str | None = None  # the reason of the last failure, one line
+
+    @property
+    def failing(self) -> bool:
+        """The last write failed and none has succeeded since."""
+        return self.last_failure is not None and (
+            self.last_success is None or self.last_failure > self.last_success
+        )
 
 
 class Store:
-    def __init__(self, db: Database, path: Path) -> None:
-        self.db = db
+    """The database of one process; see the module docstring for the rules.
+
+    ``pragmas`` are applied to every connection (after the store's own: a busy timeout
+    of ``BUSY_TIMEOUT_MS``, ``synchronous = NORMAL``, foreign keys on).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        first: Connection,
+        *,
+        readonly: bool,
+        secrets: Mapping[str, bytes],
+        pragmas: Mapping[str, int | str],
+    ) -> None:
         self.path = path
+        self.readonly = readonly
+        self.health = WriteHealth()
+        self._secrets = dict(secrets)
+        self._pragmas = dict(pragmas)
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._connections: list[Connection] = []
+        self._closed = False
+        self._adopt(first)
 
     @classmethod
-    def open(cls, path: Path) -> Store:
+    def open(cls, path: Path, *, pragmas: Mapping[str, int | str] | None = None) -> Store:
         """Open (creating if needed) and migrate the database at ``path``.
 
-        Refuses a file that is not SQLite, a database of another application, or a
-        damaged one, with one line that says which.
+        A file that cannot be written (permissions) is opened read-only: reading works,
+        writes raise ``StoreReadOnly``. Raises ``IncompatibleDatabase`` for a file that
+        is not SQLite, belongs to another application or is damaged, ``StoreLocked``
+        when another process holds the lock past the busy timeout, and the other
+        ``StoreError`` subclasses for the other failures, each one line naming the file.
         """
         path = Path(path)
-        _check_file(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        pragmas = dict(pragmas or {})
+        exists = path.exists()
+        readonly = exists and not os.access(path, os.W_OK)
+        if not exists:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise StoreError(f"cannot create its folder: {error}", path=str(path)) from None
+        conn = connect(path, readonly=readonly, pragmas=pragmas)
         try:
-            conn = sqlite3.connect(
-                str(path),
-                isolation_level=None,
-                check_same_thread=False,
-                timeout=BUSY_TIMEOUT_MS / 1000,
-            )
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-            tables = conn.execute(
-                "SELECT count(*) FROM sqlite_master WHERE type = 'table'"
-            ).fetchone()[0]
-        except sqlite3.DatabaseError as error:
-            raise IncompatibleDatabase(
-                f"not a usable SQLite database ({error})", path=str(path)
-            ) from None
-        if app_id != APPLICATION_ID and (app_id != 0 or tables):
+            secrets = _prepare(conn, path, readonly=readonly)
+        except BaseException:
             conn.close()
-            raise IncompatibleDatabase(
-                "belongs to another application (unknown tables or application id); "
-                "refusing to touch it",
-                path=str(path),
-            )
-        try:
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
-            conn.execute("PRAGMA foreign_keys = ON")
-            db = Database(conn)
-            apply_migrations(db)
-        except sqlite3.DatabaseError as error:
-            conn.close()
-            raise IncompatibleDatabase(f"cannot be opened: {error}", path=str(path)) from None
-        return cls(db, path)
+            raise
+        return cls(path, conn, readonly=readonly, secrets=secrets, pragmas=pragmas)
+
+    # --- connections ---------------------------------------------------------------------
+
+    def _adopt(self, conn: Connection) -> Database:
+        db = Database(conn)
+        self._local.db = db
+        with self._lock:
+            self._connections.append(conn)
+        return db
+
+    @property
+    def db(self) -> Database:
+        """This thread's database handle (its own connection, made on first use)."""
+        db: Database | None = getattr(self._local, "db", None)
+        if db is None:
+            if self._closed:
+                raise StoreError("the store is closed", path=str(self.path))
+            db = self._adopt(connect(self.path, readonly=self.readonly, pragmas=self._pragmas))
+        return db
 
     @property
     def conn(self) -> sqlite3.Connection:
         return self.db.conn
 
     def close(self) -> None:
-        self.db.close()
+        """Close every connection of every thread; the store cannot be used after."""
+        with self._lock:
+            connections, self._connections = self._connections, []
+            self._closed = True
+        for conn in connections:
+            conn.close()
+        self._local = threading.local()
+
+    # --- secrets -------------------------------------------------------------------------
+
+    def secret(self, name: str) -> bytes:
+        """The installation's secret ``name`` (one of ``SECRET_NAMES``), made at first open.
+
+        Raises ``StoreReadOnly`` for a read-only database made before the secret existed.
+        """
+        try:
+            return self._secrets[name]
+        except KeyError:
+            raise StoreReadOnly(
+                f"has no {name!r} secret yet and is read-only", path=str(self.path)
+            ) from None
+
+    # --- writing -------------------------------------------------------------------------
 
     @contextmanager
     def write(self) -> Iterator[Database]:
-        """One write transaction: all of it lands, or none of it."""
-        conn = self.db.conn
+        """One write transaction: all of it lands, or none of it.
+
+        Raises a ``StoreError`` subclass (locked, full, read-only, damaged) on failure;
+        the outcome is kept in ``health`` for ``/healthz`` and ``status``.
+        """
+        db = self.db
+        conn = db.conn
         try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as error:
-            raise StoreError(f"cannot start a write: {error}", path=str(self.path)) from None
-        try:
-            yield self.db
-        except sqlite3.Error as error:
-            # Disk full, a damaged page, a constraint: the whole transaction goes, and the
-            # caller gets one clear error instead of a driver exception.
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise StoreError(f"write failed: {error}", path=str(self.path)) from error
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as error:
+                raise StoreError(f"cannot start a write: {error}", path=str(self.path)) from None
+            try:
+                yield db
+            except sqlite3.Error as error:
+                # A constraint or a statement error: the whole transaction goes, and the
+                # caller gets one clear error instead of a driver exception.
+                _rollback(conn)
+                raise StoreError(f"write failed: {error}", path=str(self.path)) from error
+            except BaseException:
+                _rollback(conn)
+                raise
+            try:
+                conn.execute("COMMIT")
+            except BaseException:
+                _rollback(conn)
+                raise
+        except StoreError as error:
+            self.health = WriteHealth(self.health.last_success, time.time(), error.reason)
             raise
-        try:
-            conn.execute("COMMIT")
-        except sqlite3.DatabaseError as error:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise StoreError(f"write failed: {error}", path=str(self.path)) from None
+        self.health = WriteHealth(time.time(), self.health.last_failure, self.health.failure)
+
+    # --- checks and copies ---------------------------------------------------------------
 
     def integrity_ok(self) -> bool:
         row = self.conn.execute("PRAGMA integrity_check").fetchone()
         return bool(row and row[0] == "ok")
 
+    def check(self) -> str | None:
+        """What is wrong with the database, in one line, or ``None`` when it is usable.
 
-def _check_file(path: Path) -> None:
+        Reads the whole file once (``PRAGMA quick_check``) and tries to take the write
+        lock for a moment (released at once, nothing written).
+        """
+        try:
+            row = self.conn.execute("PRAGMA quick_check").fetchone()
+            if not row or row[0] != "ok":
+                return f"damaged ({row[0] if row else 'no answer'}); restore it from a backup"
+            if self.readonly:
+                return "read-only: pages can be read, nothing can be written"
+            with self.write():
+                pass
+        except StoreError as error:
+            return error.reason
+        return None
+
+    def backup(self, target: Path) -> int:
+        """Write a consistent copy of the database to ``target``; its size in bytes.
+
+        Safe while other processes read and write (``VACUUM INTO`` reads one snapshot;
+        https://www.sqlite.org/lang_vacuum.html#vacuuminto). The copy is made beside
+        ``target`` under a temporary name, checked with ``PRAGMA integrity_check``, then
+        renamed into place, so ``target`` is never half written. Raises ``StoreError``
+        when ``target`` is the database itself or cannot be written.
+        """
+        target = Path(target).absolute()
+        mine = {self.path.absolute(), *(Path(f"{self.path.absolute()}{s}") for s in _SIDE)}
+        if target in mine or (target.exists() and _same_file(target, self.path)):
+            raise StoreError(f"refusing to back up onto the database itself: {target}")
+        if target.is_dir():
+            raise StoreError(f"is a folder, not a file name: {target}")
+        partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+        partial.unlink(missing_ok=True)
+        try:
+            self.conn.execute("VACUUM INTO ?", [str(partial)])
+            copy = sqlite3.connect(partial)
+            try:
+                row = copy.execute("PRAGMA integrity_check").fetchone()
+            finally:
+                copy.close()
+            if not row or row[0] != "ok":
+                raise StoreError(f"the copy failed its integrity check: {row}", path=str(target))
+            partial.replace(target)
+        except sqlite3.Error as error:
+            raise StoreError(f"cannot write the backup: {error}", path=str(target)) from None
+        except OSError as error:
+            raise StoreError(f"cannot write the backup: {error}", path=str(target)) from None
+        finally:
+            partial.unlink(missing_ok=True)
+        return target.stat().st_size
+
+
+_SIDE = ("-wal", "-shm", "-journal")
+
+
+def _same_file(a: Path, b: Path) -> bool:
     try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        return
-    except OSError as error:
-        raise StoreError(f"cannot read: {error}", path=str(path)) from None
-    if size == 0:
-        return
-    with path.open("rb") as handle:
-        header = handle.read(len(_SQLITE_HEADER))
-    if header != _SQLITE_HEADER:
-        raise IncompatibleDatabase("is not an SQLite database", path=str(path))
-    if size < 512 or size % 512:
-        raise IncompatibleDatabase("is truncated or damaged", path=str(path))
+        return a.samefile(b)
+    except OSError:
+        return False
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    # The failure that ended the transaction is the one to report, not the rollback's.
+    if conn.in_transaction:
+        with suppress(sqlite3.Error, StoreError):
+            conn.execute("ROLLBACK")
+
+
+def _prepare(conn: Connection, path: Path, *, readonly: bool) -> dict[str, bytes]:
+    """Check the file is ours, migrate it and make its secrets; the secrets.
+
+    Work that writes runs once, under ``BEGIN EXCLUSIVE``, so two processes starting
+    together neither migrate twice nor make two different secrets.
+    """
+    app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+    tables = conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]
+    if app_id != APPLICATION_ID and (app_id != 0 or tables):
+        raise IncompatibleDatabase(
+            "belongs to another application (unknown tables or application id); "
+            "refusing to touch it",
+            path=str(path),
+        )
+    db = Database(conn)
+    if _needs_setup(db):
+        if readonly:
+            raise StoreReadOnly(
+                "is read-only and needs its schema upgraded: open it once with write access",
+                path=str(path),
+            )
+        if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("BEGIN EXCLUSIVE")
+        try:
+            migrations.apply(db)
+            create_missing_secrets(db)
+            conn.execute("COMMIT")
+        except sqlite3.Error as error:
+            _rollback(conn)
+            raise IncompatibleDatabase(f"cannot be set up: {error}", path=str(path)) from None
+        except BaseException:
+            _rollback(conn)
+            raise
+    return read_secrets(db)
+
+
+def _needs_setup(db: Database) -> bool:
+    return bool(migrations.pending(db)) or set(read_secrets(db)) != set(SECRET_NAMES)

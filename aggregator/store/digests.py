@@ -331,3 +331,24 @@ def take_lease(db: Database, name: str, owner: str, now: datetime, until: dateti
 
 def release_lease(db: Database, name: str, owner: str) -> None:
     db.execute("DELETE FROM leases WHERE name = ? AND owner = ?", [name, owner])
+
+
+def lease_owner(db: Database, name: str) -> str | None:
+    row = db.execute("SELECT owner FROM leases WHERE name = ?", [name]).fetchone()
+    return str(row[0]) if row else None
+
+
+def hand_over_lease(db: Database, name: str, owner: str, until: datetime) -> None:
+    """Give ``name`` to ``owner`` whoever holds it (its holder is known to be dead)."""
+    db.execute(
+        "UPDATE leases SET owner = ?, expires_at = ? WHERE name = ?", [owner, to_db(until), name]
+    )
+
+
+def count_due(db: Database, now: datetime) -> int:
+    """Pending digests whose next attempt is due at ``now``."""
+    row = db.execute(
+        "SELECT count(*) FROM digests WHERE status = 'pending' AND next_attempt_at <= ?",
+        [to_db(now)],
+    ).fetchone()
+    return int(row[0])

@@ -46,6 +46,16 @@ def list_feeds(db: Database) -> list[Feed]:
     return [_feed(row) for row in _rows(db, "SELECT * FROM feeds ORDER BY id")]
 
 
+def feed_ids(db: Database) -> frozenset[int]:
+    return frozenset(row[0] for row in db.execute("SELECT id FROM feeds"))
+
+
+def enabled_titles(db: Database) -> list[tuple[int, str]]:
+    """(id, title or else URL) of every enabled feed, by id."""
+    sql = "SELECT id, coalesce(nullif(title, ''), url) FROM feeds WHERE enabled = 1 ORDER BY id"
+    return [(row[0], row[1]) for row in db.execute(sql)]
+
+
 def get_feed(db: Database, feed_id: int) -> Feed | None:
     rows = _rows(db, "SELECT * FROM feeds WHERE id = ?", [feed_id])
     return _feed(rows[0]) if rows else None

@@ -1,4 +1,5 @@
-"""Numbered schema migrations, applied at open in their own transactions (sqlite-utils)."""
+"""Numbered schema migrations (sqlite-utils), applied once at open under one exclusive
+transaction (see ``Store.open``); never edit one that has shipped, add the next."""
 
 from __future__ import annotations
 
@@ -172,7 +173,3 @@ def m004_digests(db: Database) -> None:
         ) WITHOUT ROWID;
         """
     )
-
-
-def apply_migrations(db: Database) -> None:
-    migrations.apply(db)

@@ -1,4 +1,9 @@
-"""Per-installation secrets, created on first use and kept in the database."""
+"""Per-installation secrets, made once when the store is first opened.
+
+``tokens`` signs the links in mails (confirm, preferences, unsubscribe); ``csrf`` signs
+the form tokens of the web pages. They are made in the same exclusive transaction as
+the migrations and read plainly afterwards, so no page needs a write lock to get them.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +11,26 @@ import secrets as random_source
 
 from sqlite_utils import Database
 
+SECRET_NAMES = ("tokens", "csrf")
+SECRET_BYTES = 32
 
-def get_or_create_secret(db: Database, name: str, *, size: int = 32) -> bytes:
-    """The named secret; made (random, ``size`` bytes) the first time it is asked for.
 
-    Call inside ``Store.write()`` so that two processes starting at once agree.
-    """
-    row = db.execute("SELECT value FROM secrets WHERE name = ?", [name]).fetchone()
-    if row is not None:
-        return bytes(row[0])
-    value = random_source.token_bytes(size)
-    db.execute("INSERT INTO secrets (name, value) VALUES (?, ?)", [name, value])
-    return value
+def read_secrets(db: Database) -> dict[str, bytes]:
+    """The secrets the database holds (none before its ``secrets`` table exists)."""
+    exists = db.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'secrets'"
+    ).fetchone()
+    if not exists:
+        return {}
+    return {
+        str(name): bytes(value) for name, value in db.execute("SELECT name, value FROM secrets")
+    }
+
+
+def create_missing_secrets(db: Database) -> None:
+    """Make each of ``SECRET_NAMES`` that does not exist yet (inside a write)."""
+    for name in SECRET_NAMES:
+        db.execute(
+            "INSERT OR IGNORE INTO secrets (name, value) VALUES (?, ?)",
+            [name, random_source.token_bytes(SECRET_BYTES)],
+        )

@@ -1,13 +1,15 @@
 """The web app: merged timeline, entry and source pages, Atom and OPML, admin.
 
-``create_app(settings, clock=...)`` builds a Starlette app from settings passed in; it
-reads nothing from the environment. Routes are declared in one list below.
+``create_app(settings, clock=..., store=...)`` builds a Starlette app from settings
+passed in; it reads nothing from the environment. A process that already has its
+``Store`` (the service) passes it in; otherwise the app opens one
+when it starts. Routes are declared in one list below.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -19,6 +21,7 @@ from starlette.staticfiles import StaticFiles
 from ..config import Settings
 from ..errors import StoreError
 from ..render import make_environment
+from ..store import Store
 from ..urls import is_http_url
 from . import admin, feeds, metrics, subscribe, views
 from .context import Clock, WebContext, system_clock
@@ -32,9 +35,11 @@ STATIC = Path(__file__).resolve().parent.parent.parent / "static"
 MAX_BODY_BYTES = 6 * 1024 * 1024
 
 
-def create_app(settings: Settings, *, clock: Clock | None = None) -> Starlette:
+def create_app(
+    settings: Settings, *, clock: Clock | None = None, store: Store | None = None
+) -> Starlette:
     templates = make_environment(filters={"xml_safe": feeds.xml_safe, "http_url": is_http_url})
-    web = WebContext(settings, clock=clock or system_clock, templates=templates)
+    web = WebContext(settings, clock=clock or system_clock, templates=templates, store=store)
 
     routes: list[BaseRoute] = [
         *views.routes,
@@ -47,6 +52,10 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # Open (and migrate) before the first request, not inside one; an unusable
+        # database is not fatal: each page answers 503 saying why until it is fixed.
+        with suppress(StoreError):
+            web.store()
         try:
             yield
         finally:

@@ -1,8 +1,8 @@
-"""What every request handler shares: settings, the clock, templates, database access.
+"""What every request handler shares: settings, the clock, templates, the store.
 
-The SQLite connection of a ``Store`` must not be used by two threads at once, so each
-worker thread gets its own ``Store`` (opened on first use, closed when the app stops).
-Handlers reach the context through ``web_context(request)``.
+The process's one ``Store`` is passed in (the service shares its own with the web app)
+or opened once when the app starts; each worker thread reads through a connection of
+its own (see ``Store.db``). Handlers reach the context through ``web_context(request)``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from starlette.requests import HTTPConnection
 
 from ..config import Settings
 from ..store import Store
-from ..store.secrets import get_or_create_secret
 
 Clock = Callable[[], datetime]
 
@@ -26,14 +25,20 @@ def system_clock() -> datetime:
 
 
 class WebContext:
-    def __init__(self, settings: Settings, *, clock: Clock, templates: Environment) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Clock,
+        templates: Environment,
+        store: Store | None = None,
+    ) -> None:
         self.settings = settings
         self.clock = clock
         self.templates = templates
-        self._local = threading.local()
-        self._stores: list[Store] = []
-        self._lock = threading.RLock()
-        self._csrf_secret: bytes | None = None
+        self._store = store
+        self._owns_store = store is None
+        self._lock = threading.Lock()
 
     @property
     def timezone(self) -> tzinfo:
@@ -43,29 +48,22 @@ class WebContext:
         return self.clock()
 
     def store(self) -> Store:
-        """This thread's store."""
-        store: Store | None = getattr(self._local, "store", None)
-        if store is None:
-            store = Store.open(self.settings.database)
-            self._local.store = store
+        """The process's store (opened here on first use when none was passed in)."""
+        if self._store is None:
             with self._lock:
-                self._stores.append(store)
-        return store
+                if self._store is None:
+                    self._store = Store.open(self.settings.database)
+        return self._store
 
     def csrf_secret(self) -> bytes:
-        if self._csrf_secret is None:
-            with self._lock:
-                if self._csrf_secret is None:
-                    with self.store().write() as db:
-                        self._csrf_secret = get_or_create_secret(db, "csrf")
-        return self._csrf_secret
+        return self.store().secret("csrf")
 
     def close(self) -> None:
+        """Close the store if this context opened it; a store passed in stays open."""
         with self._lock:
-            stores, self._stores = self._stores, []
-        for store in stores:
+            store, self._store = self._store, (None if self._owns_store else self._store)
+        if store is not None and self._owns_store:
             store.close()
-        self._local = threading.local()
 
 
 def web_context(connection: HTTPConnection) -> WebContext:

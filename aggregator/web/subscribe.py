@@ -27,6 +27,7 @@ from ..errors import TokenError
 from ..mail import open_sender
 from ..selection import Subscriber
 from ..store import digests as digest_rows
+from ..store import feeds as feed_rows
 from ..store.digests import DigestRow
 from ..subscriptions import (
     PURPOSE_ARCHIVE,
@@ -105,14 +106,7 @@ def _refused(request: Request) -> Response:
 
 
 def _sources(web: WebContext) -> list[tuple[int, str]]:
-    rows = (
-        web.store()
-        .conn.execute(
-            "SELECT id, coalesce(nullif(title, ''), url) FROM feeds WHERE enabled = 1 ORDER BY id"
-        )
-        .fetchall()
-    )
-    return [(row[0], row[1]) for row in rows]
+    return feed_rows.enabled_titles(web.store().db)
 
 
 def _chosen_feeds(form: FormData) -> list[int] | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from urllib.parse import urlencode
 
 from starlette.exceptions import HTTPException
@@ -182,12 +182,23 @@ def _fetch_row(row: dict[str, object]) -> FetchRow:
 
 
 def healthz(request: Request) -> Response:
+    """200 while the database reads and this process's last write succeeded; else 503
+    with the reason (a failing write is reported until a write succeeds again)."""
     web = web_context(request)
     try:
-        count = timeline.entry_count(web.store().db)
+        store = web.store()
+        count = timeline.entry_count(store.db)
     except StoreError as error:
-        return JSONResponse({"status": "error", "database": str(error)}, status_code=503)
-    return JSONResponse({"status": "ok", "database": "ok", "entries": count})
+        return JSONResponse({"status": "error", "database": error.reason}, status_code=503)
+    health = store.health
+    if health.failing:
+        since = datetime.fromtimestamp(health.last_failure or 0, UTC).isoformat(timespec="seconds")
+        return JSONResponse(
+            {"status": "error", "database": f"writes failing: {health.failure}", "since": since},
+            status_code=503,
+        )
+    state = "read-only" if store.readonly else "ok"
+    return JSONResponse({"status": "ok", "database": state, "entries": count})
 
 
 routes = [
