@@ -608,13 +608,31 @@ def digest_send(ctx: click.Context, due: bool, dry_run: bool) -> None:
 
 
 @cli.command()
+@click.argument("target", type=click.Path(dir_okay=False, writable=True, path_type=Path))
+@click.pass_context
+def backup(ctx: click.Context, target: Path) -> None:
+    """Write a consistent copy of the database to TARGET, safe while the service runs.
+
+    The copy is checked (integrity_check) and then renamed into place, so TARGET is
+    never half written. Restore by stopping the service and copying TARGET back.
+    """
+    with _one_line_errors():
+        store = _app(ctx).store
+        size = store.backup(target)
+        out.print(f"Backed up {store.path} to {target} ({size:,} bytes)", markup=False)
+
+
+@cli.command()
 @click.pass_context
 def status(ctx: click.Context) -> None:
     """What is due next, feed health and pending digests."""
     from .store.metrics import snapshot
 
     with _one_line_errors():
-        db = _app(ctx).store.db
+        store = _app(ctx).store
+        db = store.db
+        problem = store.check()
+        out.print(f"Database: {store.path}: {problem or 'ok'}", markup=False)
         data = snapshot(db)
         feeds_state = ", ".join(f"{n} {state}" for state, n in sorted(data.feeds.items()))
         out.print(f"Feeds: {feeds_state or 'none'}")

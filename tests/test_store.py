@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from aggregator.errors import IncompatibleDatabase
+from aggregator.errors import (
+    IncompatibleDatabase,
+    StoreError,
+    StoreFull,
+    StoreLocked,
+    StoreReadOnly,
+)
 from aggregator.store import Store
 from aggregator.store import feeds as feed_rows
+from aggregator.store.connection import connect
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 
@@ -84,4 +97,237 @@ def test_add_feed_is_idempotent_by_url(tmp_path: Path) -> None:
         )
     assert created and not created_again
     assert first.id == again.id
+    store.close()
+
+
+# --- the store boundary: each database failure, on reads and writes -----------------------
+
+HOLD_WRITE_LOCK = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+sys.stdin.read()
+conn.execute("ROLLBACK")
+"""
+
+
+def _holding_lock(path: Path) -> subprocess.Popen[bytes]:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_WRITE_LOCK, str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    assert holder.stdout is not None and holder.stdout.readline() == b"locked\n"
+    return holder
+
+
+def test_locked_write_is_store_locked_naming_the_file_and_reads_go_on(tmp_path: Path) -> None:
+    path = tmp_path / "a.sqlite3"
+    store = Store.open(path, pragmas={"busy_timeout": 200})
+    with store.write() as db:
+        feed_rows.add_feed(db, url="https://a.test/f", title="A", origin="cli", now=NOW)
+    holder = _holding_lock(path)
+    try:
+        with pytest.raises(StoreLocked) as caught, store.write() as db:
+            feed_rows.add_feed(db, url="https://b.test/f", title="B", origin="cli", now=NOW)
+        assert "locked by another process" in str(caught.value)
+        assert str(path) in str(caught.value) and "\n" not in str(caught.value)
+        assert store.health.failing and "locked" in (store.health.failure or "")
+        # WAL readers are not blocked by a writer in another process.
+        assert [f.url for f in feed_rows.list_feeds(store.db)] == ["https://a.test/f"]
+        with pytest.raises(StoreLocked):  # a bare statement outside write() too
+            feed_rows.set_interval(store.db, 1, 60)
+    finally:
+        holder.communicate(b"", timeout=10)
+    with store.write() as db:
+        feed_rows.add_feed(db, url="https://b.test/f", title="B", origin="cli", now=NOW)
+    assert not store.health.failing
+    store.close()
+
+
+def test_full_disk_is_store_full_and_nothing_is_half_written(tmp_path: Path) -> None:
+    path = tmp_path / "a.sqlite3"
+    Store.open(path).close()
+    probe = Store.open(path)
+    pages = probe.conn.execute("PRAGMA page_count").fetchone()[0]
+    probe.close()
+    store = Store.open(path, pragmas={"max_page_count": pages + 1})
+    with pytest.raises(StoreFull, match="disk full") as caught, store.write() as db:
+        for i in range(2000):
+            feed_rows.add_feed(
+                db, url=f"https://a.test/{i}" + "x" * 200, title="A", origin="cli", now=NOW
+            )
+    assert str(path) in str(caught.value)
+    assert feed_rows.list_feeds(store.db) == []
+    assert store.integrity_ok()
+    store.close()
+
+
+@contextmanager
+def _unwritable(path: Path) -> Iterator[None]:
+    """``path`` made unwritable for this process: mode 0444, and for root (who may write
+    any file) the immutable attribute as well."""
+    immutable = os.geteuid() == 0
+    if immutable and shutil.which("chattr") is None:
+        pytest.skip("running as root without chattr: cannot make a file unwritable")
+    path.chmod(0o444)
+    if immutable:
+        subprocess.run(["chattr", "+i", str(path)], check=True)
+    try:
+        yield
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(path)], check=True)
+        path.chmod(0o644)
+
+
+def test_read_only_file_opens_read_only_reads_work_writes_say_so(tmp_path: Path) -> None:
+    path = tmp_path / "a.sqlite3"
+    store = Store.open(path)
+    with store.write() as db:
+        feed_rows.add_feed(db, url="https://a.test/f", title="A", origin="cli", now=NOW)
+    csrf = store.secret("csrf")
+    store.close()
+    with _unwritable(path):
+        assert not os.access(path, os.W_OK)
+        ro = Store.open(path)
+        assert ro.readonly and ro.secret("csrf") == csrf
+        assert [f.url for f in feed_rows.list_feeds(ro.db)] == ["https://a.test/f"]
+        with pytest.raises(StoreReadOnly, match="read-only") as caught, ro.write() as db:
+            feed_rows.add_feed(db, url="https://b.test/f", title="B", origin="cli", now=NOW)
+        assert str(path) in str(caught.value)
+        assert ro.check() == "read-only: pages can be read, nothing can be written"
+        ro.close()
+
+
+def test_read_only_connection_refuses_writes_as_store_read_only(tmp_path: Path) -> None:
+    """The same translation as above, for a file root can write: a read-only connection."""
+    path = tmp_path / "a.sqlite3"
+    Store.open(path).close()
+    conn = connect(path, readonly=True, pragmas={})
+    try:
+        with pytest.raises(StoreReadOnly, match="read-only"):
+            conn.execute("INSERT INTO secrets (name, value) VALUES ('x', x'00')")
+        assert conn.execute("SELECT count(*) FROM feeds").fetchone()[0] == 0
+    finally:
+        conn.close()
+
+
+def test_damaged_file_is_reported_as_damaged_on_read(tmp_path: Path) -> None:
+    path = tmp_path / "a.sqlite3"
+    store = Store.open(path)
+    with store.write() as db:
+        for i in range(300):
+            feed_rows.add_feed(
+                db, url=f"https://a.test/{i}" + "x" * 300, title="A", origin="cli", now=NOW
+            )
+    store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    store.close()
+    data = bytearray(path.read_bytes())
+    page = 4096
+    for offset in range(len(data) // 2 // page * page, len(data), page):  # the later pages
+        data[offset : offset + 64] = b"\xa5" * 64
+    path.write_bytes(bytes(data))
+    damaged = Store.open(path)  # the header and schema still read
+    with pytest.raises(IncompatibleDatabase, match="damaged") as caught:
+        feed_rows.list_feeds(damaged.db)
+    assert str(path) in str(caught.value) and "backup" in str(caught.value)
+    problem = damaged.check()
+    assert problem is not None and "damaged" in problem
+    damaged.close()
+
+
+def test_a_locked_database_at_open_is_not_called_unusable(tmp_path: Path) -> None:
+    """Opening while another process migrates or holds the lock waits, then says
+    "locked", never "not a usable SQLite database"."""
+    path = tmp_path / "a.sqlite3"
+    path.touch()  # empty: the first open must set it up, which needs the lock
+    holder = _holding_lock(path)
+    try:
+        with pytest.raises(StoreLocked, match="locked by another process"):
+            Store.open(path, pragmas={"busy_timeout": 200})
+    finally:
+        holder.communicate(b"", timeout=10)
+    Store.open(path).close()
+
+
+def test_two_processes_opening_a_new_database_at_once_agree(tmp_path: Path) -> None:
+    """Migrations and secrets are made once, under one exclusive transaction."""
+    path = tmp_path / "a.sqlite3"
+    code = (
+        "import sys; from aggregator.store import Store; "
+        "s = Store.open(sys.argv[1]); print(s.secret('tokens').hex()); s.close()"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE)
+        for _ in range(4)
+    ]
+    outputs = {p.communicate(timeout=60)[0] for p in procs}
+    assert all(p.returncode == 0 for p in procs)
+    assert len(outputs) == 1
+    store = Store.open(path)
+    from aggregator.store.schema import migrations
+
+    applied = store.conn.execute("SELECT count(*) FROM _sqlite_migrations").fetchone()[0]
+    assert applied == len(migrations._migrations)
+    store.close()
+
+
+def test_store_never_opens_the_database_file_itself(tmp_path: Path) -> None:
+    """Only SQLite touches the file: opening a store and using it from several threads
+    opens no descriptor of the database beside SQLite's own (which stay open)."""
+    path = tmp_path / "a.sqlite3"
+    Store.open(path).close()
+    store = Store.open(path)
+    before = _descriptors_of(path)
+
+    def use() -> int:
+        return len(feed_rows.list_feeds(store.db))
+
+    import threading
+
+    threads = [threading.Thread(target=use) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    with store.write():
+        pass
+    after = _descriptors_of(path)
+    assert before <= after  # nothing SQLite opened was closed under it
+    store.close()
+
+
+def _descriptors_of(path: Path) -> set[str]:
+    found = set()
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith(str(path)):
+            found.add(f"{fd.name}:{target}")
+    return found
+
+
+def test_backup_is_a_whole_checked_copy_and_refuses_the_database_itself(tmp_path: Path) -> None:
+    path = tmp_path / "a.sqlite3"
+    store = Store.open(path)
+    with store.write() as db:
+        feed_rows.add_feed(db, url="https://a.test/f", title="A", origin="cli", now=NOW)
+    target = tmp_path / "copy.sqlite3"
+    size = store.backup(target)
+    assert size == target.stat().st_size > 0
+    assert not list(tmp_path.glob(".copy.sqlite3.*"))
+    copy = Store.open(target)
+    assert [f.url for f in feed_rows.list_feeds(copy.db)] == ["https://a.test/f"]
+    assert copy.secret("tokens") == store.secret("tokens")
+    copy.close()
+    store.backup(target)  # over an older backup
+    for wrong in (path, Path(f"{path}-wal")):
+        with pytest.raises(StoreError, match="onto the database itself"):
+            store.backup(wrong)
+    with pytest.raises(StoreError, match="folder"):
+        store.backup(tmp_path)
     store.close()

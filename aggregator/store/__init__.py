@@ -197,11 +197,11 @@ class Store:
         row = self.conn.execute("PRAGMA integrity_check").fetchone()
         return bool(row and row[0] == "ok")
 
-    def check(self) -> str | None:
+    def check(self, *, probe_ms: int = 2_000) -> str | None:
         """What is wrong with the database, in one line, or ``None`` when it is usable.
 
         Reads the whole file once (``PRAGMA quick_check``) and tries to take the write
-        lock for a moment (released at once, nothing written).
+        lock, waiting at most ``probe_ms`` (released at once, nothing written).
         """
         try:
             row = self.conn.execute("PRAGMA quick_check").fetchone()
@@ -209,8 +209,12 @@ class Store:
                 return f"damaged ({row[0] if row else 'no answer'}); restore it from a backup"
             if self.readonly:
                 return "read-only: pages can be read, nothing can be written"
-            with self.write():
-                pass
+            self.conn.execute(f"PRAGMA busy_timeout = {probe_ms}")
+            try:
+                with self.write():
+                    pass
+            finally:
+                self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         except StoreError as error:
             return error.reason
         return None
