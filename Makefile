@@ -32,9 +32,9 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks
 
 browser:
-	@command -v chromium >/dev/null 2>&1 || { \
-	  echo "installing Debian's chromium for the browser tests"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+	@command -v chromium >/dev/null 2>&1 && command -v sqlite3 >/dev/null 2>&1 || { \
+	  echo "installing Debian's chromium and sqlite3 for the browser and concurrency tests"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium sqlite3 >/dev/null; }
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
