@@ -21,6 +21,7 @@ import sqlite3
 import sys
 import time
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -257,9 +258,49 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  over the p95 goal of {GOAL_P95_MS:.0f} ms")
             if ratio50 > GOAL_RATIO:
                 print(f"  over the goal of {GOAL_RATIO:.0f}x the bare query (p50)")
-    conn.close()
     print("m = milliseconds; x = page / bare query")
+    threaded_cases(path, runs)
+    conn.close()
     return 1 if failed else 0
+
+
+THREADS = (1, 8, 32)
+
+
+def threaded_cases(path: Path, runs: int) -> None:
+    """The first page requested by many clients at once: each client its own event loop
+    and worker threads, all sharing the process's one Store (a connection per thread).
+    Baseline: the same load on a one-line route."""
+    floor_app = Starlette(routes=[Route("/", lambda request: PlainTextResponse("ok"))])
+    store = Store.open(path)
+    app = create_app(settings_for(path), clock=lambda: NOW, store=store)
+    print(f"{'clients':<8} {'floor p95':>10} {'page p50':>9} {'page p95':>9} {'req/s':>7} {'x':>5}")
+    for clients in THREADS:
+        per_client = max(runs // clients, 5)
+        floor, _ = _concurrent(floor_app, clients, per_client)
+        page, rate = _concurrent(app, clients, per_client)
+        floor95, page95 = percentile(floor, 0.95), percentile(page, 0.95)
+        print(
+            f"{clients:<8} {floor95:>9.2f}m {percentile(page, 0.5):>8.2f}m {page95:>8.2f}m "
+            f"{rate:>7.0f} {page95 / floor95:>4.1f}x"
+        )
+    store.close()
+
+
+def _concurrent(app: Starlette, clients: int, per_client: int) -> tuple[list[float], float]:
+    """Latencies (ms) of ``clients`` x ``per_client`` requests for "/", and requests/s."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ExitStack() as stack:
+        sessions = [stack.enter_context(TestClient(app)) for _ in range(clients)]
+        for session in sessions:
+            session.get("/").raise_for_status()  # each worker thread's first connection
+        started = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=clients) as pool:
+            results = list(pool.map(lambda c: timed(partial(_page, c, "/"), per_client), sessions))
+        elapsed = time.perf_counter() - started
+    latencies = [value for result in results for value in result]
+    return latencies, len(latencies) / elapsed
 
 
 def _query(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> object:
