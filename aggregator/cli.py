@@ -389,13 +389,18 @@ def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
     with _one_line_errors():
         app = _app(ctx)
         settings = app.settings
-        app.store  # noqa: B018 - creates or migrates the database and adds configured feeds
+        store = app.store  # creates or migrates the database and adds configured feeds
         host = host or settings.web.host
         port = port or settings.web.port
         admin = "on" if settings.web.admin_password else "off (set AGGREGATOR_ADMIN_PASSWORD)"
         err.print(f"Serving {settings.database} on http://{host}:{port}/ (admin {admin})")
+        if store.readonly:
+            err.print(
+                "The database is read-only: pages are served; sign-ups, preference changes "
+                "and admin changes answer with an error."
+            )
         uvicorn.run(
-            create_app(settings),
+            create_app(settings, store=store),
             host=host,
             port=port,
             log_level=settings.log_level,

@@ -110,3 +110,40 @@ def test_status_reports_health_and_digests(tmp_path: Path, feed_server: FeedServ
     assert "Feeds: 1 failing, 1 ok" in out
     assert "Entries: 1 (1 stories)" in out
     assert f"failing: feed 2 {bad}" in out and "500" in out
+
+
+def test_status_on_a_read_only_and_a_damaged_database_is_one_line(
+    tmp_path: Path, feed_server: FeedServer
+) -> None:
+    """`status` reads a database it cannot write and says so; on a damaged one it says
+    "damaged" in one line, never a traceback."""
+    import shutil
+
+    cfg = config(tmp_path)
+    url = feed_server.add("/a.xml", body=rss([Item("Hello", link="https://blog.test/hello")]))
+    run("feeds", "add", url, config=cfg)
+    run("poll", config=cfg)
+    database = tmp_path / "db.sqlite3"
+    assert run("status", config=cfg).stdout.splitlines()[0] == f"Database: {database}: ok"
+
+    immutable = os.geteuid() == 0 and shutil.which("chattr") is not None
+    database.chmod(0o444)
+    if immutable:
+        subprocess.run(["chattr", "+i", str(database)], check=True)
+    try:
+        if os.access(database, os.W_OK):
+            return  # root without chattr: cannot make the file unwritable here
+        status = run("status", config=cfg).stdout
+        assert "read-only" in status.splitlines()[0] and "Entries: 1" in status
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(database)], check=True)
+        database.chmod(0o644)
+
+    data = bytearray(database.read_bytes())
+    data[100:4096] = b"\xa5" * (4096 - 100)  # the first page's b-tree: sqlite_master
+    database.write_bytes(bytes(data))
+    damaged = run("status", config=cfg, check=False)
+    assert damaged.returncode == 1 and "Traceback" not in damaged.stderr
+    assert len(damaged.stderr.strip().splitlines()) == 1
+    assert "damaged" in damaged.stderr or "not an SQLite database" in damaged.stderr
