@@ -296,3 +296,43 @@ def test_confirmation_links_expire_and_pending_addresses_are_forgotten(site, smt
     clock.now += timedelta(days=5)
     sign_up(client, "someone-else@example.org")  # any sign-up sweeps expired ones
     assert status_of(store, "slow@example.org") is None
+
+
+HOLD_WRITE_LOCK = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+sys.stdin.read()
+conn.execute("ROLLBACK")
+"""
+
+
+def test_pages_answer_while_another_process_holds_the_write_lock(tmp_path: Path) -> None:
+    """Reading pages never take a write lock: the form (its CSRF token), the timeline
+    and /healthz answer at once while another process holds a write transaction; a
+    sign-up then waits for the lock instead of failing."""
+    import subprocess
+    import sys
+    import time
+
+    settings = make_settings(tmp_path)
+    Store.open(settings.database).close()
+    app = create_app(settings, clock=Clock())
+    with TestClient(app, base_url="https://news.example.org") as client:
+        holder = subprocess.Popen(
+            [sys.executable, "-c", HOLD_WRITE_LOCK, str(settings.database)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        try:
+            assert holder.stdout is not None and holder.stdout.readline() == b"locked\n"
+            started = time.monotonic()
+            form = client.get("/subscribe")
+            assert form.status_code == 200 and CSRF.search(form.text)
+            assert client.get("/").status_code == 200
+            assert client.get("/healthz").json()["database"] == "ok"
+            assert time.monotonic() - started < 3  # the busy timeout is 15 s
+        finally:
+            holder.communicate(b"", timeout=10)
+        assert holder.returncode == 0

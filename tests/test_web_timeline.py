@@ -11,6 +11,7 @@ import pytest
 from starlette.testclient import TestClient
 from webdata import NOW, add_entry, add_feed, make_settings, record
 
+from aggregator.errors import StoreFull
 from aggregator.store import Store
 from aggregator.store import feeds as feed_rows
 from aggregator.store.timeline import Cursor, fts_query
@@ -366,3 +367,30 @@ def test_unusable_database_is_a_503_page(tmp_path: Path) -> None:
         assert "<h1>Unavailable</h1>" in page.text
         health = client.get("/healthz")
         assert health.status_code == 503 and health.json()["status"] == "error"
+
+
+def test_healthz_is_503_with_the_reason_while_writes_fail_then_ok_again(tmp_path: Path) -> None:
+    """A write of this process failed (here: the disk is full for it) and none has
+    succeeded since: /healthz says so; after a successful write it is ok again."""
+    settings = make_settings(tmp_path)
+    Store.open(settings.database).close()
+    probe = Store.open(settings.database)
+    pages = probe.conn.execute("PRAGMA page_count").fetchone()[0]
+    probe.close()
+    store = Store.open(settings.database, pragmas={"max_page_count": pages})
+    with TestClient(create_app(settings, clock=lambda: NOW, store=store)) as client:
+        assert client.get("/healthz").status_code == 200
+        with pytest.raises(StoreFull, match="disk full"), store.write() as db:
+            for i in range(500):
+                feed_rows.add_feed(
+                    db, url=f"https://a.test/{i}" + "x" * 500, title="A", origin="cli", now=NOW
+                )
+        health = client.get("/healthz")
+        assert health.status_code == 503
+        assert health.json()["database"].startswith("writes failing: disk full")
+        assert client.get("/").status_code == 200  # reading still works
+        store.conn.execute("PRAGMA max_page_count = 1073741823")
+        with store.write() as db:
+            feed_rows.set_interval(db, 1, None)
+        assert client.get("/healthz").status_code == 200
+    store.close()
