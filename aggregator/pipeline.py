@@ -12,15 +12,11 @@ does the IO around them, in order:
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import multiprocessing
 import os
 import random
-import signal
-import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
@@ -40,6 +36,7 @@ from .prepare import PreparedFeed, prepare_feed
 from .store import Store
 from .store import entries as entry_rows
 from .store import feeds as feed_rows
+from .workers import STOP_SIGNALS, ParseWorkers
 
 Clock = Callable[[], datetime]
 T = TypeVar("T")
@@ -58,92 +55,6 @@ def snapshot_urls(settings: Settings) -> dict[str, str]:
         for feed in settings.feeds
         if feed.snapshot is not None
     }
-
-
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-
-_PR_SET_PDEATHSIG = 1  # linux/prctl.h
-
-
-def _leave_stop_signals_to_the_parent() -> None:
-    """Parse workers ignore stop signals sent to the whole process group (Ctrl-C, a
-    service manager): the polling process decides when they end, after its last write.
-
-    A worker must never outlive the fork server that started it, though: a SIGTERM to
-    the whole group (systemd, `timeout`) ends the fork server, and a worker that ignored
-    the signal would wait for work forever. On Linux the kernel kills it then.
-    """
-    for signum in STOP_SIGNALS:
-        signal.signal(signum, signal.SIG_IGN)
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() == 1:  # the parent died before prctl took effect
-            os._exit(0)
-
-
-def parse_pool(workers: int) -> ProcessPoolExecutor:
-    """Worker processes for parsing. forkserver: no fork of a threaded process."""
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["aggregator.prepare"])
-    return ProcessPoolExecutor(
-        max_workers=workers or os.cpu_count() or 1,  # the same count open_poller starts
-        mp_context=context,
-        initializer=_leave_stop_signals_to_the_parent,
-    )
-
-
-class ParseWorkers:
-    """The parse processes: started on first use, off the event loop; replaced if one dies.
-
-    Spawning a worker waits for the fork server to import the parser (a few hundred ms
-    the first time), so workers start on a helper thread, and a poll that parses nothing
-    (all 304) starts none. A worker that dies (killed, out of memory) breaks its pool:
-    the documents in flight fail with ``BrokenProcessPool`` and the next one gets a new
-    pool, so one hostile document cannot stop a long-running service from parsing.
-    """
-
-    def __init__(self, count: int) -> None:
-        self.count = count
-        self._ready: asyncio.Future[ProcessPoolExecutor] | None = None
-        self._current: ProcessPoolExecutor | None = None
-        self._pools: list[ProcessPoolExecutor] = []
-
-    def _start(self) -> ProcessPoolExecutor:
-        pool = parse_pool(self.count)
-        self._pools.append(pool)
-        for future in [pool.submit(os.getpid) for _ in range(self.count)]:
-            future.result()
-        self._current = pool
-        return pool
-
-    async def _pool(self) -> ProcessPoolExecutor:
-        if self._ready is None:
-            loop = asyncio.get_running_loop()
-            self._ready = asyncio.ensure_future(loop.run_in_executor(None, self._start))
-        ready = self._ready
-        try:
-            return await asyncio.shield(ready)
-        except BrokenProcessPool:
-            if self._ready is ready:
-                self._ready = None
-            raise
-
-    async def run(self, work: Callable[[], T]) -> T:
-        pool = await self._pool()
-        try:
-            return await asyncio.get_running_loop().run_in_executor(pool, work)
-        except BrokenProcessPool:
-            if self._current is pool:
-                self._current, self._ready = None, None  # the next document starts a new pool
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
-
-    def close(self) -> None:
-        for pool in self._pools:
-            pool.shutdown(wait=True)
-        self._pools.clear()
 
 
 @dataclass
@@ -445,7 +356,9 @@ async def open_poller(
     thread is drained) before the store can be closed.
     """
     db_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aggregator-db")
-    workers = ParseWorkers(settings.poll.parse_workers or os.cpu_count() or 1)
+    workers = ParseWorkers(
+        settings.poll.parse_workers or os.cpu_count() or 1, preload=[prepare_feed.__module__]
+    )
     try:
         async with FeedFetcher(settings.fetch) as fetcher:
             yield Poller(settings, store, fetcher, workers, db_executor, clock=clock)

@@ -1,0 +1,173 @@
+"""Worker processes for CPU-heavy work, and their lifetime: none outlives its owner.
+
+The pool is a ``ProcessPoolExecutor`` on multiprocessing's fork server (no fork of a
+threaded process). Besides the workers, multiprocessing starts two helpers of its own
+on first use: the fork server (which forks the workers) and the resource tracker
+(which removes named semaphores that a dead process left behind). Each of them has to
+end, within a few seconds, whenever the process that owns the pool ends, however it
+ends: a normal exit, an unhandled exception, ``kill -9``, the OOM killer.
+
+Three mechanisms make that so, in this order of death:
+
+- The fork server ends when its "alive" pipe reaches end of file: when every copy of
+  the write end is closed. multiprocessing hands a copy to every worker it forks (so
+  that a worker could start processes of its own), so the fork server lives as long as
+  any worker does, and the workers, which wait for work on queues whose both ends they
+  hold, live as long as the fork server does: after a ``kill -9`` of the owner neither
+  would ever end. Workers close their copy at start; the owner is then the only
+  holder, and the fork server ends with it.
+- Each worker asks the kernel for SIGKILL when its parent, the (single-threaded) fork
+  server, ends (``PR_SET_PDEATHSIG``, Linux). A worker in the middle of a document is
+  killed at once; it cannot block the signal.
+- Each worker also watches its owner directly, through the sentinel multiprocessing
+  hands it (``multiprocessing.parent_process().sentinel``: a pipe whose only write end
+  is in the owner), on a daemon thread that ends the process when the owner is gone.
+  This covers a fork server that died before the worker set ``PR_SET_PDEATHSIG``, and
+  systems without it.
+
+The resource tracker reads its pipe until end of file; the write ends are in the owner
+and in the workers, so it cleans up and ends after them.
+
+``PR_SET_PDEATHSIG`` is no answer for the fork server or the resource tracker: the
+signal comes when the *thread* that forked a process ends, and the owner starts them
+from whichever thread first uses the pool (a helper thread, see ParseWorkers), not when
+the owner process ends. Workers cannot start processes through the fork server (they no
+longer hold its pipe); nothing here needs them to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from multiprocessing import forkserver
+from typing import TypeVar
+
+T = TypeVar("T")
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _release_fork_server() -> None:
+    """Close this worker's copy of the write end of the fork server's "alive" pipe, so
+    that the fork server sees end of file, and ends, as soon as the owner is gone."""
+    server = getattr(forkserver, "_forkserver", None)
+    alive_fd = getattr(server, "_forkserver_alive_fd", None)
+    if server is not None and isinstance(alive_fd, int):  # set only in a forked worker
+        with contextlib.suppress(OSError):
+            os.close(alive_fd)
+        server._forkserver_alive_fd = None
+
+
+def _die_with_parent() -> None:
+    """SIGKILL from the kernel when the parent (the fork server) ends. The fork server
+    is single-threaded, so "the thread that forked us" is the whole fork server."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def _exit_with_owner() -> None:
+    """End this process as soon as its owner ends (even if the owner was SIGKILLed)."""
+    owner = multiprocessing.parent_process()
+    if owner is None:
+        return
+    sentinel = owner.sentinel
+
+    def watch() -> None:
+        multiprocessing.connection.wait([sentinel])
+        os._exit(1)  # nobody is left to take a result or to join us
+
+    threading.Thread(target=watch, name="aggregator-owner-watch", daemon=True).start()
+
+
+def start_worker() -> None:
+    """The initializer of every worker process.
+
+    Workers ignore stop signals sent to the whole process group (Ctrl-C, a service
+    manager): the owner decides when they end, after its last write. They never outlive
+    the owner or the fork server, though (see the module docstring).
+    """
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+    _release_fork_server()
+    _die_with_parent()
+    _exit_with_owner()
+
+
+def process_pool(workers: int, preload: Sequence[str] = ()) -> ProcessPoolExecutor:
+    """``workers`` processes started by the fork server, which imports ``preload`` once
+    for all of them."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(list(preload))
+    return ProcessPoolExecutor(
+        max_workers=workers or os.cpu_count() or 1,
+        mp_context=context,
+        initializer=start_worker,
+    )
+
+
+class ParseWorkers:
+    """The parse processes: started on first use, off the event loop; replaced if one dies.
+
+    Spawning a worker waits for the fork server to import the parser (a few hundred ms
+    the first time), so workers start on a helper thread, and a poll that parses nothing
+    (all 304) starts none. A worker that dies (killed, out of memory) breaks its pool:
+    the documents in flight fail with ``BrokenProcessPool`` and the next one gets a new
+    pool, so one hostile document cannot stop a long-running service from parsing.
+    """
+
+    def __init__(self, count: int, preload: Sequence[str] = ()) -> None:
+        self.count = count
+        self.preload = tuple(preload)
+        self._ready: asyncio.Future[ProcessPoolExecutor] | None = None
+        self._current: ProcessPoolExecutor | None = None
+        self._pools: list[ProcessPoolExecutor] = []
+
+    def _start(self) -> ProcessPoolExecutor:
+        pool = process_pool(self.count, self.preload)
+        self._pools.append(pool)
+        for future in [pool.submit(os.getpid) for _ in range(self.count)]:
+            future.result()
+        self._current = pool
+        return pool
+
+    async def _pool(self) -> ProcessPoolExecutor:
+        if self._ready is None:
+            loop = asyncio.get_running_loop()
+            self._ready = asyncio.ensure_future(loop.run_in_executor(None, self._start))
+        ready = self._ready
+        try:
+            return await asyncio.shield(ready)
+        except BrokenProcessPool:
+            if self._ready is ready:
+                self._ready = None
+            raise
+
+    async def run(self, work: Callable[[], T]) -> T:
+        pool = await self._pool()
+        try:
+            return await asyncio.get_running_loop().run_in_executor(pool, work)
+        except BrokenProcessPool:
+            if self._current is pool:
+                self._current, self._ready = None, None  # the next document starts a new pool
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+
+    def close(self) -> None:
+        for pool in self._pools:
+            pool.shutdown(wait=True)
+        self._pools.clear()
