@@ -40,6 +40,7 @@ from .prepare import PreparedFeed, prepare_feed
 from .store import Store
 from .store import entries as entry_rows
 from .store import feeds as feed_rows
+from .urls import is_placeholder_title
 
 Clock = Callable[[], datetime]
 T = TypeVar("T")
@@ -346,7 +347,11 @@ class Poller:
         return PollSummary(
             feed_id=feed.id,
             url=feed.url,
-            title=feed.title or prepared.title or feed.url,
+            title=(
+                prepared.title or feed.url
+                if is_placeholder_title(feed.title, feed.url)
+                else feed.title
+            ),
             status="ok",
             new=len(plan.inserts) - plan.duplicates,
             updated=len(plan.updates),
