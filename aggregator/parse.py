@@ -508,6 +508,7 @@ _AMPERSAND = re.compile(
     re.DOTALL,
 )
 _XML_ENTITIES = frozenset({b"amp", b"lt", b"gt", b"quot", b"apos"})
+_NEEDS_REPAIR = re.compile(rb"&(?!(?:amp|lt|gt|quot|apos);)")
 
 
 def _xml_char_allowed(code: int) -> bool:
@@ -547,8 +548,8 @@ def _repair_markup(data: bytes) -> bytes:
     reference, a reference to a character XML forbids (``&#1;``) is dropped, and an
     unknown entity stays as written text. CDATA sections and comments are left alone.
     """
-    if b"&" not in data:
-        return data
+    if _NEEDS_REPAIR.search(data) is None:
+        return data  # only the five XML entities: the common case, no callback per "&"
     return _AMPERSAND.sub(_repair_reference, data)
 
 
