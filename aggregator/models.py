@@ -101,11 +101,14 @@ class ParsedEntry:
     author: str | None
     summary_html: str
     content_html: str
-    published: datetime | None  # None when missing or unparseable
+    published: datetime | None  # the best date it carries; None when it carries none known
     updated: datetime | None
-    # What relative links in the HTML resolve against: the entry's xml:base when it is
-    # http(s), else the feed document's URL.
+    # What relative links in content_html resolve against: the xml:base in scope when
+    # it is http(s), else the entry's link, the feed's link, the feed document's URL.
     base_url: str | None = None
+    # The same for summary_html (Atom's <summary> can carry its own xml:base); None
+    # when it is base_url.
+    summary_base_url: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

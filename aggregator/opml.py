@@ -12,12 +12,18 @@ from defusedxml import DefusedXmlException
 
 from .errors import SourceError
 from .models import FeedSource
+from .urls import is_placeholder_title
 
 MAX_OPML_BYTES = 5 * 1024 * 1024
 
 
 def read_opml(data: bytes, *, name: str = "OPML file") -> list[FeedSource]:
-    """The feeds an OPML document lists, nested folders included, each URL once."""
+    """The feeds an OPML document lists, nested folders included, each URL once.
+
+    A source's title is the outline's ``title``, else its ``text`` (OPML 2.0: text is
+    what is shown); one that is empty or a URL (many exporters write the feed URL
+    there) is no title (None): the feed's own title is used once it is polled.
+    """
     if len(data) > MAX_OPML_BYTES:
         raise SourceError(f"{name}: larger than {MAX_OPML_BYTES // (1024 * 1024)} MB")
     try:
@@ -34,7 +40,8 @@ def read_opml(data: bytes, *, name: str = "OPML file") -> list[FeedSource]:
         url = (outline.get("xmlUrl") or outline.get("xmlurl") or "").strip()
         if not url:
             continue  # a folder
-        title = (outline.get("title") or outline.get("text") or "").strip() or None
+        labels = (" ".join((outline.get(key) or "").split()) for key in ("title", "text"))
+        title = next((label for label in labels if not is_placeholder_title(label, url)), None)
         if url in seen:
             continue
         seen.add(url)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import codecs
 import html
+import html.entities
 import io
 import json
 import re
@@ -33,6 +34,7 @@ import feedparser.mixin
 from feedparser.api import LooseFeedParser, StrictFeedParser
 from feedparser.encodings import convert_to_utf8
 
+from .dates import best_date, parse_date
 from .errors import NotAFeed, ParseError
 from .models import ParsedEntry, ParsedFeed
 from .urls import absolute_http_url, clean_link, is_http_url
@@ -146,21 +148,6 @@ def _string(value: object) -> str | None:
     return None
 
 
-def _iso_datetime(value: object) -> datetime | None:
-    if not isinstance(value, str) or len(value) > 64:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.strip())
-    except ValueError:
-        return None
-    if parsed.tzinfo is None:
-        return parsed.replace(tzinfo=UTC)
-    try:
-        return parsed.astimezone(UTC)
-    except (OverflowError, ValueError):
-        return None
-
-
 def _json_authors(*holders: Mapping[str, Any]) -> str | None:
     for holder in holders:
         authors = holder.get("authors")
@@ -203,19 +190,24 @@ def _parse_json_feed(content: bytes, *, url: str, base: str, limits: ParseLimits
             text = _string(item.get("content_text")) or ""
             content_html = _text_to_html(text[: limits.max_html_chars])
         summary = _string(item.get("summary")) or ""
+        site_url = clean_link(_string(document.get("home_page_url")), feed_base)
+        link = clean_link(_string(item.get("url")), site_url or feed_base)
         entries.append(
             ParsedEntry(
                 guid=guid,
-                link=clean_link(_string(item.get("url")), feed_base),
+                link=link,
                 title=_plain(_string(item.get("title")), None, limits.max_title_chars),
                 author=_plain(_json_authors(item, document), None, limits.max_author_chars) or None,
                 summary_html=_clean_html(
                     html.escape(summary[: limits.max_html_chars]), limits.max_html_chars
                 ),
                 content_html=_clean_html(content_html, limits.max_html_chars),
-                published=_iso_datetime(item.get("date_published")),
-                updated=_iso_datetime(item.get("date_modified")),
-                base_url=feed_base or None,
+                published=best_date(
+                    parse_date(_string(item.get(key)))
+                    for key in ("date_published", "date_modified")
+                ),
+                updated=parse_date(_string(item.get("date_modified"))),
+                base_url=link or site_url or feed_base or None,
             )
         )
     return ParsedFeed(
@@ -417,7 +409,12 @@ def _local_name(name: str | None) -> str:
 
 
 def _is_html(prolog: _Prolog, content_type: str) -> bool:
-    if _local_name(prolog.root) in _HTML_ROOTS or (prolog.doctype or "").lower() == "html":
+    """A document is judged by its root element: an Atom ``<feed>`` after a stray
+    ``<!DOCTYPE html>`` (or a BOM, comments, processing instructions) is a feed."""
+    root = _local_name(prolog.root)
+    if root in _FEED_ROOTS:
+        return False
+    if root in _HTML_ROOTS or (prolog.doctype or "").lower() == "html":
         return True
     media_type = content_type.split(";", 1)[0].strip().lower()
     return media_type in ("text/html", "application/xhtml+xml") and (
@@ -455,6 +452,107 @@ def _not_a_feed(data: bytes, url: str) -> NotAFeed:
     return NotAFeed(message, url=url, alternate=alternate)
 
 
+# --- what precedes the root ---------------------------------------------------------------
+# An XML declaration that is not at the start (after a PHP warning, an HTML comment, a
+# blank line and a BOM) starts the document: XML 1.0 §2.8 allows nothing before it.
+_LATE_DECLARATION = re.compile(rb"<\?xml[ \t\r\n]")
+_LATE_DECLARATION_WINDOW = 64 * 1024
+
+
+def _from_late_declaration(content: bytes) -> tuple[bytes, list[str]]:
+    """The document from its XML declaration on, when something precedes it."""
+    if content.startswith(b"<?xml") or content[:4] in (b"\x00\x00\x00<", b"<\x00\x00\x00"):
+        return content, []
+    match = _LATE_DECLARATION.search(content, 0, _LATE_DECLARATION_WINDOW)
+    if match is None or match.start() == 0:
+        return content, []
+    before = content[: match.start()]
+    if not before.strip(b"\t\n\r \xef\xbb\xbf"):
+        return content[match.start() :], []
+    return content[match.start() :], ["text before the XML declaration ignored"]
+
+
+# --- RSS 1.1 --------------------------------------------------------------------------------
+# RSS 1.1 (http://inamidst.com/rss1.1/) is RSS 1.0 with the root <Channel> in its own
+# namespace and items in <items rdf:parseType="Collection">; its full text is
+# <p:payload rdf:parseType="Literal"> XHTML. feedparser knows none of it, so the
+# namespaces are mapped: RSS 1.1 to RSS 1.0 (whose elements feedparser reads wherever
+# they stand), the payload to an XHTML <body> (feedparser's xhtml:body content).
+_RSS11_NAMESPACE = re.compile(rb"""(["'])http://purl\.org/net/rss1\.1#\1""")
+_RSS11_PAYLOAD_PREFIX = re.compile(
+    rb"""xmlns:([A-Za-z_][\w.-]*)\s*=\s*(["'])http://purl\.org/net/rss1\.1/payload#\2"""
+)
+
+
+def _rss11_as_rss10(data: bytes) -> bytes | None:
+    """An RSS 1.1 document rewritten so feedparser reads it as RSS 1.0, or None."""
+    if _RSS11_NAMESPACE.search(data, 0, 4096) is None:
+        return None
+    data = _RSS11_NAMESPACE.sub(rb"\1http://purl.org/rss/1.0/\1", data)
+    prefix = _RSS11_PAYLOAD_PREFIX.search(data)
+    if prefix is not None:
+        name = re.escape(prefix.group(1))
+        data = _RSS11_PAYLOAD_PREFIX.sub(
+            rb"xmlns:\1=\2http://www.w3.org/1999/xhtml\2", data, count=1
+        )
+        data = re.sub(
+            rb"<(/?)" + name + rb":payload\b", rb"<\1" + prefix.group(1) + rb":body", data
+        )
+    return data
+
+
+# --- common breakage: bare "&", HTML entities, invalid references ---------------------------
+# Outside CDATA sections and comments, where "&" is just a character.
+_AMPERSAND = re.compile(
+    rb"<!\[CDATA\[.*?(?:\]\]>|\Z)|<!--.*?(?:-->|\Z)|&(?:#([0-9]{1,10});|#[xX]([0-9a-fA-F]{1,8});|([A-Za-z][A-Za-z0-9]{0,31});)?",
+    re.DOTALL,
+)
+_XML_ENTITIES = frozenset({b"amp", b"lt", b"gt", b"quot", b"apos"})
+_NEEDS_REPAIR = re.compile(rb"&(?!(?:amp|lt|gt|quot|apos);)")
+
+
+def _xml_char_allowed(code: int) -> bool:
+    """XML 1.0 §2.2 Char."""
+    return (
+        code in (0x9, 0xA, 0xD)
+        or 0x20 <= code <= 0xD7FF
+        or 0xE000 <= code <= 0xFFFD
+        or 0x10000 <= code <= 0x10FFFF
+    )
+
+
+def _repair_reference(match: re.Match[bytes]) -> bytes:
+    whole = match.group(0)
+    if not whole.startswith(b"&"):
+        return whole  # CDATA or comment
+    decimal, hexadecimal, name = match.groups()
+    if decimal is not None or hexadecimal is not None:
+        code = int(decimal) if decimal is not None else int(hexadecimal, 16)
+        return whole if _xml_char_allowed(code) else b""
+    if name is None:
+        return b"&amp;"  # a bare ampersand: the author meant the character
+    if name in _XML_ENTITIES:
+        return whole
+    text = html.entities.html5.get(name.decode("ascii") + ";")
+    if text is None:
+        return b"&amp;" + name + b";"
+    return "".join(f"&#{ord(char)};" for char in text).encode("ascii")
+
+
+def _repair_markup(data: bytes) -> bytes:
+    """XML the way its author meant it, where the usual slips would make it malformed.
+
+    XML 1.0 §4.1 only knows five named entities and §2.2 forbids references to some
+    characters. A bare ``&`` (``D&D``) becomes ``&amp;``, an HTML entity (``&eacute;``,
+    ``&nbsp;``; the DTD that declared it is never read) becomes its character
+    reference, a reference to a character XML forbids (``&#1;``) is dropped, and an
+    unknown entity stays as written text. CDATA sections and comments are left alone.
+    """
+    if _NEEDS_REPAIR.search(data) is None:
+        return data  # only the five XML entities: the common case, no callback per "&"
+    return _AMPERSAND.sub(_repair_reference, data)
+
+
 # --- too many items (F3) ----------------------------------------------------------------------
 _ITEM_START = re.compile(rb"<(?:[A-Za-z_][\w.-]*:)?(?:item|entry)[\s>/]")
 
@@ -484,7 +582,7 @@ def _cut_items(data: bytes, root: str | None, keep: int) -> bytes | None:
 _AUTHOR_SCAN_CHARS = 1024
 
 
-class _BoundedAuthors:
+class _Fixes:
     def _sync_author_detail(self, key: str = "author") -> None:
         context = self._get_context()  # type: ignore[attr-defined]
         value = context.get(key)
@@ -492,12 +590,21 @@ class _BoundedAuthors:
             context[key] = value[:_AUTHOR_SCAN_CHARS]
         super()._sync_author_detail(key)  # type: ignore[misc]
 
+    def unknown_endtag(self, tag: str) -> None:
+        """Leaving an element leaves its xml:base (XML Base §4.2) even when no xml:base
+        is in scope outside it: feedparser only restores a non-empty outer base, so one
+        entry's xml:base leaked into the entries after it."""
+        super().unknown_endtag(tag)  # type: ignore[misc]
+        stack = self.basestack  # type: ignore[attr-defined]
+        if stack and not stack[-1]:
+            self.baseuri = stack[-1]
 
-class _StrictParser(_BoundedAuthors, StrictFeedParser):  # type: ignore[misc]
+
+class _StrictParser(_Fixes, StrictFeedParser):  # type: ignore[misc]
     pass
 
 
-class _LooseParser(_BoundedAuthors, LooseFeedParser):  # type: ignore[misc]
+class _LooseParser(_Fixes, LooseFeedParser):  # type: ignore[misc]
     pass
 
 
@@ -544,8 +651,10 @@ def _run_feedparser(data: bytes) -> tuple[Any, str | None]:
 def _parse_xml_feed(
     content: bytes, *, url: str, base: str, headers: Mapping[str, str], limits: ParseLimits
 ) -> ParsedFeed:
-    data, warnings = _to_utf8(content, headers)
-    data = data.translate(None, _XML_FORBIDDEN_BYTES)
+    content, warnings = _from_late_declaration(content)
+    data, encoding_warnings = _to_utf8(content, headers)
+    warnings.extend(encoding_warnings)
+    data = _repair_markup(data.translate(None, _XML_FORBIDDEN_BYTES))
     prolog = _scan_prolog(data)
     warnings.extend(prolog.warnings)
     if _is_html(prolog, headers.get("content-type", "")):
@@ -553,6 +662,9 @@ def _parse_xml_feed(
     if prolog.root is None:
         raise ParseError("not a feed: no XML element found", url=url)
     data = prolog.data
+    rss11 = _rss11_as_rss10(data) if _local_name(prolog.root) == "channel" else None
+    if rss11 is not None:
+        data = rss11
     cut = _cut_items(data, prolog.root, limits.max_entries)
     if cut is not None:
         data = cut
@@ -567,6 +679,8 @@ def _parse_xml_feed(
     version: str = handler.version or ""
     if prolog.netscape and version.startswith("rss09"):
         version = "rss091n"
+    if rss11 is not None and version == "rss10":
+        version = "rss11"
     if malformed is not None:
         if not raw_entries:
             raise ParseError(f"not well-formed XML: {malformed}", url=url)
@@ -579,11 +693,12 @@ def _parse_xml_feed(
         warnings.append(f"{len(raw_entries)} entries, kept the first {limits.max_entries}")
         raw_entries = raw_entries[: limits.max_entries]
     feed = handler.feeddata
-    entries = tuple(_entry(raw, base, limits) for raw in raw_entries)
+    site_url = clean_link(_str_or_none(feed.get("link")), base)
+    entries = tuple(_entry(raw, base, site_url, limits) for raw in raw_entries)
     return ParsedFeed(
         title=_plain(feed.get("title"), _type_of(feed, "title_detail"), limits.max_title_chars)
         or None,
-        site_url=clean_link(_str_or_none(feed.get("link")), base),
+        site_url=site_url,
         format=version or "unknown",
         entries=entries,
         warnings=tuple(dict.fromkeys(warnings)),
@@ -610,15 +725,31 @@ def _utc(value: Any) -> datetime | None:
         return None
 
 
-def _entry_base(raw: Mapping[str, Any], base: str) -> str:
-    """The entry's xml:base (relative ones resolved) if http(s), else the document's."""
-    for key in ("summary_detail", "title_detail"):
-        detail = raw.get(key)
-        if isinstance(detail, Mapping):
-            entry_base = absolute_http_url(_str_or_none(detail.get("base")), base or None)
-            if entry_base:
-                return entry_base
-    return base
+# feedparser's names for an entry's date elements, best first: published (RSS pubDate,
+# Atom published, dcterms:issued, Atom 0.3 issued), updated (Atom updated, RFC 4287
+# §4.2.15, the one date an Atom entry must carry; dc:date, dcterms:modified, Atom 0.3
+# modified), created (dcterms:created, Atom 0.3 created).
+_DATE_KEYS = ("published", "updated", "created")
+
+
+def _date(raw: dict[str, Any], key: str) -> datetime | None:
+    """One date element, read by ``dates.parse_date`` from the text the feed wrote.
+
+    feedparser's own reading is only a fallback that must agree with the digits
+    written: it makes up dates (``2017/7/21`` -> 1 November 2017).
+    """
+    # dict.get: FeedParserDict maps a missing "updated" to "published" (with a warning).
+    return parse_date(
+        _str_or_none(dict.get(raw, key)), fallback=_utc(dict.get(raw, f"{key}_parsed"))
+    )
+
+
+def _xml_base(detail: object, base: str) -> str | None:
+    """The xml:base in scope of a feedparser detail (XML Base: relative ones resolved
+    against the document's URI), if it is http(s)."""
+    if not isinstance(detail, Mapping):
+        return None
+    return absolute_http_url(_str_or_none(detail.get("base")), base or None)
 
 
 def _html_of(detail: Mapping[str, Any], limit: int) -> str:
@@ -630,8 +761,17 @@ def _html_of(detail: Mapping[str, Any], limit: int) -> str:
     return _clean_html(html.escape(value[:limit], quote=False), limit)
 
 
-def _entry(raw: dict[str, Any], base: str, limits: ParseLimits) -> ParsedEntry:
-    entry_base = _entry_base(raw, base)
+def _entry(
+    raw: dict[str, Any], base: str, site_url: str | None, limits: ParseLimits
+) -> ParsedEntry:
+    """One entry. Relative URLs resolve against, in order: the xml:base in scope (XML
+    Base, RFC 4287 §2), the entry's link (where a reader sees the post on the web: RSS
+    has no xml:base), the feed's link, the feed's URL. The entry's date is the best one
+    it carries (see ``_DATE_KEYS``); None only when it carries none that is known."""
+    # feedparser applied any xml:base in scope to the link; a link still relative
+    # resolves against the feed's link, then the feed's URL.
+    link = clean_link(_str_or_none(raw.get("link")), site_url or base or None)
+    fallback_base = link or site_url or base
     summary_detail = raw.get("summary_detail")
     summary_html = (
         _html_of(summary_detail, limits.max_html_chars)
@@ -643,6 +783,8 @@ def _entry(raw: dict[str, Any], base: str, limits: ParseLimits) -> ParsedEntry:
     preferred = next((c for c in contents if c.get("type") in _HTML_TYPES), None)
     chosen = preferred or (contents[0] if contents else None)
     content_html = _html_of(chosen, limits.max_html_chars) if chosen else summary_html
+    summary_base = _xml_base(summary_detail, base) or fallback_base
+    content_base = (_xml_base(chosen, base) or fallback_base) if chosen else summary_base
     author_detail = raw.get("author_detail")
     author = (author_detail.get("name") if isinstance(author_detail, Mapping) else None) or raw.get(
         "author"
@@ -650,13 +792,13 @@ def _entry(raw: dict[str, Any], base: str, limits: ParseLimits) -> ParsedEntry:
     guid = _str_or_none(raw.get("id"))
     return ParsedEntry(
         guid=_clean_line(guid[:2048]) or None if guid else None,
-        link=clean_link(_str_or_none(raw.get("link")), base or None),
+        link=link,
         title=_plain(raw.get("title"), _type_of(raw, "title_detail"), limits.max_title_chars),
         author=_plain(author, None, limits.max_author_chars) or None,
         summary_html=summary_html,
         content_html=content_html,
-        # dict.get: FeedParserDict maps a missing "updated" to "published" (with a warning).
-        published=_utc(dict.get(raw, "published_parsed")),
-        updated=_utc(dict.get(raw, "updated_parsed")),
-        base_url=entry_base or None,
+        published=best_date(_date(raw, key) for key in _DATE_KEYS),
+        updated=_date(raw, "updated"),
+        base_url=content_base or None,
+        summary_base_url=summary_base or None,
     )

@@ -36,6 +36,7 @@ from .prepare import PreparedFeed, prepare_feed
 from .store import Store
 from .store import entries as entry_rows
 from .store import feeds as feed_rows
+from .urls import is_placeholder_title
 from .workers import STOP_SIGNALS, ParseWorkers
 
 Clock = Callable[[], datetime]
@@ -288,7 +289,11 @@ class Poller:
         return PollSummary(
             feed_id=feed.id,
             url=feed.url,
-            title=feed.title or prepared.title or feed.url,
+            title=(
+                prepared.title or feed.url
+                if is_placeholder_title(feed.title, feed.url)
+                else feed.title
+            ),
             status="ok",
             new=len(plan.inserts) - plan.duplicates,
             updated=len(plan.updates),

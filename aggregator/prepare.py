@@ -39,10 +39,11 @@ def prepare_feed(
     records = []
     for entry in parsed.entries:
         base = entry.base_url or entry.link or parsed.site_url or url
+        summary_base = entry.summary_base_url or base
         content_html = sanitize_html(entry.content_html, base_url=base)
         summary_html = (
-            sanitize_html(entry.summary_html, base_url=base)
-            if entry.summary_html != entry.content_html
+            sanitize_html(entry.summary_html, base_url=summary_base)
+            if entry.summary_html != entry.content_html or summary_base != base
             else content_html
         )
         clean = replace(entry, content_html=content_html, summary_html=summary_html)

@@ -14,7 +14,7 @@ from .opml import read_opml, write_opml
 from .parse import parse_feed
 from .store import Store
 from .store import feeds as feed_rows
-from .urls import is_http_url
+from .urls import is_http_url, is_placeholder_title
 
 
 def check_source_url(url: str) -> str:
@@ -23,6 +23,12 @@ def check_source_url(url: str) -> str:
     if not is_http_url(cleaned):
         raise SourceError("only absolute http:// and https:// feed URLs can be added", url=cleaned)
     return cleaned
+
+
+def source_title(title: str | None, url: str) -> str | None:
+    """The name an operator gave a source, or None when it is empty or just a URL (the
+    feed's own title then names it after the first successful poll)."""
+    return None if is_placeholder_title(title, url) else " ".join((title or "").split())
 
 
 def sync_configured_feeds(store: Store, settings: Settings, now: datetime) -> list[Feed]:
@@ -40,7 +46,7 @@ def sync_configured_feeds(store: Store, settings: Settings, now: datetime) -> li
             feed, created = feed_rows.add_feed(
                 db,
                 url=configured.url,
-                title=configured.title,
+                title=source_title(configured.title, configured.url),
                 origin="config",
                 now=now,
                 interval_seconds=int(configured.interval.total_seconds())
@@ -60,7 +66,7 @@ def add_source(
         return feed_rows.add_feed(
             db,
             url=url,
-            title=source.title,
+            title=source_title(source.title, url),
             origin=origin,
             now=now,
             interval_seconds=source.interval_seconds,
@@ -105,7 +111,11 @@ def import_opml(store: Store, data: bytes, *, name: str, now: datetime) -> Impor
                 problems.append(f"{name}: {source.url!r}: not an http(s) feed URL, skipped")
                 continue
             feed, created = feed_rows.add_feed(
-                db, url=source.url.strip(), title=source.title, origin="opml", now=now
+                db,
+                url=source.url.strip(),
+                title=source_title(source.title, source.url.strip()),
+                origin="opml",
+                now=now,
             )
             (added if created else known).append(feed)
     return ImportReport(tuple(added), tuple(known), tuple(problems))

@@ -198,6 +198,22 @@ def _canonical_path(path: str) -> str:
     return quote(_PERCENT_ESCAPE.sub(fold, path), safe=_PATH_SAFE)
 
 
+_URL_LIKE = re.compile(r"(?:[a-z][a-z0-9+.-]*://|www\.)\S+", re.IGNORECASE)
+
+
+def is_placeholder_title(title: str | None, url: str) -> bool:
+    """True when ``title`` names nothing: empty, a URL (any scheme, or ``www.…``), or the
+    feed's own URL written without its scheme. Such a title (an OPML outline whose
+    ``text`` is the feed URL, a form left blank) gives way to the feed's own title."""
+    text = " ".join((title or "").split())
+    if not text:
+        return True
+    if _URL_LIKE.fullmatch(text):
+        return True
+    bare = url.strip().split("://", 1)[-1].rstrip("/").lower()
+    return text.rstrip("/").lower() == bare
+
+
 def host_of(url: str) -> str:
     """Lower-case host name of a URL, or "" when it has none."""
     parts = _split(url)

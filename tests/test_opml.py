@@ -36,8 +36,32 @@ def test_round_trip_keeps_urls_and_titles() -> None:
     document = write_opml(feeds, title="mine", now=NOW)
     assert read_opml(document.encode()) == [
         FeedSource(url="https://a.test/feed", title="A & <B>"),
-        FeedSource(url="https://b.test/rss", title="https://b.test/rss"),
+        # Written with its URL as the label (OPML needs a text); read back as no title.
+        FeedSource(url="https://b.test/rss", title=None),
     ]
+
+
+PLACEHOLDERS = b"""<?xml version="1.0"?>
+<opml version="2.0"><head><title>subs</title></head><body>
+  <outline text="" type="rss" xmlUrl="https://empty.test/feed"/>
+  <outline text="https://url.test/feed.xml" type="rss" xmlUrl="https://url.test/feed.xml"/>
+  <outline text="http://other.test/" type="rss" xmlUrl="https://other.test/rss"/>
+  <outline text="bare.test/atom" type="rss" xmlUrl="https://bare.test/atom"/>
+  <outline title="https://t.test/feed" text="Typed in text" type="rss" xmlUrl="https://t.test/feed"/>
+  <outline text="  My   Blog " type="rss" xmlUrl="https://named.test/feed"/>
+</body></opml>"""
+
+
+def test_outline_titles_that_are_empty_or_urls_are_no_titles() -> None:
+    titles = {source.url: source.title for source in read_opml(PLACEHOLDERS)}
+    assert titles == {
+        "https://empty.test/feed": None,
+        "https://url.test/feed.xml": None,
+        "https://other.test/rss": None,
+        "https://bare.test/atom": None,
+        "https://t.test/feed": "Typed in text",
+        "https://named.test/feed": "My Blog",
+    }
 
 
 def test_import_adds_good_outlines_and_reports_bad_ones(tmp_path: Path) -> None:

@@ -330,3 +330,49 @@ def test_a_parsing_process_that_dies_fails_its_feed_only_and_parsing_goes_on(
     assert rows(store, "SELECT count(*) FROM entries WHERE feed_id = ?", big_id) == [(0,)]
     big_feed = feed_rows.get_feed(store.db, big_id)
     assert big_feed is not None and big_feed.enabled and big_feed.error_count == 1
+
+
+def test_opml_placeholder_titles_give_way_to_the_feeds_own_title(
+    setup, feed_server: FeedServer
+) -> None:
+    """An outline whose text is empty or the feed URL names nothing: the first successful
+    poll names the source after the feed; a name the operator typed stays."""
+    from aggregator.sources import import_opml
+
+    settings, store, clock = setup
+    as_url = feed_server.add("/as-url.xml", body=rss(ITEMS, title="Blog Named In Its Feed"))
+    empty = feed_server.add("/empty.xml", body=atom(ITEMS, title="Atom & Its Title"))
+    typed = feed_server.add("/typed.xml", body=rss(ITEMS, title="The Feed's Own Title"))
+    legacy = feed_server.add("/legacy.xml", body=rss(ITEMS, title="Legacy Feed Title"))
+    opml = (
+        '<?xml version="1.0"?><opml version="2.0"><head><title>s</title></head><body>'
+        f'<outline type="rss" text="{as_url}" xmlUrl="{as_url}"/>'
+        f'<outline type="rss" text="" xmlUrl="{empty}"/>'
+        f'<outline type="rss" text="Operator Name" xmlUrl="{typed}"/>'
+        "</body></opml>"
+    ).encode()
+    report = import_opml(store, opml, name="subs.opml", now=START)
+    assert len(report.added) == 3
+    # A row stored by an earlier version with the URL as its name is mended too.
+    with store.write() as db:
+        feed_rows.add_feed(db, url=legacy, title=legacy, origin="opml", now=START)
+    before = {feed.url: feed.title for feed in feed_rows.list_feeds(store.db)}
+    assert before == {as_url: "", empty: "", typed: "Operator Name", legacy: legacy}
+
+    summaries = poll(settings, store, clock)
+    assert {s.status for s in summaries} == {"ok"}
+    titles = {feed.url: feed.title for feed in feed_rows.list_feeds(store.db)}
+    assert titles == {
+        as_url: "Blog Named In Its Feed",
+        empty: "Atom & Its Title",
+        typed: "Operator Name",
+        legacy: "Legacy Feed Title",
+    }
+    named = {s.url: s.title for s in summaries}
+    assert named[as_url] == "Blog Named In Its Feed" and named[legacy] == "Legacy Feed Title"
+
+    # Later polls keep the name (the feed retitling itself does not rename the source).
+    feed_server.add("/as-url.xml", body=rss(ITEMS, title="Renamed Later"), etag='"v2"')
+    clock.now += timedelta(days=1)
+    poll(settings, store, clock)
+    assert feed_rows.feed_by_url(store.db, as_url).title == "Blog Named In Its Feed"

@@ -14,6 +14,7 @@ from aggregator.urls import (
     clean_link,
     host_of,
     is_http_url,
+    is_placeholder_title,
     strip_tracking,
 )
 
@@ -250,3 +251,25 @@ def test_canonical_url_is_idempotent(url: str) -> None:
 def test_clean_link_never_returns_a_non_http_url(url: str, base: str | None) -> None:
     link = clean_link(url, base)
     assert link is None or (is_http_url(link) and link.split(":", 1)[0] in {"http", "https"})
+
+
+@pytest.mark.parametrize(
+    ("title", "placeholder"),
+    [
+        (None, True),
+        ("", True),
+        ("   ", True),
+        ("http://x.test/feed.xml", True),
+        ("https://elsewhere.test/", True),
+        ("feed://x.test/rss", True),
+        ("www.x.test", True),
+        ("x.test/feed.xml", True),  # the feed's own URL without its scheme
+        ("X.TEST/feed.xml/", True),
+        ("Re:Write/Blog", False),
+        ("kottke.org", False),  # a host name can be a blog's real name
+        ("My blog", False),
+        ("Blog about https://x.test", False),
+    ],
+)
+def test_placeholder_titles_are_empty_or_urls(title: str | None, placeholder: bool) -> None:
+    assert is_placeholder_title(title, "http://x.test/feed.xml") is placeholder

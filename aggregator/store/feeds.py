@@ -10,6 +10,7 @@ from typing import Any
 from sqlite_utils import Database
 
 from ..models import Feed
+from ..urls import is_placeholder_title
 from .codec import from_db, from_db_required, to_db
 
 FEED_ORIGINS = ("config", "cli", "opml", "admin")
@@ -145,7 +146,9 @@ def apply_feed_update(db: Database, feed: Feed, update: FeedUpdate) -> None:
             etag=update.etag,
             last_modified=update.last_modified,
         )
-        if update.title and not feed.title:
+        # The feed's own title replaces a placeholder (none, or a URL an OPML file or
+        # an old version stored as the name); a name the operator typed stays.
+        if update.title and is_placeholder_title(feed.title, feed.url):
             values["title"] = update.title
         if update.site_url:
             values["site_url"] = update.site_url

@@ -1,0 +1,98 @@
+"""Fidelity: real-world feeds lose no post and none is merged, misdated or mislinked.
+
+Each input under tests/data/fidelity/ sits beside ``<name>.expected.json``: the entries
+a reader must see, reviewed by hand. An input runs through the real path of a poll
+(parse, sanitise, identity and date rules: ``prepare.prepare_feed``) with a fixed
+clock; an OPML input runs through ``opml.read_opml`` and ``sources.source_title``.
+
+``UPDATE_GOLDEN=1 pytest tests/test_fidelity.py`` rewrites the expected files; review
+every change by eye before committing it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aggregator.opml import read_opml
+from aggregator.parse import ParseLimits
+from aggregator.prepare import prepare_feed
+from aggregator.sources import source_title
+
+DATA = Path(__file__).resolve().parent / "data" / "fidelity"
+NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+FEED_URL = "https://feeds.example.com/feed.xml"
+INPUTS = sorted(p for p in DATA.iterdir() if not p.name.endswith(".expected.json"))
+_URL_ATTRIBUTE = re.compile(r'\b(?:href|src|cite)="([^"]*)"')
+
+
+def _urls(html: str) -> list[str]:
+    return _URL_ATTRIBUTE.findall(html)
+
+
+def actual(path: Path) -> dict[str, Any]:
+    data = path.read_bytes()
+    if path.suffix == ".opml":
+        return {
+            "sources": [
+                {"url": s.url, "title": source_title(s.title, s.url)}
+                for s in read_opml(data, name=path.name)
+            ]
+        }
+    feed = prepare_feed(data, url=FEED_URL, headers={}, limits=ParseLimits(), now=NOW)
+    return {
+        "feed": {"title": feed.title, "site_url": feed.site_url, "format": feed.format},
+        "entries": [
+            {
+                "identity": r.key,
+                "title": r.title,
+                "link": r.link,
+                "date": "unknown" if r.date_missing else r.published.isoformat(),
+                "content_urls": _urls(r.content_html),
+                "summary_urls": _urls(r.summary_html),
+                "text": r.text,
+            }
+            for r in feed.records
+        ],
+    }
+
+
+def _expected_path(path: Path) -> Path:
+    return path.with_name(path.name.rsplit(".", 1)[0] + ".expected.json")
+
+
+def _dump(value: Any) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False) + "\n"
+
+
+def test_every_input_has_its_expected_entries() -> None:
+    assert len(INPUTS) >= 10
+    missing = [p.name for p in INPUTS if not _expected_path(p).exists()]
+    assert not missing or os.environ.get("UPDATE_GOLDEN") == "1", missing
+
+
+@pytest.mark.parametrize("path", INPUTS, ids=[p.name for p in INPUTS])
+def test_feed_reads_as_its_author_wrote_it(path: Path) -> None:
+    got = _dump(actual(path))
+    expected_path = _expected_path(path)
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        expected_path.write_text(got, encoding="utf-8")
+        return
+    expected = expected_path.read_text(encoding="utf-8")
+    if got != expected:
+        diff = "".join(
+            difflib.unified_diff(
+                expected.splitlines(keepends=True),
+                got.splitlines(keepends=True),
+                fromfile=f"{expected_path.name} (expected)",
+                tofile=f"{path.name} (parsed now)",
+            )
+        )
+        pytest.fail(f"{path.name} no longer reads as expected:\n{diff}", pytrace=False)
