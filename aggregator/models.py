@@ -127,6 +127,7 @@ class StoredEntry:
     id: int
     feed_id: int
     key: str
+    alias: str  # the churn-tolerant form of the key (see dedup.entry_alias)
     link_key: str | None
     canonical_url: str | None
     norm_title: str
@@ -141,7 +142,8 @@ class StoredEntry:
 class EntryRecord:
     """An entry ready to be written: everything derived, nothing left to decide."""
 
-    key: str
+    key: str  # exact identity inside the feed (dedup.entry_key)
+    alias: str  # the same identity with harmless churn folded away (dedup.entry_alias)
     link_key: str | None
     guid: str | None
     link: str | None

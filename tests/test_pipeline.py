@@ -330,3 +330,228 @@ def test_a_parsing_process_that_dies_fails_its_feed_only_and_parsing_goes_on(
     assert rows(store, "SELECT count(*) FROM entries WHERE feed_id = ?", big_id) == [(0,)]
     big_feed = feed_rows.get_feed(store.db, big_id)
     assert big_feed is not None and big_feed.enabled and big_feed.error_count == 1
+
+
+# --- identity: distinct entries of one document stay distinct (DESIGN §5.1) -----------
+
+
+def _rss_items(items: list[str], title: str = "Blog") -> bytes:
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?><rss version="2.0"><channel>'
+        f"<title>{title}</title><link>https://blog.example.org/</link>"
+        "<description>d</description>" + "".join(items) + "</channel></rss>"
+    ).encode()
+
+
+def _comment(n: int, post: int = 77) -> str:
+    return (
+        f"<item><title>Comment on Hello by reader {n}</title>"
+        f"<link>https://blog.example.org/?p={post}#comment-{n}</link>"
+        f'<guid isPermaLink="false">https://blog.example.org/?p={post}#comment-{n}</guid>'
+        f"<pubDate>Mon, 16 Feb 2026 10:{n % 60:02d}:00 +0000</pubDate>"
+        f"<description>Comment number {n}.</description></item>"
+    )
+
+
+# The RSS 2.0 specification's sample (Scripting News): items without titles, each
+# identified by an anchor into one archive page per day.
+SCRIPTING_NEWS_GUIDS = [
+    "http://archive.scripting.com/2002/09/30#When:12:28:52AM",
+    "http://archive.scripting.com/2002/09/29#When:8:32:51PM",
+    "http://archive.scripting.com/2002/09/29#When:6:56:02PM",
+    "http://archive.scripting.com/2002/09/29#When:6:50:11PM",
+    "http://archive.scripting.com/2002/09/29#When:6:31:07PM",
+    "http://archive.scripting.com/2002/09/29#When:4:52:53PM",
+    "http://archive.scripting.com/2002/09/28#When:11:30:27PM",
+    "http://archive.scripting.com/2002/09/28#When:3:47:16PM",
+    "http://archive.scripting.com/2002/09/28#When:3:24:34PM",
+]
+
+
+def _stored_titles(store: Store, feed_id: int) -> list[str]:
+    return [
+        r[0]
+        for r in rows(store, "SELECT title FROM entries WHERE feed_id = ? ORDER BY id", feed_id)
+    ]
+
+
+def test_wordpress_comment_feed_keeps_every_comment_across_polls(
+    setup, feed_server: FeedServer
+) -> None:
+    settings, store, clock = setup
+    url = feed_server.add_sequence(
+        "/comments.xml",
+        [
+            Response(body=_rss_items([_comment(403), _comment(402), _comment(401)])),
+            Response(body=_rss_items([_comment(405), _comment(404), _comment(403)])),
+        ],
+    )
+    feed_id = add(store, url)
+    (first,) = poll(settings, store, clock)
+    assert first.new == 3
+    clock.now += timedelta(hours=1)
+    (second,) = poll(settings, store, clock)
+    assert (second.new, second.updated) == (2, 0)
+    assert sorted(_stored_titles(store, feed_id)) == [
+        f"Comment on Hello by reader {n}" for n in range(401, 406)
+    ]
+
+
+def test_rss_spec_sample_with_anchored_guids_stores_nine_entries(
+    setup, feed_server: FeedServer
+) -> None:
+    settings, store, clock = setup
+    items = [
+        f"<item><description>Item {n}: a note from Scripting News.</description>"
+        f"<pubDate>Sun, 29 Sep 2002 {10 + n}:00:00 GMT</pubDate><guid>{guid}</guid></item>"
+        for n, guid in enumerate(SCRIPTING_NEWS_GUIDS)
+    ]
+    feed_id = add(store, feed_server.add("/scripting.xml", body=_rss_items(items)))
+    (summary,) = poll(settings, store, clock)
+    assert summary.new == 9
+    guids = {r[0] for r in rows(store, "SELECT guid FROM entries WHERE feed_id = ?", feed_id)}
+    assert guids == set(SCRIPTING_NEWS_GUIDS)
+
+
+def test_one_page_site_and_shared_links_keep_distinct_entries(
+    setup, feed_server: FeedServer
+) -> None:
+    """Three ways a publisher tells entries apart without distinct pages: anchors in
+    Atom ids, titles of items sharing one link, and texts of items with neither GUID
+    nor link."""
+    settings, store, clock = setup
+    now_page = atom(
+        [
+            Item(
+                f"Now {day}",
+                link=f"https://site.test/now.html#{day}",
+                guid=f"https://site.test/now.html#{day}",
+            )
+            for day in ("2026-02-16", "2026-02-17", "2026-02-18")
+        ]
+    )
+    shared_link = _rss_items(
+        [
+            f"<item><title>{t}</title><link>https://blog.example.org/</link>"
+            f"<description>{t} text</description></item>"
+            for t in ("Monday notes", "Tuesday notes", "Wednesday notes")
+        ]
+    )
+    bare = _rss_items(
+        [
+            f"<item><title>Status</title><pubDate>Mon, 16 Feb 2026 10:00:00 +0000</pubDate>"
+            f"<description>{text}</description></item>"
+            for text in ("Deployed the parser.", "Rolled the parser back.")
+        ]
+    )
+    ids = [
+        add(store, feed_server.add("/now.xml", body=now_page)),
+        add(store, feed_server.add("/shared.xml", body=shared_link)),
+        add(store, feed_server.add("/bare.xml", body=bare)),
+    ]
+    poll(settings, store, clock)
+    clock.now += timedelta(hours=1)
+    summaries = poll(settings, store, clock)  # the same documents again: nothing new
+    assert all(s.new == 0 and s.updated == 0 for s in summaries)
+    assert sorted(_stored_titles(store, ids[0])) == [
+        "Now 2026-02-16",
+        "Now 2026-02-17",
+        "Now 2026-02-18",
+    ]
+    assert sorted(_stored_titles(store, ids[1])) == [
+        "Monday notes",
+        "Tuesday notes",
+        "Wednesday notes",
+    ]
+    texts = rows(store, "SELECT text FROM entries WHERE feed_id = ? ORDER BY text", ids[2])
+    assert texts == [("Deployed the parser.",), ("Rolled the parser back.",)]
+
+
+def test_guid_moving_to_https_updates_the_entry_instead_of_adding_one(
+    setup, feed_server: FeedServer
+) -> None:
+    settings, store, clock = setup
+    old = [Item("Hello", link="http://blog.test/hello", guid="http://blog.test/?p=12")]
+    new = [Item("Hello", link="https://blog.test/hello", guid="https://www.blog.test/?p=12")]
+    url = feed_server.add_sequence("/a.xml", [Response(body=rss(old)), Response(body=rss(new))])
+    feed_id = add(store, url)
+    poll(settings, store, clock)
+    clock.now += timedelta(hours=1)
+    (summary,) = poll(settings, store, clock)
+    assert (summary.new, summary.updated) == (0, 1)
+    assert rows(store, "SELECT guid FROM entries WHERE feed_id = ?", feed_id) == [
+        ("https://www.blog.test/?p=12",)
+    ]
+
+
+def test_database_from_before_exact_keys_upgrades_without_duplicates(
+    tmp_path: Path, feed_server: FeedServer
+) -> None:
+    """A database whose keys are canonical GUIDs with the fragment dropped: the upgrade
+    re-keys it from the stored GUIDs, and the next poll finds every entry again."""
+    from sqlite_utils import Database
+
+    from aggregator.dedup import make_record
+    from aggregator.models import ParsedEntry
+    from aggregator.store import schema
+
+    settings = make_settings(tmp_path)
+    url = feed_server.add("/comments.xml", body=_rss_items([_comment(402), _comment(401)]))
+    old = Database(str(settings.database))
+    schema.migrations.apply(old, stop_before="m005_entry_alias")
+    old.execute(
+        "INSERT INTO feeds (id, url, added_at, backlog_seq) VALUES (1, ?, '2026-01-01T00:00:00.000000Z', 0)",
+        [url],
+    )
+    # The old code stored comment 402 under the fragment-less key (401 was merged into it).
+    parsed = ParsedEntry(
+        guid="https://blog.example.org/?p=77#comment-402",
+        link="https://blog.example.org/?p=77#comment-402",
+        title="Comment on Hello by reader 402",
+        author=None,
+        summary_html="<p>Comment number 402.</p>",
+        content_html="<p>Comment number 402.</p>",
+        published=datetime(2026, 2, 16, 10, 42, tzinfo=UTC),
+        updated=None,
+    )
+    rec = make_record(parsed, feed_url=url, text="Comment number 402.", now=START)
+    old.execute(
+        "INSERT INTO entries (feed_id, key, link_key, guid, link, canonical_url, title, norm_title, "
+        "summary_html, content_html, text, content_hash, published, first_seen, last_changed) "
+        "VALUES (1, 'guid:https://blog.example.org/?p=77', ?, ?, ?, ?, ?, ?, '', '', ?, ?, ?, ?, ?)",
+        [
+            "https://blog.example.org/?p=77",
+            rec.guid,
+            rec.link,
+            "https://blog.example.org/?p=77",
+            rec.title,
+            rec.norm_title,
+            rec.text,
+            "old-hash",
+            "2026-02-16T10:42:00.000000Z",
+            "2026-02-16T11:00:00.000000Z",
+            "2026-02-16T11:00:00.000000Z",
+        ],
+    )
+    old.conn.commit()
+    old.close()
+
+    store = Store.open(settings.database)
+    try:
+        assert rows(store, "SELECT key, alias FROM entries") == [
+            (
+                "guid:https://blog.example.org/?p=77#comment-402",
+                "guid:https://blog.example.org/?p=77",
+            )
+        ]
+        (summary,) = poll(settings, store, Clock())
+        assert (summary.new, summary.updated) == (1, 1)  # 401 is new; 402 refreshed
+        assert sorted(_stored_titles(store, 1)) == [
+            "Comment on Hello by reader 401",
+            "Comment on Hello by reader 402",
+        ]
+        assert store.integrity_ok()
+        # The full-text index still finds the re-keyed entry.
+        assert rows(store, "SELECT rowid FROM entries_fts WHERE entries_fts MATCH '402'") != []
+    finally:
+        store.close()

@@ -12,8 +12,8 @@ from ..models import EntryRecord, PollPlan, StoredEntry
 from .codec import from_db_required, to_db
 
 _STORED_COLUMNS = (
-    "id, feed_id, key, link_key, canonical_url, norm_title, content_hash, text, published, "
-    "first_seen, duplicate_of"
+    "id, feed_id, key, alias, link_key, canonical_url, norm_title, content_hash, text, "
+    "published, first_seen, duplicate_of"
 )
 # SQLite's default limit on host parameters is far above this; chunks keep plans tidy.
 _CHUNK = 400
@@ -24,14 +24,15 @@ def _stored(row: Sequence[Any]) -> StoredEntry:
         id=row[0],
         feed_id=row[1],
         key=row[2],
-        link_key=row[3],
-        canonical_url=row[4],
-        norm_title=row[5],
-        content_hash=row[6],
-        text=row[7],
-        published=from_db_required(row[8]),
-        first_seen=from_db_required(row[9]),
-        duplicate_of=row[10],
+        alias=row[3],
+        link_key=row[4],
+        canonical_url=row[5],
+        norm_title=row[6],
+        content_hash=row[7],
+        text=row[8],
+        published=from_db_required(row[9]),
+        first_seen=from_db_required(row[10]),
+        duplicate_of=row[11],
     )
 
 
@@ -42,10 +43,16 @@ def _chunks(values: Iterable[str]) -> Iterable[list[str]]:
 
 
 def existing_for(
-    db: Database, feed_id: int, keys: Iterable[str], link_keys: Iterable[str]
+    db: Database,
+    feed_id: int,
+    keys: Iterable[str],
+    link_keys: Iterable[str],
+    aliases: Iterable[str] = (),
 ) -> list[StoredEntry]:
-    """Entries of this feed that share a key or a link key with the incoming records."""
-    return _matching(db, "feed_id = ?", feed_id, {"key": keys, "link_key": link_keys})
+    """Entries of this feed that share a key, an alias or a link key with the records."""
+    return _matching(
+        db, "feed_id = ?", feed_id, {"key": keys, "alias": aliases, "link_key": link_keys}
+    )
 
 
 def cross_candidates(
@@ -78,6 +85,7 @@ def _matching(
 def _columns(record: EntryRecord) -> dict[str, Any]:
     return {
         "key": record.key,
+        "alias": record.alias,
         "link_key": record.link_key,
         "guid": record.guid,
         "link": record.link,
