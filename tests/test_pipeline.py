@@ -555,3 +555,61 @@ def test_database_from_before_exact_keys_upgrades_without_duplicates(
         assert rows(store, "SELECT rowid FROM entries_fts WHERE entries_fts MATCH '402'") != []
     finally:
         store.close()
+
+
+# --- the entry cap keeps the newest (DESIGN §5.3) ----------------------------------------
+
+
+def _archive(last: int) -> bytes:
+    """A mailing-list archive listed oldest first: Message 0001 … Message <last>."""
+    items = [
+        Item(
+            f"Message {n:04d}",
+            link=f"https://lists.test/archive/{n}",
+            guid=f"https://lists.test/archive/{n}",
+            published=datetime(2025, 1, 1, tzinfo=UTC) + timedelta(hours=n),
+        )
+        for n in range(1, last + 1)
+    ]
+    return rss(items, title="Archive")
+
+
+def test_archive_over_the_cap_keeps_its_newest_and_picks_up_the_next(
+    tmp_path: Path, feed_server: FeedServer
+) -> None:
+    raw: dict[str, Any] = {
+        "database": str(tmp_path / "db.sqlite3"),
+        "fetch": {"allow_private_addresses": True, "total_timeout": 5.0},
+        "poll": {"parse_workers": 1},
+        "limits": {"max_entries": 500},
+    }
+    settings = settings_from_mapping(raw, env={}, path=tmp_path / "config.toml")
+    store = Store.open(settings.database)
+    clock = Clock()
+    try:
+        url = feed_server.add_sequence(
+            "/archive.xml", [Response(body=_archive(1200)), Response(body=_archive(1201))]
+        )
+        feed_id = add(store, url)
+        (first,) = poll(settings, store, clock)
+        assert first.new == 500
+        assert first.warnings == (
+            "1200 entries, over the cap of 500: kept the newest 500, skipped 700 older ones",
+        )
+        titles = _stored_titles(store, feed_id)
+        assert sorted(titles) == [f"Message {n:04d}" for n in range(701, 1201)]
+        ((latest,),) = rows(
+            store,
+            "SELECT title FROM entries WHERE feed_id = ? ORDER BY published DESC LIMIT 1",
+            feed_id,
+        )
+        assert latest == "Message 1200"
+        clock.now += timedelta(hours=1)
+        (second,) = poll(settings, store, clock)
+        assert (second.new, second.updated) == (1, 0)
+        ((latest,),) = rows(
+            store, "SELECT title FROM entries WHERE feed_id = ? ORDER BY id DESC LIMIT 1", feed_id
+        )
+        assert latest == "Message 1201"
+    finally:
+        store.close()
