@@ -390,6 +390,28 @@ def _story_of(
     return None
 
 
+def _credit_earliest(
+    fresh: list[tuple[int, NewEntry]], candidates: Sequence[StoredEntry]
+) -> list[tuple[int, NewEntry]]:
+    """Make the earliest-published new copy of a stored story the story."""
+    published = {c.id: _utc(c.published) for c in candidates}
+    earliest: dict[int, int] = {}  # story id -> position in ``fresh`` of its earliest copy
+    for position, (_, new) in enumerate(fresh):
+        story = new.duplicate_of
+        if story is None or story not in published or new.record.date_missing:
+            continue
+        if new.record.published >= published[story]:
+            continue
+        best = earliest.get(story)
+        if best is None or new.record.published < fresh[best][1].record.published:
+            earliest[story] = position
+    result = list(fresh)
+    for story, position in earliest.items():
+        index, new = result[position]
+        result[position] = (index, replace(new, duplicate_of=None, supersedes=story))
+    return result
+
+
 def plan_entries(
     records: Sequence[EntryRecord],
     *,
@@ -403,7 +425,7 @@ def plan_entries(
 
     ``existing``: stored entries of this feed sharing a key or link key with a record.
     ``candidates``: stored entries of other feeds sharing a canonical URL or normalised
-    title with a record.
+    title with a record, and the stories those entries are copies of.
 
     - A repeated key inside the document (the same GUID twice, RFC 4287 §4.1.1; the
       same link, title and date; or the same title, date and text): the first
@@ -416,7 +438,11 @@ def plan_entries(
     - Any other record is new. It is a cross-post of the earliest candidate with the
       same canonical URL, or with the same normalised title, a date within ``window``
       and text similarity of at least ``similarity_threshold``; ``duplicate_of`` then
-      names that candidate's root story (the first stored copy).
+      names that candidate's root story.
+    - The earliest-published copy is the story (DESIGN §5.2), whatever order copies
+      arrive in: a new record with a believable date earlier than its story's becomes
+      the story instead (``supersedes`` names the old one, whose copies then point at
+      it). Of several such records of one document, the earliest does.
     - Inserts are ordered oldest first, so that the ingest sequence follows publication
       within a batch. Entries with equal dates keep the reverse of document order,
       since feeds list their newest entry first.
@@ -453,6 +479,7 @@ def plan_entries(
         else:
             unchanged += 1
 
+    fresh = _credit_earliest(fresh, candidates)
     fresh.sort(key=lambda item: (item[1].record.published, -item[0]))
     return PollPlan(
         inserts=tuple(new for _, new in fresh),

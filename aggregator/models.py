@@ -164,6 +164,9 @@ class EntryRecord:
 class NewEntry:
     record: EntryRecord
     duplicate_of: int | None  # the story's entry id when this is a cross-post
+    # A stored story this entry replaces as the story, being an earlier-published copy
+    # of it: the old story and its copies then point at this entry.
+    supersedes: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -817,8 +817,15 @@ def test_plan_entries_invariants(
     assert len(insert_keys) == len(set(insert_keys))
 
     roots = {c.id for c in candidates if c.duplicate_of is None}
+    published = {c.id: c.published for c in candidates}
     for new in plan.inserts:
         assert new.duplicate_of is None or new.duplicate_of in roots
+        assert new.duplicate_of is None or new.supersedes is None
+        if new.supersedes is not None:  # only an earlier, dated copy takes the credit
+            assert new.supersedes in roots and not new.record.date_missing
+            assert new.record.published < published[new.supersedes]
+    superseded = [new.supersedes for new in plan.inserts if new.supersedes is not None]
+    assert len(superseded) == len(set(superseded))
 
     updated_ids = [update.entry_id for update in plan.updates]
     assert len(updated_ids) == len(set(updated_ids))
@@ -853,3 +860,56 @@ def test_text_similarity_is_symmetric_and_bounded(a: str, b: str) -> None:
 def test_normalise_title_is_idempotent(title: str) -> None:
     once = normalise_title(title)
     assert normalise_title(once) == once
+
+
+# --- cross-post credit: the earliest-published copy is the story (DESIGN §5.2) --------
+
+
+def test_earlier_published_copy_becomes_the_story() -> None:
+    story = other_feed_entry(id=10, published=NOW - timedelta(hours=1))
+    rec = record(
+        guid="ours", link="https://other.example/shipping-v2", published=NOW - timedelta(hours=5)
+    )
+    plan = plan_entries([rec], existing=[], candidates=[story], now=NOW)
+    (new,) = plan.inserts
+    assert (new.duplicate_of, new.supersedes) == (None, 10)
+    assert plan.duplicates == 0
+
+
+def test_earlier_copy_supersedes_the_root_of_a_matched_copy() -> None:
+    root = other_feed_entry(
+        id=4, link="https://third.example/v2", published=NOW - timedelta(hours=3)
+    )
+    copy = other_feed_entry(id=17, duplicate_of=4, published=NOW - timedelta(hours=1))
+    rec = record(
+        guid="ours", link="https://other.example/shipping-v2", published=NOW - timedelta(hours=9)
+    )
+    plan = plan_entries([rec], existing=[], candidates=[copy, root], now=NOW)
+    assert (plan.inserts[0].duplicate_of, plan.inserts[0].supersedes) == (None, 4)
+
+
+@pytest.mark.parametrize(
+    ("published", "expected"),
+    [
+        (NOW - timedelta(hours=1), (10, None)),  # later than the story: a copy
+        (NOW - timedelta(hours=3), (10, None)),  # the same moment: the stored story stays
+        (None, (10, None)),  # no believable date: never credited
+    ],
+)
+def test_later_or_undated_copy_stays_a_copy(
+    published: datetime | None, expected: tuple[int | None, int | None]
+) -> None:
+    story = other_feed_entry(id=10, published=NOW - timedelta(hours=3))
+    rec = record(guid="ours", link="https://other.example/shipping-v2", published=published)
+    plan = plan_entries([rec], existing=[], candidates=[story], now=NOW)
+    assert (plan.inserts[0].duplicate_of, plan.inserts[0].supersedes) == expected
+
+
+def test_of_several_earlier_copies_in_one_document_the_earliest_is_the_story() -> None:
+    story = other_feed_entry(id=10, published=NOW - timedelta(hours=1))
+    link = "https://other.example/shipping-v2"
+    early = record(guid="a", link=link, title="A", published=NOW - timedelta(hours=4))
+    earliest = record(guid="b", link=link, title="B", published=NOW - timedelta(hours=8))
+    plan = plan_entries([early, earliest], existing=[], candidates=[story], now=NOW)
+    by_key = {new.record.key: (new.duplicate_of, new.supersedes) for new in plan.inserts}
+    assert by_key == {"guid:b": (None, 10), "guid:a": (10, None)}

@@ -613,3 +613,86 @@ def test_archive_over_the_cap_keeps_its_newest_and_picks_up_the_next(
         assert latest == "Message 1201"
     finally:
         store.close()
+
+
+# --- cross-post credit: the earliest-published copy is the story (DESIGN §5.2) --------
+
+_STORY_BODY = "<p>" + " ".join(f"word{i}" for i in range(120)) + "</p>"
+
+
+def _copy(published: datetime) -> list[Item]:
+    return [Item("Layers meets Agder", link=None, guid=None, body=_STORY_BODY, published=published)]
+
+
+def test_cross_post_in_one_poll_credits_the_copy_published_first(
+    setup, feed_server: FeedServer
+) -> None:
+    """Both blogs carry the story in the same poll; the later copy happens to be written
+    first (its server answers faster). The earlier-published copy is still the story."""
+    from aggregator.store import timeline
+
+    settings, store, clock = setup
+    early = feed_server.add(
+        "/early.xml", body=rss(_copy(datetime(2026, 11, 20, 9, 0, tzinfo=UTC))), delay=0.5
+    )
+    late = feed_server.add("/late.xml", body=atom(_copy(datetime(2026, 11, 20, 15, 0, tzinfo=UTC))))
+    early_id, late_id = add(store, early), add(store, late)
+    summaries = {s.url: s for s in poll(settings, store, clock)}
+    assert summaries[late].new == 1 and summaries[early].new == 1  # written second, yet the story
+    stored = dict(rows(store, "SELECT feed_id, duplicate_of FROM entries"))
+    ((early_entry,),) = rows(store, "SELECT id FROM entries WHERE feed_id = ?", early_id)
+    assert stored == {early_id: None, late_id: early_entry}
+    (shown,) = timeline.latest_entries(store.db)
+    assert shown.feed_id == early_id
+    assert [copy.feed_id for copy in shown.also_on] == [late_id]
+
+
+def test_earlier_copy_arriving_in_a_later_poll_becomes_the_story_without_a_second_digest(
+    setup, feed_server: FeedServer
+) -> None:
+    """The later copy was stored (and mailed) first; the original turns up a poll later.
+    It becomes the story and the old one a copy of it, and a subscriber who already got
+    the story is not sent it again."""
+    from aggregator.selection import Subscriber, select_digest
+    from aggregator.store import digests as digest_rows
+    from aggregator.store import timeline
+
+    settings, store, clock = setup
+    add(
+        store,
+        feed_server.add("/late.xml", body=atom(_copy(datetime(2026, 11, 20, 15, 0, tzinfo=UTC)))),
+    )
+    poll(settings, store, clock)
+    ((late_entry,),) = rows(store, "SELECT id FROM entries")
+    early_url = feed_server.add(
+        "/early.xml", body=rss(_copy(datetime(2026, 11, 20, 9, 0, tzinfo=UTC)))
+    )
+    early_id = add(store, early_url)
+    clock.now += timedelta(hours=1)
+    poll(settings, store, clock, feed_ids=[early_id])
+    ((early_entry,),) = rows(store, "SELECT id FROM entries WHERE feed_id = ?", early_id)
+    assert dict(rows(store, "SELECT id, duplicate_of FROM entries")) == {
+        late_entry: early_entry,
+        early_entry: None,
+    }
+    (shown,) = timeline.latest_entries(store.db)
+    assert (shown.id, [c.entry_id for c in shown.also_on]) == (early_entry, [late_entry])
+
+    def digest_for(watermark: int) -> list[int] | None:
+        subscriber = Subscriber(
+            id=1,
+            email="a@example.org",
+            status="confirmed",
+            cadence="daily",
+            feed_ids=None,
+            watermark=watermark,
+            created_at=START,
+        )
+        upto = early_entry
+        found = digest_rows.candidates(store.db, subscriber, upto)
+        stories = digest_rows.story_members(store.db, {c.story_id for c in found})
+        plan = select_digest(subscriber, found, stories, upto=upto, max_per_source=20)
+        return None if plan is None else [i.entry_id for s in plan.sections for i in s.items]
+
+    assert digest_for(watermark=late_entry) is None  # already had it through the late copy
+    assert digest_for(watermark=0) == [early_entry]  # a fresh reader gets the story once

@@ -58,10 +58,21 @@ def existing_for(
 def cross_candidates(
     db: Database, feed_id: int, canonical_urls: Iterable[str], norm_titles: Iterable[str]
 ) -> list[StoredEntry]:
-    """Entries of other feeds that may be the same story (same URL or same title)."""
-    return _matching(
+    """Entries of other feeds that may be the same story (same URL or same title), and
+    the story entries those are copies of (to compare publication dates)."""
+    found = _matching(
         db, "feed_id != ?", feed_id, {"canonical_url": canonical_urls, "norm_title": norm_titles}
     )
+    known = {entry.id for entry in found}
+    roots = sorted({e.duplicate_of for e in found if e.duplicate_of} - known)
+    for start in range(0, len(roots), _CHUNK):
+        chunk = roots[start : start + _CHUNK]
+        cursor = db.execute(
+            f"SELECT {_STORED_COLUMNS} FROM entries WHERE id IN ({', '.join('?' * len(chunk))})",
+            chunk,
+        )
+        found.extend(_stored(row) for row in cursor.fetchall())
+    return sorted(found, key=lambda entry: entry.id)
 
 
 def _matching(
@@ -119,6 +130,14 @@ def apply_plan(db: Database, feed_id: int, plan: PollPlan, now: datetime) -> lis
         )
         assert cursor.lastrowid is not None
         new_ids.append(cursor.lastrowid)
+    for new, new_id in zip(plan.inserts, new_ids, strict=True):
+        if new.supersedes is not None:
+            # The earlier-published copy is the story: the old story and its copies
+            # point at it now (DESIGN §5.2).
+            db.execute(
+                "UPDATE entries SET duplicate_of = ? WHERE id = ? OR duplicate_of = ?",
+                [new_id, new.supersedes, new.supersedes],
+            )
     for update in plan.updates:
         values = _columns(update.record)
         values["last_changed"] = stamp
