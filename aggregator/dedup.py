@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from itertools import islice
@@ -117,10 +117,11 @@ def _bounded(identity: str) -> str:
 def _guid_identity(guid: str, feed_url: str) -> str:
     """GUIDs drift between polls (THREATS F6): fold the harmless differences away.
 
-    A URL GUID gets the canonical URL form (http/https, www., tracking parameters,
-    trailing slash); a relative path is resolved against the feed first (so moving the
-    feed to another host changes such keys: the stable link then matches instead).
-    Any other GUID (tag:, urn:uuid:, a number) is only stripped: it is opaque.
+    A URL GUID gets the canonical URL form (http/https, www., default port, tracking
+    parameters and fragments, trailing slash; an identifying fragment is kept, see
+    ``urls.canonical_url``); a relative path is resolved against the feed first (so
+    moving the feed to another host changes such aliases: the stable link then matches
+    instead). Any other GUID (tag:, urn:uuid:, a number) is opaque and kept as it is.
     """
     if _SCHEME.match(guid) or _RELATIVE_PATH.match(guid):
         canonical = canonical_url(guid, base=feed_url if _RELATIVE_PATH.match(guid) else None)
@@ -130,9 +131,21 @@ def _guid_identity(guid: str, feed_url: str) -> str:
 
 
 def link_key(link: str | None) -> str | None:
-    """Canonical form of an entry link, for secondary matching inside one feed."""
+    """Canonical form of an entry link, for secondary matching inside one feed.
+
+    An identifying fragment is part of it: ``/now.html#2026-02-16`` and
+    ``/now.html#2026-02-17`` are two entries of a one-page site.
+    """
     canonical = canonical_url(link)
     return _bounded(canonical) if canonical is not None else None
+
+
+def _date_part(published: datetime | None) -> str:
+    return _stable_iso(published) if published is not None else ""
+
+
+def _text_part(text: str) -> str:
+    return " ".join(text[: MAX_SIMILARITY_WORDS * 16].split())
 
 
 def entry_key(
@@ -142,20 +155,65 @@ def entry_key(
     published: datetime | None,
     *,
     feed_url: str,
+    text: str = "",
 ) -> str:
-    """Identity of an entry inside one feed: "guid:…", else "link:…", else "hash:…".
+    """Exact identity of an entry inside one feed: "guid:…", else "link:…", else "hash:…".
 
-    The hash fallback uses the date exactly as the feed gave it (never the first-seen
-    time, which would differ on every poll).
+    Two entries of one document with different keys are two entries, always.
+
+    - A GUID is the identity exactly as written (surrounding space stripped). RSS 2.0
+      defines ``<guid>`` as "a string that uniquely identifies the item"; RFC 4287
+      §4.2.6.1 compares ``atom:id`` values character by character, never normalised,
+      and §4.1.1 makes entries with one ``atom:id`` one entry. So ``#comment-401`` and
+      ``#comment-402``, or even ``http://…/p`` and ``https://…/p``, are distinct
+      entries; spelling churn between polls is ``entry_alias``'s business.
+    - Without a GUID, the canonical link (identifying fragment kept) together with the
+      normalised title and the feed's date: what a publisher uses to tell entries
+      apart when every item links to one page (RSS 2.0 makes every item element
+      optional, only title or description is required).
+    - Without either, the normalised title, the date exactly as the feed gave it (never
+      the first-seen time, which would differ on every poll) and the plain text: an
+      item that has only a description is told apart by that description.
+    """
+    stripped = (guid or "").strip()
+    if stripped:
+        return "guid:" + _bounded(stripped)
+    date = _date_part(published)
+    canonical = canonical_url(link, base=feed_url)
+    if canonical is not None:
+        return "link:" + _bounded(canonical) + " " + _digest(normalise_title(title), date)[:24]
+    return "hash:" + _digest(normalise_title(title), date, _text_part(text))
+
+
+def entry_alias(
+    guid: str | None,
+    link: str | None,
+    title: str,
+    published: datetime | None,
+    *,
+    feed_url: str,
+    text: str = "",
+) -> str:
+    """The churn-tolerant form of ``entry_key``: what may join one entry across polls.
+
+    - A URL GUID in canonical form (http/https, host case, ``www.``, default port,
+      tracking parameters and fragments, trailing slash folded; an identifying fragment
+      kept), so a feed that moves to https keeps its entries (THREATS F6).
+    - An entry without GUID or link: its normalised title and date, when it has both,
+      so that an edit of the text is an update, not a new entry.
+    - Otherwise the key itself.
+
+    An alias only ever joins a record to a stored entry when neither side has a second
+    entry with that alias (``plan_entries``): inside one document it never merges.
     """
     stripped = (guid or "").strip()
     if stripped:
         return "guid:" + _bounded(_guid_identity(stripped, feed_url))
-    canonical = canonical_url(link, base=feed_url)
-    if canonical is not None:
-        return "link:" + _bounded(canonical)
-    date = _stable_iso(published) if published is not None else ""
-    return "hash:" + _digest(normalise_title(title), date)
+    key = entry_key(guid, link, title, published, feed_url=feed_url, text=text)
+    norm_title = normalise_title(title)
+    if key.startswith("hash:") and norm_title and published is not None:
+        return "hash:" + _digest(norm_title, _date_part(published))
+    return key
 
 
 def content_hash(
@@ -202,8 +260,10 @@ def make_record(entry: ParsedEntry, *, feed_url: str, text: str, now: datetime) 
     """
     published = plausible_date(entry.published, now=now)
     canonical = canonical_url(entry.link, base=feed_url)
+    identity = (entry.guid, entry.link, entry.title, entry.published)
     return EntryRecord(
-        key=entry_key(entry.guid, entry.link, entry.title, entry.published, feed_url=feed_url),
+        key=entry_key(*identity, feed_url=feed_url, text=text),
+        alias=entry_alias(*identity, feed_url=feed_url, text=text),
         link_key=link_key(entry.link),
         guid=entry.guid,
         link=entry.link,
@@ -226,21 +286,51 @@ def make_record(entry: ParsedEntry, *, feed_url: str, text: str, now: datetime) 
 # --- planning one poll --------------------------------------------------------------
 
 
+def _agree(record: EntryRecord, stored: StoredEntry) -> bool:
+    """Whether a record and a stored entry sharing a link read as one entry.
+
+    Same normalised title, same plain text or same content. When both carry GUIDs that
+    differ, the publisher says they are two entries unless it re-numbered its posts (a
+    CMS migration): then title and text must both agree.
+    """
+    same_title = bool(record.norm_title) and record.norm_title == stored.norm_title
+    same_content = record.content_hash == stored.content_hash or (
+        bool(record.text.strip()) and record.text == stored.text
+    )
+    if record.key.startswith("guid:") and stored.key.startswith("guid:"):
+        return same_title and same_content
+    return same_title or same_content
+
+
+def _counts(values: Iterable[str | None]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for value in values:
+        if value is not None:
+            counts[value] = counts.get(value, 0) + 1
+    return counts
+
+
 def _match_existing(
     records: Sequence[EntryRecord], existing: Sequence[StoredEntry]
 ) -> dict[int, StoredEntry]:
     """Pair records (by index) with stored entries of the same feed.
 
-    By key first, for every record; only then by link, and only when the link can
-    identify anything: it is not shared by several records of the document, the stored
-    entry was not already claimed by its own key, and title or content agree. Feeds
-    that point every entry at their home page would otherwise have each new entry
-    overwrite an old one.
+    1. By exact key, for every record.
+    2. By alias (GUID spelling churn, an edited entry without GUID or link), only where
+       it cannot be mistaken for a second entry: no other record of the document has
+       that alias, and one unclaimed stored entry has it (or, of several, one has the
+       same title).
+    3. By link, only when the link can identify anything: it is not shared by several
+       records of the document, the stored entry was not already claimed, and the two
+       agree (``_agree``). Feeds that point every entry at their home page would
+       otherwise have each new entry overwrite an old one.
     """
     by_key: dict[str, StoredEntry] = {}
+    by_alias: dict[str, list[StoredEntry]] = {}
     by_link: dict[str, list[StoredEntry]] = {}
     for stored in sorted(existing, key=lambda s: s.id):
         by_key.setdefault(stored.key, stored)
+        by_alias.setdefault(stored.alias, []).append(stored)
         if stored.link_key is not None:
             by_link.setdefault(stored.link_key, []).append(stored)
 
@@ -252,17 +342,23 @@ def _match_existing(
             matches[index] = keyed
             claimed.add(keyed.id)
 
-    link_counts: dict[str, int] = {}
-    for record in records:
-        if record.link_key is not None:
-            link_counts[record.link_key] = link_counts.get(record.link_key, 0) + 1
+    alias_counts = _counts(record.alias for record in records)
+    for index, record in enumerate(records):
+        if index in matches or alias_counts[record.alias] > 1:
+            continue
+        free = [s for s in by_alias.get(record.alias, ()) if s.id not in claimed]
+        if len(free) > 1:
+            free = [s for s in free if s.norm_title == record.norm_title]
+        if len(free) == 1:
+            matches[index] = free[0]
+            claimed.add(free[0].id)
+
+    link_counts = _counts(record.link_key for record in records)
     for index, record in enumerate(records):
         if index in matches or record.link_key is None or link_counts[record.link_key] > 1:
             continue
         for stored in by_link.get(record.link_key, ()):
-            if stored.id in claimed:
-                continue
-            if stored.norm_title == record.norm_title or stored.content_hash == record.content_hash:
+            if stored.id not in claimed and _agree(record, stored):
                 matches[index] = stored
                 claimed.add(stored.id)
                 break
@@ -294,6 +390,28 @@ def _story_of(
     return None
 
 
+def _credit_earliest(
+    fresh: list[tuple[int, NewEntry]], candidates: Sequence[StoredEntry]
+) -> list[tuple[int, NewEntry]]:
+    """Make the earliest-published new copy of a stored story the story."""
+    published = {c.id: _utc(c.published) for c in candidates}
+    earliest: dict[int, int] = {}  # story id -> position in ``fresh`` of its earliest copy
+    for position, (_, new) in enumerate(fresh):
+        story = new.duplicate_of
+        if story is None or story not in published or new.record.date_missing:
+            continue
+        if new.record.published >= published[story]:
+            continue
+        best = earliest.get(story)
+        if best is None or new.record.published < fresh[best][1].record.published:
+            earliest[story] = position
+    result = list(fresh)
+    for story, position in earliest.items():
+        index, new = result[position]
+        result[position] = (index, replace(new, duplicate_of=None, supersedes=story))
+    return result
+
+
 def plan_entries(
     records: Sequence[EntryRecord],
     *,
@@ -307,18 +425,24 @@ def plan_entries(
 
     ``existing``: stored entries of this feed sharing a key or link key with a record.
     ``candidates``: stored entries of other feeds sharing a canonical URL or normalised
-    title with a record.
+    title with a record, and the stories those entries are copies of.
 
-    - A repeated key inside the document: the first occurrence wins, later ones are
-      counted in ``skipped_in_document``.
+    - A repeated key inside the document (the same GUID twice, RFC 4287 §4.1.1; the
+      same link, title and date; or the same title, date and text): the first
+      occurrence wins, later ones are counted in ``skipped_in_document``. Records with
+      different keys are different entries, however alike their aliases or links.
     - A record matching a stored entry (see ``_match_existing``) is an update when its
-      content, key or link key changed (it keeps its id, first-seen time and ingest
+      content, key, alias or link key changed (it keeps its id, first-seen time and ingest
       order; a record without a believable date keeps the stored date), else unchanged.
       Refreshing a drifted key makes the next poll match it directly.
     - Any other record is new. It is a cross-post of the earliest candidate with the
       same canonical URL, or with the same normalised title, a date within ``window``
       and text similarity of at least ``similarity_threshold``; ``duplicate_of`` then
-      names that candidate's root story (the first stored copy).
+      names that candidate's root story.
+    - The earliest-published copy is the story (DESIGN §5.2), whatever order copies
+      arrive in: a new record with a believable date earlier than its story's becomes
+      the story instead (``supersedes`` names the old one, whose copies then point at
+      it). Of several such records of one document, the earliest does.
     - Inserts are ordered oldest first, so that the ingest sequence follows publication
       within a batch. Entries with equal dates keep the reverse of document order,
       since feeds list their newest entry first.
@@ -345,6 +469,7 @@ def plan_entries(
         elif (
             stored.content_hash != record.content_hash
             or stored.key != record.key
+            or stored.alias != record.alias
             or stored.link_key != record.link_key
         ):
             kept = (
@@ -354,6 +479,7 @@ def plan_entries(
         else:
             unchanged += 1
 
+    fresh = _credit_earliest(fresh, candidates)
     fresh.sort(key=lambda item: (item[1].record.published, -item[0]))
     return PollPlan(
         inserts=tuple(new for _, new in fresh),

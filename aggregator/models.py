@@ -130,6 +130,7 @@ class StoredEntry:
     id: int
     feed_id: int
     key: str
+    alias: str  # the churn-tolerant form of the key (see dedup.entry_alias)
     link_key: str | None
     canonical_url: str | None
     norm_title: str
@@ -144,7 +145,8 @@ class StoredEntry:
 class EntryRecord:
     """An entry ready to be written: everything derived, nothing left to decide."""
 
-    key: str
+    key: str  # exact identity inside the feed (dedup.entry_key)
+    alias: str  # the same identity with harmless churn folded away (dedup.entry_alias)
     link_key: str | None
     guid: str | None
     link: str | None
@@ -165,6 +167,9 @@ class EntryRecord:
 class NewEntry:
     record: EntryRecord
     duplicate_of: int | None  # the story's entry id when this is a cross-post
+    # A stored story this entry replaces as the story, being an earlier-published copy
+    # of it: the old story and its copies then point at this entry.
+    supersedes: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

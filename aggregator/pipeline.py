@@ -308,6 +308,7 @@ class Poller:
             feed.id,
             keys=(r.key for r in records),
             link_keys=(r.link_key for r in records if r.link_key),
+            aliases=(r.alias for r in records),
         )
         candidates = entry_rows.cross_candidates(
             db,

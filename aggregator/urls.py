@@ -64,6 +64,22 @@ _MAY_TRACK = re.compile(
 )
 
 
+# Fragments that never tell two pages apart: tracking tags (Google Analytics campaign
+# tags, AT Internet's xtor, Matomo, AddThis's "#.XyZ12ab", Facebook's "#_=_") and the
+# jump links blog software puts on every post ("read more", the comment form). Any other
+# fragment is an anchor a publisher may use for one entry among several on a page.
+_IDLE_FRAGMENT = re.compile(
+    r"(?:(?:utm_|mtm_|pk_)[\w-]*(?:=.*)?|xtor=.*|\.[A-Za-z0-9_-]{6,}|_=_"
+    r"|more|more-\d+|comments|respond|disqus_thread)",
+    re.IGNORECASE | re.DOTALL,
+)
+
+
+def is_idle_fragment(fragment: str) -> bool:
+    """True for a fragment that names no entry: empty, tracking, or blog page furniture."""
+    return not fragment or _IDLE_FRAGMENT.fullmatch(fragment) is not None
+
+
 def is_tracking_parameter(name: str) -> bool:
     lowered = name.lower()
     return lowered in _TRACKING_NAMES or lowered.startswith(_TRACKING_PREFIXES)
@@ -150,8 +166,13 @@ def canonical_url(url: str | None, base: str | None = None) -> str | None:
     """The form two copies of one page share, for matching, never for display.
 
     Scheme folded to https (http and https copies are one page), host lower-case
-    without ``www.``, default port dropped, fragment and tracking parameters removed,
-    remaining parameters sorted, trailing slash and ``index.html`` normalised away.
+    without ``www.``, default port dropped, tracking parameters removed, remaining
+    parameters sorted, trailing slash and ``index.html`` normalised away.
+
+    The fragment is kept unless it carries no identity (``is_idle_fragment``): a
+    publisher anchors distinct entries on one page (``?p=77#comment-401`` and
+    ``#comment-402`` are two comments of a WordPress comment feed; a one-page site
+    anchors each post), so two fragments are two pages here (DESIGN §5).
     """
     absolute = absolute_http_url(url, base)
     if absolute is None:
@@ -175,7 +196,10 @@ def canonical_url(url: str | None, base: str | None = None) -> str | None:
         if not is_tracking_parameter(k)
     )
     query = urlencode(query_pairs)
-    return urlunsplit(("https", host, path, query, ""))
+    fragment = parts.fragment.strip()
+    if is_idle_fragment(fragment):
+        fragment = ""
+    return urlunsplit(("https", host, path, query, fragment))
 
 
 def _canonical_host(hostname: str) -> str:

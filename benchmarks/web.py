@@ -97,6 +97,7 @@ def generate(path: Path, size: Size) -> None:
             link = f"https://blog{index}.test/{n}"
             record = EntryRecord(
                 key=link,
+                alias=link,
                 link_key=link,
                 guid=None,
                 link=link,

@@ -11,7 +11,9 @@ from hypothesis import strategies as st
 
 from aggregator.dedup import (
     EARLIEST_PLAUSIBLE,
+    _digest,
     content_hash,
+    entry_alias,
     entry_key,
     link_key,
     make_record,
@@ -80,6 +82,7 @@ def stored_from(
         id=id,
         feed_id=feed_id,
         key=rec.key,
+        alias=rec.alias,
         link_key=rec.link_key,
         canonical_url=rec.canonical_url,
         norm_title=rec.norm_title,
@@ -135,22 +138,129 @@ def test_normalise_title_of_huge_title_is_cheap() -> None:
 # --- keys inside one feed -----------------------------------------------------------
 
 
+def _link_key(url: str, title: str = "Title", date: str = "") -> str:
+    return "link:" + url + " " + _digest(normalise_title(title), date)[:24]
+
+
 @pytest.mark.parametrize(
     ("kwargs", "expected"),
     [
         ({"guid": "tag:blog.example,2024:post-1"}, "guid:tag:blog.example,2024:post-1"),
         ({"guid": "  urn:uuid:1234  "}, "guid:urn:uuid:1234"),
         ({"guid": "42", "link": "https://blog.example/42"}, "guid:42"),
-        ({"guid": "http://www.blog.example/p/1/?utm_source=rss"}, "guid:https://blog.example/p/1"),
-        ({"guid": "/p/1"}, "guid:https://blog.example/p/1"),
-        ({"guid": "?p=12"}, "guid:https://blog.example/feed.xml?p=12"),
-        ({"guid": "   ", "link": "https://blog.example/p/1/"}, "link:https://blog.example/p/1"),
-        ({"link": "http://blog.example/p/1#x"}, "link:https://blog.example/p/1"),
+        # The key is the GUID as written (RFC 4287 §4.2.6.1: compared character by character).
+        (
+            {"guid": "http://www.blog.example/p/1/?utm_source=rss"},
+            "guid:http://www.blog.example/p/1/?utm_source=rss",
+        ),
+        ({"guid": "/p/1"}, "guid:/p/1"),
+        ({"guid": "?p=77#comment-401"}, "guid:?p=77#comment-401"),
+        (
+            {"guid": "   ", "link": "https://blog.example/p/1/"},
+            _link_key("https://blog.example/p/1"),
+        ),
+        ({"link": "http://blog.example/p/1#x"}, _link_key("https://blog.example/p/1#x")),
+        ({"link": "http://blog.example/p/1#utm_source=x"}, _link_key("https://blog.example/p/1")),
     ],
 )
 def test_entry_key_table(kwargs: dict[str, str], expected: str) -> None:
     key = entry_key(kwargs.get("guid"), kwargs.get("link"), "Title", None, feed_url=FEED)
     assert key == expected
+
+
+@pytest.mark.parametrize(
+    ("guid", "expected"),
+    [
+        ("tag:blog.example,2024:post-1", "guid:tag:blog.example,2024:post-1"),
+        ("http://www.blog.example/p/1/?utm_source=rss", "guid:https://blog.example/p/1"),
+        ("HTTP://Blog.Example:80/p/1#utm_medium=feed", "guid:https://blog.example/p/1"),
+        ("/p/1", "guid:https://blog.example/p/1"),
+        ("?p=12", "guid:https://blog.example/feed.xml?p=12"),
+        ("http://blog.example/?p=77#comment-401", "guid:https://blog.example/?p=77#comment-401"),
+        (
+            "http://blog.example/now.html#2026-02-16",
+            "guid:https://blog.example/now.html#2026-02-16",
+        ),
+        ("http://blog.example/p#more-12", "guid:https://blog.example/p"),
+    ],
+)
+def test_entry_alias_table(guid: str, expected: str) -> None:
+    assert entry_alias(guid, None, "Title", None, feed_url=FEED) == expected
+
+
+# Distinct entries of one document (each group): their keys AND aliases all differ, so
+# neither the document nor the churn matching can merge them.
+DISTINCT_IN_ONE_DOCUMENT = {
+    "WordPress comment feed": [
+        {"guid": "https://blog.example.org/?p=77#comment-401"},
+        {"guid": "https://blog.example.org/?p=77#comment-402"},
+        {"guid": "https://blog.example.org/?p=78#comment-403"},
+    ],
+    "one-page site anchoring each entry": [
+        {"guid": "https://site.example/now.html#2026-02-16"},
+        {"guid": "https://site.example/now.html#2026-02-17"},
+        {"guid": "/now.html#2026-02-18"},
+    ],
+    "RSS 2.0 specification sample (backissues anchors)": [
+        {"guid": "http://archive.scripting.com/2002/09/29#When:6:56:02PM"},
+        {"guid": "http://archive.scripting.com/2002/09/29#When:8:32:51PM"},
+        {"guid": "http://archive.scripting.com/2002/09/30#When:12:28:52AM"},
+    ],
+    "no GUID, one link, different titles": [
+        {"link": "https://blog.example/", "title": "Monday notes"},
+        {"link": "https://blog.example/", "title": "Tuesday notes"},
+    ],
+    "no GUID, one link and title, different dates": [
+        {"link": "https://blog.example/links", "title": "Links", "published": NOW},
+        {"link": "https://blog.example/links", "title": "Links", "published": NOW - timedelta(1)},
+    ],
+    "no GUID, anchored links": [
+        {"link": "https://site.example/now.html#a"},
+        {"link": "https://site.example/now.html#b"},
+    ],
+    "neither GUID nor link: same title and date, different text": [
+        {"title": "Status", "text": "Deployed the new parser."},
+        {"title": "Status", "text": "Rolled the parser back."},
+    ],
+    "neither GUID nor link nor title: description only": [
+        {"title": "", "published": None, "text": "First note."},
+        {"title": "", "published": None, "text": "Second note."},
+    ],
+}
+
+
+@pytest.mark.parametrize("entries", DISTINCT_IN_ONE_DOCUMENT.values(), ids=DISTINCT_IN_ONE_DOCUMENT)
+def test_distinct_entries_of_one_document_keep_distinct_identities(
+    entries: list[dict[str, object]],
+) -> None:
+    def args(fields: dict[str, object]) -> tuple[object, ...]:
+        return (
+            fields.get("guid"),
+            fields.get("link"),
+            fields.get("title", "Title"),
+            fields.get("published"),
+        )
+
+    keys = {entry_key(*args(f), feed_url=FEED, text=str(f.get("text", ""))) for f in entries}  # type: ignore[arg-type]
+    aliases = {entry_alias(*args(f), feed_url=FEED, text=str(f.get("text", ""))) for f in entries}  # type: ignore[arg-type]
+    assert len(keys) == len(entries)
+    assert len(aliases) == len(entries)
+    recs = [
+        record(
+            guid=f.get("guid"),
+            link=f.get("link"),
+            title=f.get("title", "Title"),
+            published=f.get("published", NOW - timedelta(hours=2)),
+            text=str(f.get("text", STORY)),
+        )  # type: ignore[arg-type]
+        for f in entries
+    ]
+    plan = plan_entries(recs, existing=[], candidates=[], now=NOW)
+    assert len(plan.inserts) == len(entries) and plan.skipped_in_document == 0
+    # Stored, then polled again: each matches itself, nothing new, nothing merged.
+    stored = [stored_from(new.record, id=i + 1) for i, new in enumerate(plan.inserts)]
+    again = plan_entries(recs, existing=stored, candidates=[], now=NOW)
+    assert (again.inserts, again.updates, again.unchanged) == ((), (), len(entries))
 
 
 # GUID churn between polls (THREATS F6): each group is one entry spelled several ways.
@@ -161,17 +271,32 @@ CHURN = [
         "https://www.blog.example/2024/05/post/",
         "https://blog.example/2024/05/post?utm_source=feed&utm_medium=rss",
         "https://BLOG.example/2024/05/post#comments",
+        "https://blog.example:443/2024/05/post#utm_source=rss",
         "/2024/05/post",
         " /2024/05/post/ ",
+    ],
+    [
+        "http://blog.example.org/?p=77#comment-401",
+        "https://www.blog.example.org/?p=77&utm_source=rss#comment-401",
     ],
     ["tag:blog.example,2024:1", " tag:blog.example,2024:1\n"],
 ]
 
 
 @pytest.mark.parametrize("spellings", CHURN)
-def test_entry_key_is_stable_under_guid_churn(spellings: list[str]) -> None:
-    keys = {entry_key(guid, None, "T", None, feed_url=FEED) for guid in spellings}
-    assert len(keys) == 1
+def test_entry_alias_is_stable_under_guid_churn(spellings: list[str]) -> None:
+    aliases = {entry_alias(guid, None, "T", None, feed_url=FEED) for guid in spellings}
+    assert len(aliases) == 1
+
+
+@pytest.mark.parametrize("spellings", CHURN)
+def test_churned_guid_updates_the_one_stored_entry(spellings: list[str]) -> None:
+    first = record(guid=spellings[0])
+    stored = [stored_from(first, id=1)]
+    for spelling in spellings[1:]:
+        plan = plan_entries([record(guid=spelling)], existing=stored, candidates=[], now=NOW)
+        assert plan.inserts == ()
+        assert [u.entry_id for u in plan.updates] == [1] or plan.unchanged == 1
 
 
 def test_entry_key_hash_fallback_uses_title_and_feed_date() -> None:
@@ -184,6 +309,12 @@ def test_entry_key_hash_fallback_uses_title_and_feed_date() -> None:
     # The same instant in another offset is the same date.
     shifted = day.astimezone(timezone(timedelta(hours=2)))
     assert key == entry_key(None, None, "Hello, world", shifted, feed_url=FEED)
+    # Without GUID and link the text tells entries apart, and an edit keeps the alias.
+    noted = entry_key(None, None, "Hello, world", day, feed_url=FEED, text="one")
+    assert noted != entry_key(None, None, "Hello, world", day, feed_url=FEED, text="two")
+    assert entry_alias(None, None, "Hello, world", day, feed_url=FEED, text="one") == (
+        entry_alias(None, None, "Hello, world", day, feed_url=FEED, text="two")
+    )
 
 
 def test_huge_guid_gives_a_bounded_key() -> None:
@@ -346,11 +477,60 @@ def test_dated_update_takes_the_feeds_corrected_date() -> None:
 def test_duplicate_guids_in_one_document_first_wins() -> None:
     first = record(guid="dup", title="First")
     second = record(guid="dup", title="Second")
-    third = record(guid="http://blog.example/p", title="Third")
-    fourth = record(guid="https://www.blog.example/p/", title="Fourth")
-    plan = plan_entries([first, second, third, fourth], existing=[], candidates=[], now=NOW)
-    assert sorted(new.record.title for new in plan.inserts) == ["First", "Third"]
+    third = record(guid=" dup ", title="Third")
+    plan = plan_entries([first, second, third], existing=[], candidates=[], now=NOW)
+    assert [new.record.title for new in plan.inserts] == ["First"]
     assert plan.skipped_in_document == 2
+
+
+def test_guids_that_differ_only_in_spelling_are_two_entries_in_one_document() -> None:
+    # Inside one document distinct GUIDs are distinct entries, however alike.
+    docs = [
+        record(guid=g, title=g) for g in ("http://blog.example/p", "https://www.blog.example/p/")
+    ]
+    plan = plan_entries(docs, existing=[], candidates=[], now=NOW)
+    assert len(plan.inserts) == 2 and plan.skipped_in_document == 0
+    # A later poll with one spelling only cannot tell which one it is: a new entry
+    # rather than a guess, unless the title says which.
+    stored = [stored_from(new.record, id=i + 1) for i, new in enumerate(plan.inserts)]
+    ambiguous = plan_entries(
+        [record(guid="HTTP://blog.example/p", title="x")], existing=stored, candidates=[], now=NOW
+    )
+    assert len(ambiguous.inserts) == 1
+    told = plan_entries(
+        [record(guid="HTTP://blog.example/p", title="http://blog.example/p")],
+        existing=stored,
+        candidates=[],
+        now=NOW,
+    )
+    wanted = next(e.id for e in stored if e.key == "guid:http://blog.example/p")
+    assert told.inserts == () and [u.entry_id for u in told.updates] == [wanted]
+
+
+def test_comment_feed_polls_keep_every_comment() -> None:
+    """A WordPress comment feed: each poll brings newer comments, older ones fall off."""
+    base = "https://blog.example.org/?p=77#comment-"
+    first = [record(guid=f"{base}{n}", title=f"Comment {n}", text=f"text {n}") for n in (402, 401)]
+    plan = plan_entries(first, existing=[], candidates=[], now=NOW)
+    stored = [stored_from(new.record, id=i + 1) for i, new in enumerate(plan.inserts)]
+    second = [record(guid=f"{base}{n}", title=f"Comment {n}", text=f"text {n}") for n in (403, 402)]
+    plan = plan_entries(second, existing=stored, candidates=[], now=NOW)
+    assert [new.record.title for new in plan.inserts] == ["Comment 403"]
+    assert plan.unchanged == 1 and plan.updates == ()
+
+
+def test_new_guid_on_a_shared_link_is_a_new_entry_unless_title_and_text_agree() -> None:
+    link = "https://blog.example/daily"
+    old = record(guid="day-1", link=link, title="Daily links", content="<p>a b</p>", text="a b")
+    new = record(guid="day-2", link=link, title="Daily links", content="<p>c d</p>", text="c d")
+    plan = plan_entries([new], existing=[stored_from(old, id=1)], candidates=[], now=NOW)
+    assert len(plan.inserts) == 1 and plan.updates == ()
+    # The same post re-numbered by a CMS migration: title and text agree, so it is updated.
+    moved = record(
+        guid="cms-2-9f", link=link, title="Daily links", content="<p>a b</p>", text="a b"
+    )
+    plan = plan_entries([moved], existing=[stored_from(old, id=1)], candidates=[], now=NOW)
+    assert plan.inserts == () and [u.entry_id for u in plan.updates] == [1]
 
 
 def test_guid_churn_with_stable_link_updates_the_stored_entry() -> None:
@@ -569,17 +749,21 @@ _path = st.lists(st.from_regex(r"[a-z0-9-]{1,8}", fullmatch=True), min_size=1, m
     st.sampled_from(["http://", "https://"]),
     st.sampled_from(["", "www.", "WWW."]),
     st.sampled_from(["", "/"]),
-    st.sampled_from(["", "?utm_source=rss", "?fbclid=x&utm_medium=feed", "#c"]),
+    st.sampled_from(["", "?utm_source=rss", "?fbclid=x&utm_medium=feed"]),
+    st.sampled_from(["", "#c", "#comment-401", "#utm_source=x"]),
 )
-def test_keys_stable_under_guid_churn(
-    path: str, scheme: str, www: str, slash: str, tail: str
+def test_aliases_stable_under_guid_churn(
+    path: str, scheme: str, www: str, slash: str, tail: str, anchor: str
 ) -> None:
-    reference = entry_key(f"https://blog.example/{path}", None, "T", None, feed_url=FEED)
-    churned = entry_key(
-        f"{scheme}{www}blog.example/{path}{slash}{tail}", None, "T", None, feed_url=FEED
+    reference = entry_alias(f"https://blog.example/{path}{anchor}", None, "T", None, feed_url=FEED)
+    churned = entry_alias(
+        f"{scheme}{www}blog.example/{path}{slash}{tail}{anchor}", None, "T", None, feed_url=FEED
     )
-    relative = entry_key(f"/{path}{slash}{tail}", None, "T", None, feed_url=FEED)
+    relative = entry_alias(f"/{path}{slash}{tail}{anchor}", None, "T", None, feed_url=FEED)
     assert churned == reference == relative
+    bare = entry_alias(f"https://blog.example/{path}", None, "T", None, feed_url=FEED)
+    # An identifying fragment is never folded away; a tracking one always is.
+    assert (reference == bare) == (anchor in ("", "#utm_source=x"))
 
 
 _records = st.builds(
@@ -633,8 +817,15 @@ def test_plan_entries_invariants(
     assert len(insert_keys) == len(set(insert_keys))
 
     roots = {c.id for c in candidates if c.duplicate_of is None}
+    published = {c.id: c.published for c in candidates}
     for new in plan.inserts:
         assert new.duplicate_of is None or new.duplicate_of in roots
+        assert new.duplicate_of is None or new.supersedes is None
+        if new.supersedes is not None:  # only an earlier, dated copy takes the credit
+            assert new.supersedes in roots and not new.record.date_missing
+            assert new.record.published < published[new.supersedes]
+    superseded = [new.supersedes for new in plan.inserts if new.supersedes is not None]
+    assert len(superseded) == len(set(superseded))
 
     updated_ids = [update.entry_id for update in plan.updates]
     assert len(updated_ids) == len(set(updated_ids))
@@ -669,3 +860,56 @@ def test_text_similarity_is_symmetric_and_bounded(a: str, b: str) -> None:
 def test_normalise_title_is_idempotent(title: str) -> None:
     once = normalise_title(title)
     assert normalise_title(once) == once
+
+
+# --- cross-post credit: the earliest-published copy is the story (DESIGN §5.2) --------
+
+
+def test_earlier_published_copy_becomes_the_story() -> None:
+    story = other_feed_entry(id=10, published=NOW - timedelta(hours=1))
+    rec = record(
+        guid="ours", link="https://other.example/shipping-v2", published=NOW - timedelta(hours=5)
+    )
+    plan = plan_entries([rec], existing=[], candidates=[story], now=NOW)
+    (new,) = plan.inserts
+    assert (new.duplicate_of, new.supersedes) == (None, 10)
+    assert plan.duplicates == 0
+
+
+def test_earlier_copy_supersedes_the_root_of_a_matched_copy() -> None:
+    root = other_feed_entry(
+        id=4, link="https://third.example/v2", published=NOW - timedelta(hours=3)
+    )
+    copy = other_feed_entry(id=17, duplicate_of=4, published=NOW - timedelta(hours=1))
+    rec = record(
+        guid="ours", link="https://other.example/shipping-v2", published=NOW - timedelta(hours=9)
+    )
+    plan = plan_entries([rec], existing=[], candidates=[copy, root], now=NOW)
+    assert (plan.inserts[0].duplicate_of, plan.inserts[0].supersedes) == (None, 4)
+
+
+@pytest.mark.parametrize(
+    ("published", "expected"),
+    [
+        (NOW - timedelta(hours=1), (10, None)),  # later than the story: a copy
+        (NOW - timedelta(hours=3), (10, None)),  # the same moment: the stored story stays
+        (None, (10, None)),  # no believable date: never credited
+    ],
+)
+def test_later_or_undated_copy_stays_a_copy(
+    published: datetime | None, expected: tuple[int | None, int | None]
+) -> None:
+    story = other_feed_entry(id=10, published=NOW - timedelta(hours=3))
+    rec = record(guid="ours", link="https://other.example/shipping-v2", published=published)
+    plan = plan_entries([rec], existing=[], candidates=[story], now=NOW)
+    assert (plan.inserts[0].duplicate_of, plan.inserts[0].supersedes) == expected
+
+
+def test_of_several_earlier_copies_in_one_document_the_earliest_is_the_story() -> None:
+    story = other_feed_entry(id=10, published=NOW - timedelta(hours=1))
+    link = "https://other.example/shipping-v2"
+    early = record(guid="a", link=link, title="A", published=NOW - timedelta(hours=4))
+    earliest = record(guid="b", link=link, title="B", published=NOW - timedelta(hours=8))
+    plan = plan_entries([early, earliest], existing=[], candidates=[story], now=NOW)
+    by_key = {new.record.key: (new.duplicate_of, new.supersedes) for new in plan.inserts}
+    assert by_key == {"guid:b": (None, 10), "guid:a": (10, None)}

@@ -8,7 +8,8 @@ import threading
 import time
 import tracemalloc
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import pytest
 
 from aggregator.errors import NotAFeed, ParseError
 from aggregator.models import ParsedFeed
-from aggregator.parse import ParseLimits, parse_feed
+from aggregator.parse import ParseLimits, newest_positions, parse_feed
 from aggregator.urls import canonical_url
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -366,14 +367,105 @@ def test_twenty_megabyte_content_f3() -> None:
     assert len(feed.entries[0].content_html) == limits.max_html_chars
 
 
+CAP = ParseLimits(max_entries=500)
+
+
 def test_hundred_thousand_items_are_capped_f3() -> None:
+    # No dates anywhere: document position decides, and feeds list their newest first.
     items = b"".join(
         b"<item><title>i%d</title><guid>g%d</guid></item>" % (i, i) for i in range(100_000)
     )
-    feed = timed(5.0, parse_feed, rss(items), url=URL)
+    feed = timed(5.0, parse_feed, rss(items), url=URL, limits=CAP)
     assert len(feed.entries) == 500
     assert feed.entries[0].title == "i0" and feed.entries[-1].title == "i499"
-    assert any("500" in w for w in feed.warnings)
+    assert feed.warnings == (
+        "100000 entries, over the cap of 500: kept the newest 500, skipped 99500 older ones",
+    )
+
+
+def _dated_item(n: int, *, dated: bool = True) -> bytes:
+    day = datetime(2020, 1, 1, tzinfo=UTC) + timedelta(hours=n)
+    date = b"<pubDate>%s</pubDate>" % format_datetime(day).encode() if dated else b""
+    return b"<item><title>Message %04d</title><guid>m%d</guid>%s</item>" % (n, n, date)
+
+
+def test_hundred_thousand_dated_items_oldest_first_keep_the_newest_quickly_f3() -> None:
+    items = b"".join(_dated_item(n) for n in range(1, 100_001))
+    feed = timed(8.0, parse_feed, rss(items), url=URL, limits=CAP)
+    titles = [entry.title for entry in feed.entries]
+    assert titles == [f"Message {n:04d}" for n in range(99_501, 100_001)]
+
+
+@pytest.mark.parametrize("order", ["oldest first", "newest first", "shuffled"])
+@pytest.mark.parametrize("kind", ["rss", "atom", "json"])
+def test_archive_over_the_cap_keeps_its_newest_entries(order: str, kind: str) -> None:
+    """An archive of 1,200 messages keeps 0701-1200 however it is ordered (DESIGN §5.3)."""
+    numbers = list(range(1, 1201))
+    if order == "newest first":
+        numbers.reverse()
+    elif order == "shuffled":
+        numbers = numbers[600:] + numbers[:600]
+        numbers = numbers[::2] + numbers[1::2]
+
+    def stamp(n: int) -> datetime:
+        return datetime(2020, 1, 1, tzinfo=UTC) + timedelta(hours=n)
+
+    if kind == "rss":
+        doc = rss(b"".join(_dated_item(n) for n in numbers))
+    elif kind == "atom":
+        doc = (
+            b'<feed xmlns="http://www.w3.org/2005/Atom"><title>A</title>'
+            + b"".join(
+                b"<entry><id>urn:m:%d</id><title>Message %04d</title><updated>%s</updated></entry>"
+                % (n, n, stamp(n).strftime("%Y-%m-%dT%H:%M:%SZ").encode())
+                for n in numbers
+            )
+            + b"</feed>"
+        )
+    else:
+        doc = json.dumps(
+            {
+                "version": "https://jsonfeed.org/version/1.1",
+                "items": [
+                    {
+                        "id": str(n),
+                        "title": f"Message {n:04d}",
+                        "date_published": stamp(n).isoformat(),
+                    }
+                    for n in numbers
+                ],
+            }
+        ).encode()
+    feed = parse_feed(doc, url=URL, limits=CAP)
+    assert sorted(entry.title for entry in feed.entries) == [
+        f"Message {n:04d}" for n in range(701, 1201)
+    ]
+    assert any("kept the newest 500, skipped 700 older ones" in w for w in feed.warnings)
+
+
+def test_undated_items_keep_their_place_among_dated_ones() -> None:
+    # Oldest first; every third item has no date. The newest 500 by position among
+    # their dated neighbours are 701-1200.
+    items = b"".join(_dated_item(n, dated=n % 3 != 0) for n in range(1, 1201))
+    feed = parse_feed(rss(items), url=URL, limits=CAP)
+    assert sorted(e.title for e in feed.entries) == [f"Message {n:04d}" for n in range(701, 1201)]
+
+
+@pytest.mark.parametrize(
+    ("dates", "keep", "expected"),
+    [
+        ([3.0, 2.0, 1.0], 2, [0, 1]),
+        ([1.0, 2.0, 3.0], 2, [1, 2]),
+        ([None, None, None], 2, [0, 1]),  # no dates: the first ones (newest first)
+        ([1.0, None, 3.0, None], 2, [2, 3]),  # ascending: undated after 3.0 is newest
+        ([4.0, None, 2.0, None], 2, [0, 1]),  # descending: undated after 4.0 is next
+        ([2.0, 2.0, 1.0], 1, [0]),  # equal dates in a newest-first document
+        ([1.0, 2.0, 2.0], 1, [2]),  # equal dates in an oldest-first document
+        ([1.0, 2.0], 5, [0, 1]),
+    ],
+)
+def test_newest_positions_table(dates: list[float | None], keep: int, expected: list[int]) -> None:
+    assert newest_positions(dates, keep) == expected
 
 
 # --- F4: encodings that lie ---------------------------------------------------------------------
@@ -545,7 +637,7 @@ def test_json_feed_is_parsed_f7() -> None:
 def test_json_feed_limits_apply_f3_f7() -> None:
     items = [{"id": str(i), "title": "t" * 1000} for i in range(600)]
     doc = json.dumps({"version": "https://jsonfeed.org/version/1", "items": items}).encode()
-    feed = parse_feed(doc, url=URL)
+    feed = parse_feed(doc, url=URL, limits=CAP)
     assert len(feed.entries) == 500 and len(feed.entries[0].title) == 500
     assert feed.warnings
 

@@ -376,3 +376,369 @@ def test_opml_placeholder_titles_give_way_to_the_feeds_own_title(
     clock.now += timedelta(days=1)
     poll(settings, store, clock)
     assert feed_rows.feed_by_url(store.db, as_url).title == "Blog Named In Its Feed"
+
+
+# --- identity: distinct entries of one document stay distinct (DESIGN §5.1) -----------
+
+
+def _rss_items(items: list[str], title: str = "Blog") -> bytes:
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?><rss version="2.0"><channel>'
+        f"<title>{title}</title><link>https://blog.example.org/</link>"
+        "<description>d</description>" + "".join(items) + "</channel></rss>"
+    ).encode()
+
+
+def _comment(n: int, post: int = 77) -> str:
+    return (
+        f"<item><title>Comment on Hello by reader {n}</title>"
+        f"<link>https://blog.example.org/?p={post}#comment-{n}</link>"
+        f'<guid isPermaLink="false">https://blog.example.org/?p={post}#comment-{n}</guid>'
+        f"<pubDate>Mon, 16 Feb 2026 10:{n % 60:02d}:00 +0000</pubDate>"
+        f"<description>Comment number {n}.</description></item>"
+    )
+
+
+# The RSS 2.0 specification's sample (Scripting News): items without titles, each
+# identified by an anchor into one archive page per day.
+SCRIPTING_NEWS_GUIDS = [
+    "http://archive.scripting.com/2002/09/30#When:12:28:52AM",
+    "http://archive.scripting.com/2002/09/29#When:8:32:51PM",
+    "http://archive.scripting.com/2002/09/29#When:6:56:02PM",
+    "http://archive.scripting.com/2002/09/29#When:6:50:11PM",
+    "http://archive.scripting.com/2002/09/29#When:6:31:07PM",
+    "http://archive.scripting.com/2002/09/29#When:4:52:53PM",
+    "http://archive.scripting.com/2002/09/28#When:11:30:27PM",
+    "http://archive.scripting.com/2002/09/28#When:3:47:16PM",
+    "http://archive.scripting.com/2002/09/28#When:3:24:34PM",
+]
+
+
+def _stored_titles(store: Store, feed_id: int) -> list[str]:
+    return [
+        r[0]
+        for r in rows(store, "SELECT title FROM entries WHERE feed_id = ? ORDER BY id", feed_id)
+    ]
+
+
+def test_wordpress_comment_feed_keeps_every_comment_across_polls(
+    setup, feed_server: FeedServer
+) -> None:
+    settings, store, clock = setup
+    url = feed_server.add_sequence(
+        "/comments.xml",
+        [
+            Response(body=_rss_items([_comment(403), _comment(402), _comment(401)])),
+            Response(body=_rss_items([_comment(405), _comment(404), _comment(403)])),
+        ],
+    )
+    feed_id = add(store, url)
+    (first,) = poll(settings, store, clock)
+    assert first.new == 3
+    clock.now += timedelta(hours=1)
+    (second,) = poll(settings, store, clock)
+    assert (second.new, second.updated) == (2, 0)
+    assert sorted(_stored_titles(store, feed_id)) == [
+        f"Comment on Hello by reader {n}" for n in range(401, 406)
+    ]
+
+
+def test_rss_spec_sample_with_anchored_guids_stores_nine_entries(
+    setup, feed_server: FeedServer
+) -> None:
+    settings, store, clock = setup
+    items = [
+        f"<item><description>Item {n}: a note from Scripting News.</description>"
+        f"<pubDate>Sun, 29 Sep 2002 {10 + n}:00:00 GMT</pubDate><guid>{guid}</guid></item>"
+        for n, guid in enumerate(SCRIPTING_NEWS_GUIDS)
+    ]
+    feed_id = add(store, feed_server.add("/scripting.xml", body=_rss_items(items)))
+    (summary,) = poll(settings, store, clock)
+    assert summary.new == 9
+    guids = {r[0] for r in rows(store, "SELECT guid FROM entries WHERE feed_id = ?", feed_id)}
+    assert guids == set(SCRIPTING_NEWS_GUIDS)
+
+
+def test_one_page_site_and_shared_links_keep_distinct_entries(
+    setup, feed_server: FeedServer
+) -> None:
+    """Three ways a publisher tells entries apart without distinct pages: anchors in
+    Atom ids, titles of items sharing one link, and texts of items with neither GUID
+    nor link."""
+    settings, store, clock = setup
+    now_page = atom(
+        [
+            Item(
+                f"Now {day}",
+                link=f"https://site.test/now.html#{day}",
+                guid=f"https://site.test/now.html#{day}",
+            )
+            for day in ("2026-02-16", "2026-02-17", "2026-02-18")
+        ]
+    )
+    shared_link = _rss_items(
+        [
+            f"<item><title>{t}</title><link>https://blog.example.org/</link>"
+            f"<description>{t} text</description></item>"
+            for t in ("Monday notes", "Tuesday notes", "Wednesday notes")
+        ]
+    )
+    bare = _rss_items(
+        [
+            f"<item><title>Status</title><pubDate>Mon, 16 Feb 2026 10:00:00 +0000</pubDate>"
+            f"<description>{text}</description></item>"
+            for text in ("Deployed the parser.", "Rolled the parser back.")
+        ]
+    )
+    ids = [
+        add(store, feed_server.add("/now.xml", body=now_page)),
+        add(store, feed_server.add("/shared.xml", body=shared_link)),
+        add(store, feed_server.add("/bare.xml", body=bare)),
+    ]
+    poll(settings, store, clock)
+    clock.now += timedelta(hours=1)
+    summaries = poll(settings, store, clock)  # the same documents again: nothing new
+    assert all(s.new == 0 and s.updated == 0 for s in summaries)
+    assert sorted(_stored_titles(store, ids[0])) == [
+        "Now 2026-02-16",
+        "Now 2026-02-17",
+        "Now 2026-02-18",
+    ]
+    assert sorted(_stored_titles(store, ids[1])) == [
+        "Monday notes",
+        "Tuesday notes",
+        "Wednesday notes",
+    ]
+    texts = rows(store, "SELECT text FROM entries WHERE feed_id = ? ORDER BY text", ids[2])
+    assert texts == [("Deployed the parser.",), ("Rolled the parser back.",)]
+
+
+def test_guid_moving_to_https_updates_the_entry_instead_of_adding_one(
+    setup, feed_server: FeedServer
+) -> None:
+    settings, store, clock = setup
+    old = [Item("Hello", link="http://blog.test/hello", guid="http://blog.test/?p=12")]
+    new = [Item("Hello", link="https://blog.test/hello", guid="https://www.blog.test/?p=12")]
+    url = feed_server.add_sequence("/a.xml", [Response(body=rss(old)), Response(body=rss(new))])
+    feed_id = add(store, url)
+    poll(settings, store, clock)
+    clock.now += timedelta(hours=1)
+    (summary,) = poll(settings, store, clock)
+    assert (summary.new, summary.updated) == (0, 1)
+    assert rows(store, "SELECT guid FROM entries WHERE feed_id = ?", feed_id) == [
+        ("https://www.blog.test/?p=12",)
+    ]
+
+
+def test_database_from_before_exact_keys_upgrades_without_duplicates(
+    tmp_path: Path, feed_server: FeedServer
+) -> None:
+    """A database whose keys are canonical GUIDs with the fragment dropped: the upgrade
+    re-keys it from the stored GUIDs, and the next poll finds every entry again."""
+    from sqlite_utils import Database
+
+    from aggregator.dedup import make_record
+    from aggregator.models import ParsedEntry
+    from aggregator.store import schema
+
+    settings = make_settings(tmp_path)
+    url = feed_server.add("/comments.xml", body=_rss_items([_comment(402), _comment(401)]))
+    old = Database(str(settings.database))
+    schema.migrations.apply(old, stop_before="m005_entry_alias")
+    old.execute(
+        "INSERT INTO feeds (id, url, added_at, backlog_seq) VALUES (1, ?, '2026-01-01T00:00:00.000000Z', 0)",
+        [url],
+    )
+    # The old code stored comment 402 under the fragment-less key (401 was merged into it).
+    parsed = ParsedEntry(
+        guid="https://blog.example.org/?p=77#comment-402",
+        link="https://blog.example.org/?p=77#comment-402",
+        title="Comment on Hello by reader 402",
+        author=None,
+        summary_html="<p>Comment number 402.</p>",
+        content_html="<p>Comment number 402.</p>",
+        published=datetime(2026, 2, 16, 10, 42, tzinfo=UTC),
+        updated=None,
+    )
+    rec = make_record(parsed, feed_url=url, text="Comment number 402.", now=START)
+    old.execute(
+        "INSERT INTO entries (feed_id, key, link_key, guid, link, canonical_url, title, norm_title, "
+        "summary_html, content_html, text, content_hash, published, first_seen, last_changed) "
+        "VALUES (1, 'guid:https://blog.example.org/?p=77', ?, ?, ?, ?, ?, ?, '', '', ?, ?, ?, ?, ?)",
+        [
+            "https://blog.example.org/?p=77",
+            rec.guid,
+            rec.link,
+            "https://blog.example.org/?p=77",
+            rec.title,
+            rec.norm_title,
+            rec.text,
+            "old-hash",
+            "2026-02-16T10:42:00.000000Z",
+            "2026-02-16T11:00:00.000000Z",
+            "2026-02-16T11:00:00.000000Z",
+        ],
+    )
+    old.conn.commit()
+    old.close()
+
+    store = Store.open(settings.database)
+    try:
+        assert rows(store, "SELECT key, alias FROM entries") == [
+            (
+                "guid:https://blog.example.org/?p=77#comment-402",
+                "guid:https://blog.example.org/?p=77",
+            )
+        ]
+        (summary,) = poll(settings, store, Clock())
+        assert (summary.new, summary.updated) == (1, 1)  # 401 is new; 402 refreshed
+        assert sorted(_stored_titles(store, 1)) == [
+            "Comment on Hello by reader 401",
+            "Comment on Hello by reader 402",
+        ]
+        assert store.integrity_ok()
+        # The full-text index still finds the re-keyed entry.
+        assert rows(store, "SELECT rowid FROM entries_fts WHERE entries_fts MATCH '402'") != []
+    finally:
+        store.close()
+
+
+# --- the entry cap keeps the newest (DESIGN §5.3) ----------------------------------------
+
+
+def _archive(last: int) -> bytes:
+    """A mailing-list archive listed oldest first: Message 0001 … Message <last>."""
+    items = [
+        Item(
+            f"Message {n:04d}",
+            link=f"https://lists.test/archive/{n}",
+            guid=f"https://lists.test/archive/{n}",
+            published=datetime(2025, 1, 1, tzinfo=UTC) + timedelta(hours=n),
+        )
+        for n in range(1, last + 1)
+    ]
+    return rss(items, title="Archive")
+
+
+def test_archive_over_the_cap_keeps_its_newest_and_picks_up_the_next(
+    tmp_path: Path, feed_server: FeedServer
+) -> None:
+    raw: dict[str, Any] = {
+        "database": str(tmp_path / "db.sqlite3"),
+        "fetch": {"allow_private_addresses": True, "total_timeout": 5.0},
+        "poll": {"parse_workers": 1},
+        "limits": {"max_entries": 500},
+    }
+    settings = settings_from_mapping(raw, env={}, path=tmp_path / "config.toml")
+    store = Store.open(settings.database)
+    clock = Clock()
+    try:
+        url = feed_server.add_sequence(
+            "/archive.xml", [Response(body=_archive(1200)), Response(body=_archive(1201))]
+        )
+        feed_id = add(store, url)
+        (first,) = poll(settings, store, clock)
+        assert first.new == 500
+        assert first.warnings == (
+            "1200 entries, over the cap of 500: kept the newest 500, skipped 700 older ones",
+        )
+        titles = _stored_titles(store, feed_id)
+        assert sorted(titles) == [f"Message {n:04d}" for n in range(701, 1201)]
+        ((latest,),) = rows(
+            store,
+            "SELECT title FROM entries WHERE feed_id = ? ORDER BY published DESC LIMIT 1",
+            feed_id,
+        )
+        assert latest == "Message 1200"
+        clock.now += timedelta(hours=1)
+        (second,) = poll(settings, store, clock)
+        assert (second.new, second.updated) == (1, 0)
+        ((latest,),) = rows(
+            store, "SELECT title FROM entries WHERE feed_id = ? ORDER BY id DESC LIMIT 1", feed_id
+        )
+        assert latest == "Message 1201"
+    finally:
+        store.close()
+
+
+# --- cross-post credit: the earliest-published copy is the story (DESIGN §5.2) --------
+
+_STORY_BODY = "<p>" + " ".join(f"word{i}" for i in range(120)) + "</p>"
+
+
+def _copy(published: datetime) -> list[Item]:
+    return [Item("Layers meets Agder", link=None, guid=None, body=_STORY_BODY, published=published)]
+
+
+def test_cross_post_in_one_poll_credits_the_copy_published_first(
+    setup, feed_server: FeedServer
+) -> None:
+    """Both blogs carry the story in the same poll; the later copy happens to be written
+    first (its server answers faster). The earlier-published copy is still the story."""
+    from aggregator.store import timeline
+
+    settings, store, clock = setup
+    early = feed_server.add(
+        "/early.xml", body=rss(_copy(datetime(2026, 11, 20, 9, 0, tzinfo=UTC))), delay=0.5
+    )
+    late = feed_server.add("/late.xml", body=atom(_copy(datetime(2026, 11, 20, 15, 0, tzinfo=UTC))))
+    early_id, late_id = add(store, early), add(store, late)
+    summaries = {s.url: s for s in poll(settings, store, clock)}
+    assert summaries[late].new == 1 and summaries[early].new == 1  # written second, yet the story
+    stored = dict(rows(store, "SELECT feed_id, duplicate_of FROM entries"))
+    ((early_entry,),) = rows(store, "SELECT id FROM entries WHERE feed_id = ?", early_id)
+    assert stored == {early_id: None, late_id: early_entry}
+    (shown,) = timeline.latest_entries(store.db)
+    assert shown.feed_id == early_id
+    assert [copy.feed_id for copy in shown.also_on] == [late_id]
+
+
+def test_earlier_copy_arriving_in_a_later_poll_becomes_the_story_without_a_second_digest(
+    setup, feed_server: FeedServer
+) -> None:
+    """The later copy was stored (and mailed) first; the original turns up a poll later.
+    It becomes the story and the old one a copy of it, and a subscriber who already got
+    the story is not sent it again."""
+    from aggregator.selection import Subscriber, select_digest
+    from aggregator.store import digests as digest_rows
+    from aggregator.store import timeline
+
+    settings, store, clock = setup
+    add(
+        store,
+        feed_server.add("/late.xml", body=atom(_copy(datetime(2026, 11, 20, 15, 0, tzinfo=UTC)))),
+    )
+    poll(settings, store, clock)
+    ((late_entry,),) = rows(store, "SELECT id FROM entries")
+    early_url = feed_server.add(
+        "/early.xml", body=rss(_copy(datetime(2026, 11, 20, 9, 0, tzinfo=UTC)))
+    )
+    early_id = add(store, early_url)
+    clock.now += timedelta(hours=1)
+    poll(settings, store, clock, feed_ids=[early_id])
+    ((early_entry,),) = rows(store, "SELECT id FROM entries WHERE feed_id = ?", early_id)
+    assert dict(rows(store, "SELECT id, duplicate_of FROM entries")) == {
+        late_entry: early_entry,
+        early_entry: None,
+    }
+    (shown,) = timeline.latest_entries(store.db)
+    assert (shown.id, [c.entry_id for c in shown.also_on]) == (early_entry, [late_entry])
+
+    def digest_for(watermark: int) -> list[int] | None:
+        subscriber = Subscriber(
+            id=1,
+            email="a@example.org",
+            status="confirmed",
+            cadence="daily",
+            feed_ids=None,
+            watermark=watermark,
+            created_at=START,
+        )
+        upto = early_entry
+        found = digest_rows.candidates(store.db, subscriber, upto)
+        stories = digest_rows.story_members(store.db, {c.story_id for c in found})
+        plan = select_digest(subscriber, found, stories, upto=upto, max_per_source=20)
+        return None if plan is None else [i.entry_id for s in plan.sections for i in s.items]
+
+    assert digest_for(watermark=late_entry) is None  # already had it through the late copy
+    assert digest_for(watermark=0) == [early_entry]  # a fresh reader gets the story once

@@ -12,10 +12,10 @@ from html.parser import HTMLParser
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aggregator.dedup import entry_key
+from aggregator.dedup import entry_alias, entry_key
 from aggregator.sanitize import sanitize_html
 from aggregator.selection import Candidate, StoryMember, Subscriber, select_digest
-from aggregator.urls import canonical_url, clean_link, is_http_url
+from aggregator.urls import canonical_url, clean_link, is_http_url, is_idle_fragment
 
 FEED = "https://blog.example/feed.xml"
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
@@ -50,7 +50,11 @@ def test_canonical_url_is_idempotent_and_http_c3(url: str, base: str | None) -> 
     assert is_http_url(once)
     assert canonical_url(once) == once
     assert canonical_url(once, base=base) == once
-    assert "utm_" not in once and "fbclid" not in once and "#" not in once
+    assert "utm_" not in once and "fbclid" not in once
+    # A fragment survives only when it identifies something (DESIGN §5: "#comment-401").
+    fragment = once.partition("#")[2]
+    assert fragment == "" or not is_idle_fragment(fragment)
+    assert ("#a/b" in url) == ("#a/b" in once)
 
 
 @settings(max_examples=300, deadline=None)
@@ -159,20 +163,26 @@ _path = st.lists(st.from_regex(r"[a-z0-9-]{1,8}", fullmatch=True), min_size=1, m
     st.sampled_from(["http://", "https://", "HTTPS://", "//", ""]),
     st.sampled_from(["blog.example", "BLOG.example", "blog.example:443", "blog.example:80"]),
     st.sampled_from(["", "&utm_source=rss", "&fbclid=x", "&utm_medium=a&utm_campaign=b"]),
-    st.sampled_from(["", "#top", "#"]),
+    st.sampled_from(["", "#utm_source=rss", "#more-12", "#"]),
 )
-def test_entry_keys_stable_under_guid_churn_f6(
+def test_entry_aliases_stable_under_guid_churn_f6(
     path: str, post: str, scheme: str, host: str, tracking: str, fragment: str
 ) -> None:
     """F6: one post whose id is spelt with another scheme, host case, default port,
-    tracking parameters, a fragment, or relative to the feed: one key."""
-    reference = entry_key(f"https://blog.example/{path}?p={post}", None, "T", None, feed_url=FEED)
+    tracking parameters or fragments, or relative to the feed: one alias, so a later
+    poll finds the stored entry. The exact key keeps the spelling: inside one document
+    two spellings are two entries (DESIGN §5.1)."""
+    reference = entry_alias(f"https://blog.example/{path}?p={post}", None, "T", None, feed_url=FEED)
     authority = "" if scheme == "" else host
     churned = f"{scheme}{authority}/{path}?p={post}{tracking}{fragment}"
-    assert entry_key(churned, None, "T", None, feed_url=FEED) == reference
-    # Another post is never folded into it.
-    other = entry_key(f"https://blog.example/{path}?p={post}x", None, "T", None, feed_url=FEED)
-    assert other != reference
+    assert entry_alias(churned, None, "T", None, feed_url=FEED) == reference
+    assert entry_key(churned, None, "T", None, feed_url=FEED) == "guid:" + churned
+    # Another post, or another anchor of the same page, is never folded into it.
+    other = entry_alias(f"https://blog.example/{path}?p={post}x", None, "T", None, feed_url=FEED)
+    anchored = entry_alias(
+        f"https://blog.example/{path}?p={post}#comment-4", None, "T", None, feed_url=FEED
+    )
+    assert other != reference and anchored != reference
 
 
 # --- digest selection and the watermark ------------------------------------------------------

@@ -42,6 +42,13 @@ SAME_PAGE = [
     ("https://example.com/?b=2&a=1", "https://example.com/?a=1&b=2"),
     ("https://example.com/?q=a%20b", "https://example.com/?q=a+b"),
     ("https://example.com/?p=123&utm_campaign=x#more-123", "https://example.com/?p=123"),
+    # Tracking and page-furniture fragments name no entry.
+    ("https://example.com/post#utm_source=feed&utm_medium=rss", "https://example.com/post"),
+    ("https://example.com/post#xtor=RSS-1", "https://example.com/post"),
+    ("https://example.com/post#.VfL2abcd", "https://example.com/post"),
+    ("https://example.com/post#respond", "https://example.com/post"),
+    ("https://example.com/post#", "https://example.com/post"),
+    ("http://example.com/?p=77#comment-401", "https://www.example.com/?p=77#comment-401"),
     ("  https://example.com/post\n", "https://example.com/post"),
 ]
 
@@ -56,6 +63,14 @@ DIFFERENT_PAGES = [
     ("https://example.com/a%2Fb", "https://example.com/a/b"),
     ("https://example.com/?page=1", "https://example.com/?page=2"),
     ("https://example.com/?ref=home", "https://example.com/"),
+    # An anchor a publisher gives each entry: two entries, never one story.
+    ("https://example.com/?p=77#comment-401", "https://example.com/?p=77#comment-402"),
+    ("https://example.com/now.html#2026-02-16", "https://example.com/now.html#2026-02-17"),
+    ("https://example.com/now.html#2026-02-16", "https://example.com/now.html"),
+    (
+        "http://example.com/2002/09/29#When:6:56:02PM",
+        "http://example.com/2002/09/29#When:8:32:51PM",
+    ),
 ]
 
 
@@ -73,7 +88,9 @@ def test_canonical_url_keeps_different_pages_apart(one: str, other: str) -> None
 @pytest.mark.parametrize(
     ("url", "expected"),
     [
-        ("HTTP://WWW.Example.COM:80/a/?utm_source=x#f", "https://example.com/a"),
+        ("HTTP://WWW.Example.COM:80/a/?utm_source=x#f", "https://example.com/a#f"),
+        ("HTTP://WWW.Example.COM:80/a/?utm_source=x#utm_medium=rss", "https://example.com/a"),
+        ("http://blog.example.org/?p=77#comment-401", "https://blog.example.org/?p=77#comment-401"),
         ("https://example.com", "https://example.com/"),
         ("https://example.com/index.html", "https://example.com/"),
         ("https://bücher.example/caf%c3%a9", "https://xn--bcher-kva.example/caf%C3%A9"),

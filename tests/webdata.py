@@ -47,6 +47,7 @@ def record(
     html = sanitize_html(body)
     return EntryRecord(
         key=key or link or f"{title}|{published.isoformat()}",
+        alias=key or link or f"{title}|{published.isoformat()}",
         link_key=link,
         guid=None,
         link=link,

@@ -12,8 +12,8 @@ from ..models import EntryRecord, PollPlan, StoredEntry
 from .codec import from_db_required, to_db
 
 _STORED_COLUMNS = (
-    "id, feed_id, key, link_key, canonical_url, norm_title, content_hash, text, published, "
-    "first_seen, duplicate_of"
+    "id, feed_id, key, alias, link_key, canonical_url, norm_title, content_hash, text, "
+    "published, first_seen, duplicate_of"
 )
 # SQLite's default limit on host parameters is far above this; chunks keep plans tidy.
 _CHUNK = 400
@@ -24,14 +24,15 @@ def _stored(row: Sequence[Any]) -> StoredEntry:
         id=row[0],
         feed_id=row[1],
         key=row[2],
-        link_key=row[3],
-        canonical_url=row[4],
-        norm_title=row[5],
-        content_hash=row[6],
-        text=row[7],
-        published=from_db_required(row[8]),
-        first_seen=from_db_required(row[9]),
-        duplicate_of=row[10],
+        alias=row[3],
+        link_key=row[4],
+        canonical_url=row[5],
+        norm_title=row[6],
+        content_hash=row[7],
+        text=row[8],
+        published=from_db_required(row[9]),
+        first_seen=from_db_required(row[10]),
+        duplicate_of=row[11],
     )
 
 
@@ -42,19 +43,36 @@ def _chunks(values: Iterable[str]) -> Iterable[list[str]]:
 
 
 def existing_for(
-    db: Database, feed_id: int, keys: Iterable[str], link_keys: Iterable[str]
+    db: Database,
+    feed_id: int,
+    keys: Iterable[str],
+    link_keys: Iterable[str],
+    aliases: Iterable[str] = (),
 ) -> list[StoredEntry]:
-    """Entries of this feed that share a key or a link key with the incoming records."""
-    return _matching(db, "feed_id = ?", feed_id, {"key": keys, "link_key": link_keys})
+    """Entries of this feed that share a key, an alias or a link key with the records."""
+    return _matching(
+        db, "feed_id = ?", feed_id, {"key": keys, "alias": aliases, "link_key": link_keys}
+    )
 
 
 def cross_candidates(
     db: Database, feed_id: int, canonical_urls: Iterable[str], norm_titles: Iterable[str]
 ) -> list[StoredEntry]:
-    """Entries of other feeds that may be the same story (same URL or same title)."""
-    return _matching(
+    """Entries of other feeds that may be the same story (same URL or same title), and
+    the story entries those are copies of (to compare publication dates)."""
+    found = _matching(
         db, "feed_id != ?", feed_id, {"canonical_url": canonical_urls, "norm_title": norm_titles}
     )
+    known = {entry.id for entry in found}
+    roots = sorted({e.duplicate_of for e in found if e.duplicate_of} - known)
+    for start in range(0, len(roots), _CHUNK):
+        chunk = roots[start : start + _CHUNK]
+        cursor = db.execute(
+            f"SELECT {_STORED_COLUMNS} FROM entries WHERE id IN ({', '.join('?' * len(chunk))})",
+            chunk,
+        )
+        found.extend(_stored(row) for row in cursor.fetchall())
+    return sorted(found, key=lambda entry: entry.id)
 
 
 def _matching(
@@ -78,6 +96,7 @@ def _matching(
 def _columns(record: EntryRecord) -> dict[str, Any]:
     return {
         "key": record.key,
+        "alias": record.alias,
         "link_key": record.link_key,
         "guid": record.guid,
         "link": record.link,
@@ -111,6 +130,14 @@ def apply_plan(db: Database, feed_id: int, plan: PollPlan, now: datetime) -> lis
         )
         assert cursor.lastrowid is not None
         new_ids.append(cursor.lastrowid)
+    for new, new_id in zip(plan.inserts, new_ids, strict=True):
+        if new.supersedes is not None:
+            # The earlier-published copy is the story: the old story and its copies
+            # point at it now (DESIGN §5.2).
+            db.execute(
+                "UPDATE entries SET duplicate_of = ? WHERE id = ? OR duplicate_of = ?",
+                [new_id, new.supersedes, new.supersedes],
+            )
     for update in plan.updates:
         values = _columns(update.record)
         values["last_changed"] = stamp

@@ -173,3 +173,47 @@ def m004_digests(db: Database) -> None:
         ) WITHOUT ROWID;
         """
     )
+
+
+@migrations()
+def m005_entry_alias(db: Database) -> None:
+    """Exact entry keys beside churn-tolerant aliases (DESIGN §5.1).
+
+    Keys used to be the canonical URL of a GUID with its fragment dropped, which merged
+    distinct entries (``?p=77#comment-401`` and ``#comment-402``). Now ``key`` is the
+    GUID exactly as written and ``alias`` the canonical form. Existing rows keep their
+    old key as alias, and a GUID row takes its stored GUID as key where that is unique
+    in its feed; every other row is re-keyed by its next poll (matched by alias or link).
+
+    The full-text index is kept up to date only when an indexed column changes, so that
+    re-keying here (and re-pointing stories later) rewrites no index entries.
+    """
+    db.executescript(
+        """
+        DROP TRIGGER IF EXISTS entries_au;
+        CREATE TRIGGER entries_au AFTER UPDATE OF title, author, text ON entries BEGIN
+          INSERT INTO entries_fts (entries_fts, rowid, title, author, text)
+            VALUES ('delete', old.rowid, old.title, old.author, old.text);
+          INSERT INTO entries_fts (rowid, title, author, text)
+            VALUES (new.rowid, new.title, new.author, new.text);
+        END;
+        ALTER TABLE entries ADD COLUMN alias TEXT NOT NULL DEFAULT '';
+        UPDATE entries SET alias = key;
+        CREATE INDEX entries_feed_alias ON entries(feed_id, alias);
+        CREATE TEMP TABLE m005_rekey AS
+            SELECT id, feed_id, 'guid:' || guid AS new_key FROM entries
+            WHERE key LIKE 'guid:%' AND guid IS NOT NULL AND guid != ''
+              AND guid = trim(guid) AND length(guid) <= 2048 AND key != 'guid:' || guid;
+        DELETE FROM m005_rekey WHERE (feed_id, new_key) IN (
+            SELECT feed_id, new_key FROM m005_rekey GROUP BY feed_id, new_key
+            HAVING count(*) > 1
+        );
+        DELETE FROM m005_rekey WHERE EXISTS (
+            SELECT 1 FROM entries e
+            WHERE e.feed_id = m005_rekey.feed_id AND e.key = m005_rekey.new_key
+        );
+        UPDATE entries SET key = (SELECT new_key FROM m005_rekey r WHERE r.id = entries.id)
+            WHERE id IN (SELECT id FROM m005_rekey);
+        DROP TABLE m005_rekey;
+        """
+    )
