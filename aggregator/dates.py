@@ -167,21 +167,21 @@ def _zone(value: str | None) -> timezone | None:
     return _ZONES.get(value.upper())
 
 
-def _build(
-    year: int, month: int, day: int, hour: str | None, minute: str | None, second: str | None
-) -> datetime | None:
+def _build(year: int, month: int, day: int, parts: dict[str, str | None]) -> datetime | None:
+    """The moment named by the date and the ``hour``, ``minute``, ``second`` and
+    ``zone`` of a pattern's match (no zone: UTC), or None when the digits name none."""
     try:
-        return datetime(
+        moment = datetime(
             year,
             month,
             day,
-            int(hour or 0),
-            int(minute or 0),
-            min(int(second or 0), 59),  # a leap second (RFC 3339 §5.7) is the second before
-            tzinfo=UTC,
+            int(parts["hour"] or 0),
+            int(parts["minute"] or 0),
+            min(int(parts["second"] or 0), 59),  # a leap second (RFC 3339 §5.7): the one before
         )
     except ValueError:  # 31 February, month 13, hour 25: the digits name no moment
         return None
+    return _utc(moment.replace(tzinfo=_zone(parts["zone"]) or UTC))
 
 
 def _read_iso(text: str) -> tuple[bool, datetime | None]:
@@ -190,18 +190,7 @@ def _read_iso(text: str) -> tuple[bool, datetime | None]:
     if match is None:
         return False, None
     parts = match.groupdict()
-    moment = _build(
-        int(parts["year"]),
-        int(parts["month"]),
-        int(parts["day"]),
-        parts["hour"],
-        parts["minute"],
-        parts["second"],
-    )
-    if moment is None:
-        return True, None
-    zone = _zone(parts["zone"]) or UTC
-    return True, _utc(moment.replace(tzinfo=zone))
+    return True, _build(int(parts["year"]), int(parts["month"]), int(parts["day"]), parts)
 
 
 def _two_digit_year(year: str) -> int:
@@ -232,18 +221,7 @@ def _read_rfc822(text: str) -> tuple[bool, datetime | None]:
     month = _MONTHS.get(parts["month"].lower()) or _LOCAL_MONTHS.get(parts["month"].lower())
     if month is None or (parts["zone"] or "").lower() in ("am", "pm"):
         return False, None
-    moment = _build(
-        _two_digit_year(parts["year"]),
-        month,
-        int(parts["day"]),
-        parts["hour"],
-        parts["minute"],
-        parts["second"],
-    )
-    if moment is None:
-        return True, None
-    zone = _zone(parts["zone"]) or UTC
-    return True, _utc(moment.replace(tzinfo=zone))
+    return True, _build(_two_digit_year(parts["year"]), month, int(parts["day"]), parts)
 
 
 def _english(text: str) -> str:

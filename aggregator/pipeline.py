@@ -30,7 +30,7 @@ from .config import Settings
 from .dedup import plan_entries
 from .errors import AggregatorError, ParseError, StoreError
 from .fetch import FeedFetcher
-from .models import Feed, FetchResult, PollPlan, PollSummary
+from .models import EntryRecord, Feed, FetchResult, PollPlan, PollSummary
 from .polling import next_poll_at, parse_retry_after, spread_overdue
 from .prepare import PreparedFeed, prepare_feed
 from .store import Store
@@ -275,7 +275,9 @@ class Poller:
             last_modified=result.last_modified,
         )
         with self.store.write() as db:
-            plan = self._plan(db, feed, prepared, now)
+            plan = plan_poll(
+                db, feed.id, prepared.records, now, window=self.settings.poll.cross_post_window
+            )
             entry_rows.apply_plan(db, feed.id, plan, now)
             if feed.backlog_seq is None:
                 feed_rows.mark_backlog(db, feed.id)
@@ -301,28 +303,32 @@ class Poller:
             warnings=prepared.warnings,
         )
 
-    def _plan(self, db: Database, feed: Feed, prepared: PreparedFeed, now: datetime) -> PollPlan:
-        records = prepared.records
-        existing = entry_rows.existing_for(
-            db,
-            feed.id,
-            keys=(r.key for r in records),
-            link_keys=(r.link_key for r in records if r.link_key),
-            aliases=(r.alias for r in records),
-        )
-        candidates = entry_rows.cross_candidates(
-            db,
-            feed.id,
-            canonical_urls=(r.canonical_url for r in records if r.canonical_url),
-            norm_titles=(r.norm_title for r in records if r.norm_title),
-        )
-        return plan_entries(
-            records,
-            existing=existing,
-            candidates=candidates,
-            now=now,
-            window=self.settings.poll.cross_post_window,
-        )
+
+def plan_poll(
+    db: Database,
+    feed_id: int,
+    records: Sequence[EntryRecord],
+    now: datetime,
+    *,
+    window: timedelta,
+) -> PollPlan:
+    """What storing ``records`` in feed ``feed_id`` does (inside the feed's write):
+    the stored entries and cross-feed candidates they may match, looked up here, then
+    decided by ``dedup.plan_entries``. ``window`` is the cross-post time window."""
+    existing = entry_rows.existing_for(
+        db,
+        feed_id,
+        keys=(r.key for r in records),
+        link_keys=(r.link_key for r in records if r.link_key),
+        aliases=(r.alias for r in records),
+    )
+    candidates = entry_rows.cross_candidates(
+        db,
+        feed_id,
+        canonical_urls=(r.canonical_url for r in records if r.canonical_url),
+        norm_titles=(r.norm_title for r in records if r.norm_title),
+    )
+    return plan_entries(records, existing=existing, candidates=candidates, now=now, window=window)
 
 
 def _fetch_record(

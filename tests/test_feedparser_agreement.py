@@ -17,10 +17,11 @@ from typing import Any
 import feedparser
 import pytest
 
-from aggregator.dedup import plan_entries
+from aggregator.config import PollSettings
 from aggregator.errors import ParseError
 from aggregator.models import FeedSource
 from aggregator.parse import ParseLimits
+from aggregator.pipeline import plan_poll
 from aggregator.prepare import prepare_feed
 from aggregator.sources import add_source
 from aggregator.store import Store
@@ -124,20 +125,7 @@ def test_every_wellformed_feed_stores_each_distinct_entry_once(tmp_path: Path) -
             feed, _ = add_source(store, FeedSource(url=url), origin="cli", now=NOW)
             records = prepared.records
             with store.write() as db:
-                existing = entry_rows.existing_for(
-                    db,
-                    feed.id,
-                    keys=(r.key for r in records),
-                    link_keys=(r.link_key for r in records if r.link_key),
-                    aliases=(r.alias for r in records),
-                )
-                candidates = entry_rows.cross_candidates(
-                    db,
-                    feed.id,
-                    canonical_urls=(r.canonical_url for r in records if r.canonical_url),
-                    norm_titles=(r.norm_title for r in records if r.norm_title),
-                )
-                plan = plan_entries(records, existing=existing, candidates=candidates, now=NOW)
+                plan = plan_poll(db, feed.id, records, NOW, window=PollSettings().cross_post_window)
                 entry_rows.apply_plan(db, feed.id, plan, NOW)
             stored = entry_rows.count_entries(store.db, feed.id)
             documents += 1
