@@ -21,7 +21,7 @@ from rich.table import Table
 
 from . import __version__
 from .config import Settings, load
-from .errors import AggregatorError
+from .errors import AggregatorError, SourceError, StoreError
 from .fetch import FeedFetcher
 from .models import FeedSource, PollSummary
 from .pipeline import poll_feeds
@@ -58,7 +58,10 @@ class App:
     def store(self) -> Store:
         if self._store is None:
             self._store = Store.open(self.settings.database)
-            sync_configured_feeds(self._store, self.settings, now())
+            try:
+                sync_configured_feeds(self._store, self.settings, now())
+            except StoreError as error:  # the command may not need them: go on, say so
+                err.print(f"warning: configured feeds not added: {error}", markup=False)
         return self._store
 
     def close(self) -> None:
@@ -68,6 +71,24 @@ class App:
 
 def now() -> datetime:
     return datetime.now(UTC)
+
+
+def _read_file(app: App, path: Path) -> bytes:
+    """A file the user named; never the database's own (only SQLite touches those)."""
+    app.store.refuse_own(path, "read")
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise SourceError(f"cannot read {path}: {error.strerror}") from None
+
+
+def _write_file(app: App, path: Path, data: bytes) -> None:
+    """Write a file the user named; never over the database or its -wal/-shm."""
+    app.store.refuse_own(path, "write")
+    try:
+        path.write_bytes(data)
+    except OSError as error:
+        raise AggregatorError(f"cannot write {path}: {error.strerror}") from None
 
 
 @contextmanager
@@ -109,6 +130,9 @@ def init(ctx: click.Context) -> None:
     with _one_line_errors():
         app = _app(ctx)
         store = app.store
+        problem = store.check()
+        if problem:
+            raise StoreError(problem, path=str(store.path))
         count = len(feed_rows.list_feeds(store.db))
         out.print(f"Database ready: {store.path} ({count} feeds)")
 
@@ -201,7 +225,8 @@ def feeds_remove(ctx: click.Context, feed: str) -> None:
 def feeds_import(ctx: click.Context, file: Path) -> None:
     """Add every feed an OPML file lists."""
     with _one_line_errors():
-        report = import_opml(_app(ctx).store, file.read_bytes(), name=str(file), now=now())
+        app = _app(ctx)
+        report = import_opml(app.store, _read_file(app, file), name=str(file), now=now())
         for problem in report.problems:
             err.print(f"skipped: {problem}")
         out.print(
@@ -216,11 +241,12 @@ def feeds_import(ctx: click.Context, file: Path) -> None:
 def feeds_export(ctx: click.Context, out_file: Path | None) -> None:
     """Write the feed list as OPML (to stdout, or --out FILE)."""
     with _one_line_errors():
-        document = export_opml(feed_rows.list_feeds(_app(ctx).store.db), now=now())
+        app = _app(ctx)
+        document = export_opml(feed_rows.list_feeds(app.store.db), now=now())
         if out_file is None:
             click.echo(document, nl=False)
         else:
-            out_file.write_text(document, encoding="utf-8")
+            _write_file(app, out_file, document.encode("utf-8"))
             err.print(f"Wrote {out_file}")
 
 
@@ -358,12 +384,30 @@ def run(ctx: click.Context, host: str | None, port: int | None, once: bool) -> N
 
 
 def _add_demo_subscriber(app: App) -> None:
-    """The configured demo address, confirmed, so a fresh install shows a digest at once."""
-    from .subscriptions import add_by_operator, links_for
+    """The configured demo address, confirmed, so a fresh install shows a digest at once.
+
+    Only an address the database has never seen is added: one that unsubscribed (or
+    was removed and signed up again) keeps the state it chose across restarts, and a
+    read-only database or a lock held elsewhere only costs the demo address, not the
+    start."""
+    from .store import subscribers as subscriber_rows
+    from .subscriptions import normalise_email
 
     settings, store = app.settings, app.store
     email = settings.service.demo_subscriber
     assert email is not None
+    if store.readonly or subscriber_rows.by_key(store.db, normalise_email(email)[1]):
+        return
+    try:
+        _add_demo(app, email)
+    except StoreError as error:
+        err.print(f"warning: demo subscriber {email} not added: {error}", markup=False)
+
+
+def _add_demo(app: App, email: str) -> None:
+    from .subscriptions import add_by_operator, links_for
+
+    settings, store = app.settings, app.store
     add_by_operator(
         store,
         settings,
@@ -543,11 +587,12 @@ def digest_preview(ctx: click.Context, email: str | None, out_file: Path | None)
             return
         suffix = out_file.suffix.lower()
         if suffix in (".html", ".htm"):
-            out_file.write_text(message.html or "", encoding="utf-8")
+            data = (message.html or "").encode("utf-8")
         elif suffix == ".txt":
-            out_file.write_text(message.text, encoding="utf-8")
+            data = message.text.encode("utf-8")
         else:
-            out_file.write_bytes(build_email(message).as_bytes(policy=FILE_POLICY))
+            data = build_email(message).as_bytes(policy=FILE_POLICY)
+        _write_file(app, out_file, data)
         err.print(f"Wrote {out_file}: {message.subject}")
 
 

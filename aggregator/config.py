@@ -202,6 +202,12 @@ def settings_from_mapping(
                 f"{feed.url} is listed twice", path=reader.path_name, key=f"feeds[{index}].url"
             )
         seen.add(feed.url)
+        if feed.snapshot is not None and _is_database_file(feed.snapshot, database):
+            raise ConfigError(
+                "is the database or one of its files; only SQLite may read those",
+                path=reader.path_name,
+                key=f"feeds[{index}].snapshot",
+            )
     if poll.use_snapshots and any(feed.snapshot for feed in feeds):
         # Snapshots are local files: reading them needs file URLs.
         fetch = replace(fetch, allow_file_urls=True)
@@ -308,6 +314,11 @@ def _is_clock_time(value: str) -> bool:
         and 0 <= int(hours) < 24
         and 0 <= int(minutes) < 60
     )
+
+
+def _is_database_file(path: Path, database: Path) -> bool:
+    names = [database, *(Path(f"{database}{side}") for side in ("-wal", "-shm", "-journal"))]
+    return path.resolve() in {name.resolve() for name in names}
 
 
 def _read_feed(reader: _Reader, *, base_dir: Path) -> ConfiguredFeed:

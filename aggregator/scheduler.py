@@ -58,18 +58,32 @@ class JobLock:
         self._handle: IO[str] | None = None
 
     def acquire(self) -> bool:
+        """Whether this process holds the lock (taken now or before); False when another
+        process holds it. Raises ``StoreError`` naming the file when it cannot be made
+        or written (a folder in its place, a full disk)."""
         if self._handle is not None:
             return True
-        handle = self.path.open("a+", encoding="utf-8")
+        try:
+            handle = self.path.open("a+", encoding="utf-8")
+        except OSError as error:
+            raise StoreError(
+                f"cannot use the jobs lock file: {error.strerror}", path=str(self.path)
+            ) from None
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.close()
             return False
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
+        try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"{os.getpid()}\n")
+            handle.flush()
+        except OSError as error:
+            handle.close()
+            raise StoreError(
+                f"cannot use the jobs lock file: {error.strerror}", path=str(self.path)
+            ) from None
         self._handle = handle
         return True
 
@@ -116,7 +130,13 @@ class Service:
 
     def _may_run_jobs(self) -> bool:
         """Jobs run in one process per database, and not on a read-only one."""
-        return self._store is not None and not self._store.readonly and self.lock.acquire()
+        if self._store is None or self._store.readonly:
+            return False
+        try:
+            return self.lock.acquire()
+        except StoreError as error:
+            log.error("jobs not run: %s", error)
+            return False
 
     async def poll_due(self) -> None:
         if not self._may_run_jobs() or self._poller is None:
@@ -198,7 +218,10 @@ class Service:
         settings = self.settings
         listener = _listen(host or settings.web.host, settings.web.port if port is None else port)
         store = self._store = Store.open(settings.database)
-        sync_configured_feeds(store, settings, self.clock())
+        try:
+            sync_configured_feeds(store, settings, self.clock())
+        except StoreError as error:
+            log.warning("configured feeds not added at start: %s", error)
         if store.readonly:
             log.warning(
                 "database %s is read-only: serving pages only (no polls, digests or sign-ups)",

@@ -147,3 +147,64 @@ def test_status_on_a_read_only_and_a_damaged_database_is_one_line(
     assert damaged.returncode == 1 and "Traceback" not in damaged.stderr
     assert len(damaged.stderr.strip().splitlines()) == 1
     assert "damaged" in damaged.stderr or "not an SQLite database" in damaged.stderr
+
+
+def test_commands_never_write_or_read_the_database_files_under_any_spelling(
+    tmp_path: Path, feed_server: FeedServer
+) -> None:
+    """`feeds export --out`, `digest preview --out`, `backup` and `feeds import` refuse
+    the database and its -wal/-shm, however the path is spelled (.., a symlink), with one
+    line; the database is untouched."""
+    cfg = config(tmp_path)
+    url = feed_server.add("/a.xml", body=rss([Item("Hello", link="https://blog.test/hello")]))
+    run("feeds", "add", url, config=cfg)
+    run("poll", config=cfg)
+    database = tmp_path / "db.sqlite3"
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path)
+    spellings = [
+        str(database),
+        f"{tmp_path}/sub/../db.sqlite3-wal",
+        f"{tmp_path}/link/db.sqlite3",
+        f"{tmp_path}/link/db.sqlite3-shm",
+    ]
+    before = run("feeds", "list", config=cfg).stdout
+    for target in spellings:
+        for args in (
+            ("feeds", "export", "--out", target),
+            ("digest", "preview", "--out", target),
+            ("backup", target),
+            ("feeds", "import", target),
+        ):
+            if args[1] == "import" and not Path(target).exists():
+                continue
+            refused = run(*args, config=cfg, check=False)
+            assert refused.returncode == 1, (args, refused.stdout, refused.stderr)
+            assert "refusing" in refused.stderr and "database" in refused.stderr, refused.stderr
+            assert len(refused.stderr.strip().splitlines()) == 1
+    assert run("feeds", "list", config=cfg).stdout == before
+    assert run("status", config=cfg).stdout.splitlines()[0].endswith(": ok")
+
+
+def test_a_snapshot_that_is_the_database_is_a_configuration_error(tmp_path: Path) -> None:
+    cfg = config(
+        tmp_path,
+        '[[feeds]]\nurl = "https://blog.test/feed"\nsnapshot = "db.sqlite3-wal"\n',
+    )
+    refused = run("status", config=cfg, check=False)
+    assert refused.returncode == 1 and "feeds[0].snapshot" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
+def test_run_with_an_unusable_jobs_lock_file_says_so_in_one_line(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    (tmp_path / "db.sqlite3.jobs.lock").mkdir()
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    failed = run("run", "--port", str(port), config=cfg, check=False)
+    assert failed.returncode == 1, failed.stderr
+    assert "jobs lock file" in failed.stderr and "Traceback" not in failed.stderr
+    assert len(failed.stderr.strip().splitlines()) == 1, failed.stderr

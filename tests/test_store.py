@@ -326,8 +326,72 @@ def test_backup_is_a_whole_checked_copy_and_refuses_the_database_itself(tmp_path
     copy.close()
     store.backup(target)  # over an older backup
     for wrong in (path, Path(f"{path}-wal")):
-        with pytest.raises(StoreError, match="onto the database itself"):
+        with pytest.raises(StoreError, match="refusing to back up onto .* the database"):
             store.backup(wrong)
     with pytest.raises(StoreError, match="folder"):
         store.backup(tmp_path)
+    store.close()
+
+
+def test_a_database_copied_back_in_rollback_mode_is_switched_to_wal(tmp_path: Path) -> None:
+    """A restored copy (or any file in another journal mode) opens in WAL, so readers
+    never wait for writers; backups are made in WAL mode too."""
+    path = tmp_path / "a.sqlite3"
+    Store.open(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA journal_mode = DELETE")
+    conn.close()
+    store = Store.open(path)
+    assert store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    store.backup(tmp_path / "copy.sqlite3")
+    store.close()
+    copy = sqlite3.connect(tmp_path / "copy.sqlite3")
+    assert copy.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    copy.close()
+
+
+def test_backup_errors_name_the_target_and_leftovers_of_a_killed_backup_go(
+    tmp_path: Path,
+) -> None:
+    store = Store.open(tmp_path / "a.sqlite3")
+    with pytest.raises(StoreError) as caught:
+        store.backup(tmp_path / "missing" / "copy.sqlite3")
+    assert str(tmp_path / "missing" / "copy.sqlite3") in str(caught.value)
+    assert str(tmp_path / "a.sqlite3") + ":" not in str(caught.value)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True
+    )
+    pid = int(dead.stdout)
+    stale = tmp_path / f".copy.sqlite3.{pid}.partial"
+    stale.write_bytes(b"half a copy")
+    Path(f"{stale}-journal").write_bytes(b"x")
+    store.backup(tmp_path / "copy.sqlite3")
+    assert not stale.exists() and not Path(f"{stale}-journal").exists()
+    store.close()
+
+
+def test_healthz_retries_a_write_once_the_failure_may_have_passed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lock held elsewhere made a write fail; once it is released /healthz (retrying
+    one small write) is ok again without any other write of the service."""
+    from starlette.testclient import TestClient
+
+    from aggregator.config import settings_from_mapping
+    from aggregator.web import create_app, views
+
+    path = tmp_path / "a.sqlite3"
+    store = Store.open(path, pragmas={"busy_timeout": 200})
+    settings = settings_from_mapping({"database": str(path)}, env={}, path=None)
+    holder = _holding_lock(path)
+    try:
+        with pytest.raises(StoreLocked), store.write():
+            pass
+    finally:
+        holder.communicate(b"", timeout=10)
+    with TestClient(create_app(settings, store=store)) as client:
+        assert client.get("/healthz").status_code == 503  # within the retry interval
+        monkeypatch.setattr(views, "HEALTH_RETRY_SECONDS", 0.0)
+        health = client.get("/healthz")
+        assert health.status_code == 200, health.json()
     store.close()

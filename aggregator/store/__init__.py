@@ -27,6 +27,7 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlite_utils import Database
@@ -95,7 +96,9 @@ class Store:
         path = Path(path)
         pragmas = dict(pragmas or {})
         exists = path.exists()
-        readonly = exists and not os.access(path, os.W_OK)
+        # SQLite writes beside the file (-wal, -shm): a folder it cannot write in makes
+        # the database read-only too.
+        readonly = exists and not (os.access(path, os.W_OK) and os.access(path.parent, os.W_OK))
         if not exists:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -197,11 +200,26 @@ class Store:
         row = self.conn.execute("PRAGMA integrity_check").fetchone()
         return bool(row and row[0] == "ok")
 
+    def probe_write(self, *, wait_ms: int) -> None:
+        """Commit one tiny write (the ``heartbeat`` row), waiting at most ``wait_ms`` for
+        the lock; raises the ``StoreError`` that says why it cannot. Updates ``health``."""
+        conn = self.conn
+        conn.execute(f"PRAGMA busy_timeout = {int(wait_ms)}")
+        try:
+            with self.write() as db:
+                db.execute(
+                    "INSERT OR REPLACE INTO heartbeat (id, at) VALUES (1, ?)",
+                    [datetime.now(UTC).isoformat(timespec="seconds")],
+                )
+        finally:
+            busy = self._pragmas.get("busy_timeout", BUSY_TIMEOUT_MS)
+            conn.execute(f"PRAGMA busy_timeout = {busy}")
+
     def check(self, *, probe_ms: int = 2_000) -> str | None:
         """What is wrong with the database, in one line, or ``None`` when it is usable.
 
-        Reads the whole file once (``PRAGMA quick_check``) and tries to take the write
-        lock, waiting at most ``probe_ms`` (released at once, nothing written).
+        Reads the whole file once (``PRAGMA quick_check``) and commits one tiny write,
+        waiting at most ``probe_ms`` for the lock (``probe_write``).
         """
         try:
             row = self.conn.execute("PRAGMA quick_check").fetchone()
@@ -209,53 +227,91 @@ class Store:
                 return f"damaged ({row[0] if row else 'no answer'}); restore it from a backup"
             if self.readonly:
                 return "read-only: pages can be read, nothing can be written"
-            self.conn.execute(f"PRAGMA busy_timeout = {probe_ms}")
-            try:
-                with self.write():
-                    pass
-            finally:
-                self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            self.probe_write(wait_ms=probe_ms)
         except StoreError as error:
             return error.reason
         return None
+
+    def owns(self, other: Path) -> bool:
+        """Whether ``other`` names the database or one of its ``-wal``, ``-shm`` or
+        ``-journal`` files, however it is spelled (``..``, symlinks, hard links).
+
+        Commands that write or read a file the user names check this first: only SQLite
+        may touch those files (see the module docstring).
+        """
+        other = Path(other)
+        mine = [self.path, *(Path(f"{self.path}{side}") for side in _SIDE)]
+        resolved = other.resolve()
+        return any(resolved == path.resolve() or _same_file(other, path) for path in mine)
+
+    def refuse_own(self, other: Path, doing: str) -> None:
+        """Raise ``StoreError`` when ``other`` is one of the database's files."""
+        if self.owns(other):
+            raise StoreError(
+                f"refusing to {doing} {other}: it is the database or one of its files",
+                path=str(self.path),
+            )
 
     def backup(self, target: Path) -> int:
         """Write a consistent copy of the database to ``target``; its size in bytes.
 
         Safe while other processes read and write (``VACUUM INTO`` reads one snapshot;
         https://www.sqlite.org/lang_vacuum.html#vacuuminto). The copy is made beside
-        ``target`` under a temporary name, checked with ``PRAGMA integrity_check``, then
-        renamed into place, so ``target`` is never half written. Raises ``StoreError``
-        when ``target`` is the database itself or cannot be written.
+        ``target`` under a temporary name, set to WAL mode like the original, checked
+        with ``PRAGMA integrity_check``, then renamed into place, so ``target`` is never
+        half written (temporary files of a backup that was killed are removed by the
+        next one). Raises ``StoreError`` naming ``target`` when it is the database
+        itself or cannot be written.
         """
         target = Path(target).absolute()
-        mine = {self.path.absolute(), *(Path(f"{self.path.absolute()}{s}") for s in _SIDE)}
-        if target in mine or (target.exists() and _same_file(target, self.path)):
-            raise StoreError(f"refusing to back up onto the database itself: {target}")
+        self.refuse_own(target, "back up onto")
         if target.is_dir():
-            raise StoreError(f"is a folder, not a file name: {target}")
+            raise StoreError("is a folder, not a file name", path=str(target))
+        _remove_stale_partials(target)
         partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
         partial.unlink(missing_ok=True)
         try:
             self.conn.execute("VACUUM INTO ?", [str(partial)])
-            copy = sqlite3.connect(partial)
+            copy = sqlite3.connect(partial, isolation_level=None)
             try:
+                copy.execute("PRAGMA journal_mode = WAL")
                 row = copy.execute("PRAGMA integrity_check").fetchone()
             finally:
                 copy.close()
             if not row or row[0] != "ok":
                 raise StoreError(f"the copy failed its integrity check: {row}", path=str(target))
             partial.replace(target)
-        except sqlite3.Error as error:
-            raise StoreError(f"cannot write the backup: {error}", path=str(target)) from None
-        except OSError as error:
+        except StoreError as error:
+            if error.path == str(target):
+                raise
+            raise StoreError(f"cannot write the backup: {error.reason}", path=str(target)) from None
+        except (sqlite3.Error, OSError) as error:
             raise StoreError(f"cannot write the backup: {error}", path=str(target)) from None
         finally:
-            partial.unlink(missing_ok=True)
+            for leftover in (partial, *(Path(f"{partial}{side}") for side in _SIDE)):
+                leftover.unlink(missing_ok=True)
         return target.stat().st_size
 
 
 _SIDE = ("-wal", "-shm", "-journal")
+
+
+def _remove_stale_partials(target: Path) -> None:
+    """Remove the temporary copies of earlier backups to ``target`` whose process died."""
+    for leftover in target.parent.glob(f".{target.name}.*.partial*"):
+        pid = leftover.name[len(target.name) + 2 :].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            leftover.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -287,14 +343,16 @@ def _prepare(conn: Connection, path: Path, *, readonly: bool) -> dict[str, bytes
             path=str(path),
         )
     db = Database(conn)
+    if not readonly and conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+        # New, or copied back from a backup made in another mode: readers must never
+        # wait for writers (https://www.sqlite.org/wal.html).
+        conn.execute("PRAGMA journal_mode = WAL")
     if _needs_setup(db):
         if readonly:
             raise StoreReadOnly(
                 "is read-only and needs its schema upgraded: open it once with write access",
                 path=str(path),
             )
-        if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-            conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("BEGIN EXCLUSIVE")
         try:
             migrations.apply(db)

@@ -41,8 +41,7 @@ def translate(error: sqlite3.Error, path: str) -> StoreError | None:
     if primary in (_BUSY, _LOCKED):
         if "savepoint" in detail or "in progress" in detail:
             return None
-        waited = BUSY_TIMEOUT_MS // 1000
-        return StoreLocked(f"locked by another process (waited {waited} s): {detail}", path=path)
+        return StoreLocked(f"locked by another process: {detail}", path=path)
     if primary == _FULL:
         return StoreFull(f"disk full, nothing was written: {detail}", path=path)
     if primary in (_READONLY, _PERM):
@@ -162,13 +161,33 @@ def connect(path: Path, *, readonly: bool, pragmas: Mapping[str, int | str]) -> 
     Raises the ``StoreError`` that names the failure. Opening never creates or touches
     anything but what SQLite itself does (no other file IO on the database: closing any
     descriptor of the file would drop this process's POSIX locks, see
-    https://www.sqlite.org/howtocorrupt.html#_posix_advisory_locks_canceled_by_a_separate_thread_doing_close_).
+    https://www.sqlite.org/howtocorrupt.html section 2.2).
+
+    A read-only WAL database whose ``-shm`` cannot be made (the folder is not writable
+    either) is opened ``immutable``: readable, on the promise that nobody writes it.
     """
-    target = f"file:{quote(path.as_posix())}?mode=ro" if readonly else str(path)
+    if not readonly:
+        return _connect(path, str(path), uri=False, pragmas=pragmas)
+    target = f"file:{quote(path.as_posix())}?mode=ro"
+    try:
+        conn = _connect(path, target, uri=True, pragmas=pragmas)
+        try:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except BaseException:
+            conn.close()
+            raise
+    except StoreError as error:
+        if getattr(error.__cause__, "sqlite_errorcode", 0) & 0xFF != _CANTOPEN:
+            raise
+        return _connect(path, target + "&immutable=1", uri=True, pragmas=pragmas)
+    return conn
+
+
+def _connect(path: Path, target: str, *, uri: bool, pragmas: Mapping[str, int | str]) -> Connection:
     try:
         conn = sqlite3.connect(
             target,
-            uri=readonly,
+            uri=uri,
             isolation_level=None,
             check_same_thread=False,
             timeout=BUSY_TIMEOUT_MS / 1000,

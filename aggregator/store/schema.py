@@ -217,3 +217,10 @@ def m005_entry_alias(db: Database) -> None:
         DROP TABLE m005_rekey;
         """
     )
+
+
+@migrations()
+def m006_heartbeat(db: Database) -> None:
+    """One row that write probes (``status``, ``/healthz``) rewrite: a write that commits
+    proves the database takes writes now (a lock, a full disk, a read-only file fail it)."""
+    db.execute("CREATE TABLE heartbeat (id INTEGER PRIMARY KEY CHECK (id = 1), at TEXT NOT NULL)")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from urllib.parse import urlencode
@@ -181,6 +183,9 @@ def _fetch_row(row: dict[str, object]) -> FetchRow:
     )
 
 
+HEALTH_RETRY_SECONDS = 5.0
+
+
 def healthz(request: Request) -> Response:
     """200 while the database reads and this process's last write succeeded; else 503
     with the reason (a failing write is reported until a write succeeds again)."""
@@ -191,6 +196,11 @@ def healthz(request: Request) -> Response:
     except StoreError as error:
         return JSONResponse({"status": "error", "database": error.reason}, status_code=503)
     health = store.health
+    if health.failing and time.time() - (health.last_failure or 0) >= HEALTH_RETRY_SECONDS:
+        # The failure may have passed (a lock released, space freed): try a write now.
+        with suppress(StoreError):
+            store.probe_write(wait_ms=500)
+        health = store.health
     if health.failing:
         since = datetime.fromtimestamp(health.last_failure or 0, UTC).isoformat(timespec="seconds")
         return JSONResponse(
