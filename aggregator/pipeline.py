@@ -117,8 +117,11 @@ class Poller:
         return list(await asyncio.gather(*(one(feed) for feed in feeds)))
 
     async def _write(self, feed: Feed, work: Callable[[], PollSummary]) -> PollSummary:
-        """Run a feed's write; a database failure ends the poll (see ``store_failure``)."""
+        """Run a feed's write; a database failure ends the poll (see ``store_failure``):
+        the writes still queued are not tried (each would wait out the busy timeout)."""
         try:
+            if self.store_failure is not None:
+                raise self.store_failure
             return await self.db(work)
         except StoreError as error:
             if self.store_failure is None:

@@ -354,9 +354,11 @@ def test_backup_errors_name_the_target_and_leftovers_of_a_killed_backup_go(
     tmp_path: Path,
 ) -> None:
     store = Store.open(tmp_path / "a.sqlite3")
+    (tmp_path / "a-file").write_text("not a folder")
     with pytest.raises(StoreError) as caught:
-        store.backup(tmp_path / "missing" / "copy.sqlite3")
-    assert str(tmp_path / "missing" / "copy.sqlite3") in str(caught.value)
+        store.backup(tmp_path / "a-file" / "copy.sqlite3")
+    assert str(tmp_path / "a-file" / "copy.sqlite3") in str(caught.value)
+    assert store.backup(tmp_path / "new" / "folder" / "copy.sqlite3") > 0
     assert str(tmp_path / "a.sqlite3") + ":" not in str(caught.value)
     dead = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True

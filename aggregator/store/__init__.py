@@ -260,13 +260,19 @@ class Store:
         ``target`` under a temporary name, set to WAL mode like the original, checked
         with ``PRAGMA integrity_check``, then renamed into place, so ``target`` is never
         half written (temporary files of a backup that was killed are removed by the
-        next one). Raises ``StoreError`` naming ``target`` when it is the database
-        itself or cannot be written.
+        next one). Missing folders of ``target`` are made. Raises ``StoreError`` naming
+        ``target`` when it is the database itself or cannot be written.
         """
         target = Path(target).absolute()
         self.refuse_own(target, "back up onto")
         if target.is_dir():
             raise StoreError("is a folder, not a file name", path=str(target))
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise StoreError(
+                f"cannot make its folder: {error.strerror}", path=str(target)
+            ) from None
         _remove_stale_partials(target)
         partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
         partial.unlink(missing_ok=True)

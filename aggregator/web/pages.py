@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
+from ..errors import StoreFull, StoreLocked, StoreReadOnly
 from .context import web_context
 from .security import FORM_FIELD, SECURITY_HEADERS, csrf_token
 
@@ -136,6 +137,15 @@ async def http_error(request: Request, exc: Exception) -> Response:
     )
 
 
+def _store_detail(exc: Exception) -> str:
+    """What a reader can do about a database failure, in words (no paths)."""
+    if isinstance(exc, StoreLocked):
+        return "The site is busy saving other changes. Nothing was saved; try again in a minute."
+    if isinstance(exc, StoreReadOnly | StoreFull):
+        return "The site cannot save changes right now. Nothing was saved; try again later."
+    return "The site's database cannot be used right now. Try again in a moment."
+
+
 async def store_error(request: Request, exc: Exception) -> Response:
     log.error("database error serving %s: %s", request.url.path, exc)
     return render(
@@ -144,7 +154,7 @@ async def store_error(request: Request, exc: Exception) -> Response:
         {
             "status": 503,
             "heading": _TITLES[503],
-            "detail": "The database cannot be read right now. Try again in a moment.",
+            "detail": _store_detail(exc),
         },
         status_code=503,
         headers={"retry-after": "30"},
