@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
-from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -21,6 +20,7 @@ from starlette.staticfiles import StaticFiles
 from ..config import Settings
 from ..errors import StoreError
 from ..render import make_environment
+from ..resources import resource_dir
 from ..store import Store
 from ..urls import is_http_url
 from . import admin, feeds, metrics, subscribe, views
@@ -30,7 +30,7 @@ from .security import SecurityHeadersMiddleware
 
 __all__ = ["create_app"]
 
-STATIC = Path(__file__).resolve().parent.parent.parent / "static"
+STATIC = resource_dir("static")
 # Large enough for an OPML upload (sources.import_opml caps the file at 5 MB).
 MAX_BODY_BYTES = 6 * 1024 * 1024
 

@@ -22,6 +22,8 @@ import base64
 import binascii
 import hashlib
 import hmac
+import logging
+import re
 import secrets
 from collections.abc import Mapping
 from typing import Any
@@ -38,9 +40,11 @@ __all__ = [
     "CSRF_COOKIE",
     "FORM_FIELD",
     "SECURITY_HEADERS",
+    "RedactTokens",
     "SecurityHeadersMiddleware",
     "check_csrf",
     "csrf_token",
+    "redact_tokens",
     "require_admin",
 ]
 
@@ -158,6 +162,28 @@ def _basic_password(header: str) -> str | None:
         return None
     _, colon, password = decoded.partition(":")
     return password if colon else None
+
+
+# A capability token in a link's query: ?token=... (confirm, preferences, unsubscribe,
+# digest archive and digest pages).
+_TOKEN_IN_QUERY = re.compile(r"([?&]token=)[^&#\s]*")
+
+
+def redact_tokens(path: str) -> str:
+    """The path with the value of every token parameter replaced by ``REDACTED``."""
+    return _TOKEN_IN_QUERY.sub(r"\1REDACTED", path)
+
+
+class RedactTokens(logging.Filter):
+    """A logging filter for uvicorn's access log: no capability token in any line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                redact_tokens(arg) if isinstance(arg, str) and "=" in arg else arg
+                for arg in record.args
+            )
+        return True
 
 
 class SecurityHeadersMiddleware:
