@@ -471,8 +471,7 @@ def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
             port=port,
             log_level=settings.log_level,
             server_header=False,
-            proxy_headers=bool(settings.web.trusted_proxies),
-            forwarded_allow_ips=list(settings.web.trusted_proxies),
+            proxy_headers=False,  # the app trusts [web] trusted_proxies only
         )
         # Capability tokens (confirm, preferences, unsubscribe, archive links) stay out
         # of the access log.

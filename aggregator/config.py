@@ -359,14 +359,17 @@ def _proxies(reader: _Reader) -> tuple[str, ...]:
         try:
             if not isinstance(value, str):
                 raise ValueError
-            ipaddress.ip_network(value.strip(), strict=False)
+            text = value.strip()
+            if "/" in text:
+                proxies.append(str(ipaddress.ip_network(text, strict=False)))
+            else:
+                proxies.append(str(ipaddress.ip_address(text)))
         except ValueError:
             raise ConfigError(
                 f"{value!r} is not an IP address or network",
                 path=reader.path_name,
                 key=reader.key("trusted_proxies"),
             ) from None
-        proxies.append(value.strip())
     return tuple(proxies)
 
 

@@ -241,9 +241,7 @@ class Service:
                 access_log=False,
                 lifespan="on",
                 timeout_graceful_shutdown=5,
-                # X-Forwarded-For and -Proto only from the proxies the operator named.
-                proxy_headers=bool(settings.web.trusted_proxies),
-                forwarded_allow_ips=list(settings.web.trusted_proxies),
+                proxy_headers=False,  # the app trusts [web] trusted_proxies only
             )
         )
         scheduler = AsyncIOScheduler(timezone=settings.digest.timezone)

@@ -206,7 +206,10 @@ def test_the_installed_wheel_inits_polls_and_serves(
         style = httpx.get(f"http://127.0.0.1:{port}/static/style.css", timeout=5)
         assert style.status_code == 200 and "text/css" in style.headers["content-type"]
         assert len(style.content) > 1000
+        httpx.get(f"http://127.0.0.1:{port}/unsubscribe?token=SECRET-TOKEN", timeout=5)
     finally:
         server.send_signal(signal.SIGTERM)
         output, _ = server.communicate(timeout=30)
     assert server.returncode == 0, output
+    assert "GET /unsubscribe?token=REDACTED" in output
+    assert "SECRET-TOKEN" not in output

@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from ..config import Settings
 from ..errors import StoreError
@@ -61,14 +62,23 @@ def create_app(
         finally:
             web.close()
 
+    middleware = [
+        Middleware(
+            SecurityHeadersMiddleware,
+            secure_cookies=settings.web.base_url.startswith("https:"),
+        )
+    ]
+    if settings.web.trusted_proxies:
+        # X-Forwarded-For and -Proto are believed only from the proxies the operator
+        # named; the client address that results keys the rate limits. The server's own
+        # proxy handling is off (uvicorn would trust any loopback client).
+        middleware.insert(
+            0,
+            Middleware(ProxyHeadersMiddleware, trusted_hosts=list(settings.web.trusted_proxies)),
+        )
     app = Starlette(
         routes=routes,
-        middleware=[
-            Middleware(
-                SecurityHeadersMiddleware,
-                secure_cookies=settings.web.base_url.startswith("https:"),
-            )
-        ],
+        middleware=middleware,
         exception_handlers={HTTPException: http_error, StoreError: store_error, 500: server_error},
         lifespan=lifespan,
         max_body_size=MAX_BODY_BYTES,

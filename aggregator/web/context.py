@@ -16,6 +16,7 @@ from starlette.requests import HTTPConnection
 
 from ..config import Settings
 from ..store import Store
+from ..throttle import FailureThrottle
 
 Clock = Callable[[], datetime]
 
@@ -39,6 +40,8 @@ class WebContext:
         self._store = store
         self._owns_store = store is None
         self._lock = threading.Lock()
+        # Admin password failures, per process (see throttle.py and /metrics).
+        self.admin_throttle = FailureThrottle()
 
     @property
     def timezone(self) -> tzinfo:
