@@ -169,3 +169,28 @@ def test_the_access_log_filter_redacts_uvicorns_record() -> None:
     assert RedactTokens().filter(record)
     assert "SECRET" not in record.getMessage()
     assert "/unsubscribe?token=REDACTED" in record.getMessage()
+
+
+# --- path integers beyond 64 bits --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/entries/9223372036854775808"),
+        ("GET", "/entries/99999999999999999999999999"),
+        ("GET", "/sources/9223372036854775808"),
+        ("GET", "/sources/9223372036854775808/feed.atom"),
+        ("GET", "/digests/9223372036854775808"),
+        ("POST", "/admin/feeds/9223372036854775808/remove"),
+        ("POST", "/admin/feeds/9223372036854775808/enabled"),
+    ],
+)
+def test_path_integers_beyond_64_bits_are_404(tmp_path: Path, method: str, path: str) -> None:
+    settings = make_settings(tmp_path, admin_password=PASSWORD)
+    Store.open(settings.database).close()
+    app = create_app(settings, clock=lambda: NOW)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        answer = client.request(method, path, auth=("admin", PASSWORD))
+        assert answer.status_code == 404
+        assert client.get("/entries/999999999999999999").status_code == 404  # 18 digits: looked up

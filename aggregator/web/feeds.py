@@ -118,6 +118,6 @@ def opml(request: Request) -> Response:
 
 routes = [
     Route("/feed.atom", merged_atom, name="atom"),
-    Route("/sources/{feed_id:int}/feed.atom", source_atom, name="source_atom"),
+    Route("/sources/{feed_id:id}/feed.atom", source_atom, name="source_atom"),
     Route("/opml", opml, name="opml"),
 ]

@@ -516,5 +516,5 @@ routes: list[BaseRoute] = [
     Route("/unsubscribe", unsubscribe_post, methods=["POST"], name="unsubscribe_post"),
     Route("/digests", archive_page, methods=["GET"], name="digest_archive"),
     Route("/digests/feed.atom", archive_feed, methods=["GET"], name="digest_archive_feed"),
-    Route("/digests/{digest_id:int}", digest_page, methods=["GET"], name="digest"),
+    Route("/digests/{digest_id:id}", digest_page, methods=["GET"], name="digest"),
 ]
