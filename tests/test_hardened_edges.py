@@ -194,3 +194,71 @@ def test_path_integers_beyond_64_bits_are_404(tmp_path: Path, method: str, path:
         answer = client.request(method, path, auth=("admin", PASSWORD))
         assert answer.status_code == 404
         assert client.get("/entries/999999999999999999").status_code == 404  # 18 digits: looked up
+
+
+# --- control characters and XML outputs ------------------------------------------------
+
+HOSTILE = "Bad\x00\x01\x08\x0b\x0c\x1b\ufffe title \u202eevil"
+
+
+def test_every_xml_output_parses_with_control_characters_in_stored_text(tmp_path: Path) -> None:
+    """Text stored before cleaning (or by another tool) still makes well-formed XML."""
+    from xml.etree import ElementTree as ET
+
+    from webdata import add_entry, record
+
+    from aggregator.store import feeds as feed_rows
+
+    settings = make_settings(tmp_path)
+    store = Store.open(settings.database)
+    with store.write() as db:
+        feed, _ = feed_rows.add_feed(
+            db, url="https://bad.test/feed", title=HOSTILE, origin="admin", now=NOW
+        )
+    add_entry(
+        store,
+        feed.id,
+        record(
+            HOSTILE,
+            published=NOW,
+            link="https://bad.test/p?x=1\x07",
+            author=f"Author{HOSTILE}",
+            body=f"<p>{HOSTILE} &#x202E;&#1;</p>",
+        ),
+    )
+    with TestClient(create_app(settings, clock=lambda: NOW)) as client:
+        for path in ("/feed.atom", f"/sources/{feed.id}/feed.atom", "/opml"):
+            answer = client.get(path)
+            assert answer.status_code == 200, path
+            root = ET.fromstring(answer.content)  # raises on ill-formed XML
+            assert "Bad title" in "".join(root.itertext()) + answer.text, path
+    store.close()
+
+
+def test_titles_entered_by_an_operator_are_cleaned(tmp_path: Path) -> None:
+    from aggregator.models import FeedSource
+    from aggregator.sources import add_source
+
+    settings = make_settings(tmp_path)
+    store = Store.open(settings.database)
+    feed, _ = add_source(
+        store, FeedSource(url="https://x.test/feed", title=HOSTILE), origin="admin", now=NOW
+    )
+    assert feed.title == "Bad title evil"
+    store.close()
+
+
+def test_bidi_overrides_in_entry_html_are_neutralised() -> None:
+    from aggregator.sanitize import sanitize_html
+
+    for html in (
+        "<p>abc\u202edef\u2066x\u2069</p>",
+        "<p>abc&#x202E;def&#8238;<a href='https://a.test/' title='t\u202ex'>l</a></p>",
+    ):
+        cleaned = sanitize_html(html)
+        assert not any(
+            ch in cleaned for ch in "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+        )
+        assert "&#" not in cleaned.replace("&amp;", "")
+        assert sanitize_html(cleaned) == cleaned
+    assert sanitize_html("<p>a\x00b\x01c\x0cd</p>") == "<p>abc d</p>"
