@@ -7,6 +7,7 @@ raises on purpose end the command with one line on stderr and exit status 1.
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -20,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from . import __version__
-from .config import Settings, load
+from .config import Settings, config_path, load, write_starter
 from .errors import AggregatorError, SourceError, StoreError
 from .fetch import FeedFetcher
 from .models import FeedSource, PollSummary
@@ -44,14 +45,19 @@ class App:
     """What a command needs, made on first use from the --config option."""
 
     def __init__(self, config: str | None) -> None:
-        self._config = config
+        self.config = config
         self._settings: Settings | None = None
         self._store: Store | None = None
+
+    def use_config(self, config: str) -> None:
+        """A --config given after the command name, before anything was loaded."""
+        assert self._settings is None
+        self.config = config
 
     @property
     def settings(self) -> Settings:
         if self._settings is None:
-            self._settings = load(self._config)
+            self._settings = load(self.config)
         return self._settings
 
     @property
@@ -106,7 +112,7 @@ def _one_line_errors() -> Iterator[None]:
     "config",
     type=click.Path(dir_okay=False),
     default=None,
-    help="Configuration file (default: $AGGREGATOR_CONFIG, else config/default.toml).",
+    help="Configuration file (default: $AGGREGATOR_CONFIG; in a checkout, config/default.toml).",
 )
 @click.version_option(__version__, prog_name="aggregator")
 @click.pass_context
@@ -124,11 +130,25 @@ def _app(ctx: click.Context) -> App:
 
 
 @cli.command()
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="The site's configuration file (same as the --config before the command).",
+)
 @click.pass_context
-def init(ctx: click.Context) -> None:
-    """Create or migrate the database and add the configured feeds."""
+def init(ctx: click.Context, config_file: Path | None) -> None:
+    """Set up a site: write a commented starter configuration if the file does not exist
+    yet, then create or migrate its database and add the configured feeds."""
     with _one_line_errors():
         app = _app(ctx)
+        if config_file is not None:
+            app.use_config(str(config_file))
+        path = config_path(app.config)
+        if not path.exists():
+            write_starter(path)
+            out.print(f"Wrote a starter configuration to {path}; edit it to add feeds.")
         store = app.store
         problem = store.check()
         if problem:
@@ -428,7 +448,9 @@ def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
     """Serve the web timeline, Atom feed and admin pages."""
     import uvicorn  # imported here: the other commands need no web stack
 
+    from .scheduler import keep_signals_for_graceful_exit
     from .web import create_app
+    from .web.security import RedactTokens
 
     with _one_line_errors():
         app = _app(ctx)
@@ -443,13 +465,20 @@ def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
                 "The database is read-only: pages are served; sign-ups, preference changes "
                 "and admin changes answer with an error."
             )
-        uvicorn.run(
+        config = uvicorn.Config(
             create_app(settings, store=store),
             host=host,
             port=port,
             log_level=settings.log_level,
             server_header=False,
+            proxy_headers=False,  # the app trusts [web] trusted_proxies only
         )
+        # Capability tokens (confirm, preferences, unsubscribe, archive links) stay out
+        # of the access log.
+        logging.getLogger("uvicorn.access").addFilter(RedactTokens())
+        # SIGTERM and Ctrl-C are a requested stop: uvicorn drains, then exit status 0.
+        keep_signals_for_graceful_exit()
+        uvicorn.Server(config).run()
 
 
 # --- subscribers and digests ---------------------------------------------------------

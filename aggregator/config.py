@@ -10,6 +10,7 @@ directory of the file itself, so a configuration works whatever the working dire
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -25,6 +26,7 @@ from .fetch import FetchSettings
 from .mail import SmtpSettings
 from .parse import ParseLimits
 from .polling import PollPolicy
+from .resources import is_checkout, resource_file
 from .urls import is_http_url
 
 ENV_CONFIG = "AGGREGATOR_CONFIG"
@@ -33,7 +35,11 @@ ENV_SMTP_PASSWORD = "AGGREGATOR_SMTP_PASSWORD"  # noqa: S105 - a variable name, 
 ENV_ADMIN_PASSWORD = "AGGREGATOR_ADMIN_PASSWORD"  # noqa: S105
 ENV_SECRET_KEY = "AGGREGATOR_SECRET_KEY"  # noqa: S105
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "default.toml"
+# The bundled configuration: the two blogs from the snapshots in seeds/, the database
+# and outbox in var/ beside config/. Only a checkout uses it when no file is named; an
+# installed package has nowhere of its own to write, so it asks for a file instead.
+DEFAULT_CONFIG = resource_file("config", "default.toml")
+STARTER_CONFIG = resource_file("config", "starter.toml")
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -61,6 +67,9 @@ class WebSettings:
     port: int = 8000
     base_url: str = "http://127.0.0.1:8000"
     admin_password: str | None = None
+    # Addresses (or networks) of reverse proxies whose X-Forwarded-For and
+    # X-Forwarded-Proto are believed; none by default.
+    trusted_proxies: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,13 +114,45 @@ class Settings:
     secret_key: str | None = None
 
 
-def config_path_from(explicit: str | Path | None, env: Mapping[str, str]) -> Path:
-    """The config file to use: the one named, else $AGGREGATOR_CONFIG, else the bundled one."""
+def config_path_from(
+    explicit: str | Path | None, env: Mapping[str, str], *, checkout: bool | None = None
+) -> Path:
+    """The config file to use: the one named, else $AGGREGATOR_CONFIG, else (in a
+    checkout) the bundled one."""
     if explicit:
         return Path(explicit)
     if env.get(ENV_CONFIG):
         return Path(env[ENV_CONFIG])
+    if checkout is None:
+        checkout = is_checkout()
+    if not checkout:
+        raise ConfigError(
+            f"no configuration file: pass --config PATH or set {ENV_CONFIG}; "
+            "`aggregator init --config PATH` writes a starter one"
+        )
     return DEFAULT_CONFIG
+
+
+def config_path(explicit: str | Path | None = None) -> Path:
+    """The config file this process would use (see ``config_path_from``)."""
+    return config_path_from(explicit, os.environ)
+
+
+def write_starter(path: Path) -> None:
+    """Write the commented starter configuration to ``path``, which must not exist yet.
+
+    Its relative paths (database, outbox) are relative to the file, so the new site's
+    data lands beside it.
+    """
+    text = STARTER_CONFIG.read_text(encoding="utf-8")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("x", encoding="utf-8") as file:
+            file.write(text)
+    except FileExistsError:
+        raise ConfigError("already exists; not overwritten", path=str(path)) from None
+    except OSError as error:
+        raise ConfigError(f"cannot write: {error.strerror}", path=str(path)) from None
 
 
 def load_settings(path: Path, env: Mapping[str, str]) -> Settings:
@@ -221,7 +262,11 @@ def settings_from_mapping(
             "must be an absolute http(s) URL", path=reader.path_name, key="web.base_url"
         )
     web = WebSettings(
-        host=host, port=port, base_url=base_url, admin_password=env.get(ENV_ADMIN_PASSWORD) or None
+        host=host,
+        port=port,
+        base_url=base_url,
+        admin_password=env.get(ENV_ADMIN_PASSWORD) or None,
+        trusted_proxies=_proxies(web_table),
     )
     web_table.done()
 
@@ -303,6 +348,29 @@ def settings_from_mapping(
         service=service,
         secret_key=secret_key,
     )
+
+
+def _proxies(reader: _Reader) -> tuple[str, ...]:
+    """``[web] trusted_proxies``: IP addresses or networks, checked here, not at the first
+    request."""
+    values = reader._get("trusted_proxies", (list,), "a list of IP addresses", [], False)
+    proxies = []
+    for value in values:
+        try:
+            if not isinstance(value, str):
+                raise ValueError
+            text = value.strip()
+            if "/" in text:
+                proxies.append(str(ipaddress.ip_network(text, strict=False)))
+            else:
+                proxies.append(str(ipaddress.ip_address(text)))
+        except ValueError:
+            raise ConfigError(
+                f"{value!r} is not an IP address or network",
+                path=reader.path_name,
+                key=reader.key("trusted_proxies"),
+            ) from None
+    return tuple(proxies)
 
 
 def _is_clock_time(value: str) -> bool:

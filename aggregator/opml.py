@@ -12,6 +12,7 @@ from defusedxml import DefusedXmlException
 
 from .errors import SourceError
 from .models import FeedSource
+from .sanitize import clean_text, xml_chars
 from .urls import is_placeholder_title
 
 MAX_OPML_BYTES = 5 * 1024 * 1024
@@ -56,6 +57,7 @@ def write_opml(feeds: Iterable[FeedSource], *, title: str, now: datetime) -> str
     SubElement(head, "dateCreated").text = format_datetime(now)
     body = SubElement(root, "body")
     for feed in feeds:
-        label = feed.title or feed.url
+        label = clean_text(feed.title or "") or feed.url
         SubElement(body, "outline", type="rss", text=label, title=label, xmlUrl=feed.url)
-    return '<?xml version="1.0" encoding="UTF-8"?>\n' + tostring(root, encoding="unicode") + "\n"
+    document = tostring(root, encoding="unicode")
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + xml_chars(document) + "\n"

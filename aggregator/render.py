@@ -16,9 +16,10 @@ from typing import Any
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 from markupsafe import Markup
 
+from .resources import resource_dir
 from .sanitize import excerpt, sanitize_html
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+TEMPLATES = resource_dir("templates")
 
 
 def clean_html(html: str | None) -> Markup:

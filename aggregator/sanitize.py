@@ -183,7 +183,8 @@ def sanitize_html(html: str, *, base_url: str | None = None) -> str:
         if again == cleaned:
             break
         cleaned = again
-    return cleaned
+    # After cleaning, so that characters written as references (&#x202E;) are caught too.
+    return _neutralise_characters(cleaned)
 
 
 # --- plain text ---------------------------------------------------------------------------
@@ -214,6 +215,26 @@ _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
 # Bidirectional embeddings, overrides and isolates: they reorder what a reader sees.
 _BIDI = re.compile("[\u202a-\u202e\u2066-\u2069]")
 _LINE_BREAKS = re.compile("[\r\n\u2028\u2029\x0b\x0c\x85]")
+
+
+# What XML 1.0 cannot carry at all, escaped or not.
+_XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff\ud800-\udfff]")
+# In entry HTML: controls (tab, newline and carriage return are whitespace there) and
+# the bidi characters go; form feed and the like become a space.
+_HTML_CONTROL = re.compile("[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
+
+
+def xml_chars(text: str) -> str:
+    """``text`` without the characters XML 1.0 cannot carry (escaping cannot help them).
+
+    Every XML document the product writes (Atom, OPML) passes through this last."""
+    return _XML_INVALID.sub("", text)
+
+
+def _neutralise_characters(html: str) -> str:
+    """Bidi embeddings, overrides and isolates, and control characters, out of HTML, as
+    out of plain-text fields: they would reorder or hide what a reader sees."""
+    return _BIDI.sub("", _HTML_CONTROL.sub("", html.replace("\x0c", " ")))
 
 
 def html_to_text(html: str) -> str:

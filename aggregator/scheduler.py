@@ -241,6 +241,7 @@ class Service:
                 access_log=False,
                 lifespan="on",
                 timeout_graceful_shutdown=5,
+                proxy_headers=False,  # the app trusts [web] trusted_proxies only
             )
         )
         scheduler = AsyncIOScheduler(timezone=settings.digest.timezone)
@@ -266,7 +267,7 @@ class Service:
                 **job_options,
             )
             scheduler.start()
-            _keep_signals_for_graceful_exit()
+            keep_signals_for_graceful_exit()
             log.info(
                 "service url=http://%s:%s database=%s",
                 server.config.host,
@@ -300,7 +301,7 @@ def _listen(host: str, port: int) -> socket.socket:
         raise ConfigError(f"cannot listen on {host}:{port}: {reason}", key="web.port") from None
 
 
-def _keep_signals_for_graceful_exit() -> None:
+def keep_signals_for_graceful_exit() -> None:
     """SIGTERM and SIGINT only ask to stop: uvicorn catches them while it serves and
     raises them again once it has stopped; by then our own shutdown must still run,
     and a requested stop is a clean exit (status 0)."""

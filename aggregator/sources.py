@@ -12,6 +12,7 @@ from .fetch import FeedFetcher
 from .models import Feed, FeedSource
 from .opml import read_opml, write_opml
 from .parse import parse_feed
+from .sanitize import clean_text
 from .store import Store
 from .store import feeds as feed_rows
 from .urls import is_http_url, is_placeholder_title
@@ -28,7 +29,7 @@ def check_source_url(url: str) -> str:
 def source_title(title: str | None, url: str) -> str | None:
     """The name an operator gave a source, or None when it is empty or just a URL (the
     feed's own title then names it after the first successful poll)."""
-    return None if is_placeholder_title(title, url) else " ".join((title or "").split())
+    return None if is_placeholder_title(title, url) else clean_text(title or "") or None
 
 
 def sync_configured_feeds(store: Store, settings: Settings, now: datetime) -> list[Feed]:

@@ -129,8 +129,11 @@ def test_a_new_reader_subscribes_confirms_reads_changes_and_leaves(site, smtp_se
     copy_page = client.get(local(web_copy))
     assert copy_page.status_code == 200 and "Fresh post" in copy_page.text
     assert 'href="https://alpha.test/fresh"' in copy_page.text
+    # One Referrer-Policy: the page's own replaces the default.
+    assert copy_page.headers.get_list("referrer-policy") == ["no-referrer"]
     archive_page = client.get(local(archive))
     assert archive_page.status_code == 200 and "1 new post from Alpha Blog" in archive_page.text
+    assert archive_page.headers.get_list("referrer-policy") == ["no-referrer"]
     feed_url = re.search(
         r'href="(https://news\.example\.org/digests/feed\.atom[^"]+)"', archive_page.text
     )[1]

@@ -10,17 +10,18 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
-from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from ..config import Settings
 from ..errors import StoreError
 from ..render import make_environment
+from ..resources import resource_dir
 from ..store import Store
 from ..urls import is_http_url
 from . import admin, feeds, metrics, subscribe, views
@@ -30,7 +31,7 @@ from .security import SecurityHeadersMiddleware
 
 __all__ = ["create_app"]
 
-STATIC = Path(__file__).resolve().parent.parent.parent / "static"
+STATIC = resource_dir("static")
 # Large enough for an OPML upload (sources.import_opml caps the file at 5 MB).
 MAX_BODY_BYTES = 6 * 1024 * 1024
 
@@ -61,14 +62,23 @@ def create_app(
         finally:
             web.close()
 
+    middleware = [
+        Middleware(
+            SecurityHeadersMiddleware,
+            secure_cookies=settings.web.base_url.startswith("https:"),
+        )
+    ]
+    if settings.web.trusted_proxies:
+        # X-Forwarded-For and -Proto are believed only from the proxies the operator
+        # named; the client address that results keys the rate limits. The server's own
+        # proxy handling is off (uvicorn would trust any loopback client).
+        middleware.insert(
+            0,
+            Middleware(ProxyHeadersMiddleware, trusted_hosts=list(settings.web.trusted_proxies)),
+        )
     app = Starlette(
         routes=routes,
-        middleware=[
-            Middleware(
-                SecurityHeadersMiddleware,
-                secure_cookies=settings.web.base_url.startswith("https:"),
-            )
-        ],
+        middleware=middleware,
         exception_handlers={HTTPException: http_error, StoreError: store_error, 500: server_error},
         lifespan=lifespan,
         max_body_size=MAX_BODY_BYTES,

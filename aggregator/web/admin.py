@@ -192,9 +192,9 @@ async def import_feeds(request: Request) -> Response:
 routes = [
     Route("/admin", admin_view, name="admin"),
     Route("/admin/feeds", add_feed, methods=["POST"], name="admin_add"),
-    Route("/admin/feeds/{feed_id:int}/remove", remove_feed, methods=["POST"], name="admin_remove"),
+    Route("/admin/feeds/{feed_id:id}/remove", remove_feed, methods=["POST"], name="admin_remove"),
     Route(
-        "/admin/feeds/{feed_id:int}/enabled",
+        "/admin/feeds/{feed_id:id}/enabled",
         set_feed_enabled,
         methods=["POST"],
         name="admin_enabled",

@@ -12,12 +12,32 @@ from collections.abc import Callable
 from datetime import UTC, datetime, tzinfo
 
 from jinja2 import Environment
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.requests import HTTPConnection
 
 from ..config import Settings
 from ..store import Store
+from ..throttle import FailureThrottle
 
 Clock = Callable[[], datetime]
+
+
+class IdConvertor(Convertor[int]):
+    """``{name:id}`` in a route: a row id, at most 18 digits, so it always fits SQLite's
+    64-bit integer; anything longer does not match the route (404), rather than
+    overflowing in the query (500)."""
+
+    regex = "[0-9]{1,18}"
+
+    def convert(self, value: str) -> int:
+        return int(value)
+
+    def to_string(self, value: int) -> str:
+        return str(value)
+
+
+# Registered on import: every route module imports this one before declaring routes.
+register_url_convertor("id", IdConvertor())
 
 
 def system_clock() -> datetime:
@@ -39,6 +59,8 @@ class WebContext:
         self._store = store
         self._owns_store = store is None
         self._lock = threading.Lock()
+        # Admin password failures, per process (see throttle.py and /metrics).
+        self.admin_throttle = FailureThrottle()
 
     @property
     def timezone(self) -> tzinfo:

@@ -8,7 +8,6 @@ being rendered.
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
@@ -19,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from ..sanitize import xml_chars
 from ..sources import export_opml
 from ..store import feeds as feed_rows
 from ..store import timeline
@@ -31,12 +31,11 @@ ATOM_TYPE = "application/atom+xml; charset=utf-8"
 # Bump when the Atom template changes, so that cached copies are not kept.
 _FORMAT_VERSION = "atom-1"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff\ud800-\udfff]")
 
 
 def xml_safe(value: str) -> str:
     """Drops the characters XML 1.0 cannot carry at all (escaping cannot help them)."""
-    cleaned = _XML_INVALID.sub("", value)
+    cleaned = xml_chars(value)
     return Markup(cleaned) if isinstance(value, Markup) else cleaned  # noqa: S704 - same input
 
 
@@ -95,7 +94,7 @@ def _atom(request: Request, feed_id: int | None) -> Response:
         updated=max((e.updated or e.published for e in entries), default=changed),
         entries=entries,
     )
-    return Response(body, media_type=ATOM_TYPE, headers=headers)
+    return Response(xml_chars(body), media_type=ATOM_TYPE, headers=headers)
 
 
 def merged_atom(request: Request) -> Response:
@@ -118,6 +117,6 @@ def opml(request: Request) -> Response:
 
 routes = [
     Route("/feed.atom", merged_atom, name="atom"),
-    Route("/sources/{feed_id:int}/feed.atom", source_atom, name="source_atom"),
+    Route("/sources/{feed_id:id}/feed.atom", source_atom, name="source_atom"),
     Route("/opml", opml, name="opml"),
 ]

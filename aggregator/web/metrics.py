@@ -9,6 +9,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from ..store.metrics import Snapshot, snapshot
+from ..throttle import FailureThrottle
 from .context import web_context
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -66,9 +67,28 @@ def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
+def process_exposition(throttle: FailureThrottle) -> str:
+    """Counters this process keeps in memory (they restart from 0 with it)."""
+    return (
+        "\n".join(
+            [
+                "# HELP aggregator_admin_auth_failures_total Wrong admin passwords (this process).",
+                "# TYPE aggregator_admin_auth_failures_total counter",
+                f"aggregator_admin_auth_failures_total {throttle.failures_total}",
+                "# HELP aggregator_admin_auth_throttled_total Admin attempts refused unchecked "
+                "after repeated failures (this process).",
+                "# TYPE aggregator_admin_auth_throttled_total counter",
+                f"aggregator_admin_auth_throttled_total {throttle.refused_total}",
+            ]
+        )
+        + "\n"
+    )
+
+
 def metrics(request: Request) -> Response:
     web = web_context(request)
-    return PlainTextResponse(exposition(snapshot(web.store().db)), media_type=CONTENT_TYPE)
+    body = exposition(snapshot(web.store().db)) + process_exposition(web.admin_throttle)
+    return PlainTextResponse(body, media_type=CONTENT_TYPE)
 
 
 routes = [Route("/metrics", metrics, name="metrics")]

@@ -82,8 +82,10 @@ def render(
     )
     # Set here as well as by the middleware: error pages from the outermost layer
     # never pass through it.
+    # Header names are case-insensitive: a page's own Referrer-Policy replaces the
+    # default instead of going out beside it.
     all_headers = dict(SECURITY_HEADERS)
-    all_headers.update(headers or {})
+    all_headers.update({name.lower(): value for name, value in (headers or {}).items()})
     return HTMLResponse(html, status_code=status_code, headers=all_headers)
 
 

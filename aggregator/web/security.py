@@ -22,6 +22,9 @@ import base64
 import binascii
 import hashlib
 import hmac
+import logging
+import math
+import re
 import secrets
 from collections.abc import Mapping
 from typing import Any
@@ -38,11 +41,15 @@ __all__ = [
     "CSRF_COOKIE",
     "FORM_FIELD",
     "SECURITY_HEADERS",
+    "RedactTokens",
     "SecurityHeadersMiddleware",
     "check_csrf",
     "csrf_token",
+    "redact_tokens",
     "require_admin",
 ]
+
+log = logging.getLogger("aggregator.web.security")
 
 FORM_FIELD = "csrf_token"
 CSRF_COOKIE = "aggregator_csrf"
@@ -139,13 +146,30 @@ def require_admin(request: HTTPConnection) -> None:
             "Administration is switched off on this server: no admin password is set. "
             "Set AGGREGATOR_ADMIN_PASSWORD in the server's environment and restart it.",
         )
-    given = _basic_password(request.headers.get("authorization", ""))
+    web = web_context(request)
+    client = request.client.host if request.client else "unknown"
+    now = web.now()
+    throttle = web.admin_throttle
+    wait = throttle.wait(client, now)
+    if wait is not None:
+        seconds = max(1, math.ceil(wait.total_seconds()))
+        raise HTTPException(
+            429,
+            "Too many wrong admin passwords. Wait a little, then try again.",
+            headers={"Retry-After": str(seconds)},
+        )
+    header = request.headers.get("authorization", "")
+    given = _basic_password(header)
     if given is None or not hmac.compare_digest(given.encode(), password.encode()):
+        if header:  # a browser's first request carries no password: not a failure
+            failures = throttle.failed(client, now)
+            log.warning("admin password refused client=%s failures=%d", client, failures)
         raise HTTPException(
             401,
             "Administration needs the admin password (any user name).",
             headers={"WWW-Authenticate": ADMIN_REALM},
         )
+    throttle.succeeded(client)
 
 
 def _basic_password(header: str) -> str | None:
@@ -158,6 +182,28 @@ def _basic_password(header: str) -> str | None:
         return None
     _, colon, password = decoded.partition(":")
     return password if colon else None
+
+
+# A capability token in a link's query: ?token=... (confirm, preferences, unsubscribe,
+# digest archive and digest pages).
+_TOKEN_IN_QUERY = re.compile(r"([?&]token=)[^&#\s]*")
+
+
+def redact_tokens(path: str) -> str:
+    """The path with the value of every token parameter replaced by ``REDACTED``."""
+    return _TOKEN_IN_QUERY.sub(r"\1REDACTED", path)
+
+
+class RedactTokens(logging.Filter):
+    """A logging filter for uvicorn's access log: no capability token in any line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                redact_tokens(arg) if isinstance(arg, str) and "=" in arg else arg
+                for arg in record.args
+            )
+        return True
 
 
 class SecurityHeadersMiddleware:

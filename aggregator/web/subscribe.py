@@ -25,6 +25,7 @@ from starlette.routing import BaseRoute, Route
 from ..digests import Renderer, SectionView
 from ..errors import TokenError
 from ..mail import open_sender
+from ..sanitize import xml_chars
 from ..selection import Subscriber
 from ..store import digests as digest_rows
 from ..store import feeds as feed_rows
@@ -499,7 +500,7 @@ def archive_feed(request: Request) -> Response:
         }
     )
     return Response(
-        body,
+        xml_chars(body),
         media_type="application/atom+xml; charset=utf-8",
         headers={"Cache-Control": "private, no-store"},
     )
@@ -516,5 +517,5 @@ routes: list[BaseRoute] = [
     Route("/unsubscribe", unsubscribe_post, methods=["POST"], name="unsubscribe_post"),
     Route("/digests", archive_page, methods=["GET"], name="digest_archive"),
     Route("/digests/feed.atom", archive_feed, methods=["GET"], name="digest_archive_feed"),
-    Route("/digests/{digest_id:int}", digest_page, methods=["GET"], name="digest"),
+    Route("/digests/{digest_id:id}", digest_page, methods=["GET"], name="digest"),
 ]

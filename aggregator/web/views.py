@@ -213,7 +213,7 @@ def healthz(request: Request) -> Response:
 
 routes = [
     Route("/", timeline_view, name="timeline"),
-    Route("/entries/{entry_id:int}", entry_view, name="entry"),
-    Route("/sources/{feed_id:int}", source_view, name="source"),
+    Route("/entries/{entry_id:id}", entry_view, name="entry"),
+    Route("/sources/{feed_id:id}", source_view, name="source"),
     Route("/healthz", healthz, name="healthz"),
 ]
