@@ -172,19 +172,22 @@ def sanitize_html(html: str, *, base_url: str | None = None) -> str:
         return ""
     token = _BASE_URL.set(base_url)
     try:
-        cleaned = _drop_unwanted_images(_CLEANER.clean(_limit_nesting(html))).strip()
+        cleaned = _drop_unwanted_images(_CLEANER.clean(_limit_nesting(html)))
     finally:
         _BASE_URL.reset(token)
-    # Removing a tag can leave a tree that parses differently when read again
-    # ("<li><form><li>" -> "<li><li></li></li>" -> "<li></li><li></li>"): clean the
-    # structure until it is stable, so that sanitising the result changes nothing.
+    # Characters are neutralised after each cleaning (so that those written as
+    # references, &#x202E;, are caught too), and removing a tag can leave a tree that
+    # parses differently when read again ("<li><form><li>" -> "<li><li></li></li>" ->
+    # "<li></li><li></li>"): clean until stable, so that sanitising the result again
+    # changes nothing.
+    cleaned = _neutralise_characters(cleaned).strip()
     for _ in range(_MAX_PASSES):
-        again = _drop_unwanted_images(_STRUCTURE_CLEANER.clean(cleaned)).strip()
+        again = _drop_unwanted_images(_STRUCTURE_CLEANER.clean(cleaned))
+        again = _neutralise_characters(again).strip()
         if again == cleaned:
             break
         cleaned = again
-    # After cleaning, so that characters written as references (&#x202E;) are caught too.
-    return _neutralise_characters(cleaned)
+    return cleaned
 
 
 # --- plain text ---------------------------------------------------------------------------
