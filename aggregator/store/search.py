@@ -27,10 +27,10 @@ links with the position), so posts that arrive while a reader pages never shift 
 repeat what they page through. (bm25 weighs words by the whole index, so new posts
 can nudge two near-equal scores; the order stays that of one ranking otherwise.)
 
-The cap (``RANK_ALL`` and ``RANK_NEWEST``): when a query matches more than
-``RANK_ALL`` posts, only those among the newest ``RANK_NEWEST`` ingested are ranked
-(exact title matches always come first, from anywhere); the rest are reached with
-"Newest first". The count shown is still of every match.
+The cap (``RANK_ALL``): when a query matches more than ``RANK_ALL`` posts, only the
+newest ``RANK_ALL`` matches (by ingest order) are ranked; exact title matches come
+first from anywhere, and older matches are reached with "Newest first". The count of a
+capped search is an estimate (see ``count_matches``).
 
 Snippets and highlighted titles (``highlights``) come from FTS5's ``snippet()`` and
 ``highlight()`` with control characters as markers, split here into plain text
@@ -56,10 +56,10 @@ from .timeline import _ENTRY_COLUMNS, TimelineEntry, _entry, _with_copies
 __all__ = [
     "MAX_PARTS",
     "RANK_ALL",
-    "RANK_NEWEST",
     "WEIGHTS",
     "Fragment",
     "Highlight",
+    "Matches",
     "RankedCursor",
     "RankedPage",
     "SearchQuery",
@@ -76,8 +76,7 @@ WEIGHTS = (10.0, 4.0, 1.0, 2.0)
 RECENCY = 0.1
 # Added to the score of an exact title match: below any bm25 score.
 _EXACT = -1e9
-RANK_ALL = 20_000
-RANK_NEWEST = 200_000
+RANK_ALL = 2_000
 SNIPPET_TOKENS = 24
 _OPEN, _CLOSE = "\x02", "\x03"
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -215,22 +214,64 @@ def newest_id(db: Database) -> int:
     return int(_execute(db, "SELECT coalesce(max(id), 0) FROM entries", [])[0][0])
 
 
-def count_matches(db: Database, query: SearchQuery, *, feed_id: int | None, upto: int) -> int:
-    """How many entries up to ``upto`` match; with ``feed_id``, of that source only.
+@dataclass(frozen=True, slots=True)
+class Matches:
+    """How many entries up to ``upto`` match: ``count`` exactly when ``exact``, else an
+    estimate; ``low``: only entries with a greater id are ranked (0: all of them)."""
 
-    Without a source the count includes the copies of cross-posted stories (the
-    results list each story once), so pages say "about".
+    count: int
+    exact: bool
+    low: int
+
+
+def count_matches(db: Database, query: SearchQuery, *, feed_id: int | None, upto: int) -> Matches:
+    """The matches up to ``upto`` (with ``feed_id``, of that source only), and the cap.
+
+    Up to ``RANK_ALL`` matches are counted exactly. Past that, the ranked set is the
+    newest ``RANK_ALL`` matches by ingest order (whatever their source), and the count
+    is estimated from how many ids they span (matches spread evenly over ids): reading
+    every match of a word in 15 % of a million entries costs more than the page may.
+    Without a source the count includes the copies of cross-posted stories (the results
+    list each story once); pages say "about".
     """
     if query.fts is None:
-        return 0
-    if feed_id is None:
-        sql = "SELECT count(*) FROM entries_fts WHERE entries_fts MATCH ? AND rowid <= ?"
-        return int(_execute(db, sql, [query.fts, upto])[0][0])
-    sql = (
-        "SELECT count(*) FROM entries_fts JOIN entries e ON e.id = entries_fts.rowid "
-        "WHERE entries_fts MATCH ? AND entries_fts.rowid <= ? AND e.feed_id = ?"
+        return Matches(0, True, 0)
+    newest = (
+        "SELECT rowid FROM entries_fts WHERE entries_fts MATCH ? AND rowid <= ? "
+        "ORDER BY rowid DESC LIMIT ?"
     )
-    return int(_execute(db, sql, [query.fts, upto, feed_id])[0][0])
+    rows = _execute(
+        db, f"SELECT count(*), min(rowid) FROM ({newest})", [query.fts, upto, RANK_ALL + 1]
+    )
+    count, lowest = rows[0]
+    if count <= RANK_ALL:
+        low = 0
+        if feed_id is not None:
+            sql = (
+                "SELECT count(*) FROM entries_fts JOIN entries e ON e.id = entries_fts.rowid "
+                "WHERE entries_fts MATCH ? AND entries_fts.rowid <= ? AND e.feed_id = ?"
+            )
+            count = _execute(db, sql, [query.fts, upto, feed_id])[0][0]
+        return Matches(int(count), True, low)
+    low = int(lowest)
+    estimate = RANK_ALL * upto / max(1, upto - low)
+    if feed_id is not None:
+        share = _execute(
+            db,
+            "SELECT count(*) FROM entries WHERE id IN (SELECT value FROM json_each(?)) "
+            "AND feed_id = ?",
+            [json.dumps([row[0] for row in _execute(db, newest, [query.fts, upto, 200])]), feed_id],
+        )[0][0]
+        estimate *= share / 200
+    return Matches(_round(estimate), False, low)
+
+
+def _round(value: float) -> int:
+    """Two significant digits: an estimate should not look exact."""
+    if value < 100:
+        return round(value)
+    digits = len(str(int(value))) - 2
+    return int(round(value, -digits))
 
 
 def ranked_page(
@@ -240,7 +281,7 @@ def ranked_page(
     feed_id: int | None = None,
     position: RankedCursor | None = None,
     limit: int = 30,
-    matches: int | None = None,
+    matches: Matches | None = None,
 ) -> RankedPage:
     """One page of results by relevance (the rule of the module docstring).
 
@@ -255,8 +296,8 @@ def ranked_page(
         return RankedPage((), upto, start, None, None, False)
     if matches is None:
         matches = count_matches(db, query, feed_id=feed_id, upto=upto)
-    capped = matches > RANK_ALL and upto > RANK_NEWEST
-    low = upto - RANK_NEWEST if capped else 0
+    low = matches.low
+    capped = low > 0
     # The recency reference: the publication date of the newest entry of the set.
     reference = _execute(
         db, "SELECT published FROM entries WHERE id <= ? ORDER BY id DESC LIMIT 1", [upto]
@@ -265,13 +306,14 @@ def ranked_page(
     weights = ", ".join(str(weight) for weight in WEIGHTS)
     age = "max(0.0, julianday(?) - julianday(e.published))"
     published = reference[0][0] if reference else "1970-01-01T00:00:00.000000Z"
-    score = f"bm25(entries_fts, {weights}) * (1.0 - {RECENCY} * {age} / ({age} + 365.0))"
+    # 1 - RECENCY * age / (age + 365), written with one date computation per row.
+    score = f"bm25(entries_fts, {weights}) * ({1 - RECENCY} + {RECENCY * 365} / ({age} + 365.0))"
     sql = (
         f"SELECT e.id, CASE WHEN e.norm_title = ? THEN {_EXACT} ELSE 0.0 END + {score} AS score "
         "FROM entries_fts JOIN entries e ON e.id = entries_fts.rowid "
         f"WHERE entries_fts MATCH ? AND entries_fts.rowid BETWEEN ? AND ? AND {where}"
     )
-    sql_params = [query.title, published, published, query.fts, low + 1, upto, *params]
+    sql_params = [query.title, published, query.fts, low + 1, upto, *params]
     if capped:
         # Exact title matches from anywhere, beside the ranked newest entries.
         exact = (

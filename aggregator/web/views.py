@@ -151,7 +151,8 @@ def timeline_view(request: Request) -> Response:
         context.update(
             results=ranked.entries,
             highlights=search.highlights(db, query, ids),
-            total=total,
+            total=total.count,
+            exact=total.exact,
             start=ranked.start,
             capped=ranked.capped,
             next_url=_page_link("/", params, ("at", ranked.next)) if ranked.next else None,
@@ -169,7 +170,9 @@ def timeline_view(request: Request) -> Response:
             ids = [entry.id for entry in page.entries]
             context.update(
                 highlights=search.highlights(db, query, ids),
-                total=search.count_matches(db, query, feed_id=source_id, upto=search.newest_id(db)),
+                total=search.count_matches(
+                    db, query, feed_id=source_id, upto=search.newest_id(db)
+                ).count,
             )
         context.update(
             days=group_by_day(page.entries, web),
