@@ -34,7 +34,7 @@ from .sources import (
     remove_source,
     sync_configured_feeds,
 )
-from .store import Store
+from .store import Store, search, timeline
 from .store import feeds as feed_rows
 
 out = Console(highlight=False, soft_wrap=True)
@@ -186,6 +186,45 @@ def feeds_list(ctx: click.Context) -> None:
                 _when(feed.last_polled_at),
                 str(feed.error_count),
                 _when(feed.next_poll_at),
+            )
+        out.print(table)
+
+
+@cli.command("search")
+@click.argument("words", nargs=-1, required=True)
+@click.option("--newest", is_flag=True, help="Newest first instead of best match first.")
+@click.option("--source", "source_id", type=int, default=None, help="Only this feed id.")
+@click.option("--limit", type=click.IntRange(1, 500), default=20, show_default=True)
+@click.pass_context
+def search_command(
+    ctx: click.Context, words: Sequence[str], newest: bool, source_id: int | None, limit: int
+) -> None:
+    """Search the stored posts, as the web page does: plain words all match, "a phrase",
+    prefix*, -exclude, source:word."""
+    with _one_line_errors():
+        db = _app(ctx).store.db
+        query = search.parse_query(" ".join(words))
+        if query.fts is None:
+            raise click.UsageError("give at least one word to find (not only -exclusions)")
+        upto = search.newest_id(db)
+        matches = search.count_matches(db, query, feed_id=source_id, upto=upto)
+        if newest:
+            found = timeline.timeline_page(db, feed_id=source_id, search=query.fts, limit=limit)
+            entries = found.entries
+        else:
+            ranked = search.ranked_page(
+                db, query, feed_id=source_id, position=search.RankedCursor(upto, 0),
+                limit=limit, matches=matches,
+            )  # fmt: skip
+            entries = ranked.entries
+        about = "" if matches.exact else "about "
+        order = "newest first" if newest else "best match first"
+        table = Table(title=f"{about}{matches.count} matching, {order}", title_justify="left")
+        for column in ("id", "published", "source", "title"):
+            table.add_column(column, overflow="fold")
+        for entry in entries:
+            table.add_row(
+                str(entry.id), _when(entry.published), entry.feed_title, entry.title or "—"
             )
         out.print(table)
 

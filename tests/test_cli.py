@@ -208,3 +208,22 @@ def test_run_with_an_unusable_jobs_lock_file_says_so_in_one_line(tmp_path: Path)
     assert failed.returncode == 1, failed.stderr
     assert "jobs lock file" in failed.stderr and "Traceback" not in failed.stderr
     assert len(failed.stderr.strip().splitlines()) == 1, failed.stderr
+
+
+def test_search_prints_a_table_best_match_first(tmp_path: Path, feed_server: FeedServer) -> None:
+    cfg = config(tmp_path)
+    items = [
+        Item(f"Weekly links {n}", link=f"https://blog.test/{n}", body="<p>zebra herds</p>")
+        for n in range(5)
+    ]
+    items.append(Item("Zebra herds", link="https://blog.test/zebra", body="<p>Stripes.</p>"))
+    url = feed_server.add("/z.xml", body=rss(items))
+    run("feeds", "add", url, config=cfg)
+    run("poll", config=cfg)
+    found = run("search", "zebra", "herds", config=cfg).stdout
+    assert "6 matching, best match first" in found
+    rows = [line for line in found.splitlines() if "blog" in line.lower() and "│" in line]
+    assert "Zebra herds" in rows[0]
+    assert "newest first" in run("search", "--newest", "zebra", config=cfg).stdout
+    refused = run("search", "--", "-zebra", config=cfg, check=False)
+    assert refused.returncode != 0 and "at least one word" in refused.stderr

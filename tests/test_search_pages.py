@@ -181,7 +181,7 @@ def test_search_pages_through_the_web(corpus: Corpus) -> None:
     want = expected(corpus, "common", None)
     seen: list[int] = []
     with TestClient(create_app(corpus.settings, clock=lambda: NOW)) as client:
-        url: str | None = "/?q=common"
+        url: str | None = "/?q=common&order=newest"
         for _ in range(4):
             assert url is not None
             html = client.get(url).text

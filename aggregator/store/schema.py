@@ -224,3 +224,70 @@ def m006_heartbeat(db: Database) -> None:
     """One row that write probes (``status``, ``/healthz``) rewrite: a write that commits
     proves the database takes writes now (a lock, a full disk, a read-only file fail it)."""
     db.execute("CREATE TABLE heartbeat (id INTEGER PRIMARY KEY CHECK (id = 1), at TEXT NOT NULL)")
+
+
+@migrations()
+def m008_search(db: Database) -> None:
+    """Source titles searchable beside titles, authors and text (issue 12).
+
+    ``entries_fts`` becomes an external-content FTS5 table over the view
+    ``entries_search`` (an entry's title, author, text and its source's title or else
+    URL), so ``snippet()`` and ``highlight()`` read the current text
+    (https://www.sqlite.org/fts5.html#external_content_tables). The index is rebuilt
+    once here. Triggers keep it in step: on an entry's insert, delete and change of an
+    indexed column; on a source's change of title or URL (its entries are re-indexed);
+    and before a source is deleted (its entries' index rows go first, while the source
+    title they were indexed with can still be read; the cascaded entry deletes then
+    find no source and touch the index no more).
+    """
+    db.executescript(
+        """
+        DROP TRIGGER IF EXISTS entries_ai;
+        DROP TRIGGER IF EXISTS entries_ad;
+        DROP TRIGGER IF EXISTS entries_au;
+        DROP TABLE IF EXISTS entries_fts;
+        CREATE VIEW entries_search AS
+            SELECT e.id AS id, e.title AS title, e.author AS author, e.text AS text,
+                   coalesce(nullif(f.title, ''), f.url) AS source
+            FROM entries e JOIN feeds f ON f.id = e.feed_id;
+        CREATE VIRTUAL TABLE entries_fts USING fts5(
+            title, author, text, source,
+            content = 'entries_search', content_rowid = 'id', tokenize = 'porter unicode61'
+        );
+        INSERT INTO entries_fts (entries_fts) VALUES ('rebuild');
+        CREATE TRIGGER entries_ai AFTER INSERT ON entries BEGIN
+          INSERT INTO entries_fts (rowid, title, author, text, source)
+            SELECT new.id, new.title, new.author, new.text,
+                   coalesce(nullif(f.title, ''), f.url) FROM feeds f WHERE f.id = new.feed_id;
+        END;
+        CREATE TRIGGER entries_ad AFTER DELETE ON entries BEGIN
+          INSERT INTO entries_fts (entries_fts, rowid, title, author, text, source)
+            SELECT 'delete', old.id, old.title, old.author, old.text,
+                   coalesce(nullif(f.title, ''), f.url) FROM feeds f WHERE f.id = old.feed_id;
+        END;
+        CREATE TRIGGER entries_au AFTER UPDATE OF title, author, text, feed_id ON entries BEGIN
+          INSERT INTO entries_fts (entries_fts, rowid, title, author, text, source)
+            SELECT 'delete', old.id, old.title, old.author, old.text,
+                   coalesce(nullif(f.title, ''), f.url) FROM feeds f WHERE f.id = old.feed_id;
+          INSERT INTO entries_fts (rowid, title, author, text, source)
+            SELECT new.id, new.title, new.author, new.text,
+                   coalesce(nullif(f.title, ''), f.url) FROM feeds f WHERE f.id = new.feed_id;
+        END;
+        CREATE TRIGGER feeds_search_au AFTER UPDATE OF title, url ON feeds
+        WHEN coalesce(nullif(old.title, ''), old.url)
+             IS NOT coalesce(nullif(new.title, ''), new.url)
+        BEGIN
+          INSERT INTO entries_fts (entries_fts, rowid, title, author, text, source)
+            SELECT 'delete', e.id, e.title, e.author, e.text,
+                   coalesce(nullif(old.title, ''), old.url) FROM entries e WHERE e.feed_id = old.id;
+          INSERT INTO entries_fts (rowid, title, author, text, source)
+            SELECT e.id, e.title, e.author, e.text, coalesce(nullif(new.title, ''), new.url)
+            FROM entries e WHERE e.feed_id = new.id;
+        END;
+        CREATE TRIGGER feeds_search_bd BEFORE DELETE ON feeds BEGIN
+          INSERT INTO entries_fts (entries_fts, rowid, title, author, text, source)
+            SELECT 'delete', e.id, e.title, e.author, e.text,
+                   coalesce(nullif(old.title, ''), old.url) FROM entries e WHERE e.feed_id = old.id;
+        END;
+        """
+    )

@@ -11,6 +11,7 @@ import hashlib
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
+from urllib.parse import urlencode
 
 from markupsafe import Markup
 from starlette.exceptions import HTTPException
@@ -21,10 +22,10 @@ from starlette.routing import Route
 from ..sanitize import xml_chars
 from ..sources import export_opml
 from ..store import feeds as feed_rows
-from ..store import timeline
+from ..store import search, timeline
 from ..store.timeline import TimelineEntry
 from .context import web_context
-from .pages import SITE_TITLE
+from .pages import SITE_TITLE, int_param, str_param
 
 FEED_SIZE = 50
 ATOM_TYPE = "application/atom+xml; charset=utf-8"
@@ -78,6 +79,19 @@ def _atom(request: Request, feed_id: int | None) -> Response:
         path = f"/sources/{feed_id}/feed.atom"
         alternate = f"{base}/sources/{feed_id}"
     entries = timeline.latest_entries(db, feed_id=feed_id, limit=FEED_SIZE)
+    return _atom_response(request, entries, title=title, path=path, alternate=alternate)
+
+
+def _atom_response(
+    request: Request,
+    entries: Sequence[TimelineEntry],
+    *,
+    title: str,
+    path: str,
+    alternate: str,
+) -> Response:
+    web = web_context(request)
+    base = web.settings.web.base_url
     etag, changed = _validators(entries, f"{base}{path}\x00{title}")
     headers = {
         "etag": etag,
@@ -105,6 +119,35 @@ def source_atom(request: Request) -> Response:
     return _atom(request, request.path_params["feed_id"])
 
 
+def search_atom(request: Request) -> Response:
+    """The newest posts matching ``q`` (the search page's query language), optionally
+    of one ``source``: a reader follows a topic with it."""
+    web = web_context(request)
+    db = web.store().db
+    raw_query = (str_param(request, "q") or "").strip()
+    source_id = int_param(request, "source")
+    query = search.parse_query(raw_query)
+    if query.fts is None:
+        raise HTTPException(400, "Give the words to follow in the “q” parameter.")
+    title = f"{SITE_TITLE}: posts matching “{raw_query}”"
+    if source_id is not None:
+        feed = feed_rows.get_feed(db, source_id)
+        if feed is None:
+            raise HTTPException(404, f"There is no source with id {source_id}.")
+        title += f" on {feed.title or feed.url}"
+    params = {"q": raw_query, "source": source_id}
+    query_string = urlencode({k: v for k, v in params.items() if v is not None})
+    page = timeline.timeline_page(db, feed_id=source_id, search=query.fts, limit=FEED_SIZE)
+    base = web.settings.web.base_url
+    return _atom_response(
+        request,
+        page.entries,
+        title=title,
+        path=f"/search.atom?{query_string}",
+        alternate=f"{base}/?{urlencode({**params, 'order': 'newest'})}",
+    )
+
+
 def opml(request: Request) -> Response:
     web = web_context(request)
     document = export_opml(feed_rows.list_feeds(web.store().db), now=web.now())
@@ -118,5 +161,6 @@ def opml(request: Request) -> Response:
 routes = [
     Route("/feed.atom", merged_atom, name="atom"),
     Route("/sources/{feed_id:id}/feed.atom", source_atom, name="source_atom"),
+    Route("/search.atom", search_atom, name="search_atom"),
     Route("/opml", opml, name="opml"),
 ]

@@ -16,8 +16,9 @@ from starlette.routing import Route
 
 from ..errors import StoreError
 from ..store import feeds as feed_rows
-from ..store import timeline
+from ..store import search, timeline
 from ..store.codec import from_db
+from ..store.search import RankedCursor
 from ..store.timeline import Cursor, TimelineEntry
 from .context import WebContext, web_context
 from .pages import int_param, render, str_param
@@ -66,7 +67,9 @@ def _cursor_param(request: Request, name: str) -> Cursor | None:
         ) from None
 
 
-def _page_link(path: str, params: dict[str, str | int | None], cursor: tuple[str, Cursor]) -> str:
+def _page_link(
+    path: str, params: dict[str, str | int | None], cursor: tuple[str, Cursor | RankedCursor]
+) -> str:
     query = {key: str(value) for key, value in params.items() if value not in (None, "")}
     query[cursor[0]] = str(cursor[1])
     return f"{path}?{urlencode(query)}"
@@ -76,41 +79,107 @@ def _local(moment: datetime, web: WebContext) -> datetime:
     return moment.astimezone(web.timezone)
 
 
+ORDERS = ("relevance", "newest")
+
+
+def _ranked_cursor_param(request: Request, name: str) -> RankedCursor | None:
+    value = str_param(request, name)
+    if not value:
+        return None
+    try:
+        return RankedCursor.parse(value)
+    except ValueError:
+        raise HTTPException(
+            400, f"The “{name}” parameter is not a result position from this site."
+        ) from None
+
+
 def timeline_view(request: Request) -> Response:
     web = web_context(request)
     source_id = int_param(request, "source")
     raw_query = (str_param(request, "q") or "").strip()
+    order = str_param(request, "order") or ORDERS[0]
+    if order not in ORDERS:
+        raise HTTPException(400, "The “order” parameter is “relevance” or “newest”.")
     before = _cursor_param(request, "before")
     after = _cursor_param(request, "after")
     if before is not None and after is not None:
         raise HTTPException(400, "Ask for older or newer entries, not both at once.")
+    at = _ranked_cursor_param(request, "at")
     db = web.store().db
     sources = timeline.source_links(db)
     source = next((s for s in sources if s.id == source_id), None)
     if source_id is not None and source is None:
         raise HTTPException(404, f"There is no source with id {source_id}.")
-    search = timeline.fts_query(raw_query) if raw_query else None
-    if raw_query and search is None:
-        page = timeline.TimelinePage((), None, None)
-    else:
-        page = timeline.timeline_page(
-            db, feed_id=source_id, search=search, before=before, after=after, limit=PAGE_SIZE
-        )
+    query = search.parse_query(raw_query) if raw_query else None
     params: dict[str, str | int | None] = {"q": raw_query, "source": source_id}
-    return render(
-        request,
-        "timeline.html",
-        {
-            "days": group_by_day(page.entries, web),
-            "sources": sources,
-            "source": source,
-            "query": raw_query,
-            "paged": before is not None or after is not None,
-            "older_url": _page_link("/", params, ("before", page.older)) if page.older else None,
-            "newer_url": _page_link("/", params, ("after", page.newer)) if page.newer else None,
-            "local": lambda moment: _local(moment, web),
-        },
-    )
+    context: dict[str, object] = {
+        "sources": sources,
+        "source": source,
+        "query": raw_query,
+        "order": order,
+        "paged": before is not None or after is not None or bool(at and at.start),
+        "local": lambda moment: _local(moment, web),
+        "days": [],
+        "results": None,
+        "highlights": {},
+        "total": None,
+        "older_url": None,
+        "newer_url": None,
+        "next_url": None,
+        "previous_url": None,
+        "search_feed_url": (
+            "/search.atom?" + urlencode({k: v for k, v in params.items() if v not in (None, "")})
+            if query is not None and query.fts is not None
+            else None
+        ),
+    }
+    if query is not None and query.fts is None:
+        pass  # nothing to look for: the page says so
+    elif query is not None and order == "relevance":
+        upto = at.upto if at is not None else search.newest_id(db)
+        total = search.count_matches(db, query, feed_id=source_id, upto=upto)
+        ranked = search.ranked_page(
+            db,
+            query,
+            feed_id=source_id,
+            position=at or RankedCursor(upto, 0),
+            limit=PAGE_SIZE,
+            matches=total,
+        )
+        ids = [entry.id for entry in ranked.entries]
+        context.update(
+            results=ranked.entries,
+            highlights=search.highlights(db, query, ids),
+            total=total.count,
+            exact=total.exact,
+            start=ranked.start,
+            capped=ranked.capped,
+            next_url=_page_link("/", params, ("at", ranked.next)) if ranked.next else None,
+            previous_url=(
+                _page_link("/", params, ("at", ranked.previous)) if ranked.previous else None
+            ),
+        )
+    else:
+        fts = query.fts if query is not None else None
+        page = timeline.timeline_page(
+            db, feed_id=source_id, search=fts, before=before, after=after, limit=PAGE_SIZE
+        )
+        if query is not None:
+            params["order"] = order
+            ids = [entry.id for entry in page.entries]
+            context.update(
+                highlights=search.highlights(db, query, ids),
+                total=search.count_matches(
+                    db, query, feed_id=source_id, upto=search.newest_id(db)
+                ).count,
+            )
+        context.update(
+            days=group_by_day(page.entries, web),
+            older_url=_page_link("/", params, ("before", page.older)) if page.older else None,
+            newer_url=_page_link("/", params, ("after", page.newer)) if page.newer else None,
+        )
+    return render(request, "timeline.html", context)
 
 
 def entry_view(request: Request) -> Response:

@@ -1,0 +1,390 @@
+"""Full-text search: the reader's query language, relevance ranking, snippets, counts.
+
+The query language (``parse_query``, pure) is what a reader would guess:
+
+- plain words must all match, in any order (``kubernetes tuning``);
+- ``"a phrase"`` matches those words next to each other, in that order;
+- ``clust*`` matches words that begin with ``clust`` (two letters or more before ``*``);
+- ``-word`` or ``-"a phrase"`` leaves out posts that contain it;
+- ``source:word`` or ``source:"two words"`` matches in the source's title only.
+
+Anything else is taken literally: only runs of letters and digits are searched for, and
+each is sent to FTS5 as a quoted string, so FTS5 syntax in the input (``NEAR(``, ``OR``,
+``title:``, ``^``, unbalanced quotes) never reaches the FTS5 parser as syntax and never
+raises. A bare token of several words (``e-mail``, ``don't``) is a phrase of them, as
+the tokenizer splits the text it indexed.
+
+Ranking (``ranked_page``): an exact title match (``entries.norm_title`` equal to the
+query's words normalised as titles are) first; then FTS5's ``bm25()`` with the column
+weights of ``WEIGHTS`` (title above author above source title above text), scaled by a
+small recency factor of at most ``RECENCY`` (a post a year older than the newest counts
+half that less); ties by newest id. See https://www.sqlite.org/fts5.html#the_bm25_function:
+bm25 returns lower (more negative) values for better matches.
+
+Stable paging: a ranked search is fixed at its first page by ``upto``, the highest
+entry id that page saw; later pages rank only entries up to it (carried in the page
+links with the position), so posts that arrive while a reader pages never shift or
+repeat what they page through. (bm25 weighs words by the whole index, so new posts
+can nudge two near-equal scores; the order stays that of one ranking otherwise.)
+
+The cap (``RANK_ALL``): when a query matches more than ``RANK_ALL`` posts, only the
+newest ``RANK_ALL`` matches (by ingest order) are ranked; exact title matches come
+first from anywhere, and older matches are reached with "Newest first". The count of a
+capped search is an estimate (see ``count_matches``).
+
+Snippets and highlighted titles (``highlights``) come from FTS5's ``snippet()`` and
+``highlight()`` with control characters as markers, split here into plain text
+fragments flagged as matched or not: no markup is ever built from feed text; the
+templates escape each fragment and wrap matched ones in ``<mark>``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlite_utils import Database
+
+from ..dedup import normalise_title
+from ..errors import StoreError
+from .timeline import _ENTRY_COLUMNS, TimelineEntry, _entry, _with_copies
+
+__all__ = [
+    "MAX_PARTS",
+    "RANK_ALL",
+    "WEIGHTS",
+    "Fragment",
+    "Highlight",
+    "Matches",
+    "RankedCursor",
+    "RankedPage",
+    "SearchQuery",
+    "count_matches",
+    "highlights",
+    "parse_query",
+    "ranked_page",
+]
+
+MAX_PARTS = 12
+MIN_PREFIX = 2
+# bm25 column weights, in the column order of entries_fts: title, author, text, source.
+WEIGHTS = (10.0, 4.0, 1.0, 2.0)
+RECENCY = 0.1
+# Added to the score of an exact title match: below any bm25 score.
+_EXACT = -1e9
+RANK_ALL = 2_000
+SNIPPET_TOKENS = 24
+_OPEN, _CLOSE = "\x02", "\x03"
+_WORD = re.compile(r"\w+", re.UNICODE)
+_SOURCE = re.compile(r"source:", re.IGNORECASE)
+_RANKED_CURSOR = re.compile(r"(\d{1,18})\.(\d{1,9})")
+
+
+@dataclass(frozen=True, slots=True)
+class SearchQuery:
+    """A reader's query, parsed: ``fts`` is the FTS5 MATCH expression (None when
+    nothing is left to find, e.g. only exclusions); ``title`` the query's words
+    normalised as titles are (``dedup.normalise_title``), for the exact-title rule."""
+
+    text: str
+    fts: str | None
+    title: str
+    words: tuple[str, ...]
+
+
+def _phrase(words: Sequence[str], prefix: bool) -> str:
+    quoted = '"' + " ".join(word.replace('"', '""') for word in words) + '"'
+    return quoted + " *" if prefix else quoted
+
+
+def parse_query(text: str) -> SearchQuery:
+    """``text`` in the query language of the module docstring, as a ``SearchQuery``.
+
+    Never raises; at most ``MAX_PARTS`` words, phrases and exclusions are kept.
+    """
+    positive: list[str] = []
+    negative: list[str] = []
+    words: list[str] = []
+    position, end = 0, len(text)
+    while position < end and len(positive) + len(negative) < MAX_PARTS:
+        if text[position].isspace():
+            position += 1
+            continue
+        exclude = text[position] == "-" and position + 1 < end and not text[position + 1].isspace()
+        if exclude:
+            position += 1
+        column = ""
+        source = _SOURCE.match(text, position)
+        if source is not None and source.end() < end and not text[source.end()].isspace():
+            column, position = "source : ", source.end()
+        if text[position] == '"':
+            close = text.find('"', position + 1)
+            close = end if close == -1 else close
+            token, position, prefix = text[position + 1 : close], close + 1, False
+        else:
+            stop = position
+            while stop < end and not text[stop].isspace() and text[stop] != '"':
+                stop += 1
+            token, position = text[position:stop], stop
+            prefix = token.endswith("*")
+        found = _WORD.findall(token)
+        if not found:
+            continue
+        prefix = prefix and len(found[-1]) >= MIN_PREFIX
+        part = f"({column}{_phrase(found, prefix)})"
+        if exclude:
+            negative.append(part)
+        else:
+            positive.append(part)
+            if not column:
+                words.extend(found)
+    if not positive:
+        return SearchQuery(text, None, "", ())
+    fts = " AND ".join(positive) + "".join(f" NOT {part}" for part in negative)
+    return SearchQuery(text, fts, normalise_title(" ".join(words)), tuple(words))
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class RankedCursor:
+    """A position in one ranked result set: ``upto`` fixes the set (the highest entry
+    id when its first page was asked), ``start`` is the number of results before."""
+
+    upto: int
+    start: int
+
+    def __str__(self) -> str:
+        return f"{self.upto}.{self.start}"
+
+    @classmethod
+    def parse(cls, text: str) -> RankedCursor:
+        """``upto.start`` as made by ``str()``; ValueError for anything else."""
+        match = _RANKED_CURSOR.fullmatch(text)
+        if match is None:
+            raise ValueError(f"not a result position: {text[:60]!r}")
+        return cls(int(match.group(1)), int(match.group(2)))
+
+
+@dataclass(frozen=True, slots=True)
+class RankedPage:
+    """One page of ranked results; ``next`` and ``previous`` are None at the ends."""
+
+    entries: tuple[TimelineEntry, ...]
+    upto: int
+    start: int
+    next: RankedCursor | None
+    previous: RankedCursor | None
+    capped: bool  # only the newest RANK_NEWEST entries were ranked (see module docstring)
+
+
+@dataclass(frozen=True, slots=True)
+class Fragment:
+    """A piece of plain text; ``hit`` when it is a matched word."""
+
+    text: str
+    hit: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Highlight:
+    """An entry's title and a snippet of its text, as fragments (see ``Fragment``)."""
+
+    title: tuple[Fragment, ...]
+    snippet: tuple[Fragment, ...]
+
+
+def _execute(db: Database, sql: str, params: Iterable[Any]) -> list[Any]:
+    try:
+        return db.execute(sql, list(params)).fetchall()
+    except sqlite3.DatabaseError as error:
+        raise StoreError(f"search failed: {error}") from None
+
+
+def _filter(feed_id: int | None) -> tuple[str, list[Any]]:
+    if feed_id is not None:
+        return "e.feed_id = ?", [feed_id]
+    return "+e.duplicate_of IS NULL", []
+
+
+def newest_id(db: Database) -> int:
+    """The highest entry id now (0 for an empty database): a new search's ``upto``."""
+    return int(_execute(db, "SELECT coalesce(max(id), 0) FROM entries", [])[0][0])
+
+
+@dataclass(frozen=True, slots=True)
+class Matches:
+    """How many entries up to ``upto`` match: ``count`` exactly when ``exact``, else an
+    estimate; ``low``: only entries with a greater id are ranked (0: all of them)."""
+
+    count: int
+    exact: bool
+    low: int
+
+
+def count_matches(db: Database, query: SearchQuery, *, feed_id: int | None, upto: int) -> Matches:
+    """The matches up to ``upto`` (with ``feed_id``, of that source only), and the cap.
+
+    Up to ``RANK_ALL`` matches are counted exactly. Past that, the ranked set is the
+    newest ``RANK_ALL`` matches by ingest order (whatever their source), and the count
+    is estimated from how many ids they span (matches spread evenly over ids): reading
+    every match of a word in 15 % of a million entries costs more than the page may.
+    Without a source the count includes the copies of cross-posted stories (the results
+    list each story once); pages say "about".
+    """
+    if query.fts is None:
+        return Matches(0, True, 0)
+    newest = (
+        "SELECT rowid FROM entries_fts WHERE entries_fts MATCH ? AND rowid <= ? "
+        "ORDER BY rowid DESC LIMIT ?"
+    )
+    rows = _execute(
+        db, f"SELECT count(*), min(rowid) FROM ({newest})", [query.fts, upto, RANK_ALL + 1]
+    )
+    count, lowest = rows[0]
+    if count <= RANK_ALL:
+        low = 0
+        if feed_id is not None:
+            sql = (
+                "SELECT count(*) FROM entries_fts JOIN entries e ON e.id = entries_fts.rowid "
+                "WHERE entries_fts MATCH ? AND entries_fts.rowid <= ? AND e.feed_id = ?"
+            )
+            count = _execute(db, sql, [query.fts, upto, feed_id])[0][0]
+        return Matches(int(count), True, low)
+    low = int(lowest)
+    estimate = RANK_ALL * upto / max(1, upto - low)
+    if feed_id is not None:
+        share = _execute(
+            db,
+            "SELECT count(*) FROM entries WHERE id IN (SELECT value FROM json_each(?)) "
+            "AND feed_id = ?",
+            [json.dumps([row[0] for row in _execute(db, newest, [query.fts, upto, 200])]), feed_id],
+        )[0][0]
+        estimate *= share / 200
+    return Matches(_round(estimate), False, low)
+
+
+def _round(value: float) -> int:
+    """Two significant digits: an estimate should not look exact."""
+    if value < 100:
+        return round(value)
+    digits = len(str(int(value))) - 2
+    return int(round(value, -digits))
+
+
+def ranked_page(
+    db: Database,
+    query: SearchQuery,
+    *,
+    feed_id: int | None = None,
+    position: RankedCursor | None = None,
+    limit: int = 30,
+    matches: Matches | None = None,
+) -> RankedPage:
+    """One page of results by relevance (the rule of the module docstring).
+
+    Without ``feed_id`` only stories are listed (as the timeline does); with it, every
+    entry of that source. ``position`` is None for a first page (which fixes ``upto``
+    as the newest entry id now) or a cursor from an earlier page. ``matches`` is the
+    caller's ``count_matches`` for the same set, when it has one (it decides the cap).
+    """
+    upto = position.upto if position is not None else newest_id(db)
+    start = position.start if position is not None else 0
+    if query.fts is None or upto == 0:
+        return RankedPage((), upto, start, None, None, False)
+    if matches is None:
+        matches = count_matches(db, query, feed_id=feed_id, upto=upto)
+    low = matches.low
+    capped = low > 0
+    # The recency reference: the publication date of the newest entry of the set.
+    reference = _execute(
+        db, "SELECT published FROM entries WHERE id <= ? ORDER BY id DESC LIMIT 1", [upto]
+    )
+    where, params = _filter(feed_id)
+    weights = ", ".join(str(weight) for weight in WEIGHTS)
+    age = "max(0.0, julianday(?) - julianday(e.published))"
+    published = reference[0][0] if reference else "1970-01-01T00:00:00.000000Z"
+    # 1 - RECENCY * age / (age + 365), written with one date computation per row.
+    score = f"bm25(entries_fts, {weights}) * ({1 - RECENCY} + {RECENCY * 365} / ({age} + 365.0))"
+    sql = (
+        f"SELECT e.id, CASE WHEN e.norm_title = ? THEN {_EXACT} ELSE 0.0 END + {score} AS score "
+        "FROM entries_fts JOIN entries e ON e.id = entries_fts.rowid "
+        f"WHERE entries_fts MATCH ? AND entries_fts.rowid BETWEEN ? AND ? AND {where}"
+    )
+    sql_params = [query.title, published, query.fts, low + 1, upto, *params]
+    if capped:
+        # Exact title matches from anywhere, beside the ranked newest entries.
+        exact = (
+            f"SELECT e.id, {_EXACT} AS score FROM entries e "
+            f"WHERE e.norm_title = ? AND e.id <= ? AND {where} AND EXISTS (SELECT 1 "
+            "FROM entries_fts WHERE entries_fts MATCH ? AND entries_fts.rowid = e.id)"
+        )
+        sql = f"SELECT id, min(score) AS score FROM ({exact} UNION ALL {sql}) GROUP BY id"
+        sql_params = [query.title, upto, *params, query.fts, *sql_params]
+    sql = f"SELECT id FROM ({sql}) ORDER BY score, id DESC LIMIT ? OFFSET ?"
+    sql_params += [limit + 1, start]
+    ids = [row[0] for row in _execute(db, sql, sql_params)]
+    more = len(ids) > limit
+    ids = ids[:limit]
+    entries = _entries(db, ids)
+    return RankedPage(
+        entries=tuple(entries),
+        upto=upto,
+        start=start,
+        next=RankedCursor(upto, start + limit) if more else None,
+        previous=RankedCursor(upto, max(0, start - limit)) if start > 0 else None,
+        capped=capped,
+    )
+
+
+def _entries(db: Database, ids: Sequence[int]) -> list[TimelineEntry]:
+    """The entries of ``ids``, in that order, with their other copies."""
+    if not ids:
+        return []
+    rows = _execute(
+        db,
+        f"SELECT {_ENTRY_COLUMNS} FROM entries e JOIN feeds f ON f.id = e.feed_id "
+        "WHERE e.id IN (SELECT value FROM json_each(?))",
+        [json.dumps(list(ids))],
+    )
+    by_id = {row[0]: _entry(row) for row in rows}
+    return _with_copies(db, [by_id[entry_id] for entry_id in ids if entry_id in by_id])
+
+
+def _fragments(marked: str | None) -> tuple[Fragment, ...]:
+    """``marked`` (text with ``_OPEN``/``_CLOSE`` around matches) as fragments. Marker
+    characters that the text itself held only toggle highlighting, never add markup."""
+    fragments: list[Fragment] = []
+    hit = False
+    for piece in re.split(f"([{_OPEN}{_CLOSE}])", marked or ""):
+        if piece == _OPEN:
+            hit = True
+        elif piece == _CLOSE:
+            hit = False
+        elif piece:
+            fragments.append(Fragment(piece, hit))
+    return tuple(fragments)
+
+
+def highlights(db: Database, query: SearchQuery, ids: Sequence[int]) -> dict[int, Highlight]:
+    """Each matching entry of ``ids`` with its title highlighted and a snippet of its
+    text around the best match (FTS5 ``highlight()`` and ``snippet()``, at most
+    ``SNIPPET_TOKENS`` tokens, "…" where text was cut)."""
+    if query.fts is None or not ids:
+        return {}
+    found: dict[int, Highlight] = {}
+    for entry_id in ids:
+        # One lookup per id: FTS5 seeks a rowid equality, where an IN list would make
+        # it read the whole match list of a common word.
+        rows = _execute(
+            db,
+            f"SELECT highlight(entries_fts, 0, '{_OPEN}', '{_CLOSE}'), "
+            f"snippet(entries_fts, 2, '{_OPEN}', '{_CLOSE}', '…', {SNIPPET_TOKENS}) "
+            "FROM entries_fts WHERE entries_fts MATCH ? AND rowid = ?",
+            [query.fts, entry_id],
+        )
+        if rows:
+            found[entry_id] = Highlight(_fragments(rows[0][0]), _fragments(rows[0][1]))
+    return found

@@ -1,0 +1,347 @@
+"""Search by relevance (issue 12): the query language, ranking on a fixed corpus,
+snippets that stay inert with hostile text, counts, stable pages, the search Atom feed.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import tarfile
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+
+import feedparser
+import pytest
+from starlette.testclient import TestClient
+from webdata import NOW, add_entry, add_feed, make_settings, record
+
+from aggregator.dedup import normalise_title
+from aggregator.sanitize import html_to_text, sanitize_html
+from aggregator.store import Store, search
+from aggregator.store.search import RankedCursor, parse_query, ranked_page
+from aggregator.web import create_app
+
+SANITIZE = Path(__file__).parent / "data" / "feedparser" / "sanitize.tar.xz"
+TARGET = "Kubernetes tuning notes for small clusters"
+
+
+@pytest.mark.parametrize(
+    ("text", "fts"),
+    [
+        ("kubernetes tuning", '("kubernetes") AND ("tuning")'),
+        ('"garbage collection"', '("garbage collection")'),
+        ("clust*", '("clust" *)'),
+        ("c*", '("c")'),  # one letter is too short a prefix: taken as the word
+        ("tuning -kubernetes", '("tuning") NOT ("kubernetes")'),
+        ('tuning -"small clusters"', '("tuning") NOT ("small clusters")'),
+        ("source:alpha notes", '(source : "alpha") AND ("notes")'),
+        ('source:"alpha blog"', '(source : "alpha blog")'),
+        ("e-mail", '("e mail")'),
+        ('"NEAR( * OR', '("NEAR OR")'),
+        ("title:foo ^bar {x}", '("title foo") AND ("bar") AND ("x")'),
+        ("-only -exclusions", None),
+        ('"" * - ( )', None),
+    ],
+)
+def test_query_language(text: str, fts: str | None) -> None:
+    assert parse_query(text).fts == fts
+
+
+HOSTILE_QUERIES = [
+    '"NEAR( * OR',
+    "NEAR(a b, 2)",
+    "a OR b AND NOT c",
+    "title:kubernetes",
+    "{title author}: x",
+    "^kubernetes",
+    "kubernetes*+*",
+    '"""',
+    "-",
+    "*",
+    "'; DROP TABLE entries; --",
+    "\x00\x02\x03",
+    "source:",
+    "source:*",
+    "ü" * 150,
+]
+
+
+@pytest.fixture(scope="module")
+def corpus(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[Path, Store, dict[str, int]]]:
+    tmp_path = tmp_path_factory.mktemp("ranking")
+    settings = make_settings(tmp_path)
+    store = Store.open(settings.database)
+    alpha = add_feed(store, "https://alpha.test/feed", "Alpha blog")
+    beta = add_feed(store, "https://beta.test/feed", "Beta notebook")
+    ids: dict[str, int] = {}
+
+    def put(
+        name: str, feed: int, title: str, *, days: float, body: str, author: str | None = None
+    ) -> None:
+        entry = record(
+            title, published=NOW - timedelta(days=days), body=body, author=author, key=name
+        )
+        entry = replace(entry, norm_title=normalise_title(title))
+        ids[name] = add_entry(store, feed, entry)
+
+    # The post searched for by its exact title: old, and 40 newer posts share its words.
+    put("target", alpha, TARGET, days=300, body="<p>What we changed and why.</p>")
+    for n in range(40):
+        put(
+            f"noise{n}",
+            beta if n % 2 else alpha,
+            f"Weekly links {n}",
+            days=n,
+            body="<p>Kubernetes tuning notes, small clusters, for clusters big and small.</p>",
+        )
+    put("title", alpha, "Zeppelin maintenance", days=50, body="<p>Airships.</p>")
+    put(
+        "author",
+        alpha,
+        "Field report",
+        days=50,
+        body="<p>Nothing here.</p>",
+        author="Zeppelin Crew",
+    )
+    put("text", alpha, "Other news", days=50, body="<p>A zeppelin flew by.</p>")
+    put("phrase", beta, "Memory", days=10, body="<p>Notes on garbage collection in practice.</p>")
+    put("reversed", beta, "Memory again", days=9, body="<p>A collection of garbage.</p>")
+    put("prefix", beta, "Clustering", days=8, body="<p>Clustered and clusterable things.</p>")
+    put("old", alpha, "Quokka facts", days=900, body="<p>quokka quokka</p>")
+    put("new", alpha, "Quokka facts", days=1, body="<p>quokka quokka</p>")
+    put(
+        "hostile",
+        beta,
+        '<script>alert("quasar")</script>',
+        days=2,
+        body="<p>&lt;img src=x onerror=alert(1)&gt; quasar &lt;b&gt;bold&lt;/b&gt;</p>",
+    )
+    yield settings.database, store, ids
+    store.close()
+
+
+def ranked_ids(store: Store, text: str, **kwargs: object) -> list[int]:
+    page = ranked_page(store.db, parse_query(text), limit=100, **kwargs)  # type: ignore[arg-type]
+    return [entry.id for entry in page.entries]
+
+
+def test_exact_title_is_first_though_newer_posts_share_its_words(corpus) -> None:
+    _, store, ids = corpus
+    found = ranked_ids(store, TARGET.lower())
+    assert found[0] == ids["target"]
+    assert ranked_ids(store, "Kubernetes tuning notes for small clusters!")[0] == ids["target"]
+
+
+def test_title_above_author_above_text(corpus) -> None:
+    _, store, ids = corpus
+    assert ranked_ids(store, "zeppelin") == [ids["title"], ids["author"], ids["text"]]
+
+
+def test_phrase_prefix_and_exclusion(corpus) -> None:
+    _, store, ids = corpus
+    assert ranked_ids(store, '"garbage collection"') == [ids["phrase"]]
+    assert set(ranked_ids(store, "garbage collection")) == {ids["phrase"], ids["reversed"]}
+    # Prefixes match the indexed (Porter-stemmed) words: "Clustering" is "cluster".
+    assert ids["prefix"] in ranked_ids(store, "clust*")
+    assert ranked_ids(store, "clust") == []
+    assert set(ranked_ids(store, "garbage -practice")) == {ids["reversed"]}
+    assert ranked_ids(store, "-garbage") == []
+
+
+def test_source_titles_are_searchable_and_filter(corpus) -> None:
+    _, store, ids = corpus
+    notebook = ranked_ids(store, "notebook")
+    assert ids["phrase"] in notebook and ids["title"] not in notebook
+    assert set(ranked_ids(store, "source:notebook garbage")) == {ids["phrase"], ids["reversed"]}
+    assert ranked_ids(store, "source:alpha garbage") == []
+
+
+def test_recency_breaks_ties(corpus) -> None:
+    _, store, ids = corpus
+    assert ranked_ids(store, "quokka") == [ids["new"], ids["old"]]
+
+
+def test_pages_stay_stable_while_posts_arrive(corpus) -> None:
+    _, store, _ = corpus
+    query = parse_query("clusters")
+    first = ranked_page(store.db, query, limit=7)
+    seen = [entry.id for entry in first.entries]
+    feed = add_feed(store, "https://gamma.test/feed", "Gamma")
+    position = first.next
+    arrived = []
+    while position is not None:
+        arrived.append(
+            add_entry(
+                store,
+                feed,
+                record(f"clusters {len(arrived)}", published=NOW, key=f"g{len(arrived)}"),
+            )
+        )
+        page = ranked_page(store.db, query, position=position, limit=7)
+        seen += [entry.id for entry in page.entries]
+        position = page.next
+    # The target, the 40 noise posts and "Clustering" (stemmed to "cluster").
+    assert len(seen) == len(set(seen)) == 42
+    assert not set(arrived) & set(seen)
+    assert ranked_page(store.db, query, limit=7).upto > first.upto
+
+
+def test_count_and_cap(corpus, monkeypatch: pytest.MonkeyPatch) -> None:
+    _, store, ids = corpus
+    upto = search.newest_id(store.db)
+    matches = search.count_matches(store.db, parse_query("kubernetes"), feed_id=None, upto=upto)
+    assert matches.exact and matches.count == 41
+    monkeypatch.setattr(search, "RANK_ALL", 10)
+    capped = search.count_matches(store.db, parse_query("kubernetes"), feed_id=None, upto=upto)
+    assert not capped.exact and capped.low > 0
+    page = ranked_page(store.db, parse_query(TARGET), limit=100, matches=capped)
+    assert page.capped
+    # The exact title match still comes first though it is older than the ranked set.
+    assert page.entries[0].id == ids["target"]
+    assert len(page.entries) <= 11
+
+
+def test_snippets_mark_only_matched_words(corpus) -> None:
+    _, store, ids = corpus
+    query = parse_query("small clusters")
+    found = search.highlights(store.db, query, [ids["noise3"]])[ids["noise3"]]
+    hits = {fragment.text.lower() for fragment in found.snippet if fragment.hit}
+    assert hits == {"small", "clusters"}
+    assert "".join(fragment.text for fragment in found.snippet) == (
+        "Kubernetes tuning notes, small clusters, for clusters big and small."
+    )
+
+
+def _fixtures() -> Iterator[tuple[str, str]]:
+    with tarfile.open(SANITIZE) as archive:
+        for member in sorted(archive.getmembers(), key=lambda m: m.name):
+            if not member.isfile() or not member.name.endswith(".xml"):
+                continue
+            handle = archive.extractfile(member)
+            assert handle is not None
+            parsed = feedparser.parse(handle.read(), sanitize_html=False)
+            for entry in parsed.entries or [parsed.feed]:
+                contents = entry.get("content") or []
+                value = contents[0].get("value") if contents else entry.get("summary")
+                if value:
+                    yield member.name, str(value)
+
+
+SNIPPET = re.compile(r'<p class="excerpt snippet">(.*?)</p>', re.S)
+TITLE = re.compile(r'<h3 class="entry-title"[^>]*><a href="[^"]*">(.*?)</a></h3>', re.S)
+
+
+def test_feedparser_sanitizer_fixtures_stay_inert_through_snippets(tmp_path: Path) -> None:
+    """Every sanitizer case of feedparser's suite, stored raw (the worst case: markup
+    as text) and as our pipeline stores it, searched for its own words: the page's
+    titles and snippets hold no markup but <mark>, and say the text."""
+    settings = make_settings(tmp_path)
+    store = Store.open(settings.database)
+    feed = add_feed(store, "https://hostile.test/feed", "Hostile")
+    cases = list(_fixtures())
+    assert len(cases) > 500
+    words: dict[str, str] = {}
+    for n, (_, raw) in enumerate(cases):
+        tag = f"fx{n}x"
+        for variant, text in (("raw", raw), ("clean", html_to_text(sanitize_html(raw)))):
+            entry = record(
+                f"{raw[:120]} {tag}", published=NOW - timedelta(minutes=n), key=f"{variant}{n}"
+            )
+            entry = replace(entry, text=f"{text} {tag}")
+            add_entry(store, feed, entry)
+        found = re.findall(r"[A-Za-z]{4,}", raw)
+        words[tag] = found[0] if found else tag
+    with TestClient(create_app(settings, clock=lambda: NOW)) as client:
+        checked = 0
+        for tag, word in list(words.items())[::3]:
+            page = client.get("/", params={"q": f"{tag} {word}", "source": feed})
+            assert page.status_code == 200
+            parts = SNIPPET.findall(page.text) + TITLE.findall(page.text)
+            assert parts, tag
+            for part in parts:
+                bare = part.replace("<mark>", "").replace("</mark>", "")
+                assert "<" not in bare and ">" not in bare, (tag, part)
+                assert "&lt;" in bare or "<" not in html.unescape(bare)
+            checked += 1
+        assert checked > 150
+    for query in HOSTILE_QUERIES:
+        search.highlights(store.db, parse_query(query), [1, 2, 3])
+    store.close()
+
+
+def test_hostile_entry_and_queries_through_the_web(corpus) -> None:
+    path, _, _ = corpus
+    settings = make_settings(path.parent)
+    with TestClient(create_app(settings, clock=lambda: NOW)) as client:
+        page = client.get("/", params={"q": "quasar"})
+        assert page.status_code == 200
+        assert "<script>alert" not in page.text and "<img" not in page.text
+        assert "<mark>quasar</mark>" in page.text
+        assert "1 post matches" in page.text
+        for query in HOSTILE_QUERIES:
+            for order in ("relevance", "newest"):
+                answer = client.get("/", params={"q": query, "order": order})
+                assert answer.status_code == 200, (query, order)
+            assert client.get("/search.atom", params={"q": query}).status_code in (200, 400)
+        assert client.get("/", params={"q": "x", "order": "bogus"}).status_code == 400
+        assert client.get("/", params={"q": "x", "at": "nonsense"}).status_code == 400
+
+
+def test_ranked_and_newest_pages_through_the_web(corpus) -> None:
+    path, _, ids = corpus
+    settings = make_settings(path.parent)
+    entry = re.compile(r'<article aria-labelledby="entry-(\d+)">')
+    with TestClient(create_app(settings, clock=lambda: NOW)) as client:
+        ranked = client.get("/", params={"q": TARGET}).text
+        assert int(entry.findall(ranked)[0]) == ids["target"]
+        assert "About 41 posts match, best match first" in ranked
+        newest = client.get("/", params={"q": TARGET, "order": "newest"}).text
+        assert int(entry.findall(newest)[0]) != ids["target"]
+        more = re.search(r'href="([^"]+)" rel="next">More results', ranked)
+        assert more is not None
+        second = client.get(html.unescape(more.group(1))).text
+        assert not set(entry.findall(ranked)) & set(entry.findall(second))
+        assert ranked_cursor(html.unescape(more.group(1))).start == 30
+
+
+def ranked_cursor(url: str) -> RankedCursor:
+    return RankedCursor.parse(re.search(r"at=([\d.]+)", url).group(1))
+
+
+def test_search_atom_follows_a_topic(corpus) -> None:
+    path, _, _ = corpus
+    settings = make_settings(path.parent)
+    with TestClient(create_app(settings, clock=lambda: NOW)) as client:
+        answer = client.get("/search.atom", params={"q": "garbage"})
+        assert answer.status_code == 200
+        assert answer.headers["content-type"].startswith("application/atom+xml")
+        parsed = feedparser.parse(answer.content)
+        assert not parsed.bozo
+        assert [e.title for e in parsed.entries] == ["Memory again", "Memory"]
+        assert "garbage" in parsed.feed.title
+        assert client.get("/search.atom", params={"q": "-x"}).status_code == 400
+        again = client.get(
+            "/search.atom",
+            params={"q": "garbage"},
+            headers={"if-none-match": answer.headers["etag"]},
+        )
+        assert again.status_code == 304
+
+
+def test_index_follows_source_renames_and_deletes(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "db.sqlite3")
+    feed = add_feed(store, "https://a.test/feed", "Old name")
+    add_entry(store, feed, record("Some post", published=NOW))
+    with store.write() as db:
+        db.execute("UPDATE feeds SET title = 'Brand new' WHERE id = ?", [feed])
+    assert ranked_ids(store, "brand") and not ranked_ids(store, "old")
+    store.conn.execute("INSERT INTO entries_fts (entries_fts) VALUES ('integrity-check')")
+    with store.write() as db:
+        db.execute("DELETE FROM feeds WHERE id = ?", [feed])
+    store.conn.execute("INSERT INTO entries_fts (entries_fts) VALUES ('integrity-check')")
+    assert ranked_ids(store, "brand") == []
+    store.close()
