@@ -14,7 +14,15 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from itertools import islice
 
-from .models import EntryRecord, EntryUpdate, NewEntry, ParsedEntry, PollPlan, StoredEntry
+from .models import (
+    EntryRecord,
+    EntryUpdate,
+    MediaItem,
+    NewEntry,
+    ParsedEntry,
+    PollPlan,
+    StoredEntry,
+)
 from .urls import canonical_url
 
 # A feed date is believed only inside this range (THREATS F5). Earlier than the web's
@@ -217,10 +225,32 @@ def entry_alias(
 
 
 def content_hash(
-    title: str, summary_html: str, content_html: str, link: str | None, author: str | None
+    title: str,
+    summary_html: str,
+    content_html: str,
+    link: str | None,
+    author: str | None,
+    media: Sequence[MediaItem] = (),
 ) -> str:
-    """Digest of what a reader sees: a change means the stored entry is updated."""
-    return _digest(title, summary_html, content_html, link or "", author or "")
+    """Digest of what a reader sees: a change means the stored entry is updated.
+
+    Media count only when an entry has some, so that the digest of an entry without
+    media is what it was before media were stored (no update storm on upgrade), while
+    an entry whose enclosure was not stored yet is updated once and gains it.
+    """
+    parts = [title, summary_html, content_html, link or "", author or ""]
+    for item in media:
+        parts += [
+            "\x00media",
+            item.url,
+            item.role,
+            item.mime_type or "",
+            item.medium or "",
+            str(item.length or ""),
+            str(item.duration or ""),
+            str(item.episode or ""),
+        ]
+    return _digest(*parts)
 
 
 # --- records ------------------------------------------------------------------------
@@ -275,11 +305,17 @@ def make_record(entry: ParsedEntry, *, feed_url: str, text: str, now: datetime) 
         content_html=entry.content_html,
         text=text,
         content_hash=content_hash(
-            entry.title, entry.summary_html, entry.content_html, entry.link, entry.author
+            entry.title,
+            entry.summary_html,
+            entry.content_html,
+            entry.link,
+            entry.author,
+            entry.media,
         ),
         published=published if published is not None else _utc(now),
         updated=plausible_date(entry.updated, now=now),
         date_missing=published is None,
+        media=entry.media,
     )
 
 

@@ -28,6 +28,7 @@ from sqlite_utils import Database
 from .config import Settings
 from .errors import MailPermanentError, MailTemporaryError
 from .mail import OutgoingMessage, Sender, parse_address
+from .media import media_label, media_marker
 from .sanitize import clean_text, excerpt
 from .selection import DigestPlan, Subscriber, is_due, select_digest
 from .store import Store
@@ -181,6 +182,10 @@ class StoryView:
     excerpt: str
     excerpt_lines: str  # the excerpt wrapped for the plain-text part
     also_on: tuple[tuple[str, str | None], ...]  # (source name, link)
+    # The entry's enclosures as (absolute http(s) URL, "Audio (MP3, 38.2 MB, 42 min)"),
+    # and the card's marker ("audio · 42 min"), empty without media.
+    media: tuple[tuple[str, str], ...] = ()
+    marker: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,15 +238,20 @@ class Renderer:
             self._views.move_to_end(entry.id)
             return cached
         summary = excerpt(entry.content_html or entry.summary_html, EXCERPT_CHARS)
+        enclosures = [item for item in entry.media if item.role == "enclosure"]
         view = StoryView(
             title=line(entry.title) or "(untitled)",
-            url=entry.link,
+            # An entry without a link of its own (a bare podcast item) links to its page
+            # here, where its media play.
+            url=entry.link or (self.links.entry(entry.id) if entry.media else None),
             source=_source_name(entry),
             published=entry.published,
             author=line(entry.author, MAX_SOURCE_CHARS) or None,
             excerpt=summary,
             excerpt_lines=textwrap.fill(summary, TEXT_WIDTH, break_on_hyphens=False),
             also_on=tuple((_source_name(copy), copy.link) for copy in line_.also_on),
+            media=tuple((item.url, media_label(item)) for item in enclosures),
+            marker=media_marker(enclosures),
         )
         self._views[entry.id] = view
         if len(self._views) > _VIEW_CACHE_SIZE:

@@ -88,6 +88,27 @@ class FetchResult:
         return self.status == 410
 
 
+# --- media -------------------------------------------------------------------------
+
+# "enclosure": the entry's podcast episode, video or file (RSS <enclosure>, Atom
+# rel="enclosure", media:content); "thumbnail": a picture of it (media:thumbnail,
+# itunes:image).
+MediaRole = Literal["enclosure", "thumbnail"]
+
+
+@dataclass(frozen=True, slots=True)
+class MediaItem:
+    """One media file an entry carries, as the feed states it (see ``media``)."""
+
+    url: str  # absolute http(s)
+    role: MediaRole = "enclosure"
+    mime_type: str | None = None  # lower-case type/subtype, no parameters
+    medium: str | None = None  # audio, video, image, document, executable
+    length: int | None = None  # bytes
+    duration: int | None = None  # seconds
+    episode: int | None = None  # itunes:episode of the entry
+
+
 # --- parsing ------------------------------------------------------------------------
 
 
@@ -109,6 +130,7 @@ class ParsedEntry:
     # The same for summary_html (Atom's <summary> can carry its own xml:base); None
     # when it is base_url.
     summary_base_url: str | None = None
+    media: tuple[MediaItem, ...] = ()  # each URL once, at most media.MAX_MEDIA_PER_ENTRY
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +183,7 @@ class EntryRecord:
     published: datetime  # effective date: the feed's, or first-seen when missing/absurd
     updated: datetime | None
     date_missing: bool
+    media: tuple[MediaItem, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,7 +38,8 @@ from feedparser.encodings import convert_to_utf8
 
 from .dates import best_date, parse_date
 from .errors import NotAFeed, ParseError
-from .models import ParsedEntry, ParsedFeed
+from .media import MAX_MEDIA_PER_ENTRY, MAX_URL_CHARS, make_item, merge_media, parse_episode
+from .models import MediaItem, ParsedEntry, ParsedFeed
 from .urls import absolute_http_url, clean_link, is_http_url
 
 # feedparser maps the C1 range (0x80-0x9f) to windows-1252 with str.translate over a
@@ -64,6 +65,9 @@ class ParseLimits:
     max_title_chars: int = 500
     max_author_chars: int = 200
     max_html_chars: int = 512 * 1024  # per summary/content field, cut before sanitising
+    # Media items (enclosures, media:content, thumbnails) kept per entry; an entry with
+    # more keeps its first ones and the poll reports it.
+    max_media: int = MAX_MEDIA_PER_ENTRY
 
 
 def parse_feed(
@@ -225,6 +229,9 @@ def _parse_json_feed(content: bytes, *, url: str, base: str, limits: ParseLimits
                 ),
                 updated=parse_date(_string(item.get("date_modified"))),
                 base_url=link or site_url or feed_base or None,
+                media=_capped_media(
+                    _json_media(item, link or site_url or feed_base), limits, warnings, link
+                ),
             )
         )
     return ParsedFeed(
@@ -789,7 +796,7 @@ def _parse_xml_feed(
         raw_entries = [raw_entries[i] for i in kept]
     feed = handler.feeddata
     site_url = clean_link(_str_or_none(feed.get("link")), base)
-    entries = tuple(_entry(raw, base, site_url, limits) for raw in raw_entries)
+    entries = tuple(_entry(raw, base, site_url, limits, warnings) for raw in raw_entries)
     return ParsedFeed(
         title=_plain(feed.get("title"), _type_of(feed, "title_detail"), limits.max_title_chars)
         or None,
@@ -862,7 +869,11 @@ def _html_of(detail: Mapping[str, Any], limit: int) -> str:
 
 
 def _entry(
-    raw: dict[str, Any], base: str, site_url: str | None, limits: ParseLimits
+    raw: dict[str, Any],
+    base: str,
+    site_url: str | None,
+    limits: ParseLimits,
+    warnings: list[str],
 ) -> ParsedEntry:
     """One entry. Relative URLs resolve against, in order: the xml:base in scope (XML
     Base, RFC 4287 §2), the entry's link (where a reader sees the post on the web: RSS
@@ -890,6 +901,7 @@ def _entry(
         "author"
     )
     guid = _str_or_none(raw.get("id"))
+    media = _xml_media(raw, fallback_base)
     return ParsedEntry(
         guid=_clean_line(guid[:2048]) or None if guid else None,
         link=link,
@@ -901,4 +913,96 @@ def _entry(
         updated=_date(raw, "updated"),
         base_url=content_base or None,
         summary_base_url=summary_base or None,
+        media=_capped_media(media, limits, warnings, link or guid),
     )
+
+
+# --- media (see aggregator.media for the sources of each rule) ----------------------
+
+
+def _media_url(value: object, base: str | None) -> str | None:
+    if not isinstance(value, str) or not value or len(value) > MAX_URL_CHARS:
+        return None
+    url = absolute_http_url(value.strip(), base or None)
+    return url if url is not None and len(url) <= MAX_URL_CHARS else None
+
+
+def _xml_media(raw: dict[str, Any], base: str | None) -> list[MediaItem]:
+    """RSS <enclosure> and Atom rel="enclosure" (feedparser lists both as links),
+    media:content (also inside media:group), media:thumbnail and the Apple podcast
+    tags, each URL once; only absolute http(s) URLs (relative ones resolve against
+    ``base``)."""
+    links = dict.get(raw, "links")
+    contents = dict.get(raw, "media_content")
+    thumbnails = dict.get(raw, "media_thumbnail")
+    image = dict.get(raw, "image")
+    if not (contents or thumbnails or image) and not (
+        links and any(_is_enclosure(link) for link in links)
+    ):
+        return []  # the common case: a blog post without media
+    duration = dict.get(raw, "itunes_duration")
+    episode = parse_episode(dict.get(raw, "itunes_episode"))
+    items: list[MediaItem] = []
+    for link in links or ():
+        url = _media_url(link.get("href"), base) if _is_enclosure(link) else None
+        if url is not None:
+            items.append(
+                make_item(url, role="enclosure", mime_type=link.get("type"),
+                          length=link.get("length"), duration=duration, episode=episode)
+            )  # fmt: skip
+    for content in contents if isinstance(contents, list) else ():
+        url = _media_url(content.get("url"), base) if isinstance(content, Mapping) else None
+        if url is not None:
+            items.append(
+                make_item(url, role="enclosure", mime_type=content.get("type"),
+                          medium=content.get("medium"), length=content.get("filesize"),
+                          duration=content.get("duration") or duration, episode=episode)
+            )  # fmt: skip
+    pictures = [t.get("url") for t in thumbnails or () if isinstance(t, Mapping)]
+    if isinstance(image, Mapping):
+        pictures.append(image.get("href"))
+    for picture in pictures:
+        url = _media_url(picture, base)
+        if url is not None:
+            items.append(make_item(url, role="thumbnail", medium="image"))
+    return merge_media(items)
+
+
+def _is_enclosure(link: object) -> bool:
+    return isinstance(link, Mapping) and link.get("rel") == "enclosure"
+
+
+def _json_media(item: Mapping[str, Any], base: str | None) -> list[MediaItem]:
+    """JSON Feed 1.1 ``attachments`` (url, mime_type, size_in_bytes,
+    duration_in_seconds) and ``image``."""
+    items: list[MediaItem] = []
+    attachments = item.get("attachments")
+    for attachment in attachments if isinstance(attachments, list) else ():
+        if isinstance(attachment, dict):
+            url = _media_url(attachment.get("url"), base)
+            if url is not None:
+                items.append(
+                    make_item(
+                        url,
+                        role="enclosure",
+                        mime_type=attachment.get("mime_type"),
+                        length=attachment.get("size_in_bytes"),
+                        duration=attachment.get("duration_in_seconds"),
+                    )
+                )
+    image = _media_url(item.get("image"), base)
+    if image is not None:
+        items.append(make_item(image, role="thumbnail", medium="image"))
+    return merge_media(items)
+
+
+def _capped_media(
+    items: list[MediaItem], limits: ParseLimits, warnings: list[str], name: str | None
+) -> tuple[MediaItem, ...]:
+    if len(items) <= limits.max_media:
+        return tuple(items)
+    warnings.append(
+        f"entry {_clean_line((name or '(no link)')[:200])} has {len(items)} media items, "
+        f"over the cap of {limits.max_media}: kept the first {limits.max_media}"
+    )
+    return tuple(items[: limits.max_media])

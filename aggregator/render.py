@@ -16,6 +16,7 @@ from typing import Any
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 from markupsafe import Markup
 
+from .media import format_duration, format_size, media_label, media_marker
 from .resources import resource_dir
 from .sanitize import excerpt, sanitize_html
 
@@ -58,6 +59,10 @@ def make_environment(
         excerpt=excerpt,
         format_date=format_date,
         iso_date=iso_date,
+        media_label=media_label,
+        media_marker=media_marker,
+        file_size=format_size,
+        duration=format_duration,
     )
     if filters:
         environment.filters.update(filters)

@@ -3,6 +3,13 @@
 nh3 (ammonia) does the parsing and the allow-listing; this module decides the policy:
 which tags and attributes survive, that every link and image is absolute http(s), that
 tracker images go, and how HTML turns into plain text. No network, no writes.
+
+Embedded players (iframe, object, embed, video, audio) never reach a page, but what
+they showed does: each becomes a plain link to it (``media.embed_link``: a YouTube,
+Vimeo, PeerTube or Dailymotion player links to the video's own page), so a reader
+learns there was a video without a third-party frame loading in their browser.
+Figures and captions stay; images keep ``alt``, get ``loading="lazy"`` and may keep a
+``srcset`` whose every candidate is absolute http(s).
 """
 
 from __future__ import annotations
@@ -13,9 +20,10 @@ from contextvars import ContextVar
 
 import nh3
 
+from .media import embed_link
 from .urls import clean_link
 
-__all__ = ["clean_text", "excerpt", "html_to_text", "sanitize_html"]
+__all__ = ["clean_text", "embeds_to_links", "excerpt", "html_to_text", "sanitize_html"]
 
 _TAGS = frozenset(
     {
@@ -42,7 +50,7 @@ _ATTRIBUTES: dict[str, set[str]] = {
     "q": {"cite"},
     "del": {"cite"},
     "ins": {"cite"},
-    "img": {"src", "alt", "title", "width", "height", "hidden", "style"},
+    "img": {"src", "srcset", "alt", "title", "width", "height", "hidden", "style", "loading"},
     "td": {"colspan", "rowspan"},
     "th": {"colspan", "rowspan", "scope"},
     "ol": {"start", "reversed"},
@@ -64,9 +72,34 @@ _MAX_TEXT_ATTRIBUTE = 1000
 _BASE_URL: ContextVar[str | None] = ContextVar("sanitize_base_url", default=None)
 
 
+# One srcset candidate (HTML §4.8.4.3.1): a URL, then at most one "2x" or "480w".
+_SRCSET_CANDIDATE = re.compile(r"\s*(\S+)(?:\s+(\d{1,5}w|\d{1,2}(?:\.\d{1,3})?x))?\s*")
+_MAX_SRCSET_CANDIDATES = 12
+
+
+def _clean_srcset(value: str) -> str | None:
+    """A srcset whose every candidate is an absolute http(s) URL (resolved against the
+    base) with a valid descriptor; None (the attribute dropped) when any is not."""
+    candidates = value.split(",")
+    if len(candidates) > _MAX_SRCSET_CANDIDATES or len(value) > 4 * _MAX_TEXT_ATTRIBUTE:
+        return None
+    cleaned = []
+    for candidate in candidates:
+        match = _SRCSET_CANDIDATE.fullmatch(candidate)
+        url = clean_link(match.group(1), _BASE_URL.get()) if match else None
+        if match is None or url is None or "," in url:
+            return None
+        cleaned.append(f"{url} {match.group(2)}" if match.group(2) else url)
+    return ", ".join(cleaned)
+
+
 def _filter_attribute(element: str, attribute: str, value: str) -> str | None:
     if attribute in _URL_ATTRIBUTES:
         return clean_link(value, _BASE_URL.get())
+    if attribute == "srcset":
+        return _clean_srcset(value)
+    if attribute == "loading":
+        return "lazy"
     if attribute in _NUMBER_ATTRIBUTES:
         match = _NUMBER.fullmatch(value)
         return match.group(1) if match else None
@@ -88,6 +121,7 @@ _CLEANER = nh3.Cleaner(
     clean_content_tags=set(_CLEAN_CONTENT_TAGS),
     attributes=_ATTRIBUTES,
     attribute_filter=_filter_attribute,
+    set_tag_attribute_values={"img": {"loading": "lazy"}},
     strip_comments=True,
     link_rel="nofollow noopener noreferrer",
     url_schemes={"http", "https"},
@@ -99,6 +133,7 @@ _STRUCTURE_CLEANER = nh3.Cleaner(
     tags=set(_TAGS),
     clean_content_tags=set(_CLEAN_CONTENT_TAGS),
     attributes=_ATTRIBUTES,
+    set_tag_attribute_values={"img": {"loading": "lazy"}},
     strip_comments=True,
     link_rel="nofollow noopener noreferrer",
     url_schemes={"http", "https"},
@@ -160,19 +195,114 @@ def _drop_unwanted_images(html: str) -> str:
     return _IMG.sub(_unwanted_image, html)
 
 
+# --- embedded players -----------------------------------------------------------------
+# Read from the raw HTML before the cleaner removes the elements. Only a link is added
+# (its URL escaped, then checked by the cleaner like any other link); the element goes.
+_EMBED_HINT = re.compile(r"<(?:iframe|embed|object|video|audio)\b", re.IGNORECASE)
+# A start tag ends at the next "<" at the latest (attribute values holding "<" are not
+# read): each search stops there, so a scan stays linear however the input is built.
+_EMBED_OPEN = re.compile(
+    r"<(iframe|embed|object|video|audio)\b((?:[^<>\"']|\"[^\"<]*\"|'[^'<]*')*)>",
+    re.IGNORECASE,
+)
+_EMBED_CLOSE = {
+    name: re.compile(rf"</{name}\s*>", re.IGNORECASE)
+    for name in ("iframe", "object", "video", "audio")
+}
+_EMBED_ATTR = re.compile(r"""([A-Za-z_:][-\w:.]*)\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s"'=<>`]+))""")
+_INNER_SOURCE = re.compile(r"<(?:source|embed)\b((?:[^<>\"']|\"[^\"<]*\"|'[^'<]*')*)>", re.I)
+_INNER_PARAM = re.compile(r"<param\b((?:[^<>\"']|\"[^\"<]*\"|'[^'<]*')*)>", re.IGNORECASE)
+_MAX_EMBEDS = 50  # per fragment; past this, embeds just go
+
+
+def _attributes(markup: str) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for match in _EMBED_ATTR.finditer(markup):
+        name = match.group(1).lower()
+        if name not in found:
+            value = next((v for v in match.groups()[1:] if v is not None), "")
+            found[name] = html_lib.unescape(value)
+    return found
+
+
+def _embed_source(tag: str, attributes: dict[str, str], body: str) -> str | None:
+    """The URL an embed shows: src (iframe, embed, video, audio), data (object), else a
+    nested <source>/<embed> src or a <param name="movie"|"src"> value."""
+    direct = attributes.get("data" if tag == "object" else "src")
+    if direct:
+        return direct
+    for match in _INNER_SOURCE.finditer(body):
+        inner = _attributes(match.group(1)).get("src")
+        if inner:
+            return inner
+    if tag == "object":
+        for match in _INNER_PARAM.finditer(body):
+            param = _attributes(match.group(1))
+            if param.get("name", "").lower() in ("movie", "src", "url") and param.get("value"):
+                return param["value"]
+    return None
+
+
+def _embed_replacement(tag: str, attributes: dict[str, str], body: str) -> str:
+    url = clean_link(_embed_source(tag, attributes, body), _BASE_URL.get())
+    if url is None:
+        return ""
+    link = embed_link(url, kind=tag if tag in ("video", "audio") else "embed")
+    return (
+        f'<p class="embed"><a href="{html_lib.escape(link.url)}">'
+        f"{html_lib.escape(link.label)}</a></p>"
+    )
+
+
+def embeds_to_links(html: str) -> str:
+    """Each embedded player (iframe, object, embed, video, audio) replaced by a link to
+    what it showed (see ``media.embed_link``), or removed when that is not http(s).
+
+    One scan, linear in the input: an element runs to its closing tag (an unclosed one
+    is only its start tag); a second element of the same kind inside it goes with it.
+    """
+    if _EMBED_HINT.search(html) is None:
+        return html
+    out: list[str] = []
+    position = 0
+    unclosed: set[str] = set()  # kinds with no closing tag after the current position
+    for _ in range(4 * _MAX_EMBEDS):
+        match = _EMBED_OPEN.search(html, position)
+        if match is None:
+            break
+        tag = match.group(1).lower()
+        attributes = _attributes(match.group(2))
+        end = match.end()
+        body = ""
+        if tag in _EMBED_CLOSE and tag not in unclosed:
+            close = _EMBED_CLOSE[tag].search(html, end)
+            if close is None:
+                unclosed.add(tag)
+            else:
+                body, end = html[end : close.start()], close.end()
+        out.append(html[position : match.start()])
+        if len(out) <= 2 * _MAX_EMBEDS:
+            out.append(_embed_replacement(tag, attributes, body))
+        position = end
+    out.append(html[position:])
+    return "".join(out)
+
+
 def sanitize_html(html: str, *, base_url: str | None = None) -> str:
     """Safe HTML (THREATS C1, C3, C4) from untrusted feed HTML.
 
     Relative href/src/cite resolve against ``base_url``; whatever is not absolute
     http(s) afterwards is dropped, and tracking parameters are removed. Links get
     rel="nofollow noopener noreferrer". Tracker images (1x1, 0x0, hidden) and images
-    without a usable src are removed. Sanitising the result again changes nothing.
+    without a usable src are removed; the others load lazily. Embedded players become
+    links (``embeds_to_links``). Sanitising the result again changes nothing.
     """
     if not html:
         return ""
     token = _BASE_URL.set(base_url)
     try:
-        cleaned = _drop_unwanted_images(_CLEANER.clean(_limit_nesting(html)))
+        raw = embeds_to_links(_limit_nesting(html))
+        cleaned = _drop_unwanted_images(_CLEANER.clean(raw))
     finally:
         _BASE_URL.reset(token)
     # Characters are neutralised after each cleaning (so that those written as

@@ -115,6 +115,10 @@ class Links:
     def source(self, feed_id: int) -> str:
         return self._url("/", source=feed_id)
 
+    def entry(self, entry_id: int) -> str:
+        """The entry's page here: for entries without a link of their own."""
+        return self._url(f"/entries/{entry_id}")
+
     def home(self) -> str:
         return self.base_url + "/"
 

@@ -6,10 +6,12 @@ store. Every test fails on any console error or uncaught page error.
 
 from __future__ import annotations
 
+import io
 import threading
 import time
+import wave
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from feedserver import FeedServer
 from webdata import NOW, add_entry, add_feed, make_settings, record
 
 from aggregator.config import Settings
+from aggregator.models import MediaItem
 from aggregator.store import Store
 from aggregator.store import feeds as feed_rows
 from aggregator.web import create_app
@@ -255,3 +258,92 @@ def test_admin_adds_a_feed_by_home_page(browser, site, feed_server: FeedServer) 
     playwright_api.expect(page.get_by_role("status")).to_contain_text("Feed disabled")
     assert problems.messages == []
     context.close()
+
+
+def _silent_wav(seconds: float = 0.5, rate: int = 8000) -> bytes:
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(1)
+        out.setframerate(rate)
+        out.writeframes(b"\x80" * int(rate * seconds))
+    return buffer.getvalue()
+
+
+def test_podcast_plays_only_when_pressed_and_video_embed_is_a_link(
+    browser, tmp_path: Path, feed_server: FeedServer
+) -> None:
+    """The entry page of a podcast episode shows an audio control that loads nothing
+    until pressed; a post with an embedded YouTube player shows a link to the video and
+    loads no third-party frame. No console errors on either."""
+    audio_url = feed_server.add("/media/episode.wav", body=_silent_wav(), content_type="audio/wav")
+    settings = make_settings(tmp_path / "media")
+    store = Store.open(settings.database)
+    pod = add_feed(store, "https://pod.test/feed", "Pod blog")
+    episode = add_entry(
+        store,
+        pod,
+        replace(
+            record("Episode 42", published=NOW - timedelta(hours=1), link="https://pod.test/42"),
+            media=(
+                MediaItem(audio_url, "enclosure", "audio/wav", "audio", 8044, 2530, episode=42),
+            ),
+        ),
+    )
+    video = add_entry(
+        store,
+        pod,
+        record(
+            "A talk on video",
+            published=NOW - timedelta(hours=2),
+            link="https://pod.test/talk",
+            body='<figure class="wp-block-embed"><div><iframe '
+            'src="https://www.youtube.com/embed/aqz-KE-bpKQ"></iframe></div>'
+            "<figcaption>The talk</figcaption></figure>",
+        ),
+    )
+    try:
+        with LiveServer(settings) as base:
+            page = browser.new_page(viewport={"width": 390, "height": 844})
+            problems = Problems()
+            problems.watch(page)
+            requested: list[str] = []
+            page.on("request", lambda request: requested.append(request.url))
+
+            page.goto(base + "/")
+            card = page.locator("article", has_text="Episode 42")
+            playwright_api.expect(card.get_by_text("audio · 42 min")).to_be_visible()
+
+            page.goto(f"{base}/entries/{episode}")
+            audio = page.locator("audio")
+            playwright_api.expect(audio).to_have_count(1)
+            playwright_api.expect(audio).to_have_attribute("preload", "none")
+            playwright_api.expect(
+                page.get_by_role("link", name="Download Audio (episode 42, WAV, 8.0 KB, 42 min)")
+            ).to_have_attribute("href", audio_url)
+            page.wait_for_timeout(300)
+            assert feed_server.requests_for("/media/episode.wav") == []
+            assert audio_url not in requested
+            # Pressing play: the click on the control activates the page; play() is what
+            # the control's button does.
+            audio.click(position={"x": 20, "y": 20})
+            page.evaluate("() => document.querySelector('audio').play().catch(() => {})")
+            deadline = time.monotonic() + 10
+            while not feed_server.requests_for("/media/episode.wav"):
+                assert time.monotonic() < deadline, "pressing play loaded nothing"
+                page.wait_for_timeout(50)
+
+            page.goto(f"{base}/entries/{video}")
+            link = page.get_by_role(
+                "link", name="Watch on YouTube: https://www.youtube.com/watch?v=aqz-KE-bpKQ"
+            )
+            playwright_api.expect(link).to_have_attribute(
+                "href", "https://www.youtube.com/watch?v=aqz-KE-bpKQ"
+            )
+            playwright_api.expect(page.get_by_text("The talk")).to_be_visible()
+            assert page.locator("iframe, object, embed, video").count() == 0
+            assert not [url for url in requested if "youtube" in url]
+            assert problems.messages == []
+            page.close()
+    finally:
+        store.close()

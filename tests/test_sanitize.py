@@ -36,12 +36,18 @@ C1_CASES = [
     ("script-unclosed", "<p>a</p><script>alert(1)", "<p>a</p>"),
     ("event-handler", '<p onclick="alert(1)" onmouseover=x>hi</p>', "<p>hi</p>"),
     ("img-onerror", '<img src="https://i.example/a.png" onerror="alert(1)">',
-     '<img src="https://i.example/a.png">'),
+     '<img src="https://i.example/a.png" loading="lazy">'),
     ("style-attribute", '<p style="position:fixed">x</p>', "<p>x</p>"),
     ("style-element", "<style>body{display:none}</style><p>x</p>", "<p>x</p>"),
     ("class-and-id", '<p class="c" id="i">x</p>', "<p>x</p>"),
-    ("iframe", '<iframe src="https://evil.example/">inside</iframe><p>x</p>', "<p>x</p>"),
-    ("object-embed", '<object data="x.swf"><embed src="x.swf"></object><p>x</p>', "<p>x</p>"),
+    # An embed goes; a plain link to what it showed stays (nothing of it loads).
+    ("iframe", '<iframe src="https://evil.example/">inside</iframe><p>x</p>',
+     '<p><a href="https://evil.example/" rel="nofollow noopener noreferrer">Embedded content: '
+     'https://evil.example/</a></p><p>x</p>'),
+    ("iframe-javascript", '<iframe src="javascript:alert(1)">inside</iframe><p>x</p>', "<p>x</p>"),
+    ("object-embed", '<object data="x.swf"><embed src="x.swf"></object><p>x</p>',
+     '<p><a href="https://blog.example.org/2014/01/post/x.swf" rel="nofollow noopener noreferrer">'
+     "Embedded content: https://blog.example.org/2014/01/post/x.swf</a></p><p>x</p>"),
     ("form", '<form action="https://evil.example/"><input name="q"><button>Go</button></form>',
      "Go"),
     ("meta-refresh", '<meta http-equiv="refresh" content="0;url=https://evil.example/"><p>x</p>',
@@ -58,7 +64,7 @@ C1_CASES = [
     ("comment", "<!-- <script>alert(1)</script> --><p>x</p>", "<p>x</p>"),
     ("template", "<template><script>alert(1)</script></template><p>x</p>", "<p>x</p>"),
     ("noscript-trick", '<noscript><p title="</noscript><img src=x onerror=alert(1)>">',
-     '<img src="https://blog.example.org/2014/01/post/x">"&gt;'),
+     '<img src="https://blog.example.org/2014/01/post/x" loading="lazy">"&gt;'),
 ]  # fmt: skip
 
 
@@ -142,7 +148,7 @@ def test_real_images_stay_with_safe_attributes_c4() -> None:
     )
     assert cleaned == (
         '<figure><img src="https://blog.example.org/img/a.png" alt="A &quot;chart&quot; &gt; 2" '
-        'width="640" height="480"><figcaption>Chart</figcaption></figure>'
+        'width="640" height="480" loading="lazy"><figcaption>Chart</figcaption></figure>'
     )
 
 

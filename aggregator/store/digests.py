@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Literal
 
 from sqlite_utils import Database
 
+from ..models import MediaItem
 from ..selection import Candidate, DigestPlan, StoryMember, Subscriber
 from .codec import from_db, from_db_required, to_db
+from .entries import media_for
 
 DigestStatus = Literal["pending", "sent", "failed", "cancelled"]
 _CHUNK = 400
@@ -193,6 +195,7 @@ class EntryView:
     published: datetime
     summary_html: str
     content_html: str
+    media: tuple[MediaItem, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +240,8 @@ def entries_by_id(db: Database, ids: Iterable[int]) -> dict[int, EntryView]:
         )
         for row in cursor.fetchall():
             found[row[0]] = _entry(row)
+    for entry_id, media in media_for(db, found).items():
+        found[entry_id] = replace(found[entry_id], media=media)
     return found
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from ..models import EntryRecord, PollPlan, StoredEntry
+from ..models import EntryRecord, MediaItem, PollPlan, StoredEntry
 from .codec import from_db_required, to_db
 
 _STORED_COLUMNS = (
@@ -131,6 +131,8 @@ def apply_plan(db: Database, feed_id: int, plan: PollPlan, now: datetime) -> lis
         assert cursor.lastrowid is not None
         new_ids.append(cursor.lastrowid)
     for new, new_id in zip(plan.inserts, new_ids, strict=True):
+        if new.record.media:
+            _insert_media(db, new_id, new.record.media)
         if new.supersedes is not None:
             # The earlier-published copy is the story: the old story and its copies
             # point at it now (DESIGN §5.2).
@@ -146,7 +148,42 @@ def apply_plan(db: Database, feed_id: int, plan: PollPlan, now: datetime) -> lis
             f"UPDATE entries SET {assignments} WHERE id = ? AND feed_id = ?",
             [*values.values(), update.entry_id, feed_id],
         )
+        db.execute("DELETE FROM enclosures WHERE entry_id = ?", [update.entry_id])
+        if update.record.media:
+            _insert_media(db, update.entry_id, update.record.media)
     return new_ids
+
+
+def _insert_media(db: Database, entry_id: int, media: Sequence[MediaItem]) -> None:
+    db.conn.executemany(
+        "INSERT INTO enclosures (entry_id, position, role, url, mime_type, medium, length, "
+        "duration, episode) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            (entry_id, position, item.role, item.url, item.mime_type, item.medium,
+             item.length, item.duration, item.episode)
+            for position, item in enumerate(media)
+        ],
+    )  # fmt: skip
+
+
+def media_for(db: Database, entry_ids: Iterable[int]) -> dict[int, tuple[MediaItem, ...]]:
+    """The stored media of these entries, in the feed's order; entries without media
+    are absent from the answer."""
+    found: dict[int, list[MediaItem]] = {}
+    unique = sorted(set(entry_ids))
+    for start in range(0, len(unique), _CHUNK):
+        chunk = unique[start : start + _CHUNK]
+        cursor = db.execute(
+            "SELECT entry_id, role, url, mime_type, medium, length, duration, episode "
+            f"FROM enclosures WHERE entry_id IN ({', '.join('?' * len(chunk))}) "
+            "ORDER BY entry_id, position",
+            chunk,
+        )
+        for entry_id, role, url, mime, medium, length, duration, episode in cursor.fetchall():
+            found.setdefault(entry_id, []).append(
+                MediaItem(url, role, mime, medium, length, duration, episode)
+            )
+    return {entry_id: tuple(items) for entry_id, items in found.items()}
 
 
 def count_entries(db: Database, feed_id: int | None = None) -> int:

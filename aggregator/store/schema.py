@@ -291,3 +291,30 @@ def m008_search(db: Database) -> None:
         END;
         """
     )
+
+
+@migrations()
+def m007_enclosures(db: Database) -> None:
+    """Media an entry carries (RSS enclosures, Atom rel="enclosure" links, Media RSS
+    content and thumbnails, Apple podcast images), in the feed's order, each URL once
+    per entry. Rewritten with the entry's other columns whenever the entry changes; the
+    parser keeps at most ``media.MAX_MEDIA_PER_ENTRY`` per entry. URLs are absolute
+    http(s); sizes (bytes) and durations (seconds) are positive integers or NULL."""
+    db.executescript(
+        """
+        CREATE TABLE enclosures (
+            entry_id INTEGER NOT NULL REFERENCES entries(id) ON DELETE CASCADE,
+            position INTEGER NOT NULL CHECK (position >= 0),
+            role TEXT NOT NULL CHECK (role IN ('enclosure', 'thumbnail')),
+            url TEXT NOT NULL
+                CHECK (substr(url, 1, 7) = 'http://' OR substr(url, 1, 8) = 'https://'),
+            mime_type TEXT,
+            medium TEXT,
+            length INTEGER CHECK (length IS NULL OR (typeof(length) = 'integer' AND length > 0)),
+            duration INTEGER
+                CHECK (duration IS NULL OR (typeof(duration) = 'integer' AND duration > 0)),
+            episode INTEGER CHECK (episode IS NULL OR typeof(episode) = 'integer'),
+            PRIMARY KEY (entry_id, position)
+        ) WITHOUT ROWID;
+        """
+    )

@@ -19,7 +19,9 @@ from typing import Any
 from sqlite_utils import Database
 
 from ..errors import StoreError
+from ..models import MediaItem
 from .codec import from_db, from_db_required, to_db
+from .entries import media_for
 
 __all__ = [
     "AlsoOn",
@@ -90,6 +92,11 @@ class TimelineEntry:
     last_changed: datetime
     duplicate_of: int | None
     also_on: tuple[AlsoOn, ...] = ()
+    media: tuple[MediaItem, ...] = ()  # enclosures and thumbnails, in the feed's order
+
+    @property
+    def enclosures(self) -> tuple[MediaItem, ...]:
+        return tuple(item for item in self.media if item.role == "enclosure")
 
     @property
     def cursor(self) -> Cursor:
@@ -337,9 +344,19 @@ def _sorted_matches(
 
 
 def _with_copies(db: Database, entries: list[TimelineEntry]) -> list[TimelineEntry]:
-    """Each entry with the other copies of its story (the story itself included)."""
+    """Each entry with its media and the other copies of its story (the story itself
+    included)."""
     if not entries:
         return entries
+    try:
+        media = media_for(db, (entry.id for entry in entries))
+    except sqlite3.DatabaseError as error:
+        raise StoreError(f"timeline query failed: {error}") from None
+    if media:
+        entries = [
+            replace(entry, media=media[entry.id]) if entry.id in media else entry
+            for entry in entries
+        ]
     roots = sorted({entry.duplicate_of or entry.id for entry in entries})
     shown = {entry.id for entry in entries}
     # Two index lookups; one query with "duplicate_of IN (…) OR id IN (…)" makes the

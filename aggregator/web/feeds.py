@@ -30,7 +30,7 @@ from .pages import SITE_TITLE, int_param, str_param
 FEED_SIZE = 50
 ATOM_TYPE = "application/atom+xml; charset=utf-8"
 # Bump when the Atom template changes, so that cached copies are not kept.
-_FORMAT_VERSION = "atom-1"
+_FORMAT_VERSION = "atom-2"  # 2: enclosure links
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 

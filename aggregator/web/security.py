@@ -57,7 +57,9 @@ _NEW_NONCE = "aggregator.csrf_nonce"  # scope key: a nonce the answer must set a
 _NONCE_BYTES = 18
 
 CONTENT_SECURITY_POLICY = (
-    "default-src 'none'; style-src 'self'; img-src https: http: data:; "
+    # media-src: an entry's podcast or video plays from where the feed says it lives
+    # (preload="none": only when the reader presses play).
+    "default-src 'none'; style-src 'self'; img-src https: http: data:; media-src https: http:; "
     "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
 )
 SECURITY_HEADERS: tuple[tuple[str, str], ...] = (
