@@ -32,7 +32,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from .config import Settings
-from .digests import build_pending, send_pending
+from .digests import build_pending, send_pending, send_welcomes
 from .errors import ConfigError, StoreError
 from .mail import open_sender
 from .pipeline import Poller, open_poller, spread_catch_up, utc_now
@@ -197,6 +197,8 @@ class Service:
         assert store is not None
         sender = open_sender(self.settings.mail.smtp, self.settings.mail.outbox)
         try:
+            for problem in send_welcomes(store, sender, self.settings, self.clock()):
+                log.warning("welcome mail not sent: %s", problem)
             built = build_pending(store, self.settings, self.clock(), due_only=True)
             if built.built:
                 log.info("digests built=%d", built.built)

@@ -224,3 +224,9 @@ def m006_heartbeat(db: Database) -> None:
     """One row that write probes (``status``, ``/healthz``) rewrite: a write that commits
     proves the database takes writes now (a lock, a full disk, a read-only file fail it)."""
     db.execute("CREATE TABLE heartbeat (id INTEGER PRIMARY KEY CHECK (id = 1), at TEXT NOT NULL)")
+
+
+@migrations()
+def m009_pages(db: Database) -> None:
+    """A welcome mail owed to a newly confirmed subscriber; the service sends it once."""
+    db.execute("ALTER TABLE subscribers ADD COLUMN welcome_due INTEGER NOT NULL DEFAULT 0")
