@@ -476,7 +476,7 @@ def _add_demo(app: App, email: str) -> None:
         first_digest_now=True,
         now=now(),
     )
-    out.print(f"Demo subscriber: {email} (a daily digest)")
+    out.print(f"Demo subscriber: {email} (a daily digest; a welcome mail in the outbox)")
 
 
 @cli.command()
@@ -569,6 +569,7 @@ def subscribers_add(
     ctx: click.Context, email: str, pending: bool, cadence: str, first_digest_now: bool
 ) -> None:
     """Add an address. Confirmed at once (you vouch for it) unless --pending."""
+    from .digests import send_welcomes
     from .mail import open_sender
     from .subscriptions import InvalidSubscription, add_by_operator, links_for
 
@@ -589,18 +590,25 @@ def subscribers_add(
         except InvalidSubscription as error:
             err.print(f"[red]error:[/red] {email!r}: {error}", markup=True)
             sys.exit(1)
-        if message is not None:
-            sender = open_sender(settings.mail.smtp, settings.mail.outbox)
-            try:
+        sender = open_sender(settings.mail.smtp, settings.mail.outbox)
+        try:
+            if message is not None:
                 sender.send(message)
-            finally:
-                sender.close()
+            else:
+                problems = send_welcomes(
+                    store, sender, settings, now(), subscriber_ids=[subscriber.id]
+                )
+        finally:
+            sender.close()
+        if message is not None:
             out.print(f"Confirmation sent to {subscriber.email} (subscriber {subscriber.id})")
         else:
             out.print(
                 f"Subscriber {subscriber.id}: {subscriber.email} is {subscriber.status}, "
                 f"{subscriber.cadence}"
             )
+            for problem in problems:
+                err.print(f"warning: welcome mail not sent: {problem}", markup=False)
 
 
 @subscribers.command("remove")

@@ -26,11 +26,11 @@ from markupsafe import escape
 from sqlite_utils import Database
 
 from .config import Settings
-from .errors import MailPermanentError, MailTemporaryError
+from .errors import MailError, MailPermanentError, MailTemporaryError
 from .mail import OutgoingMessage, Sender, parse_address
 from .media import media_label, media_marker
-from .sanitize import clean_text, excerpt
-from .selection import DigestPlan, Subscriber, is_due, select_digest
+from .sanitize import clean_text, excerpt_blocks
+from .selection import DigestPlan, Subscriber, first_digest_since, is_due, select_digest
 from .store import Store
 from .store import digests as digest_rows
 from .store import subscribers as subscriber_rows
@@ -81,17 +81,29 @@ class _PlanCache:
         self._size = size
 
     def plan(
-        self, db: Database, subscriber: Subscriber, upto: int, max_per_source: int
+        self,
+        db: Database,
+        subscriber: Subscriber,
+        upto: int,
+        max_per_source: int,
+        now: datetime | None,
     ) -> DigestPlan | None:
+        """``now`` None: no first-digest limit (a preview of everything stored)."""
         feeds = None if subscriber.feed_ids is None else tuple(sorted(subscriber.feed_ids))
-        key = (subscriber.watermark, feeds, upto, max_per_source)
+        since = None if now is None else first_digest_since(subscriber, now)
+        key = (subscriber.watermark, feeds, upto, max_per_source, since)
         if key in self._plans:
             self._plans.move_to_end(key)
             return self._plans[key]
         candidates = digest_rows.candidates(db, subscriber, upto)
         members = digest_rows.story_members(db, {c.story_id for c in candidates})
         plan = select_digest(
-            subscriber, candidates, members, upto=upto, max_per_source=max_per_source
+            subscriber,
+            candidates,
+            members,
+            upto=upto,
+            max_per_source=max_per_source,
+            published_since=since,
         )
         self._plans[key] = plan
         if len(self._plans) > self._size:
@@ -141,7 +153,7 @@ def build_pending(
                 continue
             if due_only and not _due(subscriber, settings, now):
                 continue
-            plan = cache.plan(db, subscriber, upto, settings.digest.max_entries_per_source)
+            plan = cache.plan(db, subscriber, upto, settings.digest.max_entries_per_source, now)
             if plan is None:
                 # Nothing new: not a digest, so the period is not served yet; the
                 # next run that finds something sends it.
@@ -165,7 +177,7 @@ def plan_all(
             continue
         yield (
             subscriber,
-            cache.plan(store.db, subscriber, upto, settings.digest.max_entries_per_source),
+            cache.plan(store.db, subscriber, upto, settings.digest.max_entries_per_source, now),
         )
 
 
@@ -186,6 +198,7 @@ class StoryView:
     # and the card's marker ("audio · 42 min"), empty without media.
     media: tuple[tuple[str, str], ...] = ()
     marker: str = ""
+    blocks: tuple[tuple[str, str], ...] = ()  # the excerpt's paragraphs, list items, headings
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +218,33 @@ def line(text: str | None, limit: int = MAX_TITLE_CHARS) -> str:
     if len(cleaned) > limit:
         cleaned = cleaned[: limit - 1].rstrip() + "…"
     return cleaned
+
+
+def text_blocks(blocks: tuple[tuple[str, str], ...]) -> str:
+    """An excerpt's blocks as plain text: paragraphs wrapped, "- item" lines, headings
+    on their own line; a blank line between a paragraph and what follows it."""
+    out: list[str] = []
+    previous = ""
+    for kind, text in blocks:
+        if out and not (kind == "li" and previous == "li"):
+            out.append("")
+        if kind == "li":
+            out.append(
+                textwrap.fill(
+                    text,
+                    TEXT_WIDTH,
+                    initial_indent="- ",
+                    subsequent_indent="  ",
+                    break_on_hyphens=False,
+                    break_long_words=False,
+                )
+            )
+        else:
+            out.append(
+                textwrap.fill(text, TEXT_WIDTH, break_on_hyphens=False, break_long_words=False)
+            )
+        previous = kind
+    return "\n".join(out)
 
 
 def _source_name(entry: EntryView) -> str:
@@ -237,7 +277,8 @@ class Renderer:
         if cached is not None:
             self._views.move_to_end(entry.id)
             return cached
-        summary = excerpt(entry.content_html or entry.summary_html, EXCERPT_CHARS)
+        blocks = tuple(excerpt_blocks(entry.content_html or entry.summary_html, EXCERPT_CHARS))
+        summary = " ".join(text for _, text in blocks)
         enclosures = [item for item in entry.media if item.role == "enclosure"]
         view = StoryView(
             title=line(entry.title) or "(untitled)",
@@ -248,10 +289,11 @@ class Renderer:
             published=entry.published,
             author=line(entry.author, MAX_SOURCE_CHARS) or None,
             excerpt=summary,
-            excerpt_lines=textwrap.fill(summary, TEXT_WIDTH, break_on_hyphens=False),
+            excerpt_lines=text_blocks(blocks),
             also_on=tuple((_source_name(copy), copy.link) for copy in line_.also_on),
             media=tuple((item.url, media_label(item)) for item in enclosures),
             marker=media_marker(enclosures),
+            blocks=blocks,
         )
         self._views[entry.id] = view
         if len(self._views) > _VIEW_CACHE_SIZE:
@@ -593,6 +635,79 @@ def _send_one(
     return "sent"
 
 
+# --- the welcome mail -----------------------------------------------------------------
+
+WELCOME_POSTS = 5
+
+
+def welcome_message(
+    store: Store, settings: Settings, links: Links, subscriber: Subscriber, now: datetime
+) -> OutgoingMessage:
+    """What a newly confirmed subscriber gets at once: what comes when, the latest few
+    posts of their sources (labelled as recent, not news), and their links."""
+    renderer = Renderer(store, settings, links)
+    recent = digest_rows.latest_stories(store.db, subscriber.feed_ids, WELCOME_POSTS)
+    stories = [renderer._story(DigestLine(entry, entry.feed_id, ())) for entry in recent]
+    product = renderer.product
+    context = {
+        "product": product,
+        "home_url": links.home(),
+        "cadence": subscriber.cadence,
+        "digest": settings.digest,
+        "stories": stories,
+        "preferences_url": links.preferences(subscriber.id, now),
+        "archive_url": links.archive(subscriber.id, now),
+        "unsubscribe_url": links.unsubscribe(subscriber.id, now),
+    }
+    env = renderer._env
+    return OutgoingMessage(
+        message_id=links.message_id("welcome", subscriber.id),
+        sender=settings.mail.sender,
+        recipient=subscriber.email,
+        subject=f"Welcome to the {product}",
+        text=env.get_template("email/welcome.txt").render(context),
+        html=inline_css(env.get_template("email/welcome.html").render(context)),
+        date=now,
+        headers={
+            "List-Id": renderer.list_id,
+            "List-Unsubscribe": f"<{context['unsubscribe_url']}>",
+            "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+            "Auto-Submitted": "auto-generated",
+            "X-Auto-Response-Suppress": "All",
+        },
+    )
+
+
+def send_welcomes(
+    store: Store,
+    sender: Sender,
+    settings: Settings,
+    now: datetime,
+    *,
+    subscriber_ids: list[int] | None = None,
+) -> list[str]:
+    """Send the welcome mails owed (to ``subscriber_ids``, or to anyone); each goes once.
+
+    A mail that fails is not retried (the first digest follows anyway); the failures
+    come back as one line each.
+    """
+    with store.write() as db:
+        claimed = subscriber_rows.claim_welcomes(db, subscriber_ids)
+    if not claimed:
+        return []
+    links = links_for(store, settings)
+    problems = []
+    for subscriber_id in claimed:
+        subscriber = subscriber_rows.get(store.db, subscriber_id)
+        if subscriber is None or subscriber.status != "confirmed":
+            continue
+        try:
+            sender.send(welcome_message(store, settings, links, subscriber, now))
+        except MailError as error:
+            problems.append(f"{subscriber.email}: {error}")
+    return problems
+
+
 # --- preview ------------------------------------------------------------------------
 
 
@@ -620,7 +735,13 @@ def preview(
             created_at=now,
         )
     upto = subscriber_rows.high_water(store.db)
-    plan = _PlanCache().plan(store.db, subscriber, upto, settings.digest.max_entries_per_source)
+    plan = _PlanCache().plan(
+        store.db,
+        subscriber,
+        upto,
+        settings.digest.max_entries_per_source,
+        now if email is not None else None,
+    )
     if plan is None:
         return None
     renderer = Renderer(store, settings, links)

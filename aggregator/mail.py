@@ -110,7 +110,16 @@ FILE_POLICY = _MailPolicy(linesep="\n", cte_type="7bit")
 
 def _fold_verbatim(name: str, value: str, linesep: str) -> str | None:
     lowered = name.lower()
-    if lowered in _ENCODED_HEADERS or lowered.startswith("content-") or not value.isascii():
+    if lowered.startswith("content-") or not value.isascii():
+        return None
+    # An ASCII Subject is folded here too: the stock folder moves a long one to the next
+    # line whole ("Subject:" CRLF SP text), which parsers read with a leading space
+    # (RFC 5322 2.2.3 folds only where needed). One that spells an encoded word is left
+    # to the stock folder, which encodes it so that no reader decodes feed text.
+    if lowered == "subject":
+        if "=?" in value:
+            return None
+    elif lowered in _ENCODED_HEADERS:
         return None
     lines = [f"{name}:"]
     for word in value.split():

@@ -35,6 +35,22 @@ def iso_date(moment: datetime | None) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ") if moment else ""
 
 
+def zone_words(zone: Any) -> str:
+    """ "Berlin time" for Europe/Berlin, "UTC" for UTC: how people name a time zone."""
+    name = str(getattr(zone, "key", None) or zone)
+    if name.upper() in ("UTC", "ETC/UTC", "GMT", "Z"):
+        return "UTC"
+    return name.rsplit("/", 1)[-1].replace("_", " ") + " time"
+
+
+def schedule(cadence: str, digest: Any) -> str:
+    """When a cadence's digest comes, in words: "Daily, at 07:00 Berlin time"."""
+    at = f"{digest.daily_at} {zone_words(digest.timezone)}"
+    if cadence == "daily":
+        return f"Daily, at {at}"
+    return f"Weekly, on {str(digest.weekly_day).capitalize()}s at {at}"
+
+
 def make_environment(
     template_dir: Path = TEMPLATES,
     *,
@@ -63,6 +79,7 @@ def make_environment(
         media_marker=media_marker,
         file_size=format_size,
         duration=format_duration,
+        schedule=schedule,
     )
     if filters:
         environment.filters.update(filters)

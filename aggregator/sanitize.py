@@ -23,7 +23,14 @@ import nh3
 from .media import embed_link
 from .urls import clean_link
 
-__all__ = ["clean_text", "embeds_to_links", "excerpt", "html_to_text", "sanitize_html"]
+__all__ = [
+    "clean_text",
+    "embeds_to_links",
+    "excerpt",
+    "excerpt_blocks",
+    "html_to_text",
+    "sanitize_html",
+]
 
 _TAGS = frozenset(
     {
@@ -402,6 +409,61 @@ def excerpt(html: str, limit: int = 300) -> str:
     if space > limit // 2:
         cut = cut[:space]
     return cut.rstrip(" ,;:.-–—") + "…"
+
+
+_TAG_NAME = re.compile(r"<(/?)([a-z0-9]+)")
+_HEADING_TAGS = frozenset({"h1", "h2", "h3", "h4", "h5", "h6"})
+
+
+def excerpt_blocks(html: str, limit: int = 300, max_blocks: int = 8) -> list[tuple[str, str]]:
+    """An excerpt that keeps its shape: ``(kind, text)`` blocks, kind "p", "li" or "h".
+
+    At most ``limit`` characters of text over at most ``max_blocks`` blocks; the last one
+    kept is cut at a word boundary with an ellipsis when there was more.
+    """
+    if not html:
+        return []
+    if "<" not in html and "&" not in html:
+        text = excerpt(html, limit)
+        return [("p", text)] if text else []
+    markup = _TEXT_CLEANER.clean(_limit_nesting(html))
+    markup = _CELL_TAG.sub(" ", _WHITESPACE.sub(" ", markup))
+    raw: list[tuple[str, str]] = []
+    kind, buffer = "p", []
+    for piece in re.split(r"(<[^>]*>)", markup):
+        if not piece.startswith("<"):
+            buffer.append(piece)
+            continue
+        text = clean_text(html_lib.unescape("".join(buffer)))
+        if text:
+            raw.append((kind, text))
+        buffer = []
+        found = _TAG_NAME.match(piece)
+        name, closing = (found[2], found[1] == "/") if found else ("", True)
+        if not closing and name == "li":
+            kind = "li"
+        elif not closing and name in _HEADING_TAGS:
+            kind = "h"
+        elif closing and (name == "li" or name in _HEADING_TAGS):
+            kind = "p"
+    text = clean_text(html_lib.unescape("".join(buffer)))
+    if text:
+        raw.append((kind, text))
+    blocks: list[tuple[str, str]] = []
+    left = limit
+    for index, (kind, text) in enumerate(raw):
+        last = len(blocks) + 1 >= max_blocks or index + 1 == len(raw)
+        if len(text) > left or (last and index + 1 < len(raw)):
+            cut = excerpt(text, max(left, 1)) if len(text) > left else text
+            if not cut.endswith("…"):
+                cut = cut.rstrip(" ,;:.-–—") + "…"
+            blocks.append((kind, cut))
+            break
+        blocks.append((kind, text))
+        left -= len(text)
+        if left <= 0:
+            break
+    return blocks
 
 
 def clean_text(text: str, *, multiline: bool = False) -> str:

@@ -32,7 +32,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from .config import Settings
-from .digests import build_pending, send_pending
+from .digests import build_pending, send_pending, send_welcomes
 from .errors import ConfigError, StoreError
 from .mail import open_sender
 from .pipeline import Poller, open_poller, spread_catch_up, utc_now
@@ -112,6 +112,8 @@ class Service:
         self._poller: Poller | None = None
         self._store: Store | None = None
         self._spread_done = False
+        # Welcome mails wait for the first poll, so that they can list recent posts.
+        self._polled_once = False
         self._in_flight: set[asyncio.Task[Any]] = set()
 
     @contextmanager
@@ -142,7 +144,15 @@ class Service:
         if not self._may_run_jobs() or self._poller is None:
             return
         with self._job():
-            await self._poll_due(self._poller)
+            try:
+                await self._poll_due(self._poller)
+            finally:
+                if not self._polled_once:
+                    self._polled_once = True
+                    try:
+                        await asyncio.to_thread(self._welcomes_blocking)
+                    except StoreError as error:
+                        log.error("welcome mails not sent: the database failed: %s", error)
 
     async def _poll_due(self, poller: Poller) -> None:
         if not self._spread_done:
@@ -197,6 +207,9 @@ class Service:
         assert store is not None
         sender = open_sender(self.settings.mail.smtp, self.settings.mail.outbox)
         try:
+            if self._polled_once:
+                for problem in send_welcomes(store, sender, self.settings, self.clock()):
+                    log.warning("welcome mail not sent: %s", problem)
             built = build_pending(store, self.settings, self.clock(), due_only=True)
             if built.built:
                 log.info("digests built=%d", built.built)
@@ -209,6 +222,17 @@ class Service:
                     report.retried,
                     f" stopped={report.stopped!r}" if report.stopped else "",
                 )
+        finally:
+            sender.close()
+
+    def _welcomes_blocking(self) -> None:
+        store = self._store
+        if store is None:
+            return
+        sender = open_sender(self.settings.mail.smtp, self.settings.mail.outbox)
+        try:
+            for problem in send_welcomes(store, sender, self.settings, self.clock()):
+                log.warning("welcome mail not sent: %s", problem)
         finally:
             sender.close()
 

@@ -44,6 +44,7 @@ class Candidate:
     feed_id: int
     story_id: int  # the entry's ``duplicate_of``, or its own id when it is the story
     published: datetime
+    backlog: bool = False  # stored by its feed's first poll (only a fresh install sees it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +91,7 @@ def select_digest(
     *,
     upto: int,
     max_per_source: int,
+    published_since: datetime | None = None,
 ) -> DigestPlan | None:
     """The digest for ``subscriber`` over entries up to ``upto``; None when nothing is new.
 
@@ -98,10 +100,18 @@ def select_digest(
     one of their sources (a copy at or below their watermark, or in a backlog) is left
     out. Each section keeps the ``max_per_source`` most recently published stories and
     counts the rest, so a feed that re-emits a hundred old posts buries nothing.
+    With ``published_since`` (see ``first_digest_since``) backlog posts published
+    before it are left out: a feed's archive is not news.
     """
     if max_per_source < 1:
         raise ValueError("max_per_source must be at least 1")
-    mine = [c for c in candidates if c.id > subscriber.watermark and subscriber.follows(c.feed_id)]
+    mine = [
+        c
+        for c in candidates
+        if c.id > subscriber.watermark
+        and subscriber.follows(c.feed_id)
+        and (published_since is None or not c.backlog or c.published >= published_since)
+    ]
     if not mine:
         return None
     new_ids = {c.id for c in mine}
@@ -141,6 +151,23 @@ def select_digest(
     if not sections:
         return None
     return DigestPlan(sections=tuple(sections), first_entry=min(new_ids), last_entry=upto)
+
+
+def cadence_period(cadence: Cadence) -> timedelta:
+    return timedelta(days=1) if cadence == "daily" else timedelta(weeks=1)
+
+
+def first_digest_since(subscriber: Subscriber, now: datetime) -> datetime | None:
+    """The oldest publication time a subscriber's first digest on a fresh installation
+    may hold: one cadence period before ``now``; None when the watermark already decides.
+
+    A watermark of 0 means they joined before anything was stored, so every post of
+    each feed's first poll (its backlog, its archive) would be "new" to them; only what
+    of it was published in the last period is news.
+    """
+    if subscriber.watermark > 0:
+        return None
+    return now - cadence_period(subscriber.cadence)
 
 
 # --- when a digest is due -----------------------------------------------------------

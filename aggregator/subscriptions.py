@@ -246,6 +246,42 @@ def request_signup(
     return Signup(message=reminder_message(settings, links, subscriber_id, address, now))
 
 
+def request_links(
+    store: Store,
+    settings: Settings,
+    links: Links,
+    *,
+    email: str,
+    client: str,
+    now: datetime,
+) -> Signup:
+    """ "Lost your link?": mail the address its links, if it has any.
+
+    The answer to the visitor is the same whatever the address's state (THREATS S6);
+    the limits are those of sign-up (per client, and one mail per address per hour). A
+    confirmed address gets its preferences and unsubscribe links, a pending one a fresh
+    confirmation link, any other address nothing.
+    """
+    address, key = normalise_email(email)
+    client_key = _key_hash("client", client)
+    address_key = _key_hash("address", key)
+    with store.write() as db:
+        rows.prune_attempts(db, now - max(CLIENT_WINDOW, ADDRESS_WINDOW))
+        if rows.count_attempts(db, client_key, now - CLIENT_WINDOW) >= CLIENT_LIMIT:
+            raise RateLimited
+        rows.record_attempts(db, [client_key, address_key], now)
+        existing = rows.by_key(db, key)
+        if existing is None or existing.status not in ("confirmed", "pending"):
+            return Signup(message=None)
+        last = existing.last_confirmation_at
+        if last is not None and now - ADDRESS_WINDOW < last <= now:
+            return Signup(message=None)
+        rows.mark_confirmation_sent(db, existing.id, now)
+    if existing.status == "pending":
+        return Signup(message=confirmation_message(settings, links, existing.id, address, now))
+    return Signup(message=links_message(settings, links, existing.id, existing.email, now))
+
+
 def send_quietly(sender: Sender, message: OutgoingMessage | None) -> str | None:
     """Send a sign-up mail; a failure is returned as one line, never raised to a visitor."""
     if message is None:
@@ -327,6 +363,25 @@ def reminder_message(
     )
 
 
+def links_message(
+    settings: Settings, links: Links, subscriber_id: int, address: str, now: datetime
+) -> OutgoingMessage:
+    """The answer to "lost your link?" for a subscribed address."""
+    return _message(
+        settings,
+        links,
+        template="links",
+        subject=f"Your links for {_product_name(settings)}",
+        recipient=address,
+        context={
+            "preferences_url": links.preferences(subscriber_id, now),
+            "archive_url": links.archive(subscriber_id, now),
+            "unsubscribe_url": links.unsubscribe(subscriber_id, now),
+        },
+        now=now,
+    )
+
+
 def _product_name(settings: Settings) -> str:
     try:
         name = parse_address(settings.mail.sender).display_name
@@ -360,6 +415,7 @@ def confirm(store: Store, links: Links, token: str, now: datetime) -> Subscriber
             raise TokenError("invalid or expired link")
         rows.prune_tokens(db, now - CONFIRM_MAX_AGE * 2)
         rows.confirm(db, subscriber_id, now, rows.high_water(db))
+        rows.mark_welcome_due(db, subscriber_id)
         confirmed = rows.get(db, subscriber_id)
     assert confirmed is not None
     return confirmed
@@ -464,6 +520,8 @@ def add_by_operator(
             )
             if not pending and not first_digest_now:
                 rows.advance(db, subscriber_id, rows.high_water(db), now)
+            if not pending:
+                rows.mark_welcome_due(db, subscriber_id)
         else:
             subscriber_id = existing.id
             rows.set_preferences(db, subscriber_id, cadence=chosen_cadence, feed_ids=None)
@@ -471,6 +529,7 @@ def add_by_operator(
                 rows.set_status(db, subscriber_id, "pending", now)
             elif not pending and existing.status != "confirmed":
                 rows.confirm(db, subscriber_id, now, rows.high_water(db))
+                rows.mark_welcome_due(db, subscriber_id)
         if pending:
             rows.mark_confirmation_sent(db, subscriber_id, now)
         subscriber = rows.get(db, subscriber_id)

@@ -215,6 +215,7 @@ class Site:
                 "token": TOKEN.search(page.text)[1],  # type: ignore[index]
                 "cadence": "weekly",
             },
+            follow_redirects=True,  # Save answers 303 back to the page with its token
         )
         assert saved.status_code == 200 and "Preferences saved" in saved.text, saved.text
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import email
+import email.policy
 import os
 import subprocess
 import sys
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -170,14 +172,26 @@ def test_cli_subscribers_and_digest_commands(tmp_path: Path) -> None:
     )
     added = cli(config, "subscribers", "add", "later@example.org", "--pending")
     assert added.returncode == 0 and "Confirmation sent" in added.stdout
-    assert len(list((tmp_path / "outbox" / "new").iterdir())) == 1
+    # The confirmed address got its welcome, the pending one its confirmation link.
+    outbox = sorted((tmp_path / "outbox" / "new").iterdir())
+    subjects = sorted(
+        email.message_from_bytes(path.read_bytes(), policy=email.policy.default)["Subject"]
+        for path in outbox
+    )
+    assert subjects == [
+        "Confirm your subscription to Blog digest",
+        "Welcome to the Blog digest",
+    ]
     listing = cli(config, "subscribers", "list")
     assert "Reader@example.org" in listing.stdout and "pending" in listing.stdout
     bad = cli(config, "subscribers", "add", "not an address")
     assert bad.returncode == 1 and "valid email address" in bad.stderr
 
     store = Store.open(tmp_path / "db.sqlite3")
-    add_entry(store, add_feed(store, "Alpha Blog"), "Hello from the CLI")
+    # Published just now: a first digest on a fresh installation holds one period only.
+    add_entry(
+        store, add_feed(store, "Alpha Blog"), "Hello from the CLI", published=datetime.now(UTC)
+    )
     store.close()
     preview = cli(
         config,
@@ -193,7 +207,7 @@ def test_cli_subscribers_and_digest_commands(tmp_path: Path) -> None:
     assert "Would build 1 digests" in dry.stdout
     sent = cli(config, "digest", "send")
     assert sent.returncode == 0 and "Sent 1" in sent.stdout, sent.stderr
-    assert len(list((tmp_path / "outbox" / "new").iterdir())) == 2
+    assert len(list((tmp_path / "outbox" / "new").iterdir())) == 3
     assert "Sent 0" in cli(config, "digest", "send").stdout
     assert cli(config, "subscribers", "remove", "reader@example.org").returncode == 0
     assert cli(config, "subscribers", "remove", "reader@example.org").returncode == 1

@@ -192,7 +192,7 @@ def test_cross_post_shows_once_with_also_on(site) -> None:
     )
     html = client.get("/").text
     assert ids_on(html) == [story]
-    assert html.count("Shared story</a></h3>") == 1
+    assert html.count(">Shared story</a>") == 1
     also = html.split('class="also-on"')[1].split("</p>")[0]
     assert 'href="https://beta.test/s"' in also and "Beta blog" in also
     # The source page of the copy lists it, pointing back at the story's blog.

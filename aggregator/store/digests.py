@@ -27,11 +27,13 @@ def candidates(db: Database, subscriber: Subscriber, upto: int) -> list[Candidat
     subscriber's sources.
 
     A subscriber whose watermark is 0 joined a fresh installation, before anything was
-    stored: their first digest shows what the feeds hold (capped per source). For
-    everyone else a newly added feed's old posts stay on the timeline.
+    stored: backlog entries are candidates for them (marked, so that the first digest
+    keeps only the recently published ones). For everyone else a newly added feed's old
+    posts stay on the timeline.
     """
     sql = (
-        "SELECT e.id, e.feed_id, coalesce(e.duplicate_of, e.id), e.published "
+        "SELECT e.id, e.feed_id, coalesce(e.duplicate_of, e.id), e.published, "
+        "e.id <= coalesce(f.backlog_seq, 0) "
         "FROM entries e JOIN feeds f ON f.id = e.feed_id "
         "WHERE e.id > ? AND e.id <= ? AND (? = 0 OR e.id > coalesce(f.backlog_seq, 0))"
     )
@@ -44,7 +46,13 @@ def candidates(db: Database, subscriber: Subscriber, upto: int) -> list[Candidat
         params.extend(sorted(subscriber.feed_ids))
     cursor = db.execute(sql + " ORDER BY e.id", params)
     return [
-        Candidate(id=row[0], feed_id=row[1], story_id=row[2], published=from_db_required(row[3]))
+        Candidate(
+            id=row[0],
+            feed_id=row[1],
+            story_id=row[2],
+            published=from_db_required(row[3]),
+            backlog=bool(row[4]),
+        )
         for row in cursor.fetchall()
     ]
 
@@ -357,3 +365,45 @@ def count_due(db: Database, now: datetime) -> int:
         [to_db(now)],
     ).fetchone()
     return int(row[0])
+
+
+# --- what the public pages and the welcome mail show ----------------------------------
+
+
+def latest_stories(db: Database, feed_ids: Iterable[int] | None, limit: int) -> list[EntryView]:
+    """The most recently published stories (first copies only) of the given feeds."""
+    sql = (
+        f"SELECT {_ENTRY_COLUMNS} FROM entries e JOIN feeds f ON f.id = e.feed_id "
+        "WHERE e.duplicate_of IS NULL AND f.enabled = 1"
+    )
+    params: list[Any] = []
+    if feed_ids is not None:
+        ids = sorted(set(feed_ids))
+        if not ids:
+            return []
+        sql += f" AND e.feed_id IN ({', '.join('?' * len(ids))})"
+        params.extend(ids)
+    cursor = db.execute(sql + " ORDER BY e.published DESC, e.id DESC LIMIT ?", [*params, limit])
+    return [_entry(row) for row in cursor.fetchall()]
+
+
+def sent_times(db: Database, since: datetime, limit: int = 500) -> list[datetime]:
+    """When digests were sent since ``since`` (to the hour, newest first): the editions."""
+    cursor = db.execute(
+        "SELECT DISTINCT substr(created_at, 1, 13) FROM digests "
+        "WHERE status = 'sent' AND created_at >= ? ORDER BY 1 DESC LIMIT ?",
+        [to_db(since), limit],
+    )
+    return [from_db_required(row[0] + ":00:00.000000Z") for row in cursor.fetchall()]
+
+
+def sent_entry_ids(db: Database, since: datetime, until: datetime, limit: int = 200) -> list[int]:
+    """The entries that went out in any digest built in [since, until)."""
+    cursor = db.execute(
+        "SELECT DISTINCT de.entry_id FROM digests d "
+        "JOIN digest_entries de ON de.digest_id = d.id "
+        "WHERE d.status = 'sent' AND d.created_at >= ? AND d.created_at < ? "
+        "ORDER BY de.entry_id DESC LIMIT ?",
+        [to_db(since), to_db(until), limit],
+    )
+    return [row[0] for row in cursor.fetchall()]

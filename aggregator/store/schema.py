@@ -318,3 +318,9 @@ def m007_enclosures(db: Database) -> None:
         ) WITHOUT ROWID;
         """
     )
+
+
+@migrations()
+def m009_pages(db: Database) -> None:
+    """A welcome mail owed to a newly confirmed subscriber; the service sends it once."""
+    db.execute("ALTER TABLE subscribers ADD COLUMN welcome_due INTEGER NOT NULL DEFAULT 0")

@@ -240,3 +240,24 @@ def high_water(db: Database) -> int:
     """The highest entry id stored so far (0 for none)."""
     row = db.execute("SELECT coalesce(max(id), 0) FROM entries").fetchone()
     return int(row[0])
+
+
+def mark_welcome_due(db: Database, subscriber_id: int) -> None:
+    db.execute("UPDATE subscribers SET welcome_due = 1 WHERE id = ?", [subscriber_id])
+
+
+def claim_welcomes(
+    db: Database, subscriber_ids: Iterable[int] | None, limit: int = 100
+) -> list[int]:
+    """Take the welcome mails owed (to the given subscribers, or anyone): each is claimed
+    once, so two processes never both send it."""
+    sql = "UPDATE subscribers SET welcome_due = 0 WHERE welcome_due = 1 AND status = 'confirmed'"
+    params: list[Any] = []
+    if subscriber_ids is not None:
+        ids = sorted(set(subscriber_ids))
+        if not ids:
+            return []
+        sql += f" AND id IN ({', '.join('?' * len(ids))})"
+        params.extend(ids)
+    sql += f" AND id IN (SELECT id FROM subscribers WHERE welcome_due = 1 LIMIT {int(limit)})"
+    return sorted(row[0] for row in db.execute(sql + " RETURNING id", params).fetchall())

@@ -11,25 +11,26 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import datetime
+from datetime import date, datetime, time, timedelta
 from typing import Any, TypeVar
+from urllib.parse import urlencode
 
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from ..digests import Renderer, SectionView
+from ..digests import Renderer, SectionView, send_welcomes
 from ..errors import TokenError
 from ..mail import open_sender
 from ..sanitize import xml_chars
 from ..selection import Subscriber
 from ..store import digests as digest_rows
 from ..store import feeds as feed_rows
-from ..store.digests import DigestRow
+from ..store.digests import DigestLine, DigestRow
 from ..subscriptions import (
     PURPOSE_ARCHIVE,
     PURPOSE_DIGEST,
@@ -41,6 +42,7 @@ from ..subscriptions import (
     check_confirm_token,
     confirm,
     links_for,
+    request_links,
     request_signup,
     send_quietly,
     subscriber_for,
@@ -72,6 +74,10 @@ def _links(web: WebContext) -> Links:
 
 async def _db(work: Callable[[], T]) -> T:
     return await run_in_threadpool(work)
+
+
+def _has_token(request: Request) -> bool:
+    return "token" in request.query_params
 
 
 def _token(request: Request, form: FormData | None = None) -> str:
@@ -258,7 +264,7 @@ async def confirm_post(request: Request) -> Response:
         return _refused(request)
     links = _links(web)
     now = web.now()
-    return render(
+    response = render(
         request,
         "subscribe/message.html",
         {
@@ -266,11 +272,26 @@ async def confirm_post(request: Request) -> Response:
             "lines": [
                 f"The {subscriber.cadence} digest will come to this address, "
                 "with everything new since now.",
-                "Every digest has links to change the cadence and sources or to unsubscribe.",
+                "A welcome mail with the latest posts of your sources is on its way.",
+                "Every mail has links to change the cadence and sources or to unsubscribe.",
             ],
             "link": (links.preferences(subscriber.id, now), "Change preferences"),
         },
     )
+    response.background = BackgroundTask(_welcome, web, subscriber.id)
+    return response
+
+
+def _welcome(web: WebContext, subscriber_id: int) -> None:
+    sender = open_sender(web.settings.mail.smtp, web.settings.mail.outbox)
+    try:
+        problems = send_welcomes(
+            web.store(), sender, web.settings, web.now(), subscriber_ids=[subscriber_id]
+        )
+    finally:
+        sender.close()
+    for problem in problems:
+        log.warning("welcome mail not sent: %s", problem)
 
 
 # --- preferences --------------------------------------------------------------------
@@ -306,6 +327,7 @@ def _preferences_page(
             "error": error,
             "unsubscribe_url": links.unsubscribe(subscriber.id, now),
             "archive_url": links.archive(subscriber.id, now),
+            "digest": web.settings.digest,
         },
         status_code=status_code,
         headers={"Cache-Control": "no-store"},
@@ -313,13 +335,18 @@ def _preferences_page(
 
 
 def preferences_page(request: Request) -> Response:
+    if not _has_token(request):
+        return _lost_link_page(request, "preferences")
     web = web_context(request)
     try:
         token = _token(request)
         subscriber = subscriber_for(web.store(), _links(web), PURPOSE_PREFERENCES, token, web.now())
     except TokenError:
         return _refused(request)
-    return _preferences_page(request, subscriber, token)
+    saved = request.query_params.get("saved") == "1"
+    return _preferences_page(
+        request, subscriber, token, notice="Preferences saved." if saved else None
+    )
 
 
 async def preferences_post(request: Request) -> Response:
@@ -349,8 +376,10 @@ async def preferences_post(request: Request) -> Response:
         return await _db(
             lambda: _preferences_page(request, current, token, error=message, status_code=400)
         )
-    return await _db(
-        lambda: _preferences_page(request, subscriber, token, notice="Preferences saved.")
+    # Back to the page with its token, so the address bar holds a link that still works.
+    del subscriber
+    return RedirectResponse(
+        f"/preferences?{urlencode({'token': token, 'saved': '1'})}", status_code=303
     )
 
 
@@ -358,6 +387,8 @@ async def preferences_post(request: Request) -> Response:
 
 
 def unsubscribe_page(request: Request) -> Response:
+    if not _has_token(request):
+        return _lost_link_page(request, "unsubscribe")
     web = web_context(request)
     try:
         token = _token(request)
@@ -460,6 +491,8 @@ def _archive(request: Request) -> tuple[Subscriber, list[dict[str, Any]], str] |
 
 
 def archive_page(request: Request) -> Response:
+    if not _has_token(request):
+        return _public_archive(request)
     found = _archive(request)
     if found is None:
         return _refused(request)
@@ -506,6 +539,159 @@ def archive_feed(request: Request) -> Response:
     )
 
 
+# --- the public pages: editions, lost links ---------------------------------------------
+
+EDITION_DAYS = 30
+_LOST = {
+    "digests": ("Lost your link?", None),
+    "preferences": (
+        "Your digest preferences",
+        "Cadence and sources are changed through the personal link at the foot of every "
+        "digest. Lost it? Enter your address and we mail you a new one.",
+    ),
+    "unsubscribe": (
+        "Unsubscribe",
+        "Every digest has a one-click unsubscribe link at its foot. Lost it? Enter your "
+        "address and we mail you your links, unsubscribe included.",
+    ),
+}
+
+
+def _editions(web: WebContext) -> list[dict[str, Any]]:
+    tz = web.settings.digest.timezone
+    since = web.now() - timedelta(days=EDITION_DAYS)
+    days: list[date] = []
+    for moment in digest_rows.sent_times(web.store().db, since):
+        day = moment.astimezone(tz).date()
+        if day not in days:
+            days.append(day)
+    return [{"day": day, "url": f"/digests/editions/{day.isoformat()}"} for day in days]
+
+
+def _public_archive(request: Request, *, status_code: int = 200, **extra: Any) -> Response:
+    web = web_context(request)
+    return render(
+        request,
+        "subscribe/public.html",
+        {
+            "editions": _editions(web),
+            "sources": _sources(web),
+            "chosen": set(),
+            "cadence": "weekly",
+            "email": "",
+            "error": None,
+            "digest": web.settings.digest,
+            "lost_error": None,
+            "lost_email": "",
+            **extra,
+        },
+        status_code=status_code,
+    )
+
+
+def _lost_link_page(
+    request: Request,
+    page: str,
+    *,
+    error: str | None = None,
+    email: str = "",
+    status_code: int = 200,
+) -> Response:
+    heading, lede = _LOST[page]
+    return render(
+        request,
+        "subscribe/lost.html",
+        {"heading": heading, "lede": lede, "lost_error": error, "lost_email": email[:320]},
+        status_code=status_code,
+    )
+
+
+def lost_link_page(request: Request) -> Response:
+    return _lost_link_page(request, "digests")
+
+
+async def lost_link_post(request: Request) -> Response:
+    form = await _form(request)
+    web = web_context(request)
+    email = form.get("email")
+    email_text = email if isinstance(email, str) else ""
+    try:
+        answer = await _db(
+            lambda: request_links(
+                web.store(),
+                web.settings,
+                _links(web),
+                email=email_text,
+                client=_client(request),
+                now=web.now(),
+            )
+        )
+    except InvalidSubscription as error:
+        return _lost_link_page(
+            request, "digests", error=str(error), email=email_text, status_code=400
+        )
+    except RateLimited:
+        return render(
+            request,
+            "subscribe/message.html",
+            {
+                "heading": "Too many requests",
+                "lines": [
+                    "Too many requests came from your network in the last hour. "
+                    "Please try again later."
+                ],
+                "link": None,
+            },
+            status_code=429,
+            headers={"Retry-After": "3600"},
+        )
+    response = render(
+        request,
+        "subscribe/message.html",
+        {
+            "heading": "Check your inbox",
+            "lines": [
+                "If the address is subscribed, a message with its links is on its way to it.",
+                "Nothing arrives for an address that is not subscribed; you can sign up again.",
+            ],
+            "link": ("/digests", "Back to the digests"),
+        },
+    )
+    if answer.message:
+        response.background = BackgroundTask(_send, web, answer.message)
+    return response
+
+
+def edition_page(request: Request) -> Response:
+    web = web_context(request)
+    try:
+        day = date.fromisoformat(request.path_params["day"])
+    except ValueError:
+        raise HTTPException(404, "There is no edition for this date.") from None
+    tz = web.settings.digest.timezone
+    start = datetime.combine(day, time(0), tzinfo=tz)
+    end = datetime.combine(day + timedelta(days=1), time(0), tzinfo=tz)
+    store = web.store()
+    ids = digest_rows.sent_entry_ids(store.db, start, end)
+    if not ids:
+        raise HTTPException(404, "No digest went out on this date.")
+    views = digest_rows.entries_by_id(store.db, ids)
+    ordered = sorted(views.values(), key=lambda e: (e.feed_id, -e.published.timestamp()))
+    lines = [DigestLine(entry, entry.feed_id, ()) for entry in ordered]
+    renderer = Renderer(store, web.settings, _links(web))
+    sections = renderer.sections(lines, {})
+    total = sum(len(s.stories) for s in sections)
+    return render(
+        request,
+        "subscribe/edition.html",
+        {
+            "subject": f"{total} {'post' if total == 1 else 'posts'} sent on {day:%-d %B %Y}",
+            "sections": sections,
+            "date": start,
+        },
+    )
+
+
 routes: list[BaseRoute] = [
     Route("/subscribe", subscribe_form, methods=["GET"], name="subscribe"),
     Route("/subscribe", subscribe_post, methods=["POST"], name="subscribe_post"),
@@ -517,5 +703,8 @@ routes: list[BaseRoute] = [
     Route("/unsubscribe", unsubscribe_post, methods=["POST"], name="unsubscribe_post"),
     Route("/digests", archive_page, methods=["GET"], name="digest_archive"),
     Route("/digests/feed.atom", archive_feed, methods=["GET"], name="digest_archive_feed"),
+    Route("/digests/lost-link", lost_link_page, methods=["GET"], name="lost_link"),
+    Route("/digests/lost-link", lost_link_post, methods=["POST"], name="lost_link_post"),
+    Route("/digests/editions/{day}", edition_page, methods=["GET"], name="digest_edition"),
     Route("/digests/{digest_id:id}", digest_page, methods=["GET"], name="digest"),
 ]
