@@ -287,11 +287,21 @@ def make_record(entry: ParsedEntry, *, feed_url: str, text: str, now: datetime) 
 
 
 def _agree(record: EntryRecord, stored: StoredEntry) -> bool:
-    """Whether a record and a stored entry sharing a link read as one entry.
+    """Whether a record and a stored entry sharing a link read as one entry (an edit).
 
-    Same normalised title, same plain text or same content. When both carry GUIDs that
-    differ, the publisher says they are two entries unless it re-numbered its posts (a
-    CMS migration): then title and text must both agree.
+    The rule (DESIGN §5.1), by what each side carries:
+
+    - Both carry GUIDs, and they differ: the publisher says they are two entries
+      unless it re-numbered its posts (a CMS migration); then title and text must
+      both agree.
+    - Otherwise (one side or neither has a GUID): an edit keeps at least its title or
+      its date. Same normalised title: one entry (its text or date was edited). Same
+      feed date (known on both sides): one entry only if the text also agrees (the
+      title was edited). A different title *and* a different date is a second entry,
+      whatever the text: a podcast or comic feed whose one item links to the home page
+      and carries the same boilerplate body every day publishes a new entry each day.
+      (Without a GUID the entry key is the link with the title and date, so two such
+      items of one document are two entries too.)
     """
     same_title = bool(record.norm_title) and record.norm_title == stored.norm_title
     same_content = record.content_hash == stored.content_hash or (
@@ -299,7 +309,8 @@ def _agree(record: EntryRecord, stored: StoredEntry) -> bool:
     )
     if record.key.startswith("guid:") and stored.key.startswith("guid:"):
         return same_title and same_content
-    return same_title or same_content
+    same_date = not record.date_missing and record.published == _utc(stored.published)
+    return same_title or (same_date and same_content)
 
 
 def _counts(values: Iterable[str | None]) -> dict[str, int]:

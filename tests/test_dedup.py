@@ -582,6 +582,78 @@ def test_one_stored_entry_is_matched_at_most_once() -> None:
     assert [new.record.key for new in plan.inserts] == ["guid:new"]
 
 
+DAY_1 = datetime(2024, 3, 4, 10, tzinfo=UTC)
+DAY_2 = datetime(2024, 3, 5, 10, tzinfo=UTC)
+BOILERPLATE = "<p>A new episode of our podcast is out. Listen now!</p>"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "same_entry"),
+    [
+        # One side without GUID, sharing one link: an edit keeps its title or its date.
+        pytest.param(
+            {"title": "Episode 1: Cats", "published": DAY_1, "content": BOILERPLATE},
+            {"title": "Episode 2: Dogs", "published": DAY_2, "content": BOILERPLATE},
+            False,
+            id="new-title-new-date-same-boilerplate-is-a-new-entry",
+        ),
+        pytest.param(
+            {"title": "Cats", "published": DAY_1, "content": "<p>v1</p>"},
+            {"title": "Dogs", "published": DAY_2, "content": "<p>v2</p>"},
+            False,
+            id="everything-new-is-a-new-entry",
+        ),
+        pytest.param(
+            {"title": "Cats", "published": DAY_1, "content": "<p>v1</p>"},
+            {"title": "Cats", "published": DAY_1, "content": "<p>v2, typo fixed</p>"},
+            True,
+            id="text-edit",
+        ),
+        pytest.param(
+            {"title": "Cats", "published": DAY_1, "content": "<p>v1</p>"},
+            {"title": "Cats", "published": DAY_2, "content": "<p>v2</p>"},
+            True,
+            id="same-title-redated-and-edited",
+        ),
+        pytest.param(
+            {"title": "Cats", "published": DAY_1, "content": BOILERPLATE},
+            {"title": "Cats and a dog", "published": DAY_1, "content": BOILERPLATE},
+            True,
+            id="title-edit-same-date-same-text",
+        ),
+        pytest.param(
+            {"title": "Cats", "published": DAY_1, "content": "<p>v1</p>"},
+            {"title": "Dogs", "published": DAY_1, "content": "<p>v2</p>"},
+            False,
+            id="title-and-text-changed-same-date-is-a-new-entry",
+        ),
+        pytest.param(
+            {"title": "Cats", "published": DAY_1, "content": BOILERPLATE},
+            {"title": "Dogs", "published": None, "content": BOILERPLATE},
+            False,
+            id="new-title-and-no-date-is-a-new-entry",
+        ),
+        pytest.param(
+            {"guid": None, "title": "Hello", "published": DAY_1},
+            {"guid": "tag:blog.example,2025:hello", "title": "Hello", "published": DAY_1},
+            True,
+            id="link-gained-a-guid",
+        ),
+    ],
+)
+def test_link_step_rule_without_guid_on_one_side(
+    old: dict[str, object], new: dict[str, object], same_entry: bool
+) -> None:
+    link = "https://podcast.example/"
+    before = record(link=link, text=str(old.get("content", "")), **old)
+    after = record(link=link, text=str(new.get("content", "")), **new)
+    plan = plan_entries([after], existing=[stored_from(before, id=1)], candidates=[], now=NOW)
+    if same_entry:
+        assert plan.inserts == () and [u.entry_id for u in plan.updates] == [1]
+    else:
+        assert len(plan.inserts) == 1 and plan.updates == ()
+
+
 # --- cross-posts ---------------------------------------------------------------------
 
 

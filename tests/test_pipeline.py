@@ -742,3 +742,36 @@ def test_earlier_copy_arriving_in_a_later_poll_becomes_the_story_without_a_secon
 
     assert digest_for(watermark=late_entry) is None  # already had it through the late copy
     assert digest_for(watermark=0) == [early_entry]  # a fresh reader gets the story once
+
+
+def _episode(title: str, day: int) -> str:
+    return (
+        f"<item><title>{title}</title><link>https://podcast.example.org/</link>"
+        f"<pubDate>{day:02d} Mar 2024 10:00:00 +0000</pubDate>"
+        "<description>A new episode of our podcast is out. Listen now!</description></item>"
+    )
+
+
+def test_guidless_daily_item_on_the_home_link_is_a_new_entry_each_day(
+    setup, feed_server: FeedServer
+) -> None:
+    """A podcast feed whose one item links to the home page, with a new title and date
+    and the same body every day: each day's item is an entry of its own, while an edit
+    that keeps the title (here a corrected date) stays one entry."""
+    settings, store, clock = setup
+    url = feed_server.add_sequence(
+        "/podcast.xml",
+        [
+            Response(body=_rss_items([_episode("Episode 1: Cats", 4)])),
+            Response(body=_rss_items([_episode("Episode 2: Dogs", 5)])),
+            Response(body=_rss_items([_episode("Episode 2: Dogs", 6)])),
+        ],
+    )
+    feed_id = add(store, url)
+    summaries = []
+    for _ in range(3):
+        (summary,) = poll(settings, store, clock)
+        summaries.append((summary.new, summary.updated))
+        clock.now += timedelta(days=1)
+    assert summaries == [(1, 0), (1, 0), (0, 1)]
+    assert _stored_titles(store, feed_id) == ["Episode 1: Cats", "Episode 2: Dogs"]
