@@ -30,6 +30,16 @@ TABLE: list[tuple[str, datetime | None]] = [
     ("Fri, 21 Jul 2017 09:15:02 +0000 (UTC)", utc(2017, 7, 21, 9, 15, 2)),
     ("Fri, 21 Jul 2017 09:15:02 XYZ", utc(2017, 7, 21, 9, 15, 2)),  # unknown zone: UTC
     ("21 Jul 2017", utc(2017, 7, 21)),
+    # Localised day and month abbreviations; a zone name after the offset (the offset counts)
+    ("lun., 04 mars 2024 10:00:00 +0100", utc(2024, 3, 4, 9)),
+    ("mar., 05 mars 2024 10:00:00 +0100", utc(2024, 3, 5, 9)),  # "mar" the day, "mars" the month
+    ("Mo, 04 Mär 2024 10:00:00 +0100", utc(2024, 3, 4, 9)),
+    ("Do, 07 Mrz 2024 10:00:00 +0100", utc(2024, 3, 7, 9)),
+    ("mié, 06 mar 2024 10:00:00 +0100", utc(2024, 3, 6, 9)),
+    ("gio, 07 mag 2024 10:00:00 +0200", utc(2024, 5, 7, 8)),
+    ("04 Mar 2024 10:00:00 +0100 CET", utc(2024, 3, 4, 9)),
+    ("Tue, 05 Mar 2024 10:00:00 -0500 EST", utc(2024, 3, 5, 15)),
+    ("Di, 05 Mär 2024 10:00:00 +0100 MEZ", utc(2024, 3, 5, 9)),  # unknown name, known offset
     ("21-Jul-2017", utc(2017, 7, 21)),
     # RFC 3339 / ISO 8601 (Atom, JSON Feed)
     ("2017-07-21T09:15:02Z", utc(2017, 7, 21, 9, 15, 2)),
