@@ -50,7 +50,7 @@ _FEEDPARSER_CP1252 = dict(feedparser.mixin._cp1252)
 CP1252_TABLE = "".join(_FEEDPARSER_CP1252.get(code, chr(code)) for code in range(256))
 feedparser.mixin._cp1252 = CP1252_TABLE
 
-__all__ = ["ParseLimits", "parse_feed"]
+__all__ = ["ParseLimits", "parse_feed", "repair_markup"]
 
 # GUIDs are stored and indexed: a longer one is stored as a digest of the whole.
 MAX_GUID_CHARS = 2048
@@ -636,6 +636,13 @@ def _repair_markup(data: bytes) -> bytes:
     if _NEEDS_REPAIR.search(data) is None:
         return data  # only the five XML entities: the common case, no callback per "&"
     return _AMPERSAND.sub(_repair_reference, data)
+
+
+def repair_markup(content: bytes) -> bytes:
+    """UTF-8 (or ASCII-compatible) XML bytes with the usual slips repaired: control
+    characters XML forbids dropped, then ``_repair_markup`` (bare ``&``, HTML entities,
+    references to forbidden characters). Used for OPML files as for feeds."""
+    return _repair_markup(content.translate(None, _XML_FORBIDDEN_BYTES))
 
 
 # --- too many items (F3) ----------------------------------------------------------------------
