@@ -29,7 +29,7 @@ from itertools import permutations
 
 from dateutil import parser as dateutil_parser
 
-__all__ = ["date_agrees_with_text", "parse_date"]
+__all__ = ["date_agrees_with_text", "has_time_of_day", "parse_date"]
 
 _MAX_CHARS = 120
 
@@ -354,6 +354,17 @@ def _swappable(tokens: list[tuple[str, int | None]], y: int, m: int, d: int) -> 
         return False  # a month name, or year first (Y-M-D is the only year-first order)
     month, day = tokens[m][1], tokens[d][1]
     return month is not None and day is not None and month <= 12 and day <= 12 and month != day
+
+
+_TIME_OF_DAY = re.compile(r"\d:\d\d|\d[Tt]\d\d|\d\s*[AaPp]\.?[Mm]\b")
+
+
+def has_time_of_day(raw: str | None) -> bool:
+    """Whether a date string writes a time of day. ``2024-03-04`` and ``Mon, 04 Mar 2024``
+    name a calendar day, not a moment: ``parse_date`` reads them as midnight UTC of that
+    day, which is the day as written only when shown without a time and without moving
+    it to another zone (midnight UTC is 19:00 the day before in New York)."""
+    return bool(raw) and _TIME_OF_DAY.search(raw[:_MAX_CHARS] if raw else "") is not None
 
 
 def best_date(readings: Iterable[datetime | None]) -> datetime | None:

@@ -36,7 +36,7 @@ import feedparser.mixin
 from feedparser.api import LooseFeedParser, StrictFeedParser
 from feedparser.encodings import convert_to_utf8
 
-from .dates import best_date, parse_date
+from .dates import best_date, has_time_of_day, parse_date
 from .errors import NotAFeed, ParseError
 from .models import ParsedEntry, ParsedFeed
 from .urls import absolute_http_url, clean_link, is_http_url
@@ -233,6 +233,14 @@ def _json_item_date(item: object) -> float | None:
     return moment.timestamp() if moment is not None else None
 
 
+def _json_date_only(item: Mapping[str, Any]) -> bool:
+    for key in ("date_published", "date_modified"):
+        raw = _string(item.get(key))
+        if parse_date(raw) is not None:
+            return not has_time_of_day(raw)
+    return False
+
+
 def _parse_json_feed(content: bytes, *, url: str, base: str, limits: ParseLimits) -> ParsedFeed:
     try:
         document = json.loads(content)
@@ -281,6 +289,9 @@ def _parse_json_feed(content: bytes, *, url: str, base: str, limits: ParseLimits
                 ),
                 updated=parse_date(_string(item.get("date_modified"))),
                 base_url=link or site_url or feed_base or None,
+                date_only=_json_date_only(item),
+                date_is_edit_time=parse_date(_string(item.get("date_published"))) is None
+                and parse_date(_string(item.get("date_modified"))) is not None,
             )
         )
     return ParsedFeed(
@@ -1017,6 +1028,7 @@ def _entry(
     author = (author_detail.get("name") if isinstance(author_detail, Mapping) else None) or raw.get(
         "author"
     )
+    dated_by = next((key for key in _DATE_KEYS if _date(raw, key) is not None), None)
     return ParsedEntry(
         guid=_guid(raw.get("id")),
         link=link,
@@ -1030,4 +1042,8 @@ def _entry(
         updated=_date(raw, "updated"),
         base_url=content_base or None,
         summary_base_url=summary_base or None,
+        date_only=dated_by is not None and not has_time_of_day(_str_or_none(raw.get(dated_by))),
+        # RFC 4287 §4.2.15: <updated> is when the entry was last modified; feedparser
+        # also files RSS dc:date there, which is a publication date.
+        date_is_edit_time=atom and dated_by == "updated",
     )

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from aggregator.dates import date_agrees_with_text, parse_date
+from aggregator.dates import date_agrees_with_text, has_time_of_day, parse_date
 
 
 def utc(*parts: int) -> datetime:
@@ -126,3 +126,23 @@ def test_fallback_reading_must_agree_with_the_text(
 )
 def test_agreement_with_the_digits(moment: datetime, text: str, agrees: bool) -> None:
     assert date_agrees_with_text(moment, text) is agrees
+
+
+@pytest.mark.parametrize(
+    ("raw", "timed"),
+    [
+        ("2024-03-04", False),
+        ("Mon, 04 Mar 2024", False),
+        ("4 March 2024", False),
+        ("2017/7/21", False),
+        ("2024-03-04T10:00:00Z", True),
+        ("20240304T100000Z", True),
+        ("Mon, 04 Mar 2024 00:00:00 GMT", True),  # midnight written out is a time
+        ("July 21, 2017 9 pm", True),
+        ("July 21, 2017 9:15 pm", True),
+        (None, False),
+        ("", False),
+    ],
+)
+def test_has_time_of_day(raw: str | None, timed: bool) -> None:
+    assert has_time_of_day(raw) is timed

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -652,6 +653,51 @@ def test_link_step_rule_without_guid_on_one_side(
         assert plan.inserts == () and [u.entry_id for u in plan.updates] == [1]
     else:
         assert len(plan.inserts) == 1 and plan.updates == ()
+
+
+def test_entry_dated_only_by_its_edit_time_keeps_its_first_date() -> None:
+    """Atom <updated> (RFC 4287 §4.2.15) is the last edit: an edit moves it, but the
+    entry keeps the date it was first stored with. A real publication date follows
+    the feed's correction (test_dated_update_takes_the_feeds_corrected_date)."""
+    first = datetime(2024, 2, 1, tzinfo=UTC)
+    old = make_record(
+        replace(
+            parsed(guid="v1.0", published=first, content="<p>notes</p>"), date_is_edit_time=True
+        ),
+        feed_url=FEED,
+        text="notes",
+        now=NOW,
+    )
+    edited = make_record(
+        replace(
+            parsed(
+                guid="v1.0", published=datetime(2024, 11, 20, tzinfo=UTC), content="<p>fixed</p>"
+            ),
+            date_is_edit_time=True,
+        ),
+        feed_url=FEED,
+        text="fixed",
+        now=NOW,
+    )
+    plan = plan_entries([edited], existing=[stored_from(old, id=4)], candidates=[], now=NOW)
+    assert [u.entry_id for u in plan.updates] == [4]
+    assert plan.updates[0].record.published == first
+
+
+def test_date_only_entry_is_filed_at_noon_of_its_day_with_identity_unchanged() -> None:
+    day = datetime(2024, 3, 4, tzinfo=UTC)
+    dated = make_record(
+        replace(parsed(link="https://blog.example/p", published=day), date_only=True),
+        feed_url=FEED,
+        text="",
+        now=NOW,
+    )
+    timed = make_record(
+        parsed(link="https://blog.example/p", published=day), feed_url=FEED, text="", now=NOW
+    )
+    assert dated.date_only and not timed.date_only
+    assert dated.published == day + timedelta(hours=12) and timed.published == day
+    assert dated.key == timed.key and dated.alias == timed.alias
 
 
 # --- cross-posts ---------------------------------------------------------------------

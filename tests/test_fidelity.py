@@ -59,7 +59,11 @@ def actual(path: Path) -> dict[str, Any]:
                 "identity": r.key,
                 "title": r.title,
                 "link": r.link,
-                "date": "unknown" if r.date_missing else r.published.isoformat(),
+                "date": "unknown"
+                if r.date_missing
+                else r.published.date().isoformat() + " (day only)"
+                if r.date_only
+                else r.published.isoformat(),
                 "content_urls": _urls(r.content_html),
                 "summary_urls": _urls(r.summary_html),
                 "text": r.text,

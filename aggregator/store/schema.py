@@ -224,3 +224,12 @@ def m006_heartbeat(db: Database) -> None:
     """One row that write probes (``status``, ``/healthz``) rewrite: a write that commits
     proves the database takes writes now (a lock, a full disk, a read-only file fail it)."""
     db.execute("CREATE TABLE heartbeat (id INTEGER PRIMARY KEY CHECK (id = 1), at TEXT NOT NULL)")
+
+
+@migrations()
+def m010_date_precision(db: Database) -> None:
+    """``entries.date_only``: the feed wrote a calendar day without a time of day
+    (``<dc:date>2024-03-04</dc:date>``). ``published`` is then noon UTC of that day
+    (``dedup.make_record``); pages show that day in every zone and no time (never 19:00
+    the day before). Entries stored before this migration keep date_only = 0."""
+    db.execute("ALTER TABLE entries ADD COLUMN date_only INTEGER NOT NULL DEFAULT 0")

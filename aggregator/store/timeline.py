@@ -13,7 +13,7 @@ import re
 import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from sqlite_utils import Database
@@ -90,6 +90,12 @@ class TimelineEntry:
     last_changed: datetime
     duplicate_of: int | None
     also_on: tuple[AlsoOn, ...] = ()
+    date_only: bool = False  # published is a calendar day (noon UTC): show no time
+
+    @property
+    def day(self) -> date | None:
+        """The calendar day as the feed wrote it, for a date-only entry; else None."""
+        return self.published.date() if self.date_only else None
 
     @property
     def cursor(self) -> Cursor:
@@ -127,7 +133,7 @@ class FeedHealth:
 _ENTRY_COLUMNS = (
     "e.id, e.feed_id, coalesce(nullif(f.title, ''), f.url), e.title, e.link, e.author, "
     "e.summary_html, e.content_html, e.text, e.published, e.updated, e.last_changed, "
-    "e.duplicate_of"
+    "e.duplicate_of, e.date_only"
 )
 
 
@@ -152,6 +158,7 @@ def _entry(row: Sequence[Any]) -> TimelineEntry:
         updated=from_db(row[10]),
         last_changed=from_db_required(row[11]),
         duplicate_of=row[12],
+        date_only=bool(row[13]),
     )
 
 
