@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from html.parser import HTMLParser
 from typing import Any
+from urllib.parse import urljoin
 
 import feedparser.mixin
 from feedparser.api import LooseFeedParser, StrictFeedParser
@@ -772,6 +773,10 @@ def _cut_items(data: bytes, root: str | None, keep: int) -> tuple[bytes, int] | 
 _AUTHOR_SCAN_CHARS = 1024
 
 
+# HTML attributes holding a URL, as the sanitiser resolves them.
+_URL_ATTRIBUTES = frozenset({"href", "src", "cite", "poster", "longdesc", "background", "action"})
+
+
 class _Fixes:
     # An id is an identifier, not a reference (RSS 2.0 <guid>, RFC 4287 §4.2.6): it is
     # never resolved against xml:base; only an absolute http(s) permalink GUID may
@@ -794,10 +799,36 @@ class _Fixes:
             context[key] = value[:_AUTHOR_SCAN_CHARS]
         super()._sync_author_detail(key)  # type: ignore[misc]
 
+    def unknown_starttag(self, tag: str, attrs: list[tuple[str, str]]) -> None:
+        """Inside XHTML content (RFC 4287 §3.1.1.3), an ``xml:base`` on the wrapping
+        ``<div>`` or on any element within applies to the URLs of that element and its
+        descendants (XML Base §4.2). feedparser drops the wrapper with its xml:base and
+        leaves the others as attributes nobody reads, so the URL attributes under one
+        are resolved here against it (itself resolved against any xml:base around it;
+        what stays relative resolves later against the content's base)."""
+        bases: list[str | None] = self.__dict__.setdefault("_xhtml_bases", [])
+        outer = next((b for b in reversed(bases) if b is not None), None)
+        if self.incontent and self.contentparams.get("type") == "application/xhtml+xml":  # type: ignore[attr-defined]
+            declared = next((v for k, v in attrs if k == "xml:base"), None)
+            current = urljoin(outer or "", declared) if declared is not None else outer
+            if current:
+                attrs = [
+                    (k, urljoin(current, v.strip()) if k in _URL_ATTRIBUTES else v)
+                    for k, v in attrs
+                    if k != "xml:base"
+                ]
+            bases.append(current)
+        else:
+            bases.append(None)
+        super().unknown_starttag(tag, attrs)  # type: ignore[misc]
+
     def unknown_endtag(self, tag: str) -> None:
         """Leaving an element leaves its xml:base (XML Base §4.2) even when no xml:base
         is in scope outside it: feedparser only restores a non-empty outer base, so one
         entry's xml:base leaked into the entries after it."""
+        bases = self.__dict__.get("_xhtml_bases")
+        if bases:
+            bases.pop()
         super().unknown_endtag(tag)  # type: ignore[misc]
         stack = self.basestack  # type: ignore[attr-defined]
         if stack and not stack[-1]:
