@@ -25,6 +25,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta, timezone
+from functools import lru_cache
 from itertools import permutations
 
 from dateutil import parser as dateutil_parser
@@ -141,10 +142,15 @@ def parse_date(raw: str | None, *, fallback: datetime | None = None) -> datetime
     """
     if not raw:
         return None
-    text = " ".join(_COMMENT.sub(" ", raw[:_MAX_CHARS]).split())
+    text = raw[:_MAX_CHARS]
+    if "(" in text:
+        text = _COMMENT.sub(" ", text)
+    text = " ".join(text.split())
     # "GMT+0200" (as JavaScript writes dates) means +02:00, not POSIX's inverted sign.
-    text = _NAMED_OFFSET.sub(r"\1", text)
-    text = _OFFSET_THEN_NAME.sub(r"\1", text)
+    if "GMT" in text or "UTC" in text:
+        text = _NAMED_OFFSET.sub(r"\1", text)
+    if text[-1:].isalpha():
+        text = _OFFSET_THEN_NAME.sub(r"\1", text)
     if not text:
         return None
     for reader in (_read_iso, _read_rfc822):
@@ -166,6 +172,7 @@ def _utc(moment: datetime) -> datetime | None:
         return None
 
 
+@lru_cache(maxsize=512)
 def _zone(value: str | None) -> timezone | None:
     """A numeric offset or a known zone name; None for "not given" or unknown."""
     if not value:

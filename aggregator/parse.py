@@ -807,7 +807,7 @@ class _Fixes:
         are resolved here against it (itself resolved against any xml:base around it;
         what stays relative resolves later against the content's base)."""
         bases: list[str | None] = self.__dict__.setdefault("_xhtml_bases", [])
-        outer = next((b for b in reversed(bases) if b is not None), None)
+        outer = bases[-1] if bases else None  # the base in scope inside content, if any
         if self.incontent and self.contentparams.get("type") == "application/xhtml+xml":  # type: ignore[attr-defined]
             declared = next((v for k, v in attrs if k == "xml:base"), None)
             current = urljoin(outer or "", declared) if declared is not None else outer
