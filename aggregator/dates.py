@@ -6,7 +6,9 @@ A translator (python-dateutil does the general case); no IO. The rule it impleme
   RFC 822 as updated by RFC 2822 §3.3 (RSS ``pubDate``) are read by exact patterns,
   including their common slips: no seconds, two-digit years (RFC 2822 §4.3: 00-49 are
   20xx, 50-99 are 19xx), obsolete and common zone names (EST, PDT, CEST …), an ISO
-  8601 date-time without an offset (read as UTC), a missing or wrong day name.
+  8601 date-time without an offset (read as UTC), a missing or wrong day name, a
+  localised day or month abbreviation (``lun., 04 mars 2024``, ``Mo, 04 Mär 2024``) and
+  a zone name after the numeric offset (``+0100 CET``: the offset counts).
 * Anything else goes to dateutil, with localised month and day names put into English
   first, and its answer is kept only if it **agrees with the digits of the raw string**:
   the year, the month (as a number or a name) and the day must all be written there,
@@ -23,11 +25,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta, timezone
+from functools import lru_cache
 from itertools import permutations
 
 from dateutil import parser as dateutil_parser
 
-__all__ = ["date_agrees_with_text", "parse_date"]
+__all__ = ["date_agrees_with_text", "has_time_of_day", "parse_date"]
 
 _MAX_CHARS = 120
 
@@ -72,16 +75,16 @@ _MONTHS = {
 _LOCAL_MONTHS: dict[str, int] = {}
 for _number, _names in enumerate(
     [
-        "janvier janv januar jänner jan enero ene gennaio genn janeiro januari",
+        "janvier janv januar jänner jän jan enero ene gennaio genn gen janeiro januari",
         "février fevrier févr fevr februar feb febrero febbraio fevereiro fev februari",
-        "mars märz maerz marzo mar março marco maart mrt",
+        "mars märz mär maerz mrz marzo mar março marco maart mrt",
         "avril avr april abril aprile abr",
         "mai mayo maggio mag maio mei",
         "juin juni junio giugno giu junho jun",
         "juillet juil juli julio luglio lug julho jul",
         "août aout august agosto ago augustus",
         "septembre sept september septiembre setiembre settembre set setembro",
-        "octobre oct oktober octubre ottobre ott outubro out",
+        "octobre oct oktober okt octubre ottobre ott outubro out",
         "novembre nov november noviembre novembro",
         "décembre decembre déc dezember dez diciembre dic dicembre dezembro december",
     ],
@@ -98,6 +101,14 @@ _DAY_NAME_TEXT = (
     "vrijdag zaterdag zondag segunda terça terca quarta quinta sexta"
 )
 _DAY_NAMES = frozenset(_DAY_NAME_TEXT.split())
+# Abbreviated day names (French, German, Spanish, Italian, Portuguese, Dutch). Some are
+# also month abbreviations ("mar") or words, so they are only dropped where RFC 822
+# puts a day name: first, before a comma ("lun., 04 mars 2024", "Mo, 04 Mär 2024").
+_DAY_ABBREVIATION_TEXT = (
+    "lun mar mer jeu ven sam dim mo di mi do fr sa so mié mie jue vie sáb sab dom "
+    "gio seg ter qua qui sex ma wo vr za zo"
+)
+_DAY_ABBREVIATIONS = frozenset(_DAY_ABBREVIATION_TEXT.split())
 _FILLER = frozenset({"de", "del", "der", "den", "le", "am", "at", "à", "a", "um", "om", "h"})
 
 _WORD = re.compile(r"[^\W\d_]+\.?", re.UNICODE)
@@ -112,10 +123,12 @@ _ISO = re.compile(
 )
 # RFC 822 §5 / RFC 2822 §3.3 date-time, day name already removed.
 _RFC822 = re.compile(
-    r"(?P<day>\d{1,2})[ -]+(?P<month>[A-Za-z]{3,9})\.?,?[ -]+(?P<year>\d{2,4})"
+    r"(?P<day>\d{1,2})[ -]+(?P<month>[^\W\d_]{3,9})\.?,?[ -]+(?P<year>\d{2,4})"
     r"(?:[ ,T]+(?P<hour>\d{1,2}):(?P<minute>\d{2})(?::(?P<second>\d{2})(?:[.,]\d+)?)?)?"
     r"\s*(?P<zone>[+-]\d{2}:?\d{2}|[A-Za-z]{1,5})?"
 )
+# "+0100 CET": a zone name written after a numeric offset repeats it; the offset is exact.
+_OFFSET_THEN_NAME = re.compile(r"([+-]\d{2}:?\d{2})\s+(?![AaPp][Mm]\b)[A-Za-z]{1,5}$")
 _NAMED_OFFSET = re.compile(r"\b(?:GMT|UTC)\s*([+-]\d{1,2}(?::?\d{2})?)\b")
 _OFFSET = re.compile(r"([+-])(\d{2}):?(\d{2})?")
 
@@ -129,9 +142,15 @@ def parse_date(raw: str | None, *, fallback: datetime | None = None) -> datetime
     """
     if not raw:
         return None
-    text = " ".join(_COMMENT.sub(" ", raw[:_MAX_CHARS]).split())
+    text = raw[:_MAX_CHARS]
+    if "(" in text:
+        text = _COMMENT.sub(" ", text)
+    text = " ".join(text.split())
     # "GMT+0200" (as JavaScript writes dates) means +02:00, not POSIX's inverted sign.
-    text = _NAMED_OFFSET.sub(r"\1", text)
+    if "GMT" in text or "UTC" in text:
+        text = _NAMED_OFFSET.sub(r"\1", text)
+    if text[-1:].isalpha():
+        text = _OFFSET_THEN_NAME.sub(r"\1", text)
     if not text:
         return None
     for reader in (_read_iso, _read_rfc822):
@@ -153,6 +172,7 @@ def _utc(moment: datetime) -> datetime | None:
         return None
 
 
+@lru_cache(maxsize=512)
 def _zone(value: str | None) -> timezone | None:
     """A numeric offset or a known zone name; None for "not given" or unknown."""
     if not value:
@@ -205,7 +225,8 @@ def _two_digit_year(year: str) -> int:
 
 def _without_day_name(text: str) -> str:
     head, _, rest = text.partition(",")
-    if rest and head.strip().lower().rstrip(".") in _DAY_NAMES:
+    day = head.strip().lower().rstrip(".")
+    if rest and (day in _DAY_NAMES or day in _DAY_ABBREVIATIONS):
         return rest.strip()
     first, _, rest = text.partition(" ")
     if rest and first.lower().rstrip(".,") in _DAY_NAMES:
@@ -340,6 +361,17 @@ def _swappable(tokens: list[tuple[str, int | None]], y: int, m: int, d: int) -> 
         return False  # a month name, or year first (Y-M-D is the only year-first order)
     month, day = tokens[m][1], tokens[d][1]
     return month is not None and day is not None and month <= 12 and day <= 12 and month != day
+
+
+_TIME_OF_DAY = re.compile(r"\d:\d\d|\d[Tt]\d\d|\d\s*[AaPp]\.?[Mm]\b")
+
+
+def has_time_of_day(raw: str | None) -> bool:
+    """Whether a date string writes a time of day. ``2024-03-04`` and ``Mon, 04 Mar 2024``
+    name a calendar day, not a moment: ``parse_date`` reads them as midnight UTC of that
+    day, which is the day as written only when shown without a time and without moving
+    it to another zone (midnight UTC is 19:00 the day before in New York)."""
+    return bool(raw) and _TIME_OF_DAY.search(raw[:_MAX_CHARS] if raw else "") is not None
 
 
 def best_date(readings: Iterable[datetime | None]) -> datetime | None:

@@ -31,6 +31,8 @@ from .urls import canonical_url
 # real posts on the timeline.
 EARLIEST_PLAUSIBLE = datetime(1995, 1, 1, tzinfo=UTC)
 FUTURE_TOLERANCE = timedelta(days=1)
+# Where a date-only entry sits in time order (see ``make_record``).
+DATE_ONLY_HOUR = timedelta(hours=12)
 
 # Identity strings are stored and indexed; longer ones are replaced by their digest.
 MAX_IDENTITY_CHARS = 2048
@@ -289,6 +291,13 @@ def make_record(entry: ParsedEntry, *, feed_url: str, text: str, now: datetime) 
     then keeps the first-seen date the entry got once; see ``plan_entries``).
     """
     published = plausible_date(entry.published, now=now)
+    date_only = published is not None and entry.date_only
+    if published is not None and date_only:
+        # A day without a time of day ("2024-03-04") is filed at noon UTC of that day:
+        # the same calendar day from UTC-12 to UTC+11, so the timeline's order agrees
+        # with the day it is shown under (``date_only``: shown without a time, under
+        # the day written) nearly everywhere. Identity keeps the feed's reading.
+        published += DATE_ONLY_HOUR
     canonical = canonical_url(entry.link, base=feed_url)
     identity = (entry.guid, entry.link, entry.title, entry.published)
     return EntryRecord(
@@ -316,6 +325,8 @@ def make_record(entry: ParsedEntry, *, feed_url: str, text: str, now: datetime) 
         updated=plausible_date(entry.updated, now=now),
         date_missing=published is None,
         media=entry.media,
+        date_only=date_only,
+        date_is_edit_time=published is not None and entry.date_is_edit_time,
     )
 
 
@@ -323,11 +334,21 @@ def make_record(entry: ParsedEntry, *, feed_url: str, text: str, now: datetime) 
 
 
 def _agree(record: EntryRecord, stored: StoredEntry) -> bool:
-    """Whether a record and a stored entry sharing a link read as one entry.
+    """Whether a record and a stored entry sharing a link read as one entry (an edit).
 
-    Same normalised title, same plain text or same content. When both carry GUIDs that
-    differ, the publisher says they are two entries unless it re-numbered its posts (a
-    CMS migration): then title and text must both agree.
+    The rule (DESIGN §5.1), by what each side carries:
+
+    - Both carry GUIDs, and they differ: the publisher says they are two entries
+      unless it re-numbered its posts (a CMS migration); then title and text must
+      both agree.
+    - Otherwise (one side or neither has a GUID): an edit keeps at least its title or
+      its date. Same normalised title: one entry (its text or date was edited). Same
+      feed date (known on both sides): one entry only if the text also agrees (the
+      title was edited). A different title *and* a different date is a second entry,
+      whatever the text: a podcast or comic feed whose one item links to the home page
+      and carries the same boilerplate body every day publishes a new entry each day.
+      (Without a GUID the entry key is the link with the title and date, so two such
+      items of one document are two entries too.)
     """
     same_title = bool(record.norm_title) and record.norm_title == stored.norm_title
     same_content = record.content_hash == stored.content_hash or (
@@ -335,7 +356,8 @@ def _agree(record: EntryRecord, stored: StoredEntry) -> bool:
     )
     if record.key.startswith("guid:") and stored.key.startswith("guid:"):
         return same_title and same_content
-    return same_title or same_content
+    same_date = not record.date_missing and record.published == _utc(stored.published)
+    return same_title or (same_date and same_content)
 
 
 def _counts(values: Iterable[str | None]) -> dict[str, int]:
@@ -469,7 +491,9 @@ def plan_entries(
       different keys are different entries, however alike their aliases or links.
     - A record matching a stored entry (see ``_match_existing``) is an update when its
       content, key, alias or link key changed (it keeps its id, first-seen time and ingest
-      order; a record without a believable date keeps the stored date), else unchanged.
+      order; a record without a believable date keeps the stored date, and so does one
+      dated only by its edit time, Atom ``<updated>``: an edit moves that date, but the
+      entry was published when it was first stored), else unchanged.
       Refreshing a drifted key makes the next poll match it directly.
     - Any other record is new. It is a cross-post of the earliest candidate with the
       same canonical URL, or with the same normalised title, a date within ``window``
@@ -509,7 +533,9 @@ def plan_entries(
             or stored.link_key != record.link_key
         ):
             kept = (
-                replace(record, published=_utc(stored.published)) if record.date_missing else record
+                replace(record, published=_utc(stored.published))
+                if record.date_missing or record.date_is_edit_time
+                else record
             )
             updates.append(EntryUpdate(entry_id=stored.id, record=kept))
         else:

@@ -131,6 +131,12 @@ class ParsedEntry:
     # when it is base_url.
     summary_base_url: str | None = None
     media: tuple[MediaItem, ...] = ()  # each URL once, at most media.MAX_MEDIA_PER_ENTRY
+    # ``published`` names a calendar day, written without a time of day ("2024-03-04",
+    # read as midnight UTC of that day); shown as that day, without a time.
+    date_only: bool = False
+    # ``published`` is an edit time: an Atom entry dated only by <updated> (RFC 4287
+    # §4.2.15: "the most recent instant in time when the entry was modified").
+    date_is_edit_time: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +190,10 @@ class EntryRecord:
     updated: datetime | None
     date_missing: bool
     media: tuple[MediaItem, ...] = ()
+    date_only: bool = False  # published is a calendar day (filed at noon UTC), no time written
+    # published is the entry's last edit time (Atom <updated> only): an update keeps the
+    # date the entry was first stored with (see dedup.plan_entries). Not stored.
+    date_is_edit_time: bool = False
 
 
 @dataclass(frozen=True, slots=True)

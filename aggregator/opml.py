@@ -12,6 +12,7 @@ from defusedxml import DefusedXmlException
 
 from .errors import SourceError
 from .models import FeedSource
+from .parse import repair_markup
 from .sanitize import clean_text, xml_chars
 from .urls import is_placeholder_title
 
@@ -24,15 +25,27 @@ def read_opml(data: bytes, *, name: str = "OPML file") -> list[FeedSource]:
     A source's title is the outline's ``title``, else its ``text`` (OPML 2.0: text is
     what is shown); one that is empty or a URL (many exporters write the feed URL
     there) is no title (None): the feed's own title is used once it is polled.
+
+    A document that is not well-formed only because of the slips feeds make too (a
+    bare ``&`` in a URL, an HTML entity such as ``&eacute;`` that no DTD declares,
+    control characters) is repaired as a feed is (``parse.repair_markup``) and read
+    again; defusedxml still refuses any DTD or entity declaration.
     """
     if len(data) > MAX_OPML_BYTES:
         raise SourceError(f"{name}: larger than {MAX_OPML_BYTES // (1024 * 1024)} MB")
     try:
-        root = safe_xml.fromstring(data, forbid_dtd=True)
+        try:
+            root = safe_xml.fromstring(data, forbid_dtd=True)
+        except safe_xml.ParseError as error:
+            repaired = repair_markup(data)
+            if repaired == data:
+                raise SourceError(f"{name}: not well-formed XML ({error})") from None
+            try:
+                root = safe_xml.fromstring(repaired, forbid_dtd=True)
+            except safe_xml.ParseError:
+                raise SourceError(f"{name}: not well-formed XML ({error})") from None
     except DefusedXmlException as error:
         raise SourceError(f"{name}: refused ({type(error).__name__}: entities or DTDs)") from None
-    except safe_xml.ParseError as error:
-        raise SourceError(f"{name}: not well-formed XML ({error})") from None
     if root.tag != "opml":
         raise SourceError(f"{name}: not an OPML document (root element <{root.tag}>)")
     sources: list[FeedSource] = []

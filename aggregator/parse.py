@@ -16,8 +16,8 @@ HTML stays raw here: summary_html and content_html are cut to size, not sanitise
 
 from __future__ import annotations
 
-import calendar
 import codecs
+import hashlib
 import html
 import html.entities
 import io
@@ -26,17 +26,18 @@ import re
 import xml.sax
 import xml.sax.handler
 import xml.sax.xmlreader
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from html.parser import HTMLParser
 from typing import Any
+from urllib.parse import urljoin
 
 import feedparser.mixin
 from feedparser.api import LooseFeedParser, StrictFeedParser
-from feedparser.datetimes import _parse_date
 from feedparser.encodings import convert_to_utf8
 
-from .dates import best_date, parse_date
+from .dates import best_date, has_time_of_day, parse_date
 from .errors import NotAFeed, ParseError
 from .media import MAX_MEDIA_PER_ENTRY, MAX_URL_CHARS, make_item, merge_media, parse_episode
 from .models import MediaItem, ParsedEntry, ParsedFeed
@@ -51,7 +52,10 @@ _FEEDPARSER_CP1252 = dict(feedparser.mixin._cp1252)
 CP1252_TABLE = "".join(_FEEDPARSER_CP1252.get(code, chr(code)) for code in range(256))
 feedparser.mixin._cp1252 = CP1252_TABLE
 
-__all__ = ["ParseLimits", "parse_feed"]
+__all__ = ["ParseLimits", "parse_feed", "repair_markup"]
+
+# GUIDs are stored and indexed: a longer one is stored as a digest of the whole.
+MAX_GUID_CHARS = 2048
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,8 +112,7 @@ _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
 _BIDI = re.compile("[\u202a-\u202e\u2066-\u2069]")
 _LINE_BREAKS = re.compile("[\r\n\u2028\u2029\x0b\x0c\x85]")
 _ENTITY = re.compile(r"&(?:#[0-9]+|#[xX][0-9a-fA-F]+|[A-Za-z][A-Za-z0-9]*);")
-_SCRIPT_OR_STYLE = re.compile(r"<(script|style)\b[^>]*>.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
-_TAG = re.compile(r"<[^<>]*>")
+_NAMED_REFERENCE = re.compile(r"&([A-Za-z][A-Za-z0-9]*);")
 _HTML_TYPES = frozenset({"text/html", "application/xhtml+xml", "html", "xhtml"})
 
 
@@ -118,15 +121,69 @@ def _clean_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def _plain(value: object, content_type: str | None, limit: int) -> str:
-    """A plain-text field: markup (when the feed says it is HTML) and entities decoded."""
+def _known_entities_only(text: str) -> str:
+    """``text`` with every ``&name;`` that is not a whole HTML entity name escaped, so
+    that ``html.unescape`` leaves it as written: unescape would read ``&notanentity;``
+    as the legacy ``&not`` followed by "anentity;"."""
+    if "&" not in text:
+        return text
+    return _NAMED_REFERENCE.sub(_escape_unknown_entity, text)
+
+
+def _escape_unknown_entity(match: re.Match[str]) -> str:
+    if match.group(1) + ";" in html.entities.html5:
+        return match.group(0)
+    return "&amp;" + match.group(1) + ";"
+
+
+class _TextOfHtml(HTMLParser):
+    """The text of an HTML fragment: real tags dropped (``x < y and y > z`` has none),
+    script and style contents dropped, character references decoded."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.pieces: list[str] = []
+        self._skipping: str | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in ("script", "style"):
+            self._skipping = tag
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == self._skipping:
+            self._skipping = None
+
+    def handle_data(self, data: str) -> None:
+        if self._skipping is None:
+            self.pieces.append(data)
+
+
+def _html_text(markup: str) -> str:
+    parser = _TextOfHtml()
+    parser.feed(_known_entities_only(markup))
+    parser.close()
+    return "".join(parser.pieces)
+
+
+def _plain(value: object, content_type: str | None, limit: int, *, atom: bool = False) -> str:
+    """A plain-text field: markup (when the feed says it is HTML) and entities decoded.
+
+    * HTML (Atom ``type="html"``/``"xhtml"``, RSS fields that feedparser sees as HTML):
+      the text an HTML parser finds, so only real tags go (``x &lt; y and y &gt; z``
+      keeps its words).
+    * Atom text (RFC 4287 §3.1.1.1, ``type="text"`` or no type): the XML parser has
+      already decoded it, it is the text: ``&amp;lt;div&amp;gt;`` reads ``&lt;div&gt;``.
+    * Other plain text (RSS titles, often escaped twice by their publishers): entity
+      references left in it are decoded once.
+    In every case an ``&name;`` that is not a known entity stays as written.
+    """
     if not isinstance(value, str) or not value:
         return ""
     raw = value[: limit * 4]  # headroom for markup and entities, and no more work than that
     if content_type in _HTML_TYPES:
-        raw = html.unescape(_TAG.sub("", _SCRIPT_OR_STYLE.sub("", raw)))
-    elif "&" in raw and _ENTITY.search(raw):
-        raw = html.unescape(raw)
+        raw = _html_text(raw)
+    elif not atom and "&" in raw and _ENTITY.search(raw):
+        raw = html.unescape(_known_entities_only(raw))
     return _clean_line(raw)[:limit].rstrip()
 
 
@@ -181,6 +238,14 @@ def _json_item_date(item: object) -> float | None:
     return moment.timestamp() if moment is not None else None
 
 
+def _json_date_only(item: Mapping[str, Any]) -> bool:
+    for key in ("date_published", "date_modified"):
+        raw = _string(item.get(key))
+        if parse_date(raw) is not None:
+            return not has_time_of_day(raw)
+    return False
+
+
 def _parse_json_feed(content: bytes, *, url: str, base: str, limits: ParseLimits) -> ParsedFeed:
     try:
         document = json.loads(content)
@@ -205,7 +270,7 @@ def _parse_json_feed(content: bytes, *, url: str, base: str, limits: ParseLimits
     for item in items:
         if not isinstance(item, dict):
             continue
-        guid = _clean_line(_string(item.get("id")) or "")[:2048] or None
+        guid = _guid(_string(item.get("id")))
         content_html = _string(item.get("content_html"))
         if content_html is None:
             text = _string(item.get("content_text")) or ""
@@ -232,6 +297,9 @@ def _parse_json_feed(content: bytes, *, url: str, base: str, limits: ParseLimits
                 media=_capped_media(
                     _json_media(item, link or site_url or feed_base), limits, warnings, link
                 ),
+                date_only=_json_date_only(item),
+                date_is_edit_time=parse_date(_string(item.get("date_published"))) is None
+                and parse_date(_string(item.get("date_modified"))) is not None,
             )
         )
     return ParsedFeed(
@@ -479,16 +547,28 @@ def _not_a_feed(data: bytes, url: str) -> NotAFeed:
 # --- what precedes the root ---------------------------------------------------------------
 # An XML declaration that is not at the start (after a PHP warning, an HTML comment, a
 # blank line and a BOM) starts the document: XML 1.0 §2.8 allows nothing before it.
-_LATE_DECLARATION = re.compile(rb"<\?xml[ \t\r\n]")
+# Only junk *before the root element* is cut: a "<?xml " after the root's start tag,
+# in a CDATA section or in a comment is text of the document (a post about XML that
+# shows ``<pre><?xml version="1.0"?></pre>``), never its start.
+_LATE_DECLARATION = re.compile(
+    rb"(?P<declaration><\?xml[ \t\r\n])|<!--.*?(?:-->|\Z)|(?P<body><!\[CDATA\[|"
+    rb"<(?:[A-Za-z_][\w.-]*:)?(?:rss|feed|rdf|channel)[\s>/])",
+    re.DOTALL | re.IGNORECASE,
+)
 _LATE_DECLARATION_WINDOW = 64 * 1024
 
 
 def _from_late_declaration(content: bytes) -> tuple[bytes, list[str]]:
-    """The document from its XML declaration on, when something precedes it."""
+    """The document from its XML declaration on, when junk precedes it.
+
+    The declaration counts only when it comes before the feed's root element and
+    outside comments and CDATA sections (which cannot stand in a prolog).
+    """
     if content.startswith(b"<?xml") or content[:4] in (b"\x00\x00\x00<", b"<\x00\x00\x00"):
         return content, []
-    match = _LATE_DECLARATION.search(content, 0, _LATE_DECLARATION_WINDOW)
-    if match is None or match.start() == 0:
+    window = content[:_LATE_DECLARATION_WINDOW]
+    match = next((m for m in _LATE_DECLARATION.finditer(window) if m.lastgroup is not None), None)
+    if match is None or match.lastgroup == "body" or match.start() == 0:
         return content, []
     before = content[: match.start()]
     if not before.strip(b"\t\n\r \xef\xbb\xbf"):
@@ -577,6 +657,13 @@ def _repair_markup(data: bytes) -> bytes:
     return _AMPERSAND.sub(_repair_reference, data)
 
 
+def repair_markup(content: bytes) -> bytes:
+    """UTF-8 (or ASCII-compatible) XML bytes with the usual slips repaired: control
+    characters XML forbids dropped, then ``_repair_markup`` (bare ``&``, HTML entities,
+    references to forbidden characters). Used for OPML files as for feeds."""
+    return _repair_markup(content.translate(None, _XML_FORBIDDEN_BYTES))
+
+
 # --- too many items (F3) ----------------------------------------------------------------------
 # A document longer than the cap keeps its newest entries by date, never the first ones
 # in document order (DESIGN §5.3): an archive listed oldest first must still show its
@@ -624,8 +711,15 @@ def newest_positions(dates: Sequence[float | None], keep: int) -> list[int]:
     return sorted(ranked[:keep])
 
 
-_ITEM_START = re.compile(rb"<(?:[A-Za-z_][\w.-]*:)?(?:item|entry)[\s>/]")
-_ITEM_END = re.compile(rb"</(?:[A-Za-z_][\w.-]*:)?(?:item|entry)\s*>")
+# Item boundaries, outside CDATA sections and comments (where "<item>" is only text:
+# a post showing RSS markup). Only matches with the ``tag`` group are boundaries.
+_SKIPPED = rb"<!\[CDATA\[.*?(?:\]\]>|\Z)|<!--.*?(?:-->|\Z)"
+_ITEM_START = re.compile(
+    _SKIPPED + rb"|(?P<tag><(?:[A-Za-z_][\w.-]*:)?(?:item|entry)[\s>/])", re.DOTALL
+)
+_ITEM_END = re.compile(
+    _SKIPPED + rb"|(?P<tag></(?:[A-Za-z_][\w.-]*:)?(?:item|entry)\s*>)", re.DOTALL
+)
 _PUBLISHED_ELEMENT = re.compile(
     rb"<(?:[A-Za-z_][\w.-]*:)?(?:pubDate|published|issued|date|created)(?:\s[^>]*)?>"
     rb"\s*(?:<!\[CDATA\[)?([^<\]]{4,100})"
@@ -635,17 +729,23 @@ _UPDATED_ELEMENT = re.compile(
 )
 
 
+def _tags(pattern: re.Pattern[bytes], data: bytes, start: int = 0) -> Iterator[re.Match[bytes]]:
+    return (m for m in pattern.finditer(data, start) if m.lastgroup == "tag")
+
+
 def _cheap_date(item: bytes) -> float | None:
-    """An item's publication (else update) date from a regular expression, no parse."""
+    """An item's publication (else update) date from a regular expression, no parse.
+
+    Read by the product's own rule (``dates.parse_date``), as the entry's date will be:
+    an unreadable or impossible date is unknown (the item then ranks by position),
+    never a date feedparser made up.
+    """
     for element in (_PUBLISHED_ELEMENT, _UPDATED_ELEMENT):
         match = element.search(item)
         if match is not None:
-            parsed = _parse_date(match.group(1).decode("utf-8", "replace").strip())
-            if parsed is not None:
-                try:
-                    return float(calendar.timegm(parsed))
-                except (OverflowError, ValueError):
-                    return None
+            moment = parse_date(match.group(1).decode("utf-8", "replace").strip())
+            if moment is not None:
+                return moment.timestamp()
     return None
 
 
@@ -656,13 +756,12 @@ def _cut_items(data: bytes, root: str | None, keep: int) -> tuple[bytes, int] | 
     Parsing 100,000 items to keep a few thousand would cost the whole poll; a scan for
     item boundaries and a date in each is cheap. An item runs to the start of the next
     one; the last one to its closing tag (the rest of the document follows unchanged).
-    If an item start was only text inside CDATA, the lenient parser recovers what is
-    there.
+    Item tags inside CDATA sections and comments are text, not boundaries.
     """
-    starts = [match.start() for match in _ITEM_START.finditer(data)]
+    starts = [match.start() for match in _tags(_ITEM_START, data)]
     if len(starts) <= keep:
         return None
-    last_end = _ITEM_END.search(data, starts[-1])
+    last_end = next(_tags(_ITEM_END, data, starts[-1]), None)
     if last_end is not None:
         tail = data[last_end.end() :]
         ends = [*starts[1:], last_end.end()]
@@ -681,7 +780,25 @@ def _cut_items(data: bytes, root: str | None, keep: int) -> tuple[bytes, int] | 
 _AUTHOR_SCAN_CHARS = 1024
 
 
+# HTML attributes holding a URL, as the sanitiser resolves them.
+_URL_ATTRIBUTES = frozenset({"href", "src", "cite", "poster", "longdesc", "background", "action"})
+
+
 class _Fixes:
+    # An id is an identifier, not a reference (RSS 2.0 <guid>, RFC 4287 §4.2.6): it is
+    # never resolved against xml:base; only an absolute http(s) permalink GUID may
+    # stand in for a missing link (see ``_entry``).
+    can_be_relative_uri = feedparser.mixin._FeedParserMixin.can_be_relative_uri - {"id"}
+
+    def _start_media_description(self, attrs_d: dict[str, str]) -> None:
+        """Media RSS ``<media:description>`` describes a media object (an image's alt
+        text on Mastodon), not the entry: feedparser makes it the entry's summary or
+        content, replacing the post. It is read and dropped."""
+        self.push("media_description", 0)  # type: ignore[attr-defined]
+
+    def _end_media_description(self) -> None:
+        self.pop("media_description")  # type: ignore[attr-defined]
+
     def _sync_author_detail(self, key: str = "author") -> None:
         context = self._get_context()  # type: ignore[attr-defined]
         value = context.get(key)
@@ -689,10 +806,36 @@ class _Fixes:
             context[key] = value[:_AUTHOR_SCAN_CHARS]
         super()._sync_author_detail(key)  # type: ignore[misc]
 
+    def unknown_starttag(self, tag: str, attrs: list[tuple[str, str]]) -> None:
+        """Inside XHTML content (RFC 4287 §3.1.1.3), an ``xml:base`` on the wrapping
+        ``<div>`` or on any element within applies to the URLs of that element and its
+        descendants (XML Base §4.2). feedparser drops the wrapper with its xml:base and
+        leaves the others as attributes nobody reads, so the URL attributes under one
+        are resolved here against it (itself resolved against any xml:base around it;
+        what stays relative resolves later against the content's base)."""
+        bases: list[str | None] = self.__dict__.setdefault("_xhtml_bases", [])
+        outer = bases[-1] if bases else None  # the base in scope inside content, if any
+        if self.incontent and self.contentparams.get("type") == "application/xhtml+xml":  # type: ignore[attr-defined]
+            declared = next((v for k, v in attrs if k == "xml:base"), None)
+            current = urljoin(outer or "", declared) if declared is not None else outer
+            if current:
+                attrs = [
+                    (k, urljoin(current, v.strip()) if k in _URL_ATTRIBUTES else v)
+                    for k, v in attrs
+                    if k != "xml:base"
+                ]
+            bases.append(current)
+        else:
+            bases.append(None)
+        super().unknown_starttag(tag, attrs)  # type: ignore[misc]
+
     def unknown_endtag(self, tag: str) -> None:
         """Leaving an element leaves its xml:base (XML Base §4.2) even when no xml:base
         is in scope outside it: feedparser only restores a non-empty outer base, so one
         entry's xml:base leaked into the entries after it."""
+        bases = self.__dict__.get("_xhtml_bases")
+        if bases:
+            bases.pop()
         super().unknown_endtag(tag)  # type: ignore[misc]
         stack = self.basestack  # type: ignore[attr-defined]
         if stack and not stack[-1]:
@@ -796,9 +939,12 @@ def _parse_xml_feed(
         raw_entries = [raw_entries[i] for i in kept]
     feed = handler.feeddata
     site_url = clean_link(_str_or_none(feed.get("link")), base)
-    entries = tuple(_entry(raw, base, site_url, limits, warnings) for raw in raw_entries)
+    atom = version.startswith("atom")
+    entries = tuple(_entry(raw, base, site_url, limits, warnings, atom=atom) for raw in raw_entries)
     return ParsedFeed(
-        title=_plain(feed.get("title"), _type_of(feed, "title_detail"), limits.max_title_chars)
+        title=_plain(
+            feed.get("title"), _type_of(feed, "title_detail"), limits.max_title_chars, atom=atom
+        )
         or None,
         site_url=site_url,
         format=version or "unknown",
@@ -808,7 +954,8 @@ def _parse_xml_feed(
 
 
 def _raw_entry_date(raw: dict[str, Any]) -> float | None:
-    moment = _utc(dict.get(raw, "published_parsed")) or _utc(dict.get(raw, "updated_parsed"))
+    """The date an entry is ranked by for the cap: the one it will be stored with."""
+    moment = best_date(_date(raw, key) for key in _DATE_KEYS)
     return moment.timestamp() if moment is not None else None
 
 
@@ -868,12 +1015,37 @@ def _html_of(detail: Mapping[str, Any], limit: int) -> str:
     return _clean_html(html.escape(value[:limit], quote=False), limit)
 
 
+def _guid(value: object) -> str | None:
+    """A GUID fit to store: one line; one over MAX_GUID_CHARS is replaced by a digest of
+    the whole, so two that differ only after that many characters stay two."""
+    if not isinstance(value, str):
+        return None
+    guid = _clean_line(value)
+    if len(guid) > MAX_GUID_CHARS:
+        return "sha256:" + hashlib.sha256(guid.encode("utf-8", "surrogatepass")).hexdigest()
+    return guid or None
+
+
+def _link_of(raw: dict[str, Any]) -> str | None:
+    """The entry's link as written. feedparser makes a permalink GUID (RSS 2.0 <guid>
+    without isPermaLink="false", and any Atom <id>) the link of an entry without one;
+    only an absolute http(s) URL may stand in for a link that way. ``12345``,
+    ``Buzzsprout-987``, a UUID or ``1`` is an identifier: resolved against the feed it
+    would be a link to a page that does not exist."""
+    link = _str_or_none(raw.get("link"))
+    if link is not None and dict.get(raw, "guidislink") and link == raw.get("id"):
+        return link if is_http_url(link) else None
+    return link
+
+
 def _entry(
     raw: dict[str, Any],
     base: str,
     site_url: str | None,
     limits: ParseLimits,
     warnings: list[str],
+    *,
+    atom: bool,
 ) -> ParsedEntry:
     """One entry. Relative URLs resolve against, in order: the xml:base in scope (XML
     Base, RFC 4287 §2), the entry's link (where a reader sees the post on the web: RSS
@@ -881,7 +1053,7 @@ def _entry(
     it carries (see ``_DATE_KEYS``); None only when it carries none that is known."""
     # feedparser applied any xml:base in scope to the link; a link still relative
     # resolves against the feed's link, then the feed's URL.
-    link = clean_link(_str_or_none(raw.get("link")), site_url or base or None)
+    link = clean_link(_link_of(raw), site_url or base or None)
     fallback_base = link or site_url or base
     summary_detail = raw.get("summary_detail")
     summary_html = (
@@ -902,10 +1074,13 @@ def _entry(
     )
     guid = _str_or_none(raw.get("id"))
     media = _xml_media(raw, fallback_base)
+    dated_by = next((key for key in _DATE_KEYS if _date(raw, key) is not None), None)
     return ParsedEntry(
-        guid=_clean_line(guid[:2048]) or None if guid else None,
+        guid=_guid(raw.get("id")),
         link=link,
-        title=_plain(raw.get("title"), _type_of(raw, "title_detail"), limits.max_title_chars),
+        title=_plain(
+            raw.get("title"), _type_of(raw, "title_detail"), limits.max_title_chars, atom=atom
+        ),
         author=_plain(author, None, limits.max_author_chars) or None,
         summary_html=summary_html,
         content_html=content_html,
@@ -914,6 +1089,10 @@ def _entry(
         base_url=content_base or None,
         summary_base_url=summary_base or None,
         media=_capped_media(media, limits, warnings, link or guid),
+        date_only=dated_by is not None and not has_time_of_day(_str_or_none(raw.get(dated_by))),
+        # RFC 4287 §4.2.15: <updated> is when the entry was last modified; feedparser
+        # also files RSS dc:date there, which is a publication date.
+        date_is_edit_time=atom and dated_by == "updated",
     )
 
 

@@ -222,11 +222,14 @@ def _canonical_path(path: str) -> str:
     return quote(_PERCENT_ESCAPE.sub(fold, path), safe=_PATH_SAFE)
 
 
-_URL_LIKE = re.compile(r"(?:[a-z][a-z0-9+.-]*://|www\.)\S+", re.IGNORECASE)
+# "https://…", "www.…", protocol-relative "//host/feed", and the feed: pseudo-scheme
+# some readers put in front ("feed:https://…", "feed://…").
+_URL_LIKE = re.compile(r"(?:feed:)?(?:[a-z][a-z0-9+.-]*://|//|www\.)\S+", re.IGNORECASE)
 
 
 def is_placeholder_title(title: str | None, url: str) -> bool:
-    """True when ``title`` names nothing: empty, a URL (any scheme, or ``www.…``), or the
+    """True when ``title`` names nothing: empty, a URL (any scheme, ``feed:`` in front,
+    protocol-relative ``//host/…`` or ``www.…``), or the
     feed's own URL written without its scheme. Such a title (an OPML outline whose
     ``text`` is the feed URL, a form left blank) gives way to the feed's own title."""
     text = " ".join((title or "").split())

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from aggregator.dates import date_agrees_with_text, parse_date
+from aggregator.dates import date_agrees_with_text, has_time_of_day, parse_date
 
 
 def utc(*parts: int) -> datetime:
@@ -30,6 +30,16 @@ TABLE: list[tuple[str, datetime | None]] = [
     ("Fri, 21 Jul 2017 09:15:02 +0000 (UTC)", utc(2017, 7, 21, 9, 15, 2)),
     ("Fri, 21 Jul 2017 09:15:02 XYZ", utc(2017, 7, 21, 9, 15, 2)),  # unknown zone: UTC
     ("21 Jul 2017", utc(2017, 7, 21)),
+    # Localised day and month abbreviations; a zone name after the offset (the offset counts)
+    ("lun., 04 mars 2024 10:00:00 +0100", utc(2024, 3, 4, 9)),
+    ("mar., 05 mars 2024 10:00:00 +0100", utc(2024, 3, 5, 9)),  # "mar" the day, "mars" the month
+    ("Mo, 04 Mär 2024 10:00:00 +0100", utc(2024, 3, 4, 9)),
+    ("Do, 07 Mrz 2024 10:00:00 +0100", utc(2024, 3, 7, 9)),
+    ("mié, 06 mar 2024 10:00:00 +0100", utc(2024, 3, 6, 9)),
+    ("gio, 07 mag 2024 10:00:00 +0200", utc(2024, 5, 7, 8)),
+    ("04 Mar 2024 10:00:00 +0100 CET", utc(2024, 3, 4, 9)),
+    ("Tue, 05 Mar 2024 10:00:00 -0500 EST", utc(2024, 3, 5, 15)),
+    ("Di, 05 Mär 2024 10:00:00 +0100 MEZ", utc(2024, 3, 5, 9)),  # unknown name, known offset
     ("21-Jul-2017", utc(2017, 7, 21)),
     # RFC 3339 / ISO 8601 (Atom, JSON Feed)
     ("2017-07-21T09:15:02Z", utc(2017, 7, 21, 9, 15, 2)),
@@ -116,3 +126,23 @@ def test_fallback_reading_must_agree_with_the_text(
 )
 def test_agreement_with_the_digits(moment: datetime, text: str, agrees: bool) -> None:
     assert date_agrees_with_text(moment, text) is agrees
+
+
+@pytest.mark.parametrize(
+    ("raw", "timed"),
+    [
+        ("2024-03-04", False),
+        ("Mon, 04 Mar 2024", False),
+        ("4 March 2024", False),
+        ("2017/7/21", False),
+        ("2024-03-04T10:00:00Z", True),
+        ("20240304T100000Z", True),
+        ("Mon, 04 Mar 2024 00:00:00 GMT", True),  # midnight written out is a time
+        ("July 21, 2017 9 pm", True),
+        ("July 21, 2017 9:15 pm", True),
+        (None, False),
+        ("", False),
+    ],
+)
+def test_has_time_of_day(raw: str | None, timed: bool) -> None:
+    assert has_time_of_day(raw) is timed

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -580,6 +581,123 @@ def test_one_stored_entry_is_matched_at_most_once() -> None:
     plan = plan_entries(doc, existing=[stored], candidates=[], now=NOW)
     assert plan.unchanged == 1
     assert [new.record.key for new in plan.inserts] == ["guid:new"]
+
+
+DAY_1 = datetime(2024, 3, 4, 10, tzinfo=UTC)
+DAY_2 = datetime(2024, 3, 5, 10, tzinfo=UTC)
+BOILERPLATE = "<p>A new episode of our podcast is out. Listen now!</p>"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "same_entry"),
+    [
+        # One side without GUID, sharing one link: an edit keeps its title or its date.
+        pytest.param(
+            {"title": "Episode 1: Cats", "published": DAY_1, "content": BOILERPLATE},
+            {"title": "Episode 2: Dogs", "published": DAY_2, "content": BOILERPLATE},
+            False,
+            id="new-title-new-date-same-boilerplate-is-a-new-entry",
+        ),
+        pytest.param(
+            {"title": "Cats", "published": DAY_1, "content": "<p>v1</p>"},
+            {"title": "Dogs", "published": DAY_2, "content": "<p>v2</p>"},
+            False,
+            id="everything-new-is-a-new-entry",
+        ),
+        pytest.param(
+            {"title": "Cats", "published": DAY_1, "content": "<p>v1</p>"},
+            {"title": "Cats", "published": DAY_1, "content": "<p>v2, typo fixed</p>"},
+            True,
+            id="text-edit",
+        ),
+        pytest.param(
+            {"title": "Cats", "published": DAY_1, "content": "<p>v1</p>"},
+            {"title": "Cats", "published": DAY_2, "content": "<p>v2</p>"},
+            True,
+            id="same-title-redated-and-edited",
+        ),
+        pytest.param(
+            {"title": "Cats", "published": DAY_1, "content": BOILERPLATE},
+            {"title": "Cats and a dog", "published": DAY_1, "content": BOILERPLATE},
+            True,
+            id="title-edit-same-date-same-text",
+        ),
+        pytest.param(
+            {"title": "Cats", "published": DAY_1, "content": "<p>v1</p>"},
+            {"title": "Dogs", "published": DAY_1, "content": "<p>v2</p>"},
+            False,
+            id="title-and-text-changed-same-date-is-a-new-entry",
+        ),
+        pytest.param(
+            {"title": "Cats", "published": DAY_1, "content": BOILERPLATE},
+            {"title": "Dogs", "published": None, "content": BOILERPLATE},
+            False,
+            id="new-title-and-no-date-is-a-new-entry",
+        ),
+        pytest.param(
+            {"guid": None, "title": "Hello", "published": DAY_1},
+            {"guid": "tag:blog.example,2025:hello", "title": "Hello", "published": DAY_1},
+            True,
+            id="link-gained-a-guid",
+        ),
+    ],
+)
+def test_link_step_rule_without_guid_on_one_side(
+    old: dict[str, object], new: dict[str, object], same_entry: bool
+) -> None:
+    link = "https://podcast.example/"
+    before = record(link=link, text=str(old.get("content", "")), **old)
+    after = record(link=link, text=str(new.get("content", "")), **new)
+    plan = plan_entries([after], existing=[stored_from(before, id=1)], candidates=[], now=NOW)
+    if same_entry:
+        assert plan.inserts == () and [u.entry_id for u in plan.updates] == [1]
+    else:
+        assert len(plan.inserts) == 1 and plan.updates == ()
+
+
+def test_entry_dated_only_by_its_edit_time_keeps_its_first_date() -> None:
+    """Atom <updated> (RFC 4287 §4.2.15) is the last edit: an edit moves it, but the
+    entry keeps the date it was first stored with. A real publication date follows
+    the feed's correction (test_dated_update_takes_the_feeds_corrected_date)."""
+    first = datetime(2024, 2, 1, tzinfo=UTC)
+    old = make_record(
+        replace(
+            parsed(guid="v1.0", published=first, content="<p>notes</p>"), date_is_edit_time=True
+        ),
+        feed_url=FEED,
+        text="notes",
+        now=NOW,
+    )
+    edited = make_record(
+        replace(
+            parsed(
+                guid="v1.0", published=datetime(2024, 11, 20, tzinfo=UTC), content="<p>fixed</p>"
+            ),
+            date_is_edit_time=True,
+        ),
+        feed_url=FEED,
+        text="fixed",
+        now=NOW,
+    )
+    plan = plan_entries([edited], existing=[stored_from(old, id=4)], candidates=[], now=NOW)
+    assert [u.entry_id for u in plan.updates] == [4]
+    assert plan.updates[0].record.published == first
+
+
+def test_date_only_entry_is_filed_at_noon_of_its_day_with_identity_unchanged() -> None:
+    day = datetime(2024, 3, 4, tzinfo=UTC)
+    dated = make_record(
+        replace(parsed(link="https://blog.example/p", published=day), date_only=True),
+        feed_url=FEED,
+        text="",
+        now=NOW,
+    )
+    timed = make_record(
+        parsed(link="https://blog.example/p", published=day), feed_url=FEED, text="", now=NOW
+    )
+    assert dated.date_only and not timed.date_only
+    assert dated.published == day + timedelta(hours=12) and timed.published == day
+    assert dated.key == timed.key and dated.alias == timed.alias
 
 
 # --- cross-posts ---------------------------------------------------------------------

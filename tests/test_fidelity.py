@@ -4,6 +4,7 @@ Each input under tests/data/fidelity/ sits beside ``<name>.expected.json``: the 
 a reader must see, reviewed by hand. An input runs through the real path of a poll
 (parse, sanitise, identity and date rules: ``prepare.prepare_feed``) with a fixed
 clock; an OPML input runs through ``opml.read_opml`` and ``sources.source_title``.
+An input named ``…-capN-…`` is read with an entry cap of N (``ParseLimits.max_entries``).
 
 ``UPDATE_GOLDEN=1 pytest tests/test_fidelity.py`` rewrites the expected files; review
 every change by eye before committing it.
@@ -30,6 +31,7 @@ DATA = Path(__file__).resolve().parent / "data" / "fidelity"
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 FEED_URL = "https://feeds.example.com/feed.xml"
 INPUTS = sorted(p for p in DATA.iterdir() if not p.name.endswith(".expected.json"))
+_CAP = re.compile(r"-cap(\d+)-")
 _URL_ATTRIBUTE = re.compile(r'\b(?:href|src|cite)="([^"]*)"')
 
 
@@ -46,15 +48,22 @@ def actual(path: Path) -> dict[str, Any]:
                 for s in read_opml(data, name=path.name)
             ]
         }
-    feed = prepare_feed(data, url=FEED_URL, headers={}, limits=ParseLimits(), now=NOW)
+    cap = _CAP.search(path.name)
+    limits = ParseLimits(max_entries=int(cap.group(1))) if cap else ParseLimits()
+    feed = prepare_feed(data, url=FEED_URL, headers={}, limits=limits, now=NOW)
     return {
         "feed": {"title": feed.title, "site_url": feed.site_url, "format": feed.format},
+        **({"warnings": list(feed.warnings)} if feed.warnings else {}),
         "entries": [
             {
                 "identity": r.key,
                 "title": r.title,
                 "link": r.link,
-                "date": "unknown" if r.date_missing else r.published.isoformat(),
+                "date": "unknown"
+                if r.date_missing
+                else r.published.date().isoformat() + " (day only)"
+                if r.date_only
+                else r.published.isoformat(),
                 "content_urls": _urls(r.content_html),
                 "summary_urls": _urls(r.summary_html),
                 "text": r.text,

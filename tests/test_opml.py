@@ -94,6 +94,13 @@ def test_import_adds_good_outlines_and_reports_bad_ones(tmp_path: Path) -> None:
             b'<?xml version="1.0"?><!DOCTYPE opml SYSTEM "file:///etc/passwd"><opml><body/></opml>',
             "refused",
         ),
+        # Repair never lets a DTD through: the entity is still refused, not expanded.
+        (
+            b'<?xml version="1.0"?><!DOCTYPE opml [<!ENTITY a "x">]>'
+            b'<opml><body><outline text="&eacute; & &a;" xmlUrl="https://x.test/"/></body></opml>',
+            "refused",
+        ),
+        (b"<opml><body><outline text='unclosed></body></opml>", "not well-formed"),
     ],
 )
 def test_hostile_or_broken_opml_is_one_line_error(data: bytes, needle: str) -> None:

@@ -18,7 +18,14 @@ import pytest
 
 from aggregator.errors import NotAFeed, ParseError
 from aggregator.models import ParsedFeed
-from aggregator.parse import ParseLimits, newest_positions, parse_feed
+from aggregator.parse import (
+    ParseLimits,
+    _cut_items,
+    _from_late_declaration,
+    _plain,
+    newest_positions,
+    parse_feed,
+)
 from aggregator.urls import canonical_url
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -720,3 +727,58 @@ def test_feedparser_cp1252_table_maps_every_code_point_as_feedparser_does() -> N
     expected = text.translate(parse_module._FEEDPARSER_CP1252)
     assert text.translate(parse_module.CP1252_TABLE) == expected
     assert "\x93quoted\x94".translate(parse_module.CP1252_TABLE) == "\u201cquoted\u201d"
+
+
+# --- issue 15, second round: tables over the pure helpers ---------------------------------
+@pytest.mark.parametrize(
+    ("document", "cut_at"),
+    [
+        (b'junk<br /><?xml version="1.0"?><rss/>', b"<?xml"),  # PHP warning before
+        (b'\n\n<?xml version="1.0"?><rss/>', b"<?xml"),
+        (b'<rss><channel><description><![CDATA[<?xml version="1.0"?>]]>', None),
+        (b'<!-- x --><rss><item><?xml version="1.0"?></item></rss>', None),
+        (b'<!-- <?xml version="1.0"?> --><feed/>', None),  # inside a comment
+        (b'<![CDATA[<?xml version="1.0"?>]]>', None),  # CDATA never stands in a prolog
+        (b'<a:feed xmlns:a="x"><?xml version="1.0"?>', None),
+        (b'<rdf:RDF><?xml version="1.0"?>', None),
+    ],
+)
+def test_only_junk_before_the_root_is_cut(document: bytes, cut_at: bytes | None) -> None:
+    data, _ = _from_late_declaration(document)
+    assert data == (document[document.index(cut_at) :] if cut_at else document)
+
+
+def _items(bodies: list[str]) -> bytes:
+    return ("<rss><channel>" + "".join(bodies) + "</channel></rss>").encode()
+
+
+@pytest.mark.parametrize(
+    ("bodies", "total"),
+    [
+        (["<item>a</item>"] * 4, 4),
+        (["<item><description><![CDATA[<item>x</item><entry/>]]></description></item>"] * 3, 3),
+        (["<item>a</item>", "<!-- <item>old</item> -->", "<item>b</item>", "<item>c</item>"], 3),
+        (["<item>a</item>", "<item><![CDATA[ unclosed <item>"], 2),
+    ],
+)
+def test_item_scan_skips_cdata_and_comments(bodies: list[str], total: int) -> None:
+    cut = _cut_items(_items(bodies), "rss", 1)
+    assert cut is not None and cut[1] == total
+
+
+@pytest.mark.parametrize(
+    ("value", "content_type", "atom", "expected"),
+    [
+        ("Use &lt;div&gt; here", "text/plain", True, "Use &lt;div&gt; here"),  # RFC 4287 text
+        ("Q&amp;A &#8217;s", "text/plain", False, "Q&A ’s"),  # RSS: escaped once more
+        ("x < y and y > z", "text/html", True, "x < y and y > z"),
+        ("if a<b && c>d", "text/html", False, "if ad"),  # "<b && c>" is a tag to HTML
+        ("a <script>x()</script>b <em>c</em>", "text/html", True, "a b c"),
+        ("&notanentity; &eacute;", "text/html", True, "&notanentity; é"),
+        ("&notanentity; &eacute;", "text/plain", False, "&notanentity; é"),
+        ("&amp;notanentity;", "text/html", False, "&notanentity;"),
+        ("&copy 2024", "text/html", False, "© 2024"),  # HTML's legacy form, without ";"
+    ],
+)
+def test_title_text(value: str, content_type: str, atom: bool, expected: str) -> None:
+    assert _plain(value, content_type, 500, atom=atom) == expected

@@ -742,3 +742,100 @@ def test_earlier_copy_arriving_in_a_later_poll_becomes_the_story_without_a_secon
 
     assert digest_for(watermark=late_entry) is None  # already had it through the late copy
     assert digest_for(watermark=0) == [early_entry]  # a fresh reader gets the story once
+
+
+def _episode(title: str, day: int) -> str:
+    return (
+        f"<item><title>{title}</title><link>https://podcast.example.org/</link>"
+        f"<pubDate>{day:02d} Mar 2024 10:00:00 +0000</pubDate>"
+        "<description>A new episode of our podcast is out. Listen now!</description></item>"
+    )
+
+
+def test_guidless_daily_item_on_the_home_link_is_a_new_entry_each_day(
+    setup, feed_server: FeedServer
+) -> None:
+    """A podcast feed whose one item links to the home page, with a new title and date
+    and the same body every day: each day's item is an entry of its own, while an edit
+    that keeps the title (here a corrected date) stays one entry."""
+    settings, store, clock = setup
+    url = feed_server.add_sequence(
+        "/podcast.xml",
+        [
+            Response(body=_rss_items([_episode("Episode 1: Cats", 4)])),
+            Response(body=_rss_items([_episode("Episode 2: Dogs", 5)])),
+            Response(body=_rss_items([_episode("Episode 2: Dogs", 6)])),
+        ],
+    )
+    feed_id = add(store, url)
+    summaries = []
+    for _ in range(3):
+        (summary,) = poll(settings, store, clock)
+        summaries.append((summary.new, summary.updated))
+        clock.now += timedelta(days=1)
+    assert summaries == [(1, 0), (1, 0), (0, 1)]
+    assert _stored_titles(store, feed_id) == ["Episode 1: Cats", "Episode 2: Dogs"]
+
+
+def _release(version: str, updated: str, notes: str) -> str:
+    return (
+        f"<entry><id>tag:github.com,2008:Repository/1/{version}</id><title>{version}</title>"
+        f'<link rel="alternate" href="https://github.example/o/r/releases/tag/{version}"/>'
+        f'<updated>{updated}</updated><content type="html">{notes}</content></entry>'
+    )
+
+
+def _releases(*entries: str) -> bytes:
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?><feed xmlns="http://www.w3.org/2005/Atom">'
+        '<title>Releases</title><link href="https://github.example/o/r/releases"/>'
+        "<id>tag:github.com,2008:releases</id><updated>2026-11-20T00:00:00Z</updated>"
+        + "".join(entries)
+        + "</feed>"
+    ).encode()
+
+
+def test_atom_entry_dated_by_updated_only_keeps_its_first_date_when_edited(
+    setup, feed_server: FeedServer
+) -> None:
+    """RFC 4287 §4.2.15: <updated> is the last edit. A release edited months later is
+    updated in place and stays under the day it was first stored with; an entry with
+    <published> takes the feed's correction as before."""
+    settings, store, clock = setup
+    url = feed_server.add_sequence(
+        "/releases.atom",
+        [
+            Response(body=_releases(_release("v1.0", "2026-02-01T00:00:00Z", "notes"))),
+            Response(body=_releases(_release("v1.0", "2026-11-20T00:00:00Z", "notes, fixed"))),
+        ],
+    )
+    feed_id = add(store, url)
+    poll(settings, store, clock)
+    clock.now += timedelta(hours=1)
+    (second,) = poll(settings, store, clock)
+    assert (second.new, second.updated) == (0, 1)
+    assert rows(store, "SELECT published, date_only FROM entries WHERE feed_id = ?", feed_id) == [
+        ("2026-02-01T00:00:00.000000Z", 0)
+    ]
+
+
+def test_date_only_entry_is_stored_with_its_day_and_flag(setup, feed_server: FeedServer) -> None:
+    settings, store, clock = setup
+    body = _rss_items(
+        [
+            "<item><title>Day only</title><link>https://blog.example.org/d</link>"
+            "<pubDate>Mon, 16 Nov 2026</pubDate></item>",
+            "<item><title>Timed</title><link>https://blog.example.org/t</link>"
+            "<pubDate>Mon, 16 Nov 2026 23:30:00 -0500</pubDate></item>",
+        ]
+    )
+    feed_id = add(store, feed_server.add("/days.xml", body=body))
+    poll(settings, store, clock)
+    assert rows(
+        store,
+        "SELECT title, published, date_only FROM entries WHERE feed_id = ? ORDER BY title",
+        feed_id,
+    ) == [
+        ("Day only", "2026-11-16T12:00:00.000000Z", 1),
+        ("Timed", "2026-11-17T04:30:00.000000Z", 0),
+    ]

@@ -279,6 +279,9 @@ def test_clean_link_never_returns_a_non_http_url(url: str, base: str | None) -> 
         ("http://x.test/feed.xml", True),
         ("https://elsewhere.test/", True),
         ("feed://x.test/rss", True),
+        ("feed:https://elsewhere.test/feed", True),
+        ("//x.test/feed.xml", True),  # protocol-relative
+        ("//elsewhere.test/rss", True),
         ("www.x.test", True),
         ("x.test/feed.xml", True),  # the feed's own URL without its scheme
         ("X.TEST/feed.xml/", True),

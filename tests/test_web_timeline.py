@@ -394,3 +394,42 @@ def test_healthz_is_503_with_the_reason_while_writes_fail_then_ok_again(tmp_path
             feed_rows.set_interval(db, 1, None)
         assert client.get("/healthz").status_code == 200
     store.close()
+
+
+def test_date_only_entry_shows_its_written_day_in_every_zone(tmp_path: Path) -> None:
+    """``<dc:date>2026-11-25</dc:date>`` is stored with ``date_only``: a
+    New York reader sees it under 25 November without a time (not at 19:00 on the 24th),
+    while a timed entry moves to the reader's zone as before."""
+    from dataclasses import replace
+    from datetime import UTC, datetime
+
+    from aggregator.config import settings_from_mapping
+    from aggregator.dedup import DATE_ONLY_HOUR
+
+    raw = {
+        "database": str(tmp_path / "db.sqlite3"),
+        "fetch": {"allow_private_addresses": True},
+        "poll": {"parse_workers": 1},
+        "web": {"base_url": "http://testserver"},
+        "digest": {"timezone": "America/New_York"},
+    }
+    settings = settings_from_mapping(raw, env={}, path=tmp_path / "config.toml")
+    store = Store.open(settings.database)
+    feed = add_feed(store, "https://days.test/feed", "Days")
+    day = datetime(2026, 11, 25, tzinfo=UTC)
+    # As dedup.make_record files a date-only entry: noon UTC of the day written.
+    stored_day = day + DATE_ONLY_HOUR
+    dated = add_entry(store, feed, replace(record("A day", published=stored_day), date_only=True))
+    timed = add_entry(store, feed, record("A moment", published=day + timedelta(hours=2)))
+    with TestClient(create_app(settings, clock=lambda: NOW)) as client:
+        html = client.get("/").text
+        entry_page = client.get(f"/entries/{dated}").text
+    store.close()
+    days = [
+        (re.search(r">(\w+ \d+ \w+)</time>", section), ids_on(section))
+        for section in html.split('<section class="day"')[1:]
+    ]
+    found = [(label.group(1) if label else None, ids) for label, ids in days]
+    assert found == [("Wednesday 25 November", [dated]), ("Tuesday 24 November", [timed])]
+    assert "07:00" not in html and "12:00" not in html  # no invented time
+    assert '<time datetime="2026-11-25">25 November 2026</time>' in entry_page

@@ -111,6 +111,7 @@ def _columns(record: EntryRecord) -> dict[str, Any]:
         "published": to_db(record.published),
         "updated": to_db(record.updated),
         "date_missing": int(record.date_missing),
+        "date_only": int(record.date_only),
     }
 
 

@@ -324,3 +324,12 @@ def m007_enclosures(db: Database) -> None:
 def m009_pages(db: Database) -> None:
     """A welcome mail owed to a newly confirmed subscriber; the service sends it once."""
     db.execute("ALTER TABLE subscribers ADD COLUMN welcome_due INTEGER NOT NULL DEFAULT 0")
+
+
+@migrations()
+def m010_date_precision(db: Database) -> None:
+    """``entries.date_only``: the feed wrote a calendar day without a time of day
+    (``<dc:date>2024-03-04</dc:date>``). ``published`` is then noon UTC of that day
+    (``dedup.make_record``); pages show that day in every zone and no time (never 19:00
+    the day before). Entries stored before this migration keep date_only = 0."""
+    db.execute("ALTER TABLE entries ADD COLUMN date_only INTEGER NOT NULL DEFAULT 0")

@@ -13,7 +13,7 @@ import re
 import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from sqlite_utils import Database
@@ -98,6 +98,13 @@ class TimelineEntry:
     def enclosures(self) -> tuple[MediaItem, ...]:
         return tuple(item for item in self.media if item.role == "enclosure")
 
+    date_only: bool = False  # published is a calendar day (noon UTC): show no time
+
+    @property
+    def day(self) -> date | None:
+        """The calendar day as the feed wrote it, for a date-only entry; else None."""
+        return self.published.date() if self.date_only else None
+
     @property
     def cursor(self) -> Cursor:
         return Cursor(_stamp(self.published), self.id)
@@ -134,7 +141,7 @@ class FeedHealth:
 _ENTRY_COLUMNS = (
     "e.id, e.feed_id, coalesce(nullif(f.title, ''), f.url), e.title, e.link, e.author, "
     "e.summary_html, e.content_html, e.text, e.published, e.updated, e.last_changed, "
-    "e.duplicate_of"
+    "e.duplicate_of, e.date_only"
 )
 
 
@@ -159,6 +166,7 @@ def _entry(row: Sequence[Any]) -> TimelineEntry:
         updated=from_db(row[10]),
         last_changed=from_db_required(row[11]),
         duplicate_of=row[12],
+        date_only=bool(row[13]),
     )
 
 

@@ -34,11 +34,12 @@ class Day:
 
 
 def group_by_day(entries: Sequence[TimelineEntry], web: WebContext) -> list[Day]:
-    """Consecutive entries under the local day they were published on."""
+    """Consecutive entries under the local day they were published on; a date-only
+    entry under the calendar day its feed wrote, whatever the reader's zone."""
     today = web.now().astimezone(web.timezone).date()
     days: list[tuple[date, list[TimelineEntry]]] = []
     for entry in entries:
-        day = entry.published.astimezone(web.timezone).date()
+        day = entry.day or entry.published.astimezone(web.timezone).date()
         if days and days[-1][0] == day:
             days[-1][1].append(entry)
         else:
