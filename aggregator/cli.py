@@ -901,4 +901,20 @@ def status(ctx: click.Context) -> None:
 
 
 def main(argv: list[str] | None = None) -> Any:
-    return cli.main(args=argv, prog_name="aggregator")
+    """The command, with click's own errors (unknown option, missing argument) also one
+    ``error:`` line and a non-zero exit, like the product's."""
+    try:
+        result = cli.main(args=argv, prog_name="aggregator", standalone_mode=False)
+    except click.ClickException as error:
+        hint = ""
+        if isinstance(error, click.UsageError) and error.ctx is not None:
+            hint = f" (see '{error.ctx.command_path} --help')"
+        err.print(f"error: {error.format_message()}{hint}", markup=False)
+        sys.exit(error.exit_code or 1)
+    except (click.Abort, KeyboardInterrupt, EOFError):
+        err.print("error: interrupted", markup=False)
+        sys.exit(130)
+    except BrokenPipeError:  # `aggregator feeds list | head`: the reader left
+        sys.stderr.close()
+        sys.exit(1)
+    sys.exit(result if isinstance(result, int) else 0)

@@ -382,3 +382,19 @@ def test_error_lines_start_with_error_and_exit_non_zero(tmp_path: Path) -> None:
     assert bad.returncode == 1 and bad.stderr.startswith("error: 'not an address'")
     ready = run("init", config=cfg).stdout
     assert "(0 feeds)" in ready
+
+
+def test_usage_and_config_mistakes_are_error_lines_too(tmp_path: Path) -> None:
+    cfg = mail_config(tmp_path)
+    unknown = run("feeds", "frob", config=cfg, check=False)
+    assert unknown.returncode == 2
+    assert unknown.stderr.startswith("error: No such command 'frob'")
+    assert len(unknown.stderr.strip().splitlines()) == 1
+    typo = tmp_path / "typo.toml"
+    typo.write_text('datbase = "db.sqlite3"\n[fetch]\nmax_redirects = -5\n')
+    result = run("status", config=typo, check=False)
+    assert result.returncode == 1
+    assert result.stderr == (f"error: {typo}: datbase: unknown setting; did you mean 'database'?\n")
+    typo.write_text('database = "db.sqlite3"\n[fetch]\nmax_redirects = -5\n')
+    result = run("status", config=typo, check=False)
+    assert result.stderr == f"error: {typo}: fetch.max_redirects: must be at least 0, not -5\n"
