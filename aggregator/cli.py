@@ -50,6 +50,7 @@ class App:
         self.config = config
         self._settings: Settings | None = None
         self._store: Store | None = None
+        self.log_format = "text"
 
     def use_config(self, config: str) -> None:
         """A --config given after the command name, before anything was loaded."""
@@ -183,11 +184,19 @@ def _identifiers(
     default=None,
     help="Configuration file (default: $AGGREGATOR_CONFIG; in a checkout, config/default.toml).",
 )
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="The service log (run, serve): one text line per event, or one JSON object.",
+)
 @click.version_option(__version__, prog_name="aggregator")
 @click.pass_context
-def cli(ctx: click.Context, config: str | None) -> None:
+def cli(ctx: click.Context, config: str | None, log_format: str) -> None:
     """Cross-blog aggregator and digest mailer."""
     app = App(config)
+    app.log_format = log_format
     ctx.obj = app
     ctx.call_on_close(app.close)
 
@@ -521,7 +530,7 @@ def run(ctx: click.Context, host: str | None, port: int | None, once: bool) -> N
             else f"the outbox {settings.mail.outbox}"
         )
         out.print(f"Starting: the timeline at {where}; digests go to {mail}. Ctrl-C stops.")
-        run_service(settings, host=host, port=port)
+        run_service(settings, host=host, port=port, log_format=app.log_format)
 
 
 def _add_demo_subscriber(app: App) -> None:
@@ -569,7 +578,7 @@ def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
     """Serve the web timeline, Atom feed and admin pages."""
     import uvicorn  # imported here: the other commands need no web stack
 
-    from .scheduler import keep_signals_for_graceful_exit
+    from .scheduler import configure_logging, keep_signals_for_graceful_exit
     from .web import create_app
     from .web.security import RedactTokens
 
@@ -586,10 +595,14 @@ def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
                 "The database is read-only: pages are served; sign-ups, preference changes "
                 "and admin changes answer with an error."
             )
+        # The same one-line events as `run` (or JSON with --log-format json), not
+        # uvicorn's own format.
+        configure_logging(settings.log_level, app.log_format)
         config = uvicorn.Config(
             create_app(settings, store=store),
             host=host,
             port=port,
+            log_config=None,
             log_level=settings.log_level,
             server_header=False,
             proxy_headers=False,  # the app trusts [web] trusted_proxies only
