@@ -7,16 +7,18 @@ raises on purpose end the command with one line on stderr and exit status 1.
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -48,6 +50,7 @@ class App:
         self.config = config
         self._settings: Settings | None = None
         self._store: Store | None = None
+        self.log_format = "text"
 
     def use_config(self, config: str) -> None:
         """A --config given after the command name, before anything was loaded."""
@@ -102,8 +105,75 @@ def _one_line_errors() -> Iterator[None]:
     try:
         yield
     except AggregatorError as error:
-        err.print(f"[red]error:[/red] {error}", markup=True, highlight=False)
-        sys.exit(1)
+        _fail(str(error))
+
+
+def _fail(message: str, status: int = 1) -> NoReturn:
+    """One error line on stderr, then a non-zero exit."""
+    err.print(f"[red]error:[/red] {escape(message)}", markup=True, highlight=False)
+    sys.exit(status)
+
+
+def plural(count: int, word: str, many: str | None = None) -> str:
+    """``1 feed``, ``2 feeds``, ``0 feeds``."""
+    return f"{count} {word if count == 1 else (many or word + 's')}"
+
+
+_IDENTIFIER_HINTS = ("://", "@", "/")
+
+
+def _print_table(
+    title: str,
+    columns: Sequence[tuple[str, str]],
+    rows: Sequence[Sequence[str]],
+    *,
+    console: Console | None = None,
+) -> None:
+    """A table whose identifiers (URLs, addresses, ids) are never broken.
+
+    ``columns`` are (name, kind): "id" columns never wrap, "num" columns are right
+    aligned, "text" columns fold as needed. When the identifiers do not fit the width
+    (a narrow terminal, or 80 columns when piped), one record per block instead.
+    """
+    console = console or out
+    table = Table(title=title, title_justify="left")
+    for name, kind in columns:
+        if kind == "id":
+            table.add_column(name, no_wrap=True, overflow="ignore")
+        else:
+            table.add_column(name, overflow="fold", justify="right" if kind == "num" else "left")
+    for row in rows:
+        table.add_row(*row)
+    probe = Console(
+        file=io.StringIO(), width=console.width, highlight=False, color_system=None, soft_wrap=False
+    )
+    probe.print(table)
+    rendered = probe.file.getvalue()  # type: ignore[attr-defined]
+    lines = rendered.splitlines()
+    fits = all(len(line) <= console.width for line in lines) and all(
+        any(token in line for line in lines) for token in _identifiers(columns, rows)
+    )
+    if fits:
+        console.print(table)
+        return
+    console.print(title, markup=False)
+    for row in rows:
+        console.print()
+        for (name, _), value in zip(columns, row, strict=True):
+            console.print(f"{name}: {value}", markup=False, soft_wrap=True)
+
+
+def _identifiers(
+    columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[str]]
+) -> Iterator[str]:
+    for row in rows:
+        for (_, kind), value in zip(columns, row, strict=True):
+            if kind == "id":
+                yield value
+            else:
+                yield from (
+                    word for word in value.split() if any(h in word for h in _IDENTIFIER_HINTS)
+                )
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -114,11 +184,19 @@ def _one_line_errors() -> Iterator[None]:
     default=None,
     help="Configuration file (default: $AGGREGATOR_CONFIG; in a checkout, config/default.toml).",
 )
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="The service log (run, serve): one text line per event, or one JSON object.",
+)
 @click.version_option(__version__, prog_name="aggregator")
 @click.pass_context
-def cli(ctx: click.Context, config: str | None) -> None:
+def cli(ctx: click.Context, config: str | None, log_format: str) -> None:
     """Cross-blog aggregator and digest mailer."""
     app = App(config)
+    app.log_format = log_format
     ctx.obj = app
     ctx.call_on_close(app.close)
 
@@ -154,7 +232,7 @@ def init(ctx: click.Context, config_file: Path | None) -> None:
         if problem:
             raise StoreError(problem, path=str(store.path))
         count = len(feed_rows.list_feeds(store.db))
-        out.print(f"Database ready: {store.path} ({count} feeds)")
+        out.print(f"Database ready: {store.path} ({plural(count, 'feed')})")
 
 
 # --- feeds ---------------------------------------------------------------------------
@@ -171,23 +249,35 @@ def feeds_list(ctx: click.Context) -> None:
     """Show every feed with its health."""
     with _one_line_errors():
         rows = feed_rows.list_feeds(_app(ctx).store.db)
-        table = Table(title=f"{len(rows)} feeds", title_justify="left")
-        for column in ("id", "title", "url", "state", "last poll", "errors", "next poll"):
-            table.add_column(column, overflow="fold")
+        cells = []
         for feed in rows:
             state = "enabled" if feed.enabled else f"disabled: {feed.disabled_reason or ''}"
             if feed.enabled and feed.last_error:
                 state = f"failing: {feed.last_error}"
-            table.add_row(
-                str(feed.id),
-                feed.title or "—",
-                feed.url,
-                state,
-                _when(feed.last_polled_at),
-                str(feed.error_count),
-                _when(feed.next_poll_at),
+            cells.append(
+                (
+                    str(feed.id),
+                    feed.title or "—",
+                    feed.url,
+                    state,
+                    _when(feed.last_polled_at),
+                    str(feed.error_count),
+                    _when(feed.next_poll_at),
+                )
             )
-        out.print(table)
+        _print_table(
+            plural(len(rows), "feed"),
+            [
+                ("id", "id"),
+                ("title", "text"),
+                ("url", "id"),
+                ("state", "text"),
+                ("last poll", "text"),
+                ("errors", "num"),
+                ("next poll", "text"),
+            ],
+            cells,
+        )
 
 
 @cli.command("search")
@@ -219,14 +309,11 @@ def search_command(
             entries = ranked.entries
         about = "" if matches.exact else "about "
         order = "newest first" if newest else "best match first"
-        table = Table(title=f"{about}{matches.count} matching, {order}", title_justify="left")
-        for column in ("id", "published", "source", "title"):
-            table.add_column(column, overflow="fold")
-        for entry in entries:
-            table.add_row(
-                str(entry.id), _when(entry.published), entry.feed_title, entry.title or "—"
-            )
-        out.print(table)
+        _print_table(
+            f"{about}{matches.count} matching, {order}",
+            [("id", "id"), ("published", "text"), ("source", "text"), ("title", "text")],
+            [(str(e.id), _when(e.published), e.feed_title, e.title or "—") for e in entries],
+        )
 
 
 def _when(moment: datetime | None) -> str:
@@ -361,27 +448,31 @@ def _print_summary(summaries: list[PollSummary]) -> None:
     if not summaries:
         out.print("No feeds to poll.")
         return
-    table = Table(title="Poll summary", title_justify="left")
-    for column, justify in (
-        ("feed", "left"),
-        ("status", "left"),
-        ("new", "right"),
-        ("updated", "right"),
-        ("duplicates", "right"),
-        ("errors", "left"),
-    ):
-        table.add_column(column, justify=justify, overflow="fold")  # type: ignore[arg-type]
-    for summary in sorted(summaries, key=lambda s: s.feed_id):
-        problems = summary.error or "; ".join(summary.warnings)
-        table.add_row(
-            f"{summary.feed_id} {summary.title}",
+    cells = [
+        (
+            str(summary.feed_id),
+            summary.title,
             _status_label(summary.status),
             str(summary.new),
             str(summary.updated),
             str(summary.duplicates),
-            problems or "",
+            summary.error or "; ".join(summary.warnings),
         )
-    out.print(table)
+        for summary in sorted(summaries, key=lambda s: s.feed_id)
+    ]
+    _print_table(
+        "Poll summary",
+        [
+            ("feed", "id"),
+            ("title", "text"),
+            ("status", "text"),
+            ("new", "num"),
+            ("updated", "num"),
+            ("duplicates", "num"),
+            ("errors", "text"),
+        ],
+        cells,
+    )
     totals = {
         "new": sum(s.new for s in summaries),
         "updated": sum(s.updated for s in summaries),
@@ -389,8 +480,8 @@ def _print_summary(summaries: list[PollSummary]) -> None:
         "failed": sum(1 for s in summaries if s.status in ("error", "disabled")),
     }
     out.print(
-        f"{len(summaries)} feeds: {totals['new']} new, {totals['updated']} updated, "
-        f"{totals['duplicates']} cross-posts, {totals['failed']} failed"
+        f"{plural(len(summaries), 'feed')}: {totals['new']} new, {totals['updated']} updated, "
+        f"{plural(totals['duplicates'], 'cross-post')}, {totals['failed']} failed"
     )
     for summary in summaries:
         if summary.error:
@@ -439,7 +530,7 @@ def run(ctx: click.Context, host: str | None, port: int | None, once: bool) -> N
             else f"the outbox {settings.mail.outbox}"
         )
         out.print(f"Starting: the timeline at {where}; digests go to {mail}. Ctrl-C stops.")
-        run_service(settings, host=host, port=port)
+        run_service(settings, host=host, port=port, log_format=app.log_format)
 
 
 def _add_demo_subscriber(app: App) -> None:
@@ -487,7 +578,7 @@ def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
     """Serve the web timeline, Atom feed and admin pages."""
     import uvicorn  # imported here: the other commands need no web stack
 
-    from .scheduler import keep_signals_for_graceful_exit
+    from .scheduler import configure_logging, keep_signals_for_graceful_exit
     from .web import create_app
     from .web.security import RedactTokens
 
@@ -504,10 +595,14 @@ def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
                 "The database is read-only: pages are served; sign-ups, preference changes "
                 "and admin changes answer with an error."
             )
+        # The same one-line events as `run` (or JSON with --log-format json), not
+        # uvicorn's own format.
+        configure_logging(settings.log_level, app.log_format)
         config = uvicorn.Config(
             create_app(settings, store=store),
             host=host,
             port=port,
+            log_config=None,
             log_level=settings.log_level,
             server_header=False,
             proxy_headers=False,  # the app trusts [web] trusted_proxies only
@@ -532,32 +627,54 @@ def subscribers() -> None:
 @click.pass_context
 def subscribers_list(ctx: click.Context) -> None:
     """Show every subscriber with their state, cadence and sources."""
+    from .store import digests as digest_rows
     from .store import subscribers as subscriber_rows
 
     with _one_line_errors():
         db = _app(ctx).store.db
         rows = subscriber_rows.list_all(db)
-        table = Table(title=f"{len(rows)} subscribers", title_justify="left")
-        for column in ("id", "email", "status", "cadence", "sources", "since", "last digest"):
-            table.add_column(column, overflow="fold")
+        # A digest actually sent, not when a digest run last looked at them (which a
+        # confirmation sets too): "—" for one who never received a digest.
+        last_sent = digest_rows.last_sent_times(db)
+        cells = []
         for row in rows:
             sources = "all" if row.feed_ids is None else ", ".join(map(str, sorted(row.feed_ids)))
-            table.add_row(
-                str(row.id),
-                row.email,
-                row.status,
-                row.cadence,
-                sources or "none",
-                _when(row.confirmed_at or row.created_at),
-                _when(row.last_digest_at),
+            cells.append(
+                (
+                    str(row.id),
+                    row.email,
+                    row.status,
+                    row.cadence,
+                    sources or "none",
+                    _when(row.confirmed_at or row.created_at),
+                    _when(last_sent.get(row.id)),
+                )
             )
-        out.print(table)
+        _print_table(
+            plural(len(rows), "subscriber"),
+            [
+                ("id", "id"),
+                ("email", "id"),
+                ("status", "text"),
+                ("cadence", "text"),
+                ("sources", "text"),
+                ("since", "text"),
+                ("last digest", "text"),
+            ],
+            cells,
+        )
 
 
 @subscribers.command("add")
 @click.argument("email")
 @click.option("--pending", is_flag=True, help="Send a confirmation link instead of confirming now.")
-@click.option("--cadence", type=click.Choice(["daily", "weekly"]), default="weekly")
+@click.option(
+    "--cadence",
+    type=click.Choice(["daily", "weekly"]),
+    default=None,
+    help="How often digests go out. A new address gets weekly unless named; an address "
+    "already there keeps its cadence unless named.",
+)
 @click.option(
     "--now",
     "first_digest_now",
@@ -566,18 +683,21 @@ def subscribers_list(ctx: click.Context) -> None:
 )
 @click.pass_context
 def subscribers_add(
-    ctx: click.Context, email: str, pending: bool, cadence: str, first_digest_now: bool
+    ctx: click.Context, email: str, pending: bool, cadence: str | None, first_digest_now: bool
 ) -> None:
-    """Add an address. Confirmed at once (you vouch for it) unless --pending."""
+    """Add an address. Confirmed at once (you vouch for it) unless --pending.
+
+    Adding an address already there changes only what the command names (its cadence
+    with --cadence; confirms it unless --pending) and says what changed."""
     from .digests import send_welcomes
     from .mail import open_sender
-    from .subscriptions import InvalidSubscription, add_by_operator, links_for
+    from .subscriptions import InvalidSubscription, add_or_update_by_operator, links_for
 
     with _one_line_errors():
         app = _app(ctx)
         store, settings = app.store, app.settings
         try:
-            subscriber, message = add_by_operator(
+            done = add_or_update_by_operator(
                 store,
                 settings,
                 links_for(store, settings),
@@ -588,19 +708,23 @@ def subscribers_add(
                 now=now(),
             )
         except InvalidSubscription as error:
-            err.print(f"[red]error:[/red] {email!r}: {error}", markup=True)
-            sys.exit(1)
+            _fail(f"{email!r}: {error}")
+        subscriber = done.subscriber
+        if not done.created:
+            what = "; ".join(done.changes) if done.changes else "nothing changed"
+            out.print(f"Already subscriber {subscriber.id}: {subscriber.email}: {what}")
+        problems: list[str] = []
         sender = open_sender(settings.mail.smtp, settings.mail.outbox)
         try:
-            if message is not None:
-                sender.send(message)
+            if done.message is not None:
+                sender.send(done.message)
             else:
                 problems = send_welcomes(
                     store, sender, settings, now(), subscriber_ids=[subscriber.id]
                 )
         finally:
             sender.close()
-        if message is not None:
+        if done.message is not None:
             out.print(f"Confirmation sent to {subscriber.email} (subscriber {subscriber.id})")
         else:
             out.print(
@@ -622,8 +746,7 @@ def subscribers_remove(ctx: click.Context, email: str) -> None:
         if remove_by_operator(_app(ctx).store, email):
             out.print(f"Removed {email}")
         else:
-            err.print(f"No subscriber {email}")
-            sys.exit(1)
+            _fail(f"no subscriber {email}")
 
 
 @cli.group()
@@ -634,6 +757,11 @@ def digest() -> None:
 @digest.command("preview")
 @click.option("--subscriber", "email", default=None, help="Whose digest (default: every source).")
 @click.option(
+    "--last",
+    is_flag=True,
+    help="The last digest that subscriber was sent (needs --subscriber).",
+)
+@click.option(
     "--out",
     "out_file",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -641,23 +769,35 @@ def digest() -> None:
     help="Write to FILE: .html the HTML part, .txt the text part, else the whole message.",
 )
 @click.pass_context
-def digest_preview(ctx: click.Context, email: str | None, out_file: Path | None) -> None:
-    """Render the digest that would go out now, without sending or moving anything."""
-    from .digests import preview
+def digest_preview(
+    ctx: click.Context, email: str | None, last: bool, out_file: Path | None
+) -> None:
+    """Render the digest that would go out now, without sending or moving anything.
+
+    When nothing is new since the subscriber's last digest, shows that last digest
+    instead (or, if none was sent yet, a digest of everything stored in their
+    sources), with a line that says which it is. --last shows the last one sent."""
+    from .digests import preview_for
     from .mail import FILE_POLICY, build_email
     from .subscriptions import InvalidSubscription
 
     with _one_line_errors():
         app = _app(ctx)
         try:
-            message = preview(app.store, app.settings, now(), email=email)
+            shown = preview_for(app.store, app.settings, now(), email=email, last=last)
         except (LookupError, InvalidSubscription) as error:
-            err.print(f"[red]error:[/red] {error}", markup=True)
-            sys.exit(1)
-        if message is None:
-            out.print("Nothing new: no digest would be sent.")
+            _fail(str(error.args[0] if error.args else error))
+        if shown is None:
+            whose = f"{email}'s sources" if email else "any source"
+            out.print(
+                f"Nothing to preview: no posts stored in {whose} yet "
+                "(`aggregator poll` fetches them). Nothing was sent or changed.",
+                markup=False,
+            )
             return
+        message = shown.message
         if out_file is None:
+            click.echo(f"# {shown.note}\n")
             click.echo(f"Subject: {message.subject}\n")
             click.echo(message.text, nl=False)
             return
@@ -669,7 +809,7 @@ def digest_preview(ctx: click.Context, email: str | None, out_file: Path | None)
         else:
             data = build_email(message).as_bytes(policy=FILE_POLICY)
         _write_file(app, out_file, data)
-        err.print(f"Wrote {out_file}: {message.subject}")
+        err.print(f"{shown.note}\nWrote {out_file}: {message.subject}", markup=False)
 
 
 @digest.command("send")
@@ -690,7 +830,10 @@ def digest_send(ctx: click.Context, due: bool, dry_run: bool) -> None:
                 if plan is not None:
                     count += 1
                     stories += plan.story_count
-            out.print(f"Would build {count} digests ({stories} stories); nothing was changed.")
+            out.print(
+                f"Would build {plural(count, 'digest')} ({plural(stories, 'story', 'stories')}); "
+                "nothing was changed."
+            )
             return
         built = build_pending(store, settings, now(), due_only=due)
         sender = open_sender(settings.mail.smtp, settings.mail.outbox)
@@ -721,7 +864,7 @@ def digest_send(ctx: click.Context, due: bool, dry_run: bool) -> None:
             else str(settings.mail.outbox)
         )
         out.print(
-            f"Built {built.built} digests ({built.empty} with nothing new"
+            f"Built {plural(built.built, 'digest')} ({built.empty} with nothing new"
             + (f", {built.not_due} not due" if due else "")
             + f"). Sent {report.sent} to {where}; {report.retried} to retry, "
             f"{report.bounced} bounced, {report.failed} failed."
@@ -729,7 +872,7 @@ def digest_send(ctx: click.Context, due: bool, dry_run: bool) -> None:
         for problem in report.errors[-5:]:
             err.print(f"error: {problem}")
         if report.stopped:
-            err.print(f"stopped: {report.stopped}")
+            err.print(f"error: stopped: {report.stopped}", markup=False)
             sys.exit(2)
 
 
@@ -780,4 +923,20 @@ def status(ctx: click.Context) -> None:
 
 
 def main(argv: list[str] | None = None) -> Any:
-    return cli.main(args=argv, prog_name="aggregator")
+    """The command, with click's own errors (unknown option, missing argument) also one
+    ``error:`` line and a non-zero exit, like the product's."""
+    try:
+        result = cli.main(args=argv, prog_name="aggregator", standalone_mode=False)
+    except click.ClickException as error:
+        hint = ""
+        if isinstance(error, click.UsageError) and error.ctx is not None:
+            hint = f" (see '{error.ctx.command_path} --help')"
+        err.print(f"error: {error.format_message()}{hint}", markup=False)
+        sys.exit(error.exit_code or 1)
+    except (click.Abort, KeyboardInterrupt, EOFError):
+        err.print("error: interrupted", markup=False)
+        sys.exit(130)
+    except BrokenPipeError:  # `aggregator feeds list | head`: the reader left
+        sys.stderr.close()
+        sys.exit(1)
+    sys.exit(result if isinstance(result, int) else 0)

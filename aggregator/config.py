@@ -10,6 +10,7 @@ directory of the file itself, so a configuration works whatever the working dire
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import tomllib
@@ -431,6 +432,10 @@ class _Reader:
         self.used.add(name)
         if name not in self.raw:
             if required:
+                # A misspelling of this key is the likelier mistake: name that.
+                typo = difflib.get_close_matches(name, [str(k) for k in self.raw], n=1)
+                if typo:
+                    raise self._unknown(typo[0], name)
                 raise self._error(name, "is required")
             return default
         value = self.raw[name]
@@ -483,9 +488,9 @@ class _Reader:
 
     def _check_range(self, name: str, value: float, low: float | None, high: float | None) -> None:
         if low is not None and value < low:
-            raise self._error(name, f"must be at least {low}, not {value}")
+            raise self._error(name, f"must be at least {_number(low)}, not {_number(value)}")
         if high is not None and value > high:
-            raise self._error(name, f"must be at most {high}, not {value}")
+            raise self._error(name, f"must be at most {_number(high)}, not {_number(value)}")
 
     def table(self, name: str) -> _Reader:
         value = self._get(name, (dict,), "a table", {}, False)
@@ -503,7 +508,19 @@ class _Reader:
     def done(self) -> None:
         unknown = sorted(set(self.raw) - self.used)
         if unknown:
-            raise self._error(unknown[0], "unknown setting")
+            nearest = difflib.get_close_matches(unknown[0], sorted(self.used), n=1)
+            raise self._unknown(unknown[0], nearest[0] if nearest else None)
+
+    def _unknown(self, name: str, nearest: str | None) -> ConfigError:
+        hint = f"; did you mean {self.key(nearest)!r}?" if nearest else ""
+        return self._error(name, f"unknown setting{hint}")
+
+
+def _number(value: float) -> str:
+    """Whole numbers as whole numbers: 0, not 0.0; 2.5 stays 2.5."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def load(explicit: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:

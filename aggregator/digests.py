@@ -18,7 +18,7 @@ import textwrap
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -711,12 +711,76 @@ def send_welcomes(
 # --- preview ------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class Preview:
+    """A digest to look at and what it is: ``next`` (what would go out now), ``last``
+    (the last one sent), or ``everything`` (a digest of all stored posts in the
+    subscriber's sources, shown when nothing is new and none was sent yet)."""
+
+    message: OutgoingMessage
+    kind: Literal["next", "last", "everything"]
+    note: str
+
+
 def preview(
     store: Store, settings: Settings, now: datetime, *, email: str | None = None
 ) -> OutgoingMessage | None:
     """The digest a subscriber (or, without one, a reader of every source since the
     start) would get now. Writes nothing but the instance secret on first use."""
-    links = links_for(store, settings)
+    subscriber = _preview_subscriber(store, settings, email, now)
+    return _next_message(store, settings, subscriber, now)
+
+
+def preview_for(
+    store: Store,
+    settings: Settings,
+    now: datetime,
+    *,
+    email: str | None = None,
+    last: bool = False,
+) -> Preview | None:
+    """Something to look at, labelled: the next digest when something is new; else the
+    last digest sent to that subscriber; else everything stored in their sources.
+
+    With ``last``, only the last digest sent. None when there is nothing at all (no
+    posts stored in the subscriber's sources). Sends nothing, moves nothing."""
+    subscriber = _preview_subscriber(store, settings, email, now)
+    who = subscriber.email if email is not None else "a reader of every source"
+    if last:
+        if email is None:
+            raise LookupError("--last needs --subscriber: whose last digest?")
+        shown = _last_sent(store, settings, subscriber, now)
+        if shown is None:
+            raise LookupError(f"no digest was sent to {subscriber.email} yet")
+        return shown
+    message = _next_message(store, settings, subscriber, now)
+    if message is not None:
+        since = "since their last digest" if email is not None else "stored so far"
+        return Preview(message, "next", f"The next digest for {who}: what is new {since}.")
+    if email is not None:
+        shown = _last_sent(store, settings, subscriber, now)
+        if shown is not None:
+            return Preview(
+                shown.message,
+                "last",
+                f"Nothing new for {who} since their last digest: the next one would be "
+                f"empty so far. Shown instead: {shown.note[0].lower()}{shown.note[1:]}",
+            )
+    everything = replace(subscriber, watermark=0)
+    message = _next_message(store, settings, everything, now)
+    if message is None:
+        return None
+    return Preview(
+        message,
+        "everything",
+        f"Nothing new for {who} and no digest sent yet. Shown instead: what a digest of "
+        "everything stored in their sources would hold.",
+    )
+
+
+def _preview_subscriber(
+    store: Store, settings: Settings, email: str | None, now: datetime
+) -> Subscriber:
     if email is not None:
         from .subscriptions import normalise_email
 
@@ -724,23 +788,29 @@ def preview(
         subscriber = subscriber_rows.by_key(store.db, key)
         if subscriber is None:
             raise LookupError(f"no subscriber {email}")
-    else:
-        subscriber = Subscriber(
-            id=0,
-            email=parse_address(settings.mail.sender).addr_spec,
-            status="confirmed",
-            cadence="weekly",
-            feed_ids=None,
-            watermark=0,
-            created_at=now,
-        )
+        return subscriber
+    return Subscriber(
+        id=0,
+        email=parse_address(settings.mail.sender).addr_spec,
+        status="confirmed",
+        cadence="weekly",
+        feed_ids=None,
+        watermark=0,
+        created_at=now,
+    )
+
+
+def _next_message(
+    store: Store, settings: Settings, subscriber: Subscriber, now: datetime
+) -> OutgoingMessage | None:
+    links = links_for(store, settings)
     upto = subscriber_rows.high_water(store.db)
     plan = _PlanCache().plan(
         store.db,
         subscriber,
         upto,
         settings.digest.max_entries_per_source,
-        now if email is not None else None,
+        now if subscriber.id else None,  # the first-digest window applies to a real subscriber
     )
     if plan is None:
         return None
@@ -756,6 +826,21 @@ def preview(
         issued_at=now,
         date=now,
     )
+
+
+def _last_sent(
+    store: Store, settings: Settings, subscriber: Subscriber, now: datetime
+) -> Preview | None:
+    sent = digest_rows.for_subscriber(store.db, subscriber.id, limit=1)
+    if not sent:
+        return None
+    digest = sent[0]
+    renderer = Renderer(store, settings, links_for(store, settings))
+    message = renderer.message(digest, date=digest.sent_at or digest.created_at)
+    if message is None:
+        return None
+    when = (digest.sent_at or digest.created_at).strftime("%Y-%m-%d %H:%M")
+    return Preview(message, "last", f"The last digest sent to {subscriber.email}, on {when} UTC.")
 
 
 def _plan_lines(store: Store, plan: DigestPlan) -> list[DigestLine]:

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import json
 import logging
 import os
+import re
 import signal
 import socket
 import threading
@@ -28,6 +30,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import uvicorn
+from apscheduler.events import EVENT_JOB_ERROR, JobExecutionEvent
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
@@ -269,6 +272,7 @@ class Service:
             )
         )
         scheduler = AsyncIOScheduler(timezone=settings.digest.timezone)
+        scheduler.add_listener(job_failed, EVENT_JOB_ERROR)
         job_options: dict[str, Any] = {
             "max_instances": 1,
             "coalesce": True,
@@ -338,18 +342,118 @@ def keep_signals_for_graceful_exit() -> None:
             signal.signal(signum, requested)
 
 
-def configure_logging(level: str) -> None:
-    """One line per event: time, level, logger, then the event's key=value pairs."""
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        datefmt="%Y-%m-%dT%H:%M:%S%z",
-    )
+LOG_FORMATS = ("text", "json")
+_PAIR = re.compile(r"""(\w+)=('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|\S+)""")
+
+
+def _cause(exc_info: Any) -> str | None:
+    if not exc_info or exc_info[1] is None:
+        return None
+    error = exc_info[1]
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+class OneLineFormatter(logging.Formatter):
+    """time level logger event key=value …; an exception is its cause in one
+    ``cause=`` pair, never a traceback."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "%(asctime)s %(levelname)s %(name)s %(message)s", datefmt="%Y-%m-%dT%H:%M:%S%z"
+        )
+
+    def format(self, record: logging.LogRecord) -> str:
+        cause = _cause(record.exc_info)
+        record.exc_info = None
+        record.exc_text = None
+        record.stack_info = None
+        line = " ".join(super().format(record).split("\n"))
+        return f"{line} cause={cause!r}" if cause else line
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, for log shippers: time, level, logger, message, the
+    message's key=value pairs as fields, and the cause of an exception."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        event: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created).astimezone().isoformat(),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": message,
+        }
+        pairs = _PAIR.findall(message)
+        if pairs:  # "poll feed=3 status=ok …": the event's name, then its fields
+            event["event"] = message.split(" ", 1)[0]
+        for key, value in pairs:
+            if key not in event:
+                event[key] = value[1:-1] if value[:1] in "'\"" and len(value) > 1 else value
+        cause = _cause(record.exc_info)
+        if cause:
+            event["cause"] = cause
+        return json.dumps(event, ensure_ascii=False)
+
+
+class AccessLine(logging.Filter):
+    """uvicorn's access log as one of our events: ``request client=… method=… path=…
+    status=…`` (the path already stripped of capability tokens)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) == 5:
+            client, method, path, _version, status = args
+            record.msg = "request client=%s method=%s path=%s status=%s"
+            record.args = (client, method, path, status)
+        return True
+
+
+def configure_logging(level: str, log_format: str = "text") -> None:
+    """One line per event (text: time, level, logger, then the event's key=value
+    pairs; json: one object a line), for the service, the web server and APScheduler
+    alike."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter() if log_format == "json" else OneLineFormatter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(getattr(logging, level.upper(), logging.INFO))
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logger = logging.getLogger(name)
+        for old in list(logger.handlers):
+            logger.removeHandler(old)
+        logger.propagate = True
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, AccessLine) for f in access.filters):
+        access.addFilter(AccessLine())
     if level != "debug":
         # A line per job run drowns the events; keep APScheduler's warnings only.
         logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    # A failed job is our one "job failed" line (see job_failed), not APScheduler's
+    # traceback.
+    logging.getLogger("apscheduler.executors").setLevel(logging.CRITICAL)
 
 
-def run_service(settings: Settings, *, host: str | None = None, port: int | None = None) -> None:
-    configure_logging(settings.log_level)
+def job_failed(event: JobExecutionEvent) -> None:
+    """One log line for a job that raised: which job, when it was due, and why."""
+    error = event.exception
+    cause = f"{type(error).__name__}: {' '.join(str(error).split())}" if error else "unknown"
+    log.error(
+        "job failed job=%s scheduled=%s cause=%r",
+        event.job_id,
+        event.scheduled_run_time.isoformat() if event.scheduled_run_time else "-",
+        cause,
+    )
+
+
+def run_service(
+    settings: Settings,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    log_format: str = "text",
+) -> None:
+    configure_logging(settings.log_level, log_format)
     asyncio.run(Service(settings).serve(host, port))

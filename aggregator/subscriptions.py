@@ -485,35 +485,79 @@ def update_preferences(
 # --- the operator's commands --------------------------------------------------------
 
 
+DEFAULT_CADENCE: Cadence = "weekly"  # a new subscriber's cadence unless one is named
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorAdd:
+    """What ``subscribers add`` did: the subscriber as it now is, whether it was new,
+    what changed for one already there (empty: nothing), and a confirmation to send."""
+
+    subscriber: Subscriber
+    created: bool
+    changes: tuple[str, ...]
+    message: OutgoingMessage | None
+
+
 def add_by_operator(
     store: Store,
     settings: Settings,
     links: Links,
     *,
     email: str,
-    cadence: str = "weekly",
+    cadence: str | None = None,
     pending: bool = False,
     first_digest_now: bool = False,
     now: datetime,
 ) -> tuple[Subscriber, OutgoingMessage | None]:
+    """Add an address the operator vouches for; see ``add_or_update_by_operator``."""
+    done = add_or_update_by_operator(
+        store,
+        settings,
+        links,
+        email=email,
+        cadence=cadence,
+        pending=pending,
+        first_digest_now=first_digest_now,
+        now=now,
+    )
+    return done.subscriber, done.message
+
+
+def add_or_update_by_operator(
+    store: Store,
+    settings: Settings,
+    links: Links,
+    *,
+    email: str,
+    cadence: str | None = None,
+    pending: bool = False,
+    first_digest_now: bool = False,
+    now: datetime,
+) -> OperatorAdd:
     """Add an address the operator vouches for (confirmed), or a pending one with a
     confirmation message to send.
 
     Like a reader who confirms, a confirmed address gets its first digest at the next
     scheduled time; ``first_digest_now`` makes it due at once instead (the first run
-    that finds something new sends it).
+    that finds something new sends it). A new address gets ``DEFAULT_CADENCE`` unless
+    ``cadence`` names one. For an address already there only what the call names
+    changes: its cadence when ``cadence`` is given, its state when it is not confirmed
+    (confirmed, or pending again with ``pending``); its sources never.
     """
     address, key = normalise_email(email)
-    chosen_cadence = parse_cadence(cadence)
+    chosen_cadence = parse_cadence(cadence) if cadence is not None else None
+    changes: list[str] = []
     with store.write() as db:
         existing = rows.by_key(db, key)
+        created = existing is None
         if existing is None:
             subscriber_id = rows.insert(
                 db,
                 email=address,
                 email_key=key,
                 status="pending" if pending else "confirmed",
-                cadence=chosen_cadence,
+                cadence=chosen_cadence or DEFAULT_CADENCE,
                 feed_ids=None,
                 now=now,
                 watermark=rows.high_water(db),
@@ -524,12 +568,17 @@ def add_by_operator(
                 rows.mark_welcome_due(db, subscriber_id)
         else:
             subscriber_id = existing.id
-            rows.set_preferences(db, subscriber_id, cadence=chosen_cadence, feed_ids=None)
+            if chosen_cadence is not None and chosen_cadence != existing.cadence:
+                rows.set_cadence(db, subscriber_id, chosen_cadence)
+                changes.append(f"cadence {existing.cadence} -> {chosen_cadence}")
             if pending and existing.status != "confirmed":
-                rows.set_status(db, subscriber_id, "pending", now)
+                if existing.status != "pending":
+                    rows.set_status(db, subscriber_id, "pending", now)
+                    changes.append(f"status {existing.status} -> pending")
             elif not pending and existing.status != "confirmed":
                 rows.confirm(db, subscriber_id, now, rows.high_water(db))
                 rows.mark_welcome_due(db, subscriber_id)
+                changes.append(f"status {existing.status} -> confirmed")
         if pending:
             rows.mark_confirmation_sent(db, subscriber_id, now)
         subscriber = rows.get(db, subscriber_id)
@@ -537,7 +586,7 @@ def add_by_operator(
     message = None
     if pending and subscriber.status == "pending":
         message = confirmation_message(settings, links, subscriber.id, subscriber.email, now)
-    return subscriber, message
+    return OperatorAdd(subscriber, created, tuple(changes), message)
 
 
 def remove_by_operator(store: Store, email: str) -> bool:

@@ -227,3 +227,174 @@ def test_search_prints_a_table_best_match_first(tmp_path: Path, feed_server: Fee
     assert "newest first" in run("search", "--newest", "zebra", config=cfg).stdout
     refused = run("search", "--", "-zebra", config=cfg, check=False)
     assert refused.returncode != 0 and "at least one word" in refused.stderr
+
+
+# --- commands that say what they did -------------------------------------------------
+
+
+def mail_config(tmp_path: Path) -> Path:
+    return config(
+        tmp_path,
+        '[web]\nbase_url = "https://news.example.org"\n'
+        '[mail]\nfrom = "Blog digest <digest@news.example.org>"\noutbox = "outbox"\n',
+    )
+
+
+def test_digest_preview_always_shows_something_labelled(
+    tmp_path: Path, feed_server: FeedServer
+) -> None:
+    """Before the first digest: the next one. After it, with nothing new: the last one,
+    labelled as such. `--last`: the last one sent. Nothing is sent or moved."""
+    cfg = mail_config(tmp_path)
+    url = feed_server.add("/a.xml", body=rss([Item("First post", link="https://blog.test/1")]))
+    run("feeds", "add", "--no-discover", url, config=cfg)
+    run("subscribers", "add", "ann@example.org", "--now", config=cfg)
+    never = run(
+        "digest", "preview", "--subscriber", "ann@example.org", "--last", config=cfg, check=False
+    )
+    assert never.returncode == 1
+    assert never.stderr.startswith("error: no digest was sent to ann@example.org yet")
+    run("poll", config=cfg)
+    upcoming = run("digest", "preview", "--subscriber", "ann@example.org", config=cfg).stdout
+    assert upcoming.startswith("# The next digest for ann@example.org") and "First post" in upcoming
+    sent = run("digest", "send", config=cfg).stdout
+    assert "Sent 1" in sent and "Built 1 digest (" in sent
+
+    after = run("digest", "preview", "--subscriber", "ann@example.org", config=cfg).stdout
+    first = after.splitlines()[0]
+    assert "Nothing new for ann@example.org since their last digest" in first
+    assert "the last digest sent to ann@example.org, on" in first
+    assert "First post" in after and "Nothing new:" not in after
+    last = run("digest", "preview", "--subscriber", "ann@example.org", "--last", config=cfg)
+    assert last.stdout.startswith("# The last digest sent to ann@example.org")
+    assert "First post" in last.stdout
+    html = tmp_path / "last.html"
+    written = run(
+        "digest", "preview", "--subscriber", "ann@example.org", "--out", str(html), config=cfg
+    )
+    assert "Nothing new for ann@example.org" in written.stderr
+    assert "First post" in html.read_text()
+    # Previews moved nothing: the next send still has nothing new to send.
+    assert "Sent 0" in run("digest", "send", config=cfg).stdout
+    assert len(list((tmp_path / "outbox" / "new").iterdir())) == 1
+
+    run("subscribers", "add", "bob@example.org", config=cfg)  # after the post: nothing new
+    bob = run("digest", "preview", "--subscriber", "bob@example.org", config=cfg).stdout
+    assert bob.startswith("# Nothing new for bob@example.org and no digest sent yet")
+    assert "everything stored in their sources" in bob and "First post" in bob
+    nobody = run("digest", "preview", "--last", config=cfg, check=False)
+    assert nobody.returncode == 1 and nobody.stderr.startswith("error: --last needs --subscriber")
+
+
+def test_preview_with_no_posts_at_all_says_what_to_do(tmp_path: Path) -> None:
+    cfg = mail_config(tmp_path)
+    empty = run("digest", "preview", config=cfg).stdout
+    assert "Nothing to preview: no posts stored" in empty and "aggregator poll" in empty
+
+
+def test_re_adding_a_subscriber_changes_only_what_is_named_and_says_so(tmp_path: Path) -> None:
+    cfg = mail_config(tmp_path)
+    first = run("subscribers", "add", "ann@example.org", "--cadence", "daily", config=cfg).stdout
+    assert "is confirmed, daily" in first and "Already" not in first
+    again = run("subscribers", "add", "ann@example.org", config=cfg).stdout
+    assert "Already subscriber 1: ann@example.org: nothing changed" in again
+    assert "confirmed, daily" in again  # no silent change to weekly
+    changed = run("subscribers", "add", "ann@example.org", "--cadence", "weekly", config=cfg)
+    assert "cadence daily -> weekly" in changed.stdout
+    new = run("subscribers", "add", "bob@example.org", config=cfg).stdout
+    assert "is confirmed, weekly" in new  # the README's default for a new address
+
+
+def test_subscribers_list_shows_no_last_digest_before_one_was_sent(
+    tmp_path: Path, feed_server: FeedServer
+) -> None:
+    cfg = mail_config(tmp_path)
+    url = feed_server.add("/a.xml", body=rss([Item("A post", link="https://blog.test/1")]))
+    run("feeds", "add", "--no-discover", url, config=cfg)
+    run("subscribers", "add", "ann@example.org", "--now", config=cfg)
+    run("subscribers", "add", "bob@example.org", config=cfg)
+    listing = run("subscribers", "list", config=cfg).stdout
+    rows = {line.split("│")[2].strip(): line for line in listing.splitlines() if "@" in line}
+    assert rows["ann@example.org"].rstrip(" │").endswith("—")
+    assert rows["bob@example.org"].rstrip(" │").endswith("—")
+    run("poll", config=cfg)
+    run("digest", "send", "--due", config=cfg)  # ann is due at once; bob at the next slot
+    listing = run("subscribers", "list", config=cfg).stdout
+    rows = {line.split("│")[2].strip(): line for line in listing.splitlines() if "@" in line}
+    assert not rows["ann@example.org"].rstrip(" │").endswith("—")
+    assert rows["bob@example.org"].rstrip(" │").endswith("—")
+    assert listing.startswith("2 subscribers")
+
+
+def run_at_width(*args: str, config: Path, columns: int | None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    if columns is not None:
+        env["COLUMNS"] = str(columns)
+    result = subprocess.run(
+        [*AGGREGATOR, *args],
+        capture_output=True,
+        text=True,
+        env={**env, "AGGREGATOR_CONFIG": str(config)},
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def test_tables_never_break_urls_or_addresses(tmp_path: Path, feed_server: FeedServer) -> None:
+    """At 80 columns, narrower, and piped (no COLUMNS), every URL and address is whole
+    on one line: other columns fold, or each record is printed as a block."""
+    cfg = mail_config(tmp_path)
+    long_path = "/a-rather-long-feed-path/that-goes-on-and-on/and-on/feed.xml"
+    url = feed_server.add(long_path, body=rss([Item("A post", link="https://blog.test/1")]))
+    run(
+        "feeds",
+        "add",
+        "--no-discover",
+        url,
+        "--title",
+        "A blog with a title long enough to fold",
+        config=cfg,
+    )
+    address = "unsubscribe.me.please.with.a.long.local.part@subdomain.example.org"
+    run("subscribers", "add", address, config=cfg)
+    for columns in (200, 80, 50, None):
+        feeds_out = run_at_width("feeds", "list", config=cfg, columns=columns).stdout
+        assert any(url in line for line in feeds_out.splitlines()), (columns, feeds_out)
+        subs = run_at_width("subscribers", "list", config=cfg, columns=columns).stdout
+        assert any(address in line for line in subs.splitlines()), (columns, subs)
+        assert feeds_out.startswith("1 feed\n") and subs.startswith("1 subscriber\n")
+    narrow = run_at_width("subscribers", "list", config=cfg, columns=50).stdout
+    assert f"email: {address}" in narrow  # one record per block
+
+
+def test_error_lines_start_with_error_and_exit_non_zero(tmp_path: Path) -> None:
+    cfg = mail_config(tmp_path)
+    missing = run("subscribers", "remove", "nobody@example.org", config=cfg, check=False)
+    assert missing.returncode == 1
+    assert missing.stderr == "error: no subscriber nobody@example.org\n"
+    unknown = run(
+        "digest", "preview", "--subscriber", "nobody@example.org", config=cfg, check=False
+    )
+    assert unknown.returncode == 1 and unknown.stderr.startswith("error: no subscriber")
+    bad = run("subscribers", "add", "not an address", config=cfg, check=False)
+    assert bad.returncode == 1 and bad.stderr.startswith("error: 'not an address'")
+    ready = run("init", config=cfg).stdout
+    assert "(0 feeds)" in ready
+
+
+def test_usage_and_config_mistakes_are_error_lines_too(tmp_path: Path) -> None:
+    cfg = mail_config(tmp_path)
+    unknown = run("feeds", "frob", config=cfg, check=False)
+    assert unknown.returncode == 2
+    assert unknown.stderr.startswith("error: No such command 'frob'")
+    assert len(unknown.stderr.strip().splitlines()) == 1
+    typo = tmp_path / "typo.toml"
+    typo.write_text('datbase = "db.sqlite3"\n[fetch]\nmax_redirects = -5\n')
+    result = run("status", config=typo, check=False)
+    assert result.returncode == 1
+    assert result.stderr == (f"error: {typo}: datbase: unknown setting; did you mean 'database'?\n")
+    typo.write_text('database = "db.sqlite3"\n[fetch]\nmax_redirects = -5\n')
+    result = run("status", config=typo, check=False)
+    assert result.stderr == f"error: {typo}: fetch.max_redirects: must be at least 0, not -5\n"

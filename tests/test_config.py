@@ -42,6 +42,16 @@ def test_bundled_default_lists_both_blogs_with_snapshots() -> None:
         ('database = "x"\nbogus = 1', "bogus: unknown setting"),
         ("database = 5", "database: must be a string"),
         ("", "database: is required"),
+        ('datbase = "x"', "datbase: unknown setting; did you mean 'database'?"),
+        (
+            'database = "x"\n[fetch]\nmax_redirect = 3',
+            "fetch.max_redirect: unknown setting; did you mean 'fetch.max_redirects'?",
+        ),
+        ('database = "x"\nfrobnicate = true', "frobnicate: unknown setting\n"),
+        ('database = "x"\n[fetch]\nmax_redirects = -5', "must be at least 0, not -5\n"),
+        ('database = "x"\n[poll]\ninterval_minutes = -5', "must be at least 0, not -5\n"),
+        ('database = "x"\n[poll]\ninterval_minutes = -2.5', "must be at least 0, not -2.5\n"),
+        ('database = "x"\n[fetch]\nread_timeout = 0', "must be at least 0.1, not 0\n"),
         (
             'database = "x"\n[fetch]\nmax_redirects = "five"',
             "fetch.max_redirects: must be a whole number",
@@ -79,7 +89,7 @@ def test_bad_config_is_one_line_naming_file_and_key(tmp_path: Path, text: str, n
     message = str(caught.value)
     assert "\n" not in message
     assert str(path) in message
-    assert needle in message
+    assert needle in message + "\n"  # a needle ending in a newline: the end of the message
 
 
 def test_missing_file(tmp_path: Path) -> None:

@@ -298,3 +298,95 @@ def test_web_port_in_use_is_one_line_and_nothing_starts(
         f"error: web.port: cannot listen on 127.0.0.1:{port}: Address already in use"
     )
     assert feed_server.requests_for("/feed.xml") == []  # no poll started
+
+
+def test_serve_logs_one_line_events_as_run_does_or_json(tmp_path: Path) -> None:
+    """`serve` logs in the service's one-line format (not uvicorn's), requests as
+    ``request … path=… status=…`` with tokens redacted; `--log-format json` makes each
+    line a JSON object."""
+    import json
+    import re
+    import urllib.error
+    import urllib.request
+
+    for log_format in ("text", "json"):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        config = tmp_path / f"{log_format}.toml"
+        config.write_text(f'database = "db.sqlite3"\n[web]\nport = {port}\n')
+        log = tmp_path / f"{log_format}.log"
+        with log.open("wb") as out:
+            service = subprocess.Popen(
+                [sys.executable, "-m", "aggregator", "--log-format", log_format, "serve"],
+                cwd=REPO,
+                env={**os.environ, "AGGREGATOR_CONFIG": str(config)},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            wait_until(lambda log=log: "startup complete" in log.read_text(), 30, "the server")
+            for path in ("/", "/unsubscribe?token=secret.value"):
+                with contextlib.suppress(urllib.error.HTTPError):
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10).read()
+            wait_until(lambda log=log: "unsubscribe" in log.read_text(), 10, "the access line")
+        finally:
+            service.send_signal(signal.SIGTERM)
+            assert service.wait(timeout=30) == 0
+        lines = log.read_text().splitlines()[1:]  # after the "Serving …" banner
+        assert "secret.value" not in log.read_text()
+        if log_format == "text":
+            stamp = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} (INFO|WARNING|ERROR) \S+ "
+            assert lines and all(re.match(stamp, line) for line in lines), lines
+            assert any(
+                re.search(r"request client=\S+ method=GET path=/ status=200", x) for x in lines
+            )
+        else:
+            events = [json.loads(line) for line in lines]
+            requests = [e for e in events if e.get("event") == "request"]
+            assert {e["path"] for e in requests} == {"/", "/unsubscribe?token=REDACTED"}
+            assert all({"time", "level", "logger", "message"} <= set(e) for e in events)
+
+
+def test_a_failing_job_is_one_log_line_not_a_traceback(capfd: pytest.CaptureFixture[str]) -> None:
+    import asyncio
+    import json
+    import logging
+
+    from apscheduler.events import EVENT_JOB_ERROR
+    from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+    from aggregator.scheduler import configure_logging, job_failed
+
+    async def broken() -> None:
+        raise RuntimeError("disk on fire\nsecond line")
+
+    async def main() -> None:
+        scheduler = AsyncIOScheduler()
+        scheduler.add_listener(job_failed, EVENT_JOB_ERROR)
+        scheduler.add_job(broken, id="digests")
+        scheduler.start()
+        await asyncio.sleep(0.5)
+        scheduler.shutdown(wait=False)
+
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    try:
+        for log_format in ("text", "json"):
+            configure_logging("info", log_format)
+            asyncio.run(main())
+            lines = capfd.readouterr().err.strip().splitlines()
+            failed = [line for line in lines if "job failed" in line]
+            assert len(failed) == 1, lines
+            assert "Traceback" not in "\n".join(lines)
+            if log_format == "text":
+                assert "ERROR aggregator.service job failed job=digests scheduled=" in failed[0]
+                assert "cause='RuntimeError: disk on fire second line'" in failed[0]
+            else:
+                event = json.loads(failed[0])
+                assert event["event"] == "job" and event["job"] == "digests"
+                assert event["cause"] == "RuntimeError: disk on fire second line"
+                assert event["level"] == "ERROR"
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])

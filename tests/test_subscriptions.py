@@ -204,7 +204,7 @@ def test_cli_subscribers_and_digest_commands(tmp_path: Path) -> None:
     )
     assert preview.returncode == 0 and "Hello from the CLI" in (tmp_path / "p.html").read_text()
     dry = cli(config, "digest", "send", "--dry-run")
-    assert "Would build 1 digests" in dry.stdout
+    assert "Would build 1 digest (" in dry.stdout
     sent = cli(config, "digest", "send")
     assert sent.returncode == 0 and "Sent 1" in sent.stdout, sent.stderr
     assert len(list((tmp_path / "outbox" / "new").iterdir())) == 3

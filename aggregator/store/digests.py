@@ -188,6 +188,15 @@ def for_subscriber(db: Database, subscriber_id: int, *, limit: int = 50) -> list
     return [_digest(row) for row in cursor.fetchall()]
 
 
+def last_sent_times(db: Database) -> dict[int, datetime]:
+    """When each subscriber was last sent a digest; absent: never."""
+    cursor = db.execute(
+        "SELECT subscriber_id, max(sent_at) FROM digests WHERE status = 'sent' "
+        "AND sent_at IS NOT NULL GROUP BY subscriber_id"
+    )
+    return {row[0]: from_db_required(row[1]) for row in cursor.fetchall()}
+
+
 @dataclass(frozen=True, slots=True)
 class EntryView:
     """An entry as a digest shows it."""

@@ -134,6 +134,10 @@ def set_preferences(
     set_feeds(db, subscriber_id, feed_ids)
 
 
+def set_cadence(db: Database, subscriber_id: int, cadence: Cadence) -> None:
+    db.execute("UPDATE subscribers SET cadence = ? WHERE id = ?", [cadence, subscriber_id])
+
+
 def set_status(
     db: Database,
     subscriber_id: int,
