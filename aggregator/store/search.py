@@ -76,7 +76,7 @@ WEIGHTS = (10.0, 4.0, 1.0, 2.0)
 RECENCY = 0.1
 # Added to the score of an exact title match: below any bm25 score.
 _EXACT = -1e9
-RANK_ALL = 2_000
+RANK_ALL = 1_000
 SNIPPET_TOKENS = 24
 _OPEN, _CLOSE = "\x02", "\x03"
 _WORD = re.compile(r"\w+", re.UNICODE)
