@@ -296,17 +296,14 @@ def search_command(
         query = search.parse_query(" ".join(words))
         if query.fts is None:
             raise click.UsageError("give at least one word to find (not only -exclusions)")
-        upto = search.newest_id(db)
-        matches = search.count_matches(db, query, feed_id=source_id, upto=upto)
         if newest:
+            upto = search.newest_id(db)
+            matches = search.count_matches(db, query, feed_id=source_id, upto=upto)
             found = timeline.timeline_page(db, feed_id=source_id, search=query.fts, limit=limit)
             entries = found.entries
         else:
-            ranked = search.ranked_page(
-                db, query, feed_id=source_id, position=search.RankedCursor(upto, 0),
-                limit=limit, matches=matches,
-            )  # fmt: skip
-            entries = ranked.entries
+            ranked = search.ranked_page(db, query, feed_id=source_id, limit=limit)
+            matches, entries = ranked.matches, ranked.entries
         about = "" if matches.exact else "about "
         order = "newest first" if newest else "best match first"
         _print_table(

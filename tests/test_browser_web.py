@@ -215,6 +215,57 @@ def test_timeline_pages_search_and_filter(browser, site) -> None:
     page.close()
 
 
+def test_search_highlights_orders_and_pages(browser, site) -> None:
+    base, store, ids = site
+    # An old post about the word itself: first by relevance, last by date.
+    add_entry(
+        store,
+        ids["alpha"],
+        record(
+            "Words about words",
+            published=NOW - timedelta(days=30),
+            link="https://alpha.test/words",
+            body="<p>Choosing <b>words</b> carefully: words, words.</p>",
+        ),
+    )
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    problems = Problems()
+    problems.watch(page)
+    expect = playwright_api.expect
+    articles = page.locator("article")
+
+    page.goto(base + "/")
+    page.get_by_label("Search posts").fill("words")
+    page.get_by_label("Search posts").press("Enter")
+    expect(page.get_by_role("status")).to_contain_text("41 posts match, best match first")
+    expect(articles).to_have_count(30)
+    first = articles.first
+    expect(first.get_by_role("heading")).to_have_text("Words about words")
+    expect(first.locator("h3 mark")).to_have_text(["Words", "words"])
+    expect(first.locator(".snippet mark")).to_have_text(["words", "words", "words"])
+    expect(first.locator(".snippet b")).to_have_count(0)  # feed markup is text, not tags
+    expect(articles.nth(1).locator(".snippet mark")).to_have_text(["words"])
+
+    page.get_by_role("link", name="More results").click()
+    expect(articles).to_have_count(11)
+    expect(page.get_by_text("Words about words")).to_have_count(0)
+    page.get_by_role("link", name="Previous results").click()
+    expect(articles).to_have_count(30)
+    expect(articles.first.get_by_role("heading")).to_have_text("Words about words")
+
+    page.get_by_label("Order").select_option(label="Newest first")
+    page.get_by_role("button", name="Show").click()
+    expect(page.get_by_role("status")).to_contain_text("newest first")
+    expect(articles).to_have_count(30)
+    expect(articles.first.get_by_role("heading")).to_have_text("Post number 0")
+    expect(articles.first.locator(".snippet mark")).to_have_text(["words"])
+    page.get_by_role("link", name="Older").click()
+    expect(articles).to_have_count(11)
+    expect(articles.last.get_by_role("heading")).to_have_text("Words about words")
+    assert problems.messages == []
+    page.close()
+
+
 def test_hostile_entry_page_runs_nothing(browser, site) -> None:
     base, _, ids = site
     page = browser.new_page()

@@ -198,8 +198,10 @@ def test_count_and_cap(corpus, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(search, "RANK_ALL", 10)
     capped = search.count_matches(store.db, parse_query("kubernetes"), feed_id=None, upto=upto)
     assert not capped.exact and capped.low > 0
-    page = ranked_page(store.db, parse_query(TARGET), limit=100, matches=capped)
-    assert page.capped
+    page = ranked_page(store.db, parse_query(TARGET), limit=100)
+    assert page.capped and page.matches == search.count_matches(
+        store.db, parse_query(TARGET), feed_id=None, upto=upto
+    )
     # The exact title match still comes first though it is older than the ranked set.
     assert page.entries[0].id == ids["target"]
     assert len(page.entries) <= 11

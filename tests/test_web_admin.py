@@ -237,3 +237,22 @@ def test_import_opml_upload(admin) -> None:
     nothing = client.post("/admin/opml", data={"csrf_token": token(client)})
     assert nothing.status_code == 400 and "Choose an OPML file" in nothing.text
     assert len(urls(store)) == 3
+
+
+def test_admin_search_ranks_and_highlights(admin) -> None:
+    store, client = admin
+    feed_id = add_feed(store, "https://alpha.test/feed", "Alpha")
+    add_entry(store, feed_id, record("Kubernetes tuning notes", published=NOW))
+    add_entry(store, feed_id, record("Cooking <b>notes</b>", published=NOW))
+    add_entry(store, feed_id, record("Other things", published=NOW))
+    html = client.get("/admin", params={"q": "tuning notes"}).text
+    assert "1 post matches" in html
+    assert "<mark>tuning</mark> <mark>notes</mark>" in html
+    assert "Cooking" not in html.split('id="feeds-heading"')[0]
+    results = client.get("/admin", params={"q": "notes -kubernetes"}).text
+    results = results.split('id="feeds-heading"')[0]
+    assert "<mark>notes</mark>" in results and "Cooking" in results
+    assert "<b>" not in results and "Kubernetes" not in results
+    html = client.get("/admin", params={"q": 'NEAR( "unbalanced'}).text
+    assert "No posts match" in html
+    assert client.get("/admin", params={"q": "notes"}, auth=("admin", "wrong")).status_code == 401

@@ -76,7 +76,7 @@ WEIGHTS = (10.0, 4.0, 1.0, 2.0)
 RECENCY = 0.1
 # Added to the score of an exact title match: below any bm25 score.
 _EXACT = -1e9
-RANK_ALL = 2_000
+RANK_ALL = 1_000
 SNIPPET_TOKENS = 24
 _OPEN, _CLOSE = "\x02", "\x03"
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -169,6 +169,16 @@ class RankedCursor:
 
 
 @dataclass(frozen=True, slots=True)
+class Matches:
+    """How many entries up to ``upto`` match: ``count`` exactly when ``exact``, else an
+    estimate; ``low``: only entries with a greater id are ranked (0: all of them)."""
+
+    count: int
+    exact: bool
+    low: int
+
+
+@dataclass(frozen=True, slots=True)
 class RankedPage:
     """One page of ranked results; ``next`` and ``previous`` are None at the ends."""
 
@@ -177,7 +187,8 @@ class RankedPage:
     start: int
     next: RankedCursor | None
     previous: RankedCursor | None
-    capped: bool  # only the newest RANK_NEWEST entries were ranked (see module docstring)
+    capped: bool  # only the newest RANK_ALL matches were ranked (see module docstring)
+    matches: Matches
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,16 +225,6 @@ def newest_id(db: Database) -> int:
     return int(_execute(db, "SELECT coalesce(max(id), 0) FROM entries", [])[0][0])
 
 
-@dataclass(frozen=True, slots=True)
-class Matches:
-    """How many entries up to ``upto`` match: ``count`` exactly when ``exact``, else an
-    estimate; ``low``: only entries with a greater id are ranked (0: all of them)."""
-
-    count: int
-    exact: bool
-    low: int
-
-
 def count_matches(db: Database, query: SearchQuery, *, feed_id: int | None, upto: int) -> Matches:
     """The matches up to ``upto`` (with ``feed_id``, of that source only), and the cap.
 
@@ -254,7 +255,7 @@ def count_matches(db: Database, query: SearchQuery, *, feed_id: int | None, upto
             count = _execute(db, sql, [query.fts, upto, feed_id])[0][0]
         return Matches(int(count), True, low)
     low = int(lowest)
-    estimate = RANK_ALL * upto / max(1, upto - low)
+    estimate = _estimate(upto, low)
     if feed_id is not None:
         share = _execute(
             db,
@@ -264,6 +265,12 @@ def count_matches(db: Database, query: SearchQuery, *, feed_id: int | None, upto
         )[0][0]
         estimate *= share / 200
     return Matches(_round(estimate), False, low)
+
+
+def _estimate(upto: int, low: int) -> float:
+    """The matches up to ``upto`` when the newest ``RANK_ALL`` of them are the ids above
+    ``low``: matches spread evenly over ids."""
+    return RANK_ALL * upto / max(1, upto - low)
 
 
 def _round(value: float) -> int:
@@ -281,51 +288,71 @@ def ranked_page(
     feed_id: int | None = None,
     position: RankedCursor | None = None,
     limit: int = 30,
-    matches: Matches | None = None,
 ) -> RankedPage:
-    """One page of results by relevance (the rule of the module docstring).
+    """One page of results by relevance (the rule of the module docstring), and how
+    many there are (``RankedPage.matches``, as ``count_matches`` gives it).
 
     Without ``feed_id`` only stories are listed (as the timeline does); with it, every
     entry of that source. ``position`` is None for a first page (which fixes ``upto``
-    as the newest entry id now) or a cursor from an earlier page. ``matches`` is the
-    caller's ``count_matches`` for the same set, when it has one (it decides the cap).
+    as the newest entry id now) or a cursor from an earlier page.
+
+    One statement reads the newest ``RANK_ALL`` + 1 matches once, with their bm25
+    scores: that one pass gives the count (or, past the cap, the ids the estimate is
+    made from) and the ranked set, so FTS5 evaluates the query once, not once to count
+    and again to rank. (A source's count still takes ``count_matches``.)
     """
     upto = position.upto if position is not None else newest_id(db)
     start = position.start if position is not None else 0
     if query.fts is None or upto == 0:
-        return RankedPage((), upto, start, None, None, False)
-    if matches is None:
-        matches = count_matches(db, query, feed_id=feed_id, upto=upto)
-    low = matches.low
-    capped = low > 0
-    # The recency reference: the publication date of the newest entry of the set.
-    reference = _execute(
-        db, "SELECT published FROM entries WHERE id <= ? ORDER BY id DESC LIMIT 1", [upto]
-    )
+        return RankedPage((), upto, start, None, None, False, Matches(0, True, 0))
     where, params = _filter(feed_id)
     weights = ", ".join(str(weight) for weight in WEIGHTS)
-    age = "max(0.0, julianday(?) - julianday(e.published))"
-    published = reference[0][0] if reference else "1970-01-01T00:00:00.000000Z"
+    # The recency reference: the publication date of the newest entry of the set.
     # 1 - RECENCY * age / (age + 365), written with one date computation per row.
-    score = f"bm25(entries_fts, {weights}) * ({1 - RECENCY} + {RECENCY * 365} / ({age} + 365.0))"
-    sql = (
-        f"SELECT e.id, CASE WHEN e.norm_title = ? THEN {_EXACT} ELSE 0.0 END + {score} AS score "
-        "FROM entries_fts JOIN entries e ON e.id = entries_fts.rowid "
-        f"WHERE entries_fts MATCH ? AND entries_fts.rowid BETWEEN ? AND ? AND {where}"
+    age = (
+        "max(0.0, julianday((SELECT published FROM entries WHERE id <= ? ORDER BY id DESC "
+        "LIMIT 1)) - julianday(e.published))"
     )
-    sql_params = [query.title, published, query.fts, low + 1, upto, *params]
-    if capped:
-        # Exact title matches from anywhere, beside the ranked newest entries.
-        exact = (
-            f"SELECT e.id, {_EXACT} AS score FROM entries e "
-            f"WHERE e.norm_title = ? AND e.id <= ? AND {where} AND EXISTS (SELECT 1 "
-            "FROM entries_fts WHERE entries_fts MATCH ? AND entries_fts.rowid = e.id)"
-        )
-        sql = f"SELECT id, min(score) AS score FROM ({exact} UNION ALL {sql}) GROUP BY id"
-        sql_params = [query.title, upto, *params, query.fts, *sql_params]
-    sql = f"SELECT id FROM ({sql}) ORDER BY score, id DESC LIMIT ? OFFSET ?"
-    sql_params += [limit + 1, start]
-    ids = [row[0] for row in _execute(db, sql, sql_params)]
+    recency = f"({1 - RECENCY} + {RECENCY * 365} / ({age} + 365.0))"
+    exact = f"CASE WHEN e.norm_title = ? THEN {_EXACT} ELSE 0.0 END"
+    sql = (
+        # The newest RANK_ALL + 1 matches, read once: FTS5 walks its index newest first.
+        "WITH m AS MATERIALIZED (SELECT rowid AS id, "
+        f"bm25(entries_fts, {weights}) AS b FROM entries_fts "
+        "WHERE entries_fts MATCH ? AND rowid <= ? ORDER BY rowid DESC LIMIT ?), "
+        # count: how many (at most RANK_ALL + 1); low: past the cap, the lowest id of
+        # them, which is left out (only ids above it are ranked), else 0.
+        "n AS (SELECT count(*) AS count, CASE WHEN count(*) > ? THEN min(id) ELSE 0 END "
+        "AS low FROM m), "
+        f"r AS (SELECT m.id, {exact} + m.b * {recency} AS score "
+        "FROM m JOIN entries e ON e.id = m.id "
+        f"WHERE m.id > (SELECT low FROM n) AND {where} "
+        # Exact title matches from anywhere (when capped, older ones are not in m).
+        f"UNION ALL SELECT e.id, {_EXACT} FROM entries e "
+        f"WHERE e.norm_title = ? AND e.id <= ? AND {where} AND (SELECT low FROM n) > 0 "
+        "AND EXISTS (SELECT 1 FROM entries_fts WHERE entries_fts MATCH ? "
+        "AND entries_fts.rowid = e.id)), "
+        "p AS (SELECT id, min(score) AS score FROM r GROUP BY id "
+        "ORDER BY score, id DESC LIMIT ? OFFSET ?) "
+        # The count beside each id (a page of its own for ``n`` costs a second pass).
+        "SELECT p.id, (SELECT count FROM n), (SELECT low FROM n) FROM p "
+        "ORDER BY p.score, p.id DESC"
+    )
+    sql_params = [
+        query.fts, upto, RANK_ALL + 1, RANK_ALL,
+        query.title, upto, *params,
+        query.title, upto, *params, query.fts,
+        limit + 1, start,
+    ]  # fmt: skip
+    rows = _execute(db, sql, sql_params)
+    ids = [row[0] for row in rows]
+    if feed_id is not None or not rows:  # a source's count, or past the last page
+        matches = count_matches(db, query, feed_id=feed_id, upto=upto)
+        low = matches.low
+    else:
+        count, low = int(rows[0][1]), int(rows[0][2])
+        estimate = _round(_estimate(upto, low)) if low else count
+        matches = Matches(estimate, not low, low)
     more = len(ids) > limit
     ids = ids[:limit]
     entries = _entries(db, ids)
@@ -335,7 +362,8 @@ def ranked_page(
         start=start,
         next=RankedCursor(upto, start + limit) if more else None,
         previous=RankedCursor(upto, max(0, start - limit)) if start > 0 else None,
-        capped=capped,
+        capped=low > 0,
+        matches=matches,
     )
 
 
@@ -374,17 +402,19 @@ def highlights(db: Database, query: SearchQuery, ids: Sequence[int]) -> dict[int
     ``SNIPPET_TOKENS`` tokens, "…" where text was cut)."""
     if query.fts is None or not ids:
         return {}
-    found: dict[int, Highlight] = {}
-    for entry_id in ids:
-        # One lookup per id: FTS5 seeks a rowid equality, where an IN list would make
-        # it read the whole match list of a common word.
-        rows = _execute(
-            db,
-            f"SELECT highlight(entries_fts, 0, '{_OPEN}', '{_CLOSE}'), "
-            f"snippet(entries_fts, 2, '{_OPEN}', '{_CLOSE}', '…', {SNIPPET_TOKENS}) "
-            "FROM entries_fts WHERE entries_fts MATCH ? AND rowid = ?",
-            [query.fts, entry_id],
-        )
-        if rows:
-            found[entry_id] = Highlight(_fragments(rows[0][0]), _fragments(rows[0][1]))
+    # One statement for the page. The ids drive the join (CROSS JOIN keeps them outside),
+    # so FTS5 seeks each rowid; a plain IN list could make it read the whole match list
+    # of a common word.
+    rows = _execute(
+        db,
+        f"SELECT j.value, highlight(entries_fts, 0, '{_OPEN}', '{_CLOSE}'), "
+        f"snippet(entries_fts, 2, '{_OPEN}', '{_CLOSE}', '…', {SNIPPET_TOKENS}) "
+        "FROM json_each(?) AS j CROSS JOIN entries_fts ON entries_fts.rowid = j.value "
+        "WHERE entries_fts MATCH ?",
+        [json.dumps(list(ids)), query.fts],
+    )
+    found = {
+        int(entry_id): Highlight(_fragments(title), _fragments(snippet))
+        for entry_id, title, snippet in rows
+    }
     return found

@@ -1,4 +1,5 @@
-"""The operator's pages: feeds with their health; add, remove, disable, import OPML.
+"""The operator's pages: feeds with their health; add, remove, disable, import OPML;
+search the stored posts (``?q=``, the search page's query language, best match first).
 
 Behind the admin password (HTTP Basic, see ``security.require_admin``); every form
 carries a CSRF token. Changes answer with a redirect back to ``/admin`` (so reloading
@@ -24,12 +25,14 @@ from ..models import FeedSource
 from ..opml import MAX_OPML_BYTES
 from ..sources import add_source, discover_feed_url, import_opml, remove_source
 from ..store import feeds as feed_rows
-from ..store import timeline
+from ..store import search, timeline
 from .context import WebContext, web_context
 from .pages import render
 from .security import check_csrf, require_admin
 
 MAX_URL_CHARS = 2000
+MAX_QUERY_CHARS = 500
+SEARCH_LIMIT = 50
 _NOTICES = {
     "added": "Feed added. Its entries appear after its first poll.",
     "known": "That feed was already there.",
@@ -55,10 +58,20 @@ def _admin_page(
     counts = {
         name: request.query_params.get(name, "") for name in ("feed", "added", "known", "skipped")
     }
+    raw_query = request.query_params.get("q", "").strip()[:MAX_QUERY_CHARS]
+    found: search.RankedPage | None = None
+    highlights: dict[int, search.Highlight] = {}
+    if raw_query:  # the same search as the timeline's and the CLI's, best match first
+        query = search.parse_query(raw_query)
+        found = search.ranked_page(db, query, limit=SEARCH_LIMIT)
+        highlights = search.highlights(db, query, [entry.id for entry in found.entries])
     return render(
         request,
         "admin.html",
         {
+            "query": raw_query,
+            "found": found,
+            "highlights": highlights,
             "feeds": feeds,
             "health": health,
             "notice": _NOTICES.get(done or ""),

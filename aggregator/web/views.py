@@ -138,16 +138,10 @@ def timeline_view(request: Request) -> Response:
     if query is not None and query.fts is None:
         pass  # nothing to look for: the page says so
     elif query is not None and order == "relevance":
-        upto = at.upto if at is not None else search.newest_id(db)
-        total = search.count_matches(db, query, feed_id=source_id, upto=upto)
         ranked = search.ranked_page(
-            db,
-            query,
-            feed_id=source_id,
-            position=at or RankedCursor(upto, 0),
-            limit=PAGE_SIZE,
-            matches=total,
-        )
+            db, query, feed_id=source_id, position=at, limit=PAGE_SIZE
+        )  # fmt: skip
+        total = ranked.matches
         ids = [entry.id for entry in ranked.entries]
         context.update(
             results=ranked.entries,
