@@ -767,7 +767,7 @@ def preview_for(
                 f"empty so far. Shown instead: {shown.note[0].lower()}{shown.note[1:]}",
             )
     everything = replace(subscriber, watermark=0)
-    message = _next_message(store, settings, everything, now)
+    message = _next_message(store, settings, everything, now, window=False)
     if message is None:
         return None
     return Preview(
@@ -801,8 +801,10 @@ def _preview_subscriber(
 
 
 def _next_message(
-    store: Store, settings: Settings, subscriber: Subscriber, now: datetime
+    store: Store, settings: Settings, subscriber: Subscriber, now: datetime, *, window: bool = True
 ) -> OutgoingMessage | None:
+    """The digest ``subscriber`` would get now; ``window`` False lifts the first-digest
+    limit of one cadence period (a preview of everything stored)."""
     links = links_for(store, settings)
     upto = subscriber_rows.high_water(store.db)
     plan = _PlanCache().plan(
@@ -810,7 +812,7 @@ def _next_message(
         subscriber,
         upto,
         settings.digest.max_entries_per_source,
-        now if subscriber.id else None,  # the first-digest window applies to a real subscriber
+        now if window and subscriber.id else None,  # the window is a real subscriber's
     )
     if plan is None:
         return None

@@ -240,7 +240,7 @@ def test_search_highlights_orders_and_pages(browser, site) -> None:
     expect(page.get_by_role("status")).to_contain_text("41 posts match, best match first")
     expect(articles).to_have_count(30)
     first = articles.first
-    expect(first.get_by_role("heading")).to_have_text("Words about words")
+    expect(first.get_by_role("heading").get_by_role("link")).to_have_text("Words about words")
     expect(first.locator("h3 mark")).to_have_text(["Words", "words"])
     expect(first.locator(".snippet mark")).to_have_text(["words", "words", "words"])
     expect(first.locator(".snippet b")).to_have_count(0)  # feed markup is text, not tags
@@ -251,17 +251,21 @@ def test_search_highlights_orders_and_pages(browser, site) -> None:
     expect(page.get_by_text("Words about words")).to_have_count(0)
     page.get_by_role("link", name="Previous results").click()
     expect(articles).to_have_count(30)
-    expect(articles.first.get_by_role("heading")).to_have_text("Words about words")
+    expect(articles.first.get_by_role("heading").get_by_role("link")).to_have_text(
+        "Words about words"
+    )
 
     page.get_by_label("Order").select_option(label="Newest first")
     page.get_by_role("button", name="Show").click()
     expect(page.get_by_role("status")).to_contain_text("newest first")
     expect(articles).to_have_count(30)
-    expect(articles.first.get_by_role("heading")).to_have_text("Post number 0")
+    expect(articles.first.get_by_role("heading").get_by_role("link")).to_have_text("Post number 0")
     expect(articles.first.locator(".snippet mark")).to_have_text(["words"])
     page.get_by_role("link", name="Older").click()
     expect(articles).to_have_count(11)
-    expect(articles.last.get_by_role("heading")).to_have_text("Words about words")
+    expect(articles.last.get_by_role("heading").get_by_role("link")).to_have_text(
+        "Words about words"
+    )
     assert problems.messages == []
     page.close()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 from feedfactory import Item, rss
@@ -246,7 +247,8 @@ def test_digest_preview_always_shows_something_labelled(
     """Before the first digest: the next one. After it, with nothing new: the last one,
     labelled as such. `--last`: the last one sent. Nothing is sent or moved."""
     cfg = mail_config(tmp_path)
-    url = feed_server.add("/a.xml", body=rss([Item("First post", link="https://blog.test/1")]))
+    news = Item("First post", link="https://blog.test/1", published=datetime.now(UTC))
+    url = feed_server.add("/a.xml", body=rss([news]))
     run("feeds", "add", "--no-discover", url, config=cfg)
     run("subscribers", "add", "ann@example.org", "--now", config=cfg)
     never = run(
@@ -276,7 +278,8 @@ def test_digest_preview_always_shows_something_labelled(
     assert "First post" in html.read_text()
     # Previews moved nothing: the next send still has nothing new to send.
     assert "Sent 0" in run("digest", "send", config=cfg).stdout
-    assert len(list((tmp_path / "outbox" / "new").iterdir())) == 1
+    sent = [m.read_bytes() for m in (tmp_path / "outbox" / "new").iterdir()]
+    assert sum(b"Subject: Welcome" not in m for m in sent) == 1  # the one digest, no more
 
     run("subscribers", "add", "bob@example.org", config=cfg)  # after the post: nothing new
     bob = run("digest", "preview", "--subscriber", "bob@example.org", config=cfg).stdout
@@ -309,7 +312,8 @@ def test_subscribers_list_shows_no_last_digest_before_one_was_sent(
     tmp_path: Path, feed_server: FeedServer
 ) -> None:
     cfg = mail_config(tmp_path)
-    url = feed_server.add("/a.xml", body=rss([Item("A post", link="https://blog.test/1")]))
+    fresh = Item("A post", link="https://blog.test/1", published=datetime.now(UTC))  # news
+    url = feed_server.add("/a.xml", body=rss([fresh]))
     run("feeds", "add", "--no-discover", url, config=cfg)
     run("subscribers", "add", "ann@example.org", "--now", config=cfg)
     run("subscribers", "add", "bob@example.org", config=cfg)

@@ -211,5 +211,5 @@ def test_the_installed_wheel_inits_polls_and_serves(
         server.send_signal(signal.SIGTERM)
         output, _ = server.communicate(timeout=30)
     assert server.returncode == 0, output
-    assert "GET /unsubscribe?token=REDACTED" in output
+    assert "path=/unsubscribe?token=REDACTED" in output
     assert "SECRET-TOKEN" not in output
