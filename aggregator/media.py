@@ -354,9 +354,12 @@ def embed_link(url: str, *, kind: str = "embed") -> EmbedLink:
         if re.fullmatch(r"[A-Za-z0-9]{1,32}", video):
             return _watch("Dailymotion", f"https://www.dailymotion.com/video/{video}")
     match = _PEERTUBE_EMBED.fullmatch(path)
-    if match and host:
-        origin = f"{parts.scheme}://{parts.netloc}"
-        return _watch(parts.netloc, f"{origin}/videos/watch/{match.group(1)}")
+    # Named by its host alone: a user part ("youtube.com@evil.example") would let the
+    # label name a site the link does not lead to.
+    if match and host and parts.username is None and parts.password is None:
+        port = f":{parts.port}" if parts.port else ""
+        origin = f"{parts.scheme}://{host}{port}"
+        return _watch(host, f"{origin}/videos/watch/{match.group(1)}")
     label = {"video": "Video", "audio": "Audio"}.get(kind, "Embedded content")
     return EmbedLink(url, f"{label}: {url}")
 

@@ -153,6 +153,10 @@ def normalise_email(text: str) -> tuple[str, str]:
     text = (text or "").strip()
     if not text or len(text) > MAX_ADDRESS_INPUT or any(ord(c) < 32 for c in text):
         raise InvalidSubscription("Please enter a valid email address.")
+    if "=?" in text:
+        # An RFC 2047 encoded-word: mail libraries decode it in the To: header, so the
+        # header would name another address than the one the message is sent to.
+        raise InvalidSubscription("Please enter a valid email address.")
     try:
         valid = validate_email(text, check_deliverability=False)
     except EmailNotValidError:

@@ -286,6 +286,13 @@ EMBEDS = [
             "Watch on Dailymotion: https://www.dailymotion.com/video/x7tgad0",
         ),
     ),
+    (  # a user part must not lend the label another site's name
+        "https://www.youtube.com@evil.example/videos/embed/abc",
+        EmbedLink(
+            "https://www.youtube.com@evil.example/videos/embed/abc",
+            "Embedded content: https://www.youtube.com@evil.example/videos/embed/abc",
+        ),
+    ),
     (
         "https://maps.example/embed?pb=1",
         EmbedLink(

@@ -325,6 +325,8 @@ def test_search_atom_follows_a_topic(corpus) -> None:
         assert not parsed.bozo
         assert [e.title for e in parsed.entries] == ["Memory again", "Memory"]
         assert "garbage" in parsed.feed.title
+        website = client.get(parsed.feed.link.replace(settings.web.base_url, ""))
+        assert website.status_code == 200 and "Memory again" in website.text
         assert client.get("/search.atom", params={"q": "-x"}).status_code == 400
         again = client.get(
             "/search.atom",

@@ -65,6 +65,7 @@ def test_addresses_are_normalised(given, address, key) -> None:
         '"quoted"@example.org',
         "Reader <reader@example.org>",
         "reader@@example.org",
+        "=?utf-8?b?PHNjcmlwdD4=?=@example.org",  # the To: header would read <script>@…
     ],
 )
 def test_bad_addresses_are_refused(given) -> None:

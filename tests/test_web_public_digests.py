@@ -94,4 +94,5 @@ def test_saved_preferences_keep_their_token_and_editions_are_public(
     assert copy.status_code == 200 and "Edition story" in copy.text
     assert "token=" not in main(copy.text)
     assert client.get("/digests/editions/2001-01-01").status_code == 404
+    assert client.get("/digests/editions/9999-12-31").status_code == 404  # no day after it
     assert client.get("/digests/editions/nonsense").status_code == 404

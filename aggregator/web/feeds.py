@@ -135,8 +135,10 @@ def search_atom(request: Request) -> Response:
         if feed is None:
             raise HTTPException(404, f"There is no source with id {source_id}.")
         title += f" on {feed.title or feed.url}"
-    params = {"q": raw_query, "source": source_id}
-    query_string = urlencode({k: v for k, v in params.items() if v is not None})
+    params: dict[str, str | int] = {"q": raw_query}
+    if source_id is not None:
+        params["source"] = source_id
+    query_string = urlencode(params)
     page = timeline.timeline_page(db, feed_id=source_id, search=query.fts, limit=FEED_SIZE)
     base = web.settings.web.base_url
     return _atom_response(

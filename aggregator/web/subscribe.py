@@ -669,6 +669,8 @@ def edition_page(request: Request) -> Response:
     except ValueError:
         raise HTTPException(404, "There is no edition for this date.") from None
     tz = web.settings.digest.timezone
+    if day >= date.max:  # no day after it to end the edition
+        raise HTTPException(404, "There is no edition for this date.")
     start = datetime.combine(day, time(0), tzinfo=tz)
     end = datetime.combine(day + timedelta(days=1), time(0), tzinfo=tz)
     store = web.store()
