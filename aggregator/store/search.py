@@ -232,8 +232,8 @@ def count_matches(db: Database, query: SearchQuery, *, feed_id: int | None, upto
     newest ``RANK_ALL`` matches by ingest order (whatever their source), and the count
     is estimated from how many ids they span (matches spread evenly over ids): reading
     every match of a word in 15 % of a million entries costs more than the page may.
-    Without a source the count includes the copies of cross-posted stories (the results
-    list each story once); pages say "about".
+    Without a source, exact counts are of stories (the results list each cross-posted
+    story once); past the cap the estimate counts copies too, and pages say "about".
     """
     if query.fts is None:
         return Matches(0, True, 0)
@@ -246,14 +246,13 @@ def count_matches(db: Database, query: SearchQuery, *, feed_id: int | None, upto
     )
     count, lowest = rows[0]
     if count <= RANK_ALL:
-        low = 0
-        if feed_id is not None:
-            sql = (
-                "SELECT count(*) FROM entries_fts JOIN entries e ON e.id = entries_fts.rowid "
-                "WHERE entries_fts MATCH ? AND entries_fts.rowid <= ? AND e.feed_id = ?"
-            )
-            count = _execute(db, sql, [query.fts, upto, feed_id])[0][0]
-        return Matches(int(count), True, low)
+        where, params = _filter(feed_id)
+        sql = (
+            "SELECT count(*) FROM entries_fts JOIN entries e ON e.id = entries_fts.rowid "
+            f"WHERE entries_fts MATCH ? AND entries_fts.rowid <= ? AND {where}"
+        )
+        count = _execute(db, sql, [query.fts, upto, *params])[0][0]
+        return Matches(int(count), True, 0)
     low = int(lowest)
     estimate = _estimate(upto, low)
     if feed_id is not None:
@@ -323,7 +322,8 @@ def ranked_page(
         # count: how many (at most RANK_ALL + 1); low: past the cap, the lowest id of
         # them, which is left out (only ids above it are ranked), else 0.
         "n AS (SELECT count(*) AS count, CASE WHEN count(*) > ? THEN min(id) ELSE 0 END "
-        "AS low FROM m), "
+        "AS low, (SELECT count(*) FROM m JOIN entries e ON e.id = m.id "
+        "WHERE e.duplicate_of IS NULL) AS stories FROM m), "
         f"r AS (SELECT m.id, {exact} + m.b * {recency} AS score "
         "FROM m JOIN entries e ON e.id = m.id "
         f"WHERE m.id > (SELECT low FROM n) AND {where} "
@@ -335,7 +335,7 @@ def ranked_page(
         "p AS (SELECT id, min(score) AS score FROM r GROUP BY id "
         "ORDER BY score, id DESC LIMIT ? OFFSET ?) "
         # The count beside each id (a page of its own for ``n`` costs a second pass).
-        "SELECT p.id, (SELECT count FROM n), (SELECT low FROM n) FROM p "
+        "SELECT p.id, (SELECT stories FROM n), (SELECT low FROM n) FROM p "
         "ORDER BY p.score, p.id DESC"
     )
     sql_params = [

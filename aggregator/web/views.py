@@ -163,11 +163,11 @@ def timeline_view(request: Request) -> Response:
         if query is not None:
             params["order"] = order
             ids = [entry.id for entry in page.entries]
+            matches = search.count_matches(db, query, feed_id=source_id, upto=search.newest_id(db))
             context.update(
                 highlights=search.highlights(db, query, ids),
-                total=search.count_matches(
-                    db, query, feed_id=source_id, upto=search.newest_id(db)
-                ).count,
+                total=matches.count,
+                exact=matches.exact,
             )
         context.update(
             days=group_by_day(page.entries, web),
