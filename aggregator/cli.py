@@ -119,9 +119,6 @@ def plural(count: int, word: str, many: str | None = None) -> str:
     return f"{count} {word if count == 1 else (many or word + 's')}"
 
 
-_IDENTIFIER_HINTS = ("://", "@", "/")
-
-
 def _print_table(
     title: str,
     columns: Sequence[tuple[str, str]],
@@ -129,11 +126,12 @@ def _print_table(
     *,
     console: Console | None = None,
 ) -> None:
-    """A table whose identifiers (URLs, addresses, ids) are never broken.
+    """A table whose identifiers (URLs, addresses, ids) and words are never broken.
 
     ``columns`` are (name, kind): "id" columns never wrap, "num" columns are right
-    aligned, "text" columns fold as needed. When the identifiers do not fit the width
-    (a narrow terminal, or 80 columns when piped), one record per block instead.
+    aligned, "text" columns wrap between words. When the table would break an
+    identifier or a word (a narrow terminal, or 80 columns when piped), one record per
+    block instead.
     """
     console = console or out
     table = Table(title=title, title_justify="left")
@@ -166,14 +164,16 @@ def _print_table(
 def _identifiers(
     columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[str]]
 ) -> Iterator[str]:
+    """What must stand whole in the rendered table: each identifier, and each word of
+    the headers and of the text cells."""
+    for name, _ in columns:
+        yield from name.split()
     for row in rows:
         for (_, kind), value in zip(columns, row, strict=True):
             if kind == "id":
                 yield value
             else:
-                yield from (
-                    word for word in value.split() if any(h in word for h in _IDENTIFIER_HINTS)
-                )
+                yield from value.split()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

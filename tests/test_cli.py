@@ -371,6 +371,16 @@ def test_tables_never_break_urls_or_addresses(tmp_path: Path, feed_server: FeedS
         assert feeds_out.startswith("1 feed\n") and subs.startswith("1 subscriber\n")
     narrow = run_at_width("subscribers", "list", config=cfg, columns=50).stdout
     assert f"email: {address}" in narrow  # one record per block
+    # No word of any cell or header is cut either ("ena / ble / d", "las / t / pol / l").
+    for columns in (80, None):
+        listing = run_at_width("feeds", "list", config=cfg, columns=columns).stdout
+        for word in ("enabled", "title", "errors", "poll", "fold"):
+            assert any(
+                word in line.split() or f"{word}:" in line for line in listing.splitlines()
+            ), (
+                word,
+                listing,
+            )
 
 
 def test_error_lines_start_with_error_and_exit_non_zero(tmp_path: Path) -> None:
