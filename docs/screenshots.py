@@ -77,6 +77,9 @@ def shoot(base: str) -> None:
             ("timeline-phone.png", "/", {"width": 390, "height": 844}, 2, "light", None),
             ("timeline-dark.png", "/", {"width": 1280, "height": 1100}, 1, "dark", None),
             ("admin.png", "/admin", {"width": 1280, "height": 1100}, 1, "light", PASSWORD),
+            ("source-phone.png", "/sources/1", {"width": 390, "height": 844}, 2, "light", None),
+            ("search.png", "/?q=cluster", {"width": 1280, "height": 1100}, 1, "light", None),
+            ("digests-public.png", "/digests", {"width": 1280, "height": 1100}, 1, "light", None),
         ]
         for name, path, viewport, scale, scheme, password in shots:
             context = browser.new_context(
