@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -433,3 +434,14 @@ def test_date_only_entry_shows_its_written_day_in_every_zone(tmp_path: Path) -> 
     assert found == [("Wednesday 25 November", [dated]), ("Tuesday 24 November", [timed])]
     assert "07:00" not in html and "12:00" not in html  # no invented time
     assert '<time datetime="2026-11-25">25 November 2026</time>' in entry_page
+
+
+def test_the_menu_offers_admin_only_when_it_is_switched_on(tmp_path: Path) -> None:
+    off = make_settings(tmp_path)
+    Store.open(off.database).close()
+    on = replace(off, web=replace(off.web, admin_password="a long admin password"))
+    with TestClient(create_app(on, clock=lambda: NOW)) as client:
+        assert 'href="/admin"' in client.get("/").text
+    with TestClient(create_app(off, clock=lambda: NOW)) as client:
+        page = client.get("/").text
+    assert 'href="/admin"' not in page and 'href="/digests"' in page

@@ -51,6 +51,8 @@ _NAV = (
 
 def _nav(request: Request) -> list[NavItem]:
     paths = {getattr(route, "path", None) for route in request.app.routes}
+    if not web_context(request).settings.web.admin_password:
+        paths.discard("/admin")  # switched off: a menu item would only lead to a refusal
     path = request.url.path
     items = []
     for href, label in _NAV:
