@@ -153,6 +153,20 @@ def test_golden_plain_text_digest_with_a_list_a_heading_and_a_long_link(
     html = std.get_body(("html",)).get_content()  # type: ignore[union-attr]
     assert re.search(r"<li[^>]*>participation in joint projects</li>", html)
     assert "What helped" in html
+    # The web copy of the same digest keeps the list too.
+    from urllib.parse import urlsplit
+
+    from starlette.testclient import TestClient
+
+    from aggregator.store import digests as digest_rows
+    from aggregator.web import create_app
+
+    (sent,) = digest_rows.for_subscriber(store.db, 1, limit=5)
+    url = urlsplit(links_for(store, settings).digest(sent.id, later(2)))
+    with TestClient(create_app(settings, store=store)) as client:
+        page = client.get(f"{url.path}?{url.query}")
+    assert page.status_code == 200
+    assert re.search(r"<li[^>]*>participation in joint projects</li>", page.text)
 
 
 def test_confirmation_mail_leads_with_its_action(store_and_settings) -> None:
