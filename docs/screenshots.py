@@ -21,6 +21,7 @@ import uvicorn
 from playwright.sync_api import sync_playwright
 
 from aggregator.config import DEFAULT_CONFIG, WebSettings, load_settings
+from aggregator.digests import preview_for
 from aggregator.pipeline import poll_feeds
 from aggregator.sources import sync_configured_feeds
 from aggregator.store import Store
@@ -51,7 +52,13 @@ def main() -> None:
         now = datetime.now(UTC)
         sync_configured_feeds(store, settings, now)
         asyncio.run(poll_feeds(settings, store))
+        # A digest of everything stored, as a reader of every source would get it.
+        shown = preview_for(store, settings, now)
         store.close()
+        assert shown is not None and shown.message.html is not None
+        mail = Path(tmp) / "digest.html"
+        mail.write_text(shown.message.html, encoding="utf-8")
+        (OUT.parent / "digest-example.txt").write_text(shown.message.text, encoding="utf-8")
 
         server = uvicorn.Server(
             uvicorn.Config(create_app(settings), host="127.0.0.1", port=0, log_level="warning")
@@ -63,13 +70,13 @@ def main() -> None:
         base = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
         OUT.mkdir(exist_ok=True)
         try:
-            shoot(base)
+            shoot(base, mail.as_uri())
         finally:
             server.should_exit = True
             thread.join(timeout=10)
 
 
-def shoot(base: str) -> None:
+def shoot(base: str, mail: str) -> None:
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
         shots = [
@@ -80,6 +87,9 @@ def shoot(base: str) -> None:
             ("source-phone.png", "/sources/1", {"width": 390, "height": 844}, 2, "light", None),
             ("search.png", "/?q=cluster", {"width": 1280, "height": 1100}, 1, "light", None),
             ("digests-public.png", "/digests", {"width": 1280, "height": 1100}, 1, "light", None),
+            ("digest.png", mail, {"width": 800, "height": 1100}, 1, "light", None),
+            ("digest-phone.png", mail, {"width": 390, "height": 844}, 2, "light", None),
+            ("digest-dark.png", mail, {"width": 800, "height": 1100}, 1, "dark", None),
         ]
         for name, path, viewport, scale, scheme, password in shots:
             context = browser.new_context(
@@ -89,7 +99,7 @@ def shoot(base: str) -> None:
                 http_credentials={"username": "admin", "password": password} if password else None,
             )
             page = context.new_page()
-            page.goto(base + path)
+            page.goto(path if path.startswith("file:") else base + path)
             page.screenshot(path=str(OUT / name))
             context.close()
             print(f"wrote {OUT / name}")
