@@ -103,8 +103,9 @@ _SHORT_TYPES = {
     "image/webp": "WebP",
     "application/pdf": "PDF",
 }
-_DIGITS = re.compile(r"\s*\+?(\d{1,15})(?:\.\d*)?\s*")
-_CLOCK = re.compile(r"\s*(?:(\d{1,4}):)?(\d{1,4}):(\d{1,2})(?:\.\d*)?\s*")
+_DIGITS = re.compile(r"\s*\+?([0-9]{1,15})(?:\.[0-9]*)?\s*")
+# ASCII digits only (``\d`` would take Arabic-Indic or full-width ones too).
+_CLOCK = re.compile(r"\s*(?:([0-9]{1,4}):)?([0-9]{1,4}):([0-9]{1,2})(?:\.[0-9]*)?\s*")
 
 
 # --- reading the feed's values ------------------------------------------------------
@@ -129,7 +130,9 @@ def parse_duration(value: object) -> int | None:
         clock = _CLOCK.fullmatch(value)
         if clock is not None:
             hours, minutes, secs = (int(part) if part else 0 for part in clock.groups())
-            seconds = hours * 3600 + minutes * 60 + secs
+            # A clock reading: seconds below 60, and minutes too when hours are written.
+            readable = secs < 60 and (clock.group(1) is None or minutes < 60)
+            seconds = hours * 3600 + minutes * 60 + secs if readable else None
         else:
             seconds = _integer(value)
     else:
@@ -250,7 +253,7 @@ def format_size(length: int | None) -> str:
             break
         size /= 1000
     if unit == "bytes":
-        return f"{length} bytes"
+        return "1 byte" if length == 1 else f"{length} bytes"
     return f"{size:.1f} {unit}" if size < 100 else f"{size:.0f} {unit}"
 
 

@@ -187,6 +187,8 @@ def test_media_urls_other_than_http_are_dropped(url: str) -> None:
         ("0x10", "1:2:3:4"),
         ("", ""),
         ("12 MB", "NaN"),
+        ("\u0663\u0663", "99:99:99"),  # Arabic-Indic digits; no clock reads 99 minutes
+        ("\uff11\uff12", "1:75"),  # full-width digits; 75 seconds is no clock reading
     ],
 )
 def test_absurd_sizes_and_durations_are_unknown(length: str, duration: str) -> None:
@@ -409,6 +411,7 @@ def test_labels_and_marker() -> None:
     assert media_marker([audio]) == "audio · 42 min"
     assert media_marker([MediaItem("https://c.example/t.jpg", "thumbnail")]) == ""
     assert format_size(999) == "999 bytes" and format_size(1_500_000_000) == "1.5 GB"
+    assert format_size(1) == "1 byte"
 
 
 # --- end to end: poll, entry page, card, Atom, digest --------------------------------------
