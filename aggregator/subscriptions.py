@@ -20,12 +20,11 @@ from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
 from email_validator import EmailNotValidError, validate_email
-from jinja2 import Environment
 
 from .config import Settings
 from .errors import MailError, TokenError
 from .mail import OutgoingMessage, Sender, parse_address
-from .render import make_environment
+from .render import environment, inline_css, line
 from .selection import CADENCES, Cadence, Subscriber
 from .store import Store
 from .store import digests as digest_rows
@@ -297,16 +296,6 @@ def send_quietly(sender: Sender, message: OutgoingMessage | None) -> str | None:
     return None
 
 
-_ENVIRONMENT: Environment | None = None
-
-
-def environment() -> Environment:
-    global _ENVIRONMENT
-    if _ENVIRONMENT is None:
-        _ENVIRONMENT = make_environment()
-    return _ENVIRONMENT
-
-
 def _message(
     settings: Settings,
     links: Links,
@@ -318,7 +307,7 @@ def _message(
     now: datetime,
 ) -> OutgoingMessage:
     env = environment()
-    context = {"product": _product_name(settings), "home_url": links.home(), **context}
+    context = {"product": product_name(settings), "home_url": links.home(), **context}
     return OutgoingMessage(
         message_id=links.message_id(template, random_source.token_hex(8)),
         sender=settings.mail.sender,
@@ -339,7 +328,7 @@ def confirmation_message(
         settings,
         links,
         template="confirm",
-        subject=f"Confirm your subscription to {_product_name(settings)}",
+        subject=f"Confirm your subscription to {product_name(settings)}",
         recipient=address,
         context={
             "confirm_url": links.confirm(subscriber_id, now),
@@ -357,7 +346,7 @@ def reminder_message(
         settings,
         links,
         template="already",
-        subject=f"You are already subscribed to {_product_name(settings)}",
+        subject=f"You are already subscribed to {product_name(settings)}",
         recipient=address,
         context={
             "preferences_url": links.preferences(subscriber_id, now),
@@ -375,7 +364,7 @@ def links_message(
         settings,
         links,
         template="links",
-        subject=f"Your links for {_product_name(settings)}",
+        subject=f"Your links for {product_name(settings)}",
         recipient=address,
         context={
             "preferences_url": links.preferences(subscriber_id, now),
@@ -386,19 +375,20 @@ def links_message(
     )
 
 
-def _product_name(settings: Settings) -> str:
+PRODUCT_NAME = "Blog digest"
+"""The product's name in mail when the sender address has no display name."""
+MAX_PRODUCT_NAME_CHARS = 60
+
+
+def product_name(settings: Settings) -> str:
+    """The name mail goes out under: the display name of ``mail.sender`` (one line,
+    at most ``MAX_PRODUCT_NAME_CHARS``), else ``PRODUCT_NAME``."""
     try:
-        name = parse_address(settings.mail.sender).display_name
+        return line(parse_address(settings.mail.sender).display_name, MAX_PRODUCT_NAME_CHARS) or (
+            PRODUCT_NAME
+        )
     except ValueError:
-        name = ""
-    return name or "Blog digest"
-
-
-def inline_css(html: str) -> str:
-    import css_inline  # imported here: only mail building needs it
-
-    inliner = css_inline.CSSInliner(load_remote_stylesheets=False, keep_style_tags=False)
-    return str(inliner.inline(html))
+        return PRODUCT_NAME
 
 
 # --- links followed -----------------------------------------------------------------

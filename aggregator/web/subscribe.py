@@ -23,7 +23,8 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from ..digests import Renderer, SectionView, send_welcomes
+from ..digests.render import Renderer, SectionView
+from ..digests.send import send_welcomes
 from ..errors import TokenError
 from ..mail import open_sender
 from ..sanitize import xml_chars
