@@ -73,6 +73,11 @@ class SectionView:
     more: int
     more_url: str
 
+    @property
+    def count(self) -> int:
+        """Stories of this source in the digest: shown plus ``more``."""
+        return len(self.stories) + self.more
+
 
 def text_blocks(blocks: tuple[tuple[str, str], ...]) -> str:
     """An excerpt's blocks as plain text: paragraphs wrapped at ``TEXT_WIDTH``, "- item"
@@ -108,7 +113,7 @@ def _source_name(entry: EntryView) -> str:
 
 def story_count(sections: list[SectionView]) -> int:
     """How many stories a digest holds: those shown plus each section's ``more``."""
-    return sum(len(s.stories) + s.more for s in sections)
+    return sum(section.count for section in sections)
 
 
 def digest_subject(total: int, sources: list[str]) -> str:

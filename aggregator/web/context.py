@@ -17,6 +17,7 @@ from starlette.requests import HTTPConnection
 
 from ..config import Settings
 from ..store import Store
+from ..subscriptions import Links, links_for
 from ..throttle import FailureThrottle
 
 Clock = Callable[[], datetime]
@@ -41,10 +42,15 @@ register_url_convertor("id", IdConvertor())
 
 
 def system_clock() -> datetime:
+    """The current time, aware, in UTC."""
     return datetime.now(UTC)
 
 
 class WebContext:
+    """What every handler shares: ``settings``, the ``clock`` (aware UTC), the Jinja2
+    environment (``templates``), the store, the subscription links and the admin
+    throttle. One per app; safe to use from the worker threads."""
+
     def __init__(
         self,
         settings: Settings,
@@ -61,12 +67,16 @@ class WebContext:
         self._lock = threading.Lock()
         # Admin password failures, per process (see throttle.py and /metrics).
         self.admin_throttle = FailureThrottle()
+        # The signed subscription links, made on first use (they need the store's secret).
+        self._links: Links | None = None
 
     @property
     def timezone(self) -> tzinfo:
+        """The zone pages show times in (the digest's zone)."""
         return self.settings.digest.timezone
 
     def now(self) -> datetime:
+        """The clock's reading: aware, UTC."""
         return self.clock()
 
     def store(self) -> Store:
@@ -77,7 +87,18 @@ class WebContext:
                     self._store = Store.open(self.settings.database)
         return self._store
 
+    def links(self) -> Links:
+        """The subscription links (absolute URLs with signed tokens), made once from the
+        store's token secret; the first call may write that secret."""
+        if self._links is None:
+            made = links_for(self.store(), self.settings)
+            with self._lock:
+                if self._links is None:
+                    self._links = made
+        return self._links
+
     def csrf_secret(self) -> bytes:
+        """The key CSRF tokens are signed with (made and stored on first use)."""
         return self.store().secret("csrf")
 
     def close(self) -> None:
@@ -89,5 +110,6 @@ class WebContext:
 
 
 def web_context(connection: HTTPConnection) -> WebContext:
+    """The app's context, from any request or websocket of it."""
     context: WebContext = connection.app.state.web
     return context

@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from ..digests.render import Renderer, SectionView
+from ..digests.render import Renderer, SectionView, story_count
 from ..digests.send import send_welcomes
 from ..errors import TokenError
 from ..mail import open_sender
@@ -38,11 +38,9 @@ from ..subscriptions import (
     PURPOSE_PREFERENCES,
     PURPOSE_UNSUBSCRIBE,
     InvalidSubscription,
-    Links,
     RateLimited,
     check_confirm_token,
     confirm,
-    links_for,
     request_links,
     request_signup,
     send_quietly,
@@ -63,14 +61,6 @@ REFUSED = (
     "This link is not valid: it may be incomplete, too old, or already used. "
     "Links in our emails work as they are; if you copied one, check that it is whole."
 )
-
-
-def _links(web: WebContext) -> Links:
-    cached: Links | None = getattr(web, "_subscription_links", None)
-    if cached is None:
-        cached = links_for(web.store(), web.settings)
-        web._subscription_links = cached  # type: ignore[attr-defined]
-    return cached
 
 
 async def _db(work: Callable[[], T]) -> T:
@@ -174,7 +164,7 @@ async def subscribe_post(request: Request) -> Response:
             lambda: request_signup(
                 web.store(),
                 web.settings,
-                _links(web),
+                web.links(),
                 email=email_text,
                 cadence=cadence_text,
                 feed_ids=chosen,
@@ -244,7 +234,7 @@ def confirm_page(request: Request) -> Response:
     web = web_context(request)
     try:
         token = _token(request)
-        check_confirm_token(web.store(), _links(web), token, web.now())
+        check_confirm_token(web.store(), web.links(), token, web.now())
     except TokenError:
         return _refused(request)
     return render(
@@ -260,10 +250,10 @@ async def confirm_post(request: Request) -> Response:
     web = web_context(request)
     try:
         token = _token(request, form)
-        subscriber = await _db(lambda: confirm(web.store(), _links(web), token, web.now()))
+        subscriber = await _db(lambda: confirm(web.store(), web.links(), token, web.now()))
     except TokenError:
         return _refused(request)
-    links = _links(web)
+    links = web.links()
     now = web.now()
     response = render(
         request,
@@ -308,7 +298,7 @@ def _preferences_page(
     status_code: int = 200,
 ) -> Response:
     web = web_context(request)
-    links = _links(web)
+    links = web.links()
     sources = _sources(web)
     chosen = (
         {feed_id for feed_id, _ in sources}
@@ -341,7 +331,7 @@ def preferences_page(request: Request) -> Response:
     web = web_context(request)
     try:
         token = _token(request)
-        subscriber = subscriber_for(web.store(), _links(web), PURPOSE_PREFERENCES, token, web.now())
+        subscriber = subscriber_for(web.store(), web.links(), PURPOSE_PREFERENCES, token, web.now())
     except TokenError:
         return _refused(request)
     saved = request.query_params.get("saved") == "1"
@@ -360,7 +350,7 @@ async def preferences_post(request: Request) -> Response:
         subscriber = await _db(
             lambda: update_preferences(
                 web.store(),
-                _links(web),
+                web.links(),
                 token,
                 web.now(),
                 cadence=cadence if isinstance(cadence, str) else "",
@@ -372,7 +362,7 @@ async def preferences_post(request: Request) -> Response:
     except InvalidSubscription as error:
         message = str(error)
         current = await _db(
-            lambda: subscriber_for(web.store(), _links(web), PURPOSE_PREFERENCES, token, web.now())
+            lambda: subscriber_for(web.store(), web.links(), PURPOSE_PREFERENCES, token, web.now())
         )
         return await _db(
             lambda: _preferences_page(request, current, token, error=message, status_code=400)
@@ -393,7 +383,7 @@ def unsubscribe_page(request: Request) -> Response:
     web = web_context(request)
     try:
         token = _token(request)
-        subscriber = subscriber_for(web.store(), _links(web), PURPOSE_UNSUBSCRIBE, token, web.now())
+        subscriber = subscriber_for(web.store(), web.links(), PURPOSE_UNSUBSCRIBE, token, web.now())
     except TokenError:
         return _refused(request)
     return render(
@@ -413,7 +403,7 @@ async def unsubscribe_post(request: Request) -> Response:
     web = web_context(request)
     try:
         token = _token(request, raw)
-        await _db(lambda: unsubscribe(web.store(), _links(web), token, web.now()))
+        await _db(lambda: unsubscribe(web.store(), web.links(), token, web.now()))
     except TokenError:
         if one_click:
             return PlainTextResponse(REFUSED, status_code=400)
@@ -435,7 +425,7 @@ async def unsubscribe_post(request: Request) -> Response:
 
 
 def _web_copy(web: WebContext, digest: DigestRow) -> tuple[str, list[SectionView]]:
-    return Renderer(web.store(), web.settings, _links(web)).web_html(digest)
+    return Renderer(web.store(), web.settings, web.links()).web_html(digest)
 
 
 def digest_page(request: Request) -> Response:
@@ -443,7 +433,7 @@ def digest_page(request: Request) -> Response:
     digest_id: int = request.path_params["digest_id"]
     try:
         token = _token(request)
-        if _links(web).verify(PURPOSE_DIGEST, token, now=web.now()) != digest_id:
+        if web.links().verify(PURPOSE_DIGEST, token, now=web.now()) != digest_id:
             raise TokenError("invalid or expired link")
     except TokenError:
         return _refused(request)
@@ -451,7 +441,7 @@ def digest_page(request: Request) -> Response:
     if digest is None:
         return _refused(request)
     subject, sections = _web_copy(web, digest)
-    links = _links(web)
+    links = web.links()
     return render(
         request,
         "subscribe/digest.html",
@@ -471,10 +461,10 @@ def _archive(request: Request) -> tuple[Subscriber, list[dict[str, Any]], str] |
     web = web_context(request)
     try:
         token = _token(request)
-        subscriber = subscriber_for(web.store(), _links(web), PURPOSE_ARCHIVE, token, web.now())
+        subscriber = subscriber_for(web.store(), web.links(), PURPOSE_ARCHIVE, token, web.now())
     except TokenError:
         return None
-    links = _links(web)
+    links = web.links()
     renderer = Renderer(web.store(), web.settings, links)
     items = []
     for digest in digest_rows.for_subscriber(web.store().db, subscriber.id, limit=50):
@@ -499,7 +489,7 @@ def archive_page(request: Request) -> Response:
         return _refused(request)
     subscriber, items, _ = found
     web = web_context(request)
-    links = _links(web)
+    links = web.links()
     now = web.now()
     return render(
         request,
@@ -520,7 +510,7 @@ def archive_feed(request: Request) -> Response:
         return PlainTextResponse(REFUSED, status_code=400)
     subscriber, items, _ = found
     web = web_context(request)
-    links = _links(web)
+    links = web.links()
     now = web.now()
     updated: datetime = items[0]["when"] if items else subscriber.created_at
     body = web.templates.get_template("subscribe/archive.atom").render(
@@ -621,7 +611,7 @@ async def lost_link_post(request: Request) -> Response:
             lambda: request_links(
                 web.store(),
                 web.settings,
-                _links(web),
+                web.links(),
                 email=email_text,
                 client=_client(request),
                 now=web.now(),
@@ -681,9 +671,9 @@ def edition_page(request: Request) -> Response:
     views = digest_rows.entries_by_id(store.db, ids)
     ordered = sorted(views.values(), key=lambda e: (e.feed_id, -e.published.timestamp()))
     lines = [DigestLine(entry, entry.feed_id, ()) for entry in ordered]
-    renderer = Renderer(store, web.settings, _links(web))
+    renderer = Renderer(store, web.settings, web.links())
     sections = renderer.sections(lines, {})
-    total = sum(len(s.stories) for s in sections)
+    total = story_count(sections)
     return render(
         request,
         "subscribe/edition.html",
