@@ -48,9 +48,6 @@ def create_app(
     if omitted), ``store`` is shared when given (else opened at startup and closed at
     shutdown), ``env`` is the Jinja2 environment pages render with (the process's one
     from ``render.environment()`` if omitted; it needs that module's filters)."""
-    templates = env if env is not None else environment()
-    web = WebContext(settings, clock=clock or system_clock, templates=templates, store=store)
-
     routes: list[BaseRoute] = [
         *views.routes,
         *feeds.routes,
@@ -59,6 +56,13 @@ def create_app(
         *metrics.routes,
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
+    web = WebContext(
+        settings,
+        clock=clock or system_clock,
+        templates=env if env is not None else environment(),
+        store=store,
+        routes=routes,
+    )
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -8,12 +8,15 @@ its own (see ``Store.db``). Handlers reach the context through ``web_context(req
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, tzinfo
+from functools import lru_cache
+from typing import Any
 
 from jinja2 import Environment
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.requests import HTTPConnection
+from starlette.routing import BaseRoute, NoMatchFound
 
 from ..config import Settings
 from ..store import Store
@@ -21,6 +24,9 @@ from ..subscriptions import Links, links_for
 from ..throttle import FailureThrottle
 
 Clock = Callable[[], datetime]
+
+PATH_CACHE_SIZE = 8192
+"""Paths remembered by ``WebContext.url_path`` (a page links to the same few often)."""
 
 
 class IdConvertor(Convertor[int]):
@@ -58,6 +64,7 @@ class WebContext:
         clock: Clock,
         templates: Environment,
         store: Store | None = None,
+        routes: Sequence[BaseRoute] = (),
     ) -> None:
         self.settings = settings
         self.clock = clock
@@ -69,6 +76,11 @@ class WebContext:
         self.admin_throttle = FailureThrottle()
         # The signed subscription links, made on first use (they need the store's secret).
         self._links: Links | None = None
+        # Named routes, for building paths from names (url_path).
+        self._routes = {
+            name: route for route in routes if (name := getattr(route, "name", None)) is not None
+        }
+        self._path = lru_cache(maxsize=PATH_CACHE_SIZE)(self._build_path)
 
     @property
     def timezone(self) -> tzinfo:
@@ -96,6 +108,22 @@ class WebContext:
                 if self._links is None:
                     self._links = made
         return self._links
+
+    def url_path(self, name: str, /, **params: Any) -> str:
+        """The root-relative path of the route named ``name`` with ``params`` (Starlette's
+        ``url_path_for``): ``url_path("entry", entry_id=3)`` is ``"/entries/3"``.
+        ``NoMatchFound`` for a route the app does not have, or wrong parameters."""
+        return self._path(name, tuple(params.items()))
+
+    def has_route(self, name: str) -> bool:
+        """Whether the app has a route named ``name``."""
+        return name in self._routes
+
+    def _build_path(self, name: str, params: tuple[tuple[str, Any], ...]) -> str:
+        route = self._routes.get(name)
+        if route is None:
+            raise NoMatchFound(name, dict(params))
+        return str(route.url_path_for(name, **dict(params)))
 
     def csrf_secret(self) -> bytes:
         """The key CSRF tokens are signed with (made and stored on first use)."""

@@ -27,6 +27,7 @@ from ..digests.render import Renderer, SectionView, story_count
 from ..digests.send import send_welcomes
 from ..errors import TokenError
 from ..mail import open_sender
+from ..paths import PATHS
 from ..sanitize import xml_chars
 from ..selection import Subscriber
 from ..store import digests as digest_rows
@@ -97,7 +98,7 @@ def _refused(request: Request) -> Response:
         {
             "heading": "This link does not work",
             "lines": [REFUSED],
-            "link": ("/subscribe", "Subscribe again"),
+            "link": (web_context(request).url_path("subscribe"), "Subscribe again"),
         },
         status_code=400,
     )
@@ -210,7 +211,7 @@ async def subscribe_post(request: Request) -> Response:
                 "Open the link in that message to confirm the subscription.",
                 "Nothing arrives until the subscription is confirmed. The link works for two days.",
             ],
-            "link": ("/", "Back to the timeline"),
+            "link": (web.url_path("timeline"), "Back to the timeline"),
         },
     )
     response.background = task
@@ -370,7 +371,8 @@ async def preferences_post(request: Request) -> Response:
     # Back to the page with its token, so the address bar holds a link that still works.
     del subscriber
     return RedirectResponse(
-        f"/preferences?{urlencode({'token': token, 'saved': '1'})}", status_code=303
+        f"{web.url_path('preferences')}?{urlencode({'token': token, 'saved': '1'})}",
+        status_code=303,
     )
 
 
@@ -416,7 +418,7 @@ async def unsubscribe_post(request: Request) -> Response:
         {
             "heading": "You are unsubscribed",
             "lines": ["No more digests will be sent to this address."],
-            "link": ("/subscribe", "Subscribe again"),
+            "link": (web.url_path("subscribe"), "Subscribe again"),
         },
     )
 
@@ -556,7 +558,9 @@ def _editions(web: WebContext) -> list[dict[str, Any]]:
         day = moment.astimezone(tz).date()
         if day not in days:
             days.append(day)
-    return [{"day": day, "url": f"/digests/editions/{day.isoformat()}"} for day in days]
+    return [
+        {"day": day, "url": web.url_path("digest_edition", day=day.isoformat())} for day in days
+    ]
 
 
 def _public_archive(request: Request, *, status_code: int = 200, **extra: Any) -> Response:
@@ -645,7 +649,7 @@ async def lost_link_post(request: Request) -> Response:
                 "If the address is subscribed, a message with its links is on its way to it.",
                 "Nothing arrives for an address that is not subscribed; you can sign up again.",
             ],
-            "link": ("/digests", "Back to the digests"),
+            "link": (web.url_path("digest_archive"), "Back to the digests"),
         },
     )
     if answer.message:
@@ -686,18 +690,18 @@ def edition_page(request: Request) -> Response:
 
 
 routes: list[BaseRoute] = [
-    Route("/subscribe", subscribe_form, methods=["GET"], name="subscribe"),
-    Route("/subscribe", subscribe_post, methods=["POST"], name="subscribe_post"),
-    Route("/subscribe/confirm", confirm_page, methods=["GET"], name="confirm"),
-    Route("/subscribe/confirm", confirm_post, methods=["POST"], name="confirm_post"),
-    Route("/preferences", preferences_page, methods=["GET"], name="preferences"),
-    Route("/preferences", preferences_post, methods=["POST"], name="preferences_post"),
-    Route("/unsubscribe", unsubscribe_page, methods=["GET"], name="unsubscribe"),
-    Route("/unsubscribe", unsubscribe_post, methods=["POST"], name="unsubscribe_post"),
-    Route("/digests", archive_page, methods=["GET"], name="digest_archive"),
-    Route("/digests/feed.atom", archive_feed, methods=["GET"], name="digest_archive_feed"),
+    Route(PATHS["subscribe"], subscribe_form, methods=["GET"], name="subscribe"),
+    Route(PATHS["subscribe"], subscribe_post, methods=["POST"], name="subscribe_post"),
+    Route(PATHS["confirm"], confirm_page, methods=["GET"], name="confirm"),
+    Route(PATHS["confirm"], confirm_post, methods=["POST"], name="confirm_post"),
+    Route(PATHS["preferences"], preferences_page, methods=["GET"], name="preferences"),
+    Route(PATHS["preferences"], preferences_post, methods=["POST"], name="preferences_post"),
+    Route(PATHS["unsubscribe"], unsubscribe_page, methods=["GET"], name="unsubscribe"),
+    Route(PATHS["unsubscribe"], unsubscribe_post, methods=["POST"], name="unsubscribe_post"),
+    Route(PATHS["digest_archive"], archive_page, methods=["GET"], name="digest_archive"),
+    Route(PATHS["digest_archive_feed"], archive_feed, methods=["GET"], name="digest_archive_feed"),
     Route("/digests/lost-link", lost_link_page, methods=["GET"], name="lost_link"),
     Route("/digests/lost-link", lost_link_post, methods=["POST"], name="lost_link_post"),
     Route("/digests/editions/{day}", edition_page, methods=["GET"], name="digest_edition"),
-    Route("/digests/{digest_id:id}", digest_page, methods=["GET"], name="digest"),
+    Route(PATHS["digest"], digest_page, methods=["GET"], name="digest"),
 ]
