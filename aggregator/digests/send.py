@@ -39,7 +39,10 @@ MAX_CONSECUTIVE_TEMPORARY = 5
 _BATCH = 200
 
 Clock = Callable[[], datetime]
+"""A source of the current time: aware, UTC."""
 Outcome = Literal["sent", "retry", "failed", "bounced", "empty"]
+"""How one digest went: delivered, to be retried, given up, address bounced, or
+nothing to send (unsubscribed, or every entry deleted)."""
 
 
 @dataclass(frozen=True, slots=True)

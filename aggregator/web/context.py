@@ -24,6 +24,7 @@ from ..subscriptions import Links, links_for
 from ..throttle import FailureThrottle
 
 Clock = Callable[[], datetime]
+"""A source of the current time: aware, UTC."""
 
 PATH_CACHE_SIZE = 8192
 """Paths remembered by ``WebContext.url_path`` (a page links to the same few often)."""
@@ -37,9 +38,11 @@ class IdConvertor(Convertor[int]):
     regex = "[0-9]{1,18}"
 
     def convert(self, value: str) -> int:
+        """The path segment as an int."""
         return int(value)
 
     def to_string(self, value: int) -> str:
+        """The id as a path segment."""
         return str(value)
 
 
