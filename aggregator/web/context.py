@@ -8,18 +8,16 @@ its own (see ``Store.db``). Handlers reach the context through ``web_context(req
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
-from datetime import UTC, datetime, tzinfo
+from datetime import datetime, tzinfo
 
 from jinja2 import Environment
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.requests import HTTPConnection
 
+from ..clock import Clock
 from ..config import Settings
 from ..store import Store
 from ..throttle import FailureThrottle
-
-Clock = Callable[[], datetime]
 
 
 class IdConvertor(Convertor[int]):
@@ -38,10 +36,6 @@ class IdConvertor(Convertor[int]):
 
 # Registered on import: every route module imports this one before declaring routes.
 register_url_convertor("id", IdConvertor())
-
-
-def system_clock() -> datetime:
-    return datetime.now(UTC)
 
 
 class WebContext:
