@@ -683,7 +683,7 @@ def subscribers_add(
 
     Adding an address already there changes only what the command names (its cadence
     with --cadence; confirms it unless --pending) and says what changed."""
-    from .digests import send_welcomes
+    from .digests.send import send_welcomes
     from .mail import open_sender
     from .subscriptions import InvalidSubscription, add_or_update_by_operator, links_for
 
@@ -771,7 +771,7 @@ def digest_preview(
     When nothing is new since the subscriber's last digest, shows that last digest
     instead (or, if none was sent yet, a digest of everything stored in their
     sources), with a line that says which it is. --last shows the last one sent."""
-    from .digests import preview_for
+    from .digests.preview import preview_for
     from .mail import FILE_POLICY, build_email
     from .subscriptions import InvalidSubscription
 
@@ -812,7 +812,8 @@ def digest_preview(
 @click.pass_context
 def digest_send(ctx: click.Context, due: bool, dry_run: bool) -> None:
     """Build the digests of what is new and send every pending one."""
-    from .digests import SendProgress, build_pending, plan_all, send_pending
+    from .digests.build import build_pending, plan_all
+    from .digests.send import SendProgress, send_pending
     from .mail import open_sender
 
     with _one_line_errors():

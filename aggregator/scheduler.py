@@ -36,7 +36,8 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from .clock import Clock, system_clock
 from .config import Settings
-from .digests import build_pending, send_pending, send_welcomes
+from .digests.build import build_pending
+from .digests.send import send_pending, send_welcomes
 from .errors import ConfigError, StoreError
 from .mail import open_sender
 from .pipeline import Poller, open_poller, spread_catch_up

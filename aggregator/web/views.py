@@ -15,6 +15,7 @@ from starlette.routing import Route
 
 from ..clock import epoch_seconds
 from ..errors import StoreError
+from ..paths import PATHS
 from ..store import feeds as feed_rows
 from ..store import search, timeline
 from ..store.codec import from_db
@@ -276,8 +277,8 @@ def healthz(request: Request) -> Response:
 
 
 routes = [
-    Route("/", timeline_view, name="timeline"),
-    Route("/entries/{entry_id:id}", entry_view, name="entry"),
+    Route(PATHS["timeline"], timeline_view, name="timeline"),
+    Route(PATHS["entry"], entry_view, name="entry"),
     Route("/sources/{feed_id:id}", source_view, name="source"),
     Route("/healthz", healthz, name="healthz"),
 ]
