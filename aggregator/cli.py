@@ -12,7 +12,7 @@ import logging
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -23,6 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from . import __version__
+from .clock import system_clock as now
 from .config import Settings, config_path, load, write_starter
 from .errors import AggregatorError, SourceError, StoreError
 from .fetch import FeedFetcher
@@ -76,10 +77,6 @@ class App:
     def close(self) -> None:
         if self._store is not None:
             self._store.close()
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
 
 
 def _read_file(app: App, path: Path) -> bytes:

@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 from ..backoff import exponential_backoff
+from ..clock import Clock
 from ..config import Settings
 from ..errors import MailError, MailPermanentError, MailTemporaryError
 from ..mail import Sender
@@ -38,8 +39,6 @@ MAX_CONSECUTIVE_TEMPORARY = 5
 (what is left stays pending for the next one) instead of knocking on every digest."""
 _BATCH = 200
 
-Clock = Callable[[], datetime]
-"""A source of the current time: aware, UTC."""
 Outcome = Literal["sent", "retry", "failed", "bounced", "empty"]
 """How one digest went: delivered, to be retried, given up, address bounced, or
 nothing to send (unsubscribed, or every entry deleted)."""

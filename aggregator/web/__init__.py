@@ -20,13 +20,14 @@ from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
+from ..clock import Clock, system_clock
 from ..config import Settings
 from ..errors import StoreError
 from ..render import environment
 from ..resources import resource_dir
 from ..store import Store
 from . import admin, feeds, metrics, subscribe, views
-from .context import Clock, WebContext, system_clock
+from .context import WebContext
 from .pages import http_error, server_error, store_error
 from .security import SecurityHeadersMiddleware
 

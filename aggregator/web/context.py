@@ -8,8 +8,8 @@ its own (see ``Store.db``). Handlers reach the context through ``web_context(req
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, tzinfo
+from collections.abc import Sequence
+from datetime import datetime, tzinfo
 from functools import lru_cache
 from typing import Any
 
@@ -18,13 +18,11 @@ from starlette.convertors import Convertor, register_url_convertor
 from starlette.requests import HTTPConnection
 from starlette.routing import BaseRoute, NoMatchFound
 
+from ..clock import Clock
 from ..config import Settings
 from ..store import Store
 from ..subscriptions import Links, links_for
 from ..throttle import FailureThrottle
-
-Clock = Callable[[], datetime]
-"""A source of the current time: aware, UTC."""
 
 PATH_CACHE_SIZE = 8192
 """Paths remembered by ``WebContext.url_path`` (a page links to the same few often)."""
@@ -48,11 +46,6 @@ class IdConvertor(Convertor[int]):
 
 # Registered on import: every route module imports this one before declaring routes.
 register_url_convertor("id", IdConvertor())
-
-
-def system_clock() -> datetime:
-    """The current time, aware, in UTC."""
-    return datetime.now(UTC)
 
 
 class WebContext:
