@@ -688,24 +688,21 @@ def subscribers_add(
     with --cadence; confirms it unless --pending) and says what changed."""
     from .digests import send_welcomes
     from .mail import open_sender
-    from .subscriptions import InvalidSubscription, add_or_update_by_operator, links_for
+    from .subscriptions import add_or_update_by_operator, links_for
 
     with _one_line_errors():
         app = _app(ctx)
         store, settings = app.store, app.settings
-        try:
-            done = add_or_update_by_operator(
-                store,
-                settings,
-                links_for(store, settings),
-                email=email,
-                cadence=cadence,
-                pending=pending,
-                first_digest_now=first_digest_now,
-                now=now(),
-            )
-        except InvalidSubscription as error:
-            _fail(f"{email!r}: {error}")
+        done = add_or_update_by_operator(
+            store,
+            settings,
+            links_for(store, settings),
+            email=email,
+            cadence=cadence,
+            pending=pending,
+            first_digest_now=first_digest_now,
+            now=now(),
+        )
         subscriber = done.subscriber
         if not done.created:
             what = "; ".join(done.changes) if done.changes else "nothing changed"
@@ -776,14 +773,10 @@ def digest_preview(
     sources), with a line that says which it is. --last shows the last one sent."""
     from .digests import preview_for
     from .mail import FILE_POLICY, build_email
-    from .subscriptions import InvalidSubscription
 
     with _one_line_errors():
         app = _app(ctx)
-        try:
-            shown = preview_for(app.store, app.settings, now(), email=email, last=last)
-        except (LookupError, InvalidSubscription) as error:
-            _fail(str(error.args[0] if error.args else error))
+        shown = preview_for(app.store, app.settings, now(), email=email, last=last)
         if shown is None:
             whose = f"{email}'s sources" if email else "any source"
             out.print(

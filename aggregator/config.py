@@ -290,11 +290,9 @@ def settings_from_mapping(
                 password=env.get(ENV_SMTP_PASSWORD) or None,
             )
         except ConfigError as error:
-            raise ConfigError(
-                error.message.removeprefix(f"{error.key}: "),
-                path=reader.path_name,
-                key=f"mail.{(error.key or 'smtp').removeprefix('smtp.')}",
-            ) from None
+            # SmtpSettings names its fields (smtp.host); the file names them mail.smtp_host.
+            key = f"mail.{(error.key or 'smtp.host').replace('.', '_')}"
+            raise ConfigError(error.reason, path=reader.path_name, key=key) from None
     mail_table.done()
     mail = MailSettings(sender=sender, outbox=outbox, smtp=smtp)
 

@@ -26,7 +26,7 @@ from markupsafe import escape
 from sqlite_utils import Database
 
 from .config import Settings
-from .errors import MailError, MailPermanentError, MailTemporaryError
+from .errors import MailError, MailPermanentError, MailTemporaryError, NotFound, UsageError
 from .mail import OutgoingMessage, Sender, parse_address
 from .media import media_label, media_marker
 from .sanitize import clean_text, excerpt_blocks
@@ -748,10 +748,12 @@ def preview_for(
     who = subscriber.email if email is not None else "a reader of every source"
     if last:
         if email is None:
-            raise LookupError("--last needs --subscriber: whose last digest?")
+            raise UsageError("--last needs --subscriber: whose last digest?", argument="--last")
         shown = _last_sent(store, settings, subscriber, now)
         if shown is None:
-            raise LookupError(f"no digest was sent to {subscriber.email} yet")
+            raise NotFound(
+                f"no digest was sent to {subscriber.email} yet", what="digest", key=subscriber.email
+            )
         return shown
     message = _next_message(store, settings, subscriber, now)
     if message is not None:
@@ -787,7 +789,7 @@ def _preview_subscriber(
         _, key = normalise_email(email)
         subscriber = subscriber_rows.by_key(store.db, key)
         if subscriber is None:
-            raise LookupError(f"no subscriber {email}")
+            raise NotFound(f"no subscriber {email}", what="subscriber", key=email)
         return subscriber
     return Subscriber(
         id=0,

@@ -234,7 +234,7 @@ class Poller:
             error=str(error),
             disable_reason=disable,
         )
-        kind = getattr(error, "kind", "error")
+        kind = error.kind
         with self.store.write() as db:
             feed_rows.apply_feed_update(db, feed, update)
             feed_rows.record_fetch(

@@ -13,6 +13,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
+from .errors import MissingResource
+
 Kind = Literal["templates", "static", "config", "seeds"]
 
 # The folder's name in the checkout -> its name inside the installed package.
@@ -26,10 +28,6 @@ PACKAGED: dict[str, str] = {
 CHECKOUT = Path(__file__).resolve().parent.parent
 
 
-class MissingResource(RuntimeError):
-    """The package was installed without its data files: a broken build."""
-
-
 def resource_dir(kind: Kind) -> Path:
     """The folder holding one kind of shipped file, as a real directory on disk."""
     packaged = resources.files(__package__ or "aggregator") / PACKAGED[kind]
@@ -40,7 +38,8 @@ def resource_dir(kind: Kind) -> Path:
         return checkout
     raise MissingResource(
         f"the {kind} folder is missing from the installed package (looked in {packaged} "
-        f"and {checkout}); reinstall the aggregator"
+        f"and {checkout}); reinstall the aggregator",
+        path=str(checkout),
     )
 
 

@@ -24,7 +24,7 @@ from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from ..digests import Renderer, SectionView, send_welcomes
-from ..errors import TokenError
+from ..errors import InvalidSubscription, RateLimited, TokenError
 from ..mail import open_sender
 from ..sanitize import xml_chars
 from ..selection import Subscriber
@@ -36,9 +36,7 @@ from ..subscriptions import (
     PURPOSE_DIGEST,
     PURPOSE_PREFERENCES,
     PURPOSE_UNSUBSCRIBE,
-    InvalidSubscription,
     Links,
-    RateLimited,
     check_confirm_token,
     confirm,
     links_for,
@@ -182,7 +180,7 @@ async def subscribe_post(request: Request) -> Response:
             ),
         )
     except InvalidSubscription as error:
-        message = str(error)
+        message = error.reason
         return await _db(
             lambda: _subscribe_page(
                 request,
@@ -369,7 +367,7 @@ async def preferences_post(request: Request) -> Response:
     except TokenError:
         return _refused(request)
     except InvalidSubscription as error:
-        message = str(error)
+        message = error.reason
         current = await _db(
             lambda: subscriber_for(web.store(), _links(web), PURPOSE_PREFERENCES, token, web.now())
         )
@@ -628,7 +626,7 @@ async def lost_link_post(request: Request) -> Response:
         )
     except InvalidSubscription as error:
         return _lost_link_page(
-            request, "digests", error=str(error), email=email_text, status_code=400
+            request, "digests", error=error.reason, email=email_text, status_code=400
         )
     except RateLimited:
         return render(
