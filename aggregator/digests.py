@@ -23,7 +23,6 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from markupsafe import escape
-from sqlite_utils import Database
 
 from .config import Settings
 from .errors import MailError, MailPermanentError, MailTemporaryError, NotFound, UsageError
@@ -31,7 +30,7 @@ from .mail import OutgoingMessage, Sender, parse_address
 from .media import media_label, media_marker
 from .sanitize import clean_text, excerpt_blocks
 from .selection import DigestPlan, Subscriber, first_digest_since, is_due, select_digest
-from .store import Store
+from .store import Database, Store
 from .store import digests as digest_rows
 from .store import subscribers as subscriber_rows
 from .store.digests import DigestLine, DigestRow, EntryView

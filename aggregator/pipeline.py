@@ -24,8 +24,6 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import TypeVar
 
-from sqlite_utils import Database
-
 from .config import Settings
 from .dedup import plan_entries
 from .errors import AggregatorError, ParseError, StoreError
@@ -33,7 +31,7 @@ from .fetch import FeedFetcher
 from .models import EntryRecord, Feed, FetchResult, PollPlan, PollSummary
 from .polling import next_poll_at, parse_retry_after, spread_overdue
 from .prepare import PreparedFeed, prepare_feed
-from .store import Store
+from .store import Database, Store
 from .store import entries as entry_rows
 from .store import feeds as feed_rows
 from .urls import is_placeholder_title

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlite_utils import Database
+from sqlite_utils import Database as Database  # re-exported: the type of a connection
 
 from ..errors import IncompatibleDatabase, StoreError, StoreReadOnly
 from .connection import BUSY_TIMEOUT_MS, Connection, connect
