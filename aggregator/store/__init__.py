@@ -133,6 +133,7 @@ class Store:
 
     @property
     def conn(self) -> sqlite3.Connection:
+        """This thread's sqlite3 connection (the one under ``db``)."""
         return self.db.conn
 
     def close(self) -> None:
@@ -197,6 +198,9 @@ class Store:
     # --- checks and copies ---------------------------------------------------------------
 
     def integrity_ok(self) -> bool:
+        """Whether SQLite's ``PRAGMA integrity_check`` finds the file whole (reads all of
+        it: slow on a big database).
+        """
         row = self.conn.execute("PRAGMA integrity_check").fetchone()
         return bool(row and row[0] == "ok")
 
