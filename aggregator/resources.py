@@ -25,6 +25,8 @@ PACKAGED: dict[str, str] = {
     "seeds": "seeds",
 }
 
+# The top of the source checkout the package was imported from (where ``templates/``,
+# ``static/``, ``config/`` and ``seeds/`` live in a checkout).
 CHECKOUT = Path(__file__).resolve().parent.parent
 
 
@@ -44,6 +46,10 @@ def resource_dir(kind: Kind) -> Path:
 
 
 def resource_file(kind: Kind, name: str) -> Path:
+    """The path of one shipped file, ``name`` inside the ``kind`` folder (see
+    ``resource_dir``); it may not exist. Raises MissingResource when the folder itself is
+    missing.
+    """
     return resource_dir(kind) / name
 
 
