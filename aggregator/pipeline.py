@@ -24,8 +24,6 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import TypeVar
 
-from sqlite_utils import Database
-
 from .clock import Clock, system_clock
 from .config import Settings
 from .dedup import plan_entries
@@ -34,7 +32,7 @@ from .fetch import FeedFetcher
 from .models import EntryRecord, Feed, FetchResult, PollPlan, PollSummary
 from .polling import next_poll_at, parse_retry_after, spread_overdue
 from .prepare import PreparedFeed, prepare_feed
-from .store import Store
+from .store import Database, Store
 from .store import entries as entry_rows
 from .store import feeds as feed_rows
 from .urls import is_placeholder_title
@@ -230,7 +228,7 @@ class Poller:
             error=str(error),
             disable_reason=disable,
         )
-        kind = getattr(error, "kind", "error")
+        kind = error.kind
         with self.store.write() as db:
             feed_rows.apply_feed_update(db, feed, update)
             feed_rows.record_fetch(
