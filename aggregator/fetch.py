@@ -66,8 +66,10 @@ class FetchSettings:
     fetch, redirects and body included (a server dripping a byte at a time trips no
     per-phase timeout). ``max_body_bytes``: after decompression. ``max_connections``:
     requests in flight at once overall. ``max_per_host``: the most requests in flight to
-    one host at once (connections over HTTP/1.1, streams over HTTP/2); each host starts
-    at ``PER_HOST_START`` and moves between 1 and this as it answers (see ``HostGate``).
+    one host at once over HTTP/1.1 (each its own connection); a host that answers over
+    HTTP/2 carries them as streams of one connection, up to ``max_connections``. Each
+    host starts at ``PER_HOST_START`` and moves between 1 and its ceiling as it answers
+    (see ``HostGate``).
     ``http2``: speak HTTP/2 to TLS servers that offer it (ALPN). ``ca_file``: a PEM file
     of certificate authorities trusted beside the default bundle.
     ``allow_private_addresses``: lift the THREATS H4 guard (feeds on your own network).
@@ -348,11 +350,14 @@ class HostGate:
     slower than four times its quickest (plus 250 ms) takes one away. A sign of
     overload (429, 5xx, a timeout, a refused or failed connection) halves the slots,
     and a 429 or 503 that carries Retry-After (RFC 9110 section 10.2.3) drops them to
-    one; never fewer than one. Slots are handed to waiters in arrival order.
+    one; never fewer than one. Slots are handed to waiters in arrival order. Once the
+    host answers over HTTP/2, where requests are streams of one connection instead of
+    connections of their own, the ceiling becomes ``multiplexed_ceiling`` (when higher).
     """
 
-    def __init__(self, start: int, ceiling: int) -> None:
+    def __init__(self, start: int, ceiling: int, *, multiplexed_ceiling: int = 0) -> None:
         self.ceiling = max(1, ceiling)
+        self.multiplexed_ceiling = multiplexed_ceiling
         self.limit = float(min(max(1, start), self.ceiling))
         self.in_flight = 0
         self.quickest = math.inf
@@ -375,11 +380,21 @@ class HostGate:
                 self._waiters.remove(waiter)
             raise
 
-    def release(self, seconds: float | None, *, overloaded: bool, slow_down: bool) -> None:
+    def release(
+        self,
+        seconds: float | None,
+        *,
+        overloaded: bool = False,
+        slow_down: bool = False,
+        multiplexed: bool = False,
+    ) -> None:
         """Give the slot back. ``seconds``: time to the answer's headers (None when
         there was no answer); ``overloaded``: the answer or failure says the host is
-        struggling; ``slow_down``: it asked us to wait (Retry-After)."""
+        struggling; ``slow_down``: it asked us to wait (Retry-After); ``multiplexed``:
+        the answer came over HTTP/2."""
         self.in_flight -= 1
+        if multiplexed:
+            self.ceiling = max(self.ceiling, self.multiplexed_ceiling)
         if slow_down:
             self.limit = 1.0
         elif overloaded:
@@ -492,6 +507,7 @@ class _Timing:
     seconds: float | None = None  # to the answer's headers
     overloaded: bool = False
     slow_down: bool = False
+    multiplexed: bool = False  # answered over HTTP/2
 
 
 @dataclass(slots=True)
@@ -635,7 +651,10 @@ class FeedFetcher:
                         ) from None
             finally:
                 gate.release(
-                    timing.seconds, overloaded=timing.overloaded, slow_down=timing.slow_down
+                    timing.seconds,
+                    overloaded=timing.overloaded,
+                    slow_down=timing.slow_down,
+                    multiplexed=timing.multiplexed,
                 )
             if hop.location is None:
                 break
@@ -679,7 +698,10 @@ class FeedFetcher:
     def _host_gate(self, host: str) -> HostGate:
         gate = self._hosts.get(host)
         if gate is None:
-            gate = self._hosts[host] = HostGate(PER_HOST_START, self.settings.max_per_host)
+            s = self.settings
+            gate = self._hosts[host] = HostGate(
+                PER_HOST_START, s.max_per_host, multiplexed_ceiling=s.max_connections
+            )
         return gate
 
     async def _exchange(
@@ -691,6 +713,7 @@ class FeedFetcher:
         try:
             async with self._client.stream("GET", url, headers=headers) as response:
                 timing.seconds = time.perf_counter() - started
+                timing.multiplexed = response.http_version == "HTTP/2"
                 hop = _Hop(
                     url=url,
                     status=response.status_code,
