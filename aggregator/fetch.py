@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime, parsedate_to_datetime
 from pathlib import Path
 from types import TracebackType
@@ -44,6 +44,7 @@ from .errors import (
     FetchTooManyRedirects,
 )
 from .models import FetchResult
+from .polling import parse_retry_after
 
 ACCEPT = (
     "application/atom+xml, application/rss+xml, application/xml;q=0.9, text/xml;q=0.9, */*;q=0.1"
@@ -338,6 +339,8 @@ def tls_context(ca_file: str | None = None) -> ssl.SSLContext:
 # --- per-host politeness ---------------------------------------------------------------
 
 PER_HOST_START = 6  # requests at once to a host not yet heard from: what browsers open
+MAX_HOST_HOLD = 3600.0  # seconds: longest a Retry-After keeps a host at one request
+DEFAULT_HOST_HOLD = 60.0  # seconds, when a Retry-After cannot be read
 OVERLOAD_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 
@@ -350,7 +353,8 @@ class HostGate:
     slower than four times its quickest (plus 250 ms) takes one away. A sign of
     overload (429, 5xx, a timeout, a refused or failed connection) halves the slots,
     and a 429 or 503 that carries Retry-After (RFC 9110 section 10.2.3) drops them to
-    one; never fewer than one. Slots are handed to waiters in arrival order. Once the
+    one and keeps them there for the delay it asks (at most ``MAX_HOST_HOLD``); never
+    fewer than one. Slots are handed to waiters in arrival order. Once the
     host answers over HTTP/2, where requests are streams of one connection instead of
     connections of their own, the ceiling becomes ``multiplexed_ceiling`` (when higher).
     """
@@ -361,6 +365,7 @@ class HostGate:
         self.limit = float(min(max(1, start), self.ceiling))
         self.in_flight = 0
         self.quickest = math.inf
+        self.hold_until = 0.0  # event-loop time before which the slots do not grow
         self._waiters: deque[asyncio.Future[None]] = deque()
 
     async def acquire(self) -> None:
@@ -376,7 +381,7 @@ class HostGate:
             if waiter.done() and not waiter.cancelled():
                 self.in_flight -= 1
                 self._hand_over()
-            else:
+            elif waiter in self._waiters:
                 self._waiters.remove(waiter)
             raise
 
@@ -387,22 +392,25 @@ class HostGate:
         overloaded: bool = False,
         slow_down: bool = False,
         multiplexed: bool = False,
+        hold: float = 0.0,
     ) -> None:
         """Give the slot back. ``seconds``: time to the answer's headers (None when
         there was no answer); ``overloaded``: the answer or failure says the host is
-        struggling; ``slow_down``: it asked us to wait (Retry-After); ``multiplexed``:
-        the answer came over HTTP/2."""
+        struggling; ``slow_down``: it asked us to wait (Retry-After) for ``hold``
+        seconds; ``multiplexed``: the answer came over HTTP/2."""
         self.in_flight -= 1
+        now = asyncio.get_running_loop().time()
         if multiplexed:
             self.ceiling = max(self.ceiling, self.multiplexed_ceiling)
         if slow_down:
             self.limit = 1.0
+            self.hold_until = max(self.hold_until, now + min(max(hold, 0.0), MAX_HOST_HOLD))
         elif overloaded:
             self.limit = max(1.0, self.limit / 2)
         elif seconds is not None:
             self.quickest = min(self.quickest, seconds)
             if seconds <= 2 * self.quickest + 0.01:
-                if self._waiters:
+                if self._waiters and now >= self.hold_until:
                     self.limit = min(float(self.ceiling), self.limit + 1)
             elif seconds > 4 * self.quickest + 0.25:
                 self.limit = max(1.0, self.limit - 1)
@@ -508,6 +516,7 @@ class _Timing:
     overloaded: bool = False
     slow_down: bool = False
     multiplexed: bool = False  # answered over HTTP/2
+    hold: float = 0.0  # seconds the host asked us to wait (Retry-After)
 
 
 @dataclass(slots=True)
@@ -655,6 +664,7 @@ class FeedFetcher:
                     overloaded=timing.overloaded,
                     slow_down=timing.slow_down,
                     multiplexed=timing.multiplexed,
+                    hold=timing.hold,
                 )
             if hop.location is None:
                 break
@@ -725,6 +735,8 @@ class FeedFetcher:
                 timing.slow_down = (
                     hop.status in RETRY_AFTER_STATUSES and "retry-after" in hop.headers
                 )
+                if timing.slow_down:
+                    timing.hold = _retry_after_seconds(hop.headers)
                 self._check_status(hop)
                 if hop.status in REDIRECT_STATUSES:
                     return hop
@@ -926,6 +938,22 @@ def _connect_message(exc: httpx.ConnectError) -> str:
         if isinstance(cause, httpcore.ConnectError) and "unknown host" in str(cause):
             return str(cause)
     return f"cannot connect: {text}"
+
+
+def _retry_after_seconds(headers: dict[str, str]) -> float:
+    """The delay a Retry-After asks for, in seconds; a date is read against the answer's
+    own Date header (RFC 9110 section 10.2.3), so no clock of ours is consulted."""
+    value = headers.get("retry-after", "").strip()
+    try:
+        now = parsedate_to_datetime(headers.get("date", ""))
+    except (TypeError, ValueError, IndexError, OverflowError):
+        if not value.isdigit():
+            return DEFAULT_HOST_HOLD  # a date, and nothing to read it against
+        now = datetime.fromtimestamp(0, UTC)  # seconds need no "now"
+    if now.tzinfo is None:
+        now = now.replace(tzinfo=UTC)
+    delay = parse_retry_after(value, now=now, cap=timedelta(seconds=MAX_HOST_HOLD))
+    return DEFAULT_HOST_HOLD if delay is None else delay.total_seconds()
 
 
 def _with_elapsed(result: FetchResult, elapsed: float) -> FetchResult:
