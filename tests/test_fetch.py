@@ -327,7 +327,9 @@ async def test_h1_slot_is_freed_after_the_deadline(feed_server: FeedServer) -> N
     config = settings(max_connections=1, max_per_host=1, total_timeout=0.8, read_timeout=30.0)
     async with FeedFetcher(config) as fetcher:
         stuck = asyncio.create_task(_timed(fetcher, hang))
-        await asyncio.sleep(0.1)  # the hang holds the only slot now
+        while not feed_server.requests_for("/hang"):  # noqa: ASYNC110 - the server is a thread
+            await asyncio.sleep(0.005)
+        # The hang holds the only slot now.
         result, took = await _timed(fetcher, good)
         hang_result, _ = await stuck
 
