@@ -5,8 +5,15 @@ HTTP trouble: every outcome comes back as a ``FetchResult`` whose ``error`` is o
 ``aggregator.errors.FetchError`` classes.
 
 Server-side request forgery is stopped where the socket is opened: a network backend
-resolves the host, refuses the connection if any address is not public, and connects to
-the address it checked, so a name cannot resolve differently between check and use.
+(``AddressGuard``) resolves the host, refuses the connection if any address is not
+public, and connects to the address it checked, so a name cannot resolve differently
+between check and use. It sits under an httpx transport of our own
+(``GuardedTransport``) built on httpx's and httpcore's public interfaces only; a
+``FeedFetcher`` takes any other transport in its place (``httpx.MockTransport`` in tests).
+
+Politeness: each host gets a ``HostGate`` that starts at six requests at once, grows
+while the host answers quickly and shrinks when it slows, fails or asks us to wait;
+TLS servers that offer HTTP/2 carry a host's requests on one connection.
 """
 
 from __future__ import annotations
