@@ -22,7 +22,7 @@ from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import partial
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from .clock import Clock, system_clock
 from .config import Settings
@@ -38,6 +38,9 @@ from .store import entries as entry_rows
 from .store import feeds as feed_rows
 from .urls import is_placeholder_title
 from .workers import STOP_SIGNALS, ParseWorkers
+
+if TYPE_CHECKING:
+    import httpx
 
 T = TypeVar("T")
 
@@ -278,20 +281,25 @@ def plan_poll(
 
 @asynccontextmanager
 async def open_poller(
-    settings: Settings, store: Store, *, clock: Clock = system_clock
+    settings: Settings,
+    store: Store,
+    *,
+    clock: Clock = system_clock,
+    transport: httpx.AsyncBaseTransport | None = None,
 ) -> AsyncIterator[Poller]:
     """A Poller with its fetcher, parse processes and database thread, closed on exit.
 
     The parse processes (one per core unless configured) start when the first document
     needs parsing (see ParseWorkers). On exit the write in flight finishes (the database
-    thread is drained) before the store can be closed.
+    thread is drained) before the store can be closed. ``transport`` replaces the
+    fetcher's network (see ``FeedFetcher``), as ``httpx.MockTransport`` does in tests.
     """
     db_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aggregator-db")
     workers = ParseWorkers(
         settings.poll.parse_workers or os.cpu_count() or 1, preload=[prepare_feed.__module__]
     )
     try:
-        async with FeedFetcher(settings.fetch) as fetcher:
+        async with FeedFetcher(settings.fetch, transport=transport) as fetcher:
             yield Poller(settings, store, fetcher, workers, db_executor, clock=clock)
     finally:
         workers.close()
@@ -351,12 +359,14 @@ async def poll_feeds(
     clock: Clock = system_clock,
     on_start: Callable[[int], None] | None = None,
     on_result: Callable[[PollSummary], None] | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
 ) -> list[PollSummary]:
     """Poll the chosen feeds (all enabled ones by default) once, concurrently.
 
     SIGTERM or SIGINT during the poll stops it gracefully (see ``_stop_on_signals``).
+    ``transport``: see ``open_poller``.
     """
-    async with open_poller(settings, store, clock=clock) as poller:
+    async with open_poller(settings, store, clock=clock, transport=transport) as poller:
         with _stop_on_signals(poller):
             feeds = await poller.choose(feed_ids=feed_ids, due_only=due_only)
             if on_start is not None:
