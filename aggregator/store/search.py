@@ -6,13 +6,19 @@ The query language (``parse_query``, pure) is what a reader would guess:
 - ``"a phrase"`` matches those words next to each other, in that order;
 - ``clust*`` matches words that begin with ``clust`` (two letters or more before ``*``);
 - ``-word`` or ``-"a phrase"`` leaves out posts that contain it;
-- ``source:word`` or ``source:"two words"`` matches in the source's title only.
+- ``source:word`` or ``source:"two words"`` matches in the source's title only;
+  ``title:`` and ``author:`` likewise in the post's title or author name.
 
 Anything else is taken literally: only runs of letters and digits are searched for, and
 each is sent to FTS5 as a quoted string, so FTS5 syntax in the input (``NEAR(``, ``OR``,
-``title:``, ``^``, unbalanced quotes) never reaches the FTS5 parser as syntax and never
-raises. A bare token of several words (``e-mail``, ``don't``) is a phrase of them, as
-the tokenizer splits the text it indexed.
+``text:``, ``^``, ``*`` alone, parentheses) never reaches the FTS5 parser as syntax and
+never raises. A bare token of several words (``e-mail``, ``don't``, ``10:30``) is a
+phrase of them, as the tokenizer splits the text it indexed. A quote that is never
+closed (``"unterminated words``) is ignored: the words after it are plain words.
+Control characters (NUL included) separate words. At most ``MAX_PARTS`` words, phrases
+and exclusions and ``MAX_WORDS`` words in all are kept (the rest of a longer query is
+dropped); a query with nothing left to find (only exclusions, only punctuation) finds
+nothing: ``SearchQuery.fts`` is None.
 
 Ranking (``ranked_page``): an exact title match (``entries.norm_title`` equal to the
 query's words normalised as titles are) first; then FTS5's ``bm25()`` with the column
@@ -55,6 +61,7 @@ from .timeline import _ENTRY_COLUMNS, TimelineEntry, _entry, _with_copies
 
 __all__ = [
     "MAX_PARTS",
+    "MAX_WORDS",
     "RANK_ALL",
     "WEIGHTS",
     "Fragment",
@@ -70,6 +77,7 @@ __all__ = [
 ]
 
 MAX_PARTS = 12
+MAX_WORDS = 32
 MIN_PREFIX = 2
 # bm25 column weights, in the column order of entries_fts: title, author, text, source.
 WEIGHTS = (10.0, 4.0, 1.0, 2.0)
@@ -80,7 +88,9 @@ RANK_ALL = 1_000
 SNIPPET_TOKENS = 24
 _OPEN, _CLOSE = "\x02", "\x03"
 _WORD = re.compile(r"\w+", re.UNICODE)
-_SOURCE = re.compile(r"source:", re.IGNORECASE)
+# Column filters: the reader's name, and the FTS5 column it searches.
+_COLUMN = re.compile(r"(source|title|author):", re.IGNORECASE)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _RANKED_CURSOR = re.compile(r"(\d{1,18})\.(\d{1,9})")
 
 
@@ -104,43 +114,51 @@ def _phrase(words: Sequence[str], prefix: bool) -> str:
 def parse_query(text: str) -> SearchQuery:
     """``text`` in the query language of the module docstring, as a ``SearchQuery``.
 
-    Never raises; at most ``MAX_PARTS`` words, phrases and exclusions are kept.
+    Never raises; at most ``MAX_PARTS`` words, phrases and exclusions and ``MAX_WORDS``
+    words in all are kept.
     """
+    cleaned = _CONTROL.sub(" ", text)
     positive: list[str] = []
     negative: list[str] = []
     words: list[str] = []
-    position, end = 0, len(text)
-    while position < end and len(positive) + len(negative) < MAX_PARTS:
-        if text[position].isspace():
+    budget = MAX_WORDS
+    position, end = 0, len(cleaned)
+    while position < end and len(positive) + len(negative) < MAX_PARTS and budget > 0:
+        if cleaned[position].isspace():
             position += 1
             continue
-        exclude = text[position] == "-" and position + 1 < end and not text[position + 1].isspace()
+        exclude = (
+            cleaned[position] == "-" and position + 1 < end and not cleaned[position + 1].isspace()
+        )
         if exclude:
             position += 1
         column = ""
-        source = _SOURCE.match(text, position)
-        if source is not None and source.end() < end and not text[source.end()].isspace():
-            column, position = "source : ", source.end()
-        if text[position] == '"':
-            close = text.find('"', position + 1)
-            close = end if close == -1 else close
-            token, position, prefix = text[position + 1 : close], close + 1, False
+        named = _COLUMN.match(cleaned, position)
+        if named is not None and named.end() < end and not cleaned[named.end()].isspace():
+            column, position = named.group(1).lower(), named.end()
+        close = cleaned.find('"', position + 1) if cleaned[position] == '"' else -1
+        if close != -1:
+            token, position, prefix = cleaned[position + 1 : close], close + 1, False
         else:
+            if cleaned[position] == '"':  # never closed: taken as plain words
+                position += 1
             stop = position
-            while stop < end and not text[stop].isspace() and text[stop] != '"':
+            while stop < end and not cleaned[stop].isspace() and cleaned[stop] != '"':
                 stop += 1
-            token, position = text[position:stop], stop
+            token, position = cleaned[position:stop], stop
             prefix = token.endswith("*")
-        found = _WORD.findall(token)
+        found = _WORD.findall(token)[:budget]
         if not found:
             continue
+        budget -= len(found)
         prefix = prefix and len(found[-1]) >= MIN_PREFIX
-        part = f"({column}{_phrase(found, prefix)})"
+        filter_ = f"{column} : " if column else ""
+        part = f"({filter_}{_phrase(found, prefix)})"
         if exclude:
             negative.append(part)
         else:
             positive.append(part)
-            if not column:
+            if column in ("", "title"):
                 words.extend(found)
     if not positive:
         return SearchQuery(text, None, "", ())
