@@ -238,6 +238,42 @@ def test_count_and_cap(corpus, monkeypatch: pytest.MonkeyPatch) -> None:
     assert len(page.entries) <= 11
 
 
+def test_past_the_cap_tiers_rank_title_then_author_then_text_newest_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = Store.open(tmp_path / "db.sqlite3")
+    feed = add_feed(store, "https://a.test/feed", "A blog")
+    made: dict[str, int] = {}
+    for name, title, author, body in [
+        ("old title", "Ferret", None, "<p>care</p>"),  # outside the newest 4
+        ("text 1", "One", None, "<p>ferret food</p>"),
+        ("text 2", "Two", None, "<p>ferret toys</p>"),
+        ("author", "Three", "Ferret Fan", "<p>a ferret</p>"),
+        ("text 3", "Four", None, "<p>ferret again</p>"),
+        ("title", "Ferret food facts", None, "<p>the ferret</p>"),
+        ("some title", "Food for thought", None, "<p>ferret</p>"),
+    ]:
+        entry = record(title, published=NOW - timedelta(days=1), body=body, author=author, key=name)
+        made[name] = add_entry(store, feed, replace(entry, norm_title=normalise_title(title)))
+
+    def order(text: str, cap: int = 4) -> list[str]:
+        monkeypatch.setattr(search, "RANK_ALL", cap)
+        page = ranked_page(store.db, parse_query(text), limit=10)
+        assert page.capped and not page.matches.exact
+        names = {entry_id: name for name, entry_id in made.items()}
+        return [names[entry.id] for entry in page.entries]
+
+    # ferret: the exact title first, from anywhere (older than the ranked set); then
+    # the newest four matches: title, then author, then text, newest first.
+    assert order("ferret") == ["old title", "title", "author", "some title", "text 3"]
+    # Two words (three posts hold both; the newest two are ranked): every word in the
+    # title first, then some of them in the title.
+    assert order("ferret food", cap=2) == ["title", "some title"]
+    # Exclusions and filters hold in every tier.
+    assert "title" not in order("ferret -facts")
+    store.close()
+
+
 def test_snippets_mark_only_matched_words(corpus) -> None:
     _, store, ids = corpus
     query = parse_query("small clusters")
