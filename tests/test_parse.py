@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import pickle
+import subprocess
+import sys
 import threading
 import time
 import tracemalloc
@@ -722,11 +724,24 @@ def test_feedparser_cp1252_table_maps_every_code_point_as_feedparser_does() -> N
 
     from aggregator import parse as parse_module
 
+    parse_module.configure_feedparser()
     assert feedparser.mixin._cp1252 is parse_module.CP1252_TABLE
     text = "".join(chr(code) for code in range(0x30000) if not 0xD800 <= code < 0xE000)
     expected = text.translate(parse_module._FEEDPARSER_CP1252)
     assert text.translate(parse_module.CP1252_TABLE) == expected
     assert "\x93quoted\x94".translate(parse_module.CP1252_TABLE) == "\u201cquoted\u201d"
+
+
+def test_importing_the_parser_leaves_feedparser_alone() -> None:
+    """The table is installed by the first parse, not by importing the module."""
+    script = (
+        "import feedparser.mixin, aggregator.parse as p\n"
+        "assert isinstance(feedparser.mixin._cp1252, dict), 'changed on import'\n"
+        "p.parse_feed(b'<rss><channel><title>t</title></channel></rss>', url='http://x.test/')\n"
+        "assert feedparser.mixin._cp1252 is p.CP1252_TABLE, 'not installed by parsing'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
 
 
 # --- issue 15, second round: tables over the pure helpers ---------------------------------
