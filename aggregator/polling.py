@@ -22,6 +22,11 @@ _SECONDS = re.compile(r"^[+-]?\d+(?:\.\d+)?$")
 
 @dataclass(frozen=True, slots=True)
 class PollPolicy:
+    """How often feeds are polled: the default interval and the shortest one allowed (a
+    feed's own configured interval included), the exponential backoff after failures (base
+    doubled per consecutive failure, up to the cap), the longest Retry-After believed
+    (RFC 9110 section 10.2.3), and the random jitter, a fraction of the delay either way."""
+
     interval: timedelta = timedelta(minutes=30)
     min_interval: timedelta = timedelta(minutes=5)
     backoff_base: timedelta = timedelta(minutes=5)

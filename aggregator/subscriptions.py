@@ -22,7 +22,7 @@ from urllib.parse import quote, urlencode, urlsplit
 from email_validator import EmailNotValidError, validate_email
 
 from .config import Settings
-from .errors import MailError, TokenError
+from .errors import InvalidSubscription, MailError, RateLimited, TokenError
 from .mail import OutgoingMessage, Sender, parse_address
 from .paths import public_path
 from .render import environment, inline_css, line
@@ -58,14 +58,6 @@ PURPOSE_DIGEST = "digest"
 """Token purpose of one digest's web copy (the token's subject is the digest id)."""
 
 _DOT_ATOM_HOST = re.compile(r"[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*")
-
-
-class InvalidSubscription(ValueError):
-    """The form was filled in wrongly (not an address, unknown cadence): say so."""
-
-
-class RateLimited(Exception):
-    """Too many sign-ups from one client: ask it to come back later."""
 
 
 # --- links --------------------------------------------------------------------------
@@ -183,21 +175,25 @@ def normalise_email(text: str) -> tuple[str, str]:
     """
     text = (text or "").strip()
     if not text or len(text) > MAX_ADDRESS_INPUT or any(ord(c) < 32 for c in text):
-        raise InvalidSubscription("Please enter a valid email address.")
+        raise _invalid_address(text)
     if "=?" in text:
         # An RFC 2047 encoded-word: mail libraries decode it in the To: header, so the
         # header would name another address than the one the message is sent to.
-        raise InvalidSubscription("Please enter a valid email address.")
+        raise _invalid_address(text)
     try:
         valid = validate_email(text, check_deliverability=False)
     except EmailNotValidError:
-        raise InvalidSubscription("Please enter a valid email address.") from None
+        raise _invalid_address(text) from None
     address = f"{valid.local_part}@{valid.ascii_domain}" if valid.ascii_domain else valid.email
     try:
         parse_address(address, allow_name=False)  # what the mailer will accept
     except ValueError:
-        raise InvalidSubscription("Please enter a valid email address.") from None
+        raise _invalid_address(text) from None
     return address, address.casefold()
+
+
+def _invalid_address(text: str) -> InvalidSubscription:
+    return InvalidSubscription("Please enter a valid email address.", field="email", value=text)
 
 
 def parse_cadence(value: str | None) -> Cadence:
@@ -205,7 +201,7 @@ def parse_cadence(value: str | None) -> Cadence:
     for cadence in CADENCES:
         if value == cadence:
             return cadence
-    raise InvalidSubscription("Please choose daily or weekly.")
+    raise InvalidSubscription("Please choose daily or weekly.", field="cadence", value=str(value))
 
 
 def known_feed_ids(store: Store, wanted: Iterable[int] | None) -> frozenset[int] | None:
@@ -252,7 +248,7 @@ def request_signup(
         rows.prune_attempts(db, now - max(CLIENT_WINDOW, ADDRESS_WINDOW))
         rows.expire_pending(db, now - PENDING_MAX_AGE)
         if rows.count_attempts(db, client_key, now - CLIENT_WINDOW) >= CLIENT_LIMIT:
-            raise RateLimited
+            raise RateLimited(client)
         rows.record_attempts(db, [client_key, address_key], now)
         existing = rows.by_key(db, key)
         if existing is None:
@@ -304,7 +300,7 @@ def request_links(
     with store.write() as db:
         rows.prune_attempts(db, now - max(CLIENT_WINDOW, ADDRESS_WINDOW))
         if rows.count_attempts(db, client_key, now - CLIENT_WINDOW) >= CLIENT_LIMIT:
-            raise RateLimited
+            raise RateLimited(client)
         rows.record_attempts(db, [client_key, address_key], now)
         existing = rows.by_key(db, key)
         if existing is None or existing.status not in ("confirmed", "pending"):

@@ -13,11 +13,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlite_utils import Database
-
 from ..config import Settings
 from ..selection import DigestPlan, Subscriber, first_digest_since, is_due, select_digest
-from ..store import Store
+from ..store import Database, Store
 from ..store import digests as digest_rows
 from ..store import subscribers as subscriber_rows
 

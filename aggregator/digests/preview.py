@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Literal
 
 from ..config import Settings
+from ..errors import NotFound, UsageError
 from ..mail import OutgoingMessage, parse_address
 from ..selection import DigestPlan, Subscriber
 from ..store import Store
@@ -37,7 +38,7 @@ def preview(
     store: Store, settings: Settings, now: datetime, *, email: str | None = None
 ) -> OutgoingMessage | None:
     """The digest a subscriber (or, without one, a reader of every source since the
-    start) would get now; None when nothing is new. ``LookupError`` for an unknown
+    start) would get now; None when nothing is new. ``NotFound`` for an unknown
     address."""
     subscriber = _preview_subscriber(store, settings, email, now)
     return _next_message(store, settings, subscriber, now)
@@ -55,16 +56,18 @@ def preview_for(
     last digest sent to that subscriber; else everything stored in their sources.
 
     With ``last``, only the last digest sent. None when there is nothing at all (no
-    posts stored in the subscriber's sources). ``LookupError`` for an unknown address,
+    posts stored in the subscriber's sources). ``NotFound`` for an unknown address,
     or ``last`` without an address or with nothing sent yet."""
     subscriber = _preview_subscriber(store, settings, email, now)
     who = subscriber.email if email is not None else "a reader of every source"
     if last:
         if email is None:
-            raise LookupError("--last needs --subscriber: whose last digest?")
+            raise UsageError("--last needs --subscriber: whose last digest?", argument="--last")
         shown = _last_sent(store, settings, subscriber, now)
         if shown is None:
-            raise LookupError(f"no digest was sent to {subscriber.email} yet")
+            raise NotFound(
+                f"no digest was sent to {subscriber.email} yet", what="digest", key=subscriber.email
+            )
         return shown
     message = _next_message(store, settings, subscriber, now)
     if message is not None:
@@ -98,7 +101,7 @@ def _preview_subscriber(
         _, key = normalise_email(email)
         subscriber = subscriber_rows.by_key(store.db, key)
         if subscriber is None:
-            raise LookupError(f"no subscriber {email}")
+            raise NotFound(f"no subscriber {email}", what="subscriber", key=email)
         return subscriber
     return Subscriber(
         id=0,

@@ -28,7 +28,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlite_utils import Database
+from sqlite_utils import Database as Database  # re-exported: the type of a connection
 
 from ..clock import epoch_seconds, system_clock
 from ..errors import IncompatibleDatabase, StoreError, StoreReadOnly
@@ -132,6 +132,7 @@ class Store:
 
     @property
     def conn(self) -> sqlite3.Connection:
+        """This thread's sqlite3 connection (the one under ``db``)."""
         return self.db.conn
 
     def close(self) -> None:
@@ -196,6 +197,9 @@ class Store:
     # --- checks and copies ---------------------------------------------------------------
 
     def integrity_ok(self) -> bool:
+        """Whether SQLite's ``PRAGMA integrity_check`` finds the file whole (reads all of
+        it: slow on a big database).
+        """
         row = self.conn.execute("PRAGMA integrity_check").fetchone()
         return bool(row and row[0] == "ok")
 

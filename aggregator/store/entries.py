@@ -178,6 +178,7 @@ def media_for(db: Database, entry_ids: Iterable[int]) -> dict[int, tuple[MediaIt
 
 
 def count_entries(db: Database, feed_id: int | None = None) -> int:
+    """How many entries are stored, in one feed or (None) in all, copies included."""
     if feed_id is None:
         row = db.execute("SELECT count(*) FROM entries").fetchone()
     else:

@@ -25,7 +25,7 @@ from starlette.routing import BaseRoute, Route
 
 from ..digests.render import Renderer, SectionView, story_count
 from ..digests.send import send_welcomes
-from ..errors import TokenError
+from ..errors import InvalidSubscription, RateLimited, TokenError
 from ..mail import open_sender
 from ..paths import PATHS
 from ..sanitize import xml_chars
@@ -38,8 +38,6 @@ from ..subscriptions import (
     PURPOSE_DIGEST,
     PURPOSE_PREFERENCES,
     PURPOSE_UNSUBSCRIBE,
-    InvalidSubscription,
-    RateLimited,
     check_confirm_token,
     confirm,
     request_links,
@@ -181,7 +179,7 @@ async def subscribe_post(request: Request) -> Response:
             ),
         )
     except InvalidSubscription as error:
-        message = str(error)
+        message = error.reason
         return await _db(
             lambda: _subscribe_page(
                 request,
@@ -373,7 +371,7 @@ async def preferences_post(request: Request) -> Response:
     except TokenError:
         return _refused(request)
     except InvalidSubscription as error:
-        message = str(error)
+        message = error.reason
         current = await _db(
             lambda: subscriber_for(web.store(), web.links(), PURPOSE_PREFERENCES, token, web.now())
         )
@@ -645,7 +643,7 @@ async def lost_link_post(request: Request) -> Response:
         )
     except InvalidSubscription as error:
         return _lost_link_page(
-            request, "digests", error=str(error), email=email_text, status_code=400
+            request, "digests", error=error.reason, email=email_text, status_code=400
         )
     except RateLimited:
         return render(
