@@ -35,7 +35,6 @@ PENDING: frozenset[str] = frozenset(
         "aggregator.dedup",
         "aggregator.digests",
         "aggregator.fetch",
-        "aggregator.mail",
         "aggregator.parse",
         "aggregator.pipeline",
         "aggregator.render",
