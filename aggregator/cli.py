@@ -12,7 +12,7 @@ import logging
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -23,6 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from . import __version__
+from .clock import system_clock as now
 from .config import Settings, config_path, load, write_starter
 from .errors import AggregatorError, SourceError, StoreError
 from .fetch import FeedFetcher
@@ -83,11 +84,6 @@ class App:
         """Close the database if a command opened it (called when the command ends)."""
         if self._store is not None:
             self._store.close()
-
-
-def now() -> datetime:
-    """The current time, timezone-aware UTC: the command line's clock."""
-    return datetime.now(UTC)
 
 
 def _read_file(app: App, path: Path) -> bytes:
@@ -694,7 +690,7 @@ def subscribers_add(
 
     Adding an address already there changes only what the command names (its cadence
     with --cadence; confirms it unless --pending) and says what changed."""
-    from .digests import send_welcomes
+    from .digests.send import send_welcomes
     from .mail import open_sender
     from .subscriptions import add_or_update_by_operator, links_for
 
@@ -779,7 +775,7 @@ def digest_preview(
     When nothing is new since the subscriber's last digest, shows that last digest
     instead (or, if none was sent yet, a digest of everything stored in their
     sources), with a line that says which it is. --last shows the last one sent."""
-    from .digests import preview_for
+    from .digests.preview import preview_for
     from .mail import FILE_POLICY, build_email
 
     with _one_line_errors():
@@ -816,7 +812,8 @@ def digest_preview(
 @click.pass_context
 def digest_send(ctx: click.Context, due: bool, dry_run: bool) -> None:
     """Build the digests of what is new and send every pending one."""
-    from .digests import SendProgress, build_pending, plan_all, send_pending
+    from .digests.build import build_pending, plan_all
+    from .digests.send import SendProgress, send_pending
     from .mail import open_sender
 
     with _one_line_errors():

@@ -20,10 +20,11 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from functools import partial
 from typing import TypeVar
 
+from .clock import Clock, system_clock
 from .config import Settings
 from .dedup import plan_entries
 from .errors import AggregatorError, ParseError, StoreError
@@ -37,12 +38,7 @@ from .store import feeds as feed_rows
 from .urls import is_placeholder_title
 from .workers import STOP_SIGNALS, ParseWorkers
 
-Clock = Callable[[], datetime]
 T = TypeVar("T")
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 def snapshot_urls(settings: Settings) -> dict[str, str]:
@@ -65,7 +61,7 @@ class Poller:
     fetcher: FeedFetcher
     parse_workers: ParseWorkers
     db_executor: ThreadPoolExecutor
-    clock: Clock = utc_now
+    clock: Clock = system_clock
     rand: Callable[[], float] = field(default_factory=lambda: random.Random().random)
 
     def __post_init__(self) -> None:
@@ -277,7 +273,7 @@ class Poller:
         )
         with self.store.write() as db:
             plan = plan_poll(
-                db, feed.id, prepared.records, now, window=self.settings.poll.cross_post_window
+                db, feed.id, prepared.records, window=self.settings.poll.cross_post_window
             )
             entry_rows.apply_plan(db, feed.id, plan, now)
             if feed.backlog_seq is None:
@@ -309,7 +305,6 @@ def plan_poll(
     db: Database,
     feed_id: int,
     records: Sequence[EntryRecord],
-    now: datetime,
     *,
     window: timedelta,
 ) -> PollPlan:
@@ -329,7 +324,7 @@ def plan_poll(
         canonical_urls=(r.canonical_url for r in records if r.canonical_url),
         norm_titles=(r.norm_title for r in records if r.norm_title),
     )
-    return plan_entries(records, existing=existing, candidates=candidates, now=now, window=window)
+    return plan_entries(records, existing=existing, candidates=candidates, window=window)
 
 
 def _fetch_record(
@@ -360,7 +355,7 @@ def _fetch_record(
 
 @asynccontextmanager
 async def open_poller(
-    settings: Settings, store: Store, *, clock: Clock = utc_now
+    settings: Settings, store: Store, *, clock: Clock = system_clock
 ) -> AsyncIterator[Poller]:
     """A Poller with its fetcher, parse processes and database thread, closed on exit.
 
@@ -430,7 +425,7 @@ async def poll_feeds(
     *,
     feed_ids: Sequence[int] | None = None,
     due_only: bool = False,
-    clock: Clock = utc_now,
+    clock: Clock = system_clock,
     on_start: Callable[[int], None] | None = None,
     on_result: Callable[[PollSummary], None] | None = None,
 ) -> list[PollSummary]:

@@ -33,11 +33,9 @@ CONSTANT = re.compile(r"[A-Z][A-Z0-9_]*")
 PENDING: frozenset[str] = frozenset(
     {
         "aggregator.dedup",
-        "aggregator.digests",
         "aggregator.fetch",
         "aggregator.parse",
         "aggregator.pipeline",
-        "aggregator.render",
         "aggregator.store.search",
         "aggregator.subscriptions",
         "aggregator.web",

@@ -12,11 +12,11 @@ from sqlite_utils import Database
 
 from ..models import MediaItem
 from ..selection import Candidate, DigestPlan, StoryMember, Subscriber
+from .chunks import chunks
 from .codec import from_db, from_db_required, to_db
 from .entries import media_for
 
 DigestStatus = Literal["pending", "sent", "failed", "cancelled"]
-_CHUNK = 400
 
 
 # --- what a subscriber has not seen yet -----------------------------------------------
@@ -60,9 +60,7 @@ def candidates(db: Database, subscriber: Subscriber, upto: int) -> list[Candidat
 def story_members(db: Database, story_ids: Iterable[int]) -> dict[int, list[StoryMember]]:
     """Every copy of each story (the story's own entry included), by story id."""
     found: dict[int, list[StoryMember]] = {}
-    unique = sorted(set(story_ids))
-    for start in range(0, len(unique), _CHUNK):
-        chunk = unique[start : start + _CHUNK]
+    for chunk in chunks(story_ids):
         marks = ", ".join("?" * len(chunk))
         cursor = db.execute(
             f"SELECT id, feed_id, coalesce(duplicate_of, id) FROM entries "
@@ -265,9 +263,7 @@ def entries_by_id(db: Database, ids: Iterable[int]) -> dict[int, EntryView]:
     no longer exist are absent. Reads in chunks under SQLite's bound-parameter limit.
     """
     found: dict[int, EntryView] = {}
-    unique = sorted(set(ids))
-    for start in range(0, len(unique), _CHUNK):
-        chunk = unique[start : start + _CHUNK]
+    for chunk in chunks(ids):
         marks = ", ".join("?" * len(chunk))
         cursor = db.execute(
             f"SELECT {_ENTRY_COLUMNS} FROM entries e JOIN feeds f ON f.id = e.feed_id "

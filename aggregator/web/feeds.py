@@ -13,7 +13,6 @@ from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
 from urllib.parse import urlencode
 
-from markupsafe import Markup
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -34,12 +33,6 @@ ATOM_TYPE = "application/atom+xml; charset=utf-8"
 # Bump when the Atom template changes, so that cached copies are not kept.
 _FORMAT_VERSION = "atom-2"  # 2: enclosure links
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def xml_safe(value: str) -> str:
-    """Drops the characters XML 1.0 cannot carry at all (escaping cannot help them)."""
-    cleaned = xml_chars(value)
-    return Markup(cleaned) if isinstance(value, Markup) else cleaned  # noqa: S704 - same input
 
 
 def _validators(entries: Sequence[TimelineEntry], scope: str) -> tuple[str, datetime]:
