@@ -36,13 +36,6 @@ PENDING: frozenset[str] = frozenset(
         "aggregator.fetch",
         "aggregator.parse",
         "aggregator.pipeline",
-        "aggregator.store.search",
-        "aggregator.subscriptions",
-        "aggregator.web",
-        "aggregator.web.context",
-        "aggregator.web.pages",
-        "aggregator.web.subscribe",
-        "aggregator.web.views",
         "aggregator.workers",
     }
 )

@@ -33,7 +33,7 @@ from .security import SecurityHeadersMiddleware
 
 __all__ = ["create_app"]
 
-STATIC = resource_dir("static")
+STATIC = resource_dir("static")  # the stylesheet (and other static files) served under /static
 # Large enough for an OPML upload (sources.import_opml caps the file at 5 MB).
 MAX_BODY_BYTES = 6 * 1024 * 1024
 

@@ -55,7 +55,9 @@ __all__ = ["routes"]
 
 log = logging.getLogger("aggregator.web.subscribe")
 T = TypeVar("T")
+# Longest token accepted in a link or form, in characters; longer is refused unread.
 MAX_TOKEN_CHARS = 1024
+# The one answer to every refused link, whatever the reason (THREATS S4).
 REFUSED = (
     "This link is not valid: it may be incomplete, too old, or already used. "
     "Links in our emails work as they are; if you copied one, check that it is whole."
@@ -147,10 +149,16 @@ def _subscribe_page(
 
 
 def subscribe_form(request: Request) -> Response:
+    """GET /subscribe: the sign-up form (address, cadence, sources)."""
     return _subscribe_page(request)
 
 
 async def subscribe_post(request: Request) -> Response:
+    """POST /subscribe: record a sign-up and answer "check your inbox" whatever the
+    address's state (THREATS S6); the confirmation or reminder mail goes out after the
+    answer. 400 with the form kept for an invalid address or cadence, 429 when the client
+    signed up too often. CSRF checked.
+    """
     form = await _form(request)
     web = web_context(request)
     email = form.get("email")
@@ -230,6 +238,9 @@ def _send(web: WebContext, message: Any) -> None:
 
 
 def confirm_page(request: Request) -> Response:
+    """GET /subscribe/confirm?token=: a page with the button that confirms (GET changes
+    nothing, THREATS S3); the refusal page for a bad or used token.
+    """
     web = web_context(request)
     try:
         token = _token(request)
@@ -245,6 +256,10 @@ def confirm_page(request: Request) -> Response:
 
 
 async def confirm_post(request: Request) -> Response:
+    """POST /subscribe/confirm: confirm the address the token names (single use), then send
+    the welcome mail after the answer. The refusal page for a bad, expired or used token.
+    CSRF checked.
+    """
     form = await _form(request)
     web = web_context(request)
     try:
@@ -325,6 +340,9 @@ def _preferences_page(
 
 
 def preferences_page(request: Request) -> Response:
+    """GET /preferences?token=: the subscriber's cadence and sources; without a token, the
+    lost-link form; the refusal page for a bad token.
+    """
     if not _has_token(request):
         return _lost_link_page(request, "preferences")
     web = web_context(request)
@@ -340,6 +358,10 @@ def preferences_page(request: Request) -> Response:
 
 
 async def preferences_post(request: Request) -> Response:
+    """POST /preferences: save cadence and sources, then redirect (303) back to the page
+    with its token; 400 with the form for an unknown cadence; the refusal page for a bad
+    token. CSRF checked.
+    """
     form = await _form(request)
     web = web_context(request)
     cadence = form.get("cadence")
@@ -378,6 +400,9 @@ async def preferences_post(request: Request) -> Response:
 
 
 def unsubscribe_page(request: Request) -> Response:
+    """GET /unsubscribe?token=: a page with the unsubscribe button; without a token, the
+    lost-link form; the refusal page for a bad token.
+    """
     if not _has_token(request):
         return _lost_link_page(request, "unsubscribe")
     web = web_context(request)
@@ -396,6 +421,10 @@ def unsubscribe_page(request: Request) -> Response:
 
 async def unsubscribe_post(request: Request) -> Response:
     # RFC 8058: mail providers POST "List-Unsubscribe=One-Click" to the header's URL.
+    """POST /unsubscribe: unsubscribe the address the token names. A ``List-Unsubscribe=One-
+    Click`` body (RFC 8058 section 3.2) needs no CSRF token and gets a plain-text answer
+    (400 for a bad token); any other POST is CSRF checked and gets a page.
+    """
     raw = await _form(request, csrf=False)
     one_click = raw.get("List-Unsubscribe") == "One-Click"
     if not one_click:
@@ -429,6 +458,9 @@ def _web_copy(web: WebContext, digest: DigestRow) -> tuple[str, list[SectionView
 
 
 def digest_page(request: Request) -> Response:
+    """GET /digests/{digest_id}?token=: the web copy of one digest, for the subscriber its
+    token was made for (private, not cached, no referrer); the refusal page otherwise.
+    """
     web = web_context(request)
     digest_id: int = request.path_params["digest_id"]
     try:
@@ -482,6 +514,9 @@ def _archive(request: Request) -> tuple[Subscriber, list[dict[str, Any]], str] |
 
 
 def archive_page(request: Request) -> Response:
+    """GET /digests?token=: the subscriber's sent digests, newest first; without a token,
+    the public editions and the lost-link form; the refusal page for a bad token.
+    """
     if not _has_token(request):
         return _public_archive(request)
     found = _archive(request)
@@ -505,6 +540,9 @@ def archive_page(request: Request) -> Response:
 
 
 def archive_feed(request: Request) -> Response:
+    """GET /digests/feed.atom?token=: the subscriber's sent digests as Atom 1.0 (RFC 4287),
+    private and not cached; a plain-text 400 for a bad token.
+    """
     found = _archive(request)
     if found is None:
         return PlainTextResponse(REFUSED, status_code=400)
@@ -532,6 +570,7 @@ def archive_feed(request: Request) -> Response:
 
 # --- the public pages: editions, lost links ---------------------------------------------
 
+# How far back, in days, the lost-link page lists the public editions.
 EDITION_DAYS = 30
 _LOST = {
     "digests": ("Lost your link?", None),
@@ -600,10 +639,15 @@ def _lost_link_page(
 
 
 def lost_link_page(request: Request) -> Response:
+    """GET /digests/lost-link: the form that mails an address its links again."""
     return _lost_link_page(request, "digests")
 
 
 async def lost_link_post(request: Request) -> Response:
+    """POST /digests/lost-link: mail the address its links (if it has any) after answering
+    the same page whatever its state (THREATS S6); 400 for an invalid address, 429 when
+    the client asked too often. CSRF checked.
+    """
     form = await _form(request)
     web = web_context(request)
     email = form.get("email")
@@ -656,6 +700,9 @@ async def lost_link_post(request: Request) -> Response:
 
 
 def edition_page(request: Request) -> Response:
+    """GET /digests/editions/{day}: every story sent in a digest on that day (ISO date, in
+    the digest time zone), by source; 404 for a malformed date or a day without digests.
+    """
     web = web_context(request)
     try:
         day = date.fromisoformat(request.path_params["day"])
