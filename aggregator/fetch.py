@@ -42,12 +42,17 @@ from .errors import (
 )
 from .models import FetchResult
 
+# The Accept header of a fetch: feed types first, anything else last (RFC 9110 section 12.5.1).
 ACCEPT = (
     "application/atom+xml, application/rss+xml, application/xml;q=0.9, text/xml;q=0.9, */*;q=0.1"
 )
+# Content codings we decode (RFC 9110 section 12.5.3), under the decompressed size cap.
 ACCEPT_ENCODING = "gzip, deflate"
+# Statuses followed as redirects (RFC 9110 section 15.4), up to max_redirects hops.
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+# Redirects that move a feed for good (RFC 9110 sections 15.4.2, 15.4.9): the URL is updated.
 PERMANENT_REDIRECTS = frozenset({301, 308})
+# Statuses whose Retry-After header is read (RFC 9110 section 10.2.3; RFC 6585 section 4).
 RETRY_AFTER_STATUSES = frozenset({429, 503})
 _CHUNK = 64 * 1024  # largest piece a decoder may hand back at once
 
@@ -56,6 +61,13 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 @dataclass(frozen=True, slots=True)
 class FetchSettings:
+    """``[fetch]``: how feeds are fetched. Timeouts are in seconds: ``connect_timeout``
+    to open a connection, ``read_timeout`` between two reads, ``total_timeout`` for the
+    whole fetch, redirects and body included (THREATS H1). ``max_body_bytes`` caps the
+    decompressed body; ``max_connections`` and ``max_per_host`` bound the connection
+    pool. Private, loopback and link-local addresses (THREATS H4) and file: URLs are
+    refused unless allowed (for tests and local snapshots)."""
+
     user_agent: str = USER_AGENT
     connect_timeout: float = 10.0
     read_timeout: float = 20.0
