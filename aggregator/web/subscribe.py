@@ -421,9 +421,11 @@ def unsubscribe_page(request: Request) -> Response:
 
 async def unsubscribe_post(request: Request) -> Response:
     # RFC 8058: mail providers POST "List-Unsubscribe=One-Click" to the header's URL.
-    """POST /unsubscribe: unsubscribe the address the token names. A ``List-Unsubscribe=One-
-    Click`` body (RFC 8058 section 3.2) needs no CSRF token and gets a plain-text answer
-    (400 for a bad token); any other POST is CSRF checked and gets a page.
+    """POST /unsubscribe: unsubscribe the address the token names.
+
+    A ``List-Unsubscribe=One-Click`` body (RFC 8058 section 3.2) needs no CSRF token and
+    gets a plain-text answer (400 for a bad token); any other POST is CSRF checked and
+    gets a page.
     """
     raw = await _form(request, csrf=False)
     one_click = raw.get("List-Unsubscribe") == "One-Click"
