@@ -189,6 +189,10 @@ def write_starter(path: Path) -> None:
         raise ConfigError(f"cannot write: {error.strerror}", path=str(path)) from None
 
 
+def _optional_text(path: Path | None) -> str | None:
+    return str(path) if path is not None else None
+
+
 def load_settings(path: Path, env: Mapping[str, str]) -> Settings:
     """Read the TOML file at ``path`` and the secrets in ``env`` into Settings.
 
@@ -232,6 +236,8 @@ def settings_from_mapping(
         max_redirects=fetch_table.integer("max_redirects", defaults.max_redirects, low=0),
         max_connections=fetch_table.integer("max_connections", defaults.max_connections, low=1),
         max_per_host=fetch_table.integer("max_per_host", defaults.max_per_host, low=1),
+        http2=fetch_table.boolean("http2", defaults.http2),
+        ca_file=_optional_text(fetch_table.path("ca_file", base_dir)),
         allow_private_addresses=fetch_table.boolean(
             "allow_private_addresses", defaults.allow_private_addresses
         ),

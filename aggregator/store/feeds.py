@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlite_utils import Database
 
+from ..decide import FeedUpdate as FeedUpdate  # decided in the domain, written here
+from ..decide import FetchRecord as FetchRecord
 from ..models import Feed
 from ..urls import is_placeholder_title
 from .codec import from_db, from_db_required, to_db
@@ -134,22 +135,6 @@ def due_feeds(db: Database, now: datetime) -> list[Feed]:
     return [_feed(row) for row in rows]
 
 
-@dataclass(frozen=True, slots=True)
-class FeedUpdate:
-    """The feed-row side of one poll's outcome."""
-
-    polled_at: datetime
-    next_poll_at: datetime
-    succeeded: bool
-    url: str | None = None  # a permanent redirect moved the feed here
-    title: str | None = None
-    site_url: str | None = None
-    etag: str | None = None
-    last_modified: str | None = None
-    error: str | None = None
-    disable_reason: str | None = None  # e.g. 410 Gone
-
-
 def apply_feed_update(db: Database, feed: Feed, update: FeedUpdate) -> None:
     """Write one poll's outcome to the feed row, inside the caller's transaction.
 
@@ -193,27 +178,6 @@ def mark_backlog(db: Database, feed_id: int) -> None:
         "WHERE id = ? AND backlog_seq IS NULL",
         [feed_id],
     )
-
-
-@dataclass(frozen=True, slots=True)
-class FetchRecord:
-    """One fetch of a feed, for its history: when, which URL (after redirects), the HTTP
-    status (None: no answer), body size in bytes, duration in milliseconds, the outcome
-    (ok, not_modified, error) with the error's kind and line, and the entries it added or
-    changed.
-    """
-
-    feed_id: int
-    at: datetime
-    url: str
-    status: int | None
-    bytes: int
-    duration_ms: int
-    outcome: str  # ok, not_modified, error
-    error_kind: str | None = None
-    error: str | None = None
-    new: int = 0
-    updated: int = 0
 
 
 def record_fetch(db: Database, record: FetchRecord) -> None:

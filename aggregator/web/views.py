@@ -138,6 +138,7 @@ def timeline_view(request: Request) -> Response:
         "local": lambda moment: _local(moment, web),
         "days": [],
         "results": None,
+        "nothing_to_find": query is not None and query.fts is None,
         "highlights": {},
         "total": None,
         "older_url": None,
