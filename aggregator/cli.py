@@ -61,6 +61,9 @@ class App:
 
     @property
     def settings(self) -> Settings:
+        """The settings, read on first use from the --config file (else $AGGREGATOR_CONFIG,
+        else the bundled one); raises ConfigError naming the file and setting.
+        """
         if self._settings is None:
             self._settings = load(self.config)
         return self._settings
@@ -78,6 +81,7 @@ class App:
         return self._store
 
     def close(self) -> None:
+        """Close the database if a command opened it (called when the command ends)."""
         if self._store is not None:
             self._store.close()
 

@@ -46,8 +46,7 @@ DEFAULT_CONFIG = resource_file("config", "default.toml")
 # The commented configuration ``aggregator init`` writes for a new site.
 STARTER_CONFIG = resource_file("config", "starter.toml")
 
-# Accepted values of ``log_level``, most verbose first (Python logging level names, lower-
-# cased).
+# Accepted values of ``log_level``, most verbose first (Python's level names, lower case).
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 

@@ -30,7 +30,7 @@ from .urls import canonical_url
 # noise: such an entry gets its first-seen time instead, so it can never sit above
 # real posts on the timeline.
 EARLIEST_PLAUSIBLE = datetime(1995, 1, 1, tzinfo=UTC)
-FUTURE_TOLERANCE = timedelta(days=1)
+FUTURE_TOLERANCE = timedelta(days=1)  # how far ahead of our clock a date is believed
 # Where a date-only entry sits in time order (see ``make_record``).
 DATE_ONLY_HOUR = timedelta(hours=12)
 
@@ -40,7 +40,7 @@ MAX_IDENTITY_CHARS = 2048
 MAX_TITLE_CHARS = 2000
 # Near-duplicate checks read at most this many words of each text.
 MAX_SIMILARITY_WORDS = 5000
-SHINGLE_SIZE = 3
+SHINGLE_SIZE = 3  # words per shingle when comparing texts for near-duplicates
 
 # Prefixes that reposts and cross-posts put in front of the original title.
 _REPOST_PREFIX = re.compile(

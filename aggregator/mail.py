@@ -51,8 +51,12 @@ class OutgoingMessage:
 
 # --- building -----------------------------------------------------------------------
 
+# Longest subject kept, in characters; a longer one is cut with an ellipsis.
 MAX_SUBJECT_CHARS = 500
+# Longest address accepted, in characters (RFC 5321 section 4.5.3.1: a 256-octet path less
+# the angle brackets).
 MAX_ADDRESS_CHARS = 254
+# Longest value of an extra header, in characters.
 MAX_HEADER_VALUE_CHARS = 4000
 _FOLD_AT = 78
 _HARD_LINE_LIMIT = 998
@@ -104,7 +108,10 @@ class _MailPolicy(EmailPolicy):
         return super().fold_binary(name, value)
 
 
+# How messages are serialised for SMTP: CRLF line ends (RFC 5321 section 2.3.8), 7-bit
+# transfer encodings, ASCII list headers folded at spaces only.
 SMTP_POLICY = _MailPolicy(linesep="\r\n", cte_type="7bit")
+# ``SMTP_POLICY`` with LF line ends, for Maildir files and previews.
 FILE_POLICY = _MailPolicy(linesep="\n", cte_type="7bit")
 
 
@@ -252,6 +259,13 @@ _LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 
 @dataclass(frozen=True, slots=True)
 class SmtpSettings:
+    """An SMTP server to hand mail to: host and port, ``starttls`` (RFC 3207), implicit
+    ``tls`` (RFC 8314) or ``none``, optional credentials (refused unencrypted except to
+    loopback), the per-operation timeout in seconds, the HELO name, and how many messages
+    one connection carries. Raises ConfigError (key ``smtp.<field>``) for an invalid
+    combination.
+    """
+
     host: str
     port: int = 587
     security: Security = "starttls"
@@ -289,11 +303,15 @@ class SmtpSettings:
 
 
 class Sender(Protocol):
+    """Where digests and sign-up mail go: an SMTP server or a Maildir outbox."""
+
     def send(self, message: OutgoingMessage) -> None:
         """Hand the message over, or raise MailTemporaryError / MailPermanentError."""
         ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Release the connection or the folder."""
+        ...
 
 
 class _StaleConnection(Exception):
@@ -316,9 +334,15 @@ class SmtpSender:
 
     @property
     def where(self) -> str:
+        """``host:port`` of the server, for log lines and errors."""
         return f"{self.settings.host}:{self.settings.port}"
 
     def send(self, message: OutgoingMessage) -> None:
+        """Hand the message over (reconnecting once if a reused connection went stale before
+        any data was sent). Raises MailTemporaryError (4xx, connection or TLS failure:
+        try later) or MailPermanentError (5xx, or an address that cannot be mailed); RFC
+        5321 section 4.2.1.
+        """
         data = build_email(message).as_bytes(policy=SMTP_POLICY)
         sender, recipient = envelope_addresses(message)
         with self._lock:
@@ -329,6 +353,7 @@ class SmtpSender:
                 self._send_once(sender, recipient, data, address=message.recipient, retry=False)
 
     def close(self) -> None:
+        """Say QUIT and close the connection, if one is open."""
         with self._lock:
             self._disconnect(polite=True)
 
@@ -505,6 +530,9 @@ class MaildirSender:
         self._lock = threading.Lock()
 
     def send(self, message: OutgoingMessage) -> None:
+        """Write the message as one file into the Maildir's ``new/`` (through ``tmp/``);
+        raises MailTemporaryError when the folder cannot be written.
+        """
         data = build_email(message).as_bytes(policy=FILE_POLICY)
         with self._lock:
             try:
@@ -521,6 +549,7 @@ class MaildirSender:
                 ) from error
 
     def close(self) -> None:
+        """Close the Maildir handle, if one is open."""
         with self._lock:
             if self._box is not None:
                 self._box.close()

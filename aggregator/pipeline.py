@@ -81,6 +81,9 @@ class Poller:
         self.stopping = True
 
     async def db(self, work: Callable[[], T]) -> T:
+        """Run ``work`` on the one database thread (writes are serialised there) and await
+        its result.
+        """
         return await asyncio.get_running_loop().run_in_executor(self.db_executor, work)
 
     async def choose(
@@ -104,6 +107,11 @@ class Poller:
         feeds: Sequence[Feed],
         on_result: Callable[[PollSummary], None] | None = None,
     ) -> list[PollSummary]:
+        """Poll ``feeds`` concurrently (bounded by the fetcher's connection limits and the
+        parse workers) and return their summaries in the order given; ``on_result`` is
+        called as each finishes. A database failure stops the remaining writes (see
+        ``store_failure``).
+        """
         self.store_failure = None
 
         async def one(feed: Feed) -> PollSummary:

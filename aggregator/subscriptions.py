@@ -33,6 +33,7 @@ from .store import feeds as feed_rows
 from .store import subscribers as rows
 from .tokens import make_token, verify_token
 
+# How long a confirmation link stays valid (it is also single-use).
 CONFIRM_MAX_AGE = timedelta(days=2)
 """How long a confirmation link works (once)."""
 PENDING_MAX_AGE = timedelta(days=7)
@@ -46,6 +47,7 @@ ADDRESS_WINDOW = timedelta(hours=1)
 MAX_ADDRESS_INPUT = 320
 """Longest address accepted from a form, in characters (RFC 5321 §4.5.3.1: 64 + 1 + 255)."""
 
+# Token purpose of the double opt-in link (tokens of one purpose are refused for another).
 PURPOSE_CONFIRM = "confirm"
 """Token purpose of the double opt-in link."""
 PURPOSE_UNSUBSCRIBE = "unsubscribe"
@@ -406,6 +408,7 @@ def links_message(
 
 PRODUCT_NAME = "Blog digest"
 """The product's name in mail when the sender address has no display name."""
+# Longest product name used in mail, in characters; a longer display name is cut.
 MAX_PRODUCT_NAME_CHARS = 60
 """Longest product name taken from the sender's display name, in characters."""
 

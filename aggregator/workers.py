@@ -54,6 +54,8 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
+# Signals that stop the service (a service manager's SIGTERM, Ctrl-C's SIGINT); workers
+# ignore them and end when their owner says.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -158,6 +160,10 @@ class ParseWorkers:
             raise
 
     async def run(self, work: Callable[[], T]) -> T:
+        """Run ``work`` (a picklable callable) in a worker process and return its result;
+        raises what it raises, and BrokenProcessPool when a worker died (the next call
+        starts a new pool).
+        """
         pool = await self._pool()
         try:
             return await asyncio.get_running_loop().run_in_executor(pool, work)
@@ -168,6 +174,7 @@ class ParseWorkers:
             raise
 
     def close(self) -> None:
+        """Shut every pool down, waiting for the work in flight."""
         for pool in self._pools:
             pool.shutdown(wait=True)
         self._pools.clear()

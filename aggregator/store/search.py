@@ -84,16 +84,16 @@ __all__ = [
     "ranked_page",
 ]
 
-MAX_PARTS = 12
-MAX_WORDS = 32
-MIN_PREFIX = 2
+MAX_PARTS = 12  # words, phrases and exclusions of a query kept; the rest is ignored
+MAX_WORDS = 32  # words kept in all, phrases counted word by word
+MIN_PREFIX = 2  # letters needed before a ``*`` for a prefix search
 # bm25 column weights, in the column order of entries_fts: title, author, text, source.
 WEIGHTS = (10.0, 4.0, 1.0, 2.0)
-RECENCY = 0.1
+RECENCY = 0.1  # most a score is scaled by for recency, as a fraction (see "Ranking" above)
 # Added to the score of an exact title match: below any bm25 score.
 _EXACT = -1e9
-RANK_ALL = 1_000
-SNIPPET_TOKENS = 24
+RANK_ALL = 1_000  # matches ranked at most, the newest ones (see "The cap" above)
+SNIPPET_TOKENS = 24  # words in a result's snippet (FTS5 snippet(), at most 64)
 _OPEN, _CLOSE = "\x02", "\x03"
 _WORD = re.compile(r"\w+", re.UNICODE)
 # Column filters: the reader's name, and the FTS5 column it searches.

@@ -29,6 +29,7 @@ from .security import FORM_FIELD, SECURITY_HEADERS, csrf_token
 
 __all__ = ["SITE_TITLE", "NavItem", "int_param", "render", "str_param"]
 
+# The site's name in page titles and the header.
 SITE_TITLE = "Blog digest"
 """The site's name in page titles and the header."""
 MAX_PARAM_CHARS = 200

@@ -410,6 +410,12 @@ def unsubscribe_page(request: Request) -> Response:
 async def unsubscribe_post(request: Request) -> Response:
     """POST /unsubscribe: unsubscribe, from the page or as RFC 8058 one-click."""
     # RFC 8058: mail providers POST "List-Unsubscribe=One-Click" to the header's URL.
+    """POST /unsubscribe: unsubscribe the address the token names.
+
+    A ``List-Unsubscribe=One-Click`` body (RFC 8058 section 3.2) needs no CSRF token and
+    gets a plain-text answer (400 for a bad token); any other POST is CSRF checked and
+    gets a page.
+    """
     raw = await _form(request, csrf=False)
     one_click = raw.get("List-Unsubscribe") == "One-Click"
     if not one_click:
@@ -550,6 +556,7 @@ def archive_feed(request: Request) -> Response:
 
 # --- the public pages: editions, lost links ---------------------------------------------
 
+# How far back, in days, the lost-link page lists the public editions.
 EDITION_DAYS = 30
 """How many days back the public page lists editions."""
 _LOST = {
