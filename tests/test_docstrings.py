@@ -39,7 +39,6 @@ PENDING: frozenset[str] = frozenset(
         "aggregator.parse",
         "aggregator.pipeline",
         "aggregator.scheduler",
-        "aggregator.store.search",
         "aggregator.subscriptions",
         "aggregator.web",
         "aggregator.web.admin",
