@@ -34,7 +34,6 @@ PENDING: frozenset[str] = frozenset(
     {
         "aggregator.cli",
         "aggregator.dedup",
-        "aggregator.fetch",
         "aggregator.mail",
         "aggregator.parse",
         "aggregator.pipeline",
