@@ -3,6 +3,7 @@ user would pick instead, all measured in one run on one corpus served on loopbac
 
     python -m benchmarks.poll            # 500 feeds x 20 entries (~77 MB)
     python -m benchmarks.poll --quick    # 100 feeds, a smoke run
+    python -m benchmarks.poll --warm-matrix   # warm polls: 0/50 ms x own/one host x http/https
 
 Every contender runs as a child process measured on its own (wall, CPU of its whole
 process tree, peak memory); the loopback server counts what each one asked for. See
