@@ -359,6 +359,10 @@ def warm_matrix(args: argparse.Namespace, corpus: Any, work: Path) -> list[dict[
                 "ours_s": ours_row.phase if ours_row else math.nan,
                 "ours_runs_s": ours_row.all_phases if ours_row else [],
                 "ours_vs_floor": ratio(ours_row, floor_row),
+                "floor_cpu_s": floor_row.measured.cpu
+                if floor_row and floor_row.measured
+                else math.nan,
+                "ours_cpu_s": ours_row.measured.cpu if ours_row and ours_row.measured else math.nan,
                 "reader_s": reader_row.phase if reader_row else math.nan,
                 "reader_vs_ours": ratio(reader_row, ours_row),
                 "ours_traffic": vars(ours_row.traffic) if ours_row else {},
@@ -372,13 +376,22 @@ def warm_matrix(args: argparse.Namespace, corpus: Any, work: Path) -> list[dict[
 
 
 def matrix_table(results: list[dict[str, Any]]) -> str:
-    header = ("scenario", "floor s", "ours s", "ours/floor", "reader s", "reader/ours")
+    header = (
+        "scenario",
+        "floor s",
+        "ours s",
+        "ours/floor",
+        "CPU s floor / ours",
+        "reader s",
+        "reader/ours",
+    )
     lines = [header] + [
         (
             r["scenario"],
             _fmt(r["floor_s"]),
             _fmt(r["ours_s"]),
             _fmt(r["ours_vs_floor"]),
+            f"{_fmt(r['floor_cpu_s'])} / {_fmt(r['ours_cpu_s'])}",
             _fmt(r["reader_s"]),
             _fmt(r["reader_vs_ours"]),
         )
