@@ -160,6 +160,7 @@ def ours_setup(args: argparse.Namespace) -> int:
     from aggregator.models import FeedSource
     from aggregator.sources import add_source
     from aggregator.store import Store
+    from aggregator.store import feeds as feed_rows
 
     settings = load_settings(Path(args.config), env={})
     for suffix in ("", "-wal", "-shm"):
@@ -170,7 +171,17 @@ def ours_setup(args: argparse.Namespace) -> int:
     try:
         urls = feed_urls(corpus, args)
         for feed in corpus.feeds:
-            add_source(store, FeedSource(url=urls[feed.index]), origin="cli", now=now)
+            added, _ = add_source(store, FeedSource(url=urls[feed.index]), origin="cli", now=now)
+            if args.validators:  # as a cold poll leaves the feed row, without parsing
+                update = feed_rows.FeedUpdate(
+                    polled_at=now,
+                    next_poll_at=now,
+                    succeeded=True,
+                    etag=feed.etag,
+                    last_modified=feed.last_modified,
+                )
+                with store.write() as db:
+                    feed_rows.apply_feed_update(db, added, update)
     finally:
         store.close()
     return 0
@@ -339,6 +350,9 @@ def main(argv: list[str] | None = None) -> int:
     setup.add_argument("--corpus", required=True)
     setup.add_argument("--port", type=int, default=0)
     setup.add_argument("--urls", help="JSON object: feed index -> URL (instead of --port)")
+    setup.add_argument(
+        "--validators", action="store_true", help="store each feed's ETag and Last-Modified"
+    )
     setup.add_argument("--config", required=True)
     setup.set_defaults(run=ours_setup)
 
