@@ -14,31 +14,33 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import threading
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from sqlite_utils import Database
 
 from .config import Settings
 from .decide import Parsed, ParseOutcome, PollDecision, decide_poll
-from .dedup import plan_entries
 from .errors import ParseError, StoreError
 from .fetch import FeedFetcher
 from .models import EntryRecord, Feed, PollPlan, PollSummary
 from .polling import spread_overdue
-from .prepare import PreparedFeed, prepare_feed
 from .store import Store
 from .store import entries as entry_rows
 from .store import feeds as feed_rows
 from .urls import is_placeholder_title
-from .workers import STOP_SIGNALS, ParseWorkers
+from .workers import ParseWorkers, WorkerDied, stop_on_signals
+
+if TYPE_CHECKING:
+    from .prepare import PreparedFeed
+
+PARSER_MODULE = "aggregator.prepare"
+"""What the parse processes import once, before the first document (see workers)."""
 
 Clock = Callable[[], datetime]
 T = TypeVar("T")
@@ -127,14 +129,7 @@ class Poller:
         except StoreError as error:
             if self.store_failure is None:
                 self.store_failure = error
-            return PollSummary(
-                feed_id=feed.id,
-                url=feed.url,
-                title=feed.title or feed.url,
-                status="error",
-                error=f"not stored: {error}",
-                store_error=str(error),
-            )
+            return _not_stored(feed, error)
 
     async def poll(self, feed: Feed) -> PollSummary:
         """Poll one feed. Never raises for a problem of the feed: it is in the summary.
@@ -164,6 +159,8 @@ class Poller:
         parsed: ParseOutcome = None
         prepared: PreparedFeed | None = None
         if result.error is None and not result.not_modified and result.content is not None:
+            from .prepare import prepare_feed  # only a poll that parses needs the parser
+
             try:
                 prepared = await self.parse_workers.run(
                     partial(
@@ -173,12 +170,13 @@ class Poller:
                         headers=dict(result.headers),
                         limits=self.settings.parse,
                         now=now,
-                    )
+                    ),
+                    size=len(result.content),
                 )
                 parsed = Parsed(title=prepared.title, site_url=prepared.site_url)
             except ParseError as error:
                 parsed = error
-            except BrokenProcessPool:
+            except WorkerDied:
                 if self.stopping:  # the workers went with a stop signal to the whole group
                     return PollSummary(
                         feed_id=feed.id,
@@ -245,6 +243,18 @@ class Poller:
         )
 
 
+def _not_stored(feed: Feed, error: StoreError) -> PollSummary:
+    """The summary of a feed whose write the database refused."""
+    return PollSummary(
+        feed_id=feed.id,
+        url=feed.url,
+        title=feed.title or feed.url,
+        status="error",
+        error=f"not stored: {error}",
+        store_error=str(error),
+    )
+
+
 def _summary(feed: Feed, decision: PollDecision) -> PollSummary:
     """The summary of a poll that stored no entries."""
     return PollSummary(
@@ -280,22 +290,28 @@ def plan_poll(
         canonical_urls=(r.canonical_url for r in records if r.canonical_url),
         norm_titles=(r.norm_title for r in records if r.norm_title),
     )
+    from .dedup import plan_entries  # only a poll that stores entries needs it
+
     return plan_entries(records, existing=existing, candidates=candidates, now=now, window=window)
 
 
 @asynccontextmanager
 async def open_poller(
-    settings: Settings, store: Store, *, clock: Clock = utc_now
+    settings: Settings, store: Store, *, clock: Clock = utc_now, parse_in_process_bytes: int = 0
 ) -> AsyncIterator[Poller]:
     """A Poller with its fetcher, parse processes and database thread, closed on exit.
 
     The parse processes (one per core unless configured) start when the first document
-    needs parsing (see ParseWorkers). On exit the write in flight finishes (the database
-    thread is drained) before the store can be closed.
+    that is not parsed in this process needs parsing: the first
+    ``parse_in_process_bytes`` bytes of documents are (see ParseWorkers; 0, the default
+    for a long-lived poller, parses every document in the processes). On exit the write
+    in flight finishes (the database thread is drained) before the store can be closed.
     """
     db_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aggregator-db")
     workers = ParseWorkers(
-        settings.poll.parse_workers or os.cpu_count() or 1, preload=[prepare_feed.__module__]
+        settings.poll.parse_workers or os.cpu_count() or 1,
+        preload=[PARSER_MODULE],
+        inline_bytes=parse_in_process_bytes,
     )
     try:
         async with FeedFetcher(settings.fetch) as fetcher:
@@ -303,36 +319,6 @@ async def open_poller(
     finally:
         workers.close()
         db_executor.shutdown(wait=True)
-
-
-@contextmanager
-def _stop_on_signals(poller: Poller) -> Iterator[None]:
-    """While polling in the main thread, SIGTERM and SIGINT ask the poller to stop: the
-    feeds being written are committed, the others are left for the next poll, and the
-    command ends normally. A second signal acts as usual (ends the process at once; the
-    write in flight then rolls back)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    loop = asyncio.get_running_loop()
-    installed: list[int] = []
-
-    def requested() -> None:
-        poller.stop()
-        while installed:
-            loop.remove_signal_handler(installed.pop())
-
-    for signum in STOP_SIGNALS:
-        try:
-            loop.add_signal_handler(signum, requested)
-        except (NotImplementedError, RuntimeError, ValueError):
-            continue
-        installed.append(signum)
-    try:
-        yield
-    finally:
-        while installed:
-            loop.remove_signal_handler(installed.pop())
 
 
 def spread_catch_up(store: Store, now: datetime, *, batch: int, over: timedelta) -> int:
@@ -361,10 +347,16 @@ async def poll_feeds(
 ) -> list[PollSummary]:
     """Poll the chosen feeds (all enabled ones by default) once, concurrently.
 
-    SIGTERM or SIGINT during the poll stops it gracefully (see ``_stop_on_signals``).
+    Small polls parse in this process; parse processes start only when the documents
+    outgrow ``[poll] parse_in_process_kb`` (see ``ParseWorkers``).
+
+    SIGTERM or SIGINT during the poll stops it gracefully: the feeds being written are
+    committed, the others are left for the next poll (see ``workers.stop_on_signals``).
     """
-    async with open_poller(settings, store, clock=clock) as poller:
-        with _stop_on_signals(poller):
+    async with open_poller(
+        settings, store, clock=clock, parse_in_process_bytes=settings.poll.parse_in_process_bytes
+    ) as poller:
+        with stop_on_signals(poller.stop):
             feeds = await poller.choose(feed_ids=feed_ids, due_only=due_only)
             if on_start is not None:
                 on_start(len(feeds))

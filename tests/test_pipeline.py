@@ -315,6 +315,8 @@ def test_a_parsing_process_that_dies_fails_its_feed_only_and_parsing_goes_on(
             task = asyncio.create_task(poller.poll(feeds[big_id]))
             while not any(r.ended for r in feed_server.requests_for("/big.xml")):  # noqa: ASYNC110 - the server is another thread
                 await asyncio.sleep(0.01)
+            while not multiprocessing.active_children():  # noqa: ASYNC110 - started on a thread
+                await asyncio.sleep(0.01)
             await asyncio.sleep(0.3)  # the worker is reading the document now
             for child in multiprocessing.active_children():
                 os.kill(child.pid or 0, signal.SIGKILL)
