@@ -39,6 +39,12 @@ from .workers import ParseWorkers, WorkerDied, stop_on_signals
 if TYPE_CHECKING:
     from .prepare import PreparedFeed
 
+BOOKKEEPING_BATCH = 256
+"""At most this many polls that store no entries (304s, failures) share a transaction."""
+BOOKKEEPING_WAIT_SECONDS = 0.05
+"""How long such a poll's record waits for others to join its transaction: a killed poll
+loses at most this much bookkeeping (never entries, which are written at once)."""
+
 PARSER_MODULE = "aggregator.prepare"
 """What the parse processes import once, before the first document (see workers)."""
 
@@ -80,6 +86,10 @@ class Poller:
         }
         self.stopping = False
         self.store_failure: StoreError | None = None
+        self._deciding = 0  # polls started that have not decided yet
+        self._book: list[_Pending] = []  # decisions waiting for their shared transaction
+        self._book_timer: asyncio.TimerHandle | None = None
+        self._flushes: set[asyncio.Task[None]] = set()
 
     def stop(self) -> None:
         """Start no new feed; those already fetched are still written."""
@@ -136,7 +146,27 @@ class Poller:
 
         When the database fails (full, locked, damaged), the feeds in flight report it
         in their summary, no other feed is started, and ``store_failure`` keeps it.
+        A poll that stores no entries (304, failure) shares its transaction with the
+        others of its moment (see ``BOOKKEEPING_BATCH``); its summary comes once that
+        transaction is committed.
         """
+        self._deciding += 1
+        decided = False
+
+        def done_deciding() -> None:
+            nonlocal decided
+            if not decided:
+                decided = True
+                self._deciding -= 1
+                if self._book and self._deciding == 0:
+                    self._flush_book()  # nobody else is coming: do not wait
+
+        try:
+            return await self._poll(feed, done_deciding)
+        finally:
+            done_deciding()
+
+    async def _poll(self, feed: Feed, done_deciding: Callable[[], None]) -> PollSummary:
         if self.stopping or self.store_failure:
             failure = self.store_failure
             return PollSummary(
@@ -200,17 +230,59 @@ class Poller:
             follow_moves=feed.url not in self._snapshots,
         )
         if prepared is not None and decision.store_entries:
+            done_deciding()
             return await self._write(feed, partial(self._write_success, feed, decision, prepared))
-        return await self._write(feed, partial(self._write_bookkeeping, feed, decision))
+        pending = _Pending(feed, decision, asyncio.get_running_loop().create_future())
+        self._book.append(pending)
+        done_deciding()
+        if len(self._book) >= BOOKKEEPING_BATCH:
+            self._flush_book()
+        elif self._book_timer is None and self._book:
+            self._book_timer = asyncio.get_running_loop().call_later(
+                BOOKKEEPING_WAIT_SECONDS, self._flush_book
+            )
+        return await pending.summary
 
-    # --- carrying out decisions (run on the database thread) -----------------------
+    # --- carrying out decisions ----------------------------------------------------
 
-    def _write_bookkeeping(self, feed: Feed, decision: PollDecision) -> PollSummary:
-        """A poll that stores no entries: the feed row and the fetch record."""
+    def _flush_book(self) -> None:
+        """Write the decisions waiting in the book, in one transaction, now."""
+        if self._book_timer is not None:
+            self._book_timer.cancel()
+            self._book_timer = None
+        items, self._book = self._book, []
+        if items:
+            task = asyncio.get_running_loop().create_task(self._write_book(items))
+            self._flushes.add(task)
+            task.add_done_callback(self._flushes.discard)
+
+    async def _write_book(self, items: list[_Pending]) -> None:
+        try:
+            if self.store_failure is not None:
+                raise self.store_failure
+            await self.db(partial(self._write_bookkeeping, [(i.feed, i.decision) for i in items]))
+        except StoreError as error:
+            if self.store_failure is None:
+                self.store_failure = error
+            for item in items:
+                _settle(item.summary, _not_stored(item.feed, error))
+        except BaseException as error:  # a bug or a cancellation: every waiting poll sees it
+            for item in items:
+                if not item.summary.done():
+                    item.summary.set_exception(error)
+            if isinstance(error, asyncio.CancelledError):
+                raise
+        else:
+            for item in items:
+                _settle(item.summary, _summary(item.feed, item.decision))
+
+    def _write_bookkeeping(self, decided: Sequence[tuple[Feed, PollDecision]]) -> None:
+        """Polls that store no entries: their feed rows and fetch records, in one
+        transaction (run on the database thread)."""
         with self.store.write() as db:
-            feed_rows.apply_feed_update(db, feed, decision.update)
-            feed_rows.record_fetch(db, decision.fetch)
-        return _summary(feed, decision)
+            for feed, decision in decided:
+                feed_rows.apply_feed_update(db, feed, decision.update)
+            feed_rows.record_fetches(db, [decision.fetch for _, decision in decided])
 
     def _write_success(
         self, feed: Feed, decision: PollDecision, prepared: PreparedFeed
@@ -241,6 +313,20 @@ class Poller:
             duplicates=plan.duplicates,
             warnings=prepared.warnings,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """A decision waiting for its shared transaction; ``summary`` resolves once written."""
+
+    feed: Feed
+    decision: PollDecision
+    summary: asyncio.Future[PollSummary]
+
+
+def _settle(future: asyncio.Future[PollSummary], summary: PollSummary) -> None:
+    if not future.done():  # the poll may have been cancelled meanwhile
+        future.set_result(summary)
 
 
 def _not_stored(feed: Feed, error: StoreError) -> PollSummary:
