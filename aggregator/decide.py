@@ -35,6 +35,8 @@ Outcome = Literal["ok", "not_modified", "error"]
 Status = Literal["ok", "not_modified", "error", "disabled"]
 
 GONE_REASON = "gone (HTTP 410): the server says the feed was removed"
+"""Why a feed is disabled after HTTP 410 Gone (RFC 9110 section 15.5.11: the resource is
+removed and the removal is likely permanent)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,7 +195,7 @@ def _failure(
         error=message,
         disable_reason=disable,
     )
-    kind = getattr(error, "kind", "error")
+    kind = error.kind
     record = _record(feed, fetched, now, "error", error=message, kind=kind)
     return PollDecision("error", "disabled" if disable else "error", update, record, message)
 

@@ -18,19 +18,18 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, TypeVar
 
-from sqlite_utils import Database
-
+from .clock import Clock, system_clock
 from .config import Settings
 from .decide import Parsed, ParseOutcome, PollDecision, decide_poll
 from .errors import ParseError, StoreError
 from .fetch import FeedFetcher
 from .models import EntryRecord, Feed, PollPlan, PollSummary
 from .polling import spread_overdue
-from .store import Store
+from .store import Database, Store
 from .store import entries as entry_rows
 from .store import feeds as feed_rows
 from .urls import is_placeholder_title
@@ -48,12 +47,10 @@ loses at most this much bookkeeping (never entries, which are written at once)."
 PARSER_MODULE = "aggregator.prepare"
 """What the parse processes import once, before the first document (see workers)."""
 
-Clock = Callable[[], datetime]
+if TYPE_CHECKING:
+    import httpx
+
 T = TypeVar("T")
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 def snapshot_urls(settings: Settings) -> dict[str, str]:
@@ -76,7 +73,7 @@ class Poller:
     fetcher: FeedFetcher
     parse_workers: ParseWorkers
     db_executor: ThreadPoolExecutor
-    clock: Clock = utc_now
+    clock: Clock = system_clock
     rand: Callable[[], float] = field(default_factory=lambda: random.Random().random)
 
     def __post_init__(self) -> None:
@@ -96,6 +93,7 @@ class Poller:
         self.stopping = True
 
     async def db(self, work: Callable[[], T]) -> T:
+        """Run ``work`` on the database thread (the poller's single writer); its result."""
         return await asyncio.get_running_loop().run_in_executor(self.db_executor, work)
 
     async def choose(
@@ -119,6 +117,9 @@ class Poller:
         feeds: Sequence[Feed],
         on_result: Callable[[PollSummary], None] | None = None,
     ) -> list[PollSummary]:
+        """Poll ``feeds`` concurrently; their summaries, in the order given.
+        ``on_result`` is called with each summary as it comes (progress). A database
+        failure stops the rest (see ``poll`` and ``store_failure``)."""
         self.store_failure = None
 
         async def one(feed: Feed) -> PollSummary:
@@ -290,7 +291,7 @@ class Poller:
         now = decision.update.polled_at
         with self.store.write() as db:
             plan = plan_poll(
-                db, feed.id, prepared.records, now, window=self.settings.poll.cross_post_window
+                db, feed.id, prepared.records, window=self.settings.poll.cross_post_window
             )
             entry_rows.apply_plan(db, feed.id, plan, now)
             if feed.backlog_seq is None:
@@ -356,7 +357,6 @@ def plan_poll(
     db: Database,
     feed_id: int,
     records: Sequence[EntryRecord],
-    now: datetime,
     *,
     window: timedelta,
 ) -> PollPlan:
@@ -378,12 +378,17 @@ def plan_poll(
     )
     from .dedup import plan_entries  # only a poll that stores entries needs it
 
-    return plan_entries(records, existing=existing, candidates=candidates, now=now, window=window)
+    return plan_entries(records, existing=existing, candidates=candidates, window=window)
 
 
 @asynccontextmanager
 async def open_poller(
-    settings: Settings, store: Store, *, clock: Clock = utc_now, parse_in_process_bytes: int = 0
+    settings: Settings,
+    store: Store,
+    *,
+    clock: Clock = system_clock,
+    transport: httpx.AsyncBaseTransport | None = None,
+    parse_in_process_bytes: int = 0,
 ) -> AsyncIterator[Poller]:
     """A Poller with its fetcher, parse processes and database thread, closed on exit.
 
@@ -392,6 +397,8 @@ async def open_poller(
     ``parse_in_process_bytes`` bytes of documents are (see ParseWorkers; 0, the default
     for a long-lived poller, parses every document in the processes). On exit the write
     in flight finishes (the database thread is drained) before the store can be closed.
+    ``transport`` replaces the fetcher's network (see ``FeedFetcher``), as
+    ``httpx.MockTransport`` does in tests.
     """
     db_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aggregator-db")
     workers = ParseWorkers(
@@ -400,7 +407,7 @@ async def open_poller(
         inline_bytes=parse_in_process_bytes,
     )
     try:
-        async with FeedFetcher(settings.fetch) as fetcher:
+        async with FeedFetcher(settings.fetch, transport=transport) as fetcher:
             yield Poller(settings, store, fetcher, workers, db_executor, clock=clock)
     finally:
         workers.close()
@@ -427,9 +434,10 @@ async def poll_feeds(
     *,
     feed_ids: Sequence[int] | None = None,
     due_only: bool = False,
-    clock: Clock = utc_now,
+    clock: Clock = system_clock,
     on_start: Callable[[int], None] | None = None,
     on_result: Callable[[PollSummary], None] | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
 ) -> list[PollSummary]:
     """Poll the chosen feeds (all enabled ones by default) once, concurrently.
 
@@ -438,9 +446,14 @@ async def poll_feeds(
 
     SIGTERM or SIGINT during the poll stops it gracefully: the feeds being written are
     committed, the others are left for the next poll (see ``workers.stop_on_signals``).
+    ``transport``: see ``open_poller``.
     """
     async with open_poller(
-        settings, store, clock=clock, parse_in_process_bytes=settings.poll.parse_in_process_bytes
+        settings,
+        store,
+        clock=clock,
+        transport=transport,
+        parse_in_process_bytes=settings.poll.parse_in_process_bytes,
     ) as poller:
         with stop_on_signals(poller.stop):
             feeds = await poller.choose(feed_ids=feed_ids, due_only=due_only)
