@@ -2,7 +2,7 @@
 
     python -m benchmarks.children fetch-floor --corpus DIR --port P --mode cold|warm --out R
     python -m benchmarks.children parse-floor --corpus DIR --out R [--light]
-    python -m benchmarks.children ours-setup --corpus DIR --port P --config C
+    python -m benchmarks.children ours-setup --corpus DIR --port P --config C [--limit N]
     python -m benchmarks.children ours-poll --config C --out R
 
 Each writes a JSON report with the wall time of its measured phase (the work itself,
@@ -169,7 +169,7 @@ def ours_setup(args: argparse.Namespace) -> int:
     now = datetime.now(UTC)
     try:
         urls = feed_urls(corpus, args)
-        for feed in corpus.feeds:
+        for feed in corpus.feeds[: args.limit or None]:
             add_source(store, FeedSource(url=urls[feed.index]), origin="cli", now=now)
     finally:
         store.close()
@@ -340,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     setup.add_argument("--port", type=int, default=0)
     setup.add_argument("--urls", help="JSON object: feed index -> URL (instead of --port)")
     setup.add_argument("--config", required=True)
+    setup.add_argument("--limit", type=int, default=0, help="only the first N feeds")
     setup.set_defaults(run=ours_setup)
 
     poll = commands.add_parser("ours-poll")
