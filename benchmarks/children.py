@@ -2,7 +2,7 @@
 
     python -m benchmarks.children fetch-floor --corpus DIR --port P --mode cold|warm --out R
     python -m benchmarks.children parse-floor --corpus DIR --out R [--light]
-    python -m benchmarks.children ours-setup --corpus DIR --port P --config C
+    python -m benchmarks.children ours-setup --corpus DIR --port P --config C [--limit N]
     python -m benchmarks.children ours-poll --config C --out R
 
 Each writes a JSON report with the wall time of its measured phase (the work itself,
@@ -157,6 +157,7 @@ def write_config(path: Path, database: Path, *, ca_file: Path | None = None) -> 
 
 def ours_setup(args: argparse.Namespace) -> int:
     from aggregator.config import load_settings
+    from aggregator.decide import FeedUpdate
     from aggregator.models import FeedSource
     from aggregator.sources import add_source
     from aggregator.store import Store
@@ -170,10 +171,10 @@ def ours_setup(args: argparse.Namespace) -> int:
     now = datetime.now(UTC)
     try:
         urls = feed_urls(corpus, args)
-        for feed in corpus.feeds:
+        for feed in corpus.feeds[: args.limit or None]:
             added, _ = add_source(store, FeedSource(url=urls[feed.index]), origin="cli", now=now)
             if args.validators:  # as a cold poll leaves the feed row, without parsing
-                update = feed_rows.FeedUpdate(
+                update = FeedUpdate(
                     polled_at=now,
                     next_poll_at=now,
                     succeeded=True,
@@ -354,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         "--validators", action="store_true", help="store each feed's ETag and Last-Modified"
     )
     setup.add_argument("--config", required=True)
+    setup.add_argument("--limit", type=int, default=0, help="only the first N feeds")
     setup.set_defaults(run=ours_setup)
 
     poll = commands.add_parser("ours-poll")
