@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import resource
 import statistics
 import sys
 import threading
@@ -118,12 +120,13 @@ def parse_floor(args: argparse.Namespace) -> int:
 # --- our pipeline ------------------------------------------------------------------
 
 
-def write_config(path: Path, database: Path) -> None:
-    """A config holding only what the benchmark needs; everything else is default."""
-    path.write_text(
-        f"database = {json.dumps(str(database))}\n\n[fetch]\nallow_private_addresses = true\n",
-        encoding="utf-8",
-    )
+def write_config(path: Path, database: Path, *, parse_workers: int = 0) -> None:
+    """A config holding only what the benchmark needs; everything else is default.
+    ``parse_workers`` > 0 pins the number of parse processes (0: one per core)."""
+    text = f"database = {json.dumps(str(database))}\n\n[fetch]\nallow_private_addresses = true\n"
+    if parse_workers:
+        text += f"\n[poll]\nparse_workers = {parse_workers}\n"
+    path.write_text(text, encoding="utf-8")
 
 
 def ours_setup(args: argparse.Namespace) -> int:
@@ -243,6 +246,7 @@ def ours_poll(args: argparse.Namespace) -> int:
     watch = StallWatch().start()
     try:
         started = time.perf_counter()
+        usage_before = resource.getrusage(resource.RUSAGE_SELF)
         summaries, phase, timed_lags = asyncio.run(
             _with_ticker(
                 lambda: poll_feeds(
@@ -251,6 +255,7 @@ def ours_poll(args: argparse.Namespace) -> int:
                 watch,
             )
         )
+        usage_after = resource.getrusage(resource.RUSAGE_SELF)
         stored = store.db.execute("SELECT count(*) FROM entries").fetchone()[0]
     finally:
         watch.stop()
@@ -264,10 +269,21 @@ def ours_poll(args: argparse.Namespace) -> int:
     # starting the worker processes); the rest to the steady state of the poll.
     first = min(finished, default=started)
     steady = [lag for lag, at in timed_lags if at >= first]
+    # CPU of this process alone (every thread: event loop, database writer, the pool's
+    # manager thread), not of the parse workers: the serial part of a poll.
+    main_user = usage_after.ru_utime - usage_before.ru_utime
+    main_sys = usage_after.ru_stime - usage_before.ru_stime
+    new = sum(s.new for s in summaries)
+    written = new + sum(s.duplicates + s.updated for s in summaries)
     report = {
         "phase_wall": phase,
+        "main_cpu_user": main_user,
+        "main_cpu_sys": main_sys,
+        "entries_written": written,
+        "main_cpu_per_1000_entries": ((main_user + main_sys) * 1000 / written if written else None),
+        "parse_workers": settings.poll.parse_workers or os.cpu_count() or 1,
         "statuses": statuses,
-        "new": sum(s.new for s in summaries),
+        "new": new,
         "updated": sum(s.updated for s in summaries),
         "duplicates": sum(s.duplicates for s in summaries),
         "entries_stored": stored,
