@@ -278,13 +278,15 @@ class Poller:
             last_modified=result.last_modified,
         )
         with self.store.write() as db:
+            # The feed's row first: a new title re-indexes the feed's stored entries for
+            # search (their source), so new entries are indexed once, with it.
+            feed_rows.apply_feed_update(db, feed, update)
             plan = plan_poll(
                 db, feed.id, prepared.records, now, window=self.settings.poll.cross_post_window
             )
             entry_rows.apply_plan(db, feed.id, plan, now)
             if feed.backlog_seq is None:
                 feed_rows.mark_backlog(db, feed.id)
-            feed_rows.apply_feed_update(db, feed, update)
             feed_rows.record_fetch(
                 db,
                 _fetch_record(
