@@ -429,7 +429,7 @@ def ratios(rows: dict[str, Row]) -> list[tuple[str, float]]:
     return [
         ("cold poll / parse floor", ratio(rows.get("ours-cold"), rows.get("parse"))),
         *(
-            (f"{LABELS[k][5:]} / parse floor", ratio(rows.get(k), rows.get("parse")))
+            (f"{LABELS[k][6:]} / parse floor", ratio(rows.get(k), rows.get("parse")))
             for k in pinned_rows
         ),
         ("cold poll / parse floor, CPU", cpu_ratio(rows.get("ours-cold"), rows.get("parse"))),
