@@ -209,7 +209,8 @@ def _peak_rss_mb() -> float:
 
 
 def child_ours(db_path: Path, port: int) -> dict[str, Any]:
-    from aggregator.digests import build_pending, send_pending
+    from aggregator.digests.build import build_pending
+    from aggregator.digests.send import send_pending
     from aggregator.mail import SmtpSender
     from aggregator.store import Store
 
@@ -240,7 +241,7 @@ def child_baseline(db_path: Path, port: int, count: int) -> dict[str, Any]:
     through the mail adapter (MIME building included) and as ready bytes (smtplib)."""
     from dataclasses import replace
 
-    from aggregator.digests import Renderer
+    from aggregator.digests.render import Renderer
     from aggregator.mail import SMTP_POLICY, SmtpSender, build_email, envelope_addresses
     from aggregator.store import Store
     from aggregator.store import digests as digest_rows
