@@ -35,6 +35,7 @@ TICK_SECONDS = 0.005
 STALL_SECONDS = 0.03  # a tick this late counts as a stall for StallWatch
 WATCH_SECONDS = 0.01
 STACK_DEPTH = 7
+THREAD_CPU_SECONDS = 0.2
 STALL_PLACES = 8
 
 
@@ -183,6 +184,55 @@ def ours_setup(args: argparse.Namespace) -> int:
     return 0
 
 
+class ThreadCpu:
+    """CPU seconds of each thread of this process (``/proc/self/task/*/stat``, Linux),
+    read every THREAD_CPU_SECONDS and at the end, so that threads which end early (the
+    process pool's feeder and manager threads end when the pool closes) are counted.
+    Reported per thread name, numbers stripped: where the main process's CPU goes."""
+
+    def __init__(self) -> None:
+        self.seen: dict[int, tuple[str, float]] = {}  # native id -> (name, CPU s)
+        self._tick = os.sysconf("SC_CLK_TCK")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="thread-cpu", daemon=True)
+
+    def start(self) -> ThreadCpu:
+        self._thread.start()
+        return self
+
+    def stop(self) -> dict[str, float]:
+        self._stop.set()
+        self._thread.join()
+        self._read()
+        totals: dict[str, float] = {}
+        for name, cpu in self.seen.values():
+            kind = name.rstrip("0123456789_-") or name
+            totals[kind] = round(totals.get(kind, 0.0) + cpu, 2)
+        return dict(sorted(totals.items(), key=lambda item: -item[1]))
+
+    def _watch(self) -> None:
+        while not self._stop.wait(THREAD_CPU_SECONDS):
+            self._read()
+
+    def _read(self) -> None:
+        names = {t.native_id: t.name for t in threading.enumerate() if t.native_id}
+        try:
+            tasks = os.listdir("/proc/self/task")
+        except OSError:
+            return
+        for task in tasks:
+            try:
+                with open(f"/proc/self/task/{task}/stat", encoding="ascii") as stat:
+                    fields = stat.read().rpartition(")")[2].split()
+            except OSError:
+                continue
+            tid = int(task)
+            cpu = (int(fields[11]) + int(fields[12])) / self._tick  # utime, stime
+            known = self.seen.get(tid)
+            name = names.get(tid) or (known[0] if known else f"thread {tid}")
+            self.seen[tid] = (name, cpu)
+
+
 class StallWatch:
     """Looks at the event-loop thread from another thread whenever the ticker is late by
     more than STALL_SECONDS, every WATCH_SECONDS while it stays late, and counts where
@@ -278,6 +328,7 @@ def ours_poll(args: argparse.Namespace) -> int:
     store = Store.open(settings.database)
     finished: list[float] = []  # when each feed's summary came back
     watch = StallWatch().start()
+    threads = ThreadCpu().start()
     try:
         started = time.perf_counter()
         usage_before = resource.getrusage(resource.RUSAGE_SELF)
@@ -290,6 +341,7 @@ def ours_poll(args: argparse.Namespace) -> int:
             )
         )
         usage_after = resource.getrusage(resource.RUSAGE_SELF)
+        thread_cpu = threads.stop()
         stored = store.db.execute("SELECT count(*) FROM entries").fetchone()[0]
     finally:
         watch.stop()
@@ -314,6 +366,8 @@ def ours_poll(args: argparse.Namespace) -> int:
         "main_cpu_user": main_user,
         "main_cpu_sys": main_sys,
         "entries_written": written,
+        # CPU seconds per thread of this process, by thread name (start-up included).
+        "main_cpu_by_thread": thread_cpu,
         "main_cpu_per_1000_entries": ((main_user + main_sys) * 1000 / written if written else None),
         "parse_workers": settings.poll.parse_workers or os.cpu_count() or 1,
         "statuses": statuses,

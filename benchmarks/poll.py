@@ -565,6 +565,15 @@ def main_cpu_per_1000(row: Row | None) -> float:
     return math.nan if value is None else float(value)
 
 
+def _main_threads(row: Row | None) -> str:
+    """The main process's CPU by thread (event loop, database writer, the process
+    pool's feeder and manager threads), as the child counted it."""
+    if row is None or row.measured is None:
+        return ""
+    threads = row.measured.report.get("main_cpu_by_thread") or {}
+    return ", ".join(f"{name} {cpu:.2f}" for name, cpu in threads.items() if cpu >= 0.05)
+
+
 def ratios(rows: dict[str, Row]) -> list[tuple[str, float]]:
     pinned_rows = sorted(
         (k for k in rows if k.startswith("ours-cold-w")), key=lambda k: int(k[11:])
@@ -719,6 +728,10 @@ def main(argv: list[str] | None = None) -> int:
             ours_frame = next((f for f in reversed(stack) if f.split(":")[0] in OUR_FILES), "")
             via = f" (from {ours_frame})" if ours_frame and ours_frame != stack[-1] else ""
             print(f"    {place['share']:4.0%}  {stack[-1]}{via}")
+        for key in ("ours-cold", *sorted(k for k in rows if k.startswith("ours-cold-w"))):
+            by_thread = _main_threads(rows.get(key))
+            if by_thread:
+                print(f"  {LABELS[key]}: main process CPU s by thread: {by_thread}")
         print(
             f"  ours cold: {report.get('entries_stored')} entries stored, "
             f"{report.get('duplicates')} cross-post duplicates, statuses {report.get('statuses')}"
