@@ -70,18 +70,33 @@ def cross_candidates(
 def _matching(
     db: Database, feed_clause: str, feed_id: int, wanted: dict[str, Iterable[str]]
 ) -> list[StoredEntry]:
-    """Entries passing ``feed_clause`` whose column equals one of the wanted values."""
+    """Entries passing ``feed_clause`` whose column equals one of the wanted values.
+
+    One statement for all the columns (a ``UNION ALL`` of one indexed lookup per column
+    and chunk of values), as long as the parameter limit allows: a poll asks this for
+    every feed, and statements cost more than the lookups themselves."""
+    limit = db.conn.getlimit(_SQLITE_LIMIT_VARIABLE_NUMBER)
     found: dict[int, StoredEntry] = {}
+    parts: list[str] = []
+    params: list[Any] = []
+
+    def flush() -> None:
+        if parts:
+            for row in db.execute(" UNION ALL ".join(parts), params).fetchall():
+                found[row[0]] = _stored(row)
+            parts.clear()
+            params.clear()
+
     for column, values in wanted.items():
         for chunk in chunks(v for v in values if v):
-            marks = ", ".join("?" * len(chunk))
-            cursor = db.execute(
+            if parts and len(params) + len(chunk) + 1 > limit:
+                flush()
+            parts.append(
                 f"SELECT {_STORED_COLUMNS} FROM entries "
-                f"WHERE {feed_clause} AND {column} IN ({marks})",
-                [feed_id, *chunk],
+                f"WHERE {feed_clause} AND {column} IN ({', '.join('?' * len(chunk))})"
             )
-            for row in cursor.fetchall():
-                found[row[0]] = _stored(row)
+            params.extend([feed_id, *chunk])
+    flush()
     return sorted(found.values(), key=lambda entry: entry.id)
 
 
