@@ -307,9 +307,9 @@ def _text_part(text: str, subtype: str, linesep: str) -> tuple[bytes, bytes]:
     ):
         cte, body = "7bit", sep.join(lines) + sep
     else:
-        sniff = b"\n".join(lines[:_SNIFF_LINES]) + b"\n"
-        sniff_qp = binascii.b2a_qp(sniff, istext=True)
-        if len(sniff_qp) > len(binascii.b2a_base64(sniff)):
+        first = lines[:_SNIFF_LINES]
+        sniff_qp = binascii.b2a_qp(b"\n".join(first) + b"\n", istext=True)
+        if len(sniff_qp) > len(binascii.b2a_base64(sep.join(first) + sep)):
             cte = "base64"
             body = base64.encodebytes(sep.join(lines) + sep).replace(b"\n", sep)
         else:
