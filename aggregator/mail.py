@@ -142,6 +142,8 @@ def clean_header_value(value: str) -> str:
 
     Runs of whitespace collapse to one space, so nothing can start a new header line.
     """
+    if value.isascii() and value.isprintable():  # the common case: nothing to replace
+        return " ".join(value.split())
     chars = [
         " " if unicodedata.category(char) in ("Cc", "Zl", "Zp") else char
         for char in value.replace("\r\n", " ")
@@ -301,10 +303,9 @@ def _text_part(text: str, subtype: str, linesep: str) -> tuple[bytes, bytes]:
     package's ``set_content`` chooses.
     """
     sep = linesep.encode("ascii")
-    lines = text.encode("utf-8").splitlines()
-    if max((len(item) for item in lines), default=0) <= _MAX_LINE and all(
-        item.isascii() for item in lines
-    ):
+    data = text.encode("utf-8")
+    lines = data.splitlines()
+    if data.isascii() and max(map(len, lines), default=0) <= _MAX_LINE:
         cte, body = "7bit", sep.join(lines) + sep
     else:
         first = lines[:_SNIFF_LINES]
@@ -314,12 +315,34 @@ def _text_part(text: str, subtype: str, linesep: str) -> tuple[bytes, bytes]:
             body = base64.encodebytes(sep.join(lines) + sep).replace(b"\n", sep)
         else:
             cte = "quoted-printable"
-            body = binascii.b2a_qp(b"\n".join(lines) + b"\n", istext=True).replace(b"\n", sep)
+            body = b"\n".join(map(_qp_line, lines)) + b"\n"
+            if sep != b"\n":  # soft line breaks too
+                body = body.replace(b"\n", sep)
     headers = (
         f'Content-Type: text/{subtype}; charset="utf-8"{linesep}'
         f"Content-Transfer-Encoding: {cte}{linesep}"
     )
     return headers.encode("ascii"), body
+
+
+_QP_CACHE_LINES = 20_000
+_qp_lines: dict[bytes, bytes] = {}
+
+
+def _qp_line(line: bytes) -> bytes:
+    """One line quoted-printable (RFC 2045 6.7), soft breaks ("=" LF) included, no
+    line end.
+
+    Each line encodes on its own, so the lines that digests of the same stories share
+    are encoded once (a bounded cache); only the lines with personal links are new.
+    """
+    encoded = _qp_lines.get(line)
+    if encoded is None:
+        encoded = binascii.b2a_qp(line + b"\n", istext=True)[:-1]
+        if len(_qp_lines) >= _QP_CACHE_LINES:
+            _qp_lines.clear()
+        _qp_lines[line] = encoded
+    return encoded
 
 
 def message_bytes(message: OutgoingMessage, *, linesep: str = "\r\n") -> bytes:
