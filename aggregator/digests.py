@@ -683,22 +683,24 @@ class _SendRun:
             raise self._failure
 
     def _work(self) -> None:
-        while True:
-            job = self._queue.get()
-            if job is None:
-                return
-            self._slots.release()
-            if self.stopping:
-                continue  # left pending for the next run
-            digest, message = job
-            try:
-                outcome = _deliver(self.store, self.sender, digest, message, self.tick)
-            except BaseException as error:  # a database failure: stop the run, re-raise
-                with self._lock:
-                    if self._failure is None:
-                        self._failure = error
-                continue
-            self.finish(digest, outcome[0], outcome[1])
+        try:
+            while True:
+                job = self._queue.get()
+                if job is None:
+                    return
+                self._slots.release()
+                if self.stopping:
+                    continue  # left pending for the next run
+                digest, message = job
+                try:
+                    outcome, error = _deliver(self.store, self.sender, digest, message, self.tick)
+                    self.finish(digest, outcome, error)
+                except BaseException as failure:  # a database failure: stop, re-raise
+                    with self._lock:
+                        if self._failure is None:
+                            self._failure = failure
+        finally:
+            self.store.close_thread()
 
     def finish(self, digest: DigestRow, outcome: Outcome, error: str | None = None) -> None:
         report = self.report

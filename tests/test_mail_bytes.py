@@ -270,3 +270,42 @@ def test_digests_over_three_connections_each_go_once_and_are_marked_sent(
         assert rows(store, "SELECT status, count(*) FROM digests GROUP BY status") == [("sent", 25)]
     finally:
         store.close()
+
+
+def open_files(path: Path) -> int:
+    """File descriptors of this process open on ``path``."""
+    fds = Path("/proc/self/fd")
+    count = 0
+    for fd in fds.iterdir():
+        try:
+            if Path(fd.readlink()) == path:
+                count += 1
+        except OSError:
+            continue
+    return count
+
+
+def test_sending_threads_close_their_database_connections(
+    tmp_path: Path, smtp_server: SmtpServer
+) -> None:
+    """The service sends every minute: each run's threads must not leave a connection."""
+    settings_ = make_settings(tmp_path, smtp_port=smtp_server.port)
+    store = Store.open(settings_.database)
+    try:
+        feed = add_feed(store, "Alpha Blog")
+        links = links_for(store, settings_)
+        add_by_operator(store, settings_, links, email="reader@example.org", now=T0)
+        smtp = SmtpSettings(host="127.0.0.1", port=smtp_server.port, security="none")
+        counts = []
+        with SmtpSender(dataclasses.replace(smtp, connections=3)) as sender:
+            for run in range(5):
+                add_entry(store, feed, f"Post {run}")
+                build_pending(store, settings_, later(run + 1), due_only=False)
+                assert send_pending(store, sender, settings_, later(run + 1)).sent == 1
+                counts.append(open_files(settings_.database.resolve()))
+        # SQLite may keep one descriptor of a closed connection for reuse (its POSIX
+        # lock rules); what matters is that runs do not add any.
+        assert counts[0] >= 1 and counts == [counts[0]] * 5
+        assert len(smtp_server.received()) == 5
+    finally:
+        store.close()
