@@ -413,6 +413,7 @@ def _boundary(*bodies: bytes) -> bytes:
 
 Security = Literal["starttls", "tls", "none"]
 _LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+_LEADING_DOT = re.compile(rb"^\.", re.MULTILINE)
 MAX_CONNECTIONS = 32  # concurrent SMTP sessions one sender may open
 
 
@@ -554,6 +555,11 @@ class _Channel:
         reused = self._connection is not None
         connection = self._connection or self._connect(address)
         self._used += 1
+        if connection.has_extn("pipelining"):
+            self._send_pipelined(
+                connection, sender, recipient, data, address=address, stale=reused and retry
+            )
+            return
         stage = "sender"
         try:
             code, reply = connection.mail(sender)
@@ -579,6 +585,67 @@ class _Channel:
             raise _refusal(
                 error.smtp_code, error.smtp_error, "data", address, self.where
             ) from error
+        except OSError as error:
+            self.disconnect(polite=False)
+            raise MailTemporaryError(
+                f"connection to {self.where} lost during transfer, delivery unknown: "
+                f"{_describe(error)}",
+                address=address,
+            ) from error
+        if code != 250:
+            self._after_refusal(code)
+            raise _refusal(code, reply, "data", address, self.where)
+
+    def _send_pipelined(
+        self,
+        connection: smtplib.SMTP,
+        sender: str,
+        recipient: str,
+        data: bytes,
+        *,
+        address: str,
+        stale: bool,
+    ) -> None:
+        """MAIL, RCPT and DATA in one write and their three replies in one wait, then the
+        message once DATA was answered 354 (RFC 2920 3.1): one round trip instead of
+        three before the message. The same outcomes as one command at a time."""
+        commands = (
+            f"MAIL FROM:{smtplib.quoteaddr(sender)}\r\n"
+            f"RCPT TO:{smtplib.quoteaddr(recipient)}\r\nDATA\r\n"
+        )
+        try:
+            connection.send(commands.encode("ascii"))
+            mail, rcpt, start = (connection.getreply() for _ in range(3))
+        except OSError as error:  # includes SMTPServerDisconnected: nothing was transferred
+            self.disconnect(polite=False)
+            if stale:
+                raise _StaleConnection from error
+            raise MailTemporaryError(
+                f"connection to {self.where} lost: {_describe(error)}", address=address
+            ) from error
+        refused: tuple[str, tuple[int, bytes]] | None = None
+        if mail[0] != 250:
+            refused = ("sender", mail)
+        elif rcpt[0] not in (250, 251):
+            refused = ("recipient", rcpt)
+        elif start[0] != 354:
+            refused = ("data", start)
+        if refused is not None:
+            if start[0] == 354:  # a server that takes DATA without a recipient: end it empty
+                with contextlib.suppress(OSError):
+                    connection.send(b".\r\n")
+                    connection.getreply()
+            stage, (code, reply) = refused
+            self._after_refusal(code)
+            if code == 421 and stale and stage != "data":
+                raise _StaleConnection
+            raise _refusal(code, reply, stage, address, self.where)
+        body = _LEADING_DOT.sub(b"..", data)  # dot-stuffing, RFC 5321 4.5.2
+        if not body.endswith(b"\r\n"):
+            body += b"\r\n"
+        try:
+            connection.send(body + b".\r\n")
+            code, reply = connection.getreply()
         except OSError as error:
             self.disconnect(polite=False)
             raise MailTemporaryError(

@@ -1,7 +1,7 @@
 """Digest benchmark: build and send digests for many subscribers to a loopback SMTP server.
 
     python -m benchmarks.digest [--quick] [--subscribers N] [--entries N] [--connections 1,4]
-                                [--latency-ms MS]
+                                [--latency-ms MS] [--pipelining]
 
 Seeds a database with N subscribers (daily and weekly; one source, the other, or every
 source) and a batch of new entries (some cross-posted), then measures, each in its own
@@ -21,7 +21,9 @@ threads of the process), which the machine's load moves much less than wall time
 
 The SMTP server (aiosmtpd, counting and discarding) runs in a process of its own; with
 ``--latency-ms`` it waits that long before it answers each DATA, as a relay that writes
-the message to its queue on disk does (where several connections pay).
+the message to its queue on disk does (where several connections pay); with
+``--pipelining`` it offers PIPELINING, which ours then uses (smtplib, the floor, never
+does).
 """
 
 from __future__ import annotations
@@ -63,12 +65,20 @@ def _free_port() -> int:
         return port
 
 
-def _sink(port: int, count: Any, ready: Any, stop: Any, latency: float) -> None:
+def _sink(port: int, count: Any, ready: Any, stop: Any, latency: float, pipelining: bool) -> None:
     import asyncio
 
     from aiosmtpd.controller import Controller
 
     class Counting:
+        async def handle_EHLO(
+            self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+        ) -> list[str]:
+            session.host_name = hostname
+            if pipelining:  # as Postfix and most relays offer (RFC 2920)
+                return [*responses[:-1], "250-PIPELINING", responses[-1]]
+            return responses
+
         async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
             if latency:  # a relay that queues the message to disk before it answers
                 await asyncio.sleep(latency)
@@ -85,9 +95,9 @@ def _sink(port: int, count: Any, ready: Any, stop: Any, latency: float) -> None:
 
 class Sink:
     """aiosmtpd in a process of its own, counting and discarding; ``latency`` seconds
-    before each answer to DATA."""
+    before each answer to DATA; PIPELINING offered with ``pipelining``."""
 
-    def __init__(self, latency: float = 0.0) -> None:
+    def __init__(self, latency: float = 0.0, pipelining: bool = False) -> None:
         context = multiprocessing.get_context("spawn")
         self.port = _free_port()
         self.count = context.Value("q", 0)
@@ -95,7 +105,7 @@ class Sink:
         self._stop = context.Event()
         self._process = context.Process(
             target=_sink,
-            args=(self.port, self.count, self._ready, self._stop, latency),
+            args=(self.port, self.count, self._ready, self._stop, latency, pipelining),
             daemon=True,
         )
 
@@ -316,14 +326,23 @@ def _run_child(*args: str) -> dict[str, Any]:
 
 
 def run(
-    subscribers: int, entries: int, seed_value: int, connections: list[int], latency: float
+    subscribers: int,
+    entries: int,
+    seed_value: int,
+    connections: list[int],
+    latency: float,
+    pipelining: bool,
 ) -> int:
     print(
         f"digest benchmark: {subscribers} subscribers, {entries} new entries, "
         f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}, "
-        f"relay answers DATA after {latency * 1000:.0f} ms"
+        f"relay answers DATA after {latency * 1000:.0f} ms, "
+        f"PIPELINING {'offered' if pipelining else 'not offered'}"
     )
-    with tempfile.TemporaryDirectory(prefix="digest-bench-") as tmp, Sink(latency) as sink:
+    with (
+        tempfile.TemporaryDirectory(prefix="digest-bench-") as tmp,
+        Sink(latency, pipelining) as sink,
+    ):
         full = Path(tmp) / "full.sqlite3"
         small = Path(tmp) / "small.sqlite3"
         started = time.perf_counter()
@@ -403,6 +422,11 @@ def main(argv: list[str] | None = None) -> int:
         help="the SMTP sink waits this long before answering DATA (a relay's disk)",
     )
     parser.add_argument(
+        "--pipelining",
+        action="store_true",
+        help="the SMTP sink offers PIPELINING (ours uses it; smtplib, the floor, does not)",
+    )
+    parser.add_argument(
         "--connections",
         default="1,4",
         help="comma-separated [mail] connections to measure (default 1,4; the first one "
@@ -422,7 +446,9 @@ def main(argv: list[str] | None = None) -> int:
     subscribers = args.subscribers or (QUICK_SUBSCRIBERS if args.quick else DEFAULT_SUBSCRIBERS)
     entries = args.entries or (QUICK_ENTRIES if args.quick else DEFAULT_ENTRIES)
     connections = [int(part) for part in args.connections.split(",") if part.strip()]
-    return run(subscribers, entries, args.seed, connections, args.latency_ms / 1000)
+    return run(
+        subscribers, entries, args.seed, connections, args.latency_ms / 1000, args.pipelining
+    )
 
 
 if __name__ == "__main__":
