@@ -12,7 +12,7 @@ import logging
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -23,6 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from . import __version__
+from .clock import system_clock as now
 from .config import Settings, config_path, load, write_starter
 from .errors import AggregatorError, SourceError, StoreError
 from .fetch import FeedFetcher
@@ -44,7 +45,8 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 class App:
-    """What a command needs, made on first use from the --config option."""
+    """What a command needs: the settings, loaded from the --config option on first use
+    (a read), and the database, opened explicitly by ``open_store()`` (a write)."""
 
     def __init__(self, config: str | None) -> None:
         self.config = config
@@ -63,8 +65,10 @@ class App:
             self._settings = load(self.config)
         return self._settings
 
-    @property
-    def store(self) -> Store:
+    def open_store(self) -> Store:
+        """The site's database, opened on the first call: created or migrated, and the
+        feeds named in the configuration added to it (a write). Later calls return the
+        same Store. Raises StoreError when the database cannot be opened."""
         if self._store is None:
             self._store = Store.open(self.settings.database)
             try:
@@ -78,13 +82,9 @@ class App:
             self._store.close()
 
 
-def now() -> datetime:
-    return datetime.now(UTC)
-
-
 def _read_file(app: App, path: Path) -> bytes:
     """A file the user named; never the database's own (only SQLite touches those)."""
-    app.store.refuse_own(path, "read")
+    app.open_store().refuse_own(path, "read")
     try:
         return path.read_bytes()
     except OSError as error:
@@ -93,7 +93,7 @@ def _read_file(app: App, path: Path) -> bytes:
 
 def _write_file(app: App, path: Path, data: bytes) -> None:
     """Write a file the user named; never over the database or its -wal/-shm."""
-    app.store.refuse_own(path, "write")
+    app.open_store().refuse_own(path, "write")
     try:
         path.write_bytes(data)
     except OSError as error:
@@ -227,7 +227,7 @@ def init(ctx: click.Context, config_file: Path | None) -> None:
         if not path.exists():
             write_starter(path)
             out.print(f"Wrote a starter configuration to {path}; edit it to add feeds.")
-        store = app.store
+        store = app.open_store()
         problem = store.check()
         if problem:
             raise StoreError(problem, path=str(store.path))
@@ -248,7 +248,7 @@ def feeds() -> None:
 def feeds_list(ctx: click.Context) -> None:
     """Show every feed with its health."""
     with _one_line_errors():
-        rows = feed_rows.list_feeds(_app(ctx).store.db)
+        rows = feed_rows.list_feeds(_app(ctx).open_store().db)
         cells = []
         for feed in rows:
             state = "enabled" if feed.enabled else f"disabled: {feed.disabled_reason or ''}"
@@ -292,7 +292,7 @@ def search_command(
     """Search the stored posts, as the web page does: plain words all match, "a phrase",
     prefix*, -exclude, source:word."""
     with _one_line_errors():
-        db = _app(ctx).store.db
+        db = _app(ctx).open_store().db
         query = search.parse_query(" ".join(words))
         if query.fts is None:
             raise click.UsageError("give at least one word to find (not only -exclusions)")
@@ -333,7 +333,7 @@ def feeds_add(ctx: click.Context, url: str, title: str | None, discover: bool) -
         if discover:
             url = asyncio.run(_discover(app.settings, url))
         feed, created = add_source(
-            app.store, FeedSource(url=url, title=title), origin="cli", now=now()
+            app.open_store(), FeedSource(url=url, title=title), origin="cli", now=now()
         )
         if created:
             out.print(f"Added feed {feed.id}: {feed.url}")
@@ -353,7 +353,7 @@ def feeds_remove(ctx: click.Context, feed: str) -> None:
     """Remove a feed (by id or URL) and its entries."""
     with _one_line_errors():
         app = _app(ctx)
-        removed = remove_source(app.store, feed)
+        removed = remove_source(app.open_store(), feed)
         out.print(f"Removed feed {removed.id}: {removed.url}")
         if removed.url in {f.url for f in app.settings.feeds}:
             err.print(
@@ -369,7 +369,7 @@ def feeds_import(ctx: click.Context, file: Path) -> None:
     """Add every feed an OPML file lists."""
     with _one_line_errors():
         app = _app(ctx)
-        report = import_opml(app.store, _read_file(app, file), name=str(file), now=now())
+        report = import_opml(app.open_store(), _read_file(app, file), name=str(file), now=now())
         for problem in report.problems:
             err.print(f"skipped: {problem}")
         out.print(
@@ -385,7 +385,7 @@ def feeds_export(ctx: click.Context, out_file: Path | None) -> None:
     """Write the feed list as OPML (to stdout, or --out FILE)."""
     with _one_line_errors():
         app = _app(ctx)
-        document = export_opml(feed_rows.list_feeds(app.store.db), now=now())
+        document = export_opml(feed_rows.list_feeds(app.open_store().db), now=now())
         if out_file is None:
             click.echo(document, nl=False)
         else:
@@ -408,7 +408,7 @@ def poll(ctx: click.Context, due: bool, feed_ids: Sequence[int]) -> None:
 
 
 def _poll(app: App, *, due: bool, feed_ids: list[int] | None) -> list[PollSummary]:
-    store = app.store
+    store = app.open_store()
     progress = Progress(
         TextColumn("polling"),
         BarColumn(),
@@ -513,7 +513,7 @@ def run(ctx: click.Context, host: str | None, port: int | None, once: bool) -> N
     with _one_line_errors():
         app = _app(ctx)
         settings = app.settings
-        out.print(f"Database: {app.store.path}")
+        out.print(f"Database: {app.open_store().path}")
         if once:
             _exit_for(_poll(app, due=False, feed_ids=None))
             return
@@ -540,7 +540,7 @@ def _add_demo_subscriber(app: App) -> None:
     from .store import subscribers as subscriber_rows
     from .subscriptions import normalise_email
 
-    settings, store = app.settings, app.store
+    settings, store = app.settings, app.open_store()
     email = settings.service.demo_subscriber
     assert email is not None
     if store.readonly or subscriber_rows.by_key(store.db, normalise_email(email)[1]):
@@ -554,7 +554,7 @@ def _add_demo_subscriber(app: App) -> None:
 def _add_demo(app: App, email: str) -> None:
     from .subscriptions import add_by_operator, links_for
 
-    settings, store = app.settings, app.store
+    settings, store = app.settings, app.open_store()
     add_by_operator(
         store,
         settings,
@@ -582,7 +582,7 @@ def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
     with _one_line_errors():
         app = _app(ctx)
         settings = app.settings
-        store = app.store  # creates or migrates the database and adds configured feeds
+        store = app.open_store()
         host = host or settings.web.host
         port = port or settings.web.port
         admin = "on" if settings.web.admin_password else "off (set AGGREGATOR_ADMIN_PASSWORD)"
@@ -628,7 +628,7 @@ def subscribers_list(ctx: click.Context) -> None:
     from .store import subscribers as subscriber_rows
 
     with _one_line_errors():
-        db = _app(ctx).store.db
+        db = _app(ctx).open_store().db
         rows = subscriber_rows.list_all(db)
         # A digest actually sent, not when a digest run last looked at them (which a
         # confirmation sets too): "—" for one who never received a digest.
@@ -686,26 +686,23 @@ def subscribers_add(
 
     Adding an address already there changes only what the command names (its cadence
     with --cadence; confirms it unless --pending) and says what changed."""
-    from .digests import send_welcomes
+    from .digests.send import send_welcomes
     from .mail import open_sender
-    from .subscriptions import InvalidSubscription, add_or_update_by_operator, links_for
+    from .subscriptions import add_or_update_by_operator, links_for
 
     with _one_line_errors():
         app = _app(ctx)
-        store, settings = app.store, app.settings
-        try:
-            done = add_or_update_by_operator(
-                store,
-                settings,
-                links_for(store, settings),
-                email=email,
-                cadence=cadence,
-                pending=pending,
-                first_digest_now=first_digest_now,
-                now=now(),
-            )
-        except InvalidSubscription as error:
-            _fail(f"{email!r}: {error}")
+        store, settings = app.open_store(), app.settings
+        done = add_or_update_by_operator(
+            store,
+            settings,
+            links_for(store, settings),
+            email=email,
+            cadence=cadence,
+            pending=pending,
+            first_digest_now=first_digest_now,
+            now=now(),
+        )
         subscriber = done.subscriber
         if not done.created:
             what = "; ".join(done.changes) if done.changes else "nothing changed"
@@ -740,7 +737,7 @@ def subscribers_remove(ctx: click.Context, email: str) -> None:
     from .subscriptions import remove_by_operator
 
     with _one_line_errors():
-        if remove_by_operator(_app(ctx).store, email):
+        if remove_by_operator(_app(ctx).open_store(), email):
             out.print(f"Removed {email}")
         else:
             _fail(f"no subscriber {email}")
@@ -774,16 +771,12 @@ def digest_preview(
     When nothing is new since the subscriber's last digest, shows that last digest
     instead (or, if none was sent yet, a digest of everything stored in their
     sources), with a line that says which it is. --last shows the last one sent."""
-    from .digests import preview_for
+    from .digests.preview import preview_for
     from .mail import FILE_POLICY, build_email
-    from .subscriptions import InvalidSubscription
 
     with _one_line_errors():
         app = _app(ctx)
-        try:
-            shown = preview_for(app.store, app.settings, now(), email=email, last=last)
-        except (LookupError, InvalidSubscription) as error:
-            _fail(str(error.args[0] if error.args else error))
+        shown = preview_for(app.open_store(), app.settings, now(), email=email, last=last)
         if shown is None:
             whose = f"{email}'s sources" if email else "any source"
             out.print(
@@ -815,12 +808,13 @@ def digest_preview(
 @click.pass_context
 def digest_send(ctx: click.Context, due: bool, dry_run: bool) -> None:
     """Build the digests of what is new and send every pending one."""
-    from .digests import SendProgress, build_pending, plan_all, send_pending
+    from .digests.build import build_pending, plan_all
+    from .digests.send import SendProgress, send_pending
     from .mail import open_sender
 
     with _one_line_errors():
         app = _app(ctx)
-        store, settings = app.store, app.settings
+        store, settings = app.open_store(), app.settings
         if dry_run:
             count = stories = 0
             for _, plan in plan_all(store, settings, now(), due_only=due):
@@ -883,7 +877,7 @@ def backup(ctx: click.Context, target: Path) -> None:
     never half written. Restore by stopping the service and copying TARGET back.
     """
     with _one_line_errors():
-        store = _app(ctx).store
+        store = _app(ctx).open_store()
         size = store.backup(target)
         out.print(f"Backed up {store.path} to {target} ({size:,} bytes)", markup=False)
 
@@ -895,7 +889,7 @@ def status(ctx: click.Context) -> None:
     from .store.metrics import snapshot
 
     with _one_line_errors():
-        store = _app(ctx).store
+        store = _app(ctx).open_store()
         db = store.db
         problem = store.check()
         out.print(f"Database: {store.path}: {problem or 'ok'}", markup=False)

@@ -30,7 +30,10 @@ from .polling import PollPolicy
 from .resources import is_checkout, resource_file
 from .urls import is_http_url
 
+# Environment variable naming the configuration file when --config is not given.
 ENV_CONFIG = "AGGREGATOR_CONFIG"
+# Environment variable with the SMTP user name (secrets never live in the file; [mail]
+# smtp_username may name a user too).
 ENV_SMTP_USERNAME = "AGGREGATOR_SMTP_USERNAME"
 ENV_SMTP_PASSWORD = "AGGREGATOR_SMTP_PASSWORD"  # noqa: S105 - a variable name, not a secret
 ENV_ADMIN_PASSWORD = "AGGREGATOR_ADMIN_PASSWORD"  # noqa: S105
@@ -40,13 +43,20 @@ ENV_SECRET_KEY = "AGGREGATOR_SECRET_KEY"  # noqa: S105
 # and outbox in var/ beside config/. Only a checkout uses it when no file is named; an
 # installed package has nowhere of its own to write, so it asks for a file instead.
 DEFAULT_CONFIG = resource_file("config", "default.toml")
+# The commented configuration ``aggregator init`` writes for a new site.
 STARTER_CONFIG = resource_file("config", "starter.toml")
 
+# Accepted values of ``log_level``, most verbose first (Python logging level names, lower-
+# cased).
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 @dataclass(frozen=True, slots=True)
 class ConfiguredFeed:
+    """A ``[[feeds]]`` entry: the feed's http(s) URL, an optional title that replaces the
+    feed's own, and its own poll interval (None: the policy's).
+    """
+
     url: str
     title: str | None = None
     interval: timedelta | None = None
@@ -56,6 +66,11 @@ class ConfiguredFeed:
 
 @dataclass(frozen=True, slots=True)
 class PollSettings:
+    """``[poll]``: the polling policy (intervals, backoff, Retry-After cap), parse worker
+    processes (0: one per CPU core), the window within which the same story on two feeds
+    is one story, and whether configured feeds are read from their local snapshots.
+    """
+
     policy: PollPolicy = field(default_factory=PollPolicy)
     parse_workers: int = 0  # 0: one per CPU core
     cross_post_window: timedelta = timedelta(days=14)
@@ -64,6 +79,11 @@ class PollSettings:
 
 @dataclass(frozen=True, slots=True)
 class WebSettings:
+    """``[web]``: where the web app listens, the absolute public URL links in mails are
+    built on (``base_url``), the admin password (from the environment only; None: admin
+    pages off) and the reverse proxies whose forwarded headers are believed.
+    """
+
     host: str = "127.0.0.1"
     port: int = 8000
     base_url: str = "http://127.0.0.1:8000"
@@ -75,6 +95,10 @@ class WebSettings:
 
 @dataclass(frozen=True, slots=True)
 class MailSettings:
+    """``[mail]``: the From address (RFC 5322 mailbox), the Maildir outbox used when no SMTP
+    server is configured, and the SMTP server (None: the outbox).
+    """
+
     sender: str = "Blog digest <digest@localhost>"
     outbox: Path = Path("var/outbox")
     smtp: SmtpSettings | None = None
@@ -82,6 +106,11 @@ class MailSettings:
 
 @dataclass(frozen=True, slots=True)
 class DigestSettings:
+    """``[digest]``: the time zone digests are scheduled and dated in, the local send time
+    (HH:MM, 24-hour), the weekday of weekly digests, and how many stories one source may
+    show in one digest.
+    """
+
     timezone: ZoneInfo = field(default_factory=lambda: ZoneInfo("UTC"))
     daily_at: str = "07:00"
     weekly_day: str = "monday"
@@ -101,6 +130,11 @@ class ServiceSettings:
 
 @dataclass(frozen=True, slots=True)
 class Settings:
+    """Everything a process is configured with: one frozen value read once at start
+    (``load``). ``config_path`` is the file it came from (None: built in code); paths in
+    it are absolute.
+    """
+
     config_path: Path | None
     database: Path
     log_level: str = "info"
@@ -156,7 +190,17 @@ def write_starter(path: Path) -> None:
         raise ConfigError(f"cannot write: {error.strerror}", path=str(path)) from None
 
 
+def _optional_text(path: Path | None) -> str | None:
+    return str(path) if path is not None else None
+
+
 def load_settings(path: Path, env: Mapping[str, str]) -> Settings:
+    """Read the TOML file at ``path`` and the secrets in ``env`` into Settings.
+
+    Raises ConfigError naming the file, the setting and what is wrong: no such file,
+    unreadable, not TOML (TOML 1.0), or a setting missing, unknown, of the wrong type or out
+    of range.
+    """
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -171,6 +215,10 @@ def load_settings(path: Path, env: Mapping[str, str]) -> Settings:
 def settings_from_mapping(
     raw: Mapping[str, Any], *, env: Mapping[str, str], path: Path | None = None
 ) -> Settings:
+    """Settings from an already-parsed configuration (the TOML document as a mapping) and
+    ``env``; relative paths are resolved against the directory of ``path`` (the current
+    directory when None). Raises ConfigError as ``load_settings`` does.
+    """
     reader = _Reader(raw, path=str(path) if path else "<config>")
     base_dir = path.resolve().parent if path else Path.cwd()
 
@@ -189,6 +237,8 @@ def settings_from_mapping(
         max_redirects=fetch_table.integer("max_redirects", defaults.max_redirects, low=0),
         max_connections=fetch_table.integer("max_connections", defaults.max_connections, low=1),
         max_per_host=fetch_table.integer("max_per_host", defaults.max_per_host, low=1),
+        http2=fetch_table.boolean("http2", defaults.http2),
+        ca_file=_optional_text(fetch_table.path("ca_file", base_dir)),
         allow_private_addresses=fetch_table.boolean(
             "allow_private_addresses", defaults.allow_private_addresses
         ),
@@ -292,11 +342,9 @@ def settings_from_mapping(
                 connections=connections,
             )
         except ConfigError as error:
-            raise ConfigError(
-                error.message.removeprefix(f"{error.key}: "),
-                path=reader.path_name,
-                key=f"mail.{(error.key or 'smtp').removeprefix('smtp.')}",
-            ) from None
+            # SmtpSettings names its fields (smtp.host); the file names them mail.smtp_host.
+            key = f"mail.{(error.key or 'smtp.host').replace('.', '_')}"
+            raise ConfigError(error.reason, path=reader.path_name, key=key) from None
     mail_table.done()
     mail = MailSettings(sender=sender, outbox=outbox, smtp=smtp)
 

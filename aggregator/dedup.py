@@ -475,7 +475,6 @@ def plan_entries(
     *,
     existing: Sequence[StoredEntry],
     candidates: Sequence[StoredEntry],
-    now: datetime,
     window: timedelta = timedelta(days=14),
     similarity_threshold: float = 0.8,
 ) -> PollPlan:
@@ -507,7 +506,6 @@ def plan_entries(
       within a batch. Entries with equal dates keep the reverse of document order,
       since feeds list their newest entry first.
     """
-    del now  # records already carry their effective dates; kept for a uniform signature
     unique: list[EntryRecord] = []
     seen_keys: set[str] = set()
     for record in records:

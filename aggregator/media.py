@@ -52,9 +52,9 @@ MAX_MEDIA_PER_ENTRY = 20
 # Larger sizes and longer durations are not believed (a feed's typo or a hostile value):
 # stored as unknown. 1 TB; one week.
 MAX_LENGTH_BYTES = 10**12
-MAX_DURATION_SECONDS = 7 * 24 * 3600
-MAX_EPISODE = 10**6
-MAX_URL_CHARS = 2048
+MAX_DURATION_SECONDS = 7 * 24 * 3600  # one week, in seconds
+MAX_EPISODE = 10**6  # podcast:episode / itunes:episode numbers above this are unknown
+MAX_URL_CHARS = 2048  # a media URL longer than this is dropped (stored URLs stay indexable)
 
 _MIME = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,63}/[a-z0-9][a-z0-9!#$&^_.+-]{0,99}")
 _MEDIA_KINDS = frozenset({"audio", "video", "image"})

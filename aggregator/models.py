@@ -81,10 +81,14 @@ class FetchResult:
 
     @property
     def ok(self) -> bool:
+        """Whether the fetch produced a usable answer (a body, or 304 Not Modified)."""
         return self.error is None
 
     @property
     def gone(self) -> bool:
+        """Whether the server said 410 Gone: the feed was removed on purpose (RFC 9110
+        section 15.5.11), so polling stops.
+        """
         return self.status == 410
 
 
@@ -141,6 +145,11 @@ class ParsedEntry:
 
 @dataclass(frozen=True, slots=True)
 class ParsedFeed:
+    """A feed document as parsed: its title and site URL, its format name (``rss20``,
+    ``atom10``, ``rdf``, ``json``, ...), its entries in document order, and the
+    recoverable problems met (caps applied, markup repaired), one line each.
+    """
+
     title: str | None
     site_url: str | None
     format: str  # "rss20", "atom10", "rdf", "json" …
@@ -198,6 +207,11 @@ class EntryRecord:
 
 @dataclass(frozen=True, slots=True)
 class NewEntry:
+    """An entry to insert, with the story it is a copy of (None: it is a story of its own)
+    and the stored story it replaces as the earliest-published copy, if any (DESIGN
+    section 5.2).
+    """
+
     record: EntryRecord
     duplicate_of: int | None  # the story's entry id when this is a cross-post
     # A stored story this entry replaces as the story, being an earlier-published copy
@@ -207,6 +221,8 @@ class NewEntry:
 
 @dataclass(frozen=True, slots=True)
 class EntryUpdate:
+    """A stored entry (``entry_id``) whose content changed: its new record."""
+
     entry_id: int
     record: EntryRecord
 
@@ -222,6 +238,7 @@ class PollPlan:
 
     @property
     def duplicates(self) -> int:
+        """How many of the inserts are copies of a story already stored."""
         return sum(1 for new in self.inserts if new.duplicate_of is not None)
 
 
@@ -232,6 +249,11 @@ PollStatus = Literal["ok", "not_modified", "error", "disabled", "skipped"]
 
 @dataclass(frozen=True, slots=True)
 class PollSummary:
+    """What one poll of one feed did, for the command line and the logs: new, updated and
+    duplicate entries, or the error (one line), the warnings, and ``store_error`` when
+    the database failed and the poll stopped.
+    """
+
     feed_id: int
     url: str
     title: str

@@ -16,6 +16,7 @@ from .parse import repair_markup
 from .sanitize import clean_text, xml_chars
 from .urls import is_placeholder_title
 
+# Largest OPML document read, in bytes (5 MiB); a larger one is refused with SourceError.
 MAX_OPML_BYTES = 5 * 1024 * 1024
 
 
@@ -64,6 +65,10 @@ def read_opml(data: bytes, *, name: str = "OPML file") -> list[FeedSource]:
 
 
 def write_opml(feeds: Iterable[FeedSource], *, title: str, now: datetime) -> str:
+    """An OPML 2.0 document (http://opml.org/spec2.opml) listing ``feeds`` as rss outlines
+    (xmlUrl, and title/text), titled ``title`` and dated ``now`` (RFC 822 date in
+    dateCreated); returns the XML text with its declaration.
+    """
     root = Element("opml", version="2.0")
     head = SubElement(root, "head")
     SubElement(head, "title").text = title

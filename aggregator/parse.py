@@ -50,9 +50,23 @@ from .urls import absolute_http_url, clean_link, is_http_url
 # in tests/test_parse.py) at about half the cost.
 _FEEDPARSER_CP1252 = dict(feedparser.mixin._cp1252)
 CP1252_TABLE = "".join(_FEEDPARSER_CP1252.get(code, chr(code)) for code in range(256))
-feedparser.mixin._cp1252 = CP1252_TABLE
+_feedparser_configured = False
 
-__all__ = ["ParseLimits", "parse_feed", "repair_markup"]
+
+def configure_feedparser() -> None:
+    """Install CP1252_TABLE as feedparser's windows-1252 map (``feedparser.mixin._cp1252``).
+
+    A process-wide change to feedparser, made on purpose and not on import: ``parse_feed``
+    calls this before its first XML document, so a worker process or an in-process parse
+    sets it up once; later calls do nothing. The results of feedparser are the same.
+    """
+    global _feedparser_configured
+    if not _feedparser_configured:
+        feedparser.mixin._cp1252 = CP1252_TABLE
+        _feedparser_configured = True
+
+
+__all__ = ["ParseLimits", "configure_feedparser", "parse_feed", "repair_markup"]
 
 # GUIDs are stored and indexed: a longer one is stored as a digest of the whole.
 MAX_GUID_CHARS = 2048
@@ -84,7 +98,8 @@ def parse_feed(
     """Parse RSS, Atom, RDF or JSON Feed bytes.
 
     Raises ParseError (one line, saying what the document was) when nothing usable is
-    in it, and NotAFeed for an HTML page (with the feed it links to, if any).
+    in it, and NotAFeed for an HTML page (with the feed it links to, if any). The first
+    XML document parsed in a process calls ``configure_feedparser()``.
     """
     if len(content) > limits.max_document_bytes:
         raise ParseError(
@@ -97,6 +112,7 @@ def parse_feed(
     base = _document_base(url, lowered)
     if _looks_like_json(content, lowered.get("content-type", "")):
         return _parse_json_feed(content, url=url, base=base, limits=limits)
+    configure_feedparser()
     return _parse_xml_feed(content, url=url, base=base, headers=lowered, limits=limits)
 
 

@@ -19,32 +19,30 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 from functools import partial
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from sqlite_utils import Database
-
+from .clock import Clock, system_clock
 from .config import Settings
+from .decide import Parsed, ParseOutcome, PollDecision, decide_poll
 from .dedup import plan_entries
-from .errors import AggregatorError, ParseError, StoreError
+from .errors import ParseError, StoreError
 from .fetch import FeedFetcher
-from .models import EntryRecord, Feed, FetchResult, PollPlan, PollSummary
-from .polling import next_poll_at, parse_retry_after, spread_overdue
+from .models import EntryRecord, Feed, PollPlan, PollSummary
+from .polling import spread_overdue
 from .prepare import PreparedFeed, prepare_feed
-from .store import Store
+from .store import Database, Store
 from .store import entries as entry_rows
 from .store import feeds as feed_rows
 from .urls import is_placeholder_title
 from .workers import STOP_SIGNALS, ParseWorkers
 
-Clock = Callable[[], datetime]
+if TYPE_CHECKING:
+    import httpx
+
 T = TypeVar("T")
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 def snapshot_urls(settings: Settings) -> dict[str, str]:
@@ -67,12 +65,12 @@ class Poller:
     fetcher: FeedFetcher
     parse_workers: ParseWorkers
     db_executor: ThreadPoolExecutor
-    clock: Clock = utc_now
+    clock: Clock = system_clock
     rand: Callable[[], float] = field(default_factory=lambda: random.Random().random)
 
     def __post_init__(self) -> None:
         self._snapshots = snapshot_urls(self.settings)
-        self._intervals = {
+        self._intervals = {  # configured intervals; a feed's own (CLI, admin) comes first
             feed.url: feed.interval for feed in self.settings.feeds if feed.interval is not None
         }
         self.stopping = False
@@ -160,136 +158,73 @@ class Poller:
                 feed_id=feed.id, url=feed.url, title=feed.title or feed.url, status="skipped"
             )
         now = self.clock()
-        if result.error is not None:
-            return await self._write(
-                feed, partial(self._write_failure, feed, result, result.error, now)
-            )
-        if result.not_modified or result.content is None:
-            return await self._write(feed, partial(self._write_not_modified, feed, result, now))
-        try:
-            prepared = await self.parse_workers.run(
-                partial(
-                    prepare_feed,
-                    result.content,
-                    url=result.final_url if fetch_url == feed.url else feed.url,
-                    headers=dict(result.headers),
-                    limits=self.settings.parse,
-                    now=now,
+        parsed: ParseOutcome = None
+        prepared: PreparedFeed | None = None
+        if result.error is None and not result.not_modified and result.content is not None:
+            try:
+                prepared = await self.parse_workers.run(
+                    partial(
+                        prepare_feed,
+                        result.content,
+                        url=result.final_url if fetch_url == feed.url else feed.url,
+                        headers=dict(result.headers),
+                        limits=self.settings.parse,
+                        now=now,
+                    )
                 )
-            )
-        except ParseError as error:
-            return await self._write(feed, partial(self._write_failure, feed, result, error, now))
-        except BrokenProcessPool:
-            if self.stopping:  # the workers went with a stop signal to the whole group
-                return PollSummary(
-                    feed_id=feed.id, url=feed.url, title=feed.title or feed.url, status="skipped"
+                parsed = Parsed(title=prepared.title, site_url=prepared.site_url)
+            except ParseError as error:
+                parsed = error
+            except BrokenProcessPool:
+                if self.stopping:  # the workers went with a stop signal to the whole group
+                    return PollSummary(
+                        feed_id=feed.id,
+                        url=feed.url,
+                        title=feed.title or feed.url,
+                        status="skipped",
+                    )
+                parsed = ParseError(
+                    "the parsing process died while reading this document (killed or out of "
+                    "memory); it is tried again at the next poll",
+                    url=feed.url,
                 )
-            died = ParseError(
-                "the parsing process died while reading this document (killed or out of "
-                "memory); it is tried again at the next poll",
-                url=feed.url,
-            )
-            return await self._write(feed, partial(self._write_failure, feed, result, died, now))
-        return await self._write(feed, partial(self._write_success, feed, result, prepared, now))
-
-    # --- decisions on the feed row ------------------------------------------------
-
-    def _interval(self, feed: Feed) -> timedelta | None:
-        if feed.interval_seconds:
-            return timedelta(seconds=feed.interval_seconds)
-        return self._intervals.get(feed.url)
-
-    def _next_poll(
-        self, feed: Feed, now: datetime, *, error_count: int, retry_after: timedelta | None
-    ) -> datetime:
-        return next_poll_at(
+        decision = decide_poll(
+            feed,
+            result,
+            parsed,
             now=now,
-            policy=self.settings.poll.policy,
-            interval=self._interval(feed),
-            error_count=error_count,
-            retry_after=retry_after,
             rand=self.rand(),
+            policy=self.settings.poll.policy,
+            interval=self._intervals.get(feed.url),
+            follow_moves=feed.url not in self._snapshots,
         )
+        if prepared is not None and decision.store_entries:
+            return await self._write(feed, partial(self._write_success, feed, decision, prepared))
+        return await self._write(feed, partial(self._write_bookkeeping, feed, decision))
 
-    def _moved_to(self, feed: Feed, result: FetchResult) -> str | None:
-        if feed.url not in self._snapshots and result.permanent_url:
-            return result.permanent_url
-        return None
+    # --- carrying out decisions (run on the database thread) -----------------------
 
-    # --- writes (run on the database thread) --------------------------------------
-
-    def _write_failure(
-        self, feed: Feed, result: FetchResult, error: AggregatorError, now: datetime
-    ) -> PollSummary:
-        retry_after = parse_retry_after(
-            result.retry_after, now=now, cap=self.settings.poll.policy.retry_after_cap
-        )
-        disable = "gone (HTTP 410): the server says the feed was removed" if result.gone else None
-        update = feed_rows.FeedUpdate(
-            polled_at=now,
-            next_poll_at=self._next_poll(
-                feed, now, error_count=feed.error_count + 1, retry_after=retry_after
-            ),
-            succeeded=False,
-            error=str(error),
-            disable_reason=disable,
-        )
-        kind = getattr(error, "kind", "error")
+    def _write_bookkeeping(self, feed: Feed, decision: PollDecision) -> PollSummary:
+        """A poll that stores no entries: the feed row and the fetch record."""
         with self.store.write() as db:
-            feed_rows.apply_feed_update(db, feed, update)
-            feed_rows.record_fetch(
-                db, _fetch_record(feed, result, now, "error", error=error, kind=kind)
-            )
-        return PollSummary(
-            feed_id=feed.id,
-            url=feed.url,
-            title=feed.title or feed.url,
-            status="disabled" if disable else "error",
-            error=str(error),
-        )
-
-    def _write_not_modified(self, feed: Feed, result: FetchResult, now: datetime) -> PollSummary:
-        update = feed_rows.FeedUpdate(
-            polled_at=now,
-            next_poll_at=self._next_poll(feed, now, error_count=0, retry_after=None),
-            succeeded=True,
-            url=self._moved_to(feed, result),
-            etag=result.etag or feed.etag,
-            last_modified=result.last_modified or feed.last_modified,
-        )
-        with self.store.write() as db:
-            feed_rows.apply_feed_update(db, feed, update)
-            feed_rows.record_fetch(db, _fetch_record(feed, result, now, "not_modified"))
-        return PollSummary(
-            feed_id=feed.id, url=feed.url, title=feed.title or feed.url, status="not_modified"
-        )
+            feed_rows.apply_feed_update(db, feed, decision.update)
+            feed_rows.record_fetch(db, decision.fetch)
+        return _summary(feed, decision)
 
     def _write_success(
-        self, feed: Feed, result: FetchResult, prepared: PreparedFeed, now: datetime
+        self, feed: Feed, decision: PollDecision, prepared: PreparedFeed
     ) -> PollSummary:
-        update = feed_rows.FeedUpdate(
-            polled_at=now,
-            next_poll_at=self._next_poll(feed, now, error_count=0, retry_after=None),
-            succeeded=True,
-            url=self._moved_to(feed, result),
-            title=prepared.title,
-            site_url=prepared.site_url,
-            etag=result.etag,
-            last_modified=result.last_modified,
-        )
+        now = decision.update.polled_at
         with self.store.write() as db:
             plan = plan_poll(
-                db, feed.id, prepared.records, now, window=self.settings.poll.cross_post_window
+                db, feed.id, prepared.records, window=self.settings.poll.cross_post_window
             )
             entry_rows.apply_plan(db, feed.id, plan, now)
             if feed.backlog_seq is None:
                 feed_rows.mark_backlog(db, feed.id)
-            feed_rows.apply_feed_update(db, feed, update)
+            feed_rows.apply_feed_update(db, feed, decision.update)
             feed_rows.record_fetch(
-                db,
-                _fetch_record(
-                    feed, result, now, "ok", new=len(plan.inserts), updated=len(plan.updates)
-                ),
+                db, replace(decision.fetch, new=len(plan.inserts), updated=len(plan.updates))
             )
         return PollSummary(
             feed_id=feed.id,
@@ -307,11 +242,21 @@ class Poller:
         )
 
 
+def _summary(feed: Feed, decision: PollDecision) -> PollSummary:
+    """The summary of a poll that stored no entries."""
+    return PollSummary(
+        feed_id=feed.id,
+        url=feed.url,
+        title=feed.title or feed.url,
+        status=decision.status,
+        error=decision.error,
+    )
+
+
 def plan_poll(
     db: Database,
     feed_id: int,
     records: Sequence[EntryRecord],
-    now: datetime,
     *,
     window: timedelta,
 ) -> PollPlan:
@@ -331,51 +276,30 @@ def plan_poll(
         canonical_urls=(r.canonical_url for r in records if r.canonical_url),
         norm_titles=(r.norm_title for r in records if r.norm_title),
     )
-    return plan_entries(records, existing=existing, candidates=candidates, now=now, window=window)
-
-
-def _fetch_record(
-    feed: Feed,
-    result: FetchResult,
-    now: datetime,
-    outcome: str,
-    *,
-    error: AggregatorError | None = None,
-    kind: str | None = None,
-    new: int = 0,
-    updated: int = 0,
-) -> feed_rows.FetchRecord:
-    return feed_rows.FetchRecord(
-        feed_id=feed.id,
-        at=now,
-        url=result.url,
-        status=result.status,
-        bytes=result.bytes_read,
-        duration_ms=round(result.elapsed_seconds * 1000),
-        outcome=outcome,
-        error_kind=kind,
-        error=str(error) if error else None,
-        new=new,
-        updated=updated,
-    )
+    return plan_entries(records, existing=existing, candidates=candidates, window=window)
 
 
 @asynccontextmanager
 async def open_poller(
-    settings: Settings, store: Store, *, clock: Clock = utc_now
+    settings: Settings,
+    store: Store,
+    *,
+    clock: Clock = system_clock,
+    transport: httpx.AsyncBaseTransport | None = None,
 ) -> AsyncIterator[Poller]:
     """A Poller with its fetcher, parse processes and database thread, closed on exit.
 
     The parse processes (one per core unless configured) start when the first document
     needs parsing (see ParseWorkers). On exit the write in flight finishes (the database
-    thread is drained) before the store can be closed.
+    thread is drained) before the store can be closed. ``transport`` replaces the
+    fetcher's network (see ``FeedFetcher``), as ``httpx.MockTransport`` does in tests.
     """
     db_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aggregator-db")
     workers = ParseWorkers(
         settings.poll.parse_workers or os.cpu_count() or 1, preload=[prepare_feed.__module__]
     )
     try:
-        async with FeedFetcher(settings.fetch) as fetcher:
+        async with FeedFetcher(settings.fetch, transport=transport) as fetcher:
             yield Poller(settings, store, fetcher, workers, db_executor, clock=clock)
     finally:
         workers.close()
@@ -432,15 +356,17 @@ async def poll_feeds(
     *,
     feed_ids: Sequence[int] | None = None,
     due_only: bool = False,
-    clock: Clock = utc_now,
+    clock: Clock = system_clock,
     on_start: Callable[[int], None] | None = None,
     on_result: Callable[[PollSummary], None] | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
 ) -> list[PollSummary]:
     """Poll the chosen feeds (all enabled ones by default) once, concurrently.
 
     SIGTERM or SIGINT during the poll stops it gracefully (see ``_stop_on_signals``).
+    ``transport``: see ``open_poller``.
     """
-    async with open_poller(settings, store, clock=clock) as poller:
+    async with open_poller(settings, store, clock=clock, transport=transport) as poller:
         with _stop_on_signals(poller):
             feeds = await poller.choose(feed_ids=feed_ids, due_only=due_only)
             if on_start is not None:

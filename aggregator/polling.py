@@ -13,15 +13,20 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 
+from .backoff import exponential_backoff
+
 # An HTTP-date is about 30 characters; anything much longer is not one.
 _MAX_RETRY_AFTER_CHARS = 64
 _SECONDS = re.compile(r"^[+-]?\d+(?:\.\d+)?$")
-# Doubling past this many times exceeds any sensible cap; stops the arithmetic growing.
-_MAX_DOUBLINGS = 40
 
 
 @dataclass(frozen=True, slots=True)
 class PollPolicy:
+    """How often feeds are polled: the default interval and the shortest one allowed (a
+    feed's own configured interval included), the exponential backoff after failures (base
+    doubled per consecutive failure, up to the cap), the longest Retry-After believed
+    (RFC 9110 section 10.2.3), and the random jitter, a fraction of the delay either way."""
+
     interval: timedelta = timedelta(minutes=30)
     min_interval: timedelta = timedelta(minutes=5)
     backoff_base: timedelta = timedelta(minutes=5)
@@ -77,11 +82,7 @@ def backoff_delay(error_count: int, *, policy: PollPolicy, rand: float) -> timed
     ± ``jitter`` so that feeds failing together do not retry together. The jitter never
     lifts a delay above the cap. Zero failures: no delay.
     """
-    if error_count <= 0:
-        return timedelta(0)
-    doublings = min(error_count - 1, _MAX_DOUBLINGS)
-    raw_seconds = policy.backoff_base.total_seconds() * 2.0**doublings
-    delay = timedelta(seconds=min(raw_seconds, policy.backoff_cap.total_seconds()))
+    delay = exponential_backoff(error_count, base=policy.backoff_base, cap=policy.backoff_cap)
     return min(_jittered(delay, policy.jitter, rand), policy.backoff_cap)
 
 

@@ -19,6 +19,11 @@ from .sanitize import html_to_text, sanitize_html
 
 @dataclass(frozen=True, slots=True)
 class PreparedFeed:
+    """A parsed feed made ready to store (the result of ``prepare_feed``, picklable across
+    processes): its title, site URL and format, its entries as records with sanitised
+    HTML and identity keys, and the parser's warnings.
+    """
+
     title: str | None
     site_url: str | None
     format: str

@@ -1,4 +1,8 @@
-"""The one Jinja2 environment, for web pages, Atom feeds and emails alike.
+"""The one Jinja2 environment, for web pages, Atom feeds and emails alike; CSS
+inlining for mail; one-line display text.
+
+``environment()`` is the process's environment (built on first use); the web app
+takes it injected (``create_app(env=...)``) and mail rendering uses it directly.
 
 HTML and XML templates autoescape. Plain-text templates (``*.txt``: text emails) do
 not, because their output is not markup; what they print is plain text already.
@@ -18,20 +22,44 @@ from markupsafe import Markup
 
 from .media import format_duration, format_size, media_label, media_marker
 from .resources import resource_dir
-from .sanitize import excerpt, sanitize_html
+from .sanitize import clean_text, excerpt, sanitize_html, xml_chars
+from .urls import is_http_url
 
 TEMPLATES = resource_dir("templates")
+"""The templates' directory (``templates/`` in the repository, inside the wheel)."""
+MAX_SHOWN_TITLE_CHARS = 300
+"""Longest title shown in a digest or mail, in characters. (Identity, in ``dedup``,
+reads a longer start of a title; this one is about what fits on a line.)"""
+
+
+def line(text: str | None, limit: int = MAX_SHOWN_TITLE_CHARS) -> str:
+    """One line of plain text, no controls or bidi overrides, at most ``limit`` chars
+    (a longer one is cut and ends in "…")."""
+    cleaned = clean_text(text or "")
+    if len(cleaned) > limit:
+        cleaned = cleaned[: limit - 1].rstrip() + "…"
+    return cleaned
 
 
 def clean_html(html: str | None) -> Markup:
+    """Feed HTML, sanitised and marked safe: the ``clean_html`` filter."""
     return Markup(sanitize_html(html or ""))  # noqa: S704 - sanitiser output, by definition
 
 
+def xml_safe(value: str) -> str:
+    """Drops the characters XML 1.0 cannot carry at all (escaping cannot help them);
+    keeps ``Markup`` as ``Markup``. The ``xml_safe`` filter of the Atom templates."""
+    cleaned = xml_chars(value)
+    return Markup(cleaned) if isinstance(value, Markup) else cleaned  # noqa: S704 - same input
+
+
 def format_date(moment: datetime | None, pattern: str = "%-d %B %Y") -> str:
+    """``moment`` with a strftime ``pattern`` ("3 May 2026"); empty for None."""
     return moment.strftime(pattern) if moment else ""
 
 
 def iso_date(moment: datetime | None) -> str:
+    """``moment`` (UTC) as RFC 3339 with a "Z" ("2026-05-03T07:00:00Z"); empty for None."""
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ") if moment else ""
 
 
@@ -57,6 +85,9 @@ def make_environment(
     globals: Mapping[str, Any] | None = None,
     filters: Mapping[str, Callable[..., Any]] | None = None,
 ) -> Environment:
+    """A new environment on ``template_dir`` with this module's filters (plus
+    ``filters`` and ``globals``). Most callers want the shared ``environment()``;
+    a new one is for tests and other template directories."""
     environment = Environment(
         loader=FileSystemLoader(str(template_dir)),
         autoescape=select_autoescape(
@@ -80,9 +111,35 @@ def make_environment(
         file_size=format_size,
         duration=format_duration,
         schedule=schedule,
+        xml_safe=xml_safe,
+        http_url=is_http_url,
     )
     if filters:
         environment.filters.update(filters)
     if globals:
         environment.globals.update(globals)
     return environment
+
+
+_ENVIRONMENT: Environment | None = None
+
+
+def environment() -> Environment:
+    """The process's one environment (on ``TEMPLATES``), built on first use.
+
+    Jinja2 environments are safe to share between threads once built; nothing adds
+    filters or globals to this one afterwards.
+    """
+    global _ENVIRONMENT
+    if _ENVIRONMENT is None:
+        _ENVIRONMENT = make_environment()
+    return _ENVIRONMENT
+
+
+def inline_css(html: str) -> str:
+    """``html`` with its ``<style>`` rules moved into ``style`` attributes, as mail
+    clients need; remote stylesheets are never fetched."""
+    import css_inline  # imported here: only mail building needs it
+
+    inliner = css_inline.CSSInliner(load_remote_stylesheets=False, keep_style_tags=False)
+    return str(inliner.inline(html))

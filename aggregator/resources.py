@@ -13,6 +13,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
+from .errors import MissingResource
+
 Kind = Literal["templates", "static", "config", "seeds"]
 
 # The folder's name in the checkout -> its name inside the installed package.
@@ -23,11 +25,9 @@ PACKAGED: dict[str, str] = {
     "seeds": "seeds",
 }
 
+# The top of the source checkout the package was imported from (where ``templates/``,
+# ``static/``, ``config/`` and ``seeds/`` live in a checkout).
 CHECKOUT = Path(__file__).resolve().parent.parent
-
-
-class MissingResource(RuntimeError):
-    """The package was installed without its data files: a broken build."""
 
 
 def resource_dir(kind: Kind) -> Path:
@@ -40,11 +40,16 @@ def resource_dir(kind: Kind) -> Path:
         return checkout
     raise MissingResource(
         f"the {kind} folder is missing from the installed package (looked in {packaged} "
-        f"and {checkout}); reinstall the aggregator"
+        f"and {checkout}); reinstall the aggregator",
+        path=str(checkout),
     )
 
 
 def resource_file(kind: Kind, name: str) -> Path:
+    """The path of one shipped file, ``name`` inside the ``kind`` folder (see
+    ``resource_dir``); it may not exist. Raises MissingResource when the folder itself is
+    missing.
+    """
     return resource_dir(kind) / name
 
 

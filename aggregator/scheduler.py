@@ -23,7 +23,7 @@ import re
 import signal
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -34,19 +34,19 @@ from apscheduler.events import EVENT_JOB_ERROR, JobExecutionEvent
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
+from .clock import Clock, system_clock
 from .config import Settings
-from .digests import build_pending, send_pending, send_welcomes
+from .digests.build import build_pending
+from .digests.send import send_pending, send_welcomes
 from .errors import ConfigError, StoreError
 from .mail import open_sender
-from .pipeline import Poller, open_poller, spread_catch_up, utc_now
+from .pipeline import Poller, open_poller, spread_catch_up
 from .sources import sync_configured_feeds
 from .store import Store
 from .store.entries import count_entries
 from .web import create_app
 
 log = logging.getLogger("aggregator.service")
-
-Clock = Callable[[], datetime]
 
 
 CATCH_UP_SPREAD = timedelta(minutes=5)
@@ -106,7 +106,7 @@ class Service:
         self,
         settings: Settings,
         *,
-        clock: Clock = utc_now,
+        clock: Clock = system_clock,
     ) -> None:
         self.settings = settings
         self.clock = clock
@@ -284,14 +284,14 @@ class Service:
                 self.poll_due,
                 IntervalTrigger(seconds=self.timings.poll_tick.total_seconds()),
                 id="poll",
-                next_run_time=datetime.now(settings.digest.timezone),
+                next_run_time=system_clock(),  # APScheduler runs on real time
                 **job_options,
             )
             scheduler.add_job(
                 self.digests_due,
                 IntervalTrigger(seconds=self.timings.digest_tick.total_seconds()),
                 id="digests",
-                next_run_time=datetime.now(settings.digest.timezone) + timedelta(seconds=2),
+                next_run_time=system_clock() + timedelta(seconds=2),
                 **job_options,
             )
             scheduler.start()

@@ -14,13 +14,22 @@ from datetime import date, datetime, time, timedelta, tzinfo
 from typing import Literal
 
 Cadence = Literal["daily", "weekly"]
+# How often a subscriber may get a digest.
 CADENCES: tuple[Cadence, ...] = ("daily", "weekly")
 SubscriberStatus = Literal["pending", "confirmed", "unsubscribed", "bounced"]
+# Day names accepted by ``[digest] weekly_day``, Monday first (``datetime.weekday()``
+# order).
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 
 
 @dataclass(frozen=True, slots=True)
 class Subscriber:
+    """A digest subscriber: address, status, cadence and chosen feeds (None: every feed,
+    including ones added later). ``watermark`` is the highest entry id already considered
+    for a digest: only entries above it can be sent, which is what makes sending exactly-
+    once across crashes (THREATS K2, K6). Times are UTC.
+    """
+
     id: int
     email: str
     status: SubscriberStatus
@@ -33,6 +42,7 @@ class Subscriber:
     last_confirmation_at: datetime | None = None
 
     def follows(self, feed_id: int) -> bool:
+        """Whether entries of feed ``feed_id`` go into this subscriber's digests."""
         return self.feed_ids is None or feed_id in self.feed_ids
 
 
@@ -57,12 +67,18 @@ class StoryMember:
 
 @dataclass(frozen=True, slots=True)
 class DigestItem:
+    """One story in a digest: its entry id, and the ids of the same story on other feeds."""
+
     entry_id: int
     also_on: tuple[int, ...] = ()  # entry ids of the same story in other feeds
 
 
 @dataclass(frozen=True, slots=True)
 class DigestSection:
+    """The stories of one source in a digest, newest first, and how many more the per-source
+    cap left out.
+    """
+
     feed_id: int
     items: tuple[DigestItem, ...]
     more: int = 0  # new stories of this source left out by the per-source cap
@@ -70,12 +86,17 @@ class DigestSection:
 
 @dataclass(frozen=True, slots=True)
 class DigestPlan:
+    """What a digest holds, decided purely by ``select_digest``: its sections, and the range
+    of entry ids it covers (``last_entry`` becomes the subscriber's watermark once sent).
+    """
+
     sections: tuple[DigestSection, ...]
     first_entry: int  # lowest entry id the digest covers
     last_entry: int  # highest entry id it covers: the subscriber's next watermark
 
     @property
     def entry_count(self) -> int:
+        """Stories shown in the digest (those left out by the cap not counted)."""
         return sum(len(section.items) for section in self.sections)
 
     @property
@@ -154,6 +175,7 @@ def select_digest(
 
 
 def cadence_period(cadence: Cadence) -> timedelta:
+    """The time between two digests of a cadence: one day or one week."""
     return timedelta(days=1) if cadence == "daily" else timedelta(weeks=1)
 
 

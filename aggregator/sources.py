@@ -62,6 +62,10 @@ def sync_configured_feeds(store: Store, settings: Settings, now: datetime) -> li
 def add_source(
     store: Store, source: FeedSource, *, origin: str, now: datetime
 ) -> tuple[Feed, bool]:
+    """Add a feed source unless its URL is known; returns the feed and whether it is new.
+    ``origin`` is one of ``store.feeds.FEED_ORIGINS``. Raises SourceError for a URL that
+    is not absolute http(s) (THREATS H5); nothing is fetched.
+    """
     url = check_source_url(source.url)
     with store.write() as db:
         return feed_rows.add_feed(
@@ -87,6 +91,9 @@ def find_feed(store: Store, ident: str) -> Feed:
 
 
 def remove_source(store: Store, ident: str) -> Feed:
+    """Delete the feed named by id or URL, with its entries; returns it. Raises SourceError
+    when there is no such feed.
+    """
     feed = find_feed(store, ident)
     with store.write() as db:
         feed_rows.remove_feed(db, feed.id)
@@ -95,6 +102,10 @@ def remove_source(store: Store, ident: str) -> Feed:
 
 @dataclass(frozen=True, slots=True)
 class ImportReport:
+    """What an OPML import did: the feeds added, those already known, and one line per
+    outline that could not be added.
+    """
+
     added: tuple[Feed, ...]
     known: tuple[Feed, ...]
     problems: tuple[str, ...]
@@ -123,6 +134,9 @@ def import_opml(store: Store, data: bytes, *, name: str, now: datetime) -> Impor
 
 
 def export_opml(feeds: Sequence[Feed], *, now: datetime) -> str:
+    """The feeds as an OPML 2.0 document (text), titled "Aggregated blogs" and dated
+    ``now``.
+    """
     return write_opml(
         (FeedSource(url=f.url, title=f.title or None) for f in feeds),
         title="Aggregated blogs",

@@ -20,12 +20,12 @@ from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
 from email_validator import EmailNotValidError, validate_email
-from jinja2 import Environment
 
 from .config import Settings
-from .errors import MailError, TokenError
+from .errors import InvalidSubscription, MailError, RateLimited, TokenError
 from .mail import OutgoingMessage, Sender, parse_address
-from .render import make_environment
+from .paths import public_path
+from .render import environment, inline_css, line
 from .selection import CADENCES, Cadence, Subscriber
 from .store import Store
 from .store import digests as digest_rows
@@ -49,19 +49,16 @@ PURPOSE_DIGEST = "digest"
 _DOT_ATOM_HOST = re.compile(r"[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*")
 
 
-class InvalidSubscription(ValueError):
-    """The form was filled in wrongly (not an address, unknown cadence): say so."""
-
-
-class RateLimited(Exception):
-    """Too many sign-ups from one client: ask it to come back later."""
-
-
 # --- links --------------------------------------------------------------------------
 
 
 class Links:
-    """Absolute URLs of the subscription pages, with their signed tokens."""
+    """Absolute URLs of the pages mail links to (paths from ``paths.PATHS`` under
+    ``base_url``), with their signed tokens (``tokens``, keyed by ``secret``).
+
+    ``host`` is the base URL's host name when it is a dot-atom (RFC 5322 §3.2.3),
+    else "localhost": it ends Message-IDs and List-Ids.
+    """
 
     def __init__(self, base_url: str, secret: bytes) -> None:
         self.base_url = base_url.rstrip("/")
@@ -70,6 +67,7 @@ class Links:
         self.host = host if _DOT_ATOM_HOST.fullmatch(host) else "localhost"
 
     def token(self, purpose: str, subject: int, issued_at: datetime) -> str:
+        """A signed token for ``purpose`` (a ``PURPOSE_*``) about id ``subject``."""
         return make_token(self._secret, purpose, str(subject), issued_at=issued_at)
 
     def verify(
@@ -82,45 +80,57 @@ class Links:
         return int(subject)
 
     def _url(self, path: str, **query: Any) -> str:
+        """``path`` (root-relative) under the base URL, with ``query`` encoded."""
         return f"{self.base_url}{path}" + (f"?{urlencode(query)}" if query else "")
 
     def subscribe(self) -> str:
-        return self._url("/subscribe")
+        """The sign-up page."""
+        return self._url(public_path("subscribe"))
 
     def confirm(self, subscriber_id: int, issued_at: datetime) -> str:
+        """The double opt-in link (valid ``CONFIRM_MAX_AGE``, once)."""
         token = self.token(PURPOSE_CONFIRM, subscriber_id, issued_at)
-        return self._url("/subscribe/confirm", token=token)
+        return self._url(public_path("confirm"), token=token)
 
     def unsubscribe(self, subscriber_id: int, issued_at: datetime) -> str:
+        """The unsubscribe page (GET shows it, POST is the RFC 8058 one-click)."""
         token = self.token(PURPOSE_UNSUBSCRIBE, subscriber_id, issued_at)
-        return self._url("/unsubscribe", token=token)
+        return self._url(public_path("unsubscribe"), token=token)
 
     def unsubscribe_mailto(self, sender: str, subscriber_id: int, issued_at: datetime) -> str:
+        """The ``mailto:`` of List-Unsubscribe (RFC 2369): the token in the subject."""
         token = self.token(PURPOSE_UNSUBSCRIBE, subscriber_id, issued_at)
         address = parse_address(sender).addr_spec
         return f"mailto:{address}?subject={quote('unsubscribe ' + token)}"
 
     def preferences(self, subscriber_id: int, issued_at: datetime) -> str:
+        """The subscriber's preferences page."""
         token = self.token(PURPOSE_PREFERENCES, subscriber_id, issued_at)
-        return self._url("/preferences", token=token)
+        return self._url(public_path("preferences"), token=token)
 
     def archive(self, subscriber_id: int, issued_at: datetime, *, atom: bool = False) -> str:
+        """The subscriber's digest archive (its Atom feed with ``atom``)."""
         token = self.token(PURPOSE_ARCHIVE, subscriber_id, issued_at)
-        return self._url("/digests/feed.atom" if atom else "/digests", token=token)
+        return self._url(
+            public_path("digest_archive_feed" if atom else "digest_archive"), token=token
+        )
 
     def digest(self, digest_id: int, issued_at: datetime) -> str:
+        """The web copy of one digest."""
         token = self.token(PURPOSE_DIGEST, digest_id, issued_at)
-        return self._url(f"/digests/{digest_id}", token=token)
+        return self._url(public_path("digest", digest_id=digest_id), token=token)
 
     def source(self, feed_id: int) -> str:
-        return self._url("/", source=feed_id)
+        """The timeline filtered to one source."""
+        return self._url(public_path("timeline"), source=feed_id)
 
     def entry(self, entry_id: int) -> str:
         """The entry's page here: for entries without a link of their own."""
-        return self._url(f"/entries/{entry_id}")
+        return self._url(public_path("entry", entry_id=entry_id))
 
     def home(self) -> str:
-        return self.base_url + "/"
+        """The timeline: the site's front page."""
+        return self._url(public_path("timeline"))
 
     def message_id(self, kind: str, ident: int | str) -> str:
         """``<kind-ident.signature@host>``: the same for the same ident, unguessable."""
@@ -129,6 +139,8 @@ class Links:
 
 
 def links_for(store: Store, settings: Settings) -> Links:
+    """The instance's links: ``web.base_url`` and the store's token secret (made and
+    stored on first use)."""
     return Links(settings.web.base_url, store.secret("tokens"))
 
 
@@ -152,28 +164,32 @@ def normalise_email(text: str) -> tuple[str, str]:
     """
     text = (text or "").strip()
     if not text or len(text) > MAX_ADDRESS_INPUT or any(ord(c) < 32 for c in text):
-        raise InvalidSubscription("Please enter a valid email address.")
+        raise _invalid_address(text)
     if "=?" in text:
         # An RFC 2047 encoded-word: mail libraries decode it in the To: header, so the
         # header would name another address than the one the message is sent to.
-        raise InvalidSubscription("Please enter a valid email address.")
+        raise _invalid_address(text)
     try:
         valid = validate_email(text, check_deliverability=False)
     except EmailNotValidError:
-        raise InvalidSubscription("Please enter a valid email address.") from None
+        raise _invalid_address(text) from None
     address = f"{valid.local_part}@{valid.ascii_domain}" if valid.ascii_domain else valid.email
     try:
         parse_address(address, allow_name=False)  # what the mailer will accept
     except ValueError:
-        raise InvalidSubscription("Please enter a valid email address.") from None
+        raise _invalid_address(text) from None
     return address, address.casefold()
+
+
+def _invalid_address(text: str) -> InvalidSubscription:
+    return InvalidSubscription("Please enter a valid email address.", field="email", value=text)
 
 
 def parse_cadence(value: str | None) -> Cadence:
     for cadence in CADENCES:
         if value == cadence:
             return cadence
-    raise InvalidSubscription("Please choose daily or weekly.")
+    raise InvalidSubscription("Please choose daily or weekly.", field="cadence", value=str(value))
 
 
 def known_feed_ids(store: Store, wanted: Iterable[int] | None) -> frozenset[int] | None:
@@ -220,7 +236,7 @@ def request_signup(
         rows.prune_attempts(db, now - max(CLIENT_WINDOW, ADDRESS_WINDOW))
         rows.expire_pending(db, now - PENDING_MAX_AGE)
         if rows.count_attempts(db, client_key, now - CLIENT_WINDOW) >= CLIENT_LIMIT:
-            raise RateLimited
+            raise RateLimited(client)
         rows.record_attempts(db, [client_key, address_key], now)
         existing = rows.by_key(db, key)
         if existing is None:
@@ -272,7 +288,7 @@ def request_links(
     with store.write() as db:
         rows.prune_attempts(db, now - max(CLIENT_WINDOW, ADDRESS_WINDOW))
         if rows.count_attempts(db, client_key, now - CLIENT_WINDOW) >= CLIENT_LIMIT:
-            raise RateLimited
+            raise RateLimited(client)
         rows.record_attempts(db, [client_key, address_key], now)
         existing = rows.by_key(db, key)
         if existing is None or existing.status not in ("confirmed", "pending"):
@@ -297,16 +313,6 @@ def send_quietly(sender: Sender, message: OutgoingMessage | None) -> str | None:
     return None
 
 
-_ENVIRONMENT: Environment | None = None
-
-
-def environment() -> Environment:
-    global _ENVIRONMENT
-    if _ENVIRONMENT is None:
-        _ENVIRONMENT = make_environment()
-    return _ENVIRONMENT
-
-
 def _message(
     settings: Settings,
     links: Links,
@@ -318,7 +324,7 @@ def _message(
     now: datetime,
 ) -> OutgoingMessage:
     env = environment()
-    context = {"product": _product_name(settings), "home_url": links.home(), **context}
+    context = {"product": product_name(settings), "home_url": links.home(), **context}
     return OutgoingMessage(
         message_id=links.message_id(template, random_source.token_hex(8)),
         sender=settings.mail.sender,
@@ -339,7 +345,7 @@ def confirmation_message(
         settings,
         links,
         template="confirm",
-        subject=f"Confirm your subscription to {_product_name(settings)}",
+        subject=f"Confirm your subscription to {product_name(settings)}",
         recipient=address,
         context={
             "confirm_url": links.confirm(subscriber_id, now),
@@ -357,7 +363,7 @@ def reminder_message(
         settings,
         links,
         template="already",
-        subject=f"You are already subscribed to {_product_name(settings)}",
+        subject=f"You are already subscribed to {product_name(settings)}",
         recipient=address,
         context={
             "preferences_url": links.preferences(subscriber_id, now),
@@ -375,7 +381,7 @@ def links_message(
         settings,
         links,
         template="links",
-        subject=f"Your links for {_product_name(settings)}",
+        subject=f"Your links for {product_name(settings)}",
         recipient=address,
         context={
             "preferences_url": links.preferences(subscriber_id, now),
@@ -386,19 +392,20 @@ def links_message(
     )
 
 
-def _product_name(settings: Settings) -> str:
+PRODUCT_NAME = "Blog digest"
+"""The product's name in mail when the sender address has no display name."""
+MAX_PRODUCT_NAME_CHARS = 60
+
+
+def product_name(settings: Settings) -> str:
+    """The name mail goes out under: the display name of ``mail.sender`` (one line,
+    at most ``MAX_PRODUCT_NAME_CHARS``), else ``PRODUCT_NAME``."""
     try:
-        name = parse_address(settings.mail.sender).display_name
+        return line(parse_address(settings.mail.sender).display_name, MAX_PRODUCT_NAME_CHARS) or (
+            PRODUCT_NAME
+        )
     except ValueError:
-        name = ""
-    return name or "Blog digest"
-
-
-def inline_css(html: str) -> str:
-    import css_inline  # imported here: only mail building needs it
-
-    inliner = css_inline.CSSInliner(load_remote_stylesheets=False, keep_style_tags=False)
-    return str(inliner.inline(html))
+        return PRODUCT_NAME
 
 
 # --- links followed -----------------------------------------------------------------

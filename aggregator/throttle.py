@@ -15,11 +15,18 @@ from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+# Clients remembered at once: past this, idle ones are forgotten, then the oldest half
+# (memory stays bounded under a spray of addresses).
 MAX_TRACKED_CLIENTS = 10_000
 
 
 @dataclass(frozen=True, slots=True)
 class ThrottlePolicy:
+    """Limits on failed attempts (admin logins) over a sliding window: a few free failures
+    per client, then waits that double from ``first_wait``, then refusal until the window
+    has passed; and a cap over all clients together.
+    """
+
     window: timedelta = timedelta(minutes=15)
     free_failures: int = 5  # per client and window, before any wait
     first_wait: timedelta = timedelta(seconds=1)  # then 2 s, 4 s, ... up to the window
@@ -76,6 +83,7 @@ class FailureThrottle:
         return len(failures)
 
     def succeeded(self, client: str) -> None:
+        """Forget the client's failures: it proved it knows the secret."""
         self._clients.pop(client, None)
 
     def _prune(self, times: deque[datetime], now: datetime) -> deque[datetime]:

@@ -18,6 +18,8 @@ from urllib.parse import (
     urlunsplit,
 )
 
+# The URL schemes fetched, linked and stored (RFC 9110 section 4.2); every other scheme is
+# refused.
 HTTP_SCHEMES = frozenset({"http", "https"})
 
 # Query parameters that only track the reader and never change the page.
@@ -81,6 +83,9 @@ def is_idle_fragment(fragment: str) -> bool:
 
 
 def is_tracking_parameter(name: str) -> bool:
+    """Whether a query parameter name only tracks the reader (``utm_*``, ``fbclid``, ...)
+    and is dropped from canonical URLs; compared case-insensitively.
+    """
     lowered = name.lower()
     return lowered in _TRACKING_NAMES or lowered.startswith(_TRACKING_PREFIXES)
 

@@ -43,14 +43,26 @@ def _write(out: Path, report: dict[str, Any]) -> None:
 # --- fetch floor: httpx, no parsing --------------------------------------------------
 
 
-async def _fetch_all(corpus: Corpus, port: int, warm: bool, concurrency: int) -> dict[str, Any]:
+async def _fetch_all(
+    corpus: Corpus, urls: dict[int, str], warm: bool, args: argparse.Namespace
+) -> dict[str, Any]:
+    import ssl
+
     import httpx
 
+    concurrency = args.concurrency
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     statuses: dict[str, int] = {}
+    versions: dict[str, int] = {}
     received = 0
     gate = asyncio.Semaphore(concurrency)
-    async with httpx.AsyncClient(limits=limits, timeout=60.0, trust_env=False) as client:
+    verify: ssl.SSLContext | bool = True
+    if args.ca_file:  # httpx's default trust (certifi) and the loopback server's CA
+        verify = httpx.create_ssl_context(trust_env=False)
+        verify.load_verify_locations(cafile=args.ca_file)
+    async with httpx.AsyncClient(
+        limits=limits, timeout=60.0, trust_env=False, verify=verify, http2=args.http2
+    ) as client:
 
         async def one(url: str, headers: dict[str, str]) -> None:
             nonlocal received
@@ -58,12 +70,13 @@ async def _fetch_all(corpus: Corpus, port: int, warm: bool, concurrency: int) ->
                 response = await client.get(url, headers=headers)
             received += len(response.content)
             statuses[str(response.status_code)] = statuses.get(str(response.status_code), 0) + 1
+            versions[response.http_version] = versions.get(response.http_version, 0) + 1
 
         started = time.perf_counter()
         await asyncio.gather(
             *(
                 one(
-                    feed.url(port),
+                    urls[feed.index],
                     {"If-None-Match": feed.etag, "If-Modified-Since": feed.last_modified}
                     if warm
                     else {},
@@ -72,15 +85,28 @@ async def _fetch_all(corpus: Corpus, port: int, warm: bool, concurrency: int) ->
             )
         )
         phase = time.perf_counter() - started
-    return {"phase_wall": phase, "statuses": statuses, "body_bytes": received}
+    return {
+        "phase_wall": phase,
+        "statuses": statuses,
+        "http_versions": versions,
+        "body_bytes": received,
+    }
+
+
+def feed_urls(corpus: Corpus, args: argparse.Namespace) -> dict[int, str]:
+    """Feed index -> URL: from ``--urls`` (a JSON object) when given, else each feed on
+    its own loopback address at ``--port``."""
+    if getattr(args, "urls", None):
+        table = json.loads(Path(args.urls).read_text(encoding="utf-8"))
+        return {int(index): url for index, url in table.items()}
+    return {feed.index: feed.url(args.port) for feed in corpus.feeds}
 
 
 def fetch_floor(args: argparse.Namespace) -> int:
     corpus = Corpus.load(Path(args.corpus))
     warm = args.mode == "warm"
-    report, _, timed_lags = asyncio.run(
-        _with_ticker(lambda: _fetch_all(corpus, args.port, warm, args.concurrency))
-    )
+    urls = feed_urls(corpus, args)
+    report, _, timed_lags = asyncio.run(_with_ticker(lambda: _fetch_all(corpus, urls, warm, args)))
     report["concurrency"] = args.concurrency
     # The same ticker as in our poll: the lag that fetching alone causes, for comparison.
     report.update(_lag_stats([lag for lag, _ in timed_lags]))
@@ -118,10 +144,13 @@ def parse_floor(args: argparse.Namespace) -> int:
 # --- our pipeline ------------------------------------------------------------------
 
 
-def write_config(path: Path, database: Path) -> None:
-    """A config holding only what the benchmark needs; everything else is default."""
+def write_config(path: Path, database: Path, *, ca_file: Path | None = None) -> None:
+    """A config holding only what the benchmark needs; everything else is default.
+    ``ca_file``: the loopback TLS server's self-signed certificate, trusted as a CA."""
+    trust = f"ca_file = {json.dumps(str(ca_file))}\n" if ca_file else ""
     path.write_text(
-        f"database = {json.dumps(str(database))}\n\n[fetch]\nallow_private_addresses = true\n",
+        f"database = {json.dumps(str(database))}\n\n[fetch]\nallow_private_addresses = true\n"
+        + trust,
         encoding="utf-8",
     )
 
@@ -139,8 +168,9 @@ def ours_setup(args: argparse.Namespace) -> int:
     store = Store.open(settings.database)
     now = datetime.now(UTC)
     try:
+        urls = feed_urls(corpus, args)
         for feed in corpus.feeds:
-            add_source(store, FeedSource(url=feed.url(args.port)), origin="cli", now=now)
+            add_source(store, FeedSource(url=urls[feed.index]), origin="cli", now=now)
     finally:
         store.close()
     return 0
@@ -290,9 +320,12 @@ def main(argv: list[str] | None = None) -> int:
 
     fetch = commands.add_parser("fetch-floor")
     fetch.add_argument("--corpus", required=True)
-    fetch.add_argument("--port", type=int, required=True)
+    fetch.add_argument("--port", type=int, default=0)
     fetch.add_argument("--mode", choices=("cold", "warm"), default="cold")
     fetch.add_argument("--concurrency", type=int, default=FETCH_CONCURRENCY)
+    fetch.add_argument("--urls", help="JSON object: feed index -> URL (instead of --port)")
+    fetch.add_argument("--ca-file", help="PEM file of a CA to trust (the loopback TLS server)")
+    fetch.add_argument("--http2", action="store_true", help="offer HTTP/2 to TLS servers")
     fetch.add_argument("--out", required=True)
     fetch.set_defaults(run=fetch_floor)
 
@@ -304,7 +337,8 @@ def main(argv: list[str] | None = None) -> int:
 
     setup = commands.add_parser("ours-setup")
     setup.add_argument("--corpus", required=True)
-    setup.add_argument("--port", type=int, required=True)
+    setup.add_argument("--port", type=int, default=0)
+    setup.add_argument("--urls", help="JSON object: feed index -> URL (instead of --port)")
     setup.add_argument("--config", required=True)
     setup.set_defaults(run=ours_setup)
 

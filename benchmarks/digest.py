@@ -238,7 +238,8 @@ def _peak_rss_mb() -> float:
 
 
 def child_ours(db_path: Path, port: int, connections: int = 1) -> dict[str, Any]:
-    from aggregator.digests import build_pending, send_pending
+    from aggregator.digests.build import build_pending
+    from aggregator.digests.send import send_pending
     from aggregator.mail import SmtpSender
     from aggregator.store import Store
 
@@ -270,7 +271,7 @@ def child_ours(db_path: Path, port: int, connections: int = 1) -> dict[str, Any]
 def child_baseline(db_path: Path, port: int, count: int) -> dict[str, Any]:
     """The floor: real digests, rendered and serialised before the clock starts, sent
     ``count`` times as ready bytes with smtplib over one connection."""
-    from aggregator.digests import Renderer
+    from aggregator.digests.render import Renderer
     from aggregator.mail import envelope_addresses, message_bytes
     from aggregator.store import Store
     from aggregator.store import digests as digest_rows

@@ -3,6 +3,7 @@
     python -m benchmarks.load                  # every case; about 10 minutes on 2 cores
     python -m benchmarks.load --quick          # smaller sizes; about 2 minutes
     python -m benchmarks.load --only L1,L3     # some cases
+    python -m benchmarks.load --scale          # L1 at 10,000 feeds, L4 at 100,000 subscribers
 
 - L1: 2,000 feeds on one loopback server (each on its own 127.0.x.y address), some slow
   and some failing (500s, hangs): one full ``poll_feeds`` cycle against the httpx fetch
@@ -85,6 +86,8 @@ class Sizes:
 
 FULL = Sizes(2000, 20.0, 10_000, 1_000_000, 100, 100_000, 1200, 20)
 QUICK = Sizes(300, 8.0, 2_000, 100_000, 30, 2_000, 300, 10)
+# The scale rows: L1 with 10,000 feeds, L4 with 100,000 subscribers (--scale).
+SCALE = Sizes(10_000, 20.0, 10_000, 1_000_000, 100, 100_000, 1200, 20)
 
 _TEXT = (
     "cluster learning layers network scale apprentices tools memory latency cache kernel "
@@ -1421,6 +1424,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.load", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="smaller sizes, a smoke run")
     parser.add_argument("--only", default="", help="comma-separated cases: L1,L2,L3,L4,L5")
+    parser.add_argument(
+        "--scale",
+        action="store_true",
+        help="the scale rows: L1 with 10,000 feeds and L4 with 100,000 subscribers",
+    )
     parser.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
     parser.add_argument("--params", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -1431,21 +1439,25 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.out).write_text(json.dumps(_finite(report), indent=1), encoding="utf-8")
         return 0
 
-    chosen = [c.strip().upper() for c in args.only.split(",") if c.strip()] or list(CASES)
+    chosen = [c.strip().upper() for c in args.only.split(",") if c.strip()] or (
+        ["L1", "L4"] if args.scale else list(CASES)
+    )
     unknown = [c for c in chosen if c not in CASES]
     if unknown:
         parser.error(f"unknown case {', '.join(unknown)}; cases: {', '.join(CASES)}")
-    sizes = QUICK if args.quick else FULL
-    work = WORK / ("load-quick" if args.quick else "load")
+    sizes = SCALE if args.scale else QUICK if args.quick else FULL
+    work = WORK / ("load-scale" if args.scale else "load-quick" if args.quick else "load")
     work.mkdir(parents=True, exist_ok=True)
     become_subreaper()
     load_start = os.getloadavg()
     print(
-        f"load benchmark ({'quick' if args.quick else 'full'}): {', '.join(chosen)}; "
+        f"load benchmark ({'scale' if args.scale else 'quick' if args.quick else 'full'}): "
+        f"{', '.join(chosen)}; "
         f"{os.cpu_count()} CPUs, Python {platform.python_version()}, "
         f"load average {load_start[0]:.2f}"
     )
     started = time.perf_counter()
+    results_file = RESULTS.with_name("results-load-scale.json") if args.scale else RESULTS
     results: dict[str, Any] = {}
     failed = []
     runners: dict[str, Callable[[], dict[str, Any]]] = {
@@ -1474,10 +1486,10 @@ def main(argv: list[str] | None = None) -> int:
     total = time.perf_counter() - started
     print(
         f"whole run {total:.0f} s, load average {os.getloadavg()[0]:.2f} at the end; "
-        f"results in {RESULTS}"
+        f"results in {results_file}"
     )
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(
+    results_file.parent.mkdir(parents=True, exist_ok=True)
+    results_file.write_text(
         json.dumps(
             _finite(
                 {

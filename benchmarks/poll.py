@@ -252,6 +252,149 @@ def competitors(bench: Bench, urls: Path) -> None:
         )
 
 
+# --- warm polls across network conditions ----------------------------------------------
+
+SHARED_HOST = "127.0.0.1"  # the corpus's own addresses start at 127.0.1.1
+RESULTS_WARM = WORK / "results-poll-warm.json"
+
+
+@dataclass
+class Scenario:
+    latency_ms: float
+    shared: bool  # every feed on one host (a blog platform) or each on its own
+    tls: bool  # https from hypercorn, which offers HTTP/2; else plain HTTP/1.1
+
+    @property
+    def name(self) -> str:
+        hosts = "one host" if self.shared else "own hosts"
+        protocol = "https, h2 offered" if self.tls else "http/1.1"
+        return f"{self.latency_ms:g} ms, {hosts}, {protocol}"
+
+
+def scenarios(args: argparse.Namespace) -> list[Scenario]:
+    latencies = [float(x) for x in args.latency.split(",") if x.strip()]
+    hosts = [h.strip() for h in args.hosts.split(",") if h.strip()]
+    protocols = [p.strip() for p in args.protocols.split(",") if p.strip()]
+    return [
+        Scenario(latency, host == "shared", protocol == "https")
+        for protocol in protocols
+        for host in hosts
+        for latency in latencies
+    ]
+
+
+def warm_matrix(args: argparse.Namespace, corpus: Any, work: Path) -> list[dict[str, Any]]:
+    """Warm polls (every request conditional, every answer 304) against the warm fetch
+    floor and reader's warm update, in each scenario: latency, hosts, protocol."""
+    from .server import TLSFeedServer, fixed_latency
+
+    results: list[dict[str, Any]] = []
+    compare = None
+    if not args.no_compare:
+        why = ensure_env(COMPARE_VENV, getattr(sys, "_base_executable", sys.executable))
+        if why is None:
+            compare = str(env_python(COMPARE_VENV))
+        else:
+            print(f"  reader: skipped: {why}")
+    for scenario in scenarios(args):
+        print(f"  scenario: {scenario.name}")
+        latency = fixed_latency(scenario.latency_ms / 1000)
+        shared = SHARED_HOST if scenario.shared else None
+        folder = work / ("tls-shared" if scenario.shared else "tls-own")
+        server: Any = (
+            TLSFeedServer(corpus, folder, latency, shared_host=shared)
+            if scenario.tls
+            else FeedServer(corpus, latency, shared_host=shared)
+        )
+        with server.start():
+            urls = work / "urls.json"
+            urls.write_text(
+                json.dumps({str(f.index): server.url(f) for f in corpus.feeds}), encoding="utf-8"
+            )
+            cert = getattr(server, "cert", None)
+            bench = Bench(args, server, work)
+            if cert is not None:
+                bench.env["REQUESTS_CA_BUNDLE"] = str(cert)  # reader (requests)
+            root = str(corpus.root)
+            floor = ["--corpus", root, "--urls", str(urls), "--mode", "warm"]
+            if cert is not None:
+                floor += ["--ca-file", str(cert), "--http2"]
+            bench.run("fetch-warm", ours_argv("fetch-floor", *floor))
+            config = work / "ours.toml"
+            write_config(config, work / "ours.sqlite3", ca_file=cert)
+            setup = ("ours-setup", "--corpus", root, "--urls", str(urls), "--config", str(config))
+            bench.run("ours-setup", ours_argv(*setup), report=False, show=False)
+            bench.run("ours-cold", ours_argv("ours-poll", "--config", str(config)), show=False)
+            before = dict(getattr(server, "versions", {}))
+            bench.run("ours-warm", ours_argv("ours-poll", "--config", str(config)))
+            versions = {k: v - before.get(k, 0) for k, v in getattr(server, "versions", {}).items()}
+            if compare is not None:
+                lines = work / "urls.txt"
+                lines.write_text(
+                    "".join(server.url(f) + "\n" for f in corpus.feeds), encoding="utf-8"
+                )
+                db = str(work / "reader.sqlite3")
+                script = str(ROOT / "compare_env.py")
+                workers = str(args.reader_workers)
+                update = [compare, script, "reader-update", "--db", db, "--workers", workers]
+                bench.run(
+                    "reader-setup",
+                    [compare, script, "reader-setup", "--urls", str(lines), "--db", db],
+                    report=False,
+                    show=False,
+                )
+                bench.run("reader-cold", update, show=False)
+                bench.run("reader-warm", update)
+        rows = bench.rows
+        floor_row, ours_row = rows.get("fetch-warm"), rows.get("ours-warm")
+        reader_row = rows.get("reader-warm")
+        results.append(
+            {
+                "scenario": scenario.name,
+                "latency_ms": scenario.latency_ms,
+                "shared_host": scenario.shared,
+                "tls": scenario.tls,
+                "floor_s": floor_row.phase if floor_row else math.nan,
+                "ours_s": ours_row.phase if ours_row else math.nan,
+                "ours_runs_s": ours_row.all_phases if ours_row else [],
+                "ours_vs_floor": ratio(ours_row, floor_row),
+                "reader_s": reader_row.phase if reader_row else math.nan,
+                "reader_vs_ours": ratio(reader_row, ours_row),
+                "ours_traffic": vars(ours_row.traffic) if ours_row else {},
+                "ours_http_versions": versions,
+                "floor_report": floor_row.measured.report
+                if floor_row and floor_row.measured
+                else {},
+            }
+        )
+    return results
+
+
+def matrix_table(results: list[dict[str, Any]]) -> str:
+    header = ("scenario", "floor s", "ours s", "ours/floor", "reader s", "reader/ours")
+    lines = [header] + [
+        (
+            r["scenario"],
+            _fmt(r["floor_s"]),
+            _fmt(r["ours_s"]),
+            _fmt(r["ours_vs_floor"]),
+            _fmt(r["reader_s"]),
+            _fmt(r["reader_vs_ours"]),
+        )
+        for r in results
+    ]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    out = []
+    for n, line in enumerate(lines):
+        cells = [line[0].ljust(widths[0])] + [
+            c.rjust(w) for c, w in zip(line[1:], widths[1:], strict=True)
+        ]
+        out.append("| " + " | ".join(cells) + " |")
+        if n == 0:
+            out.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(out)
+
+
 # --- results -----------------------------------------------------------------------
 
 
@@ -445,8 +588,21 @@ def main(argv: list[str] | None = None) -> int:
         "--repeat", type=int, default=3, help="runs of the cheap contenders (fastest kept)"
     )
     parser.add_argument("--timeout", type=float, default=600.0, help="per contender, seconds")
+    parser.add_argument(
+        "--warm-matrix",
+        action="store_true",
+        help="only warm polls, against the warm fetch floor and reader, in each scenario of "
+        "--latency x --hosts x --protocols",
+    )
+    parser.add_argument("--latency", default="0,50", help="ms per answer, comma-separated")
+    parser.add_argument("--hosts", default="own,shared", help="own (a host per feed), shared")
+    parser.add_argument(
+        "--protocols", default="http,https", help="http (HTTP/1.1), https (TLS, h2 offered)"
+    )
     args = parser.parse_args(argv)
     feeds = args.feeds or (QUICK_FEEDS if args.quick else DEFAULT_FEEDS)
+    if args.warm_matrix:
+        return main_warm_matrix(args, feeds)
 
     load_start = os.getloadavg()
     subreaper = become_subreaper()
@@ -551,6 +707,46 @@ def main(argv: list[str] | None = None) -> int:
         if k in rows
     )
     return 0 if ours_ok else 1
+
+
+def main_warm_matrix(args: argparse.Namespace, feeds: int) -> int:
+    load_start = os.getloadavg()
+    become_subreaper()
+    started = time.perf_counter()
+    corpus = ensure_corpus(feeds, args.entries, args.seed)
+    print(
+        f"warm poll matrix: {len(corpus.feeds)} feeds x {args.entries} entries, "
+        f"{os.cpu_count()} CPUs, Python {platform.python_version()}, "
+        f"load average {load_start[0]:.2f}"
+    )
+    work = WORK / "poll-warm"
+    work.mkdir(parents=True, exist_ok=True)
+    results = warm_matrix(args, corpus, work)
+    print()
+    print(matrix_table(results))
+    total = time.perf_counter() - started
+    print(
+        f"  whole run {total:.0f} s, load average {os.getloadavg()[0]:.2f} at the end; "
+        f"results in {RESULTS_WARM}"
+    )
+    RESULTS_WARM.write_text(
+        json.dumps(
+            _finite(
+                {
+                    "feeds": len(corpus.feeds),
+                    "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+                    "competitors": installed_versions(COMPARE_VENV),
+                    "scenarios": results,
+                    "run_seconds": total,
+                    "load_average": {"start": load_start, "end": os.getloadavg()},
+                }
+            ),
+            indent=1,
+            default=str,
+        ),
+        encoding="utf-8",
+    )
+    return 0
 
 
 if __name__ == "__main__":

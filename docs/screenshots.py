@@ -21,7 +21,7 @@ import uvicorn
 from playwright.sync_api import sync_playwright
 
 from aggregator.config import DEFAULT_CONFIG, WebSettings, load_settings
-from aggregator.digests import preview_for
+from aggregator.digests.preview import preview_for
 from aggregator.pipeline import poll_feeds
 from aggregator.sources import sync_configured_feeds
 from aggregator.store import Store

@@ -8,8 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from aggregator.config import Settings, settings_from_mapping
+from aggregator.models import EntryRecord, NewEntry, PollPlan
 from aggregator.store import Store
-from aggregator.store.codec import to_db
+from aggregator.store import entries as entry_rows
+from aggregator.store import feeds as feed_rows
 
 T0 = datetime(2026, 11, 2, 8, 0, tzinfo=UTC)
 BASE_URL = "https://news.example.org"
@@ -32,31 +34,30 @@ def make_settings(tmp_path: Path, *, smtp_port: int | None = None, **digest: Any
 
 
 def add_feed(store: Store, title: str, *, site: str | None = None, backlog: bool = False) -> int:
-    """A feed whose first poll is over; ``backlog`` False means no entries predate it."""
+    """A feed whose first poll is over, written through the store's own functions;
+    ``backlog`` False means no entries predate it (else call ``mark_backlog`` after
+    adding the entries of its first poll)."""
     slug = hashlib.sha1(title.encode()).hexdigest()[:8]
     with store.write() as db:
-        cursor = db.execute(
-            "INSERT INTO feeds (url, title, site_url, origin, added_at) VALUES (?, ?, ?, 'cli', ?)",
-            [f"https://{slug}.test/feed", title, site or f"https://{slug}.test/", to_db(T0)],
+        feed, _ = feed_rows.add_feed(
+            db, url=f"https://{slug}.test/feed", title=title, origin="cli", now=T0
         )
-        feed_id = cursor.lastrowid
-        assert feed_id is not None
+        update = feed_rows.FeedUpdate(
+            polled_at=T0,
+            next_poll_at=T0,
+            succeeded=True,
+            site_url=site or f"https://{slug}.test/",
+        )
+        feed_rows.apply_feed_update(db, feed, update)
         if not backlog:
-            db.execute(
-                "UPDATE feeds SET backlog_seq = (SELECT coalesce(max(id), 0) FROM entries) "
-                "WHERE id = ?",
-                [feed_id],
-            )
-    return feed_id
+            feed_rows.mark_backlog(db, feed.id)
+    return feed.id
 
 
 def mark_backlog(store: Store, feed_id: int) -> None:
+    """The feed's first poll is stored: every entry so far is backlog."""
     with store.write() as db:
-        db.execute(
-            "UPDATE feeds SET backlog_seq = (SELECT coalesce(max(id), 0) FROM entries) "
-            "WHERE id = ?",
-            [feed_id],
-        )
+        feed_rows.mark_backlog(db, feed_id)
 
 
 def add_entry(
@@ -70,31 +71,30 @@ def add_entry(
     duplicate_of: int | None = None,
     author: str | None = None,
 ) -> int:
+    """An entry first seen at T0, inserted as a poll would (``store.entries.apply_plan``)."""
     published = published or T0
     key = hashlib.sha1(f"{feed_id}:{title}:{link}:{published}".encode()).hexdigest()
+    record = EntryRecord(
+        key=key,
+        alias=key,
+        link_key=None,
+        guid=None,
+        link=link,
+        canonical_url=None,
+        title=title,
+        norm_title=title.lower(),
+        author=author,
+        summary_html="",
+        content_html=body,
+        text=body,
+        content_hash=key,
+        published=published,
+        updated=None,
+        date_missing=False,
+    )
+    plan = PollPlan(inserts=(NewEntry(record=record, duplicate_of=duplicate_of),))
     with store.write() as db:
-        cursor = db.execute(
-            "INSERT INTO entries (feed_id, key, link, title, norm_title, author, summary_html, "
-            "content_html, text, content_hash, published, first_seen, last_changed, duplicate_of) "
-            "VALUES (?, ?, ?, ?, ?, ?, '', ?, ?, ?, ?, ?, ?, ?)",
-            [
-                feed_id,
-                key,
-                link,
-                title,
-                title.lower(),
-                author,
-                body,
-                body,
-                key,
-                to_db(published),
-                to_db(T0),
-                to_db(T0),
-                duplicate_of,
-            ],
-        )
-        entry_id = cursor.lastrowid
-    assert entry_id is not None
+        (entry_id,) = entry_rows.apply_plan(db, feed_id, plan, T0)
     return entry_id
 
 

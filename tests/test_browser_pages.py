@@ -17,7 +17,7 @@ import pytest
 from test_browser_web import CHROMIUM, PASSWORD, LiveServer, Problems
 from webdata import NOW, add_entry, add_feed, make_settings, record
 
-from aggregator.digests import build_pending
+from aggregator.digests.build import build_pending
 from aggregator.store import Store
 from aggregator.store import digests as digest_rows
 from aggregator.subscriptions import add_by_operator, links_for

@@ -115,7 +115,7 @@ def test_secrets_come_from_the_environment_only(tmp_path: Path) -> None:
     assert settings.mail.smtp.port == 465
     assert settings.web.admin_password == "adm"
     # A password without a user name is a mistake, named like any other.
-    with pytest.raises(ConfigError, match=r"mail\.username: a password needs a username"):
+    with pytest.raises(ConfigError, match=r"mail\.smtp_username: a password needs a username"):
         load_settings(path, {"AGGREGATOR_SMTP_PASSWORD": "s3cret"})
     # A password key in the file is not a setting at all.
     with pytest.raises(ConfigError, match="mail.smtp_password: unknown setting"):

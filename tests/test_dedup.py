@@ -256,11 +256,11 @@ def test_distinct_entries_of_one_document_keep_distinct_identities(
         )  # type: ignore[arg-type]
         for f in entries
     ]
-    plan = plan_entries(recs, existing=[], candidates=[], now=NOW)
+    plan = plan_entries(recs, existing=[], candidates=[])
     assert len(plan.inserts) == len(entries) and plan.skipped_in_document == 0
     # Stored, then polled again: each matches itself, nothing new, nothing merged.
     stored = [stored_from(new.record, id=i + 1) for i, new in enumerate(plan.inserts)]
-    again = plan_entries(recs, existing=stored, candidates=[], now=NOW)
+    again = plan_entries(recs, existing=stored, candidates=[])
     assert (again.inserts, again.updates, again.unchanged) == ((), (), len(entries))
 
 
@@ -295,7 +295,7 @@ def test_churned_guid_updates_the_one_stored_entry(spellings: list[str]) -> None
     first = record(guid=spellings[0])
     stored = [stored_from(first, id=1)]
     for spelling in spellings[1:]:
-        plan = plan_entries([record(guid=spelling)], existing=stored, candidates=[], now=NOW)
+        plan = plan_entries([record(guid=spelling)], existing=stored, candidates=[])
         assert plan.inserts == ()
         assert [u.entry_id for u in plan.updates] == [1] or plan.unchanged == 1
 
@@ -388,7 +388,7 @@ def test_effective_updated_date(updated: datetime | None, expected: datetime | N
 def test_absurd_date_never_sorts_above_real_posts() -> None:
     real = record(guid="real", published=NOW - timedelta(minutes=5))
     future = record(guid="future", published=datetime(2999, 1, 1, tzinfo=UTC))
-    plan = plan_entries([future, real], existing=[], candidates=[], now=NOW)
+    plan = plan_entries([future, real], existing=[], candidates=[])
     assert [new.record.key for new in plan.inserts] == ["guid:real", "guid:future"]
     assert future.published <= NOW
 
@@ -426,7 +426,7 @@ def test_first_poll_inserts_everything_oldest_first() -> None:
     newest = record(guid="c", published=NOW - timedelta(hours=1))
     middle = record(guid="b", published=NOW - timedelta(hours=2))
     oldest = record(guid="a", published=NOW - timedelta(hours=3))
-    plan = plan_entries([newest, middle, oldest], existing=[], candidates=[], now=NOW)
+    plan = plan_entries([newest, middle, oldest], existing=[], candidates=[])
     assert [new.record.key for new in plan.inserts] == ["guid:a", "guid:b", "guid:c"]
     assert plan.updates == () and plan.unchanged == 0 and plan.duplicates == 0
 
@@ -434,7 +434,7 @@ def test_first_poll_inserts_everything_oldest_first() -> None:
 def test_dateless_entries_keep_reverse_document_order() -> None:
     # Feeds list the newest first: the last in the document is the oldest.
     recs = [record(guid=g, published=None) for g in ("newest", "middle", "oldest")]
-    plan = plan_entries(recs, existing=[], candidates=[], now=NOW)
+    plan = plan_entries(recs, existing=[], candidates=[])
     assert [new.record.key for new in plan.inserts] == [
         "guid:oldest",
         "guid:middle",
@@ -444,7 +444,7 @@ def test_dateless_entries_keep_reverse_document_order() -> None:
 
 def test_unchanged_entry_is_counted_not_written() -> None:
     rec = record(guid="a")
-    plan = plan_entries([rec], existing=[stored_from(rec, id=7)], candidates=[], now=NOW)
+    plan = plan_entries([rec], existing=[stored_from(rec, id=7)], candidates=[])
     assert plan.inserts == () and plan.updates == ()
     assert plan.unchanged == 1
 
@@ -452,7 +452,7 @@ def test_unchanged_entry_is_counted_not_written() -> None:
 def test_changed_content_is_an_update_in_place() -> None:
     old = record(guid="a", content="<p>first draft</p>")
     new = record(guid="a", content="<p>fixed a typo</p>")
-    plan = plan_entries([new], existing=[stored_from(old, id=7)], candidates=[], now=NOW)
+    plan = plan_entries([new], existing=[stored_from(old, id=7)], candidates=[])
     assert plan.inserts == ()
     assert len(plan.updates) == 1
     assert plan.updates[0].entry_id == 7
@@ -463,7 +463,7 @@ def test_dateless_update_keeps_its_first_seen_date() -> None:
     first_poll = datetime(2025, 5, 1, tzinfo=UTC)
     old = record(guid="a", published=None, content="<p>v1</p>", now=first_poll)
     new = record(guid="a", published=None, content="<p>v2</p>", now=NOW)
-    plan = plan_entries([new], existing=[stored_from(old, id=3)], candidates=[], now=NOW)
+    plan = plan_entries([new], existing=[stored_from(old, id=3)], candidates=[])
     assert plan.updates[0].record.published == first_poll
     assert plan.updates[0].record.date_missing
 
@@ -471,7 +471,7 @@ def test_dateless_update_keeps_its_first_seen_date() -> None:
 def test_dated_update_takes_the_feeds_corrected_date() -> None:
     old = record(guid="a", published=datetime(2025, 5, 1, tzinfo=UTC), content="<p>v1</p>")
     new = record(guid="a", published=datetime(2025, 5, 2, tzinfo=UTC), content="<p>v2</p>")
-    plan = plan_entries([new], existing=[stored_from(old, id=3)], candidates=[], now=NOW)
+    plan = plan_entries([new], existing=[stored_from(old, id=3)], candidates=[])
     assert plan.updates[0].record.published == datetime(2025, 5, 2, tzinfo=UTC)
 
 
@@ -479,7 +479,7 @@ def test_duplicate_guids_in_one_document_first_wins() -> None:
     first = record(guid="dup", title="First")
     second = record(guid="dup", title="Second")
     third = record(guid=" dup ", title="Third")
-    plan = plan_entries([first, second, third], existing=[], candidates=[], now=NOW)
+    plan = plan_entries([first, second, third], existing=[], candidates=[])
     assert [new.record.title for new in plan.inserts] == ["First"]
     assert plan.skipped_in_document == 2
 
@@ -489,20 +489,19 @@ def test_guids_that_differ_only_in_spelling_are_two_entries_in_one_document() ->
     docs = [
         record(guid=g, title=g) for g in ("http://blog.example/p", "https://www.blog.example/p/")
     ]
-    plan = plan_entries(docs, existing=[], candidates=[], now=NOW)
+    plan = plan_entries(docs, existing=[], candidates=[])
     assert len(plan.inserts) == 2 and plan.skipped_in_document == 0
     # A later poll with one spelling only cannot tell which one it is: a new entry
     # rather than a guess, unless the title says which.
     stored = [stored_from(new.record, id=i + 1) for i, new in enumerate(plan.inserts)]
     ambiguous = plan_entries(
-        [record(guid="HTTP://blog.example/p", title="x")], existing=stored, candidates=[], now=NOW
+        [record(guid="HTTP://blog.example/p", title="x")], existing=stored, candidates=[]
     )
     assert len(ambiguous.inserts) == 1
     told = plan_entries(
         [record(guid="HTTP://blog.example/p", title="http://blog.example/p")],
         existing=stored,
         candidates=[],
-        now=NOW,
     )
     wanted = next(e.id for e in stored if e.key == "guid:http://blog.example/p")
     assert told.inserts == () and [u.entry_id for u in told.updates] == [wanted]
@@ -512,10 +511,10 @@ def test_comment_feed_polls_keep_every_comment() -> None:
     """A WordPress comment feed: each poll brings newer comments, older ones fall off."""
     base = "https://blog.example.org/?p=77#comment-"
     first = [record(guid=f"{base}{n}", title=f"Comment {n}", text=f"text {n}") for n in (402, 401)]
-    plan = plan_entries(first, existing=[], candidates=[], now=NOW)
+    plan = plan_entries(first, existing=[], candidates=[])
     stored = [stored_from(new.record, id=i + 1) for i, new in enumerate(plan.inserts)]
     second = [record(guid=f"{base}{n}", title=f"Comment {n}", text=f"text {n}") for n in (403, 402)]
-    plan = plan_entries(second, existing=stored, candidates=[], now=NOW)
+    plan = plan_entries(second, existing=stored, candidates=[])
     assert [new.record.title for new in plan.inserts] == ["Comment 403"]
     assert plan.unchanged == 1 and plan.updates == ()
 
@@ -524,13 +523,13 @@ def test_new_guid_on_a_shared_link_is_a_new_entry_unless_title_and_text_agree() 
     link = "https://blog.example/daily"
     old = record(guid="day-1", link=link, title="Daily links", content="<p>a b</p>", text="a b")
     new = record(guid="day-2", link=link, title="Daily links", content="<p>c d</p>", text="c d")
-    plan = plan_entries([new], existing=[stored_from(old, id=1)], candidates=[], now=NOW)
+    plan = plan_entries([new], existing=[stored_from(old, id=1)], candidates=[])
     assert len(plan.inserts) == 1 and plan.updates == ()
     # The same post re-numbered by a CMS migration: title and text agree, so it is updated.
     moved = record(
         guid="cms-2-9f", link=link, title="Daily links", content="<p>a b</p>", text="a b"
     )
-    plan = plan_entries([moved], existing=[stored_from(old, id=1)], candidates=[], now=NOW)
+    plan = plan_entries([moved], existing=[stored_from(old, id=1)], candidates=[])
     assert plan.inserts == () and [u.entry_id for u in plan.updates] == [1]
 
 
@@ -538,7 +537,7 @@ def test_guid_churn_with_stable_link_updates_the_stored_entry() -> None:
     # A CMS migration changed every GUID; the links stayed.
     old = record(guid="wp-123", link="https://blog.example/hello", title="Hello")
     new = record(guid="ghost-9f8e", link="https://blog.example/hello/", title="Hello")
-    plan = plan_entries([new], existing=[stored_from(old, id=5)], candidates=[], now=NOW)
+    plan = plan_entries([new], existing=[stored_from(old, id=5)], candidates=[])
     assert plan.inserts == ()
     assert [u.entry_id for u in plan.updates] == [5]
     assert plan.updates[0].record.key == "guid:ghost-9f8e"  # the next poll matches by key
@@ -549,7 +548,7 @@ def test_link_gained_a_guid_matches_by_link() -> None:
     new = record(
         guid="tag:blog.example,2025:hello", link="https://blog.example/hello", title="Hello"
     )
-    plan = plan_entries([new], existing=[stored_from(old, id=5)], candidates=[], now=NOW)
+    plan = plan_entries([new], existing=[stored_from(old, id=5)], candidates=[])
     assert [u.entry_id for u in plan.updates] == [5]
 
 
@@ -558,7 +557,7 @@ def test_shared_home_page_link_does_not_merge_distinct_entries() -> None:
     older = record(guid="1", link=home, title="Monday notes")
     newer = record(guid="2", link=home, title="Tuesday notes")
     # The older entry fell out of the feed; only the new one is in the document.
-    plan = plan_entries([newer], existing=[stored_from(older, id=1)], candidates=[], now=NOW)
+    plan = plan_entries([newer], existing=[stored_from(older, id=1)], candidates=[])
     assert [new.record.key for new in plan.inserts] == ["guid:2"]
     assert plan.updates == ()
 
@@ -567,7 +566,7 @@ def test_link_shared_inside_the_document_does_not_identify() -> None:
     home = "https://blog.example/"
     stored = [stored_from(record(guid=str(i), link=home, title="Links"), id=i) for i in (1, 2)]
     doc = [record(guid=g, link=home, title="Links") for g in ("2", "3")]
-    plan = plan_entries(doc, existing=stored, candidates=[], now=NOW)
+    plan = plan_entries(doc, existing=stored, candidates=[])
     assert [new.record.key for new in plan.inserts] == ["guid:3"]
     assert plan.unchanged == 1
 
@@ -578,7 +577,7 @@ def test_one_stored_entry_is_matched_at_most_once() -> None:
         record(guid="old", link="https://blog.example/p", title="P"),
         record(guid="new", link="https://blog.example/p", title="P"),
     ]
-    plan = plan_entries(doc, existing=[stored], candidates=[], now=NOW)
+    plan = plan_entries(doc, existing=[stored], candidates=[])
     assert plan.unchanged == 1
     assert [new.record.key for new in plan.inserts] == ["guid:new"]
 
@@ -648,7 +647,7 @@ def test_link_step_rule_without_guid_on_one_side(
     link = "https://podcast.example/"
     before = record(link=link, text=str(old.get("content", "")), **old)
     after = record(link=link, text=str(new.get("content", "")), **new)
-    plan = plan_entries([after], existing=[stored_from(before, id=1)], candidates=[], now=NOW)
+    plan = plan_entries([after], existing=[stored_from(before, id=1)], candidates=[])
     if same_entry:
         assert plan.inserts == () and [u.entry_id for u in plan.updates] == [1]
     else:
@@ -679,7 +678,7 @@ def test_entry_dated_only_by_its_edit_time_keeps_its_first_date() -> None:
         text="fixed",
         now=NOW,
     )
-    plan = plan_entries([edited], existing=[stored_from(old, id=4)], candidates=[], now=NOW)
+    plan = plan_entries([edited], existing=[stored_from(old, id=4)], candidates=[])
     assert [u.entry_id for u in plan.updates] == [4]
     assert plan.updates[0].record.published == first
 
@@ -786,7 +785,7 @@ def test_cross_post_detection(
     fields: dict[str, object] = {"guid": "ours", "title": "Shipping v2", **ours}
     rec = record(**fields)  # type: ignore[arg-type]
     candidate = other_feed_entry(**theirs)  # type: ignore[arg-type]
-    plan = plan_entries([rec], existing=[], candidates=[candidate], now=NOW)
+    plan = plan_entries([rec], existing=[], candidates=[candidate])
     assert len(plan.inserts) == 1
     assert plan.inserts[0].duplicate_of == expected
     assert plan.duplicates == (0 if expected is None else 1)
@@ -796,7 +795,7 @@ def test_near_identical_text_counts_as_the_same_story() -> None:
     edited = STORY.replace("single transaction", "single SQLite transaction") + " Thanks!"
     assert text_similarity(STORY, edited) >= 0.8
     rec = record(guid="ours", link="https://blog.example/v2", title="Shipping v2", text=edited)
-    plan = plan_entries([rec], existing=[], candidates=[other_feed_entry(id=3)], now=NOW)
+    plan = plan_entries([rec], existing=[], candidates=[other_feed_entry(id=3)])
     assert plan.inserts[0].duplicate_of == 3
 
 
@@ -804,17 +803,15 @@ def test_earliest_candidate_is_preferred() -> None:
     later = other_feed_entry(id=1, published=NOW - timedelta(days=1))
     earlier = other_feed_entry(id=2, published=NOW - timedelta(days=3))
     rec = record(guid="ours", link="https://blog.example/v2", title="Shipping v2")
-    plan = plan_entries([rec], existing=[], candidates=[later, earlier], now=NOW)
+    plan = plan_entries([rec], existing=[], candidates=[later, earlier])
     assert plan.inserts[0].duplicate_of == 2
 
 
 def test_window_is_configurable() -> None:
     candidate = other_feed_entry(id=1, published=NOW - timedelta(days=3))
     rec = record(guid="ours", link="https://blog.example/v2", title="Shipping v2")
-    narrow = plan_entries(
-        [rec], existing=[], candidates=[candidate], now=NOW, window=timedelta(days=1)
-    )
-    wide = plan_entries([rec], existing=[], candidates=[candidate], now=NOW)
+    narrow = plan_entries([rec], existing=[], candidates=[candidate], window=timedelta(days=1))
+    wide = plan_entries([rec], existing=[], candidates=[candidate])
     assert narrow.inserts[0].duplicate_of is None
     assert wide.inserts[0].duplicate_of == 1
 
@@ -823,7 +820,7 @@ def test_updates_are_never_marked_as_cross_posts() -> None:
     old = record(guid="a", link="https://other.example/shipping-v2", content="<p>1</p>")
     new = record(guid="a", link="https://other.example/shipping-v2", content="<p>2</p>")
     plan = plan_entries(
-        [new], existing=[stored_from(old, id=1)], candidates=[other_feed_entry(id=9)], now=NOW
+        [new], existing=[stored_from(old, id=1)], candidates=[other_feed_entry(id=9)]
     )
     assert plan.inserts == () and len(plan.updates) == 1
 
@@ -929,7 +926,7 @@ def test_plan_entries_invariants(
     records: list[EntryRecord], world: tuple[list[StoredEntry], list[StoredEntry]]
 ) -> None:
     existing, candidates = world
-    plan = plan_entries(records, existing=existing, candidates=candidates, now=NOW)
+    plan = plan_entries(records, existing=existing, candidates=candidates)
 
     insert_keys = [new.record.key for new in plan.inserts]
     assert len(insert_keys) == len(set(insert_keys))
@@ -960,9 +957,9 @@ def test_plan_entries_invariants(
 @settings(max_examples=100, deadline=None)
 @given(st.lists(_records, max_size=8))
 def test_second_identical_poll_writes_nothing(records: list[EntryRecord]) -> None:
-    first = plan_entries(records, existing=[], candidates=[], now=NOW)
+    first = plan_entries(records, existing=[], candidates=[])
     stored = [stored_from(new.record, id=i + 1) for i, new in enumerate(first.inserts)]
-    again = plan_entries(records, existing=stored, candidates=[], now=NOW)
+    again = plan_entries(records, existing=stored, candidates=[])
     assert again.inserts == () and again.updates == ()
     assert again.unchanged == len(first.inserts)
 
@@ -988,7 +985,7 @@ def test_earlier_published_copy_becomes_the_story() -> None:
     rec = record(
         guid="ours", link="https://other.example/shipping-v2", published=NOW - timedelta(hours=5)
     )
-    plan = plan_entries([rec], existing=[], candidates=[story], now=NOW)
+    plan = plan_entries([rec], existing=[], candidates=[story])
     (new,) = plan.inserts
     assert (new.duplicate_of, new.supersedes) == (None, 10)
     assert plan.duplicates == 0
@@ -1002,7 +999,7 @@ def test_earlier_copy_supersedes_the_root_of_a_matched_copy() -> None:
     rec = record(
         guid="ours", link="https://other.example/shipping-v2", published=NOW - timedelta(hours=9)
     )
-    plan = plan_entries([rec], existing=[], candidates=[copy, root], now=NOW)
+    plan = plan_entries([rec], existing=[], candidates=[copy, root])
     assert (plan.inserts[0].duplicate_of, plan.inserts[0].supersedes) == (None, 4)
 
 
@@ -1019,7 +1016,7 @@ def test_later_or_undated_copy_stays_a_copy(
 ) -> None:
     story = other_feed_entry(id=10, published=NOW - timedelta(hours=3))
     rec = record(guid="ours", link="https://other.example/shipping-v2", published=published)
-    plan = plan_entries([rec], existing=[], candidates=[story], now=NOW)
+    plan = plan_entries([rec], existing=[], candidates=[story])
     assert (plan.inserts[0].duplicate_of, plan.inserts[0].supersedes) == expected
 
 
@@ -1028,6 +1025,6 @@ def test_of_several_earlier_copies_in_one_document_the_earliest_is_the_story() -
     link = "https://other.example/shipping-v2"
     early = record(guid="a", link=link, title="A", published=NOW - timedelta(hours=4))
     earliest = record(guid="b", link=link, title="B", published=NOW - timedelta(hours=8))
-    plan = plan_entries([early, earliest], existing=[], candidates=[story], now=NOW)
+    plan = plan_entries([early, earliest], existing=[], candidates=[story])
     by_key = {new.record.key: (new.duplicate_of, new.supersedes) for new in plan.inserts}
     assert by_key == {"guid:b": (None, 10), "guid:a": (10, None)}

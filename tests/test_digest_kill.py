@@ -162,13 +162,13 @@ def run_scenario(tmp_path: Path, server: SmtpServer, rng: random.Random) -> None
 
 
 @pytest.mark.parametrize("seed_value", [1, 2, 3])
-def test_killed_sender_delivers_everything_once(tmp_path: Path, smtp_server, seed_value) -> None:
+def test_k2_killed_sender_delivers_everything_once(tmp_path: Path, smtp_server, seed_value) -> None:
     run_scenario(tmp_path, smtp_server, random.Random(seed_value))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seed_value", range(100, 120))
-def test_killed_sender_delivers_everything_once_many_seeds(
+def test_k2_killed_sender_delivers_everything_once_many_seeds(
     tmp_path: Path, smtp_server, seed_value
 ) -> None:
     run_scenario(tmp_path, smtp_server, random.Random(seed_value))

@@ -13,12 +13,9 @@ import pytest
 from digestkit import T0, add_entry, add_feed, later, make_settings, mark_backlog, rows
 from smtpserver import SmtpServer
 
-from aggregator.digests import (
-    MAX_CONSECUTIVE_TEMPORARY,
-    build_pending,
-    preview,
-    send_pending,
-)
+from aggregator.digests.build import build_pending
+from aggregator.digests.preview import preview
+from aggregator.digests.send import MAX_CONSECUTIVE_TEMPORARY, send_pending
 from aggregator.mail import SmtpSender, SmtpSettings
 from aggregator.store import Store
 from aggregator.subscriptions import (

@@ -125,7 +125,7 @@ def test_every_wellformed_feed_stores_each_distinct_entry_once(tmp_path: Path) -
             feed, _ = add_source(store, FeedSource(url=url), origin="cli", now=NOW)
             records = prepared.records
             with store.write() as db:
-                plan = plan_poll(db, feed.id, records, NOW, window=PollSettings().cross_post_window)
+                plan = plan_poll(db, feed.id, records, window=PollSettings().cross_post_window)
                 entry_rows.apply_plan(db, feed.id, plan, NOW)
             stored = entry_rows.count_entries(store.db, feed.id)
             documents += 1

@@ -19,7 +19,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from smtpserver import SmtpServer
 
-from aggregator.digests import build_pending, send_pending
+from aggregator.digests.build import build_pending
+from aggregator.digests.send import send_pending
 from aggregator.errors import ConfigError
 from aggregator.mail import (
     SMTP_POLICY,

@@ -17,7 +17,9 @@ import fast_mail_parser
 import pytest
 from digestkit import T0, add_entry, add_feed, later, make_settings, mark_backlog
 
-from aggregator.digests import build_pending, send_welcomes, text_blocks
+from aggregator.digests.build import build_pending
+from aggregator.digests.render import text_blocks
+from aggregator.digests.send import send_welcomes
 from aggregator.mail import SMTP_POLICY, MaildirSender, OutgoingMessage, build_email
 from aggregator.sanitize import excerpt_blocks
 from aggregator.store import Store
@@ -135,7 +137,7 @@ def test_golden_plain_text_digest_with_a_list_a_heading_and_a_long_link(
     add_by_operator(store, settings, links_for(store, settings), email="reader@example.org", now=T0)
     add_entry(store, alpha, "Working together", link=LONG_LINK, body=BODY, published=later(1))
     assert build_pending(store, settings, later(2), due_only=False).built == 1
-    from aggregator.digests import send_pending
+    from aggregator.digests.send import send_pending
 
     outbox = MaildirSender(tmp_path / "outbox")
     send_welcomes(store, outbox, settings, later(2))  # not counted below: another mail

@@ -17,7 +17,7 @@ from feedserver import FeedServer
 from starlette.testclient import TestClient
 from webdata import make_settings
 
-from aggregator.digests import preview
+from aggregator.digests.preview import preview
 from aggregator.media import (
     MAX_MEDIA_PER_ENTRY,
     EmbedLink,

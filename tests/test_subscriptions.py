@@ -13,12 +13,10 @@ from pathlib import Path
 import pytest
 from digestkit import T0, add_entry, add_feed, make_settings, rows
 
-from aggregator.errors import TokenError
+from aggregator.errors import InvalidSubscription, RateLimited, TokenError
 from aggregator.store import Store
 from aggregator.subscriptions import (
     CLIENT_LIMIT,
-    InvalidSubscription,
-    RateLimited,
     add_by_operator,
     confirm,
     links_for,

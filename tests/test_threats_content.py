@@ -22,7 +22,8 @@ from starlette.testclient import TestClient
 from threatkit import START, Clock, add, make_settings, poll, rows
 
 from aggregator.config import Settings
-from aggregator.digests import build_pending, send_pending
+from aggregator.digests.build import build_pending
+from aggregator.digests.send import send_pending
 from aggregator.mail import open_sender
 from aggregator.store import Store
 from aggregator.subscriptions import add_by_operator, links_for

@@ -18,7 +18,7 @@ from feedfactory import Item, rss
 from feedserver import FeedServer
 from threatkit import Clock, add, make_settings, poll, rows, snapshot
 
-from aggregator.digests import build_pending
+from aggregator.digests.build import build_pending
 from aggregator.errors import StoreError
 from aggregator.selection import latest_slot
 from aggregator.store import Store

@@ -26,7 +26,8 @@ from smtpserver import SmtpServer
 from threatkit import START, Clock, make_settings, rows
 
 from aggregator.config import Settings
-from aggregator.digests import build_pending, send_pending
+from aggregator.digests.build import build_pending
+from aggregator.digests.send import send_pending
 from aggregator.mail import open_sender
 from aggregator.store import Store
 from aggregator.subscriptions import CLIENT_LIMIT, add_by_operator, links_for

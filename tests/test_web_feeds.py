@@ -3,31 +3,22 @@
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 
 import feedparser
 import pytest
-from starlette.testclient import TestClient
-from webdata import NOW, add_entry, add_feed, make_settings, record
+from webdata import NOW, add_entry, record
 
 from aggregator.opml import read_opml
 from aggregator.store import Store
-from aggregator.web import create_app
 
 A = "{http://www.w3.org/2005/Atom}"
 
 
 @pytest.fixture
-def site(tmp_path: Path) -> Iterator[tuple[Store, TestClient, int, int]]:
-    settings = make_settings(tmp_path)
-    store = Store.open(settings.database)
-    alpha = add_feed(store, "https://alpha.test/feed", "Alpha & <Co>")
-    beta = add_feed(store, "https://beta.test/feed", "Beta blog")
-    with TestClient(create_app(settings, clock=lambda: NOW)) as client:
-        yield store, client, alpha, beta
-    store.close()
+def alpha_title() -> str:
+    """The first feed's title in ``web_site``: markup in it must come out escaped."""
+    return "Alpha & <Co>"
 
 
 def fill(store: Store, alpha: int, beta: int) -> tuple[int, int, int]:
@@ -54,8 +45,8 @@ def fill(store: Store, alpha: int, beta: int) -> tuple[int, int, int]:
     return story, copy, other
 
 
-def test_merged_atom_is_valid_and_lists_stories(site) -> None:
-    store, client, alpha, beta = site
+def test_merged_atom_is_valid_and_lists_stories(web_site) -> None:
+    store, client, alpha, beta = web_site
     story, _copy, other = fill(store, alpha, beta)
     response = client.get("/feed.atom")
     assert response.status_code == 200
@@ -91,8 +82,8 @@ def test_merged_atom_is_valid_and_lists_stories(site) -> None:
     assert parsed.feed.title == "Blog digest"
 
 
-def test_source_atom_lists_that_source(site) -> None:
-    store, client, alpha, beta = site
+def test_source_atom_lists_that_source(web_site) -> None:
+    store, client, alpha, beta = web_site
     _story, copy, other = fill(store, alpha, beta)
     parsed = feedparser.parse(client.get(f"/sources/{beta}/feed.atom").content)
     assert not parsed.bozo
@@ -105,8 +96,8 @@ def test_source_atom_lists_that_source(site) -> None:
     assert client.get("/sources/99/feed.atom").status_code == 404
 
 
-def test_atom_conditional_get(site) -> None:
-    store, client, alpha, beta = site
+def test_atom_conditional_get(web_site) -> None:
+    store, client, alpha, beta = web_site
     fill(store, alpha, beta)
     first = client.get("/feed.atom")
     etag = first.headers["etag"]
@@ -132,14 +123,14 @@ def test_atom_conditional_get(site) -> None:
     assert client.get("/feed.atom", headers={"if-modified-since": last_modified}).status_code == 200
 
 
-def test_empty_atom_is_valid(site) -> None:
-    _, client, _, _ = site
+def test_empty_atom_is_valid(web_site) -> None:
+    _, client, _, _ = web_site
     parsed = feedparser.parse(client.get("/feed.atom").content)
     assert not parsed.bozo and parsed.entries == []
 
 
-def test_opml_export(site) -> None:
-    _, client, _alpha, _beta = site
+def test_opml_export(web_site) -> None:
+    _, client, _alpha, _beta = web_site
     response = client.get("/opml")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/x-opml")

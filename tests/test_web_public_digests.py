@@ -9,7 +9,8 @@ from datetime import timedelta
 from smtpserver import SmtpServer
 from test_web_subscribe import CSRF, local, main, site  # noqa: F401 - site is a fixture
 
-from aggregator.digests import build_pending, send_pending
+from aggregator.digests.build import build_pending
+from aggregator.digests.send import send_pending
 from aggregator.mail import SmtpSender, SmtpSettings
 from aggregator.subscriptions import CLIENT_LIMIT, add_by_operator, links_for
 

@@ -14,7 +14,8 @@ from digestkit import T0, add_entry, add_feed, make_settings, rows
 from smtpserver import SmtpServer
 from starlette.testclient import TestClient
 
-from aggregator.digests import build_pending, send_pending
+from aggregator.digests.build import build_pending
+from aggregator.digests.send import send_pending
 from aggregator.mail import SmtpSender, SmtpSettings
 from aggregator.store import Store
 from aggregator.web import create_app

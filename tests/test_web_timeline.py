@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -22,18 +21,6 @@ from aggregator.web.views import PAGE_SIZE
 ENTRY_ID = re.compile(r'<article aria-labelledby="entry-(\d+)">')
 
 
-@pytest.fixture
-def site(tmp_path: Path) -> Iterator[tuple[Store, TestClient, int, int]]:
-    settings = make_settings(tmp_path)
-    store = Store.open(settings.database)
-    alpha = add_feed(store, "https://alpha.test/feed", "Alpha blog")
-    beta = add_feed(store, "https://beta.test/feed", "Beta blog")
-    with TestClient(create_app(settings, clock=lambda: NOW)) as client:
-        yield store, client, alpha, beta
-    assert store.integrity_ok()
-    store.close()
-
-
 def ids_on(html: str) -> list[int]:
     return [int(found) for found in ENTRY_ID.findall(html)]
 
@@ -45,8 +32,8 @@ def link(html: str, label: str) -> str | None:
     return match.group(1).replace("&amp;", "&") if match else None
 
 
-def test_timeline_groups_by_day_newest_first(site) -> None:
-    store, client, alpha, beta = site
+def test_timeline_groups_by_day_newest_first(web_site) -> None:
+    store, client, alpha, beta = web_site
     older = add_entry(store, alpha, record("Three days ago", published=NOW - timedelta(days=3)))
     today = add_entry(store, beta, record("This morning", published=NOW - timedelta(hours=3)))
     yesterday = add_entry(store, alpha, record("Last night", published=NOW - timedelta(hours=14)))
@@ -60,8 +47,8 @@ def test_timeline_groups_by_day_newest_first(site) -> None:
     assert 'class="badge badge-' in sections[0] and "Beta blog" in sections[0]
 
 
-def test_filter_by_source_shows_only_that_source(site) -> None:
-    store, client, alpha, beta = site
+def test_filter_by_source_shows_only_that_source(web_site) -> None:
+    store, client, alpha, beta = web_site
     a = add_entry(store, alpha, record("Alpha post", published=NOW - timedelta(hours=1)))
     b = add_entry(store, beta, record("Beta post", published=NOW - timedelta(hours=2)))
     assert set(ids_on(client.get("/").text)) == {a, b}
@@ -71,8 +58,8 @@ def test_filter_by_source_shows_only_that_source(site) -> None:
     assert f'<option value="{beta}" selected>' in html
 
 
-def test_search_finds_words_and_survives_fts_syntax(site) -> None:
-    store, client, alpha, beta = site
+def test_search_finds_words_and_survives_fts_syntax(web_site) -> None:
+    store, client, alpha, beta = web_site
     hit = add_entry(
         store,
         alpha,
@@ -121,8 +108,8 @@ def test_fts_query_quotes_every_word() -> None:
     assert fts_query("*** ()") is None
 
 
-def test_keyset_pages_stay_stable_while_entries_arrive(site) -> None:
-    store, client, alpha, beta = site
+def test_keyset_pages_stay_stable_while_entries_arrive(web_site) -> None:
+    store, client, alpha, beta = web_site
     original = [
         add_entry(
             store,
@@ -166,8 +153,8 @@ def test_keyset_pages_stay_stable_while_entries_arrive(site) -> None:
     assert len(ids_on(top)) == PAGE_SIZE and link(top, "Newer") is None
 
 
-def test_pages_keep_search_and_filter(site) -> None:
-    store, client, alpha, beta = site
+def test_pages_keep_search_and_filter(web_site) -> None:
+    store, client, alpha, beta = web_site
     for i in range(PAGE_SIZE + 5):
         add_entry(store, alpha, record(f"Alpha {i}", published=NOW - timedelta(hours=i)))
         add_entry(store, beta, record(f"Beta {i}", published=NOW - timedelta(hours=i)))
@@ -178,8 +165,8 @@ def test_pages_keep_search_and_filter(site) -> None:
     assert re.search(r"Alpha \d", html) and not re.search(r"Beta \d", html)
 
 
-def test_cross_post_shows_once_with_also_on(site) -> None:
-    store, client, alpha, beta = site
+def test_cross_post_shows_once_with_also_on(web_site) -> None:
+    store, client, alpha, beta = web_site
     story = add_entry(
         store,
         alpha,
@@ -204,8 +191,8 @@ def test_cross_post_shows_once_with_also_on(site) -> None:
     assert f'href="/entries/{story}">Shared story' in entry
 
 
-def test_hostile_entry_shows_as_text(site) -> None:
-    store, client, alpha, _beta = site
+def test_hostile_entry_shows_as_text(web_site) -> None:
+    store, client, alpha, _beta = web_site
     entry = add_entry(
         store,
         alpha,
@@ -230,8 +217,8 @@ def test_hostile_entry_shows_as_text(site) -> None:
     assert title.startswith("&lt;script&gt;alert(1)&lt;/script&gt;")
 
 
-def test_entry_page_shows_sanitised_content(site) -> None:
-    store, client, alpha, _beta = site
+def test_entry_page_shows_sanitised_content(web_site) -> None:
+    store, client, alpha, _beta = web_site
     entry = add_entry(
         store,
         alpha,
@@ -251,8 +238,8 @@ def test_entry_page_shows_sanitised_content(site) -> None:
     assert client.get("/entries/99999").status_code == 404
 
 
-def test_source_page_shows_health(site) -> None:
-    store, client, alpha, _beta = site
+def test_source_page_shows_health(web_site) -> None:
+    store, client, alpha, _beta = web_site
     add_entry(store, alpha, record("One", published=NOW))
     feed = feed_rows.get_feed(store.db, alpha)
     assert feed is not None
@@ -307,8 +294,8 @@ def test_source_page_shows_health(site) -> None:
         "before=2026-11-01T00:00:00.000000Z|1&after=2026-11-01T00:00:00.000000Z|2",
     ],
 )
-def test_bad_parameters_are_400_pages(site, query: str) -> None:
-    _, client, _, _ = site
+def test_bad_parameters_are_400_pages(web_site, query: str) -> None:
+    _, client, _, _ = web_site
     response = client.get(f"/?{query}")
     assert response.status_code == 400
     assert response.headers["content-type"].startswith("text/html")
@@ -323,16 +310,16 @@ def test_cursor_round_trip() -> None:
         Cursor.parse("2026-11-28T12:00:00.000000Z|")
 
 
-def test_unknown_source_and_page_are_404_pages(site) -> None:
-    _, client, _, _ = site
+def test_unknown_source_and_page_are_404_pages(web_site) -> None:
+    _, client, _, _ = web_site
     for path in ("/?source=77", "/no/such/page", "/entries/abc"):
         response = client.get(path)
         assert response.status_code == 404, path
         assert "<h1>Not found</h1>" in response.text
 
 
-def test_security_headers_on_every_answer(site) -> None:
-    _, client, alpha, _ = site
+def test_security_headers_on_every_answer(web_site) -> None:
+    _, client, alpha, _ = web_site
     for path in (
         "/",
         "/nope",
@@ -351,8 +338,8 @@ def test_security_headers_on_every_answer(site) -> None:
         assert headers["referrer-policy"], path
 
 
-def test_healthz(site) -> None:
-    store, client, alpha, _ = site
+def test_healthz(web_site) -> None:
+    store, client, alpha, _ = web_site
     add_entry(store, alpha, record("One", published=NOW))
     response = client.get("/healthz")
     assert response.status_code == 200

@@ -23,15 +23,14 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlite_utils import Database
+from sqlite_utils import Database as Database  # re-exported: the type of a connection
 
+from ..clock import epoch_seconds, system_clock
 from ..errors import IncompatibleDatabase, StoreError, StoreReadOnly
 from .connection import BUSY_TIMEOUT_MS, Connection, connect
 from .schema import APPLICATION_ID, migrations
@@ -133,6 +132,7 @@ class Store:
 
     @property
     def conn(self) -> sqlite3.Connection:
+        """This thread's sqlite3 connection (the one under ``db``)."""
         return self.db.conn
 
     def close_thread(self) -> None:
@@ -201,13 +201,16 @@ class Store:
                 _rollback(conn)
                 raise
         except StoreError as error:
-            self.health = WriteHealth(self.health.last_success, time.time(), error.reason)
+            self.health = WriteHealth(self.health.last_success, epoch_seconds(), error.reason)
             raise
-        self.health = WriteHealth(time.time(), self.health.last_failure, self.health.failure)
+        self.health = WriteHealth(epoch_seconds(), self.health.last_failure, self.health.failure)
 
     # --- checks and copies ---------------------------------------------------------------
 
     def integrity_ok(self) -> bool:
+        """Whether SQLite's ``PRAGMA integrity_check`` finds the file whole (reads all of
+        it: slow on a big database).
+        """
         row = self.conn.execute("PRAGMA integrity_check").fetchone()
         return bool(row and row[0] == "ok")
 
@@ -220,7 +223,7 @@ class Store:
             with self.write() as db:
                 db.execute(
                     "INSERT OR REPLACE INTO heartbeat (id, at) VALUES (1, ?)",
-                    [datetime.now(UTC).isoformat(timespec="seconds")],
+                    [system_clock().isoformat(timespec="seconds")],
                 )
         finally:
             busy = self._pragmas.get("busy_timeout", BUSY_TIMEOUT_MS)

@@ -20,6 +20,8 @@ from urllib.parse import quote
 
 from ..errors import IncompatibleDatabase, StoreError, StoreFull, StoreLocked, StoreReadOnly
 
+# How long, in milliseconds, a statement waits for another process's lock before SQLite
+# answers SQLITE_BUSY (then StoreLocked).
 BUSY_TIMEOUT_MS = 15_000
 
 # Primary result codes (the low byte of an extended code).
@@ -79,6 +81,10 @@ class _Translating:
 
 
 class Cursor(_Translating, sqlite3.Cursor):
+    """A sqlite3 cursor whose database failures are raised as StoreError subclasses
+    (``translate``), naming the file.
+    """
+
     def execute(self, sql: str, parameters: Any = (), /) -> Cursor:
         self._call(super().execute, sql, parameters)
         return self

@@ -12,11 +12,11 @@ from sqlite_utils import Database
 
 from ..models import MediaItem
 from ..selection import Candidate, DigestPlan, StoryMember, Subscriber
+from .chunks import chunks
 from .codec import from_db, from_db_required, to_db
 from .entries import media_for
 
 DigestStatus = Literal["pending", "sent", "failed", "cancelled"]
-_CHUNK = 400
 
 
 # --- what a subscriber has not seen yet -----------------------------------------------
@@ -60,9 +60,7 @@ def candidates(db: Database, subscriber: Subscriber, upto: int) -> list[Candidat
 def story_members(db: Database, story_ids: Iterable[int]) -> dict[int, list[StoryMember]]:
     """Every copy of each story (the story's own entry included), by story id."""
     found: dict[int, list[StoryMember]] = {}
-    unique = sorted(set(story_ids))
-    for start in range(0, len(unique), _CHUNK):
-        chunk = unique[start : start + _CHUNK]
+    for chunk in chunks(story_ids):
         marks = ", ".join("?" * len(chunk))
         cursor = db.execute(
             f"SELECT id, feed_id, coalesce(duplicate_of, id) FROM entries "
@@ -78,6 +76,10 @@ def story_members(db: Database, story_ids: Iterable[int]) -> dict[int, list[Stor
 
 
 def insert_digest(db: Database, subscriber_id: int, plan: DigestPlan, now: datetime) -> int:
+    """Store a built digest as pending, due at ``now``, with its entries in reading order
+    (section by section) and each section's count of stories left out; returns the digest
+    id. Inside the caller's transaction.
+    """
     stamp = to_db(now)
     more = {str(s.feed_id): s.more for s in plan.sections if s.more}
     cursor = db.execute(
@@ -115,6 +117,12 @@ def insert_digest(db: Database, subscriber_id: int, plan: DigestPlan, now: datet
 
 @dataclass(frozen=True, slots=True)
 class DigestRow:
+    """A stored digest with its subscriber's address and status. ``first_entry`` to
+    ``last_entry`` is the range of entry ids it covers (the subscriber's watermark moves
+    to ``last_entry`` once sent); ``more`` is, per feed id, how many stories were left
+    out of its section.
+    """
+
     id: int
     subscriber_id: int
     email: str
@@ -160,6 +168,7 @@ def _digest(row: Sequence[Any]) -> DigestRow:
 
 
 def get_digest(db: Database, digest_id: int) -> DigestRow | None:
+    """The digest with this id, with its subscriber's address and status, or None."""
     row = db.execute(
         f"SELECT {_DIGEST_COLUMNS} FROM digests d JOIN subscribers s ON s.id = d.subscriber_id "
         "WHERE d.id = ?",
@@ -180,6 +189,7 @@ def due_batch(db: Database, now: datetime, *, after_id: int, limit: int) -> list
 
 
 def for_subscriber(db: Database, subscriber_id: int, *, limit: int = 50) -> list[DigestRow]:
+    """The subscriber's last ``limit`` sent digests, newest first (their archive page)."""
     cursor = db.execute(
         f"SELECT {_DIGEST_COLUMNS} FROM digests d JOIN subscribers s ON s.id = d.subscriber_id "
         "WHERE d.subscriber_id = ? AND d.status = 'sent' ORDER BY d.id DESC LIMIT ?",
@@ -217,6 +227,10 @@ class EntryView:
 
 @dataclass(frozen=True, slots=True)
 class DigestLine:
+    """One story of a stored digest, in reading order: its entry, the section (feed) it is
+    shown under, and the copies of it on other feeds.
+    """
+
     entry: EntryView
     section_feed_id: int
     also_on: tuple[EntryView, ...]
@@ -245,10 +259,11 @@ def _entry(row: Sequence[Any]) -> EntryView:
 
 
 def entries_by_id(db: Database, ids: Iterable[int]) -> dict[int, EntryView]:
+    """The entries with these ids, with their feed's title and their media, by id; ids that
+    no longer exist are absent. Reads in chunks under SQLite's bound-parameter limit.
+    """
     found: dict[int, EntryView] = {}
-    unique = sorted(set(ids))
-    for start in range(0, len(unique), _CHUNK):
-        chunk = unique[start : start + _CHUNK]
+    for chunk in chunks(ids):
         marks = ", ".join("?" * len(chunk))
         cursor = db.execute(
             f"SELECT {_ENTRY_COLUMNS} FROM entries e JOIN feeds f ON f.id = e.feed_id "
@@ -323,6 +338,9 @@ def mark_sent(db: Database, digest_id: int, message_id: str, now: datetime) -> b
 
 
 def mark_retry(db: Database, digest_id: int, error: str, next_attempt_at: datetime) -> None:
+    """Count a failed attempt of a pending digest and set its next one (``error``: one
+    line); a digest no longer pending is left alone.
+    """
     db.execute(
         "UPDATE digests SET attempts = attempts + 1, last_error = ?, next_attempt_at = ? "
         "WHERE id = ? AND status = 'pending'",
@@ -331,6 +349,9 @@ def mark_retry(db: Database, digest_id: int, error: str, next_attempt_at: dateti
 
 
 def mark_failed(db: Database, digest_id: int, error: str) -> None:
+    """Give up on a pending digest: failed, with ``error`` (one line) kept for the status
+    command.
+    """
     db.execute(
         "UPDATE digests SET status = 'failed', attempts = attempts + 1, last_error = ? "
         "WHERE id = ? AND status = 'pending'",
@@ -349,6 +370,7 @@ def close_pending(db: Database, subscriber_id: int, status: DigestStatus, reason
 
 
 def count_by_status(db: Database) -> dict[str, int]:
+    """Digests per status: {'sent': 10, 'pending': 1, ...}; statuses with none are absent."""
     cursor = db.execute("SELECT status, count(*) FROM digests GROUP BY status")
     return {row[0]: row[1] for row in cursor.fetchall()}
 
@@ -369,10 +391,12 @@ def take_lease(db: Database, name: str, owner: str, now: datetime, until: dateti
 
 
 def release_lease(db: Database, name: str, owner: str) -> None:
+    """Let go of ``name`` if ``owner`` still holds it."""
     db.execute("DELETE FROM leases WHERE name = ? AND owner = ?", [name, owner])
 
 
 def lease_owner(db: Database, name: str) -> str | None:
+    """Who holds ``name`` (expired or not), or None."""
     row = db.execute("SELECT owner FROM leases WHERE name = ?", [name]).fetchone()
     return str(row[0]) if row else None
 

@@ -9,14 +9,13 @@ from typing import Any
 from sqlite_utils import Database
 
 from ..models import EntryRecord, MediaItem, PollPlan, StoredEntry
+from .chunks import chunks
 from .codec import from_db_required, to_db
 
 _STORED_COLUMNS = (
     "id, feed_id, key, alias, link_key, canonical_url, norm_title, content_hash, text, "
     "published, first_seen, duplicate_of"
 )
-# SQLite's default limit on host parameters is far above this; chunks keep plans tidy.
-_CHUNK = 400
 
 
 def _stored(row: Sequence[Any]) -> StoredEntry:
@@ -34,12 +33,6 @@ def _stored(row: Sequence[Any]) -> StoredEntry:
         first_seen=from_db_required(row[10]),
         duplicate_of=row[11],
     )
-
-
-def _chunks(values: Iterable[str]) -> Iterable[list[str]]:
-    unique = sorted(set(values))
-    for start in range(0, len(unique), _CHUNK):
-        yield unique[start : start + _CHUNK]
 
 
 def existing_for(
@@ -64,9 +57,8 @@ def cross_candidates(
         db, "feed_id != ?", feed_id, {"canonical_url": canonical_urls, "norm_title": norm_titles}
     )
     known = {entry.id for entry in found}
-    roots = sorted({e.duplicate_of for e in found if e.duplicate_of} - known)
-    for start in range(0, len(roots), _CHUNK):
-        chunk = roots[start : start + _CHUNK]
+    roots = {e.duplicate_of for e in found if e.duplicate_of} - known
+    for chunk in chunks(roots):
         cursor = db.execute(
             f"SELECT {_STORED_COLUMNS} FROM entries WHERE id IN ({', '.join('?' * len(chunk))})",
             chunk,
@@ -81,7 +73,7 @@ def _matching(
     """Entries passing ``feed_clause`` whose column equals one of the wanted values."""
     found: dict[int, StoredEntry] = {}
     for column, values in wanted.items():
-        for chunk in _chunks(v for v in values if v):
+        for chunk in chunks(v for v in values if v):
             marks = ", ".join("?" * len(chunk))
             cursor = db.execute(
                 f"SELECT {_STORED_COLUMNS} FROM entries "
@@ -171,9 +163,7 @@ def media_for(db: Database, entry_ids: Iterable[int]) -> dict[int, tuple[MediaIt
     """The stored media of these entries, in the feed's order; entries without media
     are absent from the answer."""
     found: dict[int, list[MediaItem]] = {}
-    unique = sorted(set(entry_ids))
-    for start in range(0, len(unique), _CHUNK):
-        chunk = unique[start : start + _CHUNK]
+    for chunk in chunks(entry_ids):
         cursor = db.execute(
             "SELECT entry_id, role, url, mime_type, medium, length, duration, episode "
             f"FROM enclosures WHERE entry_id IN ({', '.join('?' * len(chunk))}) "
@@ -188,6 +178,7 @@ def media_for(db: Database, entry_ids: Iterable[int]) -> dict[int, tuple[MediaIt
 
 
 def count_entries(db: Database, feed_id: int | None = None) -> int:
+    """How many entries are stored, in one feed or (None) in all, copies included."""
     if feed_id is None:
         row = db.execute("SELECT count(*) FROM entries").fetchone()
     else:

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlite_utils import Database
 
+from ..decide import FeedUpdate as FeedUpdate  # decided in the domain, written here
+from ..decide import FetchRecord as FetchRecord
 from ..models import Feed
 from ..urls import is_placeholder_title
 from .codec import from_db, from_db_required, to_db
 
+# Where a feed row came from (feeds.origin): the configuration file, the command line, an
+# OPML import, or the admin page.
 FEED_ORIGINS = ("config", "cli", "opml", "admin")
 
 
@@ -44,10 +47,12 @@ def _rows(db: Database, sql: str, params: Iterable[Any] = ()) -> list[dict[str, 
 
 
 def list_feeds(db: Database) -> list[Feed]:
+    """Every feed, enabled or not, by id."""
     return [_feed(row) for row in _rows(db, "SELECT * FROM feeds ORDER BY id")]
 
 
 def feed_ids(db: Database) -> frozenset[int]:
+    """The ids of every feed, enabled or not."""
     return frozenset(row[0] for row in db.execute("SELECT id FROM feeds"))
 
 
@@ -58,11 +63,13 @@ def enabled_titles(db: Database) -> list[tuple[int, str]]:
 
 
 def get_feed(db: Database, feed_id: int) -> Feed | None:
+    """The feed with this id, or None."""
     rows = _rows(db, "SELECT * FROM feeds WHERE id = ?", [feed_id])
     return _feed(rows[0]) if rows else None
 
 
 def feed_by_url(db: Database, url: str) -> Feed | None:
+    """The feed polled at exactly this URL (as stored, not canonicalised), or None."""
     rows = _rows(db, "SELECT * FROM feeds WHERE url = ?", [url])
     return _feed(rows[0]) if rows else None
 
@@ -90,11 +97,18 @@ def add_feed(
 
 
 def remove_feed(db: Database, feed_id: int) -> bool:
+    """Delete a feed with its entries and fetch records (ON DELETE CASCADE); False when no
+    such feed.
+    """
     cursor = db.execute("DELETE FROM feeds WHERE id = ?", [feed_id])
     return cursor.rowcount > 0
 
 
 def set_enabled(db: Database, feed_id: int, enabled: bool, reason: str | None = None) -> None:
+    """Turn polling on or off. Enabling clears the error count, the reason and the next poll
+    time (so it polls at the next tick); disabling keeps ``reason`` (one line) for the
+    admin page.
+    """
     db.execute(
         "UPDATE feeds SET enabled = ?, disabled_reason = ?, error_count = CASE WHEN ? THEN 0 "
         "ELSE error_count END, next_poll_at = CASE WHEN ? THEN NULL ELSE next_poll_at END "
@@ -104,10 +118,14 @@ def set_enabled(db: Database, feed_id: int, enabled: bool, reason: str | None = 
 
 
 def set_interval(db: Database, feed_id: int, interval_seconds: int | None) -> None:
+    """Set the feed's own poll interval in seconds; None: the configured default."""
     db.execute("UPDATE feeds SET interval_seconds = ? WHERE id = ?", [interval_seconds, feed_id])
 
 
 def due_feeds(db: Database, now: datetime) -> list[Feed]:
+    """Enabled feeds whose next poll time is at or before ``now``: never-polled ones first,
+    then the most overdue, then by id.
+    """
     rows = _rows(
         db,
         "SELECT * FROM feeds WHERE enabled = 1 AND (next_poll_at IS NULL OR next_poll_at <= ?) "
@@ -117,23 +135,14 @@ def due_feeds(db: Database, now: datetime) -> list[Feed]:
     return [_feed(row) for row in rows]
 
 
-@dataclass(frozen=True, slots=True)
-class FeedUpdate:
-    """The feed-row side of one poll's outcome."""
-
-    polled_at: datetime
-    next_poll_at: datetime
-    succeeded: bool
-    url: str | None = None  # a permanent redirect moved the feed here
-    title: str | None = None
-    site_url: str | None = None
-    etag: str | None = None
-    last_modified: str | None = None
-    error: str | None = None
-    disable_reason: str | None = None  # e.g. 410 Gone
-
-
 def apply_feed_update(db: Database, feed: Feed, update: FeedUpdate) -> None:
+    """Write one poll's outcome to the feed row, inside the caller's transaction.
+
+    Success resets the error count and stores the validators (ETag, Last-Modified; RFC 9110
+    section 8.8) and the feed's own title when the stored one is a placeholder; failure
+    counts the error. A permanent redirect moves the URL unless another feed has it;
+    ``disable_reason`` turns polling off.
+    """
     values: dict[str, Any] = {
         "last_polled_at": to_db(update.polled_at),
         "next_poll_at": to_db(update.next_poll_at),
@@ -171,22 +180,10 @@ def mark_backlog(db: Database, feed_id: int) -> None:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class FetchRecord:
-    feed_id: int
-    at: datetime
-    url: str
-    status: int | None
-    bytes: int
-    duration_ms: int
-    outcome: str  # ok, not_modified, error
-    error_kind: str | None = None
-    error: str | None = None
-    new: int = 0
-    updated: int = 0
-
-
 def record_fetch(db: Database, record: FetchRecord) -> None:
+    """Append one fetch to the feed's history (the fetches table; the metrics and the admin
+    page read it).
+    """
     db.execute(
         "INSERT INTO fetches (feed_id, at, url, status, bytes, duration_ms, outcome, error_kind, "
         "error, new, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -207,6 +204,7 @@ def record_fetch(db: Database, record: FetchRecord) -> None:
 
 
 def recent_fetches(db: Database, feed_id: int, limit: int = 20) -> list[dict[str, Any]]:
+    """The feed's last ``limit`` fetch records, newest first, as column -> value dicts."""
     return _rows(
         db,
         "SELECT * FROM fetches WHERE feed_id = ? ORDER BY at DESC, id DESC LIMIT ?",
@@ -215,4 +213,5 @@ def recent_fetches(db: Database, feed_id: int, limit: int = 20) -> list[dict[str
 
 
 def set_next_poll(db: Database, feed_id: int, moment: datetime) -> None:
+    """Set when the feed is next due (a timezone-aware moment)."""
     db.execute("UPDATE feeds SET next_poll_at = ? WHERE id = ?", [to_db(moment), feed_id])

@@ -12,6 +12,12 @@ from .codec import from_db
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
+    """Counts at one moment, for /metrics (Prometheus text format) and ``aggregator
+    status``: polls by outcome, failed polls by error kind, feeds by health, entries and
+    stories, subscribers and digests by status, and the times of the last and next events
+    (UTC; None: never or none due).
+    """
+
     polls: dict[str, int] = field(default_factory=dict)  # outcome -> count
     fetch_errors: dict[str, int] = field(default_factory=dict)  # error kind -> count
     feeds: dict[str, int] = field(default_factory=dict)  # enabled, disabled, failing
@@ -30,6 +36,8 @@ def _counts(db: Database, sql: str) -> dict[str, int]:
 
 
 def snapshot(db: Database) -> Snapshot:
+    """Read every count of a ``Snapshot`` (queries only, a handful of aggregate scans)."""
+
     def one(sql: str) -> object:
         row = db.execute(sql).fetchone()
         return row[0] if row else None

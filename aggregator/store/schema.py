@@ -13,6 +13,9 @@ migrations = Migrations("aggregator")
 
 @migrations()
 def m001_feeds_entries_fetches(db: Database) -> None:
+    """The first schema: feeds, entries (with their timeline and identity indexes) and fetch
+    records, and the file's application id (``PRAGMA application_id``) that marks it as ours.
+    """
     db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
     db.executescript(
         """

@@ -11,7 +11,9 @@ import secrets as random_source
 
 from sqlite_utils import Database
 
+# The secrets every database holds, one random key each.
 SECRET_NAMES = ("tokens", "csrf")
+# Length of each secret in bytes (256 bits, the HMAC-SHA256 key size; RFC 2104 section 3).
 SECRET_BYTES = 32
 
 

@@ -40,11 +40,15 @@ def _subscriber(db: Database, row: Any) -> Subscriber:
 
 
 def get(db: Database, subscriber_id: int) -> Subscriber | None:
+    """The subscriber with this id (with their chosen feed ids), or None."""
     row = db.execute(f"SELECT {_COLUMNS} FROM subscribers WHERE id = ?", [subscriber_id]).fetchone()
     return _subscriber(db, row) if row else None
 
 
 def by_key(db: Database, email_key: str) -> Subscriber | None:
+    """The subscriber whose identity key (``subscriptions.normalise_email``: the address
+    case-folded) is ``email_key``, or None.
+    """
     row = db.execute(
         f"SELECT {_COLUMNS} FROM subscribers WHERE email_key = ?", [email_key]
     ).fetchone()
@@ -52,6 +56,7 @@ def by_key(db: Database, email_key: str) -> Subscriber | None:
 
 
 def list_all(db: Database, status: SubscriberStatus | None = None) -> list[Subscriber]:
+    """Every subscriber, or those in one ``status``, by id."""
     if status is None:
         cursor = db.execute(f"SELECT {_COLUMNS} FROM subscribers ORDER BY id")
     else:
@@ -62,6 +67,7 @@ def list_all(db: Database, status: SubscriberStatus | None = None) -> list[Subsc
 
 
 def confirmed_ids(db: Database) -> list[int]:
+    """Ids of the confirmed subscribers, ascending."""
     cursor = db.execute("SELECT id FROM subscribers WHERE status = 'confirmed' ORDER BY id")
     return [row[0] for row in cursor.fetchall()]
 
@@ -93,6 +99,10 @@ def insert(
     now: datetime,
     watermark: int = 0,
 ) -> int:
+    """Add a subscriber with their chosen feeds (None: every feed, now and later); returns
+    the new id. ``confirmed_at`` is set when ``status`` is confirmed. The email key must
+    be new (UNIQUE).
+    """
     stamp = to_db(now)
     cursor = db.execute(
         "INSERT INTO subscribers (email, email_key, status, cadence, all_feeds, watermark, "
@@ -115,6 +125,9 @@ def insert(
 
 
 def set_feeds(db: Database, subscriber_id: int, feed_ids: frozenset[int] | None) -> None:
+    """Replace the subscriber's chosen feeds; None means every feed. Ids of feeds that no
+    longer exist are dropped.
+    """
     db.execute("DELETE FROM subscriber_feeds WHERE subscriber_id = ?", [subscriber_id])
     db.execute(
         "UPDATE subscribers SET all_feeds = ? WHERE id = ?", [int(feed_ids is None), subscriber_id]
@@ -130,11 +143,13 @@ def set_feeds(db: Database, subscriber_id: int, feed_ids: frozenset[int] | None)
 def set_preferences(
     db: Database, subscriber_id: int, *, cadence: Cadence, feed_ids: frozenset[int] | None
 ) -> None:
+    """Set the cadence and the chosen feeds together (see ``set_feeds``)."""
     db.execute("UPDATE subscribers SET cadence = ? WHERE id = ?", [cadence, subscriber_id])
     set_feeds(db, subscriber_id, feed_ids)
 
 
 def set_cadence(db: Database, subscriber_id: int, cadence: Cadence) -> None:
+    """Set the cadence (daily or weekly) alone."""
     db.execute("UPDATE subscribers SET cadence = ? WHERE id = ?", [cadence, subscriber_id])
 
 
@@ -146,6 +161,9 @@ def set_status(
     *,
     reason: str | None = None,
 ) -> None:
+    """Move the subscriber to ``status`` at ``now``, keeping ``reason`` (a bounce or
+    refusal, one line) or clearing it.
+    """
     db.execute(
         "UPDATE subscribers SET status = ?, status_changed_at = ?, bounce_reason = ? WHERE id = ?",
         [status, to_db(now), reason, subscriber_id],
@@ -163,6 +181,9 @@ def confirm(db: Database, subscriber_id: int, now: datetime, watermark: int) -> 
 
 
 def mark_confirmation_sent(db: Database, subscriber_id: int, now: datetime) -> None:
+    """Remember when the last confirmation mail went out (one per address per window,
+    THREATS S6).
+    """
     db.execute(
         "UPDATE subscribers SET last_confirmation_at = ? WHERE id = ?",
         [to_db(now), subscriber_id],
@@ -186,6 +207,9 @@ def raise_watermark(db: Database, subscriber_id: int, watermark: int) -> None:
 
 
 def delete(db: Database, subscriber_id: int) -> bool:
+    """Forget the subscriber with their chosen feeds and digests (ON DELETE CASCADE); False
+    when no such id.
+    """
     return db.execute("DELETE FROM subscribers WHERE id = ?", [subscriber_id]).rowcount > 0
 
 
@@ -199,6 +223,9 @@ def expire_pending(db: Database, older_than: datetime) -> int:
 
 
 def counts(db: Database) -> dict[str, int]:
+    """Subscribers per status: {'confirmed': 3, 'pending': 1, ...}; statuses with none are
+    absent.
+    """
     cursor = db.execute("SELECT status, count(*) FROM subscribers GROUP BY status")
     return {row[0]: row[1] for row in cursor.fetchall()}
 
@@ -207,6 +234,9 @@ def counts(db: Database) -> dict[str, int]:
 
 
 def count_attempts(db: Database, key: str, since: datetime) -> int:
+    """How many sign-up attempts were recorded under ``key`` (a client or address hash)
+    since ``since``.
+    """
     row = db.execute(
         "SELECT count(*) FROM signup_attempts WHERE key = ? AND at >= ?", [key, to_db(since)]
     ).fetchone()
@@ -214,6 +244,7 @@ def count_attempts(db: Database, key: str, since: datetime) -> int:
 
 
 def record_attempts(db: Database, keys: Iterable[str], now: datetime) -> None:
+    """Record one sign-up attempt at ``now`` under each key."""
     stamp = to_db(now)
     db.conn.executemany(
         "INSERT INTO signup_attempts (key, at) VALUES (?, ?)", [(key, stamp) for key in keys]
@@ -221,6 +252,7 @@ def record_attempts(db: Database, keys: Iterable[str], now: datetime) -> None:
 
 
 def prune_attempts(db: Database, before: datetime) -> None:
+    """Forget attempts older than ``before`` (outside every rate-limit window)."""
     db.execute("DELETE FROM signup_attempts WHERE at < ?", [to_db(before)])
 
 
@@ -237,6 +269,7 @@ def use_token(db: Database, token_hash: str, now: datetime) -> bool:
 
 
 def prune_tokens(db: Database, before: datetime) -> None:
+    """Forget used-token records older than ``before`` (those tokens have expired anyway)."""
     db.execute("DELETE FROM used_tokens WHERE used_at < ?", [to_db(before)])
 
 
@@ -247,6 +280,7 @@ def high_water(db: Database) -> int:
 
 
 def mark_welcome_due(db: Database, subscriber_id: int) -> None:
+    """Flag the subscriber for a welcome mail; ``claim_welcomes`` takes the flag."""
     db.execute("UPDATE subscribers SET welcome_due = 1 WHERE id = ?", [subscriber_id])
 
 

@@ -42,6 +42,7 @@ __all__ = [
 _CURSOR = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z)\|(\d{1,18})")
 # A search term is a run of letters or digits; everything else only separates terms.
 _TERM = re.compile(r"\w+", re.UNICODE)
+# Words of a search kept (the rest ignored): bounds the FTS5 query's cost.
 MAX_SEARCH_TERMS = 12
 
 
@@ -78,6 +79,11 @@ class AlsoOn:
 
 @dataclass(frozen=True, slots=True)
 class TimelineEntry:
+    """An entry as the web pages show it: with its feed's title, the other feeds that
+    carried the same story (``also_on``) and its media. ``published`` is UTC;
+    ``duplicate_of`` is the story's entry id when this is a copy.
+    """
+
     id: int
     feed_id: int
     feed_title: str
@@ -96,6 +102,9 @@ class TimelineEntry:
 
     @property
     def enclosures(self) -> tuple[MediaItem, ...]:
+        """The entry's enclosures (RSS 2.0 <enclosure>, Atom rel=enclosure), without its
+        thumbnails.
+        """
         return tuple(item for item in self.media if item.role == "enclosure")
 
     date_only: bool = False  # published is a calendar day (noon UTC): show no time
@@ -107,11 +116,15 @@ class TimelineEntry:
 
     @property
     def cursor(self) -> Cursor:
+        """The page boundary just after this entry in (published, id) order."""
         return Cursor(_stamp(self.published), self.id)
 
 
 @dataclass(frozen=True, slots=True)
 class TimelinePage:
+    """One page of the timeline in (published, id) order, newest first, with the cursors
+    that fetch the pages beside it (None at either end)."""
+
     entries: tuple[TimelineEntry, ...]
     older: Cursor | None  # ask for ``before=older`` to get the next older page
     newer: Cursor | None  # ask for ``after=newer`` to get the next newer page
@@ -408,6 +421,9 @@ def latest_entries(
 
 
 def get_entry(db: Database, entry_id: int) -> TimelineEntry | None:
+    """One entry with its feed's title and the other feeds that carried the same story, or
+    None.
+    """
     rows = _execute(
         db,
         f"SELECT {_ENTRY_COLUMNS} FROM entries e JOIN feeds f ON f.id = e.feed_id WHERE e.id = ?",
@@ -461,4 +477,5 @@ def feed_health(db: Database, feed_ids: Iterable[int] | None = None) -> dict[int
 
 
 def entry_count(db: Database) -> int:
+    """How many entries are stored, copies included."""
     return int(_execute(db, "SELECT count(*) FROM entries", [])[0][0])

@@ -1,9 +1,10 @@
 """The web app: merged timeline, entry and source pages, Atom and OPML, admin.
 
-``create_app(settings, clock=..., store=...)`` builds a Starlette app from settings
-passed in; it reads nothing from the environment. A process that already has its
-``Store`` (the service) passes it in; otherwise the app opens one
-when it starts. Routes are declared in one list below.
+``create_app(settings, clock=..., store=..., env=...)`` builds a Starlette app from
+settings passed in; it reads nothing from the environment. A process that already has
+its ``Store`` (the service) passes it in; otherwise the app opens one when it starts.
+Pages render with the one Jinja2 environment (``render.environment()`` unless ``env``
+is given). Routes are declared in one list below.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 
+from jinja2 import Environment
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -18,14 +20,14 @@ from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
+from ..clock import Clock, system_clock
 from ..config import Settings
 from ..errors import StoreError
-from ..render import make_environment
+from ..render import environment
 from ..resources import resource_dir
 from ..store import Store
-from ..urls import is_http_url
 from . import admin, feeds, metrics, subscribe, views
-from .context import Clock, WebContext, system_clock
+from .context import WebContext
 from .pages import http_error, server_error, store_error
 from .security import SecurityHeadersMiddleware
 
@@ -37,11 +39,16 @@ MAX_BODY_BYTES = 6 * 1024 * 1024
 
 
 def create_app(
-    settings: Settings, *, clock: Clock | None = None, store: Store | None = None
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    store: Store | None = None,
+    env: Environment | None = None,
 ) -> Starlette:
-    templates = make_environment(filters={"xml_safe": feeds.xml_safe, "http_url": is_http_url})
-    web = WebContext(settings, clock=clock or system_clock, templates=templates, store=store)
-
+    """The web app for ``settings``: ``clock`` gives aware UTC times (the system clock
+    if omitted), ``store`` is shared when given (else opened at startup and closed at
+    shutdown), ``env`` is the Jinja2 environment pages render with (the process's one
+    from ``render.environment()`` if omitted; it needs that module's filters)."""
     routes: list[BaseRoute] = [
         *views.routes,
         *feeds.routes,
@@ -50,6 +57,13 @@ def create_app(
         *metrics.routes,
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
+    web = WebContext(
+        settings,
+        clock=clock or system_clock,
+        templates=env if env is not None else environment(),
+        store=store,
+        routes=routes,
+    )
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -13,7 +13,6 @@ from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
 from urllib.parse import urlencode
 
-from markupsafe import Markup
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -32,12 +31,6 @@ ATOM_TYPE = "application/atom+xml; charset=utf-8"
 # Bump when the Atom template changes, so that cached copies are not kept.
 _FORMAT_VERSION = "atom-2"  # 2: enclosure links
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def xml_safe(value: str) -> str:
-    """Drops the characters XML 1.0 cannot carry at all (escaping cannot help them)."""
-    cleaned = xml_chars(value)
-    return Markup(cleaned) if isinstance(value, Markup) else cleaned  # noqa: S704 - same input
 
 
 def _validators(entries: Sequence[TimelineEntry], scope: str) -> tuple[str, datetime]:
@@ -93,19 +86,20 @@ def _atom_response(
     web = web_context(request)
     base = web.settings.web.base_url
     etag, changed = _validators(entries, f"{base}{path}\x00{title}")
-    headers = {
-        "etag": etag,
-        "last-modified": format_datetime(changed, usegmt=True),
-        "cache-control": "no-cache",
-    }
+    headers = {"etag": etag, "cache-control": "no-cache"}
+    if entries:  # an empty feed has no date of change: the ETag alone validates it
+        headers["last-modified"] = format_datetime(changed, usegmt=True)
     if _not_modified(request, etag, changed):
         return Response(status_code=304, headers=headers)
+    # atom:updated (RFC 4287 section 4.2.15): the newest entry's date; with no entries,
+    # the time of the request (the feed as it stands now).
+    updated = max((e.updated or e.published for e in entries), default=None) or web.now()
     body = web.templates.get_template("feed.atom").render(
         title=title,
         feed_url=f"{base}{path}",
         alternate=alternate,
         base_url=base,
-        updated=max((e.updated or e.published for e in entries), default=changed),
+        updated=updated,
         entries=entries,
     )
     return Response(xml_chars(body), media_type=ATOM_TYPE, headers=headers)
@@ -121,14 +115,15 @@ def source_atom(request: Request) -> Response:
 
 def search_atom(request: Request) -> Response:
     """The newest posts matching ``q`` (the search page's query language), optionally
-    of one ``source``: a reader follows a topic with it."""
+    of one ``source``: a reader follows a topic with it. 400 without ``q``; a query
+    that can find nothing (``-word`` alone) is an empty feed, as on the search page."""
     web = web_context(request)
     db = web.store().db
     raw_query = (str_param(request, "q") or "").strip()
     source_id = int_param(request, "source")
-    query = search.parse_query(raw_query)
-    if query.fts is None:
+    if not raw_query:
         raise HTTPException(400, "Give the words to follow in the “q” parameter.")
+    query = search.parse_query(raw_query)
     title = f"{SITE_TITLE}: posts matching “{raw_query}”"
     if source_id is not None:
         feed = feed_rows.get_feed(db, source_id)
@@ -139,11 +134,17 @@ def search_atom(request: Request) -> Response:
     if source_id is not None:
         params["source"] = source_id
     query_string = urlencode(params)
-    page = timeline.timeline_page(db, feed_id=source_id, search=query.fts, limit=FEED_SIZE)
+    # A query with nothing to find (only exclusions, only punctuation) is an empty
+    # feed, as the search page shows no results for it.
+    entries: Sequence[TimelineEntry] = ()
+    if query.fts is not None:
+        entries = timeline.timeline_page(
+            db, feed_id=source_id, search=query.fts, limit=FEED_SIZE
+        ).entries
     base = web.settings.web.base_url
     return _atom_response(
         request,
-        page.entries,
+        entries,
         title=title,
         path=f"/search.atom?{query_string}",
         alternate=f"{base}/?{urlencode({**params, 'order': 'newest'})}",

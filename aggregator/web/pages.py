@@ -6,7 +6,8 @@ Public helpers, for every page of the web app::
            status_code: int = 200, headers: Mapping[str, str] | None = None) -> HTMLResponse
         Renders a template (extending ``base.html``) with the one Jinja2 environment.
         Every template also sees ``request``, ``csrf_token()`` (call it inside a form),
-        ``csrf_field`` (the hidden field's name), ``nav`` and ``site_title``.
+        ``csrf_field`` (the hidden field's name), ``nav``, ``site_title`` and
+        ``url_for(name, **params)``: the root-relative path of a named route.
     int_param(request: Request, name: str) -> int | None
         A positive whole-number query parameter, or HTTPException(400).
 """
@@ -35,31 +36,36 @@ log = logging.getLogger("aggregator.web")
 
 @dataclass(frozen=True, slots=True)
 class NavItem:
+    """One item of the site menu: its path, label, whether it is the current page, and
+    whether it is shown only on wide screens."""
+
     href: str
     label: str
     current: bool
+    wide: bool = False
 
 
 _NAV = (
-    ("/", "Timeline"),
-    ("/subscribe", "Subscribe"),
-    ("/digests", "Digests"),
-    ("/feed.atom", "Atom feed"),
-    ("/admin", "Admin"),
+    ("timeline", "Timeline"),
+    ("subscribe", "Subscribe"),
+    ("digest_archive", "Digests"),
+    ("atom", "Atom feed"),
+    ("admin", "Admin"),
 )
+"""The site menu: route name and label, in order."""
 
 
 def _nav(request: Request) -> list[NavItem]:
-    paths = {getattr(route, "path", None) for route in request.app.routes}
-    if not web_context(request).settings.web.admin_password:
-        paths.discard("/admin")  # switched off: a menu item would only lead to a refusal
+    web = web_context(request)
+    admin_on = bool(web.settings.web.admin_password)
     path = request.url.path
     items = []
-    for href, label in _NAV:
-        if href not in paths:
-            continue
+    for name, label in _NAV:
+        if not web.has_route(name) or (name == "admin" and not admin_on):
+            continue  # switched off: a menu item would only lead to a refusal
+        href = web.url_path(name)
         current = path == href if href == "/" else path.startswith(href)
-        items.append(NavItem(href, label, current))
+        items.append(NavItem(href, label, current, wide=name == "atom"))
     return items
 
 
@@ -78,6 +84,7 @@ def render(
             "csrf_token": lambda: csrf_token(request),
             "csrf_field": FORM_FIELD,
             "nav": _nav(request),
+            "url_for": web.url_path,
             "site_title": SITE_TITLE,
             **context,
         }

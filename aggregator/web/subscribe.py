@@ -23,9 +23,11 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from ..digests import Renderer, SectionView, send_welcomes
-from ..errors import TokenError
+from ..digests.render import Renderer, SectionView, story_count
+from ..digests.send import send_welcomes
+from ..errors import InvalidSubscription, RateLimited, TokenError
 from ..mail import open_sender
+from ..paths import PATHS
 from ..sanitize import xml_chars
 from ..selection import Subscriber
 from ..store import digests as digest_rows
@@ -36,12 +38,8 @@ from ..subscriptions import (
     PURPOSE_DIGEST,
     PURPOSE_PREFERENCES,
     PURPOSE_UNSUBSCRIBE,
-    InvalidSubscription,
-    Links,
-    RateLimited,
     check_confirm_token,
     confirm,
-    links_for,
     request_links,
     request_signup,
     send_quietly,
@@ -62,14 +60,6 @@ REFUSED = (
     "This link is not valid: it may be incomplete, too old, or already used. "
     "Links in our emails work as they are; if you copied one, check that it is whole."
 )
-
-
-def _links(web: WebContext) -> Links:
-    cached: Links | None = getattr(web, "_subscription_links", None)
-    if cached is None:
-        cached = links_for(web.store(), web.settings)
-        web._subscription_links = cached  # type: ignore[attr-defined]
-    return cached
 
 
 async def _db(work: Callable[[], T]) -> T:
@@ -106,7 +96,7 @@ def _refused(request: Request) -> Response:
         {
             "heading": "This link does not work",
             "lines": [REFUSED],
-            "link": ("/subscribe", "Subscribe again"),
+            "link": (web_context(request).url_path("subscribe"), "Subscribe again"),
         },
         status_code=400,
     )
@@ -173,7 +163,7 @@ async def subscribe_post(request: Request) -> Response:
             lambda: request_signup(
                 web.store(),
                 web.settings,
-                _links(web),
+                web.links(),
                 email=email_text,
                 cadence=cadence_text,
                 feed_ids=chosen,
@@ -182,7 +172,7 @@ async def subscribe_post(request: Request) -> Response:
             ),
         )
     except InvalidSubscription as error:
-        message = str(error)
+        message = error.reason
         return await _db(
             lambda: _subscribe_page(
                 request,
@@ -219,7 +209,7 @@ async def subscribe_post(request: Request) -> Response:
                 "Open the link in that message to confirm the subscription.",
                 "Nothing arrives until the subscription is confirmed. The link works for two days.",
             ],
-            "link": ("/", "Back to the timeline"),
+            "link": (web.url_path("timeline"), "Back to the timeline"),
         },
     )
     response.background = task
@@ -243,7 +233,7 @@ def confirm_page(request: Request) -> Response:
     web = web_context(request)
     try:
         token = _token(request)
-        check_confirm_token(web.store(), _links(web), token, web.now())
+        check_confirm_token(web.store(), web.links(), token, web.now())
     except TokenError:
         return _refused(request)
     return render(
@@ -259,10 +249,10 @@ async def confirm_post(request: Request) -> Response:
     web = web_context(request)
     try:
         token = _token(request, form)
-        subscriber = await _db(lambda: confirm(web.store(), _links(web), token, web.now()))
+        subscriber = await _db(lambda: confirm(web.store(), web.links(), token, web.now()))
     except TokenError:
         return _refused(request)
-    links = _links(web)
+    links = web.links()
     now = web.now()
     response = render(
         request,
@@ -307,7 +297,7 @@ def _preferences_page(
     status_code: int = 200,
 ) -> Response:
     web = web_context(request)
-    links = _links(web)
+    links = web.links()
     sources = _sources(web)
     chosen = (
         {feed_id for feed_id, _ in sources}
@@ -340,7 +330,7 @@ def preferences_page(request: Request) -> Response:
     web = web_context(request)
     try:
         token = _token(request)
-        subscriber = subscriber_for(web.store(), _links(web), PURPOSE_PREFERENCES, token, web.now())
+        subscriber = subscriber_for(web.store(), web.links(), PURPOSE_PREFERENCES, token, web.now())
     except TokenError:
         return _refused(request)
     saved = request.query_params.get("saved") == "1"
@@ -359,7 +349,7 @@ async def preferences_post(request: Request) -> Response:
         subscriber = await _db(
             lambda: update_preferences(
                 web.store(),
-                _links(web),
+                web.links(),
                 token,
                 web.now(),
                 cadence=cadence if isinstance(cadence, str) else "",
@@ -369,9 +359,9 @@ async def preferences_post(request: Request) -> Response:
     except TokenError:
         return _refused(request)
     except InvalidSubscription as error:
-        message = str(error)
+        message = error.reason
         current = await _db(
-            lambda: subscriber_for(web.store(), _links(web), PURPOSE_PREFERENCES, token, web.now())
+            lambda: subscriber_for(web.store(), web.links(), PURPOSE_PREFERENCES, token, web.now())
         )
         return await _db(
             lambda: _preferences_page(request, current, token, error=message, status_code=400)
@@ -379,7 +369,8 @@ async def preferences_post(request: Request) -> Response:
     # Back to the page with its token, so the address bar holds a link that still works.
     del subscriber
     return RedirectResponse(
-        f"/preferences?{urlencode({'token': token, 'saved': '1'})}", status_code=303
+        f"{web.url_path('preferences')}?{urlencode({'token': token, 'saved': '1'})}",
+        status_code=303,
     )
 
 
@@ -392,7 +383,7 @@ def unsubscribe_page(request: Request) -> Response:
     web = web_context(request)
     try:
         token = _token(request)
-        subscriber = subscriber_for(web.store(), _links(web), PURPOSE_UNSUBSCRIBE, token, web.now())
+        subscriber = subscriber_for(web.store(), web.links(), PURPOSE_UNSUBSCRIBE, token, web.now())
     except TokenError:
         return _refused(request)
     return render(
@@ -412,7 +403,7 @@ async def unsubscribe_post(request: Request) -> Response:
     web = web_context(request)
     try:
         token = _token(request, raw)
-        await _db(lambda: unsubscribe(web.store(), _links(web), token, web.now()))
+        await _db(lambda: unsubscribe(web.store(), web.links(), token, web.now()))
     except TokenError:
         if one_click:
             return PlainTextResponse(REFUSED, status_code=400)
@@ -425,7 +416,7 @@ async def unsubscribe_post(request: Request) -> Response:
         {
             "heading": "You are unsubscribed",
             "lines": ["No more digests will be sent to this address."],
-            "link": ("/subscribe", "Subscribe again"),
+            "link": (web.url_path("subscribe"), "Subscribe again"),
         },
     )
 
@@ -434,7 +425,7 @@ async def unsubscribe_post(request: Request) -> Response:
 
 
 def _web_copy(web: WebContext, digest: DigestRow) -> tuple[str, list[SectionView]]:
-    return Renderer(web.store(), web.settings, _links(web)).web_html(digest)
+    return Renderer(web.store(), web.settings, web.links()).web_html(digest)
 
 
 def digest_page(request: Request) -> Response:
@@ -442,7 +433,7 @@ def digest_page(request: Request) -> Response:
     digest_id: int = request.path_params["digest_id"]
     try:
         token = _token(request)
-        if _links(web).verify(PURPOSE_DIGEST, token, now=web.now()) != digest_id:
+        if web.links().verify(PURPOSE_DIGEST, token, now=web.now()) != digest_id:
             raise TokenError("invalid or expired link")
     except TokenError:
         return _refused(request)
@@ -450,7 +441,7 @@ def digest_page(request: Request) -> Response:
     if digest is None:
         return _refused(request)
     subject, sections = _web_copy(web, digest)
-    links = _links(web)
+    links = web.links()
     return render(
         request,
         "subscribe/digest.html",
@@ -470,10 +461,10 @@ def _archive(request: Request) -> tuple[Subscriber, list[dict[str, Any]], str] |
     web = web_context(request)
     try:
         token = _token(request)
-        subscriber = subscriber_for(web.store(), _links(web), PURPOSE_ARCHIVE, token, web.now())
+        subscriber = subscriber_for(web.store(), web.links(), PURPOSE_ARCHIVE, token, web.now())
     except TokenError:
         return None
-    links = _links(web)
+    links = web.links()
     renderer = Renderer(web.store(), web.settings, links)
     items = []
     for digest in digest_rows.for_subscriber(web.store().db, subscriber.id, limit=50):
@@ -498,7 +489,7 @@ def archive_page(request: Request) -> Response:
         return _refused(request)
     subscriber, items, _ = found
     web = web_context(request)
-    links = _links(web)
+    links = web.links()
     now = web.now()
     return render(
         request,
@@ -519,7 +510,7 @@ def archive_feed(request: Request) -> Response:
         return PlainTextResponse(REFUSED, status_code=400)
     subscriber, items, _ = found
     web = web_context(request)
-    links = _links(web)
+    links = web.links()
     now = web.now()
     updated: datetime = items[0]["when"] if items else subscriber.created_at
     body = web.templates.get_template("subscribe/archive.atom").render(
@@ -565,7 +556,9 @@ def _editions(web: WebContext) -> list[dict[str, Any]]:
         day = moment.astimezone(tz).date()
         if day not in days:
             days.append(day)
-    return [{"day": day, "url": f"/digests/editions/{day.isoformat()}"} for day in days]
+    return [
+        {"day": day, "url": web.url_path("digest_edition", day=day.isoformat())} for day in days
+    ]
 
 
 def _public_archive(request: Request, *, status_code: int = 200, **extra: Any) -> Response:
@@ -620,7 +613,7 @@ async def lost_link_post(request: Request) -> Response:
             lambda: request_links(
                 web.store(),
                 web.settings,
-                _links(web),
+                web.links(),
                 email=email_text,
                 client=_client(request),
                 now=web.now(),
@@ -628,7 +621,7 @@ async def lost_link_post(request: Request) -> Response:
         )
     except InvalidSubscription as error:
         return _lost_link_page(
-            request, "digests", error=str(error), email=email_text, status_code=400
+            request, "digests", error=error.reason, email=email_text, status_code=400
         )
     except RateLimited:
         return render(
@@ -654,7 +647,7 @@ async def lost_link_post(request: Request) -> Response:
                 "If the address is subscribed, a message with its links is on its way to it.",
                 "Nothing arrives for an address that is not subscribed; you can sign up again.",
             ],
-            "link": ("/digests", "Back to the digests"),
+            "link": (web.url_path("digest_archive"), "Back to the digests"),
         },
     )
     if answer.message:
@@ -680,9 +673,9 @@ def edition_page(request: Request) -> Response:
     views = digest_rows.entries_by_id(store.db, ids)
     ordered = sorted(views.values(), key=lambda e: (e.feed_id, -e.published.timestamp()))
     lines = [DigestLine(entry, entry.feed_id, ()) for entry in ordered]
-    renderer = Renderer(store, web.settings, _links(web))
+    renderer = Renderer(store, web.settings, web.links())
     sections = renderer.sections(lines, {})
-    total = sum(len(s.stories) for s in sections)
+    total = story_count(sections)
     return render(
         request,
         "subscribe/edition.html",
@@ -695,18 +688,18 @@ def edition_page(request: Request) -> Response:
 
 
 routes: list[BaseRoute] = [
-    Route("/subscribe", subscribe_form, methods=["GET"], name="subscribe"),
-    Route("/subscribe", subscribe_post, methods=["POST"], name="subscribe_post"),
-    Route("/subscribe/confirm", confirm_page, methods=["GET"], name="confirm"),
-    Route("/subscribe/confirm", confirm_post, methods=["POST"], name="confirm_post"),
-    Route("/preferences", preferences_page, methods=["GET"], name="preferences"),
-    Route("/preferences", preferences_post, methods=["POST"], name="preferences_post"),
-    Route("/unsubscribe", unsubscribe_page, methods=["GET"], name="unsubscribe"),
-    Route("/unsubscribe", unsubscribe_post, methods=["POST"], name="unsubscribe_post"),
-    Route("/digests", archive_page, methods=["GET"], name="digest_archive"),
-    Route("/digests/feed.atom", archive_feed, methods=["GET"], name="digest_archive_feed"),
+    Route(PATHS["subscribe"], subscribe_form, methods=["GET"], name="subscribe"),
+    Route(PATHS["subscribe"], subscribe_post, methods=["POST"], name="subscribe_post"),
+    Route(PATHS["confirm"], confirm_page, methods=["GET"], name="confirm"),
+    Route(PATHS["confirm"], confirm_post, methods=["POST"], name="confirm_post"),
+    Route(PATHS["preferences"], preferences_page, methods=["GET"], name="preferences"),
+    Route(PATHS["preferences"], preferences_post, methods=["POST"], name="preferences_post"),
+    Route(PATHS["unsubscribe"], unsubscribe_page, methods=["GET"], name="unsubscribe"),
+    Route(PATHS["unsubscribe"], unsubscribe_post, methods=["POST"], name="unsubscribe_post"),
+    Route(PATHS["digest_archive"], archive_page, methods=["GET"], name="digest_archive"),
+    Route(PATHS["digest_archive_feed"], archive_feed, methods=["GET"], name="digest_archive_feed"),
     Route("/digests/lost-link", lost_link_page, methods=["GET"], name="lost_link"),
     Route("/digests/lost-link", lost_link_post, methods=["POST"], name="lost_link_post"),
     Route("/digests/editions/{day}", edition_page, methods=["GET"], name="digest_edition"),
-    Route("/digests/{digest_id:id}", digest_page, methods=["GET"], name="digest"),
+    Route(PATHS["digest"], digest_page, methods=["GET"], name="digest"),
 ]

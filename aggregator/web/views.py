@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import dataclass
@@ -14,7 +13,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ..clock import epoch_seconds
 from ..errors import StoreError
+from ..paths import PATHS
 from ..store import feeds as feed_rows
 from ..store import search, timeline
 from ..store.codec import from_db
@@ -123,6 +124,7 @@ def timeline_view(request: Request) -> Response:
         "local": lambda moment: _local(moment, web),
         "days": [],
         "results": None,
+        "nothing_to_find": query is not None and query.fts is None,
         "highlights": {},
         "total": None,
         "older_url": None,
@@ -260,7 +262,7 @@ def healthz(request: Request) -> Response:
     except StoreError as error:
         return JSONResponse({"status": "error", "database": error.reason}, status_code=503)
     health = store.health
-    if health.failing and time.time() - (health.last_failure or 0) >= HEALTH_RETRY_SECONDS:
+    if health.failing and epoch_seconds() - (health.last_failure or 0) >= HEALTH_RETRY_SECONDS:
         # The failure may have passed (a lock released, space freed): try a write now.
         with suppress(StoreError):
             store.probe_write(wait_ms=500)
@@ -276,8 +278,8 @@ def healthz(request: Request) -> Response:
 
 
 routes = [
-    Route("/", timeline_view, name="timeline"),
-    Route("/entries/{entry_id:id}", entry_view, name="entry"),
+    Route(PATHS["timeline"], timeline_view, name="timeline"),
+    Route(PATHS["entry"], entry_view, name="entry"),
     Route("/sources/{feed_id:id}", source_view, name="source"),
     Route("/healthz", healthz, name="healthz"),
 ]

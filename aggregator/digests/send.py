@@ -1,0 +1,327 @@
+"""Send pending digests and mark them sent: each digest exactly once (DESIGN §7).
+
+Sending renders each pending digest from what was stored, hands it to the mailer,
+then marks it sent in its own transaction. A crash between the hand-over and the mark
+re-sends that one message on the next run, with the same Message-ID; nothing else
+repeats and nothing is skipped. The next digest is rendered while the current one is on
+the wire; with ``[mail] connections`` above 1 that many go out at once, each connection
+marking its message before it takes the next (so a crash re-sends at most one message
+per connection). Temporary failures are retried with backoff; a
+permanent refusal marks the address bounced and ends only that subscriber's digests.
+One run sends at a time (``lease.SendLease``). Welcome mails go out here too.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Literal
+
+from ..backoff import exponential_backoff
+from ..clock import Clock
+from ..config import Settings
+from ..errors import MailError, MailPermanentError, MailTemporaryError
+from ..mail import OutgoingMessage, Sender
+from ..store import Store
+from ..store import digests as digest_rows
+from ..store import subscribers as subscriber_rows
+from ..store.digests import DigestRow
+from ..subscriptions import links_for
+from .lease import SendLease
+from .render import Renderer, welcome_message
+
+BACKOFF_BASE = timedelta(minutes=5)
+"""Wait before the second attempt at a digest; each further one doubles it."""
+BACKOFF_CAP = timedelta(hours=6)
+"""Longest wait between two attempts at a digest."""
+MAX_ATTEMPTS = 12
+"""Attempts at one digest (about two and a half days of retries), then it is failed."""
+MAX_CONSECUTIVE_TEMPORARY = 5
+"""This many temporary failures in a row means the mail server is away: the run stops
+(what is left stays pending for the next one) instead of knocking on every digest."""
+_BATCH = 200
+
+Outcome = Literal["sent", "retry", "failed", "bounced", "empty"]
+
+
+@dataclass(frozen=True, slots=True)
+class SendProgress:
+    """After each digest handled: ``done`` of ``total``, how it went, and to whom."""
+
+    done: int
+    total: int
+    outcome: Outcome
+    digest_id: int
+    address: str
+
+
+@dataclass(slots=True)
+class SendReport:
+    """What ``send_pending`` did, by outcome; ``stopped`` says why a run ended early,
+    ``errors`` the mail server's answers (one line each)."""
+
+    sent: int = 0
+    retried: int = 0
+    failed: int = 0
+    bounced: int = 0
+    empty: int = 0
+    stopped: str | None = None  # why the run ended early, if it did
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def handled(self) -> int:
+        """Digests handled in any way."""
+        return self.sent + self.retried + self.failed + self.bounced + self.empty
+
+
+def backoff(attempts: int) -> timedelta:
+    """Wait before attempt ``attempts + 1`` at a digest: doubling from ``BACKOFF_BASE``,
+    at most ``BACKOFF_CAP``."""
+    return exponential_backoff(max(attempts, 1), base=BACKOFF_BASE, cap=BACKOFF_CAP)
+
+
+def count_due(store: Store, now: datetime) -> int:
+    """Pending digests whose time has come at ``now``."""
+    return digest_rows.count_due(store.db, now)
+
+
+def send_pending(
+    store: Store,
+    sender: Sender,
+    settings: Settings,
+    now: datetime,
+    on_progress: Callable[[SendProgress], None] | None = None,
+    *,
+    clock: Clock | None = None,
+    limit: int | None = None,
+) -> SendReport:
+    """Send every pending digest whose time has come (``now``), oldest first; at most
+    ``limit`` when given.
+
+    ``clock`` stamps sends and retries as the run goes (``now`` throughout if omitted).
+    Returns at once (``stopped`` set) when another run holds the sending lease.
+    This thread renders; ``sender.connections`` threads hand the messages over, each
+    marking its message's outcome (in a transaction of its own) before it takes the
+    next, so a crash re-sends at most one message per connection. Raises what a
+    sending thread raised (a ``StoreError``), once the others have finished.
+    """
+    tick: Clock = clock or (lambda: now)
+    report = SendReport()
+    links = links_for(store, settings)
+    renderer = Renderer(store, settings, links)
+    lease = SendLease(store, tick)
+    if not lease.take():
+        report.stopped = "another run is sending digests"
+        return report
+    total = count_due(store, now)
+    if limit is not None:
+        total = min(total, limit)
+    run = _SendRun(store, sender, tick, report, total, on_progress)
+    try:
+        run.start(max(1, sender.connections))
+        submitted = 0
+        after = 0
+        while not run.stopping:
+            batch = digest_rows.due_batch(store.db, now, after_id=after, limit=_BATCH)
+            if not batch:
+                break
+            for digest in batch:
+                after = digest.id
+                if run.stopping:
+                    break
+                if limit is not None and submitted >= limit:
+                    run.stop("limit reached")
+                    break
+                if not lease.keep():
+                    run.stop("lost the sending lease to another run")
+                    break
+                submitted += 1
+                message = _message_or_close(store, renderer, digest, tick)
+                if message is None:
+                    run.finish(digest, "empty")
+                else:
+                    run.submit(digest, message)
+    except BaseException:  # Ctrl-C, SIGTERM, a database failure: finish what is in flight
+        run.stop("interrupted")
+        raise
+    finally:
+        try:
+            run.join()
+        finally:
+            lease.release()
+    return report
+
+
+def _message_or_close(
+    store: Store, renderer: Renderer, digest: DigestRow, tick: Clock
+) -> OutgoingMessage | None:
+    """The digest's message, or None after closing a digest that has nothing to send."""
+    if digest.subscriber_status != "confirmed":
+        with store.write() as db:
+            digest_rows.close_pending(db, digest.subscriber_id, "cancelled", "not subscribed")
+        return None
+    message = renderer.message(digest, date=tick())
+    if message is None:  # every entry of it was deleted with its feed
+        with store.write() as db:
+            digest_rows.mark_failed(db, digest.id, "nothing left to send")
+    return message
+
+
+class _SendRun:
+    """The sending threads of one run: rendered messages in through a bounded queue,
+    each outcome recorded by the thread that sent it before it takes the next one."""
+
+    def __init__(
+        self,
+        store: Store,
+        sender: Sender,
+        tick: Clock,
+        report: SendReport,
+        total: int,
+        on_progress: Callable[[SendProgress], None] | None,
+    ) -> None:
+        self.store = store
+        self.sender = sender
+        self.tick = tick
+        self.report = report
+        self.total = total
+        self.on_progress = on_progress
+        self._lock = threading.Lock()
+        self._consecutive = 0  # temporary failures in a row
+        self._failure: BaseException | None = None
+        self._queue: queue.Queue[tuple[DigestRow, OutgoingMessage] | None] = queue.Queue()
+        self._threads: list[threading.Thread] = []
+        self._slots = threading.Semaphore(1)  # rendered messages waiting, at most
+
+    @property
+    def stopping(self) -> bool:
+        return self.report.stopped is not None or self._failure is not None
+
+    def stop(self, reason: str) -> None:
+        with self._lock:
+            if self.report.stopped is None:
+                self.report.stopped = reason
+
+    def start(self, connections: int) -> None:
+        # One message rendered ahead per connection: memory stays flat in the run's size.
+        self._slots = threading.Semaphore(connections)
+        for number in range(connections):
+            thread = threading.Thread(target=self._work, name=f"digest-send-{number}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def submit(self, digest: DigestRow, message: OutgoingMessage) -> None:
+        while not self._slots.acquire(timeout=0.5):
+            if self.stopping:
+                return  # left pending for the next run
+        self._queue.put((digest, message))
+
+    def join(self) -> None:
+        for _ in self._threads:
+            self._queue.put(None)
+        for thread in self._threads:
+            thread.join()
+        if self._failure is not None:
+            raise self._failure
+
+    def _work(self) -> None:
+        try:
+            while True:
+                job = self._queue.get()
+                if job is None:
+                    return
+                self._slots.release()
+                if self.stopping:
+                    continue  # left pending for the next run
+                digest, message = job
+                try:
+                    outcome, error = _deliver(self.store, self.sender, digest, message, self.tick)
+                    self.finish(digest, outcome, error)
+                except BaseException as failure:  # a database failure: stop, re-raise
+                    with self._lock:
+                        if self._failure is None:
+                            self._failure = failure
+        finally:
+            self.store.close_thread()
+
+    def finish(self, digest: DigestRow, outcome: Outcome, error: str | None = None) -> None:
+        report = self.report
+        with self._lock:
+            if outcome == "sent":
+                report.sent += 1
+            elif outcome == "retry":
+                report.retried += 1
+            elif outcome == "failed":
+                report.failed += 1
+            elif outcome == "bounced":
+                report.bounced += 1
+            else:
+                report.empty += 1
+            if error is not None:
+                report.errors.append(error)
+            self._consecutive = self._consecutive + 1 if outcome == "retry" else 0
+            if self.on_progress is not None:
+                self.on_progress(
+                    SendProgress(report.handled, self.total, outcome, digest.id, digest.email)
+                )
+            if self._consecutive >= MAX_CONSECUTIVE_TEMPORARY and report.stopped is None:
+                report.stopped = f"mail server unavailable: {report.errors[-1]}"
+
+
+def _deliver(
+    store: Store, sender: Sender, digest: DigestRow, message: OutgoingMessage, tick: Clock
+) -> tuple[Outcome, str | None]:
+    """Hand one message over and record what became of it: (outcome, error or None)."""
+    try:
+        sender.send(message)
+    except MailPermanentError as error:
+        reason = str(error)
+        with store.write() as db:
+            digest_rows.mark_failed(db, digest.id, reason)
+            digest_rows.close_pending(db, digest.subscriber_id, "failed", "address bounced")
+            subscriber_rows.set_status(db, digest.subscriber_id, "bounced", tick(), reason=reason)
+        return "bounced", reason
+    except MailTemporaryError as error:
+        reason = str(error)
+        with store.write() as db:
+            if digest.attempts + 1 >= MAX_ATTEMPTS:
+                digest_rows.mark_failed(db, digest.id, f"gave up: {reason}")
+                return "failed", reason
+            digest_rows.mark_retry(db, digest.id, reason, tick() + backoff(digest.attempts + 1))
+        return "retry", reason
+    with store.write() as db:
+        digest_rows.mark_sent(db, digest.id, message.message_id, tick())
+    return "sent", None
+
+
+def send_welcomes(
+    store: Store,
+    sender: Sender,
+    settings: Settings,
+    now: datetime,
+    *,
+    subscriber_ids: list[int] | None = None,
+) -> list[str]:
+    """Send the welcome mails owed (to ``subscriber_ids``, or to anyone); each goes once.
+
+    A mail that fails is not retried (the first digest follows anyway); the failures
+    come back as one line each.
+    """
+    with store.write() as db:
+        claimed = subscriber_rows.claim_welcomes(db, subscriber_ids)
+    if not claimed:
+        return []
+    links = links_for(store, settings)
+    problems = []
+    for subscriber_id in claimed:
+        subscriber = subscriber_rows.get(store.db, subscriber_id)
+        if subscriber is None or subscriber.status != "confirmed":
+            continue
+        try:
+            sender.send(welcome_message(store, settings, links, subscriber, now))
+        except MailError as error:
+            problems.append(f"{subscriber.email}: {error}")
+    return problems
