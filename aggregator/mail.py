@@ -325,7 +325,8 @@ def _text_part(text: str, subtype: str, linesep: str) -> tuple[bytes, bytes]:
     return headers.encode("ascii"), body
 
 
-_QP_CACHE_LINES = 20_000
+_QP_CACHE_LINES = 5_000  # about fifteen distinct digests' worth; a few MB at the most
+_QP_CACHE_LONGEST = 1_000  # octets; longer lines are encoded every time
 _qp_lines: dict[bytes, bytes] = {}
 
 
@@ -339,9 +340,10 @@ def _qp_line(line: bytes) -> bytes:
     encoded = _qp_lines.get(line)
     if encoded is None:
         encoded = binascii.b2a_qp(line + b"\n", istext=True)[:-1]
-        if len(_qp_lines) >= _QP_CACHE_LINES:
-            _qp_lines.clear()
-        _qp_lines[line] = encoded
+        if len(line) <= _QP_CACHE_LONGEST:
+            if len(_qp_lines) >= _QP_CACHE_LINES:
+                _qp_lines.clear()
+            _qp_lines[line] = encoded
     return encoded
 
 
