@@ -54,17 +54,17 @@ from .errors import (
 from .models import FetchResult
 from .polling import parse_retry_after
 
-# The Accept header of a fetch: feed types first, anything else last (RFC 9110 section 12.5.1).
+# Accept header of every request: feed types first (RFC 9110 section 12.5.1).
 ACCEPT = (
     "application/atom+xml, application/rss+xml, application/xml;q=0.9, text/xml;q=0.9, */*;q=0.1"
 )
-# Content codings we decode (RFC 9110 section 12.5.3), under the decompressed size cap.
+# Content codings we decode (bounded, see _Decoder); brotli is not offered.
 ACCEPT_ENCODING = "gzip, deflate"
-# Statuses followed as redirects (RFC 9110 section 15.4), up to max_redirects hops.
+# Statuses followed as redirects (RFC 9110 section 15.4), by hand, hop by hop.
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
-# Redirects that move a feed for good (RFC 9110 sections 15.4.2, 15.4.9): the URL is updated.
+# Redirects that move the stored feed URL when every hop is one (RFC 9110 15.4.2, 15.4.9).
 PERMANENT_REDIRECTS = frozenset({301, 308})
-# Statuses whose Retry-After header is read (RFC 9110 section 10.2.3; RFC 6585 section 4).
+# Statuses whose Retry-After is honoured (RFC 9110 section 10.2.3).
 RETRY_AFTER_STATUSES = frozenset({429, 503})
 _CHUNK = 64 * 1024  # largest piece a decoder may hand back at once
 
@@ -175,10 +175,8 @@ class AddressGuard(httpcore.AsyncNetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.AsyncNetworkStream:
-        """Resolve ``host``, refuse it if any address is not public (unless allowed), then
-        connect to the checked addresses in turn; ``timeout`` (seconds) bounds the name
-        lookup and each attempt. Raises AddressRefused, or the ConnectError or
-        ConnectTimeout of the last attempt (httpcore's)."""
+        """A stream to the first address of ``host`` that accepts, after every address
+        passed the policy. ``timeout`` (seconds) bounds resolving and each attempt."""
         addresses = await self._resolve(host, port, timeout)
         last_error: Exception | None = None
         for address in addresses:
@@ -201,11 +199,11 @@ class AddressGuard(httpcore.AsyncNetworkBackend):
         timeout: float | None = None,  # noqa: ASYNC109 (httpcore's interface)
         socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.AsyncNetworkStream:
-        """Always refused (AddressRefused): feeds are fetched over TCP only."""
+        """Always refused: feeds are fetched over TCP only."""
         raise AddressRefused("unix sockets are not allowed")
 
     async def sleep(self, seconds: float) -> None:
-        """Sleep ``seconds``, as the wrapped backend does."""
+        """The inner backend's sleep (httpcore's interface)."""
         await self._inner.sleep(seconds)
 
 
@@ -317,10 +315,8 @@ class GuardedTransport(httpx.AsyncBaseTransport):
         return self._tls
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        """Send ``request`` through the pool of its scheme (the TLS pool made on first use)
-        and return the response with its body still streaming; httpcore's errors come out
-        as httpx's.
-        """
+        """Send ``request`` on a pooled connection of its scheme; the answer's body
+        streams. Raises httpx's transport errors (``AddressRefused`` among them)."""
         url = request.url
         pool = await self._tls_pool() if url.scheme == "https" else self._plain
         assert isinstance(request.stream, httpx.AsyncByteStream)
@@ -344,7 +340,7 @@ class GuardedTransport(httpx.AsyncBaseTransport):
         )
 
     async def aclose(self) -> None:
-        """Close both connection pools."""
+        """Close every pooled connection."""
         await self._plain.aclose()
         if self._tls is not None:
             await self._tls.aclose()
@@ -365,7 +361,8 @@ def tls_context(ca_file: str | None = None) -> ssl.SSLContext:
 PER_HOST_START = 6  # requests at once to a host not yet heard from: what browsers open
 MAX_HOST_HOLD = 3600.0  # seconds: longest a Retry-After keeps a host at one request
 DEFAULT_HOST_HOLD = 60.0  # seconds, when a Retry-After cannot be read
-OVERLOAD_STATUSES = frozenset({429, 500, 502, 503, 504})  # answers that halve a host's slots
+# Answers that halve a host's slots: too many requests, or the server failing.
+OVERLOAD_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 
 class HostGate:

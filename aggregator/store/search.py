@@ -84,16 +84,22 @@ __all__ = [
     "ranked_page",
 ]
 
-MAX_PARTS = 12  # words, phrases and exclusions of a query kept; the rest is ignored
-MAX_WORDS = 32  # words kept in all, phrases counted word by word
-MIN_PREFIX = 2  # letters needed before a ``*`` for a prefix search
+# Words, phrases and exclusions kept from one query (the rest is dropped).
+MAX_PARTS = 12
+# Words kept from one query in all, phrases included: FTS5 reads a list per word.
+MAX_WORDS = 32
+# Letters needed before ``*`` for a prefix search (``c*`` is the word ``c``).
+MIN_PREFIX = 2
 # bm25 column weights, in the column order of entries_fts: title, author, text, source.
 WEIGHTS = (10.0, 4.0, 1.0, 2.0)
-RECENCY = 0.1  # most a score is scaled by for recency, as a fraction (see "Ranking" above)
+# The most the recency factor takes off a bm25 score (a fraction; see ranked_page).
+RECENCY = 0.1
 # Added to the score of an exact title match: below any bm25 score.
 _EXACT = -1e9
-RANK_ALL = 1_000  # matches ranked at most, the newest ones (see "The cap" above)
-SNIPPET_TOKENS = 24  # words in a result's snippet (FTS5 snippet(), at most 64)
+# Past this many matches only the newest this many are ranked, in tiers (the cap).
+RANK_ALL = 1_000
+# Tokens in a snippet at most (FTS5 snippet(), its last argument).
+SNIPPET_TOKENS = 24
 _OPEN, _CLOSE = "\x02", "\x03"
 _WORD = re.compile(r"\w+", re.UNICODE)
 # Column filters: the reader's name, and the FTS5 column it searches.

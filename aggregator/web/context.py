@@ -36,11 +36,11 @@ class IdConvertor(Convertor[int]):
     regex = "[0-9]{1,18}"
 
     def convert(self, value: str) -> int:
-        """The path segment (1-18 ASCII digits, by ``regex``) as an int."""
+        """The path segment as an int."""
         return int(value)
 
     def to_string(self, value: int) -> str:
-        """The id as a path segment, for ``url_path_for``."""
+        """The id as a path segment."""
         return str(value)
 
 

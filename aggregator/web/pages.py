@@ -31,9 +31,11 @@ __all__ = ["SITE_TITLE", "NavItem", "int_param", "render", "str_param"]
 
 # The site's name in page titles and the header.
 SITE_TITLE = "Blog digest"
-# Longest query parameter accepted, in characters; longer is a 400 page.
+"""The site's name in page titles and the header."""
 MAX_PARAM_CHARS = 200
+"""Longest query parameter accepted, in characters (a longer one is answered with 400)."""
 log = logging.getLogger("aggregator.web")
+"""The web app's logger."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,10 +80,8 @@ def render(
     status_code: int = 200,
     headers: Mapping[str, str] | None = None,
 ) -> HTMLResponse:
-    """An HTML page from ``template_name`` (in the one Jinja2 environment) with ``context``
-    and what every page needs (CSRF token, menu, ``url_for``), carrying the security
-    headers; ``headers`` add to or replace them (names compared case-insensitively).
-    """
+    """The page ``template_name`` rendered with ``context`` (see the module docstring
+    for what every template sees), with the security headers and ``headers``."""
     web = web_context(request)
     template = web.templates.get_template(template_name)
     html = template.render(
@@ -105,9 +105,8 @@ def render(
 
 
 def str_param(request: Request, name: str) -> str | None:
-    """Query parameter ``name`` as text, None when absent; raises HTTPException(400) when
-    longer than MAX_PARAM_CHARS.
-    """
+    """Query parameter ``name``, or None; ``HTTPException(400)`` when longer than
+    ``MAX_PARAM_CHARS``."""
     value = request.query_params.get(name)
     if value is None:
         return None
@@ -119,9 +118,8 @@ def str_param(request: Request, name: str) -> str | None:
 
 
 def int_param(request: Request, name: str) -> int | None:
-    """Query parameter ``name`` as a positive whole number (ASCII digits, at most 18), None
-    when absent or empty; raises HTTPException(400) otherwise.
-    """
+    """A positive whole-number query parameter (at most 18 digits), None when absent or
+    empty; ``HTTPException(400)`` otherwise."""
     value = str_param(request, name)
     if value is None or value == "":
         return None
@@ -143,9 +141,7 @@ _TITLES = {
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
-    """Exception handler for HTTPException: the error page with the status's heading and the
-    exception's detail (never a 500's), its headers kept.
-    """
+    """An ``HTTPException`` as the error page, with its status and headers."""
     assert isinstance(exc, HTTPException)
     detail = exc.detail if exc.detail and exc.status_code != 500 else None
     if exc.status_code == 404 and detail == "Not Found":
@@ -173,9 +169,7 @@ def _store_detail(exc: Exception) -> str:
 
 
 async def store_error(request: Request, exc: Exception) -> Response:
-    """Exception handler for StoreError: a 503 page saying, without paths, what the reader
-    can do, with Retry-After 30 (seconds); the error is logged.
-    """
+    """A ``StoreError`` as a 503 page saying what a reader can do (Retry-After: 30)."""
     log.error("database error serving %s: %s", request.url.path, exc)
     return render(
         request,
@@ -191,9 +185,7 @@ async def store_error(request: Request, exc: Exception) -> Response:
 
 
 async def server_error(request: Request, exc: Exception) -> Response:
-    """Exception handler for anything else: a 500 page with no detail, the traceback logged;
-    a bare page if rendering itself fails.
-    """
+    """Any other error: logged, answered with a 500 page (a bare one if that fails)."""
     log.error("error serving %s %s", request.method, request.url.path, exc_info=exc)
     try:
         return render(

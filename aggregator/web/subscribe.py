@@ -54,14 +54,16 @@ from .security import check_csrf
 __all__ = ["routes"]
 
 log = logging.getLogger("aggregator.web.subscribe")
+"""This module's logger."""
 T = TypeVar("T")
-# Longest token accepted in a link or form, in characters; longer is refused unread.
+"""What a piece of database work returns (``_db``)."""
 MAX_TOKEN_CHARS = 1024
-# The one answer to every refused link, whatever the reason (THREATS S4).
+"""Longest token accepted, in characters; a longer one is refused unread."""
 REFUSED = (
     "This link is not valid: it may be incomplete, too old, or already used. "
     "Links in our emails work as they are; if you copied one, check that it is whole."
 )
+"""The one answer to every bad link, whatever was wrong with it (THREATS S)."""
 
 
 async def _db(work: Callable[[], T]) -> T:
@@ -149,16 +151,13 @@ def _subscribe_page(
 
 
 def subscribe_form(request: Request) -> Response:
-    """GET /subscribe: the sign-up form (address, cadence, sources)."""
+    """GET /subscribe: the sign-up form."""
     return _subscribe_page(request)
 
 
 async def subscribe_post(request: Request) -> Response:
-    """POST /subscribe: record a sign-up and answer "check your inbox" whatever the
-    address's state (THREATS S6); the confirmation or reminder mail goes out after the
-    answer. 400 with the form kept for an invalid address or cadence, 429 when the client
-    signed up too often. CSRF checked.
-    """
+    """POST /subscribe: record a sign-up; the same answer whatever the address's state
+    (THREATS S6); the mail goes out after the answer."""
     form = await _form(request)
     web = web_context(request)
     email = form.get("email")
@@ -238,9 +237,7 @@ def _send(web: WebContext, message: Any) -> None:
 
 
 def confirm_page(request: Request) -> Response:
-    """GET /subscribe/confirm?token=: a page with the button that confirms (GET changes
-    nothing, THREATS S3); the refusal page for a bad or used token.
-    """
+    """GET /subscribe/confirm: a button to confirm (GET changes nothing)."""
     web = web_context(request)
     try:
         token = _token(request)
@@ -256,10 +253,7 @@ def confirm_page(request: Request) -> Response:
 
 
 async def confirm_post(request: Request) -> Response:
-    """POST /subscribe/confirm: confirm the address the token names (single use), then send
-    the welcome mail after the answer. The refusal page for a bad, expired or used token.
-    CSRF checked.
-    """
+    """POST /subscribe/confirm: confirm the address (the token works once)."""
     form = await _form(request)
     web = web_context(request)
     try:
@@ -340,9 +334,8 @@ def _preferences_page(
 
 
 def preferences_page(request: Request) -> Response:
-    """GET /preferences?token=: the subscriber's cadence and sources; without a token, the
-    lost-link form; the refusal page for a bad token.
-    """
+    """GET /preferences: the subscriber's cadence and sources (without a token: how to
+    get a link)."""
     if not _has_token(request):
         return _lost_link_page(request, "preferences")
     web = web_context(request)
@@ -358,10 +351,7 @@ def preferences_page(request: Request) -> Response:
 
 
 async def preferences_post(request: Request) -> Response:
-    """POST /preferences: save cadence and sources, then redirect (303) back to the page
-    with its token; 400 with the form for an unknown cadence; the refusal page for a bad
-    token. CSRF checked.
-    """
+    """POST /preferences: save cadence and sources, then back to the page (303)."""
     form = await _form(request)
     web = web_context(request)
     cadence = form.get("cadence")
@@ -400,9 +390,7 @@ async def preferences_post(request: Request) -> Response:
 
 
 def unsubscribe_page(request: Request) -> Response:
-    """GET /unsubscribe?token=: a page with the unsubscribe button; without a token, the
-    lost-link form; the refusal page for a bad token.
-    """
+    """GET /unsubscribe: a button to unsubscribe (GET changes nothing)."""
     if not _has_token(request):
         return _lost_link_page(request, "unsubscribe")
     web = web_context(request)
@@ -420,6 +408,7 @@ def unsubscribe_page(request: Request) -> Response:
 
 
 async def unsubscribe_post(request: Request) -> Response:
+    """POST /unsubscribe: unsubscribe, from the page or as RFC 8058 one-click."""
     # RFC 8058: mail providers POST "List-Unsubscribe=One-Click" to the header's URL.
     """POST /unsubscribe: unsubscribe the address the token names.
 
@@ -460,9 +449,7 @@ def _web_copy(web: WebContext, digest: DigestRow) -> tuple[str, list[SectionView
 
 
 def digest_page(request: Request) -> Response:
-    """GET /digests/{digest_id}?token=: the web copy of one digest, for the subscriber its
-    token was made for (private, not cached, no referrer); the refusal page otherwise.
-    """
+    """GET /digests/{id}: the web copy of one digest (its token names that digest)."""
     web = web_context(request)
     digest_id: int = request.path_params["digest_id"]
     try:
@@ -516,9 +503,8 @@ def _archive(request: Request) -> tuple[Subscriber, list[dict[str, Any]], str] |
 
 
 def archive_page(request: Request) -> Response:
-    """GET /digests?token=: the subscriber's sent digests, newest first; without a token,
-    the public editions and the lost-link form; the refusal page for a bad token.
-    """
+    """GET /digests: with a token, the subscriber's digests; without, the public page
+    (recent editions, sign-up, lost link)."""
     if not _has_token(request):
         return _public_archive(request)
     found = _archive(request)
@@ -542,9 +528,7 @@ def archive_page(request: Request) -> Response:
 
 
 def archive_feed(request: Request) -> Response:
-    """GET /digests/feed.atom?token=: the subscriber's sent digests as Atom 1.0 (RFC 4287),
-    private and not cached; a plain-text 400 for a bad token.
-    """
+    """GET /digests/feed.atom: the subscriber's digests as an Atom feed (token needed)."""
     found = _archive(request)
     if found is None:
         return PlainTextResponse(REFUSED, status_code=400)
@@ -574,6 +558,7 @@ def archive_feed(request: Request) -> Response:
 
 # How far back, in days, the lost-link page lists the public editions.
 EDITION_DAYS = 30
+"""How many days back the public page lists editions."""
 _LOST = {
     "digests": ("Lost your link?", None),
     "preferences": (
@@ -641,15 +626,13 @@ def _lost_link_page(
 
 
 def lost_link_page(request: Request) -> Response:
-    """GET /digests/lost-link: the form that mails an address its links again."""
+    """GET /digests/lost-link: the "lost your link?" form."""
     return _lost_link_page(request, "digests")
 
 
 async def lost_link_post(request: Request) -> Response:
-    """POST /digests/lost-link: mail the address its links (if it has any) after answering
-    the same page whatever its state (THREATS S6); 400 for an invalid address, 429 when
-    the client asked too often. CSRF checked.
-    """
+    """POST /digests/lost-link: mail the address its links, if it has any; the same
+    answer whatever its state (THREATS S6)."""
     form = await _form(request)
     web = web_context(request)
     email = form.get("email")
@@ -702,9 +685,8 @@ async def lost_link_post(request: Request) -> Response:
 
 
 def edition_page(request: Request) -> Response:
-    """GET /digests/editions/{day}: every story sent in a digest on that day (ISO date, in
-    the digest time zone), by source; 404 for a malformed date or a day without digests.
-    """
+    """GET /digests/editions/{day}: every post sent in a digest on that day (in the
+    digest's time zone); 404 for a day without one."""
     web = web_context(request)
     try:
         day = date.fromisoformat(request.path_params["day"])
@@ -752,3 +734,4 @@ routes: list[BaseRoute] = [
     Route("/digests/editions/{day}", edition_page, methods=["GET"], name="digest_edition"),
     Route(PATHS["digest"], digest_page, methods=["GET"], name="digest"),
 ]
+"""The subscription pages' routes (paths from ``paths.PATHS`` where mail links to them)."""
