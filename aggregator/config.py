@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from . import USER_AGENT
 from .errors import ConfigError
 from .fetch import FetchSettings
-from .mail import SmtpSettings
+from .mail import MAX_CONNECTIONS, SmtpSettings
 from .parse import ParseLimits
 from .polling import PollPolicy
 from .resources import is_checkout, resource_file
@@ -46,8 +46,7 @@ DEFAULT_CONFIG = resource_file("config", "default.toml")
 # The commented configuration ``aggregator init`` writes for a new site.
 STARTER_CONFIG = resource_file("config", "starter.toml")
 
-# Accepted values of ``log_level``, most verbose first (Python logging level names, lower-
-# cased).
+# Accepted values of ``log_level``, most verbose first (Python's level names, lower case).
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -342,6 +341,7 @@ def settings_from_mapping(
     default_port = {"starttls": 587, "tls": 465, "none": 25}[security]
     smtp_port = mail_table.integer("smtp_port", default_port, low=1, high=65535)
     username = mail_table.string("smtp_username", "") or env.get(ENV_SMTP_USERNAME) or None
+    connections = mail_table.integer("connections", 1, low=1, high=MAX_CONNECTIONS)
     if smtp_host:
         try:
             smtp = SmtpSettings(
@@ -350,6 +350,7 @@ def settings_from_mapping(
                 security=security,  # type: ignore[arg-type]
                 username=username,
                 password=env.get(ENV_SMTP_PASSWORD) or None,
+                connections=connections,
             )
         except ConfigError as error:
             # SmtpSettings names its fields (smtp.host); the file names them mail.smtp_host.

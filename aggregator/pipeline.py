@@ -290,13 +290,15 @@ class Poller:
     ) -> PollSummary:
         now = decision.update.polled_at
         with self.store.write() as db:
+            # The feed's row first: a new title re-indexes the feed's stored entries for
+            # search (their source), so new entries are indexed once, with it.
+            feed_rows.apply_feed_update(db, feed, decision.update)
             plan = plan_poll(
                 db, feed.id, prepared.records, window=self.settings.poll.cross_post_window
             )
             entry_rows.apply_plan(db, feed.id, plan, now)
             if feed.backlog_seq is None:
                 feed_rows.mark_backlog(db, feed.id)
-            feed_rows.apply_feed_update(db, feed, decision.update)
             feed_rows.record_fetch(
                 db, replace(decision.fetch, new=len(plan.inserts), updated=len(plan.updates))
             )

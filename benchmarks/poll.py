@@ -3,6 +3,7 @@ user would pick instead, all measured in one run on one corpus served on loopbac
 
     python -m benchmarks.poll            # 500 feeds x 20 entries (~77 MB)
     python -m benchmarks.poll --quick    # 100 feeds, a smoke run
+    python -m benchmarks.poll --warm-matrix   # warm polls: 0/50 ms x own/one host x http/https
     python -m benchmarks.poll --only small   # only the one-shot small polls (2 and 20 feeds)
 
 Every contender runs as a child process measured on its own (wall, CPU of its whole
@@ -188,8 +189,41 @@ def ours(bench: Bench, corpus_root: Path) -> None:
         return
     for key in ("ours-cold", "ours-warm"):
         bench.run(key, ours_argv("ours-poll", "--config", str(config)))
+    for count in pinned_workers(bench.args.parse_workers):
+        pinned(bench, corpus_root, count)
     if bench.args.profile:
         profile_polls(bench, corpus_root, config)
+
+
+def pinned_workers(spec: str) -> list[int]:
+    """``--parse-workers 1,2`` -> [1, 2]."""
+    return [int(part) for part in spec.split(",") if part.strip()]
+
+
+def pinned_key(count: int) -> str:
+    return f"ours-cold-w{count}"
+
+
+def pinned(bench: Bench, corpus_root: Path, count: int) -> None:
+    """A cold poll with the number of parse processes pinned (``[poll] parse_workers``),
+    on a fresh database of its own: how the poll scales with the workers it may use."""
+    key = pinned_key(count)
+    LABELS[key] = f"ours: cold poll, {count} parse worker{'s' if count > 1 else ''}"
+    config = bench.work / f"ours-w{count}.toml"
+    write_config(config, bench.work / f"ours-w{count}.sqlite3", parse_workers=count)
+    port = str(bench.server.port)
+    setup = bench.run(
+        f"{key}-setup",
+        ours_argv(
+            "ours-setup", "--corpus", str(corpus_root), "--port", port, "--config", str(config)
+        ),
+        report=False,
+        show=False,
+    )
+    if setup.measured is None or not setup.measured.ok:
+        bench.skip(key, "setup failed")
+        return
+    bench.run(key, ours_argv("ours-poll", "--config", str(config)))
 
 
 def profile_polls(bench: Bench, corpus_root: Path, config: Path) -> None:
@@ -329,13 +363,14 @@ def warm_matrix(args: argparse.Namespace, corpus: Any, work: Path) -> list[dict[
             bench.run("fetch-warm", ours_argv("fetch-floor", *floor))
             config = work / "ours.toml"
             write_config(config, work / "ours.sqlite3", ca_file=cert)
+            # The feed rows a cold poll would leave (validators stored), without parsing
+            # 77 MB again for every scenario.
             setup = ("ours-setup", "--corpus", root, "--urls", str(urls), "--config", str(config))
-            bench.run("ours-setup", ours_argv(*setup), report=False, show=False)
-            bench.run("ours-cold", ours_argv("ours-poll", "--config", str(config)), show=False)
+            bench.run("ours-setup", ours_argv(*setup, "--validators"), report=False, show=False)
             before = dict(getattr(server, "versions", {}))
             bench.run("ours-warm", ours_argv("ours-poll", "--config", str(config)))
             versions = {k: v - before.get(k, 0) for k, v in getattr(server, "versions", {}).items()}
-            if compare is not None:
+            if compare is not None and not (args.reader_http_only and scenario.tls):
                 lines = work / "urls.txt"
                 lines.write_text(
                     "".join(server.url(f) + "\n" for f in corpus.feeds), encoding="utf-8"
@@ -365,6 +400,10 @@ def warm_matrix(args: argparse.Namespace, corpus: Any, work: Path) -> list[dict[
                 "ours_s": ours_row.phase if ours_row else math.nan,
                 "ours_runs_s": ours_row.all_phases if ours_row else [],
                 "ours_vs_floor": ratio(ours_row, floor_row),
+                "floor_cpu_s": floor_row.measured.cpu
+                if floor_row and floor_row.measured
+                else math.nan,
+                "ours_cpu_s": ours_row.measured.cpu if ours_row and ours_row.measured else math.nan,
                 "reader_s": reader_row.phase if reader_row else math.nan,
                 "reader_vs_ours": ratio(reader_row, ours_row),
                 "ours_traffic": vars(ours_row.traffic) if ours_row else {},
@@ -378,13 +417,22 @@ def warm_matrix(args: argparse.Namespace, corpus: Any, work: Path) -> list[dict[
 
 
 def matrix_table(results: list[dict[str, Any]]) -> str:
-    header = ("scenario", "floor s", "ours s", "ours/floor", "reader s", "reader/ours")
+    header = (
+        "scenario",
+        "floor s",
+        "ours s",
+        "ours/floor",
+        "CPU s floor / ours",
+        "reader s",
+        "reader/ours",
+    )
     lines = [header] + [
         (
             r["scenario"],
             _fmt(r["floor_s"]),
             _fmt(r["ours_s"]),
             _fmt(r["ours_vs_floor"]),
+            f"{_fmt(r['floor_cpu_s'])} / {_fmt(r['ours_cpu_s'])}",
             _fmt(r["reader_s"]),
             _fmt(r["reader_vs_ours"]),
         )
@@ -659,6 +707,7 @@ def table(rows: dict[str, Row]) -> str:
         "wall s",
         "proc s",
         "CPU s",
+        "main CPU s/1k",
         "peak MB",
         "maxRSS MB",
         "requests",
@@ -666,13 +715,13 @@ def table(rows: dict[str, Row]) -> str:
         "MB sent",
     )
     lines = [header]
-    for key in CONTENDERS:
+    for key in [*CONTENDERS, *sorted(k for k in rows if k not in CONTENDERS)]:
         row = rows.get(key)
         if row is None:
             continue
         m = row.measured
         if m is None:
-            lines.append((LABELS[key], "skipped", "", "", "", "", "", "", ""))
+            lines.append((LABELS[key], "skipped", "", "", "", "", "", "", "", ""))
             continue
         t = row.traffic
         failed = "" if m.ok else " (failed)"
@@ -682,6 +731,7 @@ def table(rows: dict[str, Row]) -> str:
                 _fmt(row.phase),
                 _fmt(m.wall),
                 _fmt(m.cpu),
+                _fmt(main_cpu_per_1000(row), 2),
                 _fmt(m.peak_pss_mb, 0),
                 _fmt(m.max_rss_mb, 0),
                 str(t.requests) if t.requests else "",
@@ -701,9 +751,34 @@ def table(rows: dict[str, Row]) -> str:
     return "\n".join(out)
 
 
+def main_cpu_per_1000(row: Row | None) -> float:
+    """CPU seconds (user + system) of our poll's own process, without its parse
+    workers, per 1,000 entries written: the serial part of a poll."""
+    if row is None or row.measured is None:
+        return math.nan
+    value = row.measured.report.get("main_cpu_per_1000_entries")
+    return math.nan if value is None else float(value)
+
+
+def _main_threads(row: Row | None) -> str:
+    """The main process's CPU by thread (event loop, database writer, the process
+    pool's feeder and manager threads), as the child counted it."""
+    if row is None or row.measured is None:
+        return ""
+    threads = row.measured.report.get("main_cpu_by_thread") or {}
+    return ", ".join(f"{name} {cpu:.2f}" for name, cpu in threads.items() if cpu >= 0.05)
+
+
 def ratios(rows: dict[str, Row]) -> list[tuple[str, float]]:
+    pinned_rows = sorted(
+        (k for k in rows if k.startswith("ours-cold-w")), key=lambda k: int(k[11:])
+    )
     return [
         ("cold poll / parse floor", ratio(rows.get("ours-cold"), rows.get("parse"))),
+        *(
+            (f"{LABELS[k][6:]} / parse floor", ratio(rows.get(k), rows.get("parse")))
+            for k in pinned_rows
+        ),
         ("cold poll / parse floor, CPU", cpu_ratio(rows.get("ours-cold"), rows.get("parse"))),
         ("cold poll / fetch floor", ratio(rows.get("ours-cold"), rows.get("fetch-cold"))),
         ("warm poll / warm fetch floor", ratio(rows.get("ours-warm"), rows.get("fetch-warm"))),
@@ -778,6 +853,12 @@ def main(argv: list[str] | None = None) -> int:
         "--profile", action="store_true", help="also profile one cold poll with py-spy"
     )
     parser.add_argument(
+        "--parse-workers",
+        default="",
+        metavar="N[,M…]",
+        help="also a cold poll with each of these numbers of parse processes, e.g. 1,2",
+    )
+    parser.add_argument(
         "--repeat", type=int, default=3, help="runs of the cheap contenders (fastest kept)"
     )
     parser.add_argument("--timeout", type=float, default=600.0, help="per contender, seconds")
@@ -788,6 +869,13 @@ def main(argv: list[str] | None = None) -> int:
         "--latency x --hosts x --protocols",
     )
     parser.add_argument("--latency", default="0,50", help="ms per answer, comma-separated")
+    parser.add_argument(
+        "--reader-everywhere",
+        dest="reader_http_only",
+        action="store_false",
+        help="run reader in the https scenarios too (it speaks HTTP/1.1 only; a cold update "
+        "per scenario parses the whole corpus)",
+    )
     parser.add_argument("--hosts", default="own,shared", help="own (a host per feed), shared")
     parser.add_argument(
         "--protocols", default="http,https", help="http (HTTP/1.1), https (TLS, h2 offered)"
@@ -844,7 +932,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table(rows))
     print()
     for name, value in ratios(rows):
-        print(f"  {name:<30} {_fmt(value)}")
+        print(f"  {name:<42} {_fmt(value)}")
     print()
     if small:
         print(small_table(small))
@@ -873,6 +961,10 @@ def main(argv: list[str] | None = None) -> int:
             ours_frame = next((f for f in reversed(stack) if f.split(":")[0] in OUR_FILES), "")
             via = f" (from {ours_frame})" if ours_frame and ours_frame != stack[-1] else ""
             print(f"    {place['share']:4.0%}  {stack[-1]}{via}")
+        for key in ("ours-cold", *sorted(k for k in rows if k.startswith("ours-cold-w"))):
+            by_thread = _main_threads(rows.get(key))
+            if by_thread:
+                print(f"  {LABELS[key]}: main process CPU s by thread: {by_thread}")
         print(
             f"  ours cold: {report.get('entries_stored')} entries stored, "
             f"{report.get('duplicates')} cross-post duplicates, statuses {report.get('statuses')}"
