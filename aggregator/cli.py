@@ -866,7 +866,7 @@ def digest_send(ctx: click.Context, due: bool, dry_run: bool) -> None:
                         task, total=event.total, completed=event.done, description=event.outcome
                     )
 
-                report = send_pending(store, sender, settings, now(), advance, clock=now)
+                report = send_pending(store, sender, settings, now, advance)
         finally:
             sender.close()
         where = (

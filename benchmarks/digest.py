@@ -252,7 +252,7 @@ def child_ours(db_path: Path, port: int, connections: int = 1) -> dict[str, Any]
     build_seconds = time.perf_counter() - started
     started = time.perf_counter()
     cpu = time.process_time()
-    report = send_pending(store, sender, settings, NOW)
+    report = send_pending(store, sender, settings, lambda: NOW)
     send_cpu = time.process_time() - cpu
     send_seconds = time.perf_counter() - started
     sender.close()
