@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from . import USER_AGENT
 from .errors import ConfigError
 from .fetch import FetchSettings
-from .mail import SmtpSettings
+from .mail import MAX_CONNECTIONS, SmtpSettings
 from .parse import ParseLimits
 from .polling import PollPolicy
 from .resources import is_checkout, resource_file
@@ -63,9 +63,11 @@ class ConfiguredFeed:
     snapshot: Path | None = None
 
 
-PARSE_IN_PROCESS_BYTES = 2 * 1024 * 1024
-"""Default of ``[poll] parse_in_process_kb`` (in bytes here): where starting parse
-processes begins to pay on a 2-core machine (benchmarks/poll.py, the small-poll rows)."""
+PARSE_IN_PROCESS_BYTES = 1024 * 1024
+"""Default of ``[poll] parse_in_process_kb`` (in bytes here): about where starting the
+parse processes begins to pay on a 2-core machine (``python -m benchmarks.poll --only
+crossover``: parsing in the command was as fast at 2 feeds, ~0.3 MB, and slower from 10
+feeds, ~1.5 MB, on)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,6 +341,7 @@ def settings_from_mapping(
     default_port = {"starttls": 587, "tls": 465, "none": 25}[security]
     smtp_port = mail_table.integer("smtp_port", default_port, low=1, high=65535)
     username = mail_table.string("smtp_username", "") or env.get(ENV_SMTP_USERNAME) or None
+    connections = mail_table.integer("connections", 1, low=1, high=MAX_CONNECTIONS)
     if smtp_host:
         try:
             smtp = SmtpSettings(
@@ -347,6 +350,7 @@ def settings_from_mapping(
                 security=security,  # type: ignore[arg-type]
                 username=username,
                 password=env.get(ENV_SMTP_PASSWORD) or None,
+                connections=connections,
             )
         except ConfigError as error:
             # SmtpSettings names its fields (smtp.host); the file names them mail.smtp_host.
