@@ -144,10 +144,14 @@ def parse_floor(args: argparse.Namespace) -> int:
 # --- our pipeline ------------------------------------------------------------------
 
 
-def write_config(path: Path, database: Path, *, ca_file: Path | None = None) -> None:
+def write_config(
+    path: Path, database: Path, *, ca_file: Path | None = None, fetch: str = ""
+) -> None:
     """A config holding only what the benchmark needs; everything else is default.
-    ``ca_file``: the loopback TLS server's self-signed certificate, trusted as a CA."""
+    ``ca_file``: the loopback TLS server's self-signed certificate, trusted as a CA;
+    ``fetch``: more lines for the ``[fetch]`` table (a variant to compare)."""
     trust = f"ca_file = {json.dumps(str(ca_file))}\n" if ca_file else ""
+    trust += fetch
     path.write_text(
         f"database = {json.dumps(str(database))}\n\n[fetch]\nallow_private_addresses = true\n"
         + trust,
