@@ -39,14 +39,35 @@ TARGET = "Kubernetes tuning notes for small clusters"
         ("source:alpha notes", '(source : "alpha") AND ("notes")'),
         ('source:"alpha blog"', '(source : "alpha blog")'),
         ("e-mail", '("e mail")'),
-        ('"NEAR( * OR', '("NEAR OR")'),
-        ("title:foo ^bar {x}", '("title foo") AND ("bar") AND ("x")'),
+        ('"NEAR( * OR', '("NEAR") AND ("OR")'),
+        ("title:foo ^bar {x}", '(title : "foo") AND ("bar") AND ("x")'),
+        ('Author:"Zeppelin Crew"', '(author : "Zeppelin Crew")'),
+        ("text:foo 10:30", '("text foo") AND ("10 30")'),  # not a filter: taken literally
         ("-only -exclusions", None),
         ('"" * - ( )', None),
+        ("*", None),
+        ("^", None),
+        ('"unterminated', '("unterminated")'),
+        ('"kubernetes notes', '("kubernetes") AND ("notes")'),  # a quote never closed
+        ('x "a b" "c d', '("x") AND ("a b") AND ("c") AND ("d")'),
+        ("NEAR(", '("NEAR")'),
+        ("NEAR(a b, 2)", '("NEAR a") AND ("b") AND ("2")'),
+        ("((a) b", '("a") AND ("b")'),
+        ("a)) OR (b", '("a") AND ("OR") AND ("b")'),
+        ("a\x00b\x00", '("a") AND ("b")'),  # control characters separate words
+        ("source:nowhere", '(source : "nowhere")'),
     ],
 )
 def test_query_language(text: str, fts: str | None) -> None:
     assert parse_query(text).fts == fts
+
+
+def test_long_queries_keep_their_first_words() -> None:
+    many = parse_query(" ".join(f"w{n}" for n in range(500)))
+    assert many.fts is not None and many.fts.count(" AND ") == search.MAX_PARTS - 1
+    one_phrase = parse_query("-".join(f"w{n}" for n in range(500)))
+    assert len(one_phrase.words) == search.MAX_WORDS
+    assert parse_query("x" * 100_000).words == ("x" * 100_000,)
 
 
 HOSTILE_QUERIES = [
@@ -65,6 +86,16 @@ HOSTILE_QUERIES = [
     "source:",
     "source:*",
     "ü" * 150,
+    '"unterminated',
+    "NEAR(",
+    "((a b",
+    "a))",
+    "source:nosuchsource",
+    "author:",
+    "a\x00b",
+    "x" * 200,
+    "w " * 100,
+    "-a-" * 66,
 ]
 
 
@@ -207,6 +238,42 @@ def test_count_and_cap(corpus, monkeypatch: pytest.MonkeyPatch) -> None:
     assert len(page.entries) <= 11
 
 
+def test_past_the_cap_tiers_rank_title_then_author_then_text_newest_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = Store.open(tmp_path / "db.sqlite3")
+    feed = add_feed(store, "https://a.test/feed", "A blog")
+    made: dict[str, int] = {}
+    for name, title, author, body in [
+        ("old title", "Ferret", None, "<p>care</p>"),  # outside the newest 4
+        ("text 1", "One", None, "<p>ferret food</p>"),
+        ("text 2", "Two", None, "<p>ferret toys</p>"),
+        ("author", "Three", "Ferret Fan", "<p>a ferret</p>"),
+        ("text 3", "Four", None, "<p>ferret again</p>"),
+        ("title", "Ferret food facts", None, "<p>the ferret</p>"),
+        ("some title", "Food for thought", None, "<p>ferret</p>"),
+    ]:
+        entry = record(title, published=NOW - timedelta(days=1), body=body, author=author, key=name)
+        made[name] = add_entry(store, feed, replace(entry, norm_title=normalise_title(title)))
+
+    def order(text: str, cap: int = 4) -> list[str]:
+        monkeypatch.setattr(search, "RANK_ALL", cap)
+        page = ranked_page(store.db, parse_query(text), limit=10)
+        assert page.capped and not page.matches.exact
+        names = {entry_id: name for name, entry_id in made.items()}
+        return [names[entry.id] for entry in page.entries]
+
+    # ferret: the exact title first, from anywhere (older than the ranked set); then
+    # the newest four matches: title, then author, then text, newest first.
+    assert order("ferret") == ["old title", "title", "author", "some title", "text 3"]
+    # Two words (three posts hold both; the newest two are ranked): every word in the
+    # title first, then some of them in the title.
+    assert order("ferret food", cap=2) == ["title", "some title"]
+    # Exclusions and filters hold in every tier.
+    assert "title" not in order("ferret -facts")
+    store.close()
+
+
 def test_snippets_mark_only_matched_words(corpus) -> None:
     _, store, ids = corpus
     query = parse_query("small clusters")
@@ -288,7 +355,9 @@ def test_hostile_entry_and_queries_through_the_web(corpus) -> None:
             for order in ("relevance", "newest"):
                 answer = client.get("/", params={"q": query, "order": order})
                 assert answer.status_code == 200, (query, order)
-            assert client.get("/search.atom", params={"q": query}).status_code in (200, 400)
+            feed = client.get("/search.atom", params={"q": query})
+            assert feed.status_code == 200, query
+            assert not feedparser.parse(feed.content).bozo, query
         assert client.get("/", params={"q": "x", "order": "bogus"}).status_code == 400
         assert client.get("/", params={"q": "x", "at": "nonsense"}).status_code == 400
 
@@ -327,13 +396,70 @@ def test_search_atom_follows_a_topic(corpus) -> None:
         assert "garbage" in parsed.feed.title
         website = client.get(parsed.feed.link.replace(settings.web.base_url, ""))
         assert website.status_code == 200 and "Memory again" in website.text
-        assert client.get("/search.atom", params={"q": "-x"}).status_code == 400
+        assert client.get("/search.atom", params={"q": ""}).status_code == 400
+        assert client.get("/search.atom").status_code == 400
         again = client.get(
             "/search.atom",
             params={"q": "garbage"},
             headers={"if-none-match": answer.headers["etag"]},
         )
         assert again.status_code == 304
+
+
+def test_queries_past_the_length_limit_are_refused_alike(corpus) -> None:
+    path, _, _ = corpus
+    settings = make_settings(path.parent)
+    with TestClient(create_app(settings, clock=lambda: NOW)) as client:
+        for query in ("x" * 5000, "w " * 2000):
+            for url in ("/", "/search.atom"):
+                answer = client.get(url, params={"q": query})
+                assert answer.status_code == 400
+                assert "too long" in answer.text
+
+
+def test_only_exclusions_find_nothing_alike_on_the_page_and_the_feed(corpus) -> None:
+    path, _, _ = corpus
+    settings = make_settings(path.parent)
+    with TestClient(create_app(settings, clock=lambda: NOW)) as client:
+        for query in ("-kubernetes", '-"garbage collection" -zeppelin', "*"):
+            page = client.get("/", params={"q": query})
+            assert page.status_code == 200
+            assert "has no words to look for" in page.text
+            assert '<article aria-labelledby="entry-' not in page.text
+            feed = client.get("/search.atom", params={"q": query})
+            assert feed.status_code == 200
+            assert feedparser.parse(feed.content).entries == []
+
+
+def test_an_empty_search_feed_is_dated_by_the_clock(corpus) -> None:
+    path, _, _ = corpus
+    settings = make_settings(path.parent)
+    with TestClient(create_app(settings, clock=lambda: NOW)) as client:
+        feed = client.get("/search.atom", params={"q": "nothingmatchesthis"})
+        assert feed.status_code == 200
+        parsed = feedparser.parse(feed.content)
+        assert parsed.entries == [] and not parsed.bozo
+        assert parsed.feed.updated == NOW.isoformat().replace("+00:00", "Z")
+        assert "last-modified" not in feed.headers
+        again = client.get(
+            "/search.atom",
+            params={"q": "nothingmatchesthis"},
+            headers={"if-none-match": feed.headers["etag"]},
+        )
+        assert again.status_code == 304
+        full = client.get("/search.atom", params={"q": "garbage"})
+        newest = feedparser.parse(full.content)
+        assert newest.feed.updated == newest.entries[0].updated
+
+
+def test_unterminated_quotes_and_column_filters_find_what_they_say(corpus) -> None:
+    _, store, ids = corpus
+    assert ranked_ids(store, '"kubernetes notes')[0] == ids["target"]
+    assert ranked_ids(store, '"zeppelin') == ranked_ids(store, "zeppelin")
+    assert ranked_ids(store, "title:zeppelin") == [ids["title"]]
+    assert ranked_ids(store, "author:zeppelin") == [ids["author"]]
+    assert ranked_ids(store, "source:nowhere") == []
+    assert set(ranked_ids(store, "zeppelin -title:zeppelin")) == {ids["author"], ids["text"]}
 
 
 def test_index_follows_source_renames_and_deletes(tmp_path: Path) -> None:

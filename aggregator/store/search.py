@@ -6,13 +6,19 @@ The query language (``parse_query``, pure) is what a reader would guess:
 - ``"a phrase"`` matches those words next to each other, in that order;
 - ``clust*`` matches words that begin with ``clust`` (two letters or more before ``*``);
 - ``-word`` or ``-"a phrase"`` leaves out posts that contain it;
-- ``source:word`` or ``source:"two words"`` matches in the source's title only.
+- ``source:word`` or ``source:"two words"`` matches in the source's title only;
+  ``title:`` and ``author:`` likewise in the post's title or author name.
 
 Anything else is taken literally: only runs of letters and digits are searched for, and
 each is sent to FTS5 as a quoted string, so FTS5 syntax in the input (``NEAR(``, ``OR``,
-``title:``, ``^``, unbalanced quotes) never reaches the FTS5 parser as syntax and never
-raises. A bare token of several words (``e-mail``, ``don't``) is a phrase of them, as
-the tokenizer splits the text it indexed.
+``text:``, ``^``, ``*`` alone, parentheses) never reaches the FTS5 parser as syntax and
+never raises. A bare token of several words (``e-mail``, ``don't``, ``10:30``) is a
+phrase of them, as the tokenizer splits the text it indexed. A quote that is never
+closed (``"unterminated words``) is ignored: the words after it are plain words.
+Control characters (NUL included) separate words. At most ``MAX_PARTS`` words, phrases
+and exclusions and ``MAX_WORDS`` words in all are kept (the rest of a longer query is
+dropped); a query with nothing left to find (only exclusions, only punctuation) finds
+nothing: ``SearchQuery.fts`` is None.
 
 Ranking (``ranked_page``): an exact title match (``entries.norm_title`` equal to the
 query's words normalised as titles are) first; then FTS5's ``bm25()`` with the column
@@ -28,9 +34,17 @@ repeat what they page through. (bm25 weighs words by the whole index, so new pos
 can nudge two near-equal scores; the order stays that of one ranking otherwise.)
 
 The cap (``RANK_ALL``): when a query matches more than ``RANK_ALL`` posts, only the
-newest ``RANK_ALL`` matches (by ingest order) are ranked; exact title matches come
-first from anywhere, and older matches are reached with "Newest first". The count of a
-capped search is an estimate (see ``count_matches``).
+newest ``RANK_ALL`` matches (by ingest order) are ranked, and not by bm25: bm25's
+inverse document frequency makes FTS5 read every match of every word of the query in
+the whole index on every page (at a million entries 15 ms for a word in 15 % of them,
+100 to 200 ms for a phrase of two words that most posts contain), whereas the newest
+matches are read newest first and cost the same at any size. They are ranked in tiers,
+newest first within each: (0) exact title matches, from anywhere, older ones too;
+(1) posts whose title holds every word and phrase of the query; (2) posts whose title
+holds some of them, or whose author or source title holds all of them; (3) the rest
+(the words are only in the text). Each tier is one FTS5 query over the capped id
+range. Older matches are reached with "Newest first". The count of a capped search
+is an estimate (see ``count_matches``).
 
 Snippets and highlighted titles (``highlights``) come from FTS5's ``snippet()`` and
 ``highlight()`` with control characters as markers, split here into plain text
@@ -55,6 +69,7 @@ from .timeline import _ENTRY_COLUMNS, TimelineEntry, _entry, _with_copies
 
 __all__ = [
     "MAX_PARTS",
+    "MAX_WORDS",
     "RANK_ALL",
     "WEIGHTS",
     "Fragment",
@@ -69,18 +84,27 @@ __all__ = [
     "ranked_page",
 ]
 
+# Words, phrases and exclusions kept from one query (the rest is dropped).
 MAX_PARTS = 12
+# Words kept from one query in all, phrases included: FTS5 reads a list per word.
+MAX_WORDS = 32
+# Letters needed before ``*`` for a prefix search (``c*`` is the word ``c``).
 MIN_PREFIX = 2
 # bm25 column weights, in the column order of entries_fts: title, author, text, source.
 WEIGHTS = (10.0, 4.0, 1.0, 2.0)
+# The most the recency factor takes off a bm25 score (a fraction; see ranked_page).
 RECENCY = 0.1
 # Added to the score of an exact title match: below any bm25 score.
 _EXACT = -1e9
+# Past this many matches only the newest this many are ranked, in tiers (the cap).
 RANK_ALL = 1_000
+# Tokens in a snippet at most (FTS5 snippet(), its last argument).
 SNIPPET_TOKENS = 24
 _OPEN, _CLOSE = "\x02", "\x03"
 _WORD = re.compile(r"\w+", re.UNICODE)
-_SOURCE = re.compile(r"source:", re.IGNORECASE)
+# Column filters: the reader's name, and the FTS5 column it searches.
+_COLUMN = re.compile(r"(source|title|author):", re.IGNORECASE)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _RANKED_CURSOR = re.compile(r"(\d{1,18})\.(\d{1,9})")
 
 
@@ -94,6 +118,7 @@ class SearchQuery:
     fts: str | None
     title: str
     words: tuple[str, ...]
+    parts: tuple[str, ...] = ()  # the words and phrases without a column filter (FTS5)
 
 
 def _phrase(words: Sequence[str], prefix: bool) -> str:
@@ -104,48 +129,60 @@ def _phrase(words: Sequence[str], prefix: bool) -> str:
 def parse_query(text: str) -> SearchQuery:
     """``text`` in the query language of the module docstring, as a ``SearchQuery``.
 
-    Never raises; at most ``MAX_PARTS`` words, phrases and exclusions are kept.
+    Never raises; at most ``MAX_PARTS`` words, phrases and exclusions and ``MAX_WORDS``
+    words in all are kept.
     """
+    cleaned = _CONTROL.sub(" ", text)
     positive: list[str] = []
     negative: list[str] = []
+    parts: list[str] = []
     words: list[str] = []
-    position, end = 0, len(text)
-    while position < end and len(positive) + len(negative) < MAX_PARTS:
-        if text[position].isspace():
+    budget = MAX_WORDS
+    position, end = 0, len(cleaned)
+    while position < end and len(positive) + len(negative) < MAX_PARTS and budget > 0:
+        if cleaned[position].isspace():
             position += 1
             continue
-        exclude = text[position] == "-" and position + 1 < end and not text[position + 1].isspace()
+        exclude = (
+            cleaned[position] == "-" and position + 1 < end and not cleaned[position + 1].isspace()
+        )
         if exclude:
             position += 1
         column = ""
-        source = _SOURCE.match(text, position)
-        if source is not None and source.end() < end and not text[source.end()].isspace():
-            column, position = "source : ", source.end()
-        if text[position] == '"':
-            close = text.find('"', position + 1)
-            close = end if close == -1 else close
-            token, position, prefix = text[position + 1 : close], close + 1, False
+        named = _COLUMN.match(cleaned, position)
+        if named is not None and named.end() < end and not cleaned[named.end()].isspace():
+            column, position = named.group(1).lower(), named.end()
+        close = cleaned.find('"', position + 1) if cleaned[position] == '"' else -1
+        if close != -1:
+            token, position, prefix = cleaned[position + 1 : close], close + 1, False
         else:
+            if cleaned[position] == '"':  # never closed: taken as plain words
+                position += 1
             stop = position
-            while stop < end and not text[stop].isspace() and text[stop] != '"':
+            while stop < end and not cleaned[stop].isspace() and cleaned[stop] != '"':
                 stop += 1
-            token, position = text[position:stop], stop
+            token, position = cleaned[position:stop], stop
             prefix = token.endswith("*")
-        found = _WORD.findall(token)
+        found = _WORD.findall(token)[:budget]
         if not found:
             continue
+        budget -= len(found)
         prefix = prefix and len(found[-1]) >= MIN_PREFIX
-        part = f"({column}{_phrase(found, prefix)})"
+        filter_ = f"{column} : " if column else ""
+        part = f"({filter_}{_phrase(found, prefix)})"
         if exclude:
             negative.append(part)
         else:
             positive.append(part)
             if not column:
+                parts.append(part)
+            if column in ("", "title"):
                 words.extend(found)
     if not positive:
         return SearchQuery(text, None, "", ())
     fts = " AND ".join(positive) + "".join(f" NOT {part}" for part in negative)
-    return SearchQuery(text, fts, normalise_title(" ".join(words)), tuple(words))
+    title = normalise_title(" ".join(words))
+    return SearchQuery(text, fts, title, tuple(words), tuple(parts))
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -295,64 +332,44 @@ def ranked_page(
     entry of that source. ``position`` is None for a first page (which fixes ``upto``
     as the newest entry id now) or a cursor from an earlier page.
 
-    One statement reads the newest ``RANK_ALL`` + 1 matches once, with their bm25
-    scores: that one pass gives the count (or, past the cap, the ids the estimate is
-    made from) and the ranked set, so FTS5 evaluates the query once, not once to count
-    and again to rank. (A source's count still takes ``count_matches``.)
+    First the newest ``RANK_ALL`` + 1 matching ids are read (FTS5 walks its index
+    newest first and stops there): they give the count and say whether the cap
+    applies. Up to the cap, those matches are ranked by bm25; past it, by the tiers of
+    the module docstring, without bm25 (see there for why).
     """
     upto = position.upto if position is not None else newest_id(db)
     start = position.start if position is not None else 0
     if query.fts is None or upto == 0:
         return RankedPage((), upto, start, None, None, False, Matches(0, True, 0))
-    where, params = _filter(feed_id)
-    weights = ", ".join(str(weight) for weight in WEIGHTS)
-    # The recency reference: the publication date of the newest entry of the set.
-    # 1 - RECENCY * age / (age + 365), written with one date computation per row.
-    age = (
-        "max(0.0, julianday((SELECT published FROM entries WHERE id <= ? ORDER BY id DESC "
-        "LIMIT 1)) - julianday(e.published))"
-    )
-    recency = f"({1 - RECENCY} + {RECENCY * 365} / ({age} + 365.0))"
-    exact = f"CASE WHEN e.norm_title = ? THEN {_EXACT} ELSE 0.0 END"
-    sql = (
-        # The newest RANK_ALL + 1 matches, read once: FTS5 walks its index newest first.
-        "WITH m AS MATERIALIZED (SELECT rowid AS id, "
-        f"bm25(entries_fts, {weights}) AS b FROM entries_fts "
-        "WHERE entries_fts MATCH ? AND rowid <= ? ORDER BY rowid DESC LIMIT ?), "
-        # count: how many (at most RANK_ALL + 1); low: past the cap, the lowest id of
-        # them, which is left out (only ids above it are ranked), else 0.
-        "n AS (SELECT count(*) AS count, CASE WHEN count(*) > ? THEN min(id) ELSE 0 END "
-        "AS low, (SELECT count(*) FROM m JOIN entries e ON e.id = m.id "
-        "WHERE e.duplicate_of IS NULL) AS stories FROM m), "
-        f"r AS (SELECT m.id, {exact} + m.b * {recency} AS score "
-        "FROM m JOIN entries e ON e.id = m.id "
-        f"WHERE m.id > (SELECT low FROM n) AND {where} "
-        # Exact title matches from anywhere (when capped, older ones are not in m).
-        f"UNION ALL SELECT e.id, {_EXACT} FROM entries e "
-        f"WHERE e.norm_title = ? AND e.id <= ? AND {where} AND (SELECT low FROM n) > 0 "
-        "AND EXISTS (SELECT 1 FROM entries_fts WHERE entries_fts MATCH ? "
-        "AND entries_fts.rowid = e.id)), "
-        "p AS (SELECT id, min(score) AS score FROM r GROUP BY id "
-        "ORDER BY score, id DESC LIMIT ? OFFSET ?) "
-        # The count beside each id (a page of its own for ``n`` costs a second pass).
-        "SELECT p.id, (SELECT stories FROM n), (SELECT low FROM n) FROM p "
-        "ORDER BY p.score, p.id DESC"
-    )
-    sql_params = [
-        query.fts, upto, RANK_ALL + 1, RANK_ALL,
-        query.title, upto, *params,
-        query.title, upto, *params, query.fts,
-        limit + 1, start,
-    ]  # fmt: skip
-    rows = _execute(db, sql, sql_params)
-    ids = [row[0] for row in rows]
-    if feed_id is not None or not rows:  # a source's count, or past the last page
-        matches = count_matches(db, query, feed_id=feed_id, upto=upto)
-        low = matches.low
+    newest = [
+        row[0]
+        for row in _execute(
+            db,
+            "SELECT rowid FROM entries_fts WHERE entries_fts MATCH ? AND rowid <= ? "
+            "ORDER BY rowid DESC LIMIT ?",
+            [query.fts, upto, RANK_ALL + 1],
+        )
+    ]
+    if not newest:
+        return RankedPage((), upto, start, None, None, False, Matches(0, True, 0))
+    if len(newest) > RANK_ALL:
+        low = newest[-1]  # only ids above it are ranked
+        ids = _tiered(db, query, newest[:RANK_ALL], feed_id, upto, low, limit + 1, start)
+        if feed_id is None:
+            matches = Matches(_round(_estimate(upto, low)), False, low)
+        else:
+            matches = count_matches(db, query, feed_id=feed_id, upto=upto)
     else:
-        count, low = int(rows[0][1]), int(rows[0][2])
-        estimate = _round(_estimate(upto, low)) if low else count
-        matches = Matches(estimate, not low, low)
+        low = 0
+        ids = _by_bm25(db, query, feed_id, newest[-1], upto, limit + 1, start)
+        where, params = _filter(feed_id)
+        count = _execute(
+            db,
+            "SELECT count(*) FROM json_each(?) AS j CROSS JOIN entries e ON e.id = j.value "
+            f"WHERE {where}",
+            [json.dumps(newest), *params],
+        )[0][0]
+        matches = Matches(int(count), True, 0)
     more = len(ids) > limit
     ids = ids[:limit]
     entries = _entries(db, ids)
@@ -365,6 +382,106 @@ def ranked_page(
         capped=low > 0,
         matches=matches,
     )
+
+
+def _by_bm25(
+    db: Database,
+    query: SearchQuery,
+    feed_id: int | None,
+    lowest: int,
+    upto: int,
+    limit: int,
+    offset: int,
+) -> list[int]:
+    """``limit`` ids from ``offset`` of every match in ``lowest``..``upto`` (all of
+    them: at most ``RANK_ALL``), ranked by exact title, then bm25 scaled by recency."""
+    where, params = _filter(feed_id)
+    weights = ", ".join(str(weight) for weight in WEIGHTS)
+    # The recency reference: the publication date of the newest entry of the set.
+    # 1 - RECENCY * age / (age + 365), written with one date computation per row.
+    age = (
+        "max(0.0, julianday((SELECT published FROM entries WHERE id <= ? ORDER BY id DESC "
+        "LIMIT 1)) - julianday(e.published))"
+    )
+    recency = f"({1 - RECENCY} + {RECENCY * 365} / ({age} + 365.0))"
+    exact = f"CASE WHEN e.norm_title = ? THEN {_EXACT} ELSE 0.0 END"
+    sql = (
+        f"WITH m AS MATERIALIZED (SELECT rowid AS id, bm25(entries_fts, {weights}) AS b "
+        "FROM entries_fts WHERE entries_fts MATCH ? AND rowid >= ? AND rowid <= ?) "
+        f"SELECT m.id FROM m CROSS JOIN entries e ON e.id = m.id WHERE {where} "
+        f"ORDER BY {exact} + m.b * {recency}, m.id DESC LIMIT ? OFFSET ?"
+    )
+    sql_params = [query.fts, lowest, upto, *params, query.title, upto, limit, offset]
+    return [row[0] for row in _execute(db, sql, sql_params)]
+
+
+def _tiered(
+    db: Database,
+    query: SearchQuery,
+    newest: Sequence[int],
+    feed_id: int | None,
+    upto: int,
+    low: int,
+    limit: int,
+    offset: int,
+) -> list[int]:
+    """``limit`` ids from ``offset`` of a capped result set: exact title matches (from
+    anywhere up to ``upto``), then the ``newest`` matches (the ids above ``low``) by
+    tier (module docstring), newest first within a tier.
+
+    A few small statements, each on an index, a few rowids or the capped id range, put
+    together here (one statement joining them made SQLite's plan several times slower).
+    """
+    tier = dict.fromkeys(newest, 3)
+    if query.parts:
+        every = " AND ".join(query.parts)
+        if len(query.parts) > 1:  # some of the words in the title: one scan of the range
+            _raise(db, tier, f"title : ({' OR '.join(query.parts)})", low, upto, 2)
+        # Every word in the title, author or source title; of those, every word in the
+        # title alone (seeking those few rowids one at a time instead costs more: each
+        # seek reads the common words' long lists again).
+        _raise(db, tier, f"{{title author source}} : ({every})", low, upto, 2)
+        _raise(db, tier, f"title : ({every})", low, upto, 1)
+    where, params = _filter(feed_id)
+    exact = _execute(
+        db,
+        f"SELECT e.id FROM entries e WHERE e.norm_title = ? AND e.id <= ? AND {where} "
+        "AND EXISTS (SELECT 1 FROM entries_fts WHERE entries_fts MATCH ? "
+        "AND entries_fts.rowid = e.id)",
+        [query.title, upto, *params, query.fts],
+    )
+    tier.update((row[0], 0) for row in exact)
+    ranked = sorted(tier, key=lambda entry_id: (tier[entry_id], -entry_id))
+    # Only stories (or the source's entries) are listed: checked in ranked order, as far
+    # as the page reaches (the column read is at the end of a long row: reading it for
+    # every ranked id would cost more than all the rest).
+    listed: list[int] = []
+    position, batch = 0, 2 * (offset + limit)
+    while len(listed) < offset + limit and position < len(ranked):
+        chunk = ranked[position : position + batch]
+        rows = _execute(
+            db,
+            "SELECT e.id FROM json_each(?) AS j CROSS JOIN entries e ON e.id = j.value "
+            f"WHERE {where}",
+            [json.dumps(chunk), *params],
+        )
+        kept = {row[0] for row in rows}
+        listed.extend(entry_id for entry_id in chunk if entry_id in kept)
+        position, batch = position + len(chunk), batch * 2
+    return listed[offset : offset + limit]
+
+
+def _raise(
+    db: Database, tiers: dict[int, int], expression: str, low: int, upto: int, to: int
+) -> None:
+    """Sets the tier of the ids of ``tiers`` that match the FTS5 ``expression`` to
+    ``to`` (ids above ``low`` and up to ``upto``: the capped range, one scan)."""
+    rows = _execute(
+        db,
+        "SELECT rowid FROM entries_fts WHERE entries_fts MATCH ? AND rowid > ? AND rowid <= ?",
+        [expression, low, upto],
+    )
+    tiers.update((row[0], to) for row in rows if row[0] in tiers)
 
 
 def _entries(db: Database, ids: Sequence[int]) -> list[TimelineEntry]:

@@ -26,7 +26,9 @@ from ..store.timeline import TimelineEntry
 from .context import web_context
 from .pages import SITE_TITLE, int_param, str_param
 
+# Entries in each Atom feed we serve, newest first.
 FEED_SIZE = 50
+# Media type of the Atom feeds we serve (RFC 4287 section 7).
 ATOM_TYPE = "application/atom+xml; charset=utf-8"
 # Bump when the Atom template changes, so that cached copies are not kept.
 _FORMAT_VERSION = "atom-2"  # 2: enclosure links
@@ -86,42 +88,50 @@ def _atom_response(
     web = web_context(request)
     base = web.settings.web.base_url
     etag, changed = _validators(entries, f"{base}{path}\x00{title}")
-    headers = {
-        "etag": etag,
-        "last-modified": format_datetime(changed, usegmt=True),
-        "cache-control": "no-cache",
-    }
+    headers = {"etag": etag, "cache-control": "no-cache"}
+    if entries:  # an empty feed has no date of change: the ETag alone validates it
+        headers["last-modified"] = format_datetime(changed, usegmt=True)
     if _not_modified(request, etag, changed):
         return Response(status_code=304, headers=headers)
+    # atom:updated (RFC 4287 section 4.2.15): the newest entry's date; with no entries,
+    # the time of the request (the feed as it stands now).
+    updated = max((e.updated or e.published for e in entries), default=None) or web.now()
     body = web.templates.get_template("feed.atom").render(
         title=title,
         feed_url=f"{base}{path}",
         alternate=alternate,
         base_url=base,
-        updated=max((e.updated or e.published for e in entries), default=changed),
+        updated=updated,
         entries=entries,
     )
     return Response(xml_chars(body), media_type=ATOM_TYPE, headers=headers)
 
 
 def merged_atom(request: Request) -> Response:
+    """GET /feed.atom: the newest stories of every source as Atom 1.0 (RFC 4287), with ETag
+    and Last-Modified; 304 when the reader's copy is current (RFC 9110 section 13.1).
+    """
     return _atom(request, None)
 
 
 def source_atom(request: Request) -> Response:
+    """GET /sources/{feed_id}/feed.atom: the newest entries of one source as Atom 1.0,
+    cached like ``merged_atom``; 404 for an unknown source.
+    """
     return _atom(request, request.path_params["feed_id"])
 
 
 def search_atom(request: Request) -> Response:
     """The newest posts matching ``q`` (the search page's query language), optionally
-    of one ``source``: a reader follows a topic with it."""
+    of one ``source``: a reader follows a topic with it. 400 without ``q``; a query
+    that can find nothing (``-word`` alone) is an empty feed, as on the search page."""
     web = web_context(request)
     db = web.store().db
     raw_query = (str_param(request, "q") or "").strip()
     source_id = int_param(request, "source")
-    query = search.parse_query(raw_query)
-    if query.fts is None:
+    if not raw_query:
         raise HTTPException(400, "Give the words to follow in the “q” parameter.")
+    query = search.parse_query(raw_query)
     title = f"{SITE_TITLE}: posts matching “{raw_query}”"
     if source_id is not None:
         feed = feed_rows.get_feed(db, source_id)
@@ -132,11 +142,17 @@ def search_atom(request: Request) -> Response:
     if source_id is not None:
         params["source"] = source_id
     query_string = urlencode(params)
-    page = timeline.timeline_page(db, feed_id=source_id, search=query.fts, limit=FEED_SIZE)
+    # A query with nothing to find (only exclusions, only punctuation) is an empty
+    # feed, as the search page shows no results for it.
+    entries: Sequence[TimelineEntry] = ()
+    if query.fts is not None:
+        entries = timeline.timeline_page(
+            db, feed_id=source_id, search=query.fts, limit=FEED_SIZE
+        ).entries
     base = web.settings.web.base_url
     return _atom_response(
         request,
-        page.entries,
+        entries,
         title=title,
         path=f"/search.atom?{query_string}",
         alternate=f"{base}/?{urlencode({**params, 'order': 'newest'})}",
@@ -144,6 +160,9 @@ def search_atom(request: Request) -> Response:
 
 
 def opml(request: Request) -> Response:
+    """GET /opml: every source as an OPML 2.0 document (text/x-opml), for another reader to
+    import.
+    """
     web = web_context(request)
     document = export_opml(feed_rows.list_feeds(web.store().db), now=web.now())
     return Response(
