@@ -46,8 +46,7 @@ DEFAULT_CONFIG = resource_file("config", "default.toml")
 # The commented configuration ``aggregator init`` writes for a new site.
 STARTER_CONFIG = resource_file("config", "starter.toml")
 
-# Accepted values of ``log_level``, most verbose first (Python logging level names, lower-
-# cased).
+# Accepted values of ``log_level``, most verbose first (Python's level names, lower case).
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -64,6 +63,11 @@ class ConfiguredFeed:
     snapshot: Path | None = None
 
 
+PARSE_IN_PROCESS_BYTES = 2 * 1024 * 1024
+"""Default of ``[poll] parse_in_process_kb`` (in bytes here): where starting parse
+processes begins to pay on a 2-core machine (benchmarks/poll.py, the small-poll rows)."""
+
+
 @dataclass(frozen=True, slots=True)
 class PollSettings:
     """``[poll]``: the polling policy (intervals, backoff, Retry-After cap), parse worker
@@ -73,6 +77,9 @@ class PollSettings:
 
     policy: PollPolicy = field(default_factory=PollPolicy)
     parse_workers: int = 0  # 0: one per CPU core
+    # A one-shot poll parses this many bytes of documents itself before it starts the
+    # parse processes (each costs ~0.3 s to start); the service always uses them.
+    parse_in_process_bytes: int = PARSE_IN_PROCESS_BYTES
     cross_post_window: timedelta = timedelta(days=14)
     use_snapshots: bool = False
 
@@ -260,6 +267,8 @@ def settings_from_mapping(
     poll = PollSettings(
         policy=policy,
         parse_workers=poll_table.integer("parse_workers", 0, low=0),
+        parse_in_process_bytes=1024
+        * poll_table.integer("parse_in_process_kb", PARSE_IN_PROCESS_BYTES // 1024, low=0),
         cross_post_window=timedelta(
             days=poll_table.number("cross_post_window_days", 14.0, low=0.0)
         ),

@@ -54,12 +54,17 @@ from .errors import (
 from .models import FetchResult
 from .polling import parse_retry_after
 
+# Accept header of every request: feed types first (RFC 9110 section 12.5.1).
 ACCEPT = (
     "application/atom+xml, application/rss+xml, application/xml;q=0.9, text/xml;q=0.9, */*;q=0.1"
 )
+# Content codings we decode (bounded, see _Decoder); brotli is not offered.
 ACCEPT_ENCODING = "gzip, deflate"
+# Statuses followed as redirects (RFC 9110 section 15.4), by hand, hop by hop.
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+# Redirects that move the stored feed URL when every hop is one (RFC 9110 15.4.2, 15.4.9).
 PERMANENT_REDIRECTS = frozenset({301, 308})
+# Statuses whose Retry-After is honoured (RFC 9110 section 10.2.3).
 RETRY_AFTER_STATUSES = frozenset({429, 503})
 _CHUNK = 64 * 1024  # largest piece a decoder may hand back at once
 
@@ -170,6 +175,8 @@ class AddressGuard(httpcore.AsyncNetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.AsyncNetworkStream:
+        """A stream to the first address of ``host`` that accepts, after every address
+        passed the policy. ``timeout`` (seconds) bounds resolving and each attempt."""
         addresses = await self._resolve(host, port, timeout)
         last_error: Exception | None = None
         for address in addresses:
@@ -192,9 +199,11 @@ class AddressGuard(httpcore.AsyncNetworkBackend):
         timeout: float | None = None,  # noqa: ASYNC109 (httpcore's interface)
         socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.AsyncNetworkStream:
+        """Always refused: feeds are fetched over TCP only."""
         raise AddressRefused("unix sockets are not allowed")
 
     async def sleep(self, seconds: float) -> None:
+        """The inner backend's sleep (httpcore's interface)."""
         await self._inner.sleep(seconds)
 
 
@@ -306,6 +315,8 @@ class GuardedTransport(httpx.AsyncBaseTransport):
         return self._tls
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """Send ``request`` on a pooled connection of its scheme; the answer's body
+        streams. Raises httpx's transport errors (``AddressRefused`` among them)."""
         url = request.url
         pool = await self._tls_pool() if url.scheme == "https" else self._plain
         assert isinstance(request.stream, httpx.AsyncByteStream)
@@ -329,6 +340,7 @@ class GuardedTransport(httpx.AsyncBaseTransport):
         )
 
     async def aclose(self) -> None:
+        """Close every pooled connection."""
         await self._plain.aclose()
         if self._tls is not None:
             await self._tls.aclose()
@@ -349,6 +361,7 @@ def tls_context(ca_file: str | None = None) -> ssl.SSLContext:
 PER_HOST_START = 6  # requests at once to a host not yet heard from: what browsers open
 MAX_HOST_HOLD = 3600.0  # seconds: longest a Retry-After keeps a host at one request
 DEFAULT_HOST_HOLD = 60.0  # seconds, when a Retry-After cannot be read
+# Answers that halve a host's slots: too many requests, or the server failing.
 OVERLOAD_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 

@@ -57,8 +57,12 @@ class OutgoingMessage:
 
 # --- building -----------------------------------------------------------------------
 
+# Longest subject kept, in characters; a longer one is cut with an ellipsis.
 MAX_SUBJECT_CHARS = 500
+# Longest address accepted, in characters (RFC 5321 section 4.5.3.1: a 256-octet path less
+# the angle brackets).
 MAX_ADDRESS_CHARS = 254
+# Longest value of an extra header, in characters.
 MAX_HEADER_VALUE_CHARS = 4000
 _FOLD_AT = 78
 _HARD_LINE_LIMIT = 998
@@ -110,7 +114,10 @@ class _MailPolicy(EmailPolicy):
         return super().fold_binary(name, value)
 
 
+# How messages are serialised for SMTP: CRLF line ends (RFC 5321 section 2.3.8), 7-bit
+# transfer encodings, ASCII list headers folded at spaces only.
 SMTP_POLICY = _MailPolicy(linesep="\r\n", cte_type="7bit")
+# ``SMTP_POLICY`` with LF line ends, for Maildir files and previews.
 FILE_POLICY = _MailPolicy(linesep="\n", cte_type="7bit")
 
 
@@ -421,6 +428,13 @@ MAX_CONNECTIONS = 32  # concurrent SMTP sessions one sender may open
 
 @dataclass(frozen=True, slots=True)
 class SmtpSettings:
+    """An SMTP server to hand mail to: host and port, ``starttls`` (RFC 3207), implicit
+    ``tls`` (RFC 8314) or ``none``, optional credentials (refused unencrypted except to
+    loopback), the per-operation timeout in seconds, the HELO name, and how many messages
+    one connection carries. Raises ConfigError (key ``smtp.<field>``) for an invalid
+    combination.
+    """
+
     host: str
     port: int = 587
     security: Security = "starttls"
@@ -463,7 +477,8 @@ class SmtpSettings:
 
 
 class Sender(Protocol):
-    """Hands messages over; ``connections`` of them may be sent at once from as many threads."""
+    """Where digests and sign-up mail go: an SMTP server or a Maildir outbox.
+    ``connections`` messages may be handed over at once, from as many threads."""
 
     connections: int
 
@@ -471,7 +486,9 @@ class Sender(Protocol):
         """Hand the message over, or raise MailTemporaryError / MailPermanentError."""
         ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Release the connection or the folder."""
+        ...
 
 
 class _StaleConnection(Exception):
@@ -499,9 +516,16 @@ class SmtpSender:
 
     @property
     def where(self) -> str:
+        """``host:port`` of the server, for log lines and errors."""
         return f"{self.settings.host}:{self.settings.port}"
 
     def send(self, message: OutgoingMessage) -> None:
+        """Hand the message over on a free connection, waiting for one when all are busy
+        (reconnecting once if a reused connection went stale before any data was sent).
+        Raises MailTemporaryError (4xx, connection or TLS failure: try later) or
+        MailPermanentError (5xx, or an address that cannot be mailed); RFC 5321 section
+        4.2.1.
+        """
         sender, recipient = envelope_addresses(message)
         data = message_bytes(message)
         channel = self._idle.get()
@@ -511,7 +535,8 @@ class SmtpSender:
             self._idle.put(channel)
 
     def close(self) -> None:
-        """Quit every connection, once the messages in flight are through."""
+        """Say QUIT and close every open connection, once the messages in flight are
+        through."""
         channels = [self._idle.get() for _ in range(self.connections)]
         try:
             for channel in channels:
@@ -782,6 +807,9 @@ class MaildirSender:
         self._lock = threading.Lock()
 
     def send(self, message: OutgoingMessage) -> None:
+        """Write the message as one file into the Maildir's ``new/`` (through ``tmp/``);
+        raises MailTemporaryError when the folder cannot be written.
+        """
         data = message_bytes(message, linesep="\n")
         with self._lock:
             try:
@@ -798,6 +826,7 @@ class MaildirSender:
                 ) from error
 
     def close(self) -> None:
+        """Close the Maildir handle, if one is open."""
         with self._lock:
             if self._box is not None:
                 self._box.close()

@@ -2,7 +2,7 @@
 
     python -m benchmarks.children fetch-floor --corpus DIR --port P --mode cold|warm --out R
     python -m benchmarks.children parse-floor --corpus DIR --out R [--light]
-    python -m benchmarks.children ours-setup --corpus DIR --port P --config C
+    python -m benchmarks.children ours-setup --corpus DIR --port P --config C [--limit N]
     python -m benchmarks.children ours-poll --config C --out R
 
 Each writes a JSON report with the wall time of its measured phase (the work itself,
@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import resource
 import statistics
 import sys
 import threading
@@ -33,6 +35,8 @@ TICK_SECONDS = 0.005
 STALL_SECONDS = 0.03  # a tick this late counts as a stall for StallWatch
 WATCH_SECONDS = 0.01
 STACK_DEPTH = 7
+THREAD_CPU_SECONDS = 0.2
+INSTRUMENT_THREADS = ("stall-watch", "thread-cpu")
 STALL_PLACES = 8
 
 
@@ -144,22 +148,29 @@ def parse_floor(args: argparse.Namespace) -> int:
 # --- our pipeline ------------------------------------------------------------------
 
 
-def write_config(path: Path, database: Path, *, ca_file: Path | None = None) -> None:
+def write_config(
+    path: Path, database: Path, *, ca_file: Path | None = None, parse_workers: int = 0
+) -> None:
     """A config holding only what the benchmark needs; everything else is default.
-    ``ca_file``: the loopback TLS server's self-signed certificate, trusted as a CA."""
+    ``ca_file``: the loopback TLS server's self-signed certificate, trusted as a CA.
+    ``parse_workers`` > 0 pins the number of parse processes (0: one per core)."""
     trust = f"ca_file = {json.dumps(str(ca_file))}\n" if ca_file else ""
-    path.write_text(
+    text = (
         f"database = {json.dumps(str(database))}\n\n[fetch]\nallow_private_addresses = true\n"
-        + trust,
-        encoding="utf-8",
+        + trust
     )
+    if parse_workers:
+        text += f"\n[poll]\nparse_workers = {parse_workers}\n"
+    path.write_text(text, encoding="utf-8")
 
 
 def ours_setup(args: argparse.Namespace) -> int:
     from aggregator.config import load_settings
+    from aggregator.decide import FeedUpdate
     from aggregator.models import FeedSource
     from aggregator.sources import add_source
     from aggregator.store import Store
+    from aggregator.store import feeds as feed_rows
 
     settings = load_settings(Path(args.config), env={})
     for suffix in ("", "-wal", "-shm"):
@@ -169,11 +180,70 @@ def ours_setup(args: argparse.Namespace) -> int:
     now = datetime.now(UTC)
     try:
         urls = feed_urls(corpus, args)
-        for feed in corpus.feeds:
-            add_source(store, FeedSource(url=urls[feed.index]), origin="cli", now=now)
+        for feed in corpus.feeds[: args.limit or None]:
+            added, _ = add_source(store, FeedSource(url=urls[feed.index]), origin="cli", now=now)
+            if args.validators:  # as a cold poll leaves the feed row, without parsing
+                update = FeedUpdate(
+                    polled_at=now,
+                    next_poll_at=now,
+                    succeeded=True,
+                    etag=feed.etag,
+                    last_modified=feed.last_modified,
+                )
+                with store.write() as db:
+                    feed_rows.apply_feed_update(db, added, update)
     finally:
         store.close()
     return 0
+
+
+class ThreadCpu:
+    """CPU seconds of each thread of this process (``/proc/self/task/*/stat``, Linux),
+    read every THREAD_CPU_SECONDS and at the end, so that threads which end early (the
+    process pool's feeder and manager threads end when the pool closes) are counted.
+    Reported per thread name, numbers stripped: where the main process's CPU goes."""
+
+    def __init__(self) -> None:
+        self.seen: dict[int, tuple[str, float]] = {}  # native id -> (name, CPU s)
+        self._tick = os.sysconf("SC_CLK_TCK")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="thread-cpu", daemon=True)
+
+    def start(self) -> ThreadCpu:
+        self._thread.start()
+        return self
+
+    def stop(self) -> dict[str, float]:
+        self._stop.set()
+        self._thread.join()
+        self._read()
+        totals: dict[str, float] = {}
+        for name, cpu in self.seen.values():
+            kind = name.rstrip("0123456789_-") or name
+            totals[kind] = round(totals.get(kind, 0.0) + cpu, 2)
+        return dict(sorted(totals.items(), key=lambda item: -item[1]))
+
+    def _watch(self) -> None:
+        while not self._stop.wait(THREAD_CPU_SECONDS):
+            self._read()
+
+    def _read(self) -> None:
+        names = {t.native_id: t.name for t in threading.enumerate() if t.native_id}
+        try:
+            tasks = os.listdir("/proc/self/task")
+        except OSError:
+            return
+        for task in tasks:
+            try:
+                with open(f"/proc/self/task/{task}/stat", encoding="ascii") as stat:
+                    fields = stat.read().rpartition(")")[2].split()
+            except OSError:
+                continue
+            tid = int(task)
+            cpu = (int(fields[11]) + int(fields[12])) / self._tick  # utime, stime
+            known = self.seen.get(tid)
+            name = names.get(tid) or (known[0] if known else f"thread {tid}")
+            self.seen[tid] = (name, cpu)
 
 
 class StallWatch:
@@ -271,8 +341,10 @@ def ours_poll(args: argparse.Namespace) -> int:
     store = Store.open(settings.database)
     finished: list[float] = []  # when each feed's summary came back
     watch = StallWatch().start()
+    threads = ThreadCpu().start()
     try:
         started = time.perf_counter()
+        usage_before = resource.getrusage(resource.RUSAGE_SELF)
         summaries, phase, timed_lags = asyncio.run(
             _with_ticker(
                 lambda: poll_feeds(
@@ -281,6 +353,8 @@ def ours_poll(args: argparse.Namespace) -> int:
                 watch,
             )
         )
+        usage_after = resource.getrusage(resource.RUSAGE_SELF)
+        thread_cpu = threads.stop()
         stored = store.db.execute("SELECT count(*) FROM entries").fetchone()[0]
     finally:
         watch.stop()
@@ -294,10 +368,28 @@ def ours_poll(args: argparse.Namespace) -> int:
     # starting the worker processes); the rest to the steady state of the poll.
     first = min(finished, default=started)
     steady = [lag for lag, at in timed_lags if at >= first]
+    # CPU of this process alone (every thread: event loop, database writer, the pool's
+    # manager thread), not of the parse workers: the serial part of a poll.
+    main_user = usage_after.ru_utime - usage_before.ru_utime
+    main_sys = usage_after.ru_stime - usage_before.ru_stime
+    # The benchmark's own watchers are not the poll's work.
+    instruments = sum(thread_cpu.get(name, 0.0) for name in INSTRUMENT_THREADS)
+    new = sum(s.new for s in summaries)
+    written = new + sum(s.duplicates + s.updated for s in summaries)
     report = {
         "phase_wall": phase,
+        "main_cpu_user": main_user,
+        "main_cpu_sys": main_sys,
+        "entries_written": written,
+        # CPU seconds per thread of this process, by thread name (start-up included).
+        "main_cpu_by_thread": thread_cpu,
+        "main_cpu_instruments": instruments,
+        "main_cpu_per_1000_entries": (
+            (main_user + main_sys - instruments) * 1000 / written if written else None
+        ),
+        "parse_workers": settings.poll.parse_workers or os.cpu_count() or 1,
         "statuses": statuses,
-        "new": sum(s.new for s in summaries),
+        "new": new,
         "updated": sum(s.updated for s in summaries),
         "duplicates": sum(s.duplicates for s in summaries),
         "entries_stored": stored,
@@ -339,7 +431,11 @@ def main(argv: list[str] | None = None) -> int:
     setup.add_argument("--corpus", required=True)
     setup.add_argument("--port", type=int, default=0)
     setup.add_argument("--urls", help="JSON object: feed index -> URL (instead of --port)")
+    setup.add_argument(
+        "--validators", action="store_true", help="store each feed's ETag and Last-Modified"
+    )
     setup.add_argument("--config", required=True)
+    setup.add_argument("--limit", type=int, default=0, help="only the first N feeds")
     setup.set_defaults(run=ours_setup)
 
     poll = commands.add_parser("ours-poll")

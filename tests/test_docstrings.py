@@ -30,29 +30,7 @@ PACKAGE = Path(aggregator.__file__).resolve().parent
 CONSTANT = re.compile(r"[A-Z][A-Z0-9_]*")
 
 # Modules whose docstrings are still being written. Remove a module once it is done.
-PENDING: frozenset[str] = frozenset(
-    {
-        "aggregator.cli",
-        "aggregator.dedup",
-        "aggregator.fetch",
-        "aggregator.mail",
-        "aggregator.parse",
-        "aggregator.pipeline",
-        "aggregator.scheduler",
-        "aggregator.store.search",
-        "aggregator.subscriptions",
-        "aggregator.web",
-        "aggregator.web.admin",
-        "aggregator.web.context",
-        "aggregator.web.feeds",
-        "aggregator.web.metrics",
-        "aggregator.web.pages",
-        "aggregator.web.security",
-        "aggregator.web.subscribe",
-        "aggregator.web.views",
-        "aggregator.workers",
-    }
-)
+PENDING: frozenset[str] = frozenset()
 
 
 def module_names() -> list[str]:

@@ -360,6 +360,8 @@ def test_a_parsing_process_that_dies_fails_its_feed_only_and_parsing_goes_on(
             task = asyncio.create_task(poller.poll(feeds[big_id]))
             while not any(r.ended for r in feed_server.requests_for("/big.xml")):  # noqa: ASYNC110 - the server is another thread
                 await asyncio.sleep(0.01)
+            while not multiprocessing.active_children():  # noqa: ASYNC110 - started on a thread
+                await asyncio.sleep(0.01)
             await asyncio.sleep(0.3)  # the worker is reading the document now
             for child in multiprocessing.active_children():
                 os.kill(child.pid or 0, signal.SIGKILL)
@@ -884,3 +886,50 @@ def test_date_only_entry_is_stored_with_its_day_and_flag(setup, feed_server: Fee
         ("Day only", "2026-11-16T12:00:00.000000Z", 1),
         ("Timed", "2026-11-17T04:30:00.000000Z", 0),
     ]
+
+
+def test_a_warm_poll_writes_its_bookkeeping_in_few_transactions(
+    setup, feed_server: FeedServer
+) -> None:
+    """Polls that store no entries (304s, failures) share transactions: 40 unchanged
+    feeds and 10 failing ones are recorded in far fewer than 50 commits, and every one
+    of them has its fetch record and feed row, as if written one by one."""
+    settings, store, clock = setup
+    unchanged = [
+        add(store, feed_server.add(f"/u{n}.xml", body=rss(ITEMS), etag=f'"u{n}"'))
+        for n in range(40)
+    ]
+    failing = [add(store, feed_server.add(f"/f{n}.xml", status=500)) for n in range(10)]
+    poll(settings, store, clock)
+    clock.now += timedelta(hours=1)
+    commits: list[str] = []
+
+    def count_commits(sql: str) -> None:
+        if sql.strip().upper() == "COMMIT":
+            commits.append(sql)
+
+    async def warm_poll() -> list[PollSummary]:
+        from aggregator.pipeline import open_poller
+
+        async with open_poller(settings, store, clock=clock) as poller:
+            # the poller writes through its database thread's own connection
+            await poller.db(lambda: store.conn.set_trace_callback(count_commits))
+            try:
+                return await poller.poll_many(await poller.choose())
+            finally:
+                await poller.db(lambda: store.conn.set_trace_callback(None))
+
+    summaries = asyncio.run(warm_poll())
+    statuses = {s.feed_id: s.status for s in summaries}
+    assert {statuses[i] for i in unchanged} == {"not_modified"}
+    assert {statuses[i] for i in failing} == {"error"}
+    assert 1 <= len(commits) <= 10, len(commits)
+    counts = dict(rows(store, "SELECT outcome, count(*) FROM fetches GROUP BY outcome"))
+    assert counts == {"ok": 40, "error": 20, "not_modified": 40}
+    for feed_id in failing:
+        feed = feed_rows.get_feed(store.db, feed_id)
+        assert feed is not None and feed.error_count == 2
+        assert feed.next_poll_at is not None and feed.next_poll_at > clock.now
+    for feed_id in unchanged:
+        feed = feed_rows.get_feed(store.db, feed_id)
+        assert feed is not None and feed.error_count == 0 and feed.last_polled_at == clock.now

@@ -45,6 +45,8 @@ MAX_CONSECUTIVE_TEMPORARY = 5
 _BATCH = 200
 
 Outcome = Literal["sent", "retry", "failed", "bounced", "empty"]
+"""How one digest went: delivered, to be retried, given up, address bounced, or
+nothing to send (unsubscribed, or every entry deleted)."""
 
 
 @dataclass(frozen=True, slots=True)

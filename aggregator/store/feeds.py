@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -180,27 +180,38 @@ def mark_backlog(db: Database, feed_id: int) -> None:
     )
 
 
+_INSERT_FETCH = (
+    "INSERT INTO fetches (feed_id, at, url, status, bytes, duration_ms, outcome, error_kind, "
+    "error, new, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _fetch_values(record: FetchRecord) -> list[Any]:
+    return [
+        record.feed_id,
+        to_db(record.at),
+        record.url,
+        record.status,
+        record.bytes,
+        record.duration_ms,
+        record.outcome,
+        record.error_kind,
+        record.error,
+        record.new,
+        record.updated,
+    ]
+
+
 def record_fetch(db: Database, record: FetchRecord) -> None:
     """Append one fetch to the feed's history (the fetches table; the metrics and the admin
-    page read it).
-    """
-    db.execute(
-        "INSERT INTO fetches (feed_id, at, url, status, bytes, duration_ms, outcome, error_kind, "
-        "error, new, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [
-            record.feed_id,
-            to_db(record.at),
-            record.url,
-            record.status,
-            record.bytes,
-            record.duration_ms,
-            record.outcome,
-            record.error_kind,
-            record.error,
-            record.new,
-            record.updated,
-        ],
-    )
+    page read it), inside the caller's transaction."""
+    db.execute(_INSERT_FETCH, _fetch_values(record))
+
+
+def record_fetches(db: Database, records: Sequence[FetchRecord]) -> None:
+    """Add many lines to the fetch log in one statement (inside the caller's transaction)."""
+    if records:
+        db.conn.executemany(_INSERT_FETCH, [_fetch_values(r) for r in records])
 
 
 def recent_fetches(db: Database, feed_id: int, limit: int = 20) -> list[dict[str, Any]]:

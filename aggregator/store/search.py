@@ -84,15 +84,21 @@ __all__ = [
     "ranked_page",
 ]
 
+# Words, phrases and exclusions kept from one query (the rest is dropped).
 MAX_PARTS = 12
+# Words kept from one query in all, phrases included: FTS5 reads a list per word.
 MAX_WORDS = 32
+# Letters needed before ``*`` for a prefix search (``c*`` is the word ``c``).
 MIN_PREFIX = 2
 # bm25 column weights, in the column order of entries_fts: title, author, text, source.
 WEIGHTS = (10.0, 4.0, 1.0, 2.0)
+# The most the recency factor takes off a bm25 score (a fraction; see ranked_page).
 RECENCY = 0.1
 # Added to the score of an exact title match: below any bm25 score.
 _EXACT = -1e9
+# Past this many matches only the newest this many are ranked, in tiers (the cap).
 RANK_ALL = 1_000
+# Tokens in a snippet at most (FTS5 snippet(), its last argument).
 SNIPPET_TOKENS = 24
 _OPEN, _CLOSE = "\x02", "\x03"
 _WORD = re.compile(r"\w+", re.UNICODE)
