@@ -790,7 +790,7 @@ def digest_preview(
     instead (or, if none was sent yet, a digest of everything stored in their
     sources), with a line that says which it is. --last shows the last one sent."""
     from .digests.preview import preview_for
-    from .mail import FILE_POLICY, build_email
+    from .mail import message_bytes
 
     with _one_line_errors():
         app = _app(ctx)
@@ -815,7 +815,7 @@ def digest_preview(
         elif suffix == ".txt":
             data = message.text.encode("utf-8")
         else:
-            data = build_email(message).as_bytes(policy=FILE_POLICY)
+            data = message_bytes(message, linesep="\n")
         _write_file(app, out_file, data)
         err.print(f"{shown.note}\nWrote {out_file}: {message.subject}", markup=False)
 
@@ -866,7 +866,7 @@ def digest_send(ctx: click.Context, due: bool, dry_run: bool) -> None:
                         task, total=event.total, completed=event.done, description=event.outcome
                     )
 
-                report = send_pending(store, sender, settings, now(), advance, clock=now)
+                report = send_pending(store, sender, settings, now, advance)
         finally:
             sender.close()
         where = (

@@ -233,7 +233,7 @@ class Service:
             built = build_pending(store, self.settings, self.clock(), due_only=True)
             if built.built:
                 log.info("digests built=%d", built.built)
-            report = send_pending(store, sender, self.settings, self.clock(), clock=self.clock)
+            report = send_pending(store, sender, self.settings, self.clock)
             if report.handled:
                 log.info(
                     "digests sent=%d failed=%d retry=%d%s",

@@ -262,7 +262,7 @@ def child_interleaved(db_path: Path, port: int, connections: int) -> dict[str, A
     with smtplib.SMTP("127.0.0.1", port) as connection:
         while True:
             started, cpu = time.perf_counter(), time.process_time()
-            report = send_pending(store, sender, settings, NOW, limit=ROUND)
+            report = send_pending(store, sender, settings, lambda: NOW, limit=ROUND)
             ours_seconds += time.perf_counter() - started
             ours_cpu += time.process_time() - cpu
             if report.handled == 0:

@@ -263,7 +263,7 @@ def test_digests_over_three_connections_each_go_once_and_are_marked_sent(
         assert build_pending(store, settings_, later(1), due_only=False).built == 25
         smtp = SmtpSettings(host="127.0.0.1", port=smtp_server.port, security="none")
         with SmtpSender(dataclasses.replace(smtp, connections=3)) as sender:
-            report = send_pending(store, sender, settings_, later(1))
+            report = send_pending(store, sender, settings_, lambda: later(1))
         assert (report.sent, report.retried, report.stopped) == (25, 0, None)
         received = smtp_server.received()
         assert sorted(r.rcpt_tos[0] for r in received) == sorted(emails)
@@ -301,8 +301,9 @@ def test_sending_threads_close_their_database_connections(
         with SmtpSender(dataclasses.replace(smtp, connections=3)) as sender:
             for run in range(5):
                 add_entry(store, feed, f"Post {run}")
-                build_pending(store, settings_, later(run + 1), due_only=False)
-                assert send_pending(store, sender, settings_, later(run + 1)).sent == 1
+                at = later(run + 1)
+                build_pending(store, settings_, at, due_only=False)
+                assert send_pending(store, sender, settings_, lambda at=at: at).sent == 1
                 counts.append(open_files(settings_.database.resolve()))
         # SQLite may keep one descriptor of a closed connection for reuse (its POSIX
         # lock rules); what matters is that runs do not add any.

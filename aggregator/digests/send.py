@@ -94,23 +94,23 @@ def send_pending(
     store: Store,
     sender: Sender,
     settings: Settings,
-    now: datetime,
+    clock: Clock,
     on_progress: Callable[[SendProgress], None] | None = None,
     *,
-    clock: Clock | None = None,
     limit: int | None = None,
 ) -> SendReport:
-    """Send every pending digest whose time has come (``now``), oldest first; at most
-    ``limit`` when given.
+    """Send every pending digest whose time had come when the run started (``clock()``
+    then), oldest first; at most ``limit`` when given.
 
-    ``clock`` stamps sends and retries as the run goes (``now`` throughout if omitted).
+    ``clock`` also stamps sends and retries as the run goes.
     Returns at once (``stopped`` set) when another run holds the sending lease.
     This thread renders; ``sender.connections`` threads hand the messages over, each
     marking its message's outcome (in a transaction of its own) before it takes the
     next, so a crash re-sends at most one message per connection. Raises what a
     sending thread raised (a ``StoreError``), once the others have finished.
     """
-    tick: Clock = clock or (lambda: now)
+    now = clock()
+    tick = clock
     report = SendReport()
     links = links_for(store, settings)
     renderer = Renderer(store, settings, links)
