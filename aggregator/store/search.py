@@ -435,13 +435,20 @@ def _tiered(
     tier = dict.fromkeys(newest, 3)
     if query.parts:
         every = " AND ".join(query.parts)
-        if len(query.parts) > 1:  # some of the words in the title: one scan of the range
+        # Every word in the title, author or source title: one scan of the range, with
+        # whether the title holds a match (highlight() of the title, for those few rows
+        # only, in the same scan: seeking them again one by one costs far more).
+        rows = _execute(
+            db,
+            f"SELECT rowid, instr(highlight(entries_fts, 0, '{_OPEN}', ''), '{_OPEN}') > 0 "
+            "FROM entries_fts WHERE entries_fts MATCH ? AND rowid > ? AND rowid <= ?",
+            [f"{{title author source}} : ({every})", low, upto],
+        )
+        single = len(query.parts) == 1
+        tier.update((row[0], 1 if single and row[1] else 2) for row in rows if row[0] in tier)
+        if not single:  # some of the words in the title; all of them
             _raise(db, tier, f"title : ({' OR '.join(query.parts)})", low, upto, 2)
-        # Every word in the title, author or source title; of those, every word in the
-        # title alone (seeking those few rowids one at a time instead costs more: each
-        # seek reads the common words' long lists again).
-        _raise(db, tier, f"{{title author source}} : ({every})", low, upto, 2)
-        _raise(db, tier, f"title : ({every})", low, upto, 1)
+            _raise(db, tier, f"title : ({every})", low, upto, 1)
     where, params = _filter(feed_id)
     exact = _execute(
         db,
