@@ -42,8 +42,8 @@ matches are read newest first and cost the same at any size. They are ranked in 
 newest first within each: (0) exact title matches, from anywhere, older ones too;
 (1) posts whose title holds every word and phrase of the query; (2) posts whose title
 holds some of them, or whose author or source title holds all of them; (3) the rest
-(the words are only in the text). Each tier is one FTS5 query over the capped id
-range. Older matches are reached with "Newest first". The count of a capped search
+(the words are only in the text). The tiers take one FTS5 scan of the capped id
+range (three for a query of several words and phrases). Older matches are reached with "Newest first". The count of a capped search
 is an estimate (see ``count_matches``).
 
 Snippets and highlighted titles (``highlights``) come from FTS5's ``snippet()`` and
