@@ -14,31 +14,23 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from . import __version__
 from .clock import system_clock as now
 from .config import Settings, config_path, load, write_starter
 from .errors import AggregatorError, SourceError, StoreError
-from .fetch import FeedFetcher
-from .models import FeedSource, PollSummary
-from .pipeline import poll_feeds
-from .sources import (
-    add_source,
-    discover_feed_url,
-    export_opml,
-    import_opml,
-    remove_source,
-    sync_configured_feeds,
-)
-from .store import Store, search, timeline
+from .store import Store
 from .store import feeds as feed_rows
+
+# Each command imports what only it uses (the poll pipeline, search, OPML, the web
+# stack) where it runs: `aggregator poll` should not pay for `aggregator search`.
+if TYPE_CHECKING:
+    from .models import PollSummary
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -61,6 +53,9 @@ class App:
 
     @property
     def settings(self) -> Settings:
+        """The settings, read on first use from the --config file (else $AGGREGATOR_CONFIG,
+        else the bundled one); raises ConfigError naming the file and setting.
+        """
         if self._settings is None:
             self._settings = load(self.config)
         return self._settings
@@ -70,6 +65,8 @@ class App:
         feeds named in the configuration added to it (a write). Later calls return the
         same Store. Raises StoreError when the database cannot be opened."""
         if self._store is None:
+            from .sources import sync_configured_feeds
+
             self._store = Store.open(self.settings.database)
             try:
                 sync_configured_feeds(self._store, self.settings, now())
@@ -78,6 +75,7 @@ class App:
         return self._store
 
     def close(self) -> None:
+        """Close the database if a command opened it (called when the command ends)."""
         if self._store is not None:
             self._store.close()
 
@@ -133,6 +131,8 @@ def _print_table(
     identifier or a word (a narrow terminal, or 80 columns when piped), one record per
     block instead.
     """
+    from rich.table import Table
+
     console = console or out
     table = Table(title=title, title_justify="left")
     for name, kind in columns:
@@ -291,6 +291,8 @@ def search_command(
 ) -> None:
     """Search the stored posts, as the web page does: plain words all match, "a phrase",
     prefix*, -exclude, source:word."""
+    from .store import search, timeline
+
     with _one_line_errors():
         db = _app(ctx).open_store().db
         query = search.parse_query(" ".join(words))
@@ -328,6 +330,9 @@ def _when(moment: datetime | None) -> str:
 @click.pass_context
 def feeds_add(ctx: click.Context, url: str, title: str | None, discover: bool) -> None:
     """Add a feed by URL (a blog's home page works too)."""
+    from .models import FeedSource
+    from .sources import add_source
+
     with _one_line_errors():
         app = _app(ctx)
         if discover:
@@ -342,6 +347,9 @@ def feeds_add(ctx: click.Context, url: str, title: str | None, discover: bool) -
 
 
 async def _discover(settings: Settings, url: str) -> str:
+    from .fetch import FeedFetcher
+    from .sources import discover_feed_url
+
     async with FeedFetcher(settings.fetch) as fetcher:
         return await discover_feed_url(fetcher, url, settings)
 
@@ -351,6 +359,8 @@ async def _discover(settings: Settings, url: str) -> str:
 @click.pass_context
 def feeds_remove(ctx: click.Context, feed: str) -> None:
     """Remove a feed (by id or URL) and its entries."""
+    from .sources import remove_source
+
     with _one_line_errors():
         app = _app(ctx)
         removed = remove_source(app.open_store(), feed)
@@ -367,6 +377,8 @@ def feeds_remove(ctx: click.Context, feed: str) -> None:
 @click.pass_context
 def feeds_import(ctx: click.Context, file: Path) -> None:
     """Add every feed an OPML file lists."""
+    from .sources import import_opml
+
     with _one_line_errors():
         app = _app(ctx)
         report = import_opml(app.open_store(), _read_file(app, file), name=str(file), now=now())
@@ -383,6 +395,8 @@ def feeds_import(ctx: click.Context, file: Path) -> None:
 @click.pass_context
 def feeds_export(ctx: click.Context, out_file: Path | None) -> None:
     """Write the feed list as OPML (to stdout, or --out FILE)."""
+    from .sources import export_opml
+
     with _one_line_errors():
         app = _app(ctx)
         document = export_opml(feed_rows.list_feeds(app.open_store().db), now=now())
@@ -408,6 +422,10 @@ def poll(ctx: click.Context, due: bool, feed_ids: Sequence[int]) -> None:
 
 
 def _poll(app: App, *, due: bool, feed_ids: list[int] | None) -> list[PollSummary]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .pipeline import poll_feeds
+
     store = app.open_store()
     progress = Progress(
         TextColumn("polling"),
@@ -772,7 +790,7 @@ def digest_preview(
     instead (or, if none was sent yet, a digest of everything stored in their
     sources), with a line that says which it is. --last shows the last one sent."""
     from .digests.preview import preview_for
-    from .mail import FILE_POLICY, build_email
+    from .mail import message_bytes
 
     with _one_line_errors():
         app = _app(ctx)
@@ -797,7 +815,7 @@ def digest_preview(
         elif suffix == ".txt":
             data = message.text.encode("utf-8")
         else:
-            data = build_email(message).as_bytes(policy=FILE_POLICY)
+            data = message_bytes(message, linesep="\n")
         _write_file(app, out_file, data)
         err.print(f"{shown.note}\nWrote {out_file}: {message.subject}", markup=False)
 
@@ -808,6 +826,8 @@ def digest_preview(
 @click.pass_context
 def digest_send(ctx: click.Context, due: bool, dry_run: bool) -> None:
     """Build the digests of what is new and send every pending one."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     from .digests.build import build_pending, plan_all
     from .digests.send import SendProgress, send_pending
     from .mail import open_sender
@@ -846,7 +866,7 @@ def digest_send(ctx: click.Context, due: bool, dry_run: bool) -> None:
                         task, total=event.total, completed=event.done, description=event.outcome
                     )
 
-                report = send_pending(store, sender, settings, now(), advance, clock=now)
+                report = send_pending(store, sender, settings, now, advance)
         finally:
             sender.close()
         where = (

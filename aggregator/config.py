@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from . import USER_AGENT
 from .errors import ConfigError
 from .fetch import FetchSettings
-from .mail import SmtpSettings
+from .mail import MAX_CONNECTIONS, SmtpSettings
 from .parse import ParseLimits
 from .polling import PollPolicy
 from .resources import is_checkout, resource_file
@@ -46,8 +46,7 @@ DEFAULT_CONFIG = resource_file("config", "default.toml")
 # The commented configuration ``aggregator init`` writes for a new site.
 STARTER_CONFIG = resource_file("config", "starter.toml")
 
-# Accepted values of ``log_level``, most verbose first (Python logging level names, lower-
-# cased).
+# Accepted values of ``log_level``, most verbose first (Python's level names, lower case).
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -64,6 +63,11 @@ class ConfiguredFeed:
     snapshot: Path | None = None
 
 
+PARSE_IN_PROCESS_BYTES = 2 * 1024 * 1024
+"""Default of ``[poll] parse_in_process_kb`` (in bytes here): where starting parse
+processes begins to pay on a 2-core machine (benchmarks/poll.py, the small-poll rows)."""
+
+
 @dataclass(frozen=True, slots=True)
 class PollSettings:
     """``[poll]``: the polling policy (intervals, backoff, Retry-After cap), parse worker
@@ -73,6 +77,9 @@ class PollSettings:
 
     policy: PollPolicy = field(default_factory=PollPolicy)
     parse_workers: int = 0  # 0: one per CPU core
+    # A one-shot poll parses this many bytes of documents itself before it starts the
+    # parse processes (each costs ~0.3 s to start); the service always uses them.
+    parse_in_process_bytes: int = PARSE_IN_PROCESS_BYTES
     cross_post_window: timedelta = timedelta(days=14)
     use_snapshots: bool = False
 
@@ -190,6 +197,10 @@ def write_starter(path: Path) -> None:
         raise ConfigError(f"cannot write: {error.strerror}", path=str(path)) from None
 
 
+def _optional_text(path: Path | None) -> str | None:
+    return str(path) if path is not None else None
+
+
 def load_settings(path: Path, env: Mapping[str, str]) -> Settings:
     """Read the TOML file at ``path`` and the secrets in ``env`` into Settings.
 
@@ -233,6 +244,8 @@ def settings_from_mapping(
         max_redirects=fetch_table.integer("max_redirects", defaults.max_redirects, low=0),
         max_connections=fetch_table.integer("max_connections", defaults.max_connections, low=1),
         max_per_host=fetch_table.integer("max_per_host", defaults.max_per_host, low=1),
+        http2=fetch_table.boolean("http2", defaults.http2),
+        ca_file=_optional_text(fetch_table.path("ca_file", base_dir)),
         allow_private_addresses=fetch_table.boolean(
             "allow_private_addresses", defaults.allow_private_addresses
         ),
@@ -254,6 +267,8 @@ def settings_from_mapping(
     poll = PollSettings(
         policy=policy,
         parse_workers=poll_table.integer("parse_workers", 0, low=0),
+        parse_in_process_bytes=1024
+        * poll_table.integer("parse_in_process_kb", PARSE_IN_PROCESS_BYTES // 1024, low=0),
         cross_post_window=timedelta(
             days=poll_table.number("cross_post_window_days", 14.0, low=0.0)
         ),
@@ -324,6 +339,7 @@ def settings_from_mapping(
     default_port = {"starttls": 587, "tls": 465, "none": 25}[security]
     smtp_port = mail_table.integer("smtp_port", default_port, low=1, high=65535)
     username = mail_table.string("smtp_username", "") or env.get(ENV_SMTP_USERNAME) or None
+    connections = mail_table.integer("connections", 1, low=1, high=MAX_CONNECTIONS)
     if smtp_host:
         try:
             smtp = SmtpSettings(
@@ -332,6 +348,7 @@ def settings_from_mapping(
                 security=security,  # type: ignore[arg-type]
                 username=username,
                 password=env.get(ENV_SMTP_PASSWORD) or None,
+                connections=connections,
             )
         except ConfigError as error:
             # SmtpSettings names its fields (smtp.host); the file names them mail.smtp_host.

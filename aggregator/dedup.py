@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from itertools import islice
@@ -30,7 +30,7 @@ from .urls import canonical_url
 # noise: such an entry gets its first-seen time instead, so it can never sit above
 # real posts on the timeline.
 EARLIEST_PLAUSIBLE = datetime(1995, 1, 1, tzinfo=UTC)
-FUTURE_TOLERANCE = timedelta(days=1)
+FUTURE_TOLERANCE = timedelta(days=1)  # how far ahead of our clock a date is believed
 # Where a date-only entry sits in time order (see ``make_record``).
 DATE_ONLY_HOUR = timedelta(hours=12)
 
@@ -40,7 +40,7 @@ MAX_IDENTITY_CHARS = 2048
 MAX_TITLE_CHARS = 2000
 # Near-duplicate checks read at most this many words of each text.
 MAX_SIMILARITY_WORDS = 5000
-SHINGLE_SIZE = 3
+SHINGLE_SIZE = 3  # words per shingle when comparing texts for near-duplicates
 
 # Prefixes that reposts and cross-posts put in front of the original title.
 _REPOST_PREFIX = re.compile(
@@ -75,20 +75,20 @@ def normalise_title(title: str) -> str:
     return " ".join("".join(kept).split())
 
 
-def _words(text: str) -> Iterator[str]:
-    for match in islice(_WORD.finditer(text), MAX_SIMILARITY_WORDS):
-        yield match.group().casefold()
+def _words(text: str) -> list[str]:
+    return [
+        match.group().casefold() for match in islice(_WORD.finditer(text), MAX_SIMILARITY_WORDS)
+    ]
 
 
 def _shingles(text: str) -> frozenset[tuple[str, ...]]:
-    words = list(_words(text))
+    words = _words(text)
     if not words:
         return frozenset()
     if len(words) < SHINGLE_SIZE:
         return frozenset({tuple(words)})
-    return frozenset(
-        tuple(words[i : i + SHINGLE_SIZE]) for i in range(len(words) - SHINGLE_SIZE + 1)
-    )
+    # SHINGLE_SIZE consecutive words: zip of the list with itself shifted.
+    return frozenset(zip(*(words[i:] for i in range(SHINGLE_SIZE)), strict=False))
 
 
 def _jaccard(a: frozenset[tuple[str, ...]], b: frozenset[tuple[str, ...]]) -> float:

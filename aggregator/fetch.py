@@ -5,23 +5,34 @@ HTTP trouble: every outcome comes back as a ``FetchResult`` whose ``error`` is o
 ``aggregator.errors.FetchError`` classes.
 
 Server-side request forgery is stopped where the socket is opened: a network backend
-resolves the host, refuses the connection if any address is not public, and connects to
-the address it checked, so a name cannot resolve differently between check and use.
+(``AddressGuard``) resolves the host, refuses the connection if any address is not
+public, and connects to the address it checked, so a name cannot resolve differently
+between check and use. It sits under an httpx transport of our own
+(``GuardedTransport``) built on httpx's and httpcore's public interfaces only; a
+``FeedFetcher`` takes any other transport in its place (``httpx.MockTransport`` in tests).
+
+Politeness: each host gets a ``HostGate`` that starts at six requests at once, grows
+while the host answers quickly and shrinks when it slows, fails or asks us to wait;
+TLS servers that offer HTTP/2 carry a host's requests on one connection.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
+import math
 import socket
 import ssl
 import time
 import typing
 import zlib
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections import deque
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime, parsedate_to_datetime
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from urllib.parse import unquote, urljoin, urlsplit
@@ -41,13 +52,19 @@ from .errors import (
     FetchTooManyRedirects,
 )
 from .models import FetchResult
+from .polling import parse_retry_after
 
+# Accept header of every request: feed types first (RFC 9110 section 12.5.1).
 ACCEPT = (
     "application/atom+xml, application/rss+xml, application/xml;q=0.9, text/xml;q=0.9, */*;q=0.1"
 )
+# Content codings we decode (bounded, see _Decoder); brotli is not offered.
 ACCEPT_ENCODING = "gzip, deflate"
+# Statuses followed as redirects (RFC 9110 section 15.4), by hand, hop by hop.
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+# Redirects that move the stored feed URL when every hop is one (RFC 9110 15.4.2, 15.4.9).
 PERMANENT_REDIRECTS = frozenset({301, 308})
+# Statuses whose Retry-After is honoured (RFC 9110 section 10.2.3).
 RETRY_AFTER_STATUSES = frozenset({429, 503})
 _CHUNK = 64 * 1024  # largest piece a decoder may hand back at once
 
@@ -56,16 +73,32 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 @dataclass(frozen=True, slots=True)
 class FetchSettings:
+    """Limits and choices of the fetcher (the ``[fetch]`` table of the configuration).
+
+    Times are in seconds, sizes in bytes. ``connect_timeout``, ``read_timeout``: per
+    phase of one request (httpx's timeouts); ``total_timeout``: deadline of the whole
+    fetch, redirects and body included (a server dripping a byte at a time trips no
+    per-phase timeout). ``max_body_bytes``: after decompression. ``max_connections``:
+    requests in flight at once overall. ``max_per_host``: the most requests in flight to
+    one host at once over HTTP/1.1 (each its own connection); a host that answers over
+    HTTP/2 carries them as streams of one connection, up to ``max_connections``. Each
+    host starts at ``PER_HOST_START`` and moves between 1 and its ceiling as it answers
+    (see ``HostGate``).
+    ``http2``: speak HTTP/2 to TLS servers that offer it (ALPN). ``ca_file``: a PEM file
+    of certificate authorities trusted beside the default bundle.
+    ``allow_private_addresses``: lift the THREATS H4 guard (feeds on your own network).
+    """
+
     user_agent: str = USER_AGENT
     connect_timeout: float = 10.0
     read_timeout: float = 20.0
-    # Deadline for the whole fetch including redirects and the body: httpx timeouts
-    # are per phase, so a server dripping one byte at a time never trips them.
     total_timeout: float = 60.0
-    max_body_bytes: int = 16 * 1024 * 1024  # decompressed
+    max_body_bytes: int = 16 * 1024 * 1024
     max_redirects: int = 5
     max_connections: int = 32
-    max_per_host: int = 4
+    max_per_host: int = 16
+    http2: bool = True
+    ca_file: str | None = None
     allow_private_addresses: bool = False
     allow_file_urls: bool = False
 
@@ -96,12 +129,18 @@ def is_public_address(address: IPAddress) -> bool:
     )
 
 
-class _AddressRefused(Exception):
-    """Raised inside the network backend; turned into FetchRefused by the fetcher."""
+class AddressRefused(httpx.ConnectError):
+    """The host resolves to an address the policy refuses (see ``is_public_address``), or
+    the request asked for a Unix socket. Raised by ``GuardedTransport``; ``FeedFetcher``
+    turns it into ``aggregator.errors.FetchRefused``."""
 
 
-class _GuardedBackend(httpcore.AsyncNetworkBackend):
-    """Resolves host names itself, checks every address, connects to a checked one."""
+class AddressGuard(httpcore.AsyncNetworkBackend):
+    """httpcore network backend that resolves host names itself, refuses the connection
+    when any address is not public (unless private addresses are allowed), and connects
+    to an address it checked, so a name cannot resolve differently between the check and
+    the connection (DNS rebinding). Raises ``AddressRefused``; httpcore's ConnectError or
+    ConnectTimeout when the name does not resolve or no address answers."""
 
     def __init__(self, inner: httpcore.AsyncNetworkBackend, *, allow_private: bool) -> None:
         self._inner = inner
@@ -122,7 +161,7 @@ class _GuardedBackend(httpcore.AsyncNetworkBackend):
         if not self._allow_private:
             for text in addresses:
                 if not is_public_address(ipaddress.ip_address(text.split("%", 1)[0])):
-                    raise _AddressRefused(
+                    raise AddressRefused(
                         f"host {host!r} resolves to non-public address {text}"
                         " (private addresses are not allowed)"
                     )
@@ -136,6 +175,8 @@ class _GuardedBackend(httpcore.AsyncNetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.AsyncNetworkStream:
+        """A stream to the first address of ``host`` that accepts, after every address
+        passed the policy. ``timeout`` (seconds) bounds resolving and each attempt."""
         addresses = await self._resolve(host, port, timeout)
         last_error: Exception | None = None
         for address in addresses:
@@ -158,30 +199,250 @@ class _GuardedBackend(httpcore.AsyncNetworkBackend):
         timeout: float | None = None,  # noqa: ASYNC109 (httpcore's interface)
         socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.AsyncNetworkStream:
-        raise _AddressRefused("unix sockets are not allowed")
+        """Always refused: feeds are fetched over TCP only."""
+        raise AddressRefused("unix sockets are not allowed")
 
     async def sleep(self, seconds: float) -> None:
+        """The inner backend's sleep (httpcore's interface)."""
         await self._inner.sleep(seconds)
 
 
-class _GuardedTransport(httpx.AsyncHTTPTransport):
-    """httpx's transport with the connection pool built on the guarded backend.
+# httpcore's errors as httpx's, most specific first (httpx's transports do the same).
+_MAPPED_ERRORS: tuple[tuple[type[Exception], type[httpx.TransportError]], ...] = (
+    (httpcore.ConnectTimeout, httpx.ConnectTimeout),
+    (httpcore.ReadTimeout, httpx.ReadTimeout),
+    (httpcore.WriteTimeout, httpx.WriteTimeout),
+    (httpcore.PoolTimeout, httpx.PoolTimeout),
+    (httpcore.TimeoutException, httpx.TimeoutException),
+    (httpcore.ConnectError, httpx.ConnectError),
+    (httpcore.ReadError, httpx.ReadError),
+    (httpcore.WriteError, httpx.WriteError),
+    (httpcore.NetworkError, httpx.NetworkError),
+    (httpcore.ProxyError, httpx.ProxyError),
+    (httpcore.UnsupportedProtocol, httpx.UnsupportedProtocol),
+    (httpcore.LocalProtocolError, httpx.LocalProtocolError),
+    (httpcore.RemoteProtocolError, httpx.RemoteProtocolError),
+    (httpcore.ProtocolError, httpx.ProtocolError),
+)
 
-    httpx offers no argument for a network backend, so the pool it builds is replaced
-    by an equivalent one that has it.
+
+@contextmanager
+def _httpx_errors(request: httpx.Request) -> Iterator[None]:
+    """Re-raise httpcore's errors as the matching httpx error (cause kept)."""
+    try:
+        yield
+    except httpx.HTTPError:
+        raise
+    except Exception as exc:
+        for source, target in _MAPPED_ERRORS:
+            if isinstance(exc, source):
+                raise target(str(exc), request=request) from exc
+        raise
+
+
+class _ResponseStream(httpx.AsyncByteStream):
+    """An httpcore response body as httpx reads it, its errors mapped."""
+
+    def __init__(self, stream: AsyncIterable[bytes], request: httpx.Request) -> None:
+        self._stream = stream
+        self._request = request
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        with _httpx_errors(self._request):
+            async for part in self._stream:
+                yield part
+
+    async def aclose(self) -> None:
+        close = getattr(self._stream, "aclose", None)
+        if close is not None:
+            with _httpx_errors(self._request):
+                await close()
+
+
+class GuardedTransport(httpx.AsyncBaseTransport):
+    """httpx transport over httpcore's connection pools whose sockets are opened by
+    ``AddressGuard``: the server-side request forgery guard (THREATS H4) sits where the
+    connection is made, through httpx's and httpcore's public interfaces only.
+
+    ``http2`` lets a TLS server that offers HTTP/2 (ALPN ``h2``) carry many requests on
+    one connection. The TLS context is made once, on the first https request (loading
+    the CA bundle takes 60 to 110 ms), in a worker thread, unless ``ssl_context`` is
+    given; ``ca_file`` (PEM) adds authorities to trust beside the default bundle.
+    ``max_connections`` bounds the pool of each scheme; ``keepalive_expiry`` is in
+    seconds. Raises httpx's transport errors, ``AddressRefused`` among them.
     """
 
-    def __init__(self, *, limits: httpx.Limits, allow_private: bool) -> None:
-        super().__init__(limits=limits, trust_env=False)
-        self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=httpx.create_ssl_context(trust_env=False),
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry,
+    def __init__(
+        self,
+        *,
+        allow_private: bool = False,
+        http2: bool = False,
+        max_connections: int = 32,
+        keepalive_expiry: float = 30.0,
+        ssl_context: ssl.SSLContext | None = None,
+        ca_file: str | None = None,
+        backend: httpcore.AsyncNetworkBackend | None = None,
+    ) -> None:
+        self._guard = AddressGuard(backend or httpcore.AnyIOBackend(), allow_private=allow_private)
+        self._http2 = http2
+        self._max_connections = max_connections
+        self._keepalive_expiry = keepalive_expiry
+        self._ssl_context = ssl_context
+        self._ca_file = ca_file
+        self._plain = self._pool(None)
+        self._tls: httpcore.AsyncConnectionPool | None = None
+        self._tls_lock = asyncio.Lock()
+
+    def _pool(self, context: ssl.SSLContext | None) -> httpcore.AsyncConnectionPool:
+        return httpcore.AsyncConnectionPool(
+            ssl_context=context,
+            max_connections=self._max_connections,
+            max_keepalive_connections=self._max_connections,
+            keepalive_expiry=self._keepalive_expiry,
             http1=True,
-            http2=False,
-            network_backend=_GuardedBackend(httpcore.AnyIOBackend(), allow_private=allow_private),
+            http2=self._http2 and context is not None,
+            network_backend=self._guard,
         )
+
+    async def _tls_pool(self) -> httpcore.AsyncConnectionPool:
+        if self._tls is None:
+            async with self._tls_lock:
+                if self._tls is None:
+                    context = self._ssl_context or await asyncio.to_thread(
+                        tls_context, self._ca_file
+                    )
+                    self._tls = self._pool(context)
+        return self._tls
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """Send ``request`` on a pooled connection of its scheme; the answer's body
+        streams. Raises httpx's transport errors (``AddressRefused`` among them)."""
+        url = request.url
+        pool = await self._tls_pool() if url.scheme == "https" else self._plain
+        assert isinstance(request.stream, httpx.AsyncByteStream)
+        core = httpcore.Request(
+            method=request.method,
+            url=httpcore.URL(
+                scheme=url.raw_scheme, host=url.raw_host, port=url.port, target=url.raw_path
+            ),
+            headers=request.headers.raw,
+            content=request.stream,
+            extensions=request.extensions,
+        )
+        with _httpx_errors(request):
+            answer = await pool.handle_async_request(core)
+        assert isinstance(answer.stream, AsyncIterable)
+        return httpx.Response(
+            status_code=answer.status,
+            headers=answer.headers,
+            stream=_ResponseStream(answer.stream, request),
+            extensions=answer.extensions,
+        )
+
+    async def aclose(self) -> None:
+        """Close every pooled connection."""
+        await self._plain.aclose()
+        if self._tls is not None:
+            await self._tls.aclose()
+
+
+def tls_context(ca_file: str | None = None) -> ssl.SSLContext:
+    """A client TLS context that verifies certificates and host names against the CA
+    bundle httpx uses (certifi), plus the authorities in ``ca_file`` (PEM) when given.
+    Raises OSError or ssl.SSLError when ``ca_file`` cannot be read."""
+    context = httpx.create_ssl_context(trust_env=False)
+    if ca_file:
+        context.load_verify_locations(cafile=ca_file)
+    return context
+
+
+# --- per-host politeness ---------------------------------------------------------------
+
+PER_HOST_START = 6  # requests at once to a host not yet heard from: what browsers open
+MAX_HOST_HOLD = 3600.0  # seconds: longest a Retry-After keeps a host at one request
+DEFAULT_HOST_HOLD = 60.0  # seconds, when a Retry-After cannot be read
+# Answers that halve a host's slots: too many requests, or the server failing.
+OVERLOAD_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+class HostGate:
+    """How many requests one host gets at once, adapting to how it answers.
+
+    A host starts at ``start`` slots (``PER_HOST_START``, browsers' per-host limit). An
+    answer whose time to first byte is within twice the host's quickest (plus 10 ms),
+    while other requests wait for a slot, adds one slot, up to ``ceiling``; an answer
+    slower than four times its quickest (plus 250 ms) takes one away. A sign of
+    overload (429, 5xx, a timeout, a refused or failed connection) halves the slots,
+    and a 429 or 503 that carries Retry-After (RFC 9110 section 10.2.3) drops them to
+    one and keeps them there for the delay it asks (at most ``MAX_HOST_HOLD``); never
+    fewer than one. Slots are handed to waiters in arrival order. Once the
+    host answers over HTTP/2, where requests are streams of one connection instead of
+    connections of their own, the ceiling becomes ``multiplexed_ceiling`` (when higher).
+    """
+
+    def __init__(self, start: int, ceiling: int, *, multiplexed_ceiling: int = 0) -> None:
+        self.ceiling = max(1, ceiling)
+        self.multiplexed_ceiling = multiplexed_ceiling
+        self.limit = float(min(max(1, start), self.ceiling))
+        self.in_flight = 0
+        self.quickest = math.inf
+        self.hold_until = 0.0  # event-loop time before which the slots do not grow
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    async def acquire(self) -> None:
+        """Wait for a slot (cancellable; a slot handed over meanwhile is given back)."""
+        if self.in_flight < int(self.limit) and not self._waiters:
+            self.in_flight += 1
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.in_flight -= 1
+                self._hand_over()
+            elif waiter in self._waiters:
+                self._waiters.remove(waiter)
+            raise
+
+    def release(
+        self,
+        seconds: float | None,
+        *,
+        overloaded: bool = False,
+        slow_down: bool = False,
+        multiplexed: bool = False,
+        hold: float = 0.0,
+    ) -> None:
+        """Give the slot back. ``seconds``: time to the answer's headers (None when
+        there was no answer); ``overloaded``: the answer or failure says the host is
+        struggling; ``slow_down``: it asked us to wait (Retry-After) for ``hold``
+        seconds; ``multiplexed``: the answer came over HTTP/2."""
+        self.in_flight -= 1
+        now = asyncio.get_running_loop().time()
+        if multiplexed:
+            self.ceiling = max(self.ceiling, self.multiplexed_ceiling)
+        if slow_down:
+            self.limit = 1.0
+            self.hold_until = max(self.hold_until, now + min(max(hold, 0.0), MAX_HOST_HOLD))
+        elif overloaded:
+            self.limit = max(1.0, self.limit / 2)
+        elif seconds is not None:
+            self.quickest = min(self.quickest, seconds)
+            if seconds <= 2 * self.quickest + 0.01:
+                if self._waiters and now >= self.hold_until:
+                    self.limit = min(float(self.ceiling), self.limit + 1)
+            elif seconds > 4 * self.quickest + 0.25:
+                self.limit = max(1.0, self.limit - 1)
+        self._hand_over()
+
+    def _hand_over(self) -> None:
+        while self._waiters and self.in_flight < int(self.limit):
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self.in_flight += 1
+                waiter.set_result(None)
 
 
 # --- bounded decompression ----------------------------------------------------------
@@ -269,6 +530,17 @@ class _Hop:
 
 
 @dataclass(slots=True)
+class _Timing:
+    """How one exchange went, for the host's gate."""
+
+    seconds: float | None = None  # to the answer's headers
+    overloaded: bool = False
+    slow_down: bool = False
+    multiplexed: bool = False  # answered over HTTP/2
+    hold: float = 0.0  # seconds the host asked us to wait (Retry-After)
+
+
+@dataclass(slots=True)
 class _Progress:
     """Mutable state of one fetch, so errors can report how far it got."""
 
@@ -279,23 +551,34 @@ class _Progress:
 
 
 class FeedFetcher:
-    """One per process: owns the HTTP client, the concurrency slots and the limits."""
+    """One per process: owns the HTTP client, the concurrency slots and the limits.
 
-    def __init__(self, settings: FetchSettings) -> None:
+    ``transport`` replaces the network (as httpx's ``AsyncClient(transport=)``): by
+    default a ``GuardedTransport`` built from the settings, which refuses private
+    addresses unless allowed; a given transport (``httpx.MockTransport`` in tests) is
+    used as it is, the address policy then being its own affair. It is closed with the
+    fetcher.
+    """
+
+    def __init__(
+        self, settings: FetchSettings, *, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
         self.settings = settings
+        self._transport = transport
         self._client: httpx.AsyncClient | None = None
         self._global = asyncio.Semaphore(settings.max_connections)
-        self._hosts: dict[str, asyncio.Semaphore] = {}
+        self._hosts: dict[str, HostGate] = {}
 
     async def __aenter__(self) -> FeedFetcher:
         s = self.settings
-        limits = httpx.Limits(
+        transport = self._transport or GuardedTransport(
+            allow_private=s.allow_private_addresses,
+            http2=s.http2,
             max_connections=s.max_connections,
-            max_keepalive_connections=s.max_connections,
-            keepalive_expiry=30.0,
+            ca_file=s.ca_file,
         )
         self._client = httpx.AsyncClient(
-            transport=_GuardedTransport(limits=limits, allow_private=s.allow_private_addresses),
+            transport=transport,
             timeout=httpx.Timeout(
                 connect=s.connect_timeout,
                 read=s.read_timeout,
@@ -380,17 +663,30 @@ class FeedFetcher:
             progress.final_url, progress.status, progress.headers = current, None, {}
             host = _host_key(current, url)
             # Per-host slot first, so waiters for one busy host never hold global slots.
-            async with self._host_slot(host), self._global:
-                if deadline is None:
-                    deadline = loop.time() + s.total_timeout
-                try:
-                    async with asyncio.timeout_at(deadline):
-                        hop = await self._exchange(current, conditional, progress)
-                except TimeoutError:
-                    raise FetchTimeout(
-                        f"no complete answer within the {s.total_timeout:g} s deadline",
-                        url=current,
-                    ) from None
+            gate = self._host_gate(host)
+            await gate.acquire()
+            timing = _Timing()
+            try:
+                async with self._global:
+                    if deadline is None:
+                        deadline = loop.time() + s.total_timeout
+                    try:
+                        async with asyncio.timeout_at(deadline):
+                            hop = await self._exchange(current, conditional, progress, timing)
+                    except TimeoutError:
+                        timing.overloaded = True
+                        raise FetchTimeout(
+                            f"no complete answer within the {s.total_timeout:g} s deadline",
+                            url=current,
+                        ) from None
+            finally:
+                gate.release(
+                    timing.seconds,
+                    overloaded=timing.overloaded,
+                    slow_down=timing.slow_down,
+                    multiplexed=timing.multiplexed,
+                    hold=timing.hold,
+                )
             if hop.location is None:
                 break
             redirects += 1
@@ -430,17 +726,25 @@ class FeedFetcher:
             bytes_read=hop.bytes_read,
         )
 
-    def _host_slot(self, host: str) -> asyncio.Semaphore:
-        slot = self._hosts.get(host)
-        if slot is None:
-            slot = self._hosts[host] = asyncio.Semaphore(self.settings.max_per_host)
-        return slot
+    def _host_gate(self, host: str) -> HostGate:
+        gate = self._hosts.get(host)
+        if gate is None:
+            s = self.settings
+            gate = self._hosts[host] = HostGate(
+                PER_HOST_START, s.max_per_host, multiplexed_ceiling=s.max_connections
+            )
+        return gate
 
-    async def _exchange(self, url: str, headers: dict[str, str], progress: _Progress) -> _Hop:
+    async def _exchange(
+        self, url: str, headers: dict[str, str], progress: _Progress, timing: _Timing
+    ) -> _Hop:
         """One request; reads the body only for a 2xx answer. Raises FetchError."""
         assert self._client is not None, "use FeedFetcher as an async context manager"
+        started = time.perf_counter()
         try:
             async with self._client.stream("GET", url, headers=headers) as response:
+                timing.seconds = time.perf_counter() - started
+                timing.multiplexed = response.http_version == "HTTP/2"
                 hop = _Hop(
                     url=url,
                     status=response.status_code,
@@ -448,6 +752,12 @@ class FeedFetcher:
                 )
                 progress.status = hop.status
                 progress.headers = hop.headers
+                timing.overloaded = hop.status in OVERLOAD_STATUSES
+                timing.slow_down = (
+                    hop.status in RETRY_AFTER_STATUSES and "retry-after" in hop.headers
+                )
+                if timing.slow_down:
+                    timing.hold = _retry_after_seconds(hop.headers)
                 self._check_status(hop)
                 if hop.status in REDIRECT_STATUSES:
                     return hop
@@ -457,14 +767,16 @@ class FeedFetcher:
                 return hop
         except FetchError:
             raise
-        except _AddressRefused as exc:
+        except AddressRefused as exc:
             raise FetchRefused(str(exc), url=url) from None
         except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
             raise FetchRefused(f"invalid URL: {exc}", url=url) from None
         except httpx.TimeoutException as exc:
+            timing.overloaded = True
             phase = type(exc).__name__.removesuffix("Timeout").lower() or "request"
             raise FetchTimeout(f"{phase} timed out", url=url) from None
         except httpx.ConnectError as exc:
+            timing.overloaded = True
             raise FetchConnectError(_connect_message(exc), url=url) from None
         except httpx.DecodingError as exc:
             raise FetchError(f"cannot decode body: {exc}", url=url) from None
@@ -501,8 +813,13 @@ class FeedFetcher:
             decoder = _decoder_for(hop.headers.get("content-encoding", ""))
         except ValueError as exc:
             raise FetchError(str(exc), url=hop.url) from None
+        raw = response.aiter_raw
+        if response.is_stream_consumed:
+            # A transport that hands bodies over whole (httpx.MockTransport): httpx has
+            # read and decoded it already.
+            decoder, raw = None, partial(_whole, response.content)
         body = bytearray()
-        async for piece in _decoded(response.aiter_raw(), decoder, hop.url):
+        async for piece in _decoded(raw(), decoder, hop.url):
             body += piece
             hop.bytes_read = progress.bytes_read = len(body)
             if len(body) > cap:
@@ -591,6 +908,10 @@ async def _decoded(
             raise FetchError(f"corrupt {decoder.encoding} body: {exc}", url=url) from None
 
 
+async def _whole(content: bytes) -> AsyncIterator[bytes]:
+    yield content
+
+
 def _scheme_of(url: str) -> str:
     try:
         return urlsplit(url).scheme.lower()
@@ -647,6 +968,22 @@ def _connect_message(exc: httpx.ConnectError) -> str:
         if isinstance(cause, httpcore.ConnectError) and "unknown host" in str(cause):
             return str(cause)
     return f"cannot connect: {text}"
+
+
+def _retry_after_seconds(headers: dict[str, str]) -> float:
+    """The delay a Retry-After asks for, in seconds; a date is read against the answer's
+    own Date header (RFC 9110 section 10.2.3), so no clock of ours is consulted."""
+    value = headers.get("retry-after", "").strip()
+    try:
+        now = parsedate_to_datetime(headers.get("date", ""))
+    except (TypeError, ValueError, IndexError, OverflowError):
+        if not value.isdigit():
+            return DEFAULT_HOST_HOLD  # a date, and nothing to read it against
+        now = datetime.fromtimestamp(0, UTC)  # seconds need no "now"
+    if now.tzinfo is None:
+        now = now.replace(tzinfo=UTC)
+    delay = parse_retry_after(value, now=now, cap=timedelta(seconds=MAX_HOST_HOLD))
+    return DEFAULT_HOST_HOLD if delay is None else delay.total_seconds()
 
 
 def _with_elapsed(result: FetchResult, elapsed: float) -> FetchResult:

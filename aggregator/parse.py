@@ -49,6 +49,7 @@ from .urls import absolute_http_url, clean_link, is_http_url
 # string table maps every code point to the same result (checked over all of Unicode
 # in tests/test_parse.py) at about half the cost.
 _FEEDPARSER_CP1252 = dict(feedparser.mixin._cp1252)
+# str.translate table: code points 0x80-0x9f as windows-1252 reads them, the rest as is.
 CP1252_TABLE = "".join(_FEEDPARSER_CP1252.get(code, chr(code)) for code in range(256))
 _feedparser_configured = False
 
@@ -74,6 +75,11 @@ MAX_GUID_CHARS = 2048
 
 @dataclass(frozen=True, slots=True)
 class ParseLimits:
+    """``[limits]``: caps on what one document may cost. ``max_document_bytes`` in bytes
+    (over it: ParseError); ``max_html_chars`` in characters per summary or content field;
+    titles and authors cut to their character caps; at most ``max_entries`` entries per
+    document and ``max_media`` media items per entry (the rest dropped with a warning)."""
+
     max_document_bytes: int = 16 * 1024 * 1024
     # The newest by date are kept (DESIGN §5.3). Parsing and sanitising 5,000 entries
     # of ~1.2 KB (6 MB) peaks at 22 MB traced, 60 MB resident for the whole worker

@@ -14,29 +14,41 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import threading
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
-from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass, field
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import partial
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from .clock import Clock, system_clock
 from .config import Settings
-from .dedup import plan_entries
-from .errors import AggregatorError, ParseError, StoreError
+from .decide import Parsed, ParseOutcome, PollDecision, decide_poll
+from .errors import ParseError, StoreError
 from .fetch import FeedFetcher
-from .models import EntryRecord, Feed, FetchResult, PollPlan, PollSummary
-from .polling import next_poll_at, parse_retry_after, spread_overdue
-from .prepare import PreparedFeed, prepare_feed
+from .models import EntryRecord, Feed, PollPlan, PollSummary
+from .polling import spread_overdue
 from .store import Database, Store
 from .store import entries as entry_rows
 from .store import feeds as feed_rows
 from .urls import is_placeholder_title
-from .workers import STOP_SIGNALS, ParseWorkers
+from .workers import ParseWorkers, WorkerDied, stop_on_signals
+
+if TYPE_CHECKING:
+    from .prepare import PreparedFeed
+
+BOOKKEEPING_BATCH = 256
+"""At most this many polls that store no entries (304s, failures) share a transaction."""
+BOOKKEEPING_WAIT_SECONDS = 0.05
+"""How long such a poll's record waits for others to join its transaction: a killed poll
+loses at most this much bookkeeping (never entries, which are written at once)."""
+
+PARSER_MODULE = "aggregator.prepare"
+"""What the parse processes import once, before the first document (see workers)."""
+
+if TYPE_CHECKING:
+    import httpx
 
 T = TypeVar("T")
 
@@ -66,17 +78,22 @@ class Poller:
 
     def __post_init__(self) -> None:
         self._snapshots = snapshot_urls(self.settings)
-        self._intervals = {
+        self._intervals = {  # configured intervals; a feed's own (CLI, admin) comes first
             feed.url: feed.interval for feed in self.settings.feeds if feed.interval is not None
         }
         self.stopping = False
         self.store_failure: StoreError | None = None
+        self._deciding = 0  # polls started that have not decided yet
+        self._book: list[_Pending] = []  # decisions waiting for their shared transaction
+        self._book_timer: asyncio.TimerHandle | None = None
+        self._flushes: set[asyncio.Task[None]] = set()
 
     def stop(self) -> None:
         """Start no new feed; those already fetched are still written."""
         self.stopping = True
 
     async def db(self, work: Callable[[], T]) -> T:
+        """Run ``work`` on the database thread (the poller's single writer); its result."""
         return await asyncio.get_running_loop().run_in_executor(self.db_executor, work)
 
     async def choose(
@@ -100,6 +117,9 @@ class Poller:
         feeds: Sequence[Feed],
         on_result: Callable[[PollSummary], None] | None = None,
     ) -> list[PollSummary]:
+        """Poll ``feeds`` concurrently; their summaries, in the order given.
+        ``on_result`` is called with each summary as it comes (progress). A database
+        failure stops the rest (see ``poll`` and ``store_failure``)."""
         self.store_failure = None
 
         async def one(feed: Feed) -> PollSummary:
@@ -120,21 +140,34 @@ class Poller:
         except StoreError as error:
             if self.store_failure is None:
                 self.store_failure = error
-            return PollSummary(
-                feed_id=feed.id,
-                url=feed.url,
-                title=feed.title or feed.url,
-                status="error",
-                error=f"not stored: {error}",
-                store_error=str(error),
-            )
+            return _not_stored(feed, error)
 
     async def poll(self, feed: Feed) -> PollSummary:
         """Poll one feed. Never raises for a problem of the feed: it is in the summary.
 
         When the database fails (full, locked, damaged), the feeds in flight report it
         in their summary, no other feed is started, and ``store_failure`` keeps it.
+        A poll that stores no entries (304, failure) shares its transaction with the
+        others of its moment (see ``BOOKKEEPING_BATCH``); its summary comes once that
+        transaction is committed.
         """
+        self._deciding += 1
+        decided = False
+
+        def done_deciding() -> None:
+            nonlocal decided
+            if not decided:
+                decided = True
+                self._deciding -= 1
+                if self._book and self._deciding == 0:
+                    self._flush_book()  # nobody else is coming: do not wait
+
+        try:
+            return await self._poll(feed, done_deciding)
+        finally:
+            done_deciding()
+
+    async def _poll(self, feed: Feed, done_deciding: Callable[[], None]) -> PollSummary:
         if self.stopping or self.store_failure:
             failure = self.store_failure
             return PollSummary(
@@ -154,136 +187,120 @@ class Poller:
                 feed_id=feed.id, url=feed.url, title=feed.title or feed.url, status="skipped"
             )
         now = self.clock()
-        if result.error is not None:
-            return await self._write(
-                feed, partial(self._write_failure, feed, result, result.error, now)
-            )
-        if result.not_modified or result.content is None:
-            return await self._write(feed, partial(self._write_not_modified, feed, result, now))
-        try:
-            prepared = await self.parse_workers.run(
-                partial(
-                    prepare_feed,
-                    result.content,
-                    url=result.final_url if fetch_url == feed.url else feed.url,
-                    headers=dict(result.headers),
-                    limits=self.settings.parse,
-                    now=now,
+        parsed: ParseOutcome = None
+        prepared: PreparedFeed | None = None
+        if result.error is None and not result.not_modified and result.content is not None:
+            from .prepare import prepare_feed  # only a poll that parses needs the parser
+
+            try:
+                prepared = await self.parse_workers.run(
+                    partial(
+                        prepare_feed,
+                        result.content,
+                        url=result.final_url if fetch_url == feed.url else feed.url,
+                        headers=dict(result.headers),
+                        limits=self.settings.parse,
+                        now=now,
+                    ),
+                    size=len(result.content),
                 )
-            )
-        except ParseError as error:
-            return await self._write(feed, partial(self._write_failure, feed, result, error, now))
-        except BrokenProcessPool:
-            if self.stopping:  # the workers went with a stop signal to the whole group
-                return PollSummary(
-                    feed_id=feed.id, url=feed.url, title=feed.title or feed.url, status="skipped"
+                parsed = Parsed(title=prepared.title, site_url=prepared.site_url)
+            except ParseError as error:
+                parsed = error
+            except WorkerDied:
+                if self.stopping:  # the workers went with a stop signal to the whole group
+                    return PollSummary(
+                        feed_id=feed.id,
+                        url=feed.url,
+                        title=feed.title or feed.url,
+                        status="skipped",
+                    )
+                parsed = ParseError(
+                    "the parsing process died while reading this document (killed or out of "
+                    "memory); it is tried again at the next poll",
+                    url=feed.url,
                 )
-            died = ParseError(
-                "the parsing process died while reading this document (killed or out of "
-                "memory); it is tried again at the next poll",
-                url=feed.url,
-            )
-            return await self._write(feed, partial(self._write_failure, feed, result, died, now))
-        return await self._write(feed, partial(self._write_success, feed, result, prepared, now))
-
-    # --- decisions on the feed row ------------------------------------------------
-
-    def _interval(self, feed: Feed) -> timedelta | None:
-        if feed.interval_seconds:
-            return timedelta(seconds=feed.interval_seconds)
-        return self._intervals.get(feed.url)
-
-    def _next_poll(
-        self, feed: Feed, now: datetime, *, error_count: int, retry_after: timedelta | None
-    ) -> datetime:
-        return next_poll_at(
+        decision = decide_poll(
+            feed,
+            result,
+            parsed,
             now=now,
-            policy=self.settings.poll.policy,
-            interval=self._interval(feed),
-            error_count=error_count,
-            retry_after=retry_after,
             rand=self.rand(),
+            policy=self.settings.poll.policy,
+            interval=self._intervals.get(feed.url),
+            follow_moves=feed.url not in self._snapshots,
         )
-
-    def _moved_to(self, feed: Feed, result: FetchResult) -> str | None:
-        if feed.url not in self._snapshots and result.permanent_url:
-            return result.permanent_url
-        return None
-
-    # --- writes (run on the database thread) --------------------------------------
-
-    def _write_failure(
-        self, feed: Feed, result: FetchResult, error: AggregatorError, now: datetime
-    ) -> PollSummary:
-        retry_after = parse_retry_after(
-            result.retry_after, now=now, cap=self.settings.poll.policy.retry_after_cap
-        )
-        disable = "gone (HTTP 410): the server says the feed was removed" if result.gone else None
-        update = feed_rows.FeedUpdate(
-            polled_at=now,
-            next_poll_at=self._next_poll(
-                feed, now, error_count=feed.error_count + 1, retry_after=retry_after
-            ),
-            succeeded=False,
-            error=str(error),
-            disable_reason=disable,
-        )
-        kind = error.kind
-        with self.store.write() as db:
-            feed_rows.apply_feed_update(db, feed, update)
-            feed_rows.record_fetch(
-                db, _fetch_record(feed, result, now, "error", error=error, kind=kind)
+        if prepared is not None and decision.store_entries:
+            done_deciding()
+            return await self._write(feed, partial(self._write_success, feed, decision, prepared))
+        pending = _Pending(feed, decision, asyncio.get_running_loop().create_future())
+        self._book.append(pending)
+        done_deciding()
+        if len(self._book) >= BOOKKEEPING_BATCH:
+            self._flush_book()
+        elif self._book_timer is None and self._book:
+            self._book_timer = asyncio.get_running_loop().call_later(
+                BOOKKEEPING_WAIT_SECONDS, self._flush_book
             )
-        return PollSummary(
-            feed_id=feed.id,
-            url=feed.url,
-            title=feed.title or feed.url,
-            status="disabled" if disable else "error",
-            error=str(error),
-        )
+        return await pending.summary
 
-    def _write_not_modified(self, feed: Feed, result: FetchResult, now: datetime) -> PollSummary:
-        update = feed_rows.FeedUpdate(
-            polled_at=now,
-            next_poll_at=self._next_poll(feed, now, error_count=0, retry_after=None),
-            succeeded=True,
-            url=self._moved_to(feed, result),
-            etag=result.etag or feed.etag,
-            last_modified=result.last_modified or feed.last_modified,
-        )
+    # --- carrying out decisions ----------------------------------------------------
+
+    def _flush_book(self) -> None:
+        """Write the decisions waiting in the book, in one transaction, now."""
+        if self._book_timer is not None:
+            self._book_timer.cancel()
+            self._book_timer = None
+        items, self._book = self._book, []
+        if items:
+            task = asyncio.get_running_loop().create_task(self._write_book(items))
+            self._flushes.add(task)
+            task.add_done_callback(self._flushes.discard)
+
+    async def _write_book(self, items: list[_Pending]) -> None:
+        try:
+            if self.store_failure is not None:
+                raise self.store_failure
+            await self.db(partial(self._write_bookkeeping, [(i.feed, i.decision) for i in items]))
+        except StoreError as error:
+            if self.store_failure is None:
+                self.store_failure = error
+            for item in items:
+                _settle(item.summary, _not_stored(item.feed, error))
+        except BaseException as error:  # a bug or a cancellation: every waiting poll sees it
+            for item in items:
+                if not item.summary.done():
+                    item.summary.set_exception(error)
+            if isinstance(error, asyncio.CancelledError):
+                raise
+        else:
+            for item in items:
+                _settle(item.summary, _summary(item.feed, item.decision))
+
+    def _write_bookkeeping(self, decided: Sequence[tuple[Feed, PollDecision]]) -> None:
+        """Polls that store no entries: their feed rows and fetch records, in one
+        transaction (run on the database thread)."""
         with self.store.write() as db:
-            feed_rows.apply_feed_update(db, feed, update)
-            feed_rows.record_fetch(db, _fetch_record(feed, result, now, "not_modified"))
-        return PollSummary(
-            feed_id=feed.id, url=feed.url, title=feed.title or feed.url, status="not_modified"
-        )
+            for feed, decision in decided:
+                feed_rows.apply_feed_update(db, feed, decision.update)
+            feed_rows.record_fetches(db, [decision.fetch for _, decision in decided])
 
     def _write_success(
-        self, feed: Feed, result: FetchResult, prepared: PreparedFeed, now: datetime
+        self, feed: Feed, decision: PollDecision, prepared: PreparedFeed
     ) -> PollSummary:
-        update = feed_rows.FeedUpdate(
-            polled_at=now,
-            next_poll_at=self._next_poll(feed, now, error_count=0, retry_after=None),
-            succeeded=True,
-            url=self._moved_to(feed, result),
-            title=prepared.title,
-            site_url=prepared.site_url,
-            etag=result.etag,
-            last_modified=result.last_modified,
-        )
+        now = decision.update.polled_at
         with self.store.write() as db:
+            # The feed's row first: a new title re-indexes the feed's stored entries for
+            # search (their source), so new entries are indexed once, with it.
+            feed_rows.apply_feed_update(db, feed, decision.update)
             plan = plan_poll(
                 db, feed.id, prepared.records, window=self.settings.poll.cross_post_window
             )
             entry_rows.apply_plan(db, feed.id, plan, now)
             if feed.backlog_seq is None:
                 feed_rows.mark_backlog(db, feed.id)
-            feed_rows.apply_feed_update(db, feed, update)
             feed_rows.record_fetch(
-                db,
-                _fetch_record(
-                    feed, result, now, "ok", new=len(plan.inserts), updated=len(plan.updates)
-                ),
+                db, replace(decision.fetch, new=len(plan.inserts), updated=len(plan.updates))
             )
         return PollSummary(
             feed_id=feed.id,
@@ -299,6 +316,43 @@ class Poller:
             duplicates=plan.duplicates,
             warnings=prepared.warnings,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """A decision waiting for its shared transaction; ``summary`` resolves once written."""
+
+    feed: Feed
+    decision: PollDecision
+    summary: asyncio.Future[PollSummary]
+
+
+def _settle(future: asyncio.Future[PollSummary], summary: PollSummary) -> None:
+    if not future.done():  # the poll may have been cancelled meanwhile
+        future.set_result(summary)
+
+
+def _not_stored(feed: Feed, error: StoreError) -> PollSummary:
+    """The summary of a feed whose write the database refused."""
+    return PollSummary(
+        feed_id=feed.id,
+        url=feed.url,
+        title=feed.title or feed.url,
+        status="error",
+        error=f"not stored: {error}",
+        store_error=str(error),
+    )
+
+
+def _summary(feed: Feed, decision: PollDecision) -> PollSummary:
+    """The summary of a poll that stored no entries."""
+    return PollSummary(
+        feed_id=feed.id,
+        url=feed.url,
+        title=feed.title or feed.url,
+        status=decision.status,
+        error=decision.error,
+    )
 
 
 def plan_poll(
@@ -324,85 +378,42 @@ def plan_poll(
         canonical_urls=(r.canonical_url for r in records if r.canonical_url),
         norm_titles=(r.norm_title for r in records if r.norm_title),
     )
+    from .dedup import plan_entries  # only a poll that stores entries needs it
+
     return plan_entries(records, existing=existing, candidates=candidates, window=window)
-
-
-def _fetch_record(
-    feed: Feed,
-    result: FetchResult,
-    now: datetime,
-    outcome: str,
-    *,
-    error: AggregatorError | None = None,
-    kind: str | None = None,
-    new: int = 0,
-    updated: int = 0,
-) -> feed_rows.FetchRecord:
-    return feed_rows.FetchRecord(
-        feed_id=feed.id,
-        at=now,
-        url=result.url,
-        status=result.status,
-        bytes=result.bytes_read,
-        duration_ms=round(result.elapsed_seconds * 1000),
-        outcome=outcome,
-        error_kind=kind,
-        error=str(error) if error else None,
-        new=new,
-        updated=updated,
-    )
 
 
 @asynccontextmanager
 async def open_poller(
-    settings: Settings, store: Store, *, clock: Clock = system_clock
+    settings: Settings,
+    store: Store,
+    *,
+    clock: Clock = system_clock,
+    transport: httpx.AsyncBaseTransport | None = None,
+    parse_in_process_bytes: int = 0,
 ) -> AsyncIterator[Poller]:
     """A Poller with its fetcher, parse processes and database thread, closed on exit.
 
     The parse processes (one per core unless configured) start when the first document
-    needs parsing (see ParseWorkers). On exit the write in flight finishes (the database
-    thread is drained) before the store can be closed.
+    that is not parsed in this process needs parsing: the first
+    ``parse_in_process_bytes`` bytes of documents are (see ParseWorkers; 0, the default
+    for a long-lived poller, parses every document in the processes). On exit the write
+    in flight finishes (the database thread is drained) before the store can be closed.
+    ``transport`` replaces the fetcher's network (see ``FeedFetcher``), as
+    ``httpx.MockTransport`` does in tests.
     """
     db_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aggregator-db")
     workers = ParseWorkers(
-        settings.poll.parse_workers or os.cpu_count() or 1, preload=[prepare_feed.__module__]
+        settings.poll.parse_workers or os.cpu_count() or 1,
+        preload=[PARSER_MODULE],
+        inline_bytes=parse_in_process_bytes,
     )
     try:
-        async with FeedFetcher(settings.fetch) as fetcher:
+        async with FeedFetcher(settings.fetch, transport=transport) as fetcher:
             yield Poller(settings, store, fetcher, workers, db_executor, clock=clock)
     finally:
         workers.close()
         db_executor.shutdown(wait=True)
-
-
-@contextmanager
-def _stop_on_signals(poller: Poller) -> Iterator[None]:
-    """While polling in the main thread, SIGTERM and SIGINT ask the poller to stop: the
-    feeds being written are committed, the others are left for the next poll, and the
-    command ends normally. A second signal acts as usual (ends the process at once; the
-    write in flight then rolls back)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    loop = asyncio.get_running_loop()
-    installed: list[int] = []
-
-    def requested() -> None:
-        poller.stop()
-        while installed:
-            loop.remove_signal_handler(installed.pop())
-
-    for signum in STOP_SIGNALS:
-        try:
-            loop.add_signal_handler(signum, requested)
-        except (NotImplementedError, RuntimeError, ValueError):
-            continue
-        installed.append(signum)
-    try:
-        yield
-    finally:
-        while installed:
-            loop.remove_signal_handler(installed.pop())
 
 
 def spread_catch_up(store: Store, now: datetime, *, batch: int, over: timedelta) -> int:
@@ -428,13 +439,25 @@ async def poll_feeds(
     clock: Clock = system_clock,
     on_start: Callable[[int], None] | None = None,
     on_result: Callable[[PollSummary], None] | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
 ) -> list[PollSummary]:
     """Poll the chosen feeds (all enabled ones by default) once, concurrently.
 
-    SIGTERM or SIGINT during the poll stops it gracefully (see ``_stop_on_signals``).
+    Small polls parse in this process; parse processes start only when the documents
+    outgrow ``[poll] parse_in_process_kb`` (see ``ParseWorkers``).
+
+    SIGTERM or SIGINT during the poll stops it gracefully: the feeds being written are
+    committed, the others are left for the next poll (see ``workers.stop_on_signals``).
+    ``transport``: see ``open_poller``.
     """
-    async with open_poller(settings, store, clock=clock) as poller:
-        with _stop_on_signals(poller):
+    async with open_poller(
+        settings,
+        store,
+        clock=clock,
+        transport=transport,
+        parse_in_process_bytes=settings.poll.parse_in_process_bytes,
+    ) as poller:
+        with stop_on_signals(poller.stop):
             feeds = await poller.choose(feed_ids=feed_ids, due_only=due_only)
             if on_start is not None:
                 on_start(len(feeds))

@@ -49,6 +49,7 @@ from .web import create_app
 log = logging.getLogger("aggregator.service")
 
 
+# After downtime, the overdue feeds are spread over this long instead of polled all at once.
 CATCH_UP_SPREAD = timedelta(minutes=5)
 SHUTDOWN_GRACE_SECONDS = 20.0  # for the unit of work in flight
 
@@ -91,6 +92,9 @@ class JobLock:
         return True
 
     def release(self) -> None:
+        """Give the lock up (no-op when not held); the kernel also releases it when the
+        process dies.
+        """
         if self._handle is not None:
             fcntl.flock(self._handle, fcntl.LOCK_UN)
             self._handle.close()
@@ -98,10 +102,15 @@ class JobLock:
 
     @property
     def held(self) -> bool:
+        """Whether this process holds the lock now."""
         return self._handle is not None
 
 
 class Service:
+    """The ``aggregator run`` process: the web app, the poll job and the digest job in one
+    event loop, on one database; ``clock`` gives the current time (timezone-aware).
+    """
+
     def __init__(
         self,
         settings: Settings,
@@ -144,6 +153,10 @@ class Service:
             return False
 
     async def poll_due(self) -> None:
+        """The poll job: poll the feeds that are due, a batch at a time (spread out once
+        after downtime). Does nothing in a process that does not hold the job lock; a
+        database failure is logged and ends the run.
+        """
         if not self._may_run_jobs() or self._poller is None:
             return
         with self._job():
@@ -197,6 +210,10 @@ class Service:
             log.info("catch-up feeds=%d spread_over=%s", spread, CATCH_UP_SPREAD)
 
     async def digests_due(self) -> None:
+        """The digest job: build the digests that are due and send pending ones (and welcome
+        mails after the first poll), in a worker thread. Does nothing without the job
+        lock; a database failure is logged.
+        """
         if not self._may_run_jobs():
             return
         with self._job():
@@ -216,7 +233,7 @@ class Service:
             built = build_pending(store, self.settings, self.clock(), due_only=True)
             if built.built:
                 log.info("digests built=%d", built.built)
-            report = send_pending(store, sender, self.settings, self.clock(), clock=self.clock)
+            report = send_pending(store, sender, self.settings, self.clock)
             if report.handled:
                 log.info(
                     "digests sent=%d failed=%d retry=%d%s",
@@ -242,6 +259,12 @@ class Service:
     # --- the process ------------------------------------------------------------------
 
     async def serve(self, host: str | None = None, port: int | None = None) -> None:
+        """Open the database, add the configured feeds, then serve the web app on
+        ``host``:``port`` (the settings' by default) and run the jobs until SIGTERM or
+        Ctrl-C; the unit of work in flight completes first (up to
+        ``SHUTDOWN_GRACE_SECONDS``). A read-only database, or another process holding the
+        job lock, serves pages only.
+        """
         settings = self.settings
         listener = _listen(host or settings.web.host, settings.web.port if port is None else port)
         store = self._store = Store.open(settings.database)
@@ -342,6 +365,7 @@ def keep_signals_for_graceful_exit() -> None:
             signal.signal(signum, requested)
 
 
+# Formats of the service log: one text line per event, or one JSON object per line.
 LOG_FORMATS = ("text", "json")
 _PAIR = re.compile(r"""(\w+)=('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|\S+)""")
 
@@ -455,5 +479,8 @@ def run_service(
     port: int | None = None,
     log_format: str = "text",
 ) -> None:
+    """Configure logging (``log_format``: one of ``LOG_FORMATS``) and run the service until
+    it is stopped; blocks.
+    """
     configure_logging(settings.log_level, log_format)
     asyncio.run(Service(settings).serve(host, port))

@@ -25,9 +25,10 @@ WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", 
 @dataclass(frozen=True, slots=True)
 class Subscriber:
     """A digest subscriber: address, status, cadence and chosen feeds (None: every feed,
-    including ones added later). ``watermark`` is the highest entry id already considered
-    for a digest: only entries above it can be sent, which is what makes sending exactly-
-    once across crashes (THREATS K2, K6). Times are UTC.
+    including ones added later). Times are UTC.
+
+    ``watermark`` is the highest entry id already considered for a digest: only entries
+    above it can be sent, which keeps sending exactly once across crashes (THREATS K2, K6).
     """
 
     id: int
@@ -75,9 +76,8 @@ class DigestItem:
 
 @dataclass(frozen=True, slots=True)
 class DigestSection:
-    """The stories of one source in a digest, newest first, and how many more the per-source
-    cap left out.
-    """
+    """The stories of one source in a digest, and how many more the per-source cap left
+    out."""
 
     feed_id: int
     items: tuple[DigestItem, ...]

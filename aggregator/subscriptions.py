@@ -33,18 +33,31 @@ from .store import feeds as feed_rows
 from .store import subscribers as rows
 from .tokens import make_token, verify_token
 
+# How long a confirmation link stays valid (it is also single-use).
 CONFIRM_MAX_AGE = timedelta(days=2)
-PENDING_MAX_AGE = timedelta(days=7)  # unconfirmed addresses are forgotten after this
+"""How long a confirmation link works (once)."""
+PENDING_MAX_AGE = timedelta(days=7)
+"""Unconfirmed addresses are forgotten after this."""
 CLIENT_WINDOW = timedelta(hours=1)
-CLIENT_LIMIT = 10  # sign-up attempts per client per window
-ADDRESS_WINDOW = timedelta(hours=1)  # at most one confirmation mail per address per window
+"""The window ``CLIENT_LIMIT`` counts sign-up attempts in."""
+CLIENT_LIMIT = 10
+"""Sign-up (and lost-link) attempts per client per ``CLIENT_WINDOW`` (THREATS S)."""
+ADDRESS_WINDOW = timedelta(hours=1)
+"""At most one confirmation (or links) mail per address per window."""
 MAX_ADDRESS_INPUT = 320
+"""Longest address accepted from a form, in characters (RFC 5321 §4.5.3.1: 64 + 1 + 255)."""
 
+# Token purpose of the double opt-in link (tokens of one purpose are refused for another).
 PURPOSE_CONFIRM = "confirm"
+"""Token purpose of the double opt-in link."""
 PURPOSE_UNSUBSCRIBE = "unsubscribe"
+"""Token purpose of the unsubscribe links (page, one-click POST, mailto)."""
 PURPOSE_PREFERENCES = "preferences"
+"""Token purpose of the preferences link."""
 PURPOSE_ARCHIVE = "archive"
+"""Token purpose of the subscriber's digest archive (page and Atom feed)."""
 PURPOSE_DIGEST = "digest"
+"""Token purpose of one digest's web copy (the token's subject is the digest id)."""
 
 _DOT_ATOM_HOST = re.compile(r"[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*")
 
@@ -186,6 +199,7 @@ def _invalid_address(text: str) -> InvalidSubscription:
 
 
 def parse_cadence(value: str | None) -> Cadence:
+    """``value`` as a cadence ("daily" or "weekly"); ``InvalidSubscription`` otherwise."""
     for cadence in CADENCES:
         if value == cadence:
             return cadence
@@ -394,7 +408,9 @@ def links_message(
 
 PRODUCT_NAME = "Blog digest"
 """The product's name in mail when the sender address has no display name."""
+# Longest product name used in mail, in characters; a longer display name is cut.
 MAX_PRODUCT_NAME_CHARS = 60
+"""Longest product name taken from the sender's display name, in characters."""
 
 
 def product_name(settings: Settings) -> str:
@@ -459,6 +475,8 @@ def unsubscribe(store: Store, links: Links, token: str, now: datetime) -> Subscr
 
 
 def unsubscribe_id(store: Store, subscriber_id: int, now: datetime) -> Subscriber:
+    """Unsubscribe a subscriber by id (pending digests cancelled); idempotent.
+    ``TokenError`` when there is no such subscriber."""
     with store.write() as db:
         subscriber = rows.get(db, subscriber_id)
         if subscriber is None:
@@ -480,6 +498,8 @@ def update_preferences(
     cadence: str,
     feed_ids: Iterable[int] | None,
 ) -> Subscriber:
+    """Change cadence and sources through a preferences link. ``TokenError`` for a bad
+    link or a subscriber gone, ``InvalidSubscription`` for an unknown cadence."""
     subscriber_id = links.verify(PURPOSE_PREFERENCES, token, now=now)
     chosen_cadence = parse_cadence(cadence)
     chosen = known_feed_ids(store, feed_ids)
@@ -496,7 +516,8 @@ def update_preferences(
 # --- the operator's commands --------------------------------------------------------
 
 
-DEFAULT_CADENCE: Cadence = "weekly"  # a new subscriber's cadence unless one is named
+DEFAULT_CADENCE: Cadence = "weekly"
+"""A new subscriber's cadence unless one is named."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,15 +46,17 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from multiprocessing import forkserver
 from typing import TypeVar
 
 T = TypeVar("T")
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+"""The signals a service manager, ``timeout`` or Ctrl-C send to ask for a graceful stop."""
 
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
@@ -120,22 +122,42 @@ def process_pool(workers: int, preload: Sequence[str] = ()) -> ProcessPoolExecut
     )
 
 
-class ParseWorkers:
-    """The parse processes: started on first use, off the event loop; replaced if one dies.
+class WorkerDied(Exception):
+    """A worker process ended (killed, out of memory, a crash in a library) while it ran
+    this piece of work; the next piece of work gets a fresh process."""
 
-    Spawning a worker waits for the fork server to import the parser (a few hundred ms
-    the first time), so workers start on a helper thread, and a poll that parses nothing
-    (all 304) starts none. A worker that dies (killed, out of memory) breaks its pool:
-    the documents in flight fail with ``BrokenProcessPool`` and the next one gets a new
-    pool, so one hostile document cannot stop a long-running service from parsing.
+
+class ParseWorkers:
+    """Where documents are parsed: in this process while the work is small, else in
+    worker processes, started on first use, off the event loop, replaced if one dies.
+
+    Spawning a worker waits for the fork server to import the parser (about 0.3 s per
+    worker on a small machine), more than parsing a few small documents costs. So the
+    first ``inline_bytes`` bytes of documents (``size`` given to ``run``) are parsed
+    here, on one helper thread (the event loop stays free), and the processes start
+    only when the work grows past that: a poll that parses nothing (all 304) or little
+    starts none. ``inline_bytes = 0`` sends every document to the processes (the
+    long-running service does so: its web app shares the event loop).
+
+    Workers start on a helper thread. A worker that dies breaks its pool: the documents
+    in flight fail with ``WorkerDied`` and the next one gets a new pool, so one hostile
+    document cannot stop a long-running service from parsing.
     """
 
-    def __init__(self, count: int, preload: Sequence[str] = ()) -> None:
+    def __init__(self, count: int, preload: Sequence[str] = (), *, inline_bytes: int = 0) -> None:
         self.count = count
         self.preload = tuple(preload)
+        self.inline_bytes = max(inline_bytes, 0)
+        self.inline_spent = 0  # bytes parsed (or being parsed) in this process
+        self._inline: ThreadPoolExecutor | None = None
         self._ready: asyncio.Future[ProcessPoolExecutor] | None = None
         self._current: ProcessPoolExecutor | None = None
         self._pools: list[ProcessPoolExecutor] = []
+
+    @property
+    def started(self) -> bool:
+        """Whether worker processes were asked for (they may still be starting)."""
+        return bool(self._pools) or self._ready is not None
 
     def _start(self) -> ProcessPoolExecutor:
         pool = process_pool(self.count, self.preload)
@@ -155,19 +177,69 @@ class ParseWorkers:
         except BrokenProcessPool:
             if self._ready is ready:
                 self._ready = None
-            raise
+            raise WorkerDied("the worker processes could not start") from None
 
-    async def run(self, work: Callable[[], T]) -> T:
+    def _take_inline(self, size: int) -> bool:
+        if self.inline_bytes <= 0 or self._ready is not None:
+            return False
+        if self.inline_spent + size > self.inline_bytes:
+            return False
+        self.inline_spent += size
+        return True
+
+    async def run(self, work: Callable[[], T], *, size: int = 0) -> T:
+        """Run ``work`` (a picklable callable) and return its result; ``size`` is its
+        share of the inline budget (a document's length in bytes). Raises what ``work``
+        raises, or ``WorkerDied`` when its process ended under it."""
+        loop = asyncio.get_running_loop()
+        if self._take_inline(size):
+            if self._inline is None:
+                self._inline = ThreadPoolExecutor(1, thread_name_prefix="aggregator-parse")
+            return await loop.run_in_executor(self._inline, work)
         pool = await self._pool()
         try:
-            return await asyncio.get_running_loop().run_in_executor(pool, work)
+            return await loop.run_in_executor(pool, work)
         except BrokenProcessPool:
             if self._current is pool:
                 self._current, self._ready = None, None  # the next document starts a new pool
             pool.shutdown(wait=False, cancel_futures=True)
-            raise
+            raise WorkerDied("a worker process ended while running this work") from None
 
     def close(self) -> None:
+        """Wait for the work in flight, then end the helper thread and every process."""
+        if self._inline is not None:
+            self._inline.shutdown(wait=True)
+            self._inline = None
         for pool in self._pools:
             pool.shutdown(wait=True)
         self._pools.clear()
+
+
+@contextmanager
+def stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
+    """While the event loop runs in the main thread, the first SIGTERM or SIGINT calls
+    ``stop`` (the owner finishes what it started and ends normally); a second one acts
+    as usual (ends the process at once). Elsewhere (a thread, no signal support) it
+    does nothing. Must be entered inside a running event loop."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    installed: list[int] = []
+
+    def requested() -> None:
+        stop()
+        while installed:
+            loop.remove_signal_handler(installed.pop())
+
+    for signum in STOP_SIGNALS:
+        try:
+            loop.add_signal_handler(signum, requested)
+        except (NotImplementedError, RuntimeError, ValueError):
+            continue
+        installed.append(signum)
+    try:
+        yield
+    finally:
+        while installed:
+            loop.remove_signal_handler(installed.pop())

@@ -2,7 +2,7 @@
 
     python -m benchmarks.children fetch-floor --corpus DIR --port P --mode cold|warm --out R
     python -m benchmarks.children parse-floor --corpus DIR --out R [--light]
-    python -m benchmarks.children ours-setup --corpus DIR --port P --config C
+    python -m benchmarks.children ours-setup --corpus DIR --port P --config C [--limit N]
     python -m benchmarks.children ours-poll --config C --out R
 
 Each writes a JSON report with the wall time of its measured phase (the work itself,
@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import resource
 import statistics
 import sys
 import threading
@@ -33,6 +35,8 @@ TICK_SECONDS = 0.005
 STALL_SECONDS = 0.03  # a tick this late counts as a stall for StallWatch
 WATCH_SECONDS = 0.01
 STACK_DEPTH = 7
+THREAD_CPU_SECONDS = 0.2
+INSTRUMENT_THREADS = ("stall-watch", "thread-cpu")
 STALL_PLACES = 8
 
 
@@ -43,14 +47,26 @@ def _write(out: Path, report: dict[str, Any]) -> None:
 # --- fetch floor: httpx, no parsing --------------------------------------------------
 
 
-async def _fetch_all(corpus: Corpus, port: int, warm: bool, concurrency: int) -> dict[str, Any]:
+async def _fetch_all(
+    corpus: Corpus, urls: dict[int, str], warm: bool, args: argparse.Namespace
+) -> dict[str, Any]:
+    import ssl
+
     import httpx
 
+    concurrency = args.concurrency
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     statuses: dict[str, int] = {}
+    versions: dict[str, int] = {}
     received = 0
     gate = asyncio.Semaphore(concurrency)
-    async with httpx.AsyncClient(limits=limits, timeout=60.0, trust_env=False) as client:
+    verify: ssl.SSLContext | bool = True
+    if args.ca_file:  # httpx's default trust (certifi) and the loopback server's CA
+        verify = httpx.create_ssl_context(trust_env=False)
+        verify.load_verify_locations(cafile=args.ca_file)
+    async with httpx.AsyncClient(
+        limits=limits, timeout=60.0, trust_env=False, verify=verify, http2=args.http2
+    ) as client:
 
         async def one(url: str, headers: dict[str, str]) -> None:
             nonlocal received
@@ -58,12 +74,13 @@ async def _fetch_all(corpus: Corpus, port: int, warm: bool, concurrency: int) ->
                 response = await client.get(url, headers=headers)
             received += len(response.content)
             statuses[str(response.status_code)] = statuses.get(str(response.status_code), 0) + 1
+            versions[response.http_version] = versions.get(response.http_version, 0) + 1
 
         started = time.perf_counter()
         await asyncio.gather(
             *(
                 one(
-                    feed.url(port),
+                    urls[feed.index],
                     {"If-None-Match": feed.etag, "If-Modified-Since": feed.last_modified}
                     if warm
                     else {},
@@ -72,15 +89,28 @@ async def _fetch_all(corpus: Corpus, port: int, warm: bool, concurrency: int) ->
             )
         )
         phase = time.perf_counter() - started
-    return {"phase_wall": phase, "statuses": statuses, "body_bytes": received}
+    return {
+        "phase_wall": phase,
+        "statuses": statuses,
+        "http_versions": versions,
+        "body_bytes": received,
+    }
+
+
+def feed_urls(corpus: Corpus, args: argparse.Namespace) -> dict[int, str]:
+    """Feed index -> URL: from ``--urls`` (a JSON object) when given, else each feed on
+    its own loopback address at ``--port``."""
+    if getattr(args, "urls", None):
+        table = json.loads(Path(args.urls).read_text(encoding="utf-8"))
+        return {int(index): url for index, url in table.items()}
+    return {feed.index: feed.url(args.port) for feed in corpus.feeds}
 
 
 def fetch_floor(args: argparse.Namespace) -> int:
     corpus = Corpus.load(Path(args.corpus))
     warm = args.mode == "warm"
-    report, _, timed_lags = asyncio.run(
-        _with_ticker(lambda: _fetch_all(corpus, args.port, warm, args.concurrency))
-    )
+    urls = feed_urls(corpus, args)
+    report, _, timed_lags = asyncio.run(_with_ticker(lambda: _fetch_all(corpus, urls, warm, args)))
     report["concurrency"] = args.concurrency
     # The same ticker as in our poll: the lag that fetching alone causes, for comparison.
     report.update(_lag_stats([lag for lag, _ in timed_lags]))
@@ -118,19 +148,29 @@ def parse_floor(args: argparse.Namespace) -> int:
 # --- our pipeline ------------------------------------------------------------------
 
 
-def write_config(path: Path, database: Path) -> None:
-    """A config holding only what the benchmark needs; everything else is default."""
-    path.write_text(
-        f"database = {json.dumps(str(database))}\n\n[fetch]\nallow_private_addresses = true\n",
-        encoding="utf-8",
+def write_config(
+    path: Path, database: Path, *, ca_file: Path | None = None, parse_workers: int = 0
+) -> None:
+    """A config holding only what the benchmark needs; everything else is default.
+    ``ca_file``: the loopback TLS server's self-signed certificate, trusted as a CA.
+    ``parse_workers`` > 0 pins the number of parse processes (0: one per core)."""
+    trust = f"ca_file = {json.dumps(str(ca_file))}\n" if ca_file else ""
+    text = (
+        f"database = {json.dumps(str(database))}\n\n[fetch]\nallow_private_addresses = true\n"
+        + trust
     )
+    if parse_workers:
+        text += f"\n[poll]\nparse_workers = {parse_workers}\n"
+    path.write_text(text, encoding="utf-8")
 
 
 def ours_setup(args: argparse.Namespace) -> int:
     from aggregator.config import load_settings
+    from aggregator.decide import FeedUpdate
     from aggregator.models import FeedSource
     from aggregator.sources import add_source
     from aggregator.store import Store
+    from aggregator.store import feeds as feed_rows
 
     settings = load_settings(Path(args.config), env={})
     for suffix in ("", "-wal", "-shm"):
@@ -139,11 +179,71 @@ def ours_setup(args: argparse.Namespace) -> int:
     store = Store.open(settings.database)
     now = datetime.now(UTC)
     try:
-        for feed in corpus.feeds:
-            add_source(store, FeedSource(url=feed.url(args.port)), origin="cli", now=now)
+        urls = feed_urls(corpus, args)
+        for feed in corpus.feeds[: args.limit or None]:
+            added, _ = add_source(store, FeedSource(url=urls[feed.index]), origin="cli", now=now)
+            if args.validators:  # as a cold poll leaves the feed row, without parsing
+                update = FeedUpdate(
+                    polled_at=now,
+                    next_poll_at=now,
+                    succeeded=True,
+                    etag=feed.etag,
+                    last_modified=feed.last_modified,
+                )
+                with store.write() as db:
+                    feed_rows.apply_feed_update(db, added, update)
     finally:
         store.close()
     return 0
+
+
+class ThreadCpu:
+    """CPU seconds of each thread of this process (``/proc/self/task/*/stat``, Linux),
+    read every THREAD_CPU_SECONDS and at the end, so that threads which end early (the
+    process pool's feeder and manager threads end when the pool closes) are counted.
+    Reported per thread name, numbers stripped: where the main process's CPU goes."""
+
+    def __init__(self) -> None:
+        self.seen: dict[int, tuple[str, float]] = {}  # native id -> (name, CPU s)
+        self._tick = os.sysconf("SC_CLK_TCK")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="thread-cpu", daemon=True)
+
+    def start(self) -> ThreadCpu:
+        self._thread.start()
+        return self
+
+    def stop(self) -> dict[str, float]:
+        self._stop.set()
+        self._thread.join()
+        self._read()
+        totals: dict[str, float] = {}
+        for name, cpu in self.seen.values():
+            kind = name.rstrip("0123456789_-") or name
+            totals[kind] = round(totals.get(kind, 0.0) + cpu, 2)
+        return dict(sorted(totals.items(), key=lambda item: -item[1]))
+
+    def _watch(self) -> None:
+        while not self._stop.wait(THREAD_CPU_SECONDS):
+            self._read()
+
+    def _read(self) -> None:
+        names = {t.native_id: t.name for t in threading.enumerate() if t.native_id}
+        try:
+            tasks = os.listdir("/proc/self/task")
+        except OSError:
+            return
+        for task in tasks:
+            try:
+                with open(f"/proc/self/task/{task}/stat", encoding="ascii") as stat:
+                    fields = stat.read().rpartition(")")[2].split()
+            except OSError:
+                continue
+            tid = int(task)
+            cpu = (int(fields[11]) + int(fields[12])) / self._tick  # utime, stime
+            known = self.seen.get(tid)
+            name = names.get(tid) or (known[0] if known else f"thread {tid}")
+            self.seen[tid] = (name, cpu)
 
 
 class StallWatch:
@@ -241,8 +341,10 @@ def ours_poll(args: argparse.Namespace) -> int:
     store = Store.open(settings.database)
     finished: list[float] = []  # when each feed's summary came back
     watch = StallWatch().start()
+    threads = ThreadCpu().start()
     try:
         started = time.perf_counter()
+        usage_before = resource.getrusage(resource.RUSAGE_SELF)
         summaries, phase, timed_lags = asyncio.run(
             _with_ticker(
                 lambda: poll_feeds(
@@ -251,6 +353,8 @@ def ours_poll(args: argparse.Namespace) -> int:
                 watch,
             )
         )
+        usage_after = resource.getrusage(resource.RUSAGE_SELF)
+        thread_cpu = threads.stop()
         stored = store.db.execute("SELECT count(*) FROM entries").fetchone()[0]
     finally:
         watch.stop()
@@ -264,10 +368,28 @@ def ours_poll(args: argparse.Namespace) -> int:
     # starting the worker processes); the rest to the steady state of the poll.
     first = min(finished, default=started)
     steady = [lag for lag, at in timed_lags if at >= first]
+    # CPU of this process alone (every thread: event loop, database writer, the pool's
+    # manager thread), not of the parse workers: the serial part of a poll.
+    main_user = usage_after.ru_utime - usage_before.ru_utime
+    main_sys = usage_after.ru_stime - usage_before.ru_stime
+    # The benchmark's own watchers are not the poll's work.
+    instruments = sum(thread_cpu.get(name, 0.0) for name in INSTRUMENT_THREADS)
+    new = sum(s.new for s in summaries)
+    written = new + sum(s.duplicates + s.updated for s in summaries)
     report = {
         "phase_wall": phase,
+        "main_cpu_user": main_user,
+        "main_cpu_sys": main_sys,
+        "entries_written": written,
+        # CPU seconds per thread of this process, by thread name (start-up included).
+        "main_cpu_by_thread": thread_cpu,
+        "main_cpu_instruments": instruments,
+        "main_cpu_per_1000_entries": (
+            (main_user + main_sys - instruments) * 1000 / written if written else None
+        ),
+        "parse_workers": settings.poll.parse_workers or os.cpu_count() or 1,
         "statuses": statuses,
-        "new": sum(s.new for s in summaries),
+        "new": new,
         "updated": sum(s.updated for s in summaries),
         "duplicates": sum(s.duplicates for s in summaries),
         "entries_stored": stored,
@@ -290,9 +412,12 @@ def main(argv: list[str] | None = None) -> int:
 
     fetch = commands.add_parser("fetch-floor")
     fetch.add_argument("--corpus", required=True)
-    fetch.add_argument("--port", type=int, required=True)
+    fetch.add_argument("--port", type=int, default=0)
     fetch.add_argument("--mode", choices=("cold", "warm"), default="cold")
     fetch.add_argument("--concurrency", type=int, default=FETCH_CONCURRENCY)
+    fetch.add_argument("--urls", help="JSON object: feed index -> URL (instead of --port)")
+    fetch.add_argument("--ca-file", help="PEM file of a CA to trust (the loopback TLS server)")
+    fetch.add_argument("--http2", action="store_true", help="offer HTTP/2 to TLS servers")
     fetch.add_argument("--out", required=True)
     fetch.set_defaults(run=fetch_floor)
 
@@ -304,8 +429,13 @@ def main(argv: list[str] | None = None) -> int:
 
     setup = commands.add_parser("ours-setup")
     setup.add_argument("--corpus", required=True)
-    setup.add_argument("--port", type=int, required=True)
+    setup.add_argument("--port", type=int, default=0)
+    setup.add_argument("--urls", help="JSON object: feed index -> URL (instead of --port)")
+    setup.add_argument(
+        "--validators", action="store_true", help="store each feed's ETag and Last-Modified"
+    )
     setup.add_argument("--config", required=True)
+    setup.add_argument("--limit", type=int, default=0, help="only the first N feeds")
     setup.set_defaults(run=ours_setup)
 
     poll = commands.add_parser("ours-poll")

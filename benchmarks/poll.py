@@ -3,6 +3,8 @@ user would pick instead, all measured in one run on one corpus served on loopbac
 
     python -m benchmarks.poll            # 500 feeds x 20 entries (~77 MB)
     python -m benchmarks.poll --quick    # 100 feeds, a smoke run
+    python -m benchmarks.poll --warm-matrix   # warm polls: 0/50 ms x own/one host x http/https
+    python -m benchmarks.poll --only small   # only the one-shot small polls (2 and 20 feeds)
 
 Every contender runs as a child process measured on its own (wall, CPU of its whole
 process tree, peak memory); the loopback server counts what each one asked for. See
@@ -16,6 +18,9 @@ import json
 import math
 import os
 import platform
+import resource
+import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -92,6 +97,9 @@ def child_env() -> dict[str, str]:
     env["PYTHONPATH"] = str(REPO)
     env["XDG_RUNTIME_DIR"] = str(WORK)  # rss2email's lock file
     env.pop("AGGREGATOR_CONFIG", None)
+    # Installed packages run from bytecode; so do we (the repository's own modules would
+    # otherwise be compiled again by every one-shot command).
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     return env
 
 
@@ -181,8 +189,41 @@ def ours(bench: Bench, corpus_root: Path) -> None:
         return
     for key in ("ours-cold", "ours-warm"):
         bench.run(key, ours_argv("ours-poll", "--config", str(config)))
+    for count in pinned_workers(bench.args.parse_workers):
+        pinned(bench, corpus_root, count)
     if bench.args.profile:
         profile_polls(bench, corpus_root, config)
+
+
+def pinned_workers(spec: str) -> list[int]:
+    """``--parse-workers 1,2`` -> [1, 2]."""
+    return [int(part) for part in spec.split(",") if part.strip()]
+
+
+def pinned_key(count: int) -> str:
+    return f"ours-cold-w{count}"
+
+
+def pinned(bench: Bench, corpus_root: Path, count: int) -> None:
+    """A cold poll with the number of parse processes pinned (``[poll] parse_workers``),
+    on a fresh database of its own: how the poll scales with the workers it may use."""
+    key = pinned_key(count)
+    LABELS[key] = f"ours: cold poll, {count} parse worker{'s' if count > 1 else ''}"
+    config = bench.work / f"ours-w{count}.toml"
+    write_config(config, bench.work / f"ours-w{count}.sqlite3", parse_workers=count)
+    port = str(bench.server.port)
+    setup = bench.run(
+        f"{key}-setup",
+        ours_argv(
+            "ours-setup", "--corpus", str(corpus_root), "--port", port, "--config", str(config)
+        ),
+        report=False,
+        show=False,
+    )
+    if setup.measured is None or not setup.measured.ok:
+        bench.skip(key, "setup failed")
+        return
+    bench.run(key, ours_argv("ours-poll", "--config", str(config)))
 
 
 def profile_polls(bench: Bench, corpus_root: Path, config: Path) -> None:
@@ -250,6 +291,336 @@ def competitors(bench: Bench, urls: Path) -> None:
             ],
             command=[python, script, "r2e-run", "--config", config, "--data", data],
         )
+
+
+# --- warm polls across network conditions ----------------------------------------------
+
+SHARED_HOST = "127.0.0.1"  # the corpus's own addresses start at 127.0.1.1
+RESULTS_WARM = WORK / "results-poll-warm.json"
+
+
+@dataclass
+class Scenario:
+    latency_ms: float
+    shared: bool  # every feed on one host (a blog platform) or each on its own
+    tls: bool  # https from hypercorn, which offers HTTP/2; else plain HTTP/1.1
+
+    @property
+    def name(self) -> str:
+        hosts = "one host" if self.shared else "own hosts"
+        protocol = "https, h2 offered" if self.tls else "http/1.1"
+        return f"{self.latency_ms:g} ms, {hosts}, {protocol}"
+
+
+def scenarios(args: argparse.Namespace) -> list[Scenario]:
+    latencies = [float(x) for x in args.latency.split(",") if x.strip()]
+    hosts = [h.strip() for h in args.hosts.split(",") if h.strip()]
+    protocols = [p.strip() for p in args.protocols.split(",") if p.strip()]
+    return [
+        Scenario(latency, host == "shared", protocol == "https")
+        for protocol in protocols
+        for host in hosts
+        for latency in latencies
+    ]
+
+
+def warm_matrix(args: argparse.Namespace, corpus: Any, work: Path) -> list[dict[str, Any]]:
+    """Warm polls (every request conditional, every answer 304) against the warm fetch
+    floor and reader's warm update, in each scenario: latency, hosts, protocol."""
+    from .server import TLSFeedServer, fixed_latency
+
+    results: list[dict[str, Any]] = []
+    compare = None
+    if not args.no_compare:
+        why = ensure_env(COMPARE_VENV, getattr(sys, "_base_executable", sys.executable))
+        if why is None:
+            compare = str(env_python(COMPARE_VENV))
+        else:
+            print(f"  reader: skipped: {why}")
+    for scenario in scenarios(args):
+        print(f"  scenario: {scenario.name}")
+        latency = fixed_latency(scenario.latency_ms / 1000)
+        shared = SHARED_HOST if scenario.shared else None
+        folder = work / ("tls-shared" if scenario.shared else "tls-own")
+        server: Any = (
+            TLSFeedServer(corpus, folder, latency, shared_host=shared)
+            if scenario.tls
+            else FeedServer(corpus, latency, shared_host=shared)
+        )
+        with server.start():
+            urls = work / "urls.json"
+            urls.write_text(
+                json.dumps({str(f.index): server.url(f) for f in corpus.feeds}), encoding="utf-8"
+            )
+            cert = getattr(server, "cert", None)
+            bench = Bench(args, server, work)
+            if cert is not None:
+                bench.env["REQUESTS_CA_BUNDLE"] = str(cert)  # reader (requests)
+            root = str(corpus.root)
+            floor = ["--corpus", root, "--urls", str(urls), "--mode", "warm"]
+            if cert is not None:
+                floor += ["--ca-file", str(cert), "--http2"]
+            bench.run("fetch-warm", ours_argv("fetch-floor", *floor))
+            config = work / "ours.toml"
+            write_config(config, work / "ours.sqlite3", ca_file=cert)
+            # The feed rows a cold poll would leave (validators stored), without parsing
+            # 77 MB again for every scenario.
+            setup = ("ours-setup", "--corpus", root, "--urls", str(urls), "--config", str(config))
+            bench.run("ours-setup", ours_argv(*setup, "--validators"), report=False, show=False)
+            before = dict(getattr(server, "versions", {}))
+            bench.run("ours-warm", ours_argv("ours-poll", "--config", str(config)))
+            versions = {k: v - before.get(k, 0) for k, v in getattr(server, "versions", {}).items()}
+            if compare is not None and not (args.reader_http_only and scenario.tls):
+                lines = work / "urls.txt"
+                lines.write_text(
+                    "".join(server.url(f) + "\n" for f in corpus.feeds), encoding="utf-8"
+                )
+                db = str(work / "reader.sqlite3")
+                script = str(ROOT / "compare_env.py")
+                workers = str(args.reader_workers)
+                update = [compare, script, "reader-update", "--db", db, "--workers", workers]
+                bench.run(
+                    "reader-setup",
+                    [compare, script, "reader-setup", "--urls", str(lines), "--db", db],
+                    report=False,
+                    show=False,
+                )
+                bench.run("reader-cold", update, show=False)
+                bench.run("reader-warm", update)
+        rows = bench.rows
+        floor_row, ours_row = rows.get("fetch-warm"), rows.get("ours-warm")
+        reader_row = rows.get("reader-warm")
+        results.append(
+            {
+                "scenario": scenario.name,
+                "latency_ms": scenario.latency_ms,
+                "shared_host": scenario.shared,
+                "tls": scenario.tls,
+                "floor_s": floor_row.phase if floor_row else math.nan,
+                "ours_s": ours_row.phase if ours_row else math.nan,
+                "ours_runs_s": ours_row.all_phases if ours_row else [],
+                "ours_vs_floor": ratio(ours_row, floor_row),
+                "floor_cpu_s": floor_row.measured.cpu
+                if floor_row and floor_row.measured
+                else math.nan,
+                "ours_cpu_s": ours_row.measured.cpu if ours_row and ours_row.measured else math.nan,
+                "reader_s": reader_row.phase if reader_row else math.nan,
+                "reader_vs_ours": ratio(reader_row, ours_row),
+                "ours_traffic": vars(ours_row.traffic) if ours_row else {},
+                "ours_http_versions": versions,
+                "floor_report": floor_row.measured.report
+                if floor_row and floor_row.measured
+                else {},
+            }
+        )
+    return results
+
+
+def matrix_table(results: list[dict[str, Any]]) -> str:
+    header = (
+        "scenario",
+        "floor s",
+        "ours s",
+        "ours/floor",
+        "CPU s floor / ours",
+        "reader s",
+        "reader/ours",
+    )
+    lines = [header] + [
+        (
+            r["scenario"],
+            _fmt(r["floor_s"]),
+            _fmt(r["ours_s"]),
+            _fmt(r["ours_vs_floor"]),
+            f"{_fmt(r['floor_cpu_s'])} / {_fmt(r['ours_cpu_s'])}",
+            _fmt(r["reader_s"]),
+            _fmt(r["reader_vs_ours"]),
+        )
+        for r in results
+    ]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    out = []
+    for n, line in enumerate(lines):
+        cells = [line[0].ljust(widths[0])] + [
+            c.rjust(w) for c, w in zip(line[1:], widths[1:], strict=True)
+        ]
+        out.append("| " + " | ".join(cells) + " |")
+        if n == 0:
+            out.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(out)
+
+
+# --- small polls: the one-shot commands a user runs ---------------------------------
+
+SMALL_SIZES = (2, 20)
+SMALL_RUNS = 3
+SMALL_PHASES = ("cold", "warm")
+SMALL_GOAL = 1.0  # ours no slower than reader's one-shot update, cold and warm
+# Where parsing in the command itself stops paying: [poll] parse_in_process_kb.
+CROSSOVER = {"in-process": "parse_in_process_kb = 1000000", "processes": "parse_in_process_kb = 0"}
+
+
+@dataclass
+class SmallRun:
+    """One run of a one-shot command: wall time of the process (start-up, imports and
+    exit included, as a user waits for it) and the CPU of it and its children."""
+
+    wall: float
+    cpu: float
+    ok: bool
+
+
+def _timed(argv: Sequence[str], env: dict[str, str], log: Path, timeout: float) -> SmallRun:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    with log.open("ab") as out:
+        try:
+            done = subprocess.run(
+                list(argv), cwd=REPO, env=env, stdout=out, stderr=out, timeout=timeout, check=False
+            )
+            ok = done.returncode == 0
+        except subprocess.TimeoutExpired:
+            ok = False
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return SmallRun(wall, cpu, ok)
+
+
+def small_polls(
+    bench: Bench,
+    corpus_root: Path,
+    urls: list[str],
+    reader: tuple[str, str] | None,
+    *,
+    sizes: Sequence[int],
+    variants: dict[str, str] | None = None,
+) -> dict[str, list[SmallRun]]:
+    """``aggregator poll`` as a user runs it (a subprocess: interpreter start-up, imports,
+    the poll, exit) against reader's one-shot update, at 2 and 20 feeds of the corpus,
+    cold (a fresh database) then warm (every feed answers 304), SMALL_RUNS times each,
+    ours and reader's runs interleaved so that both see the same machine.
+
+    ``variants`` (name -> lines of our config's [poll] table) runs ours once per variant
+    instead of once with the defaults: the crossover rows compare parsing in-process
+    with starting the parse processes at once."""
+    found: dict[str, list[SmallRun]] = {}
+    port = str(bench.server.port)
+    timeout = bench.args.timeout
+    for size in sizes:
+        work = bench.work / f"small-{size}"
+        work.mkdir(parents=True, exist_ok=True)
+        feed_urls = work / "urls.txt"
+        feed_urls.write_text("".join(u + "\n" for u in urls[:size]), encoding="utf-8")
+        contenders: dict[str, tuple[list[str], list[str]]] = {}
+        for name, poll_table in (variants or {"ours": ""}).items():
+            config = work / f"{name}.toml"
+            write_config(config, work / f"{name}.sqlite3")
+            if poll_table:
+                with config.open("a", encoding="utf-8") as extra:
+                    extra.write(f"\n[poll]\n{poll_table}\n")
+            contenders[name] = (
+                ours_argv(
+                    "ours-setup",
+                    "--corpus",
+                    str(corpus_root),
+                    "--port",
+                    port,
+                    "--config",
+                    str(config),
+                    "--limit",
+                    str(size),
+                ),
+                [sys.executable, "-m", "aggregator", "--config", str(config), "poll"],
+            )
+        if reader is not None:
+            python, script = reader
+            db = str(work / "reader.sqlite3")
+            contenders["reader"] = (
+                [python, script, "reader-setup", "--urls", str(feed_urls), "--db", db],
+                [
+                    python,
+                    script,
+                    "reader-update",
+                    "--db",
+                    db,
+                    "--workers",
+                    str(bench.args.reader_workers),
+                    "--out",
+                    str(work / "reader-report.json"),
+                ],
+            )
+        print(f"  {size} feeds, one-shot commands ({SMALL_RUNS} runs, cold then warm) …")
+        for _ in range(SMALL_RUNS):
+            for name, (setup, command) in contenders.items():
+                log = work / f"{name}.log"
+                if not _timed(setup, bench.env, log, timeout).ok:
+                    print(f"    {name} setup failed, see {log}")
+                    continue
+                for phase in SMALL_PHASES:
+                    run = _timed(command, bench.env, log, timeout)
+                    found.setdefault(f"{name}-{size}-{phase}", []).append(run)
+    for key, runs in found.items():
+        shown = " / ".join(f"{r.wall:.2f}" + ("" if r.ok else " FAILED") for r in runs)
+        print(f"    {key:<18} {shown} s")
+    return found
+
+
+def small_median(runs: list[SmallRun] | None) -> float:
+    good = [r.wall for r in runs or [] if r.ok]
+    return statistics.median(good) if good else math.nan
+
+
+def small_table(small: dict[str, list[SmallRun]], ours: str = "ours", other: str = "reader") -> str:
+    """Median wall time (and each run) of ``ours`` beside ``other``, per size and phase."""
+    lines = [
+        f"| feeds | poll | {ours} s | {other} s | {ours} / {other} |",
+        "|---|---|---|---|---|",
+    ]
+    for size in sorted({int(k.split("-")[-2]) for k in small}):
+        for phase in SMALL_PHASES:
+            ours_runs = small.get(f"{ours}-{size}-{phase}")
+            reader_runs = small.get(f"{other}-{size}-{phase}")
+            ours_s, reader_s = small_median(ours_runs), small_median(reader_runs)
+            ratio_shown = _fmt(ours_s / reader_s) if reader_s > 0 else "—"
+            lines.append(
+                f"| {size} | {phase} | {_fmt(ours_s)} ({_runs(ours_runs)}) | "
+                f"{_fmt(reader_s)} ({_runs(reader_runs)}) | {ratio_shown} |"
+            )
+    return "\n".join(lines)
+
+
+def _runs(runs: list[SmallRun] | None) -> str:
+    return " / ".join(f"{r.wall:.2f}" for r in runs or []) or "—"
+
+
+def small_goals(small: dict[str, list[SmallRun]]) -> list[dict[str, Any]]:
+    found = []
+    for size in sorted({int(k.split("-")[-2]) for k in small}):
+        for phase in SMALL_PHASES:
+            ours_s = small_median(small.get(f"ours-{size}-{phase}"))
+            reader_s = small_median(small.get(f"reader-{size}-{phase}"))
+            value = ours_s / reader_s if reader_s > 0 else math.nan
+            found.append(
+                {
+                    "goal": f"{phase} poll of {size} feeds (one-shot) <= {SMALL_GOAL} x reader",
+                    "value": value,
+                    "pass": value <= SMALL_GOAL,
+                }
+            )
+    return found
+
+
+def reader_command(bench: Bench) -> tuple[str, str] | None:
+    """(python, script) of the comparison environment, made on first use; None when it
+    cannot be made (no network) or --no-compare."""
+    if bench.args.no_compare:
+        return None
+    why = ensure_env(COMPARE_VENV, getattr(sys, "_base_executable", sys.executable))
+    if why is not None:
+        print(f"  reader: skipped: {why}")
+        return None
+    return str(env_python(COMPARE_VENV)), str(ROOT / "compare_env.py")
 
 
 # --- results -----------------------------------------------------------------------
@@ -336,6 +707,7 @@ def table(rows: dict[str, Row]) -> str:
         "wall s",
         "proc s",
         "CPU s",
+        "main CPU s/1k",
         "peak MB",
         "maxRSS MB",
         "requests",
@@ -343,13 +715,13 @@ def table(rows: dict[str, Row]) -> str:
         "MB sent",
     )
     lines = [header]
-    for key in CONTENDERS:
+    for key in [*CONTENDERS, *sorted(k for k in rows if k not in CONTENDERS)]:
         row = rows.get(key)
         if row is None:
             continue
         m = row.measured
         if m is None:
-            lines.append((LABELS[key], "skipped", "", "", "", "", "", "", ""))
+            lines.append((LABELS[key], "skipped", "", "", "", "", "", "", "", ""))
             continue
         t = row.traffic
         failed = "" if m.ok else " (failed)"
@@ -359,6 +731,7 @@ def table(rows: dict[str, Row]) -> str:
                 _fmt(row.phase),
                 _fmt(m.wall),
                 _fmt(m.cpu),
+                _fmt(main_cpu_per_1000(row), 2),
                 _fmt(m.peak_pss_mb, 0),
                 _fmt(m.max_rss_mb, 0),
                 str(t.requests) if t.requests else "",
@@ -378,9 +751,34 @@ def table(rows: dict[str, Row]) -> str:
     return "\n".join(out)
 
 
+def main_cpu_per_1000(row: Row | None) -> float:
+    """CPU seconds (user + system) of our poll's own process, without its parse
+    workers, per 1,000 entries written: the serial part of a poll."""
+    if row is None or row.measured is None:
+        return math.nan
+    value = row.measured.report.get("main_cpu_per_1000_entries")
+    return math.nan if value is None else float(value)
+
+
+def _main_threads(row: Row | None) -> str:
+    """The main process's CPU by thread (event loop, database writer, the process
+    pool's feeder and manager threads), as the child counted it."""
+    if row is None or row.measured is None:
+        return ""
+    threads = row.measured.report.get("main_cpu_by_thread") or {}
+    return ", ".join(f"{name} {cpu:.2f}" for name, cpu in threads.items() if cpu >= 0.05)
+
+
 def ratios(rows: dict[str, Row]) -> list[tuple[str, float]]:
+    pinned_rows = sorted(
+        (k for k in rows if k.startswith("ours-cold-w")), key=lambda k: int(k[11:])
+    )
     return [
         ("cold poll / parse floor", ratio(rows.get("ours-cold"), rows.get("parse"))),
+        *(
+            (f"{LABELS[k][6:]} / parse floor", ratio(rows.get(k), rows.get("parse")))
+            for k in pinned_rows
+        ),
         ("cold poll / parse floor, CPU", cpu_ratio(rows.get("ours-cold"), rows.get("parse"))),
         ("cold poll / fetch floor", ratio(rows.get("ours-cold"), rows.get("fetch-cold"))),
         ("warm poll / warm fetch floor", ratio(rows.get("ours-warm"), rows.get("fetch-warm"))),
@@ -432,21 +830,60 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--entries", type=int, default=DEFAULT_ENTRIES)
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     parser.add_argument("--reader-workers", type=int, default=8)
+    parser.add_argument(
+        "--crossover-sizes",
+        type=lambda text: [int(n) for n in text.split(",") if n],
+        default=[2, 5, 10, 20, 40],
+        help="feed counts of the in-process/processes crossover rows (group 'crossover')",
+    )
+    parser.add_argument(
+        "--small-sizes",
+        type=lambda text: [int(n) for n in text.split(",") if n],
+        default=list(SMALL_SIZES),
+        help="feed counts of the one-shot small-poll rows (group 'small'), e.g. 2,20",
+    )
     parser.add_argument("--no-compare", action="store_true", help="skip reader and rss2email")
     parser.add_argument(
         "--only",
         default="",
-        help="comma-separated groups to run: fetch, parse, ours, reader, rss2email",
+        help="comma-separated groups to run: fetch, parse, ours, reader, rss2email, small "
+        "(and crossover, only when named)",
     )
     parser.add_argument(
         "--profile", action="store_true", help="also profile one cold poll with py-spy"
     )
     parser.add_argument(
+        "--parse-workers",
+        default="",
+        metavar="N[,M…]",
+        help="also a cold poll with each of these numbers of parse processes, e.g. 1,2",
+    )
+    parser.add_argument(
         "--repeat", type=int, default=3, help="runs of the cheap contenders (fastest kept)"
     )
     parser.add_argument("--timeout", type=float, default=600.0, help="per contender, seconds")
+    parser.add_argument(
+        "--warm-matrix",
+        action="store_true",
+        help="only warm polls, against the warm fetch floor and reader, in each scenario of "
+        "--latency x --hosts x --protocols",
+    )
+    parser.add_argument("--latency", default="0,50", help="ms per answer, comma-separated")
+    parser.add_argument(
+        "--reader-everywhere",
+        dest="reader_http_only",
+        action="store_false",
+        help="run reader in the https scenarios too (it speaks HTTP/1.1 only; a cold update "
+        "per scenario parses the whole corpus)",
+    )
+    parser.add_argument("--hosts", default="own,shared", help="own (a host per feed), shared")
+    parser.add_argument(
+        "--protocols", default="http,https", help="http (HTTP/1.1), https (TLS, h2 offered)"
+    )
     args = parser.parse_args(argv)
     feeds = args.feeds or (QUICK_FEEDS if args.quick else DEFAULT_FEEDS)
+    if args.warm_matrix:
+        return main_warm_matrix(args, feeds)
 
     load_start = os.getloadavg()
     subreaper = become_subreaper()
@@ -478,15 +915,33 @@ def main(argv: list[str] | None = None) -> int:
         if bench.wanted("ours"):
             ours(bench, corpus.root)
         competitors(bench, urls)
+        small: dict[str, list[SmallRun]] = {}
+        crossover: dict[str, list[SmallRun]] = {}
+        feed_urls = [server.url(f) for f in corpus.feeds]
+        if bench.wanted("small"):
+            small = small_polls(
+                bench, corpus.root, feed_urls, reader_command(bench), sizes=args.small_sizes
+            )
+        if "crossover" in args.only.split(","):  # not part of the default run
+            crossover = small_polls(
+                bench, corpus.root, feed_urls, None, sizes=args.crossover_sizes, variants=CROSSOVER
+            )
     rows = bench.rows
 
     print()
     print(table(rows))
     print()
     for name, value in ratios(rows):
-        print(f"  {name:<30} {_fmt(value)}")
+        print(f"  {name:<42} {_fmt(value)}")
     print()
-    checked = goals(rows)
+    if small:
+        print(small_table(small))
+        print()
+    if crossover:
+        print("parse in-process (always) against parse processes (always), cold and warm:")
+        print(small_table(crossover, "in-process", "processes"))
+        print()
+    checked = goals(rows) + small_goals(small)
     for goal in checked:
         value = goal["value"]
         measured = not (isinstance(value, float) and math.isnan(value))
@@ -506,6 +961,10 @@ def main(argv: list[str] | None = None) -> int:
             ours_frame = next((f for f in reversed(stack) if f.split(":")[0] in OUR_FILES), "")
             via = f" (from {ours_frame})" if ours_frame and ours_frame != stack[-1] else ""
             print(f"    {place['share']:4.0%}  {stack[-1]}{via}")
+        for key in ("ours-cold", *sorted(k for k in rows if k.startswith("ours-cold-w"))):
+            by_thread = _main_threads(rows.get(key))
+            if by_thread:
+                print(f"  {LABELS[key]}: main process CPU s by thread: {by_thread}")
         print(
             f"  ours cold: {report.get('entries_stored')} entries stored, "
             f"{report.get('duplicates')} cross-post duplicates, statuses {report.get('statuses')}"
@@ -536,6 +995,10 @@ def main(argv: list[str] | None = None) -> int:
                     "contenders": {key: row_json(row) for key, row in rows.items()},
                     "ratios": dict(ratios(rows)),
                     "goals": checked,
+                    "small_polls": {
+                        key: [vars(run) for run in runs]
+                        for key, runs in (small | crossover).items()
+                    },
                     "run_seconds": total,
                     "load_average": {"start": load_start, "end": os.getloadavg()},
                 }
@@ -551,6 +1014,46 @@ def main(argv: list[str] | None = None) -> int:
         if k in rows
     )
     return 0 if ours_ok else 1
+
+
+def main_warm_matrix(args: argparse.Namespace, feeds: int) -> int:
+    load_start = os.getloadavg()
+    become_subreaper()
+    started = time.perf_counter()
+    corpus = ensure_corpus(feeds, args.entries, args.seed)
+    print(
+        f"warm poll matrix: {len(corpus.feeds)} feeds x {args.entries} entries, "
+        f"{os.cpu_count()} CPUs, Python {platform.python_version()}, "
+        f"load average {load_start[0]:.2f}"
+    )
+    work = WORK / "poll-warm"
+    work.mkdir(parents=True, exist_ok=True)
+    results = warm_matrix(args, corpus, work)
+    print()
+    print(matrix_table(results))
+    total = time.perf_counter() - started
+    print(
+        f"  whole run {total:.0f} s, load average {os.getloadavg()[0]:.2f} at the end; "
+        f"results in {RESULTS_WARM}"
+    )
+    RESULTS_WARM.write_text(
+        json.dumps(
+            _finite(
+                {
+                    "feeds": len(corpus.feeds),
+                    "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+                    "competitors": installed_versions(COMPARE_VENV),
+                    "scenarios": results,
+                    "run_seconds": total,
+                    "load_average": {"start": load_start, "end": os.getloadavg()},
+                }
+            ),
+            indent=1,
+            default=str,
+        ),
+        encoding="utf-8",
+    )
+    return 0
 
 
 if __name__ == "__main__":

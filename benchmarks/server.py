@@ -22,14 +22,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import subprocess
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from email.utils import formatdate, parsedate_to_datetime
+from pathlib import Path
 from types import TracebackType
-from typing import Literal
+from typing import Any, Literal
 
 from .corpus import Corpus, CorpusFeed
 
@@ -62,6 +65,22 @@ class Counters:
 def default_latency(feed: CorpusFeed) -> float:
     """20 to 50 ms, fixed per feed."""
     return (20 + (feed.index * 7919) % 31) / 1000
+
+
+def fixed_latency(seconds: float) -> Callable[[CorpusFeed], float]:
+    """The same latency for every feed."""
+    return lambda feed: seconds
+
+
+def served_feed(
+    corpus: Corpus, feed: CorpusFeed, latency: float, shared_host: str | None = None
+) -> ServedFeed:
+    """A corpus feed as served: on its own address, or at ``/f{index}{path}`` of
+    ``shared_host``."""
+    item = ServedFeed.of(corpus, feed, latency)
+    if shared_host is None:
+        return item
+    return replace(item, host=shared_host, path=f"/f{feed.index}{feed.path}")
 
 
 @dataclass
@@ -109,13 +128,14 @@ class _Connection(asyncio.Protocol):
         self.closing = False
         self.transport: asyncio.Transport | None = None
         self.host = ""
+        self.paths: dict[str, ServedFeed] = {}
         self.resource: ServedFeed | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         self.host = transport.get_extra_info("sockname")[0]
-        self.resource = self.server.resources.get(self.host)
+        self.paths = self.server.resources.get(self.host, {})
         traffic = self.server.traffic
         traffic.connections += 1
         traffic.open_now += 1
@@ -152,7 +172,9 @@ class _Connection(asyncio.Protocol):
         keep_alive = (version == "HTTP/1.1" and connection != "close") or connection == (
             "keep-alive"
         )
-        answer = self._answer(method, target.split("?")[0], headers)
+        path = target.split("?")[0]
+        self.resource = self.paths.get(path)
+        answer = self._answer(method, path, headers)
         if answer is None:
             return  # hangs: stays busy, never answers
         delay = self.resource.latency if self.resource else 0.0
@@ -251,14 +273,27 @@ class FeedServer:
         self,
         feeds: Corpus | Iterable[ServedFeed],
         latency: Callable[[CorpusFeed], float] = default_latency,
+        *,
+        shared_host: str | None = None,
     ) -> None:
-        """A corpus's feeds, each after ``latency(feed)``; or the given feeds as they are."""
+        """A corpus's feeds, each after ``latency(feed)``; or the given feeds as they are.
+
+        ``shared_host``: serve every feed of the corpus from that one address (paths
+        ``/f{index}{path}``), as a blog platform hosts many blogs, instead of each feed
+        on a loopback address of its own."""
         served = (
-            [ServedFeed.of(feeds, feed, latency(feed)) for feed in feeds.feeds]
+            [served_feed(feeds, feed, latency(feed), shared_host) for feed in feeds.feeds]
             if isinstance(feeds, Corpus)
-            else feeds
+            else list(feeds)
         )
-        self.resources = {feed.host: feed for feed in served}
+        self.resources: dict[str, dict[str, ServedFeed]] = {}
+        for feed in served:
+            self.resources.setdefault(feed.host, {})[feed.path] = feed
+        self.by_index = (
+            {feed.index: item for feed, item in zip(feeds.feeds, served, strict=True)}
+            if isinstance(feeds, Corpus)
+            else {}
+        )
         self.totals = Counters()
         self.traffic = Traffic()
         self.port = 0
@@ -267,6 +302,8 @@ class FeedServer:
         self._servers: list[asyncio.Server] = []
 
     def url(self, feed: CorpusFeed | ServedFeed) -> str:
+        if isinstance(feed, CorpusFeed) and feed.index in self.by_index:
+            feed = self.by_index[feed.index]
         return f"http://{feed.host}:{self.port}{feed.path}"
 
     def counters(self) -> Counters:
@@ -347,6 +384,168 @@ class FeedServer:
             self._thread.join(10)
 
     def __enter__(self) -> FeedServer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+# --- HTTP/2 over TLS --------------------------------------------------------------------
+
+
+def self_signed_certificate(folder: Path, hosts: Iterable[str]) -> tuple[Path, Path]:
+    """A certificate (and its key) for the given loopback addresses, made with openssl;
+    a client trusts it by naming the certificate file as a CA file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    names = ",".join(f"IP:{host}" for host in dict.fromkeys(hosts))
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-sha256"),
+            *("-keyout", str(key), "-out", str(cert), "-days", "2"),
+            *("-subj", "/CN=aggregator benchmark", "-addext", f"subjectAltName={names}"),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    return cert, key
+
+
+class TLSFeedServer:
+    """The same feeds over TLS from hypercorn, which offers HTTP/2 (ALPN h2) beside
+    HTTP/1.1, on a thread of its own; counts what ``FeedServer`` counts (connections as
+    distinct client ports). Needs the ``hypercorn`` package (benchmarks only).
+
+        with TLSFeedServer(corpus, folder, shared_host="127.0.0.1").start() as server: …
+    """
+
+    def __init__(
+        self,
+        corpus: Corpus,
+        folder: Path,
+        latency: Callable[[CorpusFeed], float] = default_latency,
+        *,
+        shared_host: str | None = None,
+    ) -> None:
+        served = [served_feed(corpus, feed, latency(feed), shared_host) for feed in corpus.feeds]
+        self.by_index = {feed.index: item for feed, item in zip(corpus.feeds, served, strict=True)}
+        self.resources: dict[str, dict[str, ServedFeed]] = {}
+        for item in served:
+            self.resources.setdefault(item.host, {})[item.path] = item
+        self.folder = folder
+        self.cert: Path | None = None
+        self.totals = Counters()
+        self.traffic = Traffic()
+        self.clients: set[tuple[str, int]] = set()
+        self.versions: Counter[str] = Counter()
+        self.port = 0
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+
+    def url(self, feed: CorpusFeed) -> str:
+        item = self.by_index[feed.index]
+        return f"https://{item.host}:{self.port}{item.path}"
+
+    def counters(self) -> Counters:
+        return self.totals.copy()
+
+    def start(self) -> TLSFeedServer:
+        from hypercorn.asyncio import serve
+        from hypercorn.config import Config
+
+        self.cert, key = self_signed_certificate(self.folder, self.resources)
+        with contextlib.closing(socket.socket()) as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        config = Config()
+        config.bind = [f"{host}:{self.port}" for host in self.resources]
+        config.certfile, config.keyfile = str(self.cert), str(key)
+        config.alpn_protocols = ["h2", "http/1.1"]
+        config.accesslog = None
+        config.errorlog = None
+        config.keep_alive_timeout = 60
+        config.backlog = 256
+        ready = threading.Event()
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            self._stop = asyncio.Event()
+            stop = self._stop
+
+            async def main() -> None:
+                loop.call_soon(ready.set)
+                await serve(self._app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+
+            loop.run_until_complete(main())
+            loop.close()
+
+        self._thread = threading.Thread(target=run, name="bench-tls-server", daemon=True)
+        self._thread.start()
+        ready.wait(60)
+        time.sleep(0.5)  # hypercorn binds after the loop starts; give it the moment
+        return self
+
+    async def _app(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        host = scope["server"][0]
+        client = scope.get("client") or ("", 0)
+        if (client[0], client[1]) not in self.clients:
+            self.clients.add((client[0], client[1]))
+            self.traffic.connections += 1
+        self.versions[scope.get("http_version", "?")] += 1
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        counters = self.totals
+        counters.requests += 1
+        self.traffic.requests[host] += 1
+        counters.conditional += "if-none-match" in headers or "if-modified-since" in headers
+        feed = self.resources.get(host, {}).get(scope["path"])
+        extra: list[tuple[bytes, bytes]] = []
+        if feed is None:
+            counters.other += 1
+            status, body = 404, b"not found\n"
+        else:
+            await asyncio.sleep(feed.latency)
+            extra = [
+                (name, value.encode("latin-1"))
+                for name, value in ((b"etag", feed.etag), (b"last-modified", feed.last_modified))
+                if value is not None
+            ]
+            if _not_modified(headers, feed):
+                counters.not_modified += 1
+                status, body = 304, b""
+            else:
+                counters.ok += 1
+                counters.body_bytes += len(feed.body)
+                status, body = 200, feed.body
+                extra.append((b"content-type", feed.content_type.encode("latin-1")))
+        self.traffic.answered[status] += 1
+        counters.bytes += len(body) + 100
+        await send({"type": "http.response.start", "status": status, "headers": extra})
+        await send({"type": "http.response.body", "body": body})
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None:
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._stop.set)
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def __enter__(self) -> TLSFeedServer:
         return self
 
     def __exit__(

@@ -93,6 +93,7 @@ class SmtpServer:
         self.drop_every: int | None = None
         self.drop_before_reply = False
         self.reject_data: Callable[[Received], str | None] | None = None  # a reply, or None
+        self.pipelining = False  # offer PIPELINING (RFC 2920) in the EHLO reply
         self.rcpt_seen: list[str] = []  # every RCPT address, accepted or not
         self._received: list[Received] = []
         self._lock = threading.Lock()
@@ -149,6 +150,19 @@ class SmtpServer:
     def _next_connection(self) -> int:
         with self._lock:
             return next(self._connections)
+
+    async def handle_EHLO(
+        self,
+        server: _ScriptedSMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname
+        if self.pipelining:  # aiosmtpd reads pipelined commands one after the other
+            return [*responses[:-1], "250-PIPELINING", responses[-1]]
+        return responses
 
     async def handle_RCPT(
         self,

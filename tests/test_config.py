@@ -26,6 +26,15 @@ def test_database_alone_is_a_valid_config(tmp_path: Path) -> None:
     assert settings.mail.outbox == tmp_path / "var" / "outbox"
 
 
+def test_fetch_defaults_and_the_http2_and_ca_file_keys(tmp_path: Path) -> None:
+    defaults = load_settings(write(tmp_path, 'database = "x"'), {}).fetch
+    assert defaults.http2 is True and defaults.ca_file is None and defaults.max_per_host == 16
+    text = 'database = "x"\n[fetch]\nhttp2 = false\nca_file = "certs/ca.pem"\nmax_per_host = 4\n'
+    fetch = load_settings(write(tmp_path, text), {}).fetch
+    assert fetch.http2 is False and fetch.max_per_host == 4
+    assert fetch.ca_file == str((tmp_path / "certs" / "ca.pem").resolve())
+
+
 def test_bundled_default_lists_both_blogs_with_snapshots() -> None:
     settings = load_settings(DEFAULT_CONFIG, {})
     urls = [feed.url for feed in settings.feeds]

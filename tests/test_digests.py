@@ -69,7 +69,7 @@ def test_a_digest_arrives_with_both_parts_headers_and_working_links(env, smtp_se
 
     report = build_pending(store, settings, later(3), due_only=False)
     assert report.built == 1
-    sent = send_pending(store, sender, settings, later(3))
+    sent = send_pending(store, sender, settings, lambda: later(3))
     assert (sent.sent, sent.retried, sent.bounced) == (1, 0, 0)
 
     (received,) = smtp_server.received()
@@ -114,7 +114,7 @@ def test_a_digest_arrives_with_both_parts_headers_and_working_links(env, smtp_se
 
     # Nothing new: no second digest, and nothing goes out again.
     assert build_pending(store, settings, later(5), due_only=False).built == 0
-    assert send_pending(store, sender, settings, later(5)).sent == 0
+    assert send_pending(store, sender, settings, lambda: later(5)).sent == 0
     assert len(smtp_server.received()) == 1
 
 
@@ -140,7 +140,7 @@ def test_backlog_pending_addresses_and_other_sources_are_left_out(env, smtp_serv
     add_entry(store, beta, "New on beta")
 
     assert build_pending(store, settings, later(1), due_only=False).built == 2
-    send_pending(store, sender, settings, later(1))
+    send_pending(store, sender, settings, lambda: later(1))
     by_rcpt = {r.rcpt_tos[0]: r.parse() for r in smtp_server.received()}
     assert set(by_rcpt) == {"beta@example.org", "all@example.org"}  # pending gets nothing
     beta_text, _ = parts(by_rcpt["beta@example.org"])
@@ -159,7 +159,7 @@ def test_first_digest_on_a_fresh_installation_shows_what_the_feeds_hold(env, smt
     mark_backlog(store, alpha)
     late = subscribe(store, settings, "late@example.org")  # after the first poll
     assert build_pending(store, settings, later(1), due_only=False).built == 1
-    send_pending(store, sender, settings, later(1))
+    send_pending(store, sender, settings, lambda: later(1))
     (received,) = smtp_server.received()
     assert received.rcpt_tos == ("early@example.org",)
     text, _ = parts(received.parse())
@@ -181,7 +181,7 @@ def test_flooding_source_is_capped_with_and_n_more(env, smtp_server) -> None:
     add_entry(store, alpha, "Actually new", published=later(1))
     add_entry(store, beta, "Quiet blog post", published=later(1))
     build_pending(store, settings, later(2), due_only=False)
-    send_pending(store, sender, settings, later(2))
+    send_pending(store, sender, settings, lambda: later(2))
     (message,) = smtp_server.messages()
     text, html = parts(message)
     assert message["Subject"] == "32 new posts from Alpha Blog and Beta Notes"
@@ -200,7 +200,7 @@ def test_permanent_refusal_marks_the_address_not_the_run(env, smtp_server) -> No
     add_entry(store, alpha, "Post")
     smtp_server.perm_fail.add("gone@example.org")
     build_pending(store, settings, later(1), due_only=False)
-    report = send_pending(store, sender, settings, later(1))
+    report = send_pending(store, sender, settings, lambda: later(1))
     assert (report.sent, report.bounced) == (2, 1)
     assert sorted(r.rcpt_tos[0] for r in smtp_server.received()) == [
         "a@example.org",
@@ -216,7 +216,7 @@ def test_permanent_refusal_marks_the_address_not_the_run(env, smtp_server) -> No
     # A bounced address gets no further digests.
     add_entry(store, alpha, "Another post")
     build_pending(store, settings, later(2), due_only=False)
-    send_pending(store, sender, settings, later(2))
+    send_pending(store, sender, settings, lambda: later(2))
     assert Counter(r.rcpt_tos[0] for r in smtp_server.received()) == {
         "a@example.org": 2,
         "c@example.org": 2,
@@ -231,16 +231,16 @@ def test_temporary_refusal_is_retried_with_backoff_and_delivered_once(env, smtp_
     add_entry(store, alpha, "Post")
     smtp_server.temp_fail.add("busy@example.org")
     build_pending(store, settings, later(1), due_only=False)
-    report = send_pending(store, sender, settings, later(1))
+    report = send_pending(store, sender, settings, lambda: later(1))
     assert (report.sent, report.retried) == (1, 1)
     ((attempts, next_at, error),) = rows(
         store, "SELECT attempts, next_attempt_at, last_error FROM digests WHERE status = 'pending'"
     )
     assert attempts == 1 and "450" in error and next_at > "2026-11-02T09:00"
     # Before the backoff has passed nothing is tried again.
-    assert send_pending(store, sender, settings, later(1.01)).handled == 0
+    assert send_pending(store, sender, settings, lambda: later(1.01)).handled == 0
     smtp_server.temp_fail.clear()
-    assert send_pending(store, sender, settings, later(2)).sent == 1
+    assert send_pending(store, sender, settings, lambda: later(2)).sent == 1
     assert Counter(r.rcpt_tos[0] for r in smtp_server.received()) == {
         "busy@example.org": 1,
         "ok@example.org": 1,
@@ -255,12 +255,12 @@ def test_server_down_for_a_whole_run_then_back_loses_nothing(env, smtp_server) -
     add_entry(store, alpha, "Post")
     build_pending(store, settings, later(1), due_only=False)
     smtp_server.stop()
-    report = send_pending(store, sender, settings, later(1))
+    report = send_pending(store, sender, settings, lambda: later(1))
     assert report.sent == 0 and report.retried == MAX_CONSECUTIVE_TEMPORARY
     assert report.stopped is not None and "unavailable" in report.stopped
     assert rows(store, "SELECT count(*) FROM digests WHERE status = 'pending'") == [(12,)]
     smtp_server.start()
-    report = send_pending(store, sender, settings, later(3))
+    report = send_pending(store, sender, settings, lambda: later(3))
     assert report.sent == 12
     assert sorted(r.rcpt_tos[0] for r in smtp_server.received()) == sorted(
         f"r{i}@example.org" for i in range(12)
@@ -278,7 +278,7 @@ def test_dropped_connections_repeat_at_most_the_message_in_flight(env, smtp_serv
     smtp_server.drop_before_reply = True  # accepted, but the client never hears so
     now = later(1)
     for _ in range(6):
-        send_pending(store, sender, settings, now)
+        send_pending(store, sender, settings, lambda at=now: at)
         now = now.replace(hour=now.hour + 1)
     counts = Counter(r.rcpt_tos[0] for r in smtp_server.received())
     assert set(counts) == {f"r{i}@example.org" for i in range(10)}
@@ -308,7 +308,7 @@ def test_hostile_titles_and_bodies_are_inert_in_both_parts(env, smtp_server) -> 
         author="Mallory\r\nX-Injected: yes",
     )
     build_pending(store, settings, later(1), due_only=False)
-    assert send_pending(store, sender, settings, later(1)).sent == 1
+    assert send_pending(store, sender, settings, lambda: later(1)).sent == 1
     (received,) = smtp_server.received()
     assert received.rcpt_tos == ("reader@example.org",)
     assert smtp_server.rcpt_seen == ["reader@example.org"]
@@ -367,7 +367,7 @@ def test_unsubscribing_cancels_pending_digests(env, smtp_server) -> None:
     add_entry(store, alpha, "Post")
     build_pending(store, settings, later(1), due_only=False)
     unsubscribe_id(store, reader.id, later(1))
-    assert send_pending(store, sender, settings, later(1)).sent == 0
+    assert send_pending(store, sender, settings, lambda: later(1)).sent == 0
     assert smtp_server.received() == []
     assert rows(store, "SELECT status FROM digests") == [("cancelled",)]
 
@@ -471,7 +471,7 @@ def test_readers_of_the_same_stories_each_get_their_own_links(env, smtp_server) 
     second = subscribe(store, settings, "second@example.org")
     add_entry(store, alpha, "Shared story", link="https://alpha.test/shared")
     build_pending(store, settings, later(1), due_only=False)
-    assert send_pending(store, sender, settings, later(1)).sent == 2
+    assert send_pending(store, sender, settings, lambda: later(1)).sent == 2
     links = links_for(store, settings)
     by_rcpt = {r.rcpt_tos[0]: r.parse() for r in smtp_server.received()}
     for subscriber in (first, second):

@@ -9,12 +9,15 @@ import os
 import socket
 import ssl
 import subprocess
+import threading
 import time
 import tracemalloc
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 from feedserver import FeedServer, Response
 
@@ -29,7 +32,15 @@ from aggregator.errors import (
     FetchTooLarge,
     FetchTooManyRedirects,
 )
-from aggregator.fetch import FeedFetcher, FetchSettings, is_public_address
+from aggregator.fetch import (
+    PER_HOST_START,
+    AddressRefused,
+    FeedFetcher,
+    FetchSettings,
+    GuardedTransport,
+    HostGate,
+    is_public_address,
+)
 from aggregator.models import FetchResult
 
 RSS = b'<?xml version="1.0"?><rss version="2.0"><channel><title>t</title></channel></rss>'
@@ -316,7 +327,9 @@ async def test_h1_slot_is_freed_after_the_deadline(feed_server: FeedServer) -> N
     config = settings(max_connections=1, max_per_host=1, total_timeout=0.8, read_timeout=30.0)
     async with FeedFetcher(config) as fetcher:
         stuck = asyncio.create_task(_timed(fetcher, hang))
-        await asyncio.sleep(0.1)  # the hang holds the only slot now
+        while not feed_server.requests_for("/hang"):  # noqa: ASYNC110 - the server is a thread
+            await asyncio.sleep(0.005)
+        # The hang holds the only slot now.
         result, took = await _timed(fetcher, good)
         hang_result, _ = await stuck
 
@@ -366,8 +379,8 @@ async def test_h2_unknown_host() -> None:
 
 
 @pytest.fixture(scope="module")
-def self_signed(tmp_path_factory: pytest.TempPathFactory) -> ssl.SSLContext:
-    """A server TLS context with a freshly made self-signed certificate for 127.0.0.1."""
+def self_signed_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A freshly made self-signed certificate for 127.0.0.1 and its key (PEM files)."""
     folder = tmp_path_factory.mktemp("tls")
     cert, key = folder / "cert.pem", folder / "key.pem"
     try:
@@ -383,8 +396,14 @@ def self_signed(tmp_path_factory: pytest.TempPathFactory) -> ssl.SSLContext:
         )
     except (OSError, subprocess.CalledProcessError) as exc:
         pytest.skip(f"cannot make a certificate with openssl: {exc}")
+    return cert, key
+
+
+@pytest.fixture(scope="module")
+def self_signed(self_signed_files: tuple[Path, Path]) -> ssl.SSLContext:
+    """A server TLS context with the self-signed certificate."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert, key)
+    context.load_cert_chain(*self_signed_files)
     return context
 
 
@@ -699,3 +718,253 @@ async def test_file_urls_refused_by_default(tmp_path: Path) -> None:
     assert isinstance(result.error, FetchRefused) and "file URLs are not allowed" in str(
         result.error
     )
+
+
+# --- per-host politeness that adapts (H10, H6) ----------------------------------------
+
+
+async def _gate_with_waiter(gate: HostGate) -> asyncio.Task[None]:
+    """Fill the gate, then queue one more request; returns the waiting one."""
+    while gate.in_flight < int(gate.limit):
+        await gate.acquire()
+    waiter = asyncio.create_task(gate.acquire())
+    await asyncio.sleep(0)  # the task is queued now
+    return waiter
+
+
+async def test_host_gate_starts_at_six_and_grows_on_quick_answers_while_others_wait() -> None:
+    gate = HostGate(PER_HOST_START, 8)
+    assert gate.limit == PER_HOST_START == 6
+    waiter = await _gate_with_waiter(gate)
+    gate.release(0.05)  # the first answer sets the quickest time
+    await waiter
+    assert gate.limit == 7
+    waiter = await _gate_with_waiter(gate)
+    gate.release(0.06)  # as quick: one more slot
+    await waiter
+    assert gate.limit == 8
+    waiter = await _gate_with_waiter(gate)
+    gate.release(0.05)
+    await waiter
+    assert gate.limit == 8  # the ceiling
+    gate.release(0.05)  # nobody waits: no growth needed
+    assert gate.limit == 8
+
+
+async def test_host_gate_shrinks_on_slow_answers_overload_and_retry_after() -> None:
+    gate = HostGate(6, 16)
+    for _ in range(3):
+        await gate.acquire()
+    gate.release(0.05)
+    gate.release(0.5)  # ten times the quickest: one slot fewer
+    assert gate.limit == 5
+    gate.release(None, overloaded=True)  # a 5xx, a timeout, a refused connection
+    assert gate.limit == 2.5 and int(gate.limit) == 2
+    for _ in range(2):
+        await gate.acquire()
+    gate.release(0.05, overloaded=True, slow_down=True, hold=30.0)  # 429 + Retry-After: 30
+    assert gate.limit == 1
+    waiter = await _gate_with_waiter(gate)
+    gate.release(0.05)  # quick, and someone waits, but the host asked for 30 s
+    await waiter
+    assert gate.limit == 1
+    gate.release(0.05)
+    assert gate.in_flight == 0
+
+
+async def test_host_gate_over_http2_may_pass_max_per_host() -> None:
+    gate = HostGate(6, 4, multiplexed_ceiling=32)
+    assert gate.limit == 4
+    await gate.acquire()
+    gate.release(0.05, multiplexed=True)
+    assert gate.ceiling == 32
+    waiter = await _gate_with_waiter(gate)
+    gate.release(0.05)
+    await waiter
+    assert gate.limit == 5
+
+
+async def test_host_gate_cancelled_waiter_gives_its_slot_back() -> None:
+    gate = HostGate(1, 1)
+    await gate.acquire()
+    first = asyncio.create_task(gate.acquire())
+    second = asyncio.create_task(gate.acquire())
+    await asyncio.sleep(0)
+    first.cancel()
+    gate.release(0.01)  # handed to the first waiter, which is cancelled: passes on
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    await second
+    assert gate.in_flight == 1
+    gate.release(0.01)
+    assert gate.in_flight == 0
+
+
+async def test_h10_a_host_not_yet_heard_from_gets_six_requests_at_once(
+    feed_server: FeedServer,
+) -> None:
+    urls = [feed_server.add(f"/new/{i}.xml", RSS, delay=0.3) for i in range(12)]
+    async with FeedFetcher(settings(max_per_host=16)) as fetcher:
+        results = await asyncio.gather(*(fetcher.fetch(u) for u in urls))
+    assert all(r.ok for r in results)
+    records = sorted(feed_server.requests, key=lambda r: r.started)
+    first_done = min(r.ended for r in records[:6] if r.ended is not None)
+    assert records[6].started >= first_done  # the seventh waited for an answer
+
+
+async def test_h10_a_quick_host_gets_more_than_six_never_more_than_max_per_host(
+    feed_server: FeedServer,
+) -> None:
+    urls = [feed_server.add(f"/quick/{i}.xml", RSS, delay=0.1) for i in range(60)]
+    async with FeedFetcher(settings(max_per_host=10, max_connections=32)) as fetcher:
+        results = await asyncio.gather(*(fetcher.fetch(u) for u in urls))
+    assert all(r.ok for r in results)
+    assert feed_server.max_concurrent("/quick/") == 10
+
+
+async def test_h6_retry_after_keeps_the_host_at_one_request_at_a_time(
+    feed_server: FeedServer,
+) -> None:
+    busy = feed_server.add("/busy/0.xml", b"", status=429, headers={"Retry-After": "120"})
+    others = [feed_server.add(f"/busy/{i}.xml", RSS, delay=0.05) for i in range(1, 9)]
+    async with FeedFetcher(settings(max_per_host=8)) as fetcher:
+        first = await fetcher.fetch(busy)
+        results = await asyncio.gather(*(fetcher.fetch(u) for u in others))
+    assert first.status == 429 and first.retry_after == "120"
+    assert all(r.ok for r in results)
+    assert feed_server.max_concurrent("/busy/") == 1
+
+
+# --- the transport seam ------------------------------------------------------------
+
+
+async def test_h4_guarded_transport_refuses_loopback_through_plain_httpx(
+    feed_server: FeedServer,
+) -> None:
+    url = feed_server.add("/feed.xml", RSS)
+    async with httpx.AsyncClient(transport=GuardedTransport()) as client:
+        with pytest.raises(AddressRefused, match="non-public address 127.0.0.1"):
+            await client.get(url)
+    assert feed_server.requests == []
+
+
+async def test_h4_dns_rebinding_connects_to_the_address_that_was_checked(
+    feed_server: FeedServer, second_host: FeedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The name is resolved once per connection: first to an allowed address, then (a
+    rebinding resolver) to loopback. The connection goes to the first, checked one."""
+    real_policy = is_public_address
+    monkeypatch.setattr(
+        fetch_module,
+        "is_public_address",
+        lambda address: str(address) == "127.0.0.2" or real_policy(address),
+    )
+    second_host.add("/ok.xml", RSS)
+    feed_server.add("/ok.xml", b"internal data")
+    loop = asyncio.get_running_loop()
+    real_getaddrinfo = loop.getaddrinfo
+    lookups: list[str] = []
+
+    async def rebinding(host: object, port: object, *args: object, **kwargs: object) -> object:
+        if host == "feeds.example":
+            lookups.append(host)
+            address = "127.0.0.2" if len(lookups) == 1 else "127.0.0.1"
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port))]
+        return await real_getaddrinfo(host, port, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(loop, "getaddrinfo", rebinding)
+    url = f"http://feeds.example:{second_host.port}/ok.xml"
+    async with FeedFetcher(settings(allow_private_addresses=False)) as fetcher:
+        result = await fetcher.fetch(url)
+    assert result.ok and result.content == RSS
+    assert lookups == ["feeds.example"]  # never resolved again after the check
+    assert feed_server.requests == [] and len(second_host.requests) == 1
+
+
+async def test_a_mock_transport_replaces_the_network() -> None:
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(304, headers={"ETag": '"v2"'})
+
+    transport = httpx.MockTransport(answer)
+    async with FeedFetcher(settings(), transport=transport) as fetcher:
+        result = await fetcher.fetch("https://blog.example/feed.xml", etag='"v1"')
+    assert result.not_modified and result.etag == '"v2"'
+    assert seen[0].headers["if-none-match"] == '"v1"'
+    assert seen[0].headers["user-agent"] == USER_AGENT
+
+
+async def test_h2_ca_file_trusts_a_private_authority(
+    tls_server: FeedServer, self_signed_files: tuple[Path, Path]
+) -> None:
+    url = tls_server.add("/feed.xml", RSS)
+    cert, _ = self_signed_files
+    result = await fetch_one(url, ca_file=str(cert))
+    assert result.ok and result.content == RSS
+
+
+@pytest.fixture
+def http2_server(self_signed_files: tuple[Path, Path]) -> Iterator[tuple[str, list[str]]]:
+    """hypercorn over TLS on 127.0.0.1, offering HTTP/2: (base URL, what it saw: one
+    "HTTP-version client-port" line per request)."""
+    from hypercorn.asyncio import serve
+    from hypercorn.config import Config
+
+    cert, key = self_signed_files
+    seen: list[str] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        seen.append(f"{scope['http_version']} {scope['client'][1]}")
+        await asyncio.sleep(0.05)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": RSS})
+
+    config = Config()
+    port = _closed_port()
+    config.bind = [f"127.0.0.1:{port}"]
+    config.certfile, config.keyfile = str(cert), str(key)
+    config.accesslog = config.errorlog = None
+    loop = asyncio.new_event_loop()
+    stop = asyncio.Event()
+    started = threading.Event()
+
+    async def run() -> None:
+        loop.call_soon(started.set)
+        await serve(app, config, shutdown_trigger=stop.wait, mode="asgi")  # type: ignore[arg-type]
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(run(),), daemon=True)
+    thread.start()
+    started.wait(10)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # until it listens
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.02)
+    try:
+        yield f"https://127.0.0.1:{port}", seen
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(10)
+
+
+@pytest.mark.parametrize("http2", [True, False], ids=["http2", "http1.1"])
+async def test_http2_carries_many_requests_on_one_connection(
+    http2_server: tuple[str, list[str]], self_signed_files: tuple[Path, Path], http2: bool
+) -> None:
+    base, seen = http2_server
+    cert, _ = self_signed_files
+    urls = [f"{base}/feed/{i}.xml" for i in range(20)]
+    async with FeedFetcher(settings(ca_file=str(cert), http2=http2)) as fetcher:
+        results = await asyncio.gather(*(fetcher.fetch(u) for u in urls))
+    assert all(r.ok and r.content == RSS for r in results), [r.error for r in results]
+    versions = {line.split()[0] for line in seen}
+    connections = {line.split()[1] for line in seen}
+    if http2:
+        assert versions == {"2"} and len(connections) == 1
+    else:
+        assert versions == {"1.1"} and 1 < len(connections) <= PER_HOST_START + 20

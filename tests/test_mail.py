@@ -7,6 +7,7 @@ import ssl
 import subprocess
 import time
 from collections import Counter
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.policy import default as default_policy
@@ -38,6 +39,19 @@ LIST_HEADERS = {
     "Precedence": "bulk",
     "Auto-Submitted": "auto-generated",
 }
+
+
+@pytest.fixture(params=[False, True], ids=["one-command-at-a-time", "pipelining"])
+def smtp_server(request: pytest.FixtureRequest) -> Iterator[SmtpServer]:
+    """Every delivery test twice: against a server without PIPELINING, and with it
+    (MAIL, RCPT and DATA then go in one write, RFC 2920)."""
+    server = SmtpServer()
+    server.pipelining = request.param
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def outgoing(number: int = 1, **changes: Any) -> OutgoingMessage:

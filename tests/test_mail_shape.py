@@ -141,7 +141,7 @@ def test_golden_plain_text_digest_with_a_list_a_heading_and_a_long_link(
 
     outbox = MaildirSender(tmp_path / "outbox")
     send_welcomes(store, outbox, settings, later(2))  # not counted below: another mail
-    assert send_pending(store, outbox, settings, later(2)).sent == 1
+    assert send_pending(store, outbox, settings, lambda: later(2)).sent == 1
     raws = [p.read_bytes() for p in sorted((tmp_path / "outbox" / "new").iterdir())]
     digests = [r for r in raws if b"Subject: 1 new post" in r]
     (raw,) = digests

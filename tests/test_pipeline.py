@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from feedfactory import Item, atom, rss
 from feedserver import FeedServer, Response
@@ -50,6 +51,31 @@ def add(store: Store, url: str) -> int:
 
 def rows(store: Store, sql: str, *params: Any) -> list[tuple[Any, ...]]:
     return store.conn.execute(sql, params).fetchall()
+
+
+RSS_TYPE = {"content-type": "application/rss+xml; charset=utf-8"}
+
+
+def scripted(
+    answers: dict[str, list[httpx.Response]],
+) -> tuple[httpx.MockTransport, list[httpx.Request]]:
+    """A network for tests of what the poll decides: URL -> its answers in turn (the
+    last one repeats); every request is kept. Tests of the real network path use the
+    loopback server instead."""
+    seen: list[httpx.Request] = []
+    given = {url: list(responses) for url, responses in answers.items()}
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        queue = given.get(str(request.url))
+        if not queue:
+            return httpx.Response(404, content=b"not found")
+        next_one = queue.pop(0) if len(queue) > 1 else queue[0]
+        return httpx.Response(
+            next_one.status_code, headers=next_one.headers, content=next_one.content
+        )
+
+    return httpx.MockTransport(answer), seen
 
 
 @pytest.fixture
@@ -160,22 +186,34 @@ def test_cross_post_on_two_blogs_is_stored_once_as_a_story(setup, feed_server: F
     assert stored[0][1] is None and stored[1][1] == stored[0][0]
 
 
-def test_errors_are_recorded_and_other_feeds_carry_on(setup, feed_server: FeedServer) -> None:
+def test_errors_are_recorded_and_other_feeds_carry_on(setup) -> None:
     settings, store, clock = setup
-    good = feed_server.add("/good.xml", body=rss(ITEMS))
-    broken = feed_server.add(
-        "/broken.xml", body=b"<rss><channel><item><title>oops", content_type="text/xml"
-    )
-    failing = feed_server.add("/fail.xml", status=500, body=b"boom")
-    html = feed_server.add(
-        "/page",
-        body=b'<html><head><link rel="alternate" type="application/rss+xml" href="/good.xml">'
-        b"</head><body>hi</body></html>",
-        content_type="text/html",
+    good, broken = "https://blog.test/good.xml", "https://blog.test/broken.xml"
+    failing, html = "https://blog.test/fail.xml", "https://blog.test/page"
+    transport, _ = scripted(
+        {
+            good: [httpx.Response(200, content=rss(ITEMS), headers=RSS_TYPE)],
+            broken: [
+                httpx.Response(
+                    200,
+                    content=b"<rss><channel><item><title>oops",
+                    headers={"content-type": "text/xml"},
+                )
+            ],
+            failing: [httpx.Response(500, content=b"boom")],
+            html: [
+                httpx.Response(
+                    200,
+                    content=b'<html><head><link rel="alternate" type="application/rss+xml"'
+                    b' href="/good.xml"></head><body>hi</body></html>',
+                    headers={"content-type": "text/html"},
+                )
+            ],
+        }
     )
     for url in (good, broken, failing, html):
         add(store, url)
-    summaries = {s.url: s for s in poll(settings, store, clock)}
+    summaries = {s.url: s for s in poll(settings, store, clock, transport=transport)}
     assert summaries[good].status == "ok" and summaries[good].new == 2
     assert summaries[failing].status == "error" and "500" in (summaries[failing].error or "")
     assert summaries[html].status == "error"
@@ -213,14 +251,20 @@ def test_h9_changing_etag_on_identical_body_creates_no_duplicates(
     assert rows(store, "SELECT count(*) FROM entries") == [(2,)]
 
 
-def test_410_disables_and_301_moves_the_feed(setup, feed_server: FeedServer) -> None:
+def test_410_disables_and_301_moves_the_feed(setup) -> None:
     settings, store, clock = setup
-    gone = feed_server.add("/gone.xml", status=410, body=b"gone")
-    feed_server.add("/new.xml", body=rss(ITEMS))
-    moved = feed_server.add_redirect("/old.xml", "/new.xml", status=301)
-    temporary = feed_server.add_redirect("/tmp.xml", "/new.xml", status=302)
+    gone, new = "https://blog.test/gone.xml", "https://blog.test/new.xml"
+    moved, temporary = "https://blog.test/old.xml", "https://blog.test/tmp.xml"
+    transport, _ = scripted(
+        {
+            gone: [httpx.Response(410, content=b"gone")],
+            new: [httpx.Response(200, content=rss(ITEMS), headers=RSS_TYPE)],
+            moved: [httpx.Response(301, headers={"location": "/new.xml"})],
+            temporary: [httpx.Response(302, headers={"location": "/new.xml"})],
+        }
+    )
     gone_id, moved_id, temp_id = add(store, gone), add(store, moved), add(store, temporary)
-    poll(settings, store, clock)
+    poll(settings, store, clock, transport=transport)
     gone_feed = feed_rows.get_feed(store.db, gone_id)
     assert (
         gone_feed is not None
@@ -228,25 +272,26 @@ def test_410_disables_and_301_moves_the_feed(setup, feed_server: FeedServer) -> 
         and "410" in (gone_feed.disabled_reason or "")
     )
     moved_feed = feed_rows.get_feed(store.db, moved_id)
-    assert moved_feed is not None and moved_feed.url == feed_server.url("/new.xml")
+    assert moved_feed is not None and moved_feed.url == new
     temp_feed = feed_rows.get_feed(store.db, temp_id)
     assert temp_feed is not None and temp_feed.url == temporary
 
 
-def test_h6_retry_after_defers_the_next_poll(setup, feed_server: FeedServer) -> None:
+def test_h6_retry_after_defers_the_next_poll(setup) -> None:
     settings, store, clock = setup
-    url = feed_server.add(
-        "/busy.xml", status=429, body=b"slow down", headers={"Retry-After": "7200"}
+    url = "https://blog.test/busy.xml"
+    transport, seen = scripted(
+        {url: [httpx.Response(429, content=b"slow down", headers={"Retry-After": "7200"})]}
     )
     feed_id = add(store, url)
-    poll(settings, store, clock)
+    poll(settings, store, clock, transport=transport)
     feed = feed_rows.get_feed(store.db, feed_id)
     assert feed is not None and feed.next_poll_at is not None
     assert feed.next_poll_at >= clock.now + timedelta(seconds=7200)
     # Due-only polling leaves it alone until then: the server sees no retry storm.
     clock.now += timedelta(hours=1)
-    assert poll(settings, store, clock, due_only=True) == []
-    assert len(feed_server.requests_for("/busy.xml")) == 1
+    assert poll(settings, store, clock, due_only=True, transport=transport) == []
+    assert len(seen) == 1
 
 
 def test_snapshots_are_read_instead_of_the_network(tmp_path: Path) -> None:
@@ -314,6 +359,8 @@ def test_a_parsing_process_that_dies_fails_its_feed_only_and_parsing_goes_on(
             feeds = {f.id: f for f in await poller.choose()}
             task = asyncio.create_task(poller.poll(feeds[big_id]))
             while not any(r.ended for r in feed_server.requests_for("/big.xml")):  # noqa: ASYNC110 - the server is another thread
+                await asyncio.sleep(0.01)
+            while not multiprocessing.active_children():  # noqa: ASYNC110 - started on a thread
                 await asyncio.sleep(0.01)
             await asyncio.sleep(0.3)  # the worker is reading the document now
             for child in multiprocessing.active_children():
@@ -839,3 +886,50 @@ def test_date_only_entry_is_stored_with_its_day_and_flag(setup, feed_server: Fee
         ("Day only", "2026-11-16T12:00:00.000000Z", 1),
         ("Timed", "2026-11-17T04:30:00.000000Z", 0),
     ]
+
+
+def test_a_warm_poll_writes_its_bookkeeping_in_few_transactions(
+    setup, feed_server: FeedServer
+) -> None:
+    """Polls that store no entries (304s, failures) share transactions: 40 unchanged
+    feeds and 10 failing ones are recorded in far fewer than 50 commits, and every one
+    of them has its fetch record and feed row, as if written one by one."""
+    settings, store, clock = setup
+    unchanged = [
+        add(store, feed_server.add(f"/u{n}.xml", body=rss(ITEMS), etag=f'"u{n}"'))
+        for n in range(40)
+    ]
+    failing = [add(store, feed_server.add(f"/f{n}.xml", status=500)) for n in range(10)]
+    poll(settings, store, clock)
+    clock.now += timedelta(hours=1)
+    commits: list[str] = []
+
+    def count_commits(sql: str) -> None:
+        if sql.strip().upper() == "COMMIT":
+            commits.append(sql)
+
+    async def warm_poll() -> list[PollSummary]:
+        from aggregator.pipeline import open_poller
+
+        async with open_poller(settings, store, clock=clock) as poller:
+            # the poller writes through its database thread's own connection
+            await poller.db(lambda: store.conn.set_trace_callback(count_commits))
+            try:
+                return await poller.poll_many(await poller.choose())
+            finally:
+                await poller.db(lambda: store.conn.set_trace_callback(None))
+
+    summaries = asyncio.run(warm_poll())
+    statuses = {s.feed_id: s.status for s in summaries}
+    assert {statuses[i] for i in unchanged} == {"not_modified"}
+    assert {statuses[i] for i in failing} == {"error"}
+    assert 1 <= len(commits) <= 10, len(commits)
+    counts = dict(rows(store, "SELECT outcome, count(*) FROM fetches GROUP BY outcome"))
+    assert counts == {"ok": 40, "error": 20, "not_modified": 40}
+    for feed_id in failing:
+        feed = feed_rows.get_feed(store.db, feed_id)
+        assert feed is not None and feed.error_count == 2
+        assert feed.next_poll_at is not None and feed.next_poll_at > clock.now
+    for feed_id in unchanged:
+        feed = feed_rows.get_feed(store.db, feed_id)
+        assert feed is not None and feed.error_count == 0 and feed.last_polled_at == clock.now

@@ -363,10 +363,12 @@ def test_a_failing_job_is_one_log_line_not_a_traceback(capfd: pytest.CaptureFixt
 
     async def main() -> None:
         scheduler = AsyncIOScheduler()
+        failed = asyncio.Event()
         scheduler.add_listener(job_failed, EVENT_JOB_ERROR)
+        scheduler.add_listener(lambda _: failed.set(), EVENT_JOB_ERROR)  # after job_failed
         scheduler.add_job(broken, id="digests")
         scheduler.start()
-        await asyncio.sleep(0.5)
+        await asyncio.wait_for(failed.wait(), 10)
         scheduler.shutdown(wait=False)
 
     root = logging.getLogger()

@@ -253,7 +253,7 @@ def sent_digest(site: Site, smtp_server: SmtpServer) -> EmailMessage:
     assert built.built == 1
     sender = open_sender(settings.mail.smtp, settings.mail.outbox)
     try:
-        report = send_pending(store, sender, settings, START)
+        report = send_pending(store, sender, settings, lambda: START)
     finally:
         sender.close()
     assert report.sent == 1, report.errors

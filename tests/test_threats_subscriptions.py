@@ -186,7 +186,7 @@ def test_s2_unconfirmed_get_nothing_and_a_confirmation_works_once_then_expires(
     assert build_pending(live.store, live.settings, live.clock.now, due_only=False).built == 1
     sender = open_sender(live.settings.mail.smtp, live.settings.mail.outbox)
     try:
-        send_pending(live.store, sender, live.settings, live.clock.now)
+        send_pending(live.store, sender, live.settings, lambda: live.clock.now)
     finally:
         sender.close()
     digests = [m for m in live.smtp.messages() if not m["Subject"].startswith("Welcome")]
@@ -216,7 +216,7 @@ def test_s3_link_scanners_fetching_every_url_change_nothing(live: Live) -> None:
     build_pending(live.store, live.settings, live.clock.now, due_only=False)
     sender = open_sender(live.settings.mail.smtp, live.settings.mail.outbox)
     try:
-        send_pending(live.store, sender, live.settings, live.clock.now)
+        send_pending(live.store, sender, live.settings, lambda: live.clock.now)
     finally:
         sender.close()
     (digest,) = [m for m in live.smtp.messages() if not m["Subject"].startswith("Welcome")]
@@ -442,7 +442,7 @@ def test_k3_smtp_down_then_4xx_5xx_and_dropped_connections_lose_nothing(
     def run(at: Any) -> Any:
         sender = open_sender(settings.mail.smtp, settings.mail.outbox)
         try:
-            return send_pending(store, sender, settings, at)
+            return send_pending(store, sender, settings, lambda: at)
         finally:
             sender.close()
 

@@ -88,7 +88,7 @@ def test_saved_preferences_keep_their_token_and_editions_are_public(
     clock.now += timedelta(days=1)
     build_pending(store, settings, clock.now, due_only=False)
     with SmtpSender(SmtpSettings("127.0.0.1", smtp_server.port, security="none")) as sender:
-        assert send_pending(store, sender, settings, clock.now).sent == 1
+        assert send_pending(store, sender, settings, lambda: clock.now).sent == 1
     listing = client.get("/digests")
     (edition,) = re.findall(r'href="(/digests/editions/[0-9-]+)"', listing.text)
     copy = client.get(edition)

@@ -120,7 +120,7 @@ def test_a_new_reader_subscribes_confirms_reads_changes_and_leaves(site, smtp_se
     clock.now += timedelta(days=1)
     build_pending(store, settings, clock.now, due_only=False)
     with SmtpSender(SmtpSettings("127.0.0.1", smtp_server.port, security="none")) as sender:
-        assert send_pending(store, sender, settings, clock.now).sent == 1
+        assert send_pending(store, sender, settings, lambda: clock.now).sent == 1
     digest = smtp_server.messages()[-1]
     digest_text = digest.get_body(("plain",)).get_content()
     urls = links_in(digest_text)

@@ -19,6 +19,7 @@ import os
 import random
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -107,9 +108,19 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def write_config(folder: Path, server: FeedServer, *, quick: int, slow: int, delay: float) -> Path:
+def write_config(
+    folder: Path,
+    server: FeedServer,
+    *,
+    quick: int,
+    slow: int,
+    delay: float,
+    in_process: str = "parse_in_process_kb = 0\n",
+) -> Path:
     """``quick`` feeds answered at once (their documents start the parse workers) and
-    ``slow`` feeds answered after ``delay`` seconds (they keep the poll going)."""
+    ``slow`` feeds answered after ``delay`` seconds (they keep the poll going).
+    ``in_process``: the setting that makes even small polls use the workers (tests of
+    the pool), or "" for the default."""
     urls = []
     for n in range(quick + slow):
         items = [
@@ -128,7 +139,8 @@ def write_config(folder: Path, server: FeedServer, *, quick: int, slow: int, del
         'database = "db.sqlite3"\n'
         "[fetch]\nallow_private_addresses = true\n"
         f"[poll]\nparse_workers = {WORKERS}\ninterval_minutes = 0.02\nmin_interval_minutes = 0.01\n"
-        f"[web]\nport = {free_port()}\n"
+        + in_process
+        + f"[web]\nport = {free_port()}\n"
         "[service]\npoll_tick_seconds = 0.5\ndigest_tick_seconds = 60\n" + feeds,
         encoding="utf-8",
     )
@@ -282,3 +294,49 @@ def test_sigkill_at_random_moments_leaves_no_process_behind(
             os.kill(process.pid, signal.SIGKILL)
             process.wait(timeout=10)
             assert_all_end(process, tree, log)
+
+
+def test_a_small_poll_parses_in_its_own_process_and_starts_no_workers(
+    tmp_path: Path, feed_server: FeedServer
+) -> None:
+    """With the default ``parse_in_process_kb``, ``aggregator poll`` of a few small feeds
+    parses them itself: no fork server, no worker, no resource tracker is ever started,
+    and the entries are stored."""
+    config = write_config(tmp_path, feed_server, quick=2, slow=1, delay=1.0, in_process="")
+    log = tmp_path / "out.log"
+    seen: dict[Proc, int] = {}
+    with started(aggregator(config, "poll"), log) as process:
+        while process.poll() is None:
+            seen.update(descendants(process.pid))
+            time.sleep(0.02)
+        assert process.returncode == 0, log.read_text()
+    assert [p.describe() for p in seen] == []
+    with contextlib.closing(sqlite3.connect(tmp_path / "db.sqlite3")) as db:
+        assert db.execute("SELECT count(*) FROM entries").fetchone() == (60,)  # 3 feeds x 20
+
+
+POOL_BUDGET = f"""
+import asyncio, os
+from aggregator.workers import ParseWorkers
+
+async def main():
+    workers = ParseWorkers({WORKERS}, preload=["aggregator.prepare"], inline_bytes=100)
+    pids = [await workers.run(os.getpid, size=60)]
+    pids.append(await workers.run(os.getpid, size=30))
+    print(workers.started, flush=True)
+    pids.append(await workers.run(os.getpid, size=20))  # 110 bytes: past the budget
+    pids.append(await workers.run(os.getpid, size=1))  # once started, always the workers
+    print(workers.started, workers.inline_spent, flush=True)
+    print(" ".join("here" if pid == os.getpid() else "worker" for pid in pids), flush=True)
+    workers.close()
+
+asyncio.run(main())
+"""
+
+
+def test_work_runs_in_process_until_the_budget_is_spent_then_in_the_workers() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", POOL_BUDGET], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:3] == ["False", "True 90", "here here worker worker"]

@@ -11,9 +11,9 @@ import os
 import secrets as random_source
 import socket
 import time
-from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import timedelta
 
+from ..clock import Clock
 from ..store import Store
 from ..store import digests as digest_rows
 
@@ -32,7 +32,7 @@ class SendLease:
     are measured with the monotonic clock.
     """
 
-    def __init__(self, store: Store, clock: Callable[[], datetime]) -> None:
+    def __init__(self, store: Store, clock: Clock) -> None:
         self.store = store
         self.clock = clock
         self.host = socket.gethostname()

@@ -39,7 +39,7 @@ def preview(
 ) -> OutgoingMessage | None:
     """The digest a subscriber (or, without one, a reader of every source since the
     start) would get now; None when nothing is new. ``NotFound`` for an unknown
-    address."""
+    address, ``InvalidSubscription`` for text that is not one."""
     subscriber = _preview_subscriber(store, settings, email, now)
     return _next_message(store, settings, subscriber, now)
 
@@ -56,8 +56,8 @@ def preview_for(
     last digest sent to that subscriber; else everything stored in their sources.
 
     With ``last``, only the last digest sent. None when there is nothing at all (no
-    posts stored in the subscriber's sources). ``NotFound`` for an unknown address,
-    or ``last`` without an address or with nothing sent yet."""
+    posts stored in the subscriber's sources). ``NotFound`` for an unknown address or
+    ``last`` with nothing sent yet, ``UsageError`` for ``last`` without an address."""
     subscriber = _preview_subscriber(store, settings, email, now)
     who = subscriber.email if email is not None else "a reader of every source"
     if last:

@@ -150,6 +150,7 @@ class Renderer:
         nonce = random_source.token_hex(8)
         self._markers = {name: f"https://{name}-{nonce}.invalid/" for name in _PERSONAL_LINKS}
         self._rendered: OrderedDict[tuple[Any, ...], tuple[str, str, str]] = OrderedDict()
+        self._sections: OrderedDict[tuple[Any, ...], list[SectionView]] = OrderedDict()
         self.product = product_name(settings)
         self.list_id = f"{self.product} <digest.{links.host}>"
 
@@ -215,8 +216,18 @@ class Renderer:
 
     def message(self, digest: DigestRow, *, date: datetime) -> OutgoingMessage | None:
         """The stored digest as a message; None when nothing of it is left to show."""
-        lines = digest_rows.digest_lines(self.store.db, digest.id)
-        sections = self.sections(lines, digest.more)
+        # Many digests of a run hold the same stories: read and clean them once.
+        layout = digest_rows.digest_layout(self.store.db, digest.id)
+        key = (layout, tuple(sorted(digest.more.items())))
+        sections = self._sections.get(key)
+        if sections is None:
+            lines = digest_rows.layout_lines(self.store.db, layout)
+            sections = self.sections(lines, digest.more)
+            self._sections[key] = sections
+            if len(self._sections) > _CACHE_SIZE:
+                self._sections.popitem(last=False)
+        else:
+            self._sections.move_to_end(key)
         if not sections:
             return None
         return self.compose(

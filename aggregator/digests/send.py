@@ -3,13 +3,18 @@
 Sending renders each pending digest from what was stored, hands it to the mailer,
 then marks it sent in its own transaction. A crash between the hand-over and the mark
 re-sends that one message on the next run, with the same Message-ID; nothing else
-repeats and nothing is skipped. Temporary failures are retried with backoff; a
+repeats and nothing is skipped. The next digest is rendered while the current one is on
+the wire; with ``[mail] connections`` above 1 that many go out at once, each connection
+marking its message before it takes the next (so a crash re-sends at most one message
+per connection). Temporary failures are retried with backoff; a
 permanent refusal marks the address bounced and ends only that subscriber's digests.
 One run sends at a time (``lease.SendLease``). Welcome mails go out here too.
 """
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -19,7 +24,7 @@ from ..backoff import exponential_backoff
 from ..clock import Clock
 from ..config import Settings
 from ..errors import MailError, MailPermanentError, MailTemporaryError
-from ..mail import Sender
+from ..mail import OutgoingMessage, Sender
 from ..store import Store
 from ..store import digests as digest_rows
 from ..store import subscribers as subscriber_rows
@@ -40,6 +45,8 @@ MAX_CONSECUTIVE_TEMPORARY = 5
 _BATCH = 200
 
 Outcome = Literal["sent", "retry", "failed", "bounced", "empty"]
+"""How one digest went: delivered, to be retried, given up, address bounced, or
+nothing to send (unsubscribed, or every entry deleted)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,19 +94,23 @@ def send_pending(
     store: Store,
     sender: Sender,
     settings: Settings,
-    now: datetime,
+    clock: Clock,
     on_progress: Callable[[SendProgress], None] | None = None,
     *,
-    clock: Clock | None = None,
     limit: int | None = None,
 ) -> SendReport:
-    """Send every pending digest whose time has come (``now``), oldest first; at most
-    ``limit`` when given.
+    """Send every pending digest whose time had come when the run started (``clock()``
+    then), oldest first; at most ``limit`` when given.
 
-    ``clock`` stamps sends and retries as the run goes (``now`` throughout if omitted).
+    ``clock`` also stamps sends and retries as the run goes.
     Returns at once (``stopped`` set) when another run holds the sending lease.
+    This thread renders; ``sender.connections`` threads hand the messages over, each
+    marking its message's outcome (in a transaction of its own) before it takes the
+    next, so a crash re-sends at most one message per connection. Raises what a
+    sending thread raised (a ``StoreError``), once the others have finished.
     """
-    tick: Clock = clock or (lambda: now)
+    now = clock()
+    tick = clock
     report = SendReport()
     links = links_for(store, settings)
     renderer = Renderer(store, settings, links)
@@ -107,57 +118,165 @@ def send_pending(
     if not lease.take():
         report.stopped = "another run is sending digests"
         return report
+    total = count_due(store, now)
+    if limit is not None:
+        total = min(total, limit)
+    run = _SendRun(store, sender, tick, report, total, on_progress)
     try:
-        total = count_due(store, now)
-        if limit is not None:
-            total = min(total, limit)
-        consecutive = 0
+        run.start(max(1, sender.connections))
+        submitted = 0
         after = 0
-        while report.stopped is None:
+        while not run.stopping:
             batch = digest_rows.due_batch(store.db, now, after_id=after, limit=_BATCH)
             if not batch:
                 break
             for digest in batch:
                 after = digest.id
-                if limit is not None and report.handled >= limit:
-                    report.stopped = "limit reached"
+                if run.stopping:
+                    break
+                if limit is not None and submitted >= limit:
+                    run.stop("limit reached")
                     break
                 if not lease.keep():
-                    report.stopped = "lost the sending lease to another run"
+                    run.stop("lost the sending lease to another run")
                     break
-                outcome = _send_one(store, sender, renderer, digest, tick, report)
-                consecutive = consecutive + 1 if outcome == "retry" else 0
-                if on_progress is not None:
-                    on_progress(
-                        SendProgress(report.handled, total, outcome, digest.id, digest.email)
-                    )
-                if consecutive >= MAX_CONSECUTIVE_TEMPORARY:
-                    report.stopped = f"mail server unavailable: {report.errors[-1]}"
-                    break
+                submitted += 1
+                message = _message_or_close(store, renderer, digest, tick)
+                if message is None:
+                    run.finish(digest, "empty")
+                else:
+                    run.submit(digest, message)
+    except BaseException:  # Ctrl-C, SIGTERM, a database failure: finish what is in flight
+        run.stop("interrupted")
+        raise
     finally:
-        lease.release()
+        try:
+            run.join()
+        finally:
+            lease.release()
     return report
 
 
-def _send_one(
-    store: Store,
-    sender: Sender,
-    renderer: Renderer,
-    digest: DigestRow,
-    tick: Clock,
-    report: SendReport,
-) -> Outcome:
+def _message_or_close(
+    store: Store, renderer: Renderer, digest: DigestRow, tick: Clock
+) -> OutgoingMessage | None:
+    """The digest's message, or None after closing a digest that has nothing to send."""
     if digest.subscriber_status != "confirmed":
         with store.write() as db:
             digest_rows.close_pending(db, digest.subscriber_id, "cancelled", "not subscribed")
-        report.empty += 1
-        return "empty"
+        return None
     message = renderer.message(digest, date=tick())
     if message is None:  # every entry of it was deleted with its feed
         with store.write() as db:
             digest_rows.mark_failed(db, digest.id, "nothing left to send")
-        report.empty += 1
-        return "empty"
+    return message
+
+
+class _SendRun:
+    """The sending threads of one run: rendered messages in through a bounded queue,
+    each outcome recorded by the thread that sent it before it takes the next one."""
+
+    def __init__(
+        self,
+        store: Store,
+        sender: Sender,
+        tick: Clock,
+        report: SendReport,
+        total: int,
+        on_progress: Callable[[SendProgress], None] | None,
+    ) -> None:
+        self.store = store
+        self.sender = sender
+        self.tick = tick
+        self.report = report
+        self.total = total
+        self.on_progress = on_progress
+        self._lock = threading.Lock()
+        self._consecutive = 0  # temporary failures in a row
+        self._failure: BaseException | None = None
+        self._queue: queue.Queue[tuple[DigestRow, OutgoingMessage] | None] = queue.Queue()
+        self._threads: list[threading.Thread] = []
+        self._slots = threading.Semaphore(1)  # rendered messages waiting, at most
+
+    @property
+    def stopping(self) -> bool:
+        return self.report.stopped is not None or self._failure is not None
+
+    def stop(self, reason: str) -> None:
+        with self._lock:
+            if self.report.stopped is None:
+                self.report.stopped = reason
+
+    def start(self, connections: int) -> None:
+        # One message rendered ahead per connection: memory stays flat in the run's size.
+        self._slots = threading.Semaphore(connections)
+        for number in range(connections):
+            thread = threading.Thread(target=self._work, name=f"digest-send-{number}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def submit(self, digest: DigestRow, message: OutgoingMessage) -> None:
+        while not self._slots.acquire(timeout=0.5):
+            if self.stopping:
+                return  # left pending for the next run
+        self._queue.put((digest, message))
+
+    def join(self) -> None:
+        for _ in self._threads:
+            self._queue.put(None)
+        for thread in self._threads:
+            thread.join()
+        if self._failure is not None:
+            raise self._failure
+
+    def _work(self) -> None:
+        try:
+            while True:
+                job = self._queue.get()
+                if job is None:
+                    return
+                self._slots.release()
+                if self.stopping:
+                    continue  # left pending for the next run
+                digest, message = job
+                try:
+                    outcome, error = _deliver(self.store, self.sender, digest, message, self.tick)
+                    self.finish(digest, outcome, error)
+                except BaseException as failure:  # a database failure: stop, re-raise
+                    with self._lock:
+                        if self._failure is None:
+                            self._failure = failure
+        finally:
+            self.store.close_thread()
+
+    def finish(self, digest: DigestRow, outcome: Outcome, error: str | None = None) -> None:
+        report = self.report
+        with self._lock:
+            if outcome == "sent":
+                report.sent += 1
+            elif outcome == "retry":
+                report.retried += 1
+            elif outcome == "failed":
+                report.failed += 1
+            elif outcome == "bounced":
+                report.bounced += 1
+            else:
+                report.empty += 1
+            if error is not None:
+                report.errors.append(error)
+            self._consecutive = self._consecutive + 1 if outcome == "retry" else 0
+            if self.on_progress is not None:
+                self.on_progress(
+                    SendProgress(report.handled, self.total, outcome, digest.id, digest.email)
+                )
+            if self._consecutive >= MAX_CONSECUTIVE_TEMPORARY and report.stopped is None:
+                report.stopped = f"mail server unavailable: {report.errors[-1]}"
+
+
+def _deliver(
+    store: Store, sender: Sender, digest: DigestRow, message: OutgoingMessage, tick: Clock
+) -> tuple[Outcome, str | None]:
+    """Hand one message over and record what became of it: (outcome, error or None)."""
     try:
         sender.send(message)
     except MailPermanentError as error:
@@ -166,26 +285,18 @@ def _send_one(
             digest_rows.mark_failed(db, digest.id, reason)
             digest_rows.close_pending(db, digest.subscriber_id, "failed", "address bounced")
             subscriber_rows.set_status(db, digest.subscriber_id, "bounced", tick(), reason=reason)
-        report.bounced += 1
-        report.errors.append(reason)
-        return "bounced"
+        return "bounced", reason
     except MailTemporaryError as error:
         reason = str(error)
         with store.write() as db:
             if digest.attempts + 1 >= MAX_ATTEMPTS:
                 digest_rows.mark_failed(db, digest.id, f"gave up: {reason}")
-                outcome: Outcome = "failed"
-                report.failed += 1
-            else:
-                digest_rows.mark_retry(db, digest.id, reason, tick() + backoff(digest.attempts + 1))
-                outcome = "retry"
-                report.retried += 1
-        report.errors.append(reason)
-        return outcome
+                return "failed", reason
+            digest_rows.mark_retry(db, digest.id, reason, tick() + backoff(digest.attempts + 1))
+        return "retry", reason
     with store.write() as db:
         digest_rows.mark_sent(db, digest.id, message.message_id, tick())
-    report.sent += 1
-    return "sent"
+    return "sent", None
 
 
 def send_welcomes(

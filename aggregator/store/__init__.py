@@ -135,6 +135,17 @@ class Store:
         """This thread's sqlite3 connection (the one under ``db``)."""
         return self.db.conn
 
+    def close_thread(self) -> None:
+        """Close this thread's connection, if it made one (a worker thread that ends)."""
+        db: Database | None = getattr(self._local, "db", None)
+        if db is None:
+            return
+        self._local.db = None
+        with self._lock:
+            if db.conn in self._connections:
+                self._connections.remove(db.conn)
+        db.conn.close()
+
     def close(self) -> None:
         """Close every connection of every thread; the store cannot be used after."""
         with self._lock:

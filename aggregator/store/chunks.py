@@ -6,6 +6,7 @@ from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
 T = TypeVar("T", int, str)
+"""The values chunked: row ids or text keys."""
 
 CHUNK = 400
 """Values per query. SQLite's default limit on host parameters (32766) is far above

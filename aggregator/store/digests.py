@@ -277,24 +277,41 @@ def entries_by_id(db: Database, ids: Iterable[int]) -> dict[int, EntryView]:
     return found
 
 
-def digest_lines(db: Database, digest_id: int) -> list[DigestLine]:
-    """The stored digest's entries in order, with their "also on" copies.
+Layout = tuple[tuple[int, int, str], ...]  # (entry id, section feed id, "also,on,ids")
 
-    An entry deleted since (its feed was removed) drops out of the digest.
-    """
+
+def digest_layout(db: Database, digest_id: int) -> Layout:
+    """The stored digest's rows in order: which entries, in which sections, with which
+    copies. Digests with the same layout show the same stories."""
     rows = db.execute(
         "SELECT entry_id, feed_id, also_on FROM digest_entries WHERE digest_id = ? "
         "ORDER BY position",
         [digest_id],
     ).fetchall()
-    also = {row[0]: tuple(int(part) for part in row[2].split(",") if part) for row in rows}
-    views = entries_by_id(db, [row[0] for row in rows] + [i for ids in also.values() for i in ids])
+    return tuple((row[0], row[1], row[2]) for row in rows)
+
+
+def layout_lines(db: Database, layout: Layout) -> list[DigestLine]:
+    """The entries of a layout with their "also on" copies; an entry deleted since (its
+    feed was removed) drops out."""
+    also = {row[0]: tuple(int(part) for part in row[2].split(",") if part) for row in layout}
+    views = entries_by_id(
+        db, [row[0] for row in layout] + [i for ids in also.values() for i in ids]
+    )
     lines = []
-    for entry_id, feed_id, _ in rows:
+    for entry_id, feed_id, _ in layout:
         if entry_id in views:
             copies = tuple(views[i] for i in also[entry_id] if i in views)
             lines.append(DigestLine(entry=views[entry_id], section_feed_id=feed_id, also_on=copies))
     return lines
+
+
+def digest_lines(db: Database, digest_id: int) -> list[DigestLine]:
+    """The stored digest's entries in order, with their "also on" copies.
+
+    An entry deleted since (its feed was removed) drops out of the digest.
+    """
+    return layout_lines(db, digest_layout(db, digest_id))
 
 
 def feed_titles(db: Database, feed_ids: Iterable[int]) -> dict[int, tuple[str, str, str | None]]:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
 from sqlite_utils import Database
 
+from ..decide import FeedUpdate as FeedUpdate  # decided in the domain, written here
+from ..decide import FetchRecord as FetchRecord
 from ..models import Feed
 from ..urls import is_placeholder_title
 from .codec import from_db, from_db_required, to_db
@@ -134,22 +135,6 @@ def due_feeds(db: Database, now: datetime) -> list[Feed]:
     return [_feed(row) for row in rows]
 
 
-@dataclass(frozen=True, slots=True)
-class FeedUpdate:
-    """The feed-row side of one poll's outcome."""
-
-    polled_at: datetime
-    next_poll_at: datetime
-    succeeded: bool
-    url: str | None = None  # a permanent redirect moved the feed here
-    title: str | None = None
-    site_url: str | None = None
-    etag: str | None = None
-    last_modified: str | None = None
-    error: str | None = None
-    disable_reason: str | None = None  # e.g. 410 Gone
-
-
 def apply_feed_update(db: Database, feed: Feed, update: FeedUpdate) -> None:
     """Write one poll's outcome to the feed row, inside the caller's transaction.
 
@@ -195,48 +180,38 @@ def mark_backlog(db: Database, feed_id: int) -> None:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class FetchRecord:
-    """One fetch of a feed, for its history: when, which URL (after redirects), the HTTP
-    status (None: no answer), body size in bytes, duration in milliseconds, the outcome
-    (ok, not_modified, error) with the error's kind and line, and the entries it added or
-    changed.
-    """
+_INSERT_FETCH = (
+    "INSERT INTO fetches (feed_id, at, url, status, bytes, duration_ms, outcome, error_kind, "
+    "error, new, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
 
-    feed_id: int
-    at: datetime
-    url: str
-    status: int | None
-    bytes: int
-    duration_ms: int
-    outcome: str  # ok, not_modified, error
-    error_kind: str | None = None
-    error: str | None = None
-    new: int = 0
-    updated: int = 0
+
+def _fetch_values(record: FetchRecord) -> list[Any]:
+    return [
+        record.feed_id,
+        to_db(record.at),
+        record.url,
+        record.status,
+        record.bytes,
+        record.duration_ms,
+        record.outcome,
+        record.error_kind,
+        record.error,
+        record.new,
+        record.updated,
+    ]
 
 
 def record_fetch(db: Database, record: FetchRecord) -> None:
     """Append one fetch to the feed's history (the fetches table; the metrics and the admin
-    page read it).
-    """
-    db.execute(
-        "INSERT INTO fetches (feed_id, at, url, status, bytes, duration_ms, outcome, error_kind, "
-        "error, new, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [
-            record.feed_id,
-            to_db(record.at),
-            record.url,
-            record.status,
-            record.bytes,
-            record.duration_ms,
-            record.outcome,
-            record.error_kind,
-            record.error,
-            record.new,
-            record.updated,
-        ],
-    )
+    page read it), inside the caller's transaction."""
+    db.execute(_INSERT_FETCH, _fetch_values(record))
+
+
+def record_fetches(db: Database, records: Sequence[FetchRecord]) -> None:
+    """Add many lines to the fetch log in one statement (inside the caller's transaction)."""
+    if records:
+        db.conn.executemany(_INSERT_FETCH, [_fetch_values(r) for r in records])
 
 
 def recent_fetches(db: Database, feed_id: int, limit: int = 20) -> list[dict[str, Any]]:

@@ -34,8 +34,9 @@ from .security import SecurityHeadersMiddleware
 __all__ = ["create_app"]
 
 STATIC = resource_dir("static")
-# Large enough for an OPML upload (sources.import_opml caps the file at 5 MB).
+"""The static files' directory, served under /static."""
 MAX_BODY_BYTES = 6 * 1024 * 1024
+"""Largest request body, in bytes: enough for an OPML upload (5 MB, sources.import_opml)."""
 
 
 def create_app(

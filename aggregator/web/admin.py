@@ -30,8 +30,11 @@ from .context import WebContext, web_context
 from .pages import render
 from .security import check_csrf, require_admin
 
+# Longest feed or page URL accepted from the add form, in characters.
 MAX_URL_CHARS = 2000
+# Characters of an admin search kept; the rest is ignored.
 MAX_QUERY_CHARS = 500
+# Most entries an admin search lists.
 SEARCH_LIMIT = 50
 _NOTICES = {
     "added": "Feed added. Its entries appear after its first poll.",
@@ -86,6 +89,9 @@ def _admin_page(
 
 
 def admin_view(request: Request) -> Response:
+    """GET /admin: the feeds with their health, the add and import forms, and an entry
+    search (``q``). Needs the admin password (``require_admin``).
+    """
     require_admin(request)
     return _admin_page(request)
 
@@ -115,6 +121,11 @@ def _text_field(form: FormData, name: str, limit: int) -> str:
 
 
 async def add_feed(request: Request) -> Response:
+    """POST /admin/feeds: add the feed at the form's ``url``, or the feed that page links to
+    (discovered with one fetch, under the fetch settings' guards and timeouts), then
+    redirect (303) to /admin. A page that cannot be fetched or holds no feed is a 400
+    page saying why, the form kept. Admin and CSRF checked.
+    """
     form = await _form(request)
     web = web_context(request)
     url = _text_field(form, "url", MAX_URL_CHARS)
@@ -148,6 +159,9 @@ def _feed_id(request: Request) -> int:
 
 
 async def remove_feed(request: Request) -> Response:
+    """POST /admin/feeds/{feed_id}/remove: delete the feed and its entries, then redirect
+    (303); 404 for an unknown id. Admin and CSRF checked.
+    """
     await _form(request)
     web = web_context(request)
     feed_id = _feed_id(request)
@@ -159,6 +173,10 @@ async def remove_feed(request: Request) -> Response:
 
 
 async def set_feed_enabled(request: Request) -> Response:
+    """POST /admin/feeds/{feed_id}/enabled: the form's ``enabled`` ("1" or not) turns
+    polling on or off, then redirect (303); 404 for an unknown id. Admin and CSRF
+    checked.
+    """
     form = await _form(request)
     web = web_context(request)
     feed_id = _feed_id(request)
@@ -178,6 +196,10 @@ async def set_feed_enabled(request: Request) -> Response:
 
 
 async def import_feeds(request: Request) -> Response:
+    """POST /admin/opml: add every feed of an uploaded OPML file (at most
+    ``MAX_OPML_BYTES``), then redirect (303) with the counts; an unreadable file is a 400
+    page saying why. Admin and CSRF checked.
+    """
     form = await _form(request)
     web = web_context(request)
     upload = form.get("file")

@@ -36,9 +36,11 @@ class IdConvertor(Convertor[int]):
     regex = "[0-9]{1,18}"
 
     def convert(self, value: str) -> int:
+        """The path segment as an int."""
         return int(value)
 
     def to_string(self, value: int) -> str:
+        """The id as a path segment."""
         return str(value)
 
 

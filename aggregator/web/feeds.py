@@ -26,7 +26,9 @@ from ..store.timeline import TimelineEntry
 from .context import web_context
 from .pages import SITE_TITLE, int_param, str_param
 
+# Entries in each Atom feed we serve, newest first.
 FEED_SIZE = 50
+# Media type of the Atom feeds we serve (RFC 4287 section 7).
 ATOM_TYPE = "application/atom+xml; charset=utf-8"
 # Bump when the Atom template changes, so that cached copies are not kept.
 _FORMAT_VERSION = "atom-2"  # 2: enclosure links
@@ -106,10 +108,16 @@ def _atom_response(
 
 
 def merged_atom(request: Request) -> Response:
+    """GET /feed.atom: the newest stories of every source as Atom 1.0 (RFC 4287), with ETag
+    and Last-Modified; 304 when the reader's copy is current (RFC 9110 section 13.1).
+    """
     return _atom(request, None)
 
 
 def source_atom(request: Request) -> Response:
+    """GET /sources/{feed_id}/feed.atom: the newest entries of one source as Atom 1.0,
+    cached like ``merged_atom``; 404 for an unknown source.
+    """
     return _atom(request, request.path_params["feed_id"])
 
 
@@ -152,6 +160,9 @@ def search_atom(request: Request) -> Response:
 
 
 def opml(request: Request) -> Response:
+    """GET /opml: every source as an OPML 2.0 document (text/x-opml), for another reader to
+    import.
+    """
     web = web_context(request)
     document = export_opml(feed_rows.list_feeds(web.store().db), now=web.now())
     return Response(

@@ -12,10 +12,14 @@ from ..store.metrics import Snapshot, snapshot
 from ..throttle import FailureThrottle
 from .context import web_context
 
+# Media type of the Prometheus text exposition format, version 0.0.4.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def exposition(data: Snapshot) -> str:
+    """The counts of ``data`` as Prometheus text exposition (version 0.0.4): one family per
+    count, prefixed ``aggregator_``, label values escaped; times as Unix seconds.
+    """
     lines: list[str] = []
 
     def family(name: str, kind: str, help_text: str, samples: dict[str, float], label: str) -> None:
@@ -86,6 +90,9 @@ def process_exposition(throttle: FailureThrottle) -> str:
 
 
 def metrics(request: Request) -> Response:
+    """GET /metrics: the database's counts and this process's admin-throttle counters, for
+    Prometheus to scrape.
+    """
     web = web_context(request)
     body = exposition(snapshot(web.store().db)) + process_exposition(web.admin_throttle)
     return PlainTextResponse(body, media_type=CONTENT_TYPE)

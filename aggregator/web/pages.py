@@ -29,9 +29,13 @@ from .security import FORM_FIELD, SECURITY_HEADERS, csrf_token
 
 __all__ = ["SITE_TITLE", "NavItem", "int_param", "render", "str_param"]
 
+# The site's name in page titles and the header.
 SITE_TITLE = "Blog digest"
+"""The site's name in page titles and the header."""
 MAX_PARAM_CHARS = 200
+"""Longest query parameter accepted, in characters (a longer one is answered with 400)."""
 log = logging.getLogger("aggregator.web")
+"""The web app's logger."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +80,8 @@ def render(
     status_code: int = 200,
     headers: Mapping[str, str] | None = None,
 ) -> HTMLResponse:
+    """The page ``template_name`` rendered with ``context`` (see the module docstring
+    for what every template sees), with the security headers and ``headers``."""
     web = web_context(request)
     template = web.templates.get_template(template_name)
     html = template.render(
@@ -99,6 +105,8 @@ def render(
 
 
 def str_param(request: Request, name: str) -> str | None:
+    """Query parameter ``name``, or None; ``HTTPException(400)`` when longer than
+    ``MAX_PARAM_CHARS``."""
     value = request.query_params.get(name)
     if value is None:
         return None
@@ -110,6 +118,8 @@ def str_param(request: Request, name: str) -> str | None:
 
 
 def int_param(request: Request, name: str) -> int | None:
+    """A positive whole-number query parameter (at most 18 digits), None when absent or
+    empty; ``HTTPException(400)`` otherwise."""
     value = str_param(request, name)
     if value is None or value == "":
         return None
@@ -131,6 +141,7 @@ _TITLES = {
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
+    """An ``HTTPException`` as the error page, with its status and headers."""
     assert isinstance(exc, HTTPException)
     detail = exc.detail if exc.detail and exc.status_code != 500 else None
     if exc.status_code == 404 and detail == "Not Found":
@@ -158,6 +169,7 @@ def _store_detail(exc: Exception) -> str:
 
 
 async def store_error(request: Request, exc: Exception) -> Response:
+    """A ``StoreError`` as a 503 page saying what a reader can do (Retry-After: 30)."""
     log.error("database error serving %s: %s", request.url.path, exc)
     return render(
         request,
@@ -173,6 +185,7 @@ async def store_error(request: Request, exc: Exception) -> Response:
 
 
 async def server_error(request: Request, exc: Exception) -> Response:
+    """Any other error: logged, answered with a 500 page (a bare one if that fails)."""
     log.error("error serving %s %s", request.method, request.url.path, exc_info=exc)
     try:
         return render(

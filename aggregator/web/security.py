@@ -51,7 +51,9 @@ __all__ = [
 
 log = logging.getLogger("aggregator.web.security")
 
+# Name of the hidden form field that carries the CSRF token.
 FORM_FIELD = "csrf_token"
+# Name of the cookie holding the random value the CSRF token signs (HttpOnly, SameSite=Lax).
 CSRF_COOKIE = "aggregator_csrf"
 _NEW_NONCE = "aggregator.csrf_nonce"  # scope key: a nonce the answer must set as cookie
 _NONCE_BYTES = 18
@@ -62,6 +64,8 @@ CONTENT_SECURITY_POLICY = (
     "default-src 'none'; style-src 'self'; img-src https: http: data:; media-src https: http:; "
     "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
 )
+# Headers added to every answer: CSP (W3C CSP Level 3), nosniff, referrer policy, no framing
+# (RFC 7034) and an isolated opener (HTML Living Standard 7.1.3).
 SECURITY_HEADERS: tuple[tuple[str, str], ...] = (
     ("content-security-policy", CONTENT_SECURITY_POLICY),
     ("x-content-type-options", "nosniff"),
@@ -69,6 +73,8 @@ SECURITY_HEADERS: tuple[tuple[str, str], ...] = (
     ("x-frame-options", "DENY"),
     ("cross-origin-opener-policy", "same-origin"),
 )
+# The WWW-Authenticate challenge of the admin pages: Basic, with UTF-8 passwords (RFC 7617
+# sections 2 and 2.1).
 ADMIN_REALM = 'Basic realm="aggregator admin", charset="UTF-8"'
 
 
@@ -85,6 +91,10 @@ def _sign(secret: bytes, nonce: str) -> str:
 
 
 def csrf_token(request: HTTPConnection) -> str:
+    """The CSRF token for this visitor's forms: an HMAC-SHA256, under the installation's
+    csrf secret, of the random value in their cookie (a new value, set as the cookie by
+    the middleware, when they have none).
+    """
     nonce = _nonce_of(request)
     if nonce is None:
         nonce = secrets.token_urlsafe(_NONCE_BYTES)
@@ -118,6 +128,12 @@ def _same_site(request: Request) -> bool:
 
 
 def check_csrf(request: Request, form: Mapping[str, Any]) -> None:
+    """Accept a form POST only from this site with a matching token.
+
+    Raises HTTPException(403) when Origin (else Referer) names another site (Origin: null
+    included), or the token is missing or does not match the cookie's value. Compared in
+    constant time.
+    """
     if not _same_site(request):
         raise HTTPException(
             403,
@@ -141,6 +157,14 @@ def check_csrf(request: Request, form: Mapping[str, Any]) -> None:
 
 
 def require_admin(request: HTTPConnection) -> None:
+    """Let the request through only with the admin password (HTTP Basic, RFC 7617, any user
+    name).
+
+    Raises HTTPException(403) when admin is switched off (no password configured), 429 with
+    Retry-After (seconds) while the client is throttled after wrong passwords, and 401 with
+    the Basic challenge otherwise. Compared in constant time; a refused password counts
+    against the client.
+    """
     password = web_context(request).settings.web.admin_password
     if not password:
         raise HTTPException(

@@ -54,12 +54,16 @@ from .security import check_csrf
 __all__ = ["routes"]
 
 log = logging.getLogger("aggregator.web.subscribe")
+"""This module's logger."""
 T = TypeVar("T")
+"""What a piece of database work returns (``_db``)."""
 MAX_TOKEN_CHARS = 1024
+"""Longest token accepted, in characters; a longer one is refused unread."""
 REFUSED = (
     "This link is not valid: it may be incomplete, too old, or already used. "
     "Links in our emails work as they are; if you copied one, check that it is whole."
 )
+"""The one answer to every bad link, whatever was wrong with it (THREATS S)."""
 
 
 async def _db(work: Callable[[], T]) -> T:
@@ -147,10 +151,13 @@ def _subscribe_page(
 
 
 def subscribe_form(request: Request) -> Response:
+    """GET /subscribe: the sign-up form."""
     return _subscribe_page(request)
 
 
 async def subscribe_post(request: Request) -> Response:
+    """POST /subscribe: record a sign-up; the same answer whatever the address's state
+    (THREATS S6); the mail goes out after the answer."""
     form = await _form(request)
     web = web_context(request)
     email = form.get("email")
@@ -230,6 +237,7 @@ def _send(web: WebContext, message: Any) -> None:
 
 
 def confirm_page(request: Request) -> Response:
+    """GET /subscribe/confirm: a button to confirm (GET changes nothing)."""
     web = web_context(request)
     try:
         token = _token(request)
@@ -245,6 +253,7 @@ def confirm_page(request: Request) -> Response:
 
 
 async def confirm_post(request: Request) -> Response:
+    """POST /subscribe/confirm: confirm the address (the token works once)."""
     form = await _form(request)
     web = web_context(request)
     try:
@@ -325,6 +334,8 @@ def _preferences_page(
 
 
 def preferences_page(request: Request) -> Response:
+    """GET /preferences: the subscriber's cadence and sources (without a token: how to
+    get a link)."""
     if not _has_token(request):
         return _lost_link_page(request, "preferences")
     web = web_context(request)
@@ -340,6 +351,7 @@ def preferences_page(request: Request) -> Response:
 
 
 async def preferences_post(request: Request) -> Response:
+    """POST /preferences: save cadence and sources, then back to the page (303)."""
     form = await _form(request)
     web = web_context(request)
     cadence = form.get("cadence")
@@ -378,6 +390,7 @@ async def preferences_post(request: Request) -> Response:
 
 
 def unsubscribe_page(request: Request) -> Response:
+    """GET /unsubscribe: a button to unsubscribe (GET changes nothing)."""
     if not _has_token(request):
         return _lost_link_page(request, "unsubscribe")
     web = web_context(request)
@@ -395,7 +408,14 @@ def unsubscribe_page(request: Request) -> Response:
 
 
 async def unsubscribe_post(request: Request) -> Response:
+    """POST /unsubscribe: unsubscribe, from the page or as RFC 8058 one-click."""
     # RFC 8058: mail providers POST "List-Unsubscribe=One-Click" to the header's URL.
+    """POST /unsubscribe: unsubscribe the address the token names.
+
+    A ``List-Unsubscribe=One-Click`` body (RFC 8058 section 3.2) needs no CSRF token and
+    gets a plain-text answer (400 for a bad token); any other POST is CSRF checked and
+    gets a page.
+    """
     raw = await _form(request, csrf=False)
     one_click = raw.get("List-Unsubscribe") == "One-Click"
     if not one_click:
@@ -429,6 +449,7 @@ def _web_copy(web: WebContext, digest: DigestRow) -> tuple[str, list[SectionView
 
 
 def digest_page(request: Request) -> Response:
+    """GET /digests/{id}: the web copy of one digest (its token names that digest)."""
     web = web_context(request)
     digest_id: int = request.path_params["digest_id"]
     try:
@@ -482,6 +503,8 @@ def _archive(request: Request) -> tuple[Subscriber, list[dict[str, Any]], str] |
 
 
 def archive_page(request: Request) -> Response:
+    """GET /digests: with a token, the subscriber's digests; without, the public page
+    (recent editions, sign-up, lost link)."""
     if not _has_token(request):
         return _public_archive(request)
     found = _archive(request)
@@ -505,6 +528,7 @@ def archive_page(request: Request) -> Response:
 
 
 def archive_feed(request: Request) -> Response:
+    """GET /digests/feed.atom: the subscriber's digests as an Atom feed (token needed)."""
     found = _archive(request)
     if found is None:
         return PlainTextResponse(REFUSED, status_code=400)
@@ -532,7 +556,9 @@ def archive_feed(request: Request) -> Response:
 
 # --- the public pages: editions, lost links ---------------------------------------------
 
+# How far back, in days, the lost-link page lists the public editions.
 EDITION_DAYS = 30
+"""How many days back the public page lists editions."""
 _LOST = {
     "digests": ("Lost your link?", None),
     "preferences": (
@@ -600,10 +626,13 @@ def _lost_link_page(
 
 
 def lost_link_page(request: Request) -> Response:
+    """GET /digests/lost-link: the "lost your link?" form."""
     return _lost_link_page(request, "digests")
 
 
 async def lost_link_post(request: Request) -> Response:
+    """POST /digests/lost-link: mail the address its links, if it has any; the same
+    answer whatever its state (THREATS S6)."""
     form = await _form(request)
     web = web_context(request)
     email = form.get("email")
@@ -656,6 +685,8 @@ async def lost_link_post(request: Request) -> Response:
 
 
 def edition_page(request: Request) -> Response:
+    """GET /digests/editions/{day}: every post sent in a digest on that day (in the
+    digest's time zone); 404 for a day without one."""
     web = web_context(request)
     try:
         day = date.fromisoformat(request.path_params["day"])
@@ -703,3 +734,4 @@ routes: list[BaseRoute] = [
     Route("/digests/editions/{day}", edition_page, methods=["GET"], name="digest_edition"),
     Route(PATHS["digest"], digest_page, methods=["GET"], name="digest"),
 ]
+"""The subscription pages' routes (paths from ``paths.PATHS`` where mail links to them)."""

@@ -24,11 +24,16 @@ from ..store.timeline import Cursor, TimelineEntry
 from .context import WebContext, web_context
 from .pages import int_param, render, str_param
 
+# Entries on one timeline or source page.
 PAGE_SIZE = 30
 
 
 @dataclass(frozen=True, slots=True)
 class Day:
+    """A day heading of the timeline: its label ("Today", "Yesterday", a weekday and date),
+    ISO date, and the entries published on it in the reader's time zone.
+    """
+
     label: str
     iso: str
     entries: tuple[TimelineEntry, ...]
@@ -81,6 +86,8 @@ def _local(moment: datetime, web: WebContext) -> datetime:
     return moment.astimezone(web.timezone)
 
 
+# Orders of search results: by relevance (BM25 with recency) or newest first; the first is
+# the default.
 ORDERS = ("relevance", "newest")
 
 
@@ -97,6 +104,13 @@ def _ranked_cursor_param(request: Request, name: str) -> RankedCursor | None:
 
 
 def timeline_view(request: Request) -> Response:
+    """GET /: the timeline, newest first, grouped by day; ``source`` narrows it to one feed,
+    ``q`` searches (``order`` relevance or newest), ``before``/``after``/``at`` page it
+    (keyset cursors).
+
+    400 for a malformed parameter or both ``before`` and ``after``; 404 for an unknown
+    source.
+    """
     web = web_context(request)
     source_id = int_param(request, "source")
     raw_query = (str_param(request, "q") or "").strip()
@@ -180,6 +194,9 @@ def timeline_view(request: Request) -> Response:
 
 
 def entry_view(request: Request) -> Response:
+    """GET /entries/{entry_id}: one entry in full (sanitised HTML), with the story it is a
+    copy of and the other feeds that carried it; 404 for an unknown id.
+    """
     web = web_context(request)
     entry_id: int = request.path_params["entry_id"]
     db = web.store().db
@@ -197,6 +214,10 @@ def entry_view(request: Request) -> Response:
 
 
 def source_view(request: Request) -> Response:
+    """GET /sources/{feed_id}: one feed's entries, newest first, paged by
+    ``before``/``after``, with its health and last fetches; 404 for an unknown feed, 400
+    for both cursors at once.
+    """
     web = web_context(request)
     feed_id: int = request.path_params["feed_id"]
     before = _cursor_param(request, "before")
@@ -228,6 +249,10 @@ def source_view(request: Request) -> Response:
 
 @dataclass(frozen=True, slots=True)
 class FetchRow:
+    """One fetch as the source page lists it: when (UTC), HTTP status, outcome, entries
+    added and changed, duration in milliseconds, and the error line.
+    """
+
     at: datetime | None
     status: int | None
     outcome: str
@@ -249,6 +274,7 @@ def _fetch_row(row: dict[str, object]) -> FetchRow:
     )
 
 
+# While writes are failing, /healthz tries a write again at most this often, in seconds.
 HEALTH_RETRY_SECONDS = 5.0
 
 
