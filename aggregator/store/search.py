@@ -41,10 +41,11 @@ the whole index on every page (at a million entries 15 ms for a word in 15 % of 
 matches are read newest first and cost the same at any size. They are ranked in tiers,
 newest first within each: (0) exact title matches, from anywhere, older ones too;
 (1) posts whose title holds every word and phrase of the query; (2) posts whose title
-holds some of them, or whose author or source title holds all of them; (3) the rest
-(the words are only in the text). The tiers take one FTS5 scan of the capped id
-range (three for a query of several words and phrases). Older matches are reached with "Newest first". The count of a capped search
-is an estimate (see ``count_matches``).
+holds some of them, or whose title, author and source title hold all of them between
+them; (3) the rest (the words are only in the text). The tiers take one FTS5 scan of
+the capped id range (three for a query of several words and phrases). Older matches
+are reached with "Newest first". The count of a capped search is an estimate (see
+``count_matches``).
 
 Snippets and highlighted titles (``highlights``) come from FTS5's ``snippet()`` and
 ``highlight()`` with control characters as markers, split here into plain text
