@@ -63,9 +63,11 @@ class ConfiguredFeed:
     snapshot: Path | None = None
 
 
-PARSE_IN_PROCESS_BYTES = 2 * 1024 * 1024
-"""Default of ``[poll] parse_in_process_kb`` (in bytes here): where starting parse
-processes begins to pay on a 2-core machine (benchmarks/poll.py, the small-poll rows)."""
+PARSE_IN_PROCESS_BYTES = 1024 * 1024
+"""Default of ``[poll] parse_in_process_kb`` (in bytes here): about where starting the
+parse processes begins to pay on a 2-core machine (``python -m benchmarks.poll --only
+crossover``: parsing in the command was as fast at 2 feeds, ~0.3 MB, and slower from 10
+feeds, ~1.5 MB, on)."""
 
 
 @dataclass(frozen=True, slots=True)
