@@ -7,8 +7,7 @@ docstring (an override inherits its base's). A constant is documented by a strin
 right after it (an attribute docstring) or by a ``#`` comment on its line or on the
 lines right above it.
 
-Run this file
-as a script to list the gaps: ``.venv/bin/python tests/test_docstrings.py``.
+Run this file as a script to list the gaps: ``.venv/bin/python tests/test_docstrings.py``.
 """
 
 from __future__ import annotations
