@@ -280,8 +280,12 @@ def feeds_list(ctx: click.Context) -> None:
         )
 
 
-@cli.command("search")
-@click.argument("words", nargs=-1, required=True)
+@cli.command(
+    "search",
+    # "-word" excludes a word: unknown dash words are query text, and -h is not taken.
+    context_settings={"ignore_unknown_options": True, "help_option_names": ["--help"]},
+)
+@click.argument("words", nargs=-1, required=True, type=click.UNPROCESSED)
 @click.option("--newest", is_flag=True, help="Newest first instead of best match first.")
 @click.option("--source", "source_id", type=int, default=None, help="Only this feed id.")
 @click.option("--limit", type=click.IntRange(1, 500), default=20, show_default=True)

@@ -2,10 +2,10 @@
 
 Components never read the system time themselves; they take a :data:`Clock` (a
 zero-argument callable returning an aware UTC :class:`~datetime.datetime`) so that tests
-and replays can pass a fixed or stepping clock. Only this module calls
-``datetime.now``; ``tests/test_clock.py`` enforces that for the whole package.
-Durations measured with :func:`time.monotonic` are not readings of the time and stay
-where they are used.
+and replays can pass a fixed or stepping clock. Only this module reads the time
+(``datetime.now``, ``time.time``): ruff's banned-api list in pyproject.toml, run by
+``make check``, refuses those calls anywhere else in the package. Durations measured
+with :func:`time.monotonic` are not readings of the time and stay where they are used.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from . import USER_AGENT
@@ -322,6 +323,14 @@ def settings_from_mapping(
     if not is_http_url(base_url):
         raise ConfigError(
             "must be an absolute http(s) URL", path=reader.path_name, key="web.base_url"
+        )
+    if urlsplit(base_url).path or urlsplit(base_url).query:
+        # Pages link root-relative (/entries/1), so a prefix would only reach mail links.
+        raise ConfigError(
+            "must be the root of a host, without a path (the web pages are served from /); "
+            f"got {base_url}",
+            path=reader.path_name,
+            key="web.base_url",
         )
     web = WebSettings(
         host=host,

@@ -477,8 +477,8 @@ class SmtpSettings:
 
 
 class Sender(Protocol):
-    """Where digests and sign-up mail go (an SMTP server or a Maildir outbox); ``connections``
-    messages may be sent at once from as many threads."""
+    """Where digests and sign-up mail go: an SMTP server or a Maildir outbox.
+    ``connections`` messages may be handed over at once, from as many threads."""
 
     connections: int
 
@@ -520,10 +520,11 @@ class SmtpSender:
         return f"{self.settings.host}:{self.settings.port}"
 
     def send(self, message: OutgoingMessage) -> None:
-        """Hand the message over on an idle connection of the pool (reconnecting once if a
-        reused connection went stale before any data was sent). Raises MailTemporaryError
-        (4xx, connection or TLS failure: try later) or MailPermanentError (5xx, or an
-        address that cannot be mailed); RFC 5321 section 4.2.1.
+        """Hand the message over on a free connection, waiting for one when all are busy
+        (reconnecting once if a reused connection went stale before any data was sent).
+        Raises MailTemporaryError (4xx, connection or TLS failure: try later) or
+        MailPermanentError (5xx, or an address that cannot be mailed); RFC 5321 section
+        4.2.1.
         """
         sender, recipient = envelope_addresses(message)
         data = message_bytes(message)
@@ -534,7 +535,8 @@ class SmtpSender:
             self._idle.put(channel)
 
     def close(self) -> None:
-        """Quit every connection, once the messages in flight are through."""
+        """Say QUIT and close every open connection, once the messages in flight are
+        through."""
         channels = [self._idle.get() for _ in range(self.connections)]
         try:
             for channel in channels:

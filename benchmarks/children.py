@@ -149,12 +149,19 @@ def parse_floor(args: argparse.Namespace) -> int:
 
 
 def write_config(
-    path: Path, database: Path, *, ca_file: Path | None = None, parse_workers: int = 0
+    path: Path,
+    database: Path,
+    *,
+    ca_file: Path | None = None,
+    fetch: str = "",
+    parse_workers: int = 0,
 ) -> None:
     """A config holding only what the benchmark needs; everything else is default.
-    ``ca_file``: the loopback TLS server's self-signed certificate, trusted as a CA.
+    ``ca_file``: the loopback TLS server's self-signed certificate, trusted as a CA;
+    ``fetch``: more lines for the ``[fetch]`` table (a variant to compare);
     ``parse_workers`` > 0 pins the number of parse processes (0: one per core)."""
     trust = f"ca_file = {json.dumps(str(ca_file))}\n" if ca_file else ""
+    trust += fetch
     text = (
         f"database = {json.dumps(str(database))}\n\n[fetch]\nallow_private_addresses = true\n"
         + trust

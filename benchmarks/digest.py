@@ -4,20 +4,20 @@
                                 [--latency-ms MS] [--pipelining]
 
 Seeds a database with N subscribers (daily and weekly; one source, the other, or every
-source) and a batch of new entries (some cross-posted), then measures, each in its own
-process so that memory figures are clean:
+source) and a batch of new entries (some cross-posted), then, in a process of its own
+for each ``[mail] connections`` value given (1, the default, and 4):
 
-- ours: ``build_pending`` then ``send_pending`` over the SMTP adapter, as
-  ``aggregator digest send`` does: selection, one transaction per subscriber, rendering
-  from the stored digest (Jinja2 + CSS inlining), MIME building, sending, marking sent;
-  once per ``[mail] connections`` value given (1, the default, and 4);
-- the floor: the same number of pre-rendered messages (real digests, rendered and
-  serialised before the clock starts) sent as ready bytes with smtplib over one
-  connection, measured before and after ours (the ratio uses the mean);
-- ours at a quarter of the subscribers, to show that memory stays flat.
+- builds the digests (``build_pending``: selection, one transaction per subscriber),
+  timed on its own;
+- sends them in turns of 200 with the floor, so that both see the same machine load:
+  ours is ``send_pending(limit=200)`` over the SMTP adapter, as ``aggregator digest
+  send`` does (rendering from the stored digest, serialising, SMTP, marking each sent);
+  the floor is as many pre-rendered messages (real digests, rendered and serialised
+  before the clock starts) sent as ready bytes with smtplib over one connection;
+- the same at a quarter of the subscribers, to show that memory stays flat.
 
-Besides messages per second, each sending phase reports its CPU time per message (all
-threads of the process), which the machine's load moves much less than wall time.
+Besides messages per second, both report their CPU time per message (all threads of
+the process), which the machine's load moves much less than wall time.
 
 The SMTP server (aiosmtpd, counting and discarding) runs in a process of its own; with
 ``--latency-ms`` it waits that long before it answers each DATA, as a relay that writes
@@ -237,75 +237,84 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def child_ours(db_path: Path, port: int, connections: int = 1) -> dict[str, Any]:
+ROUND = 200  # messages per round when ours and the floor take turns
+
+
+def child_interleaved(db_path: Path, port: int, connections: int) -> dict[str, Any]:
+    """Ours and the floor taking turns in rounds of ``ROUND`` messages in one process, so
+    that both see the same machine load: ``send_pending(limit=ROUND)``, then as many
+    pre-rendered messages as ready bytes over one smtplib connection, until nothing is
+    pending. Building (``build_pending``) is timed on its own, before."""
     from aggregator.digests.build import build_pending
     from aggregator.digests.send import send_pending
     from aggregator.mail import SmtpSender
-    from aggregator.store import Store
 
     settings = _settings(db_path, port, connections)
-    store = Store.open(db_path)
-    assert settings.mail.smtp is not None
-    sender = SmtpSender(settings.mail.smtp)
+    store = _open_store(db_path)
     started = time.perf_counter()
     built = build_pending(store, settings, NOW, due_only=False)
     build_seconds = time.perf_counter() - started
-    started = time.perf_counter()
-    cpu = time.process_time()
-    report = send_pending(store, sender, settings, lambda: NOW)
-    send_cpu = time.process_time() - cpu
-    send_seconds = time.perf_counter() - started
+    wire = _wire_messages(store, settings)
+    assert settings.mail.smtp is not None
+    sender = SmtpSender(settings.mail.smtp)
+    ours_seconds = ours_cpu = floor_seconds = floor_cpu = 0.0
+    sent = floor_sent = 0
+    with smtplib.SMTP("127.0.0.1", port) as connection:
+        while True:
+            started, cpu = time.perf_counter(), time.process_time()
+            report = send_pending(store, sender, settings, lambda: NOW, limit=ROUND)
+            ours_seconds += time.perf_counter() - started
+            ours_cpu += time.process_time() - cpu
+            if report.handled == 0:
+                break
+            sent += report.sent
+            started, cpu = time.perf_counter(), time.process_time()
+            for _ in range(report.handled):
+                mail_from, rcpt_to, data = wire[floor_sent % len(wire)]
+                connection.sendmail(mail_from, [rcpt_to], data)
+                floor_sent += 1
+            floor_seconds += time.perf_counter() - started
+            floor_cpu += time.process_time() - cpu
     sender.close()
     store.close()
     return {
         "built": built.built,
-        "sent": report.sent,
-        "problems": report.errors[:3],
         "build_seconds": build_seconds,
-        "send_seconds": send_seconds,
-        "send_cpu": send_cpu,
+        "sent": sent,
+        "ours_seconds": ours_seconds,
+        "ours_cpu": ours_cpu,
+        "floor_sent": floor_sent,
+        "floor_seconds": floor_seconds,
+        "floor_cpu": floor_cpu,
+        "mean_bytes": sum(len(w[2]) for w in wire) / len(wire),
         "peak_rss_mb": _peak_rss_mb(),
     }
 
 
-def child_baseline(db_path: Path, port: int, count: int) -> dict[str, Any]:
-    """The floor: real digests, rendered and serialised before the clock starts, sent
-    ``count`` times as ready bytes with smtplib over one connection."""
+def _open_store(db_path: Path) -> Any:
+    from aggregator.store import Store
+
+    return Store.open(db_path)
+
+
+def _wire_messages(store: Any, settings: Any) -> list[tuple[str, str, bytes]]:
+    """Up to 60 of the stored digests, rendered and serialised: (from, to, bytes)."""
     from aggregator.digests.render import Renderer
     from aggregator.mail import envelope_addresses, message_bytes
-    from aggregator.store import Store
     from aggregator.store import digests as digest_rows
     from aggregator.subscriptions import links_for
 
-    settings = _settings(db_path, port)
-    store = Store.open(db_path)
     renderer = Renderer(store, settings, links_for(store, settings))
-    messages = []
+    wire = []
     ids = [row[0] for row in store.conn.execute("SELECT id FROM digests ORDER BY id LIMIT 60")]
     for digest_id in ids:
         digest = digest_rows.get_digest(store.db, digest_id)
         assert digest is not None
         message = renderer.message(digest, date=NOW)
         assert message is not None
-        messages.append(message)
-    store.close()
-    wire = []
-    for message in messages:
-        sender, recipient = envelope_addresses(message)
-        wire.append((sender, recipient, message_bytes(message)))
-
-    started = time.perf_counter()
-    cpu = time.process_time()
-    with smtplib.SMTP("127.0.0.1", port) as connection:
-        for index in range(count):
-            sender, recipient, data = wire[index % len(wire)]
-            connection.sendmail(sender, [recipient], data)
-    return {
-        "sent": count,
-        "wire_seconds": time.perf_counter() - started,
-        "wire_cpu": time.process_time() - cpu,
-        "mean_bytes": sum(len(w[2]) for w in wire) / len(wire),
-    }
+        mail_from, rcpt_to = envelope_addresses(message)
+        wire.append((mail_from, rcpt_to, message_bytes(message)))
+    return wire
 
 
 def _run_child(*args: str) -> dict[str, Any]:
@@ -355,57 +364,44 @@ def run(
             shutil.copyfile(full, copies[count])
         print(f"  seeded in {time.perf_counter() - started:.1f} s")
 
-        # The quarter run first: its digests are the floor's messages. The floor runs
-        # before and after ours, since the machine's load moves during a run.
-        quarter = _run_child("ours", str(small), str(sink.port), str(connections[0]))
-        floors = [_run_child("baseline", str(small), str(sink.port), str(subscribers))]
+        # Ours and the floor take turns in one process (the machine's load moves during
+        # a run; in turns both see the same); memory at a quarter of the subscribers.
+        quarter = _run_child("interleaved", str(small), str(sink.port), str(connections[0]))
         ok = True
         runs: dict[int, dict[str, Any]] = {}
         for count in connections:
             before = sink.received
-            ours = _run_child("ours", str(copies.get(count, full)), str(sink.port), str(count))
-            delivered = sink.received - before
-            ok = ok and ours["sent"] == ours["built"] == delivered and ours["built"] > 0
-            runs[count] = ours
-            total = ours["build_seconds"] + ours["send_seconds"]
-            print(
-                f"  ours, {count} connection{'s' if count > 1 else ''}: {ours['built']} digests "
-                f"built in {ours['build_seconds']:.1f} s, {ours['sent']} sent in "
-                f"{ours['send_seconds']:.1f} s ({delivered} arrived) -> "
-                f"{ours['sent'] / ours['send_seconds']:.0f} msgs/s sending, "
-                f"{ours['sent'] / total:.0f} msgs/s with building; "
-                f"{1000 * ours['send_cpu'] / ours['sent']:.2f} ms CPU a message sending; "
-                f"peak RSS {ours['peak_rss_mb']:.0f} MB"
+            got = _run_child(
+                "interleaved", str(copies.get(count, full)), str(sink.port), str(count)
             )
-            if ours["problems"]:
-                print(f"  problems: {ours['problems']}")
-        floors.append(_run_child("baseline", str(small), str(sink.port), str(subscribers)))
-
-        wire_rates = [f["sent"] / f["wire_seconds"] for f in floors]
-        wire_rate = sum(wire_rates) / len(wire_rates)
-        wire_cpu = sum(f["wire_cpu"] / f["sent"] for f in floors) / len(floors)
-        print(
-            f"  floor:    {subscribers} pre-rendered digests "
-            f"(mean {floors[0]['mean_bytes'] / 1024:.1f} KB) as ready bytes with smtplib over "
-            f"one connection: {wire_rates[0]:.0f} msgs/s before ours, {wire_rates[1]:.0f} "
-            f"after; {1000 * wire_cpu:.2f} ms CPU a message"
-        )
+            delivered = sink.received - before
+            ok = ok and got["sent"] == got["built"] > 0
+            ok = ok and delivered == got["sent"] + got["floor_sent"]
+            runs[count] = got
+            ours_rate = got["sent"] / got["ours_seconds"]
+            floor_rate = got["floor_sent"] / got["floor_seconds"]
+            with_building = got["sent"] / (got["ours_seconds"] + got["build_seconds"])
+            plural = "s" if count > 1 else ""
+            print(
+                f"  {count} connection{plural}: {got['built']} digests built in "
+                f"{got['build_seconds']:.1f} s; in turns of {ROUND}: ours sent {got['sent']} "
+                f"in {got['ours_seconds']:.1f} s ({ours_rate:.0f} msgs/s, "
+                f"{1000 * got['ours_cpu'] / got['sent']:.2f} ms CPU a message), the floor "
+                f"(ready bytes, mean {got['mean_bytes'] / 1024:.1f} KB, smtplib over one "
+                f"connection) {got['floor_sent']} in {got['floor_seconds']:.1f} s "
+                f"({floor_rate:.0f} msgs/s, {1000 * got['floor_cpu'] / got['floor_sent']:.2f} "
+                f"ms CPU a message); peak RSS {got['peak_rss_mb']:.0f} MB"
+            )
+            print(
+                f"  result, {count} connection{plural}: floor/ours = "
+                f"{floor_rate / ours_rate:.2f}x sending (goal: at most 1.5x), "
+                f"{floor_rate / with_building:.2f}x with building"
+            )
         first = runs[connections[0]]
         print(
-            f"  ours at {max(subscribers // 4, 1)} subscribers: peak RSS "
-            f"{quarter['peak_rss_mb']:.0f} MB (vs {first['peak_rss_mb']:.0f} MB at {subscribers})"
-        )
-        for count, ours in runs.items():
-            send_rate = ours["sent"] / ours["send_seconds"]
-            all_rate = ours["sent"] / (ours["build_seconds"] + ours["send_seconds"])
-            print(
-                f"  result, {count} connection{'s' if count > 1 else ''}: floor/ours = "
-                f"{wire_rate / send_rate:.2f}x sending (goal: at most 1.5x), "
-                f"{wire_rate / all_rate:.2f}x with building"
-            )
-        print(
-            f"  memory {quarter['peak_rss_mb']:.0f} -> {first['peak_rss_mb']:.0f} MB "
-            f"for 4x the subscribers"
+            f"  memory: peak RSS {quarter['peak_rss_mb']:.0f} MB at "
+            f"{max(subscribers // 4, 1)} subscribers, {first['peak_rss_mb']:.0f} MB at "
+            f"{subscribers}"
         )
         return 0 if ok else 1
 
@@ -438,10 +434,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.child:
         kind, db_path, port, *rest = args.child
-        if kind == "ours":
-            report = child_ours(Path(db_path), int(port), int(rest[0]))
-        else:
-            report = child_baseline(Path(db_path), int(port), int(rest[0]))
+        assert kind == "interleaved"
+        report = child_interleaved(Path(db_path), int(port), int(rest[0]))
         Path(args.out).write_text(json.dumps(report), encoding="utf-8")
         return 0
     subscribers = args.subscribers or (QUICK_SUBSCRIBERS if args.quick else DEFAULT_SUBSCRIBERS)

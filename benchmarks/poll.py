@@ -23,7 +23,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,7 +62,9 @@ CONTENDERS = (
     "rss2email-warm",
 )
 # Cheap and repeatable without changing state: run --repeat times, keep the fastest.
-REPEATED = frozenset({"fetch-cold", "fetch-warm", "ours-warm", "reader-warm"})
+REPEATED = frozenset(
+    {"fetch-cold", "fetch-warm", "ours-warm", "reader-warm", "ours-warm-4", "ours-warm-h1"}
+)
 LABELS = {
     "fetch-cold": "fetch floor (httpx, no parsing)",
     "fetch-warm": "warm fetch floor (conditional GET)",
@@ -74,6 +76,8 @@ LABELS = {
     "reader-warm": "reader: warm update",
     "rss2email-cold": "rss2email: cold run",
     "rss2email-warm": "rss2email: warm run",
+    "ours-warm-4": "ours: warm poll, max_per_host = 4 (the earlier default)",
+    "ours-warm-h1": "ours: warm poll, http2 = false",
 }
 
 
@@ -312,6 +316,16 @@ class Scenario:
         return f"{self.latency_ms:g} ms, {hosts}, {protocol}"
 
 
+# Variants of our warm poll in the warm matrix: [fetch] lines, and when they apply.
+VARIANTS: dict[str, tuple[str, Callable[[Scenario], bool]]] = {
+    "ours-warm-4": ("max_per_host = 4\n", lambda s: s.shared and not s.tls),
+    "ours-warm-h1": ("http2 = false\n", lambda s: s.tls),
+}
+
+
+VARIANT_NAMES = {"ours-warm-4": "4 per host", "ours-warm-h1": "no h2"}
+
+
 def scenarios(args: argparse.Namespace) -> list[Scenario]:
     latencies = [float(x) for x in args.latency.split(",") if x.strip()]
     hosts = [h.strip() for h in args.hosts.split(",") if h.strip()]
@@ -370,6 +384,12 @@ def warm_matrix(args: argparse.Namespace, corpus: Any, work: Path) -> list[dict[
             before = dict(getattr(server, "versions", {}))
             bench.run("ours-warm", ours_argv("ours-poll", "--config", str(config)))
             versions = {k: v - before.get(k, 0) for k, v in getattr(server, "versions", {}).items()}
+            for key, (extra, applies) in VARIANTS.items():
+                if not applies(scenario):
+                    continue
+                variant = work / f"{key}.toml"
+                write_config(variant, work / "ours.sqlite3", ca_file=cert, fetch=extra)
+                bench.run(key, ours_argv("ours-poll", "--config", str(variant)))
             if compare is not None and not (args.reader_http_only and scenario.tls):
                 lines = work / "urls.txt"
                 lines.write_text(
@@ -404,6 +424,9 @@ def warm_matrix(args: argparse.Namespace, corpus: Any, work: Path) -> list[dict[
                 if floor_row and floor_row.measured
                 else math.nan,
                 "ours_cpu_s": ours_row.measured.cpu if ours_row and ours_row.measured else math.nan,
+                "variants_s": {
+                    key: rows[key].phase for key in VARIANTS if rows.get(key) is not None
+                },
                 "reader_s": reader_row.phase if reader_row else math.nan,
                 "reader_vs_ours": ratio(reader_row, ours_row),
                 "ours_traffic": vars(ours_row.traffic) if ours_row else {},
@@ -423,6 +446,7 @@ def matrix_table(results: list[dict[str, Any]]) -> str:
         "ours s",
         "ours/floor",
         "CPU s floor / ours",
+        "ours, variant s",
         "reader s",
         "reader/ours",
     )
@@ -433,6 +457,9 @@ def matrix_table(results: list[dict[str, Any]]) -> str:
             _fmt(r["ours_s"]),
             _fmt(r["ours_vs_floor"]),
             f"{_fmt(r['floor_cpu_s'])} / {_fmt(r['ours_cpu_s'])}",
+            "; ".join(
+                f"{VARIANT_NAMES[key]} {_fmt(value)}" for key, value in r["variants_s"].items()
+            ),
             _fmt(r["reader_s"]),
             _fmt(r["reader_vs_ours"]),
         )

@@ -228,6 +228,9 @@ def test_search_prints_a_table_best_match_first(tmp_path: Path, feed_server: Fee
     assert "newest first" in run("search", "--newest", "zebra", config=cfg).stdout
     refused = run("search", "--", "-zebra", config=cfg, check=False)
     assert refused.returncode != 0 and "at least one word" in refused.stderr
+    # "-word" excludes without "--", also words that start like the command's options
+    excluded = run("search", "zebra", "-weekly", "-hello", config=cfg).stdout
+    assert "1 matching" in excluded and "Zebra herds" in excluded
 
 
 # --- commands that say what they did -------------------------------------------------

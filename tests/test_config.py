@@ -88,6 +88,10 @@ def test_bundled_default_lists_both_blogs_with_snapshots() -> None:
         ('database = "x"\n[digest]\ndaily_at = "25:00"', "digest.daily_at"),
         ('database = "x"\n[mail]\nsmtp_security = "ssl3"', "mail.smtp_security: must be one of"),
         ('database = "x"\nlog_level = "loud"', "log_level: must be one of"),
+        (
+            'database = "x"\n[web]\nbase_url = "https://news.example.org/digest/"',
+            "web.base_url: must be the root of a host",
+        ),
         ("database = [unclosed", "not valid TOML"),
     ],
 )

@@ -7,8 +7,7 @@ docstring (an override inherits its base's). A constant is documented by a strin
 right after it (an attribute docstring) or by a ``#`` comment on its line or on the
 lines right above it.
 
-Modules in ``PENDING`` are still being written; the list only shrinks. Run this file
-as a script to list the gaps: ``.venv/bin/python tests/test_docstrings.py``.
+Run this file as a script to list the gaps: ``.venv/bin/python tests/test_docstrings.py``.
 """
 
 from __future__ import annotations
@@ -28,9 +27,6 @@ import aggregator
 
 PACKAGE = Path(aggregator.__file__).resolve().parent
 CONSTANT = re.compile(r"[A-Z][A-Z0-9_]*")
-
-# Modules whose docstrings are still being written. Remove a module once it is done.
-PENDING: frozenset[str] = frozenset()
 
 
 def module_names() -> list[str]:
@@ -116,17 +112,10 @@ def gaps_in(module_name: str) -> tuple[str, ...]:
     return tuple(gaps)
 
 
-@pytest.mark.parametrize("module_name", sorted(set(module_names()) - PENDING))
+@pytest.mark.parametrize("module_name", module_names())
 def test_public_names_have_docstrings(module_name: str) -> None:
     gaps = gaps_in(module_name)
     assert not gaps, f"{len(gaps)} public names without a docstring: " + ", ".join(gaps)
-
-
-def test_pending_modules_still_have_gaps() -> None:
-    """A pending module that is done leaves the list, so that it stays done."""
-    for module_name in sorted(PENDING):
-        assert module_name in module_names(), f"{module_name} is gone: drop it from PENDING"
-        assert gaps_in(module_name), f"{module_name} is fully documented: drop it from PENDING"
 
 
 def test_the_checker_sees_a_gap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -255,4 +255,6 @@ def test_admin_search_ranks_and_highlights(admin) -> None:
     assert "<b>" not in results and "Kubernetes" not in results
     html = client.get("/admin", params={"q": 'NEAR( "unbalanced'}).text
     assert "No posts match" in html
+    too_long = client.get("/admin", params={"q": "notes " * 100})  # as the public search
+    assert too_long.status_code == 400 and "too long" in too_long.text
     assert client.get("/admin", params={"q": "notes"}, auth=("admin", "wrong")).status_code == 401

@@ -41,10 +41,11 @@ the whole index on every page (at a million entries 15 ms for a word in 15 % of 
 matches are read newest first and cost the same at any size. They are ranked in tiers,
 newest first within each: (0) exact title matches, from anywhere, older ones too;
 (1) posts whose title holds every word and phrase of the query; (2) posts whose title
-holds some of them, or whose author or source title holds all of them; (3) the rest
-(the words are only in the text). Each tier is one FTS5 query over the capped id
-range. Older matches are reached with "Newest first". The count of a capped search
-is an estimate (see ``count_matches``).
+holds some of them, or whose title, author and source title hold all of them between
+them; (3) the rest (the words are only in the text). The tiers take one FTS5 scan of
+the capped id range (three for a query of several words and phrases). Older matches
+are reached with "Newest first". The count of a capped search is an estimate (see
+``count_matches``).
 
 Snippets and highlighted titles (``highlights``) come from FTS5's ``snippet()`` and
 ``highlight()`` with control characters as markers, split here into plain text
@@ -435,13 +436,20 @@ def _tiered(
     tier = dict.fromkeys(newest, 3)
     if query.parts:
         every = " AND ".join(query.parts)
-        if len(query.parts) > 1:  # some of the words in the title: one scan of the range
+        # Every word in the title, author or source title: one scan of the range, with
+        # whether the title holds a match (highlight() of the title, for those few rows
+        # only, in the same scan: seeking them again one by one costs far more).
+        rows = _execute(
+            db,
+            f"SELECT rowid, instr(highlight(entries_fts, 0, '{_OPEN}', ''), '{_OPEN}') > 0 "
+            "FROM entries_fts WHERE entries_fts MATCH ? AND rowid > ? AND rowid <= ?",
+            [f"{{title author source}} : ({every})", low, upto],
+        )
+        single = len(query.parts) == 1
+        tier.update((row[0], 1 if single and row[1] else 2) for row in rows if row[0] in tier)
+        if not single:  # some of the words in the title; all of them
             _raise(db, tier, f"title : ({' OR '.join(query.parts)})", low, upto, 2)
-        # Every word in the title, author or source title; of those, every word in the
-        # title alone (seeking those few rowids one at a time instead costs more: each
-        # seek reads the common words' long lists again).
-        _raise(db, tier, f"{{title author source}} : ({every})", low, upto, 2)
-        _raise(db, tier, f"title : ({every})", low, upto, 1)
+            _raise(db, tier, f"title : ({every})", low, upto, 1)
     where, params = _filter(feed_id)
     exact = _execute(
         db,

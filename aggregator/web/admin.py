@@ -27,13 +27,11 @@ from ..sources import add_source, discover_feed_url, import_opml, remove_source
 from ..store import feeds as feed_rows
 from ..store import search, timeline
 from .context import WebContext, web_context
-from .pages import render
+from .pages import render, str_param
 from .security import check_csrf, require_admin
 
 # Longest feed or page URL accepted from the add form, in characters.
 MAX_URL_CHARS = 2000
-# Characters of an admin search kept; the rest is ignored.
-MAX_QUERY_CHARS = 500
 # Most entries an admin search lists.
 SEARCH_LIMIT = 50
 _NOTICES = {
@@ -61,7 +59,7 @@ def _admin_page(
     counts = {
         name: request.query_params.get(name, "") for name in ("feed", "added", "known", "skipped")
     }
-    raw_query = request.query_params.get("q", "").strip()[:MAX_QUERY_CHARS]
+    raw_query = (str_param(request, "q") or "").strip()  # 400 when too long, as elsewhere
     found: search.RankedPage | None = None
     highlights: dict[int, search.Highlight] = {}
     if raw_query:  # the same search as the timeline's and the CLI's, best match first
