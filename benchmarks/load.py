@@ -410,8 +410,8 @@ def child_l1_ours(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def case_l1(sizes: Sizes, work: Path) -> dict[str, Any]:
-    """L1: 2,000 feeds on one loopback server, some slow and some failing: one cycle within
-    budget; open sockets within the concurrency limit."""
+    """L1: 2,000 feeds (10,000 with --scale) on one loopback server, some slow and some
+    failing: one cycle within budget; open sockets within the concurrency limit."""
     specs = l1_specs(sizes.feeds)
     kinds = Counter(spec.kind for spec in specs.values())
     print(
