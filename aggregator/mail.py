@@ -20,7 +20,6 @@ import binascii
 import contextlib
 import functools
 import mailbox
-import queue
 import random
 import re
 import smtplib
@@ -495,6 +494,16 @@ class _StaleConnection(Exception):
     """A reused connection failed before the message was transferred: safe to retry."""
 
 
+class _SessionRefused(Exception):
+    """The server refused a new session (connection refused or reset, closed or a non-220
+    reply such as 421 at the greeting, 421 to EHLO): nothing was sent. ``error`` is the
+    MailTemporaryError to raise when no other connection can take the message."""
+
+    def __init__(self, error: MailTemporaryError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class SmtpSender:
     """Delivers over up to ``settings.connections`` SMTP connections, each kept open
     (one EHLO) for up to ``max_messages_per_connection`` messages and reopened when the
@@ -502,6 +511,9 @@ class SmtpSender:
 
     Synchronous: callers run it in worker threads. Each concurrent ``send`` takes a
     connection of its own; past ``connections`` callers wait for one to come free.
+    A connection whose session the server refuses (a relay that allows fewer sessions
+    than configured) leaves the pool for the sender's lifetime and its message goes to
+    another connection; only when the last one is refused does ``send`` fail.
     TLS certificates are always verified; ``ssl_context`` may trust a private CA.
     """
 
@@ -509,39 +521,82 @@ class SmtpSender:
         self.settings = settings
         self.connections = settings.connections
         context = ssl_context or ssl.create_default_context()
+        self._pool = threading.Condition()
         # Last in, first out: a lone caller keeps reusing the one open connection.
-        self._idle: queue.LifoQueue[_Channel] = queue.LifoQueue()
-        for _ in range(settings.connections):
-            self._idle.put(_Channel(settings, context))
+        self._idle: list[_Channel] = [_Channel(settings, context) for _ in range(self.connections)]
+        self._live = self.connections  # channels in the pool, idle or in use
 
     @property
     def where(self) -> str:
         """``host:port`` of the server, for log lines and errors."""
         return f"{self.settings.host}:{self.settings.port}"
 
+    @property
+    def live_connections(self) -> int:
+        """Connections still in the pool: ``connections`` less those whose session the
+        server refused."""
+        with self._pool:
+            return self._live
+
     def send(self, message: OutgoingMessage) -> None:
         """Hand the message over on an idle connection of the pool (reconnecting once if a
-        reused connection went stale before any data was sent). Raises MailTemporaryError
-        (4xx, connection or TLS failure: try later) or MailPermanentError (5xx, or an
-        address that cannot be mailed); RFC 5321 section 4.2.1.
+        reused connection went stale before any data was sent). A connection whose new
+        session is refused leaves the pool and the message waits for another one; the
+        last connection is kept and its refusal raised. Raises MailTemporaryError (4xx,
+        connection or TLS failure: try later) or MailPermanentError (5xx, or an address
+        that cannot be mailed); RFC 5321 section 4.2.1.
         """
         sender, recipient = envelope_addresses(message)
         data = message_bytes(message)
-        channel = self._idle.get()
-        try:
-            channel.send(sender, recipient, data, address=message.recipient)
-        finally:
-            self._idle.put(channel)
+        while True:
+            channel = self._take()
+            try:
+                channel.send(sender, recipient, data, address=message.recipient)
+            except _SessionRefused as refused:
+                if self._retire(channel):
+                    continue  # another connection takes the message
+                self._give(channel)
+                raise refused.error from refused
+            except BaseException:
+                self._give(channel)
+                raise
+            self._give(channel)
+            return
+
+    def _take(self) -> _Channel:
+        with self._pool:
+            while not self._idle:
+                self._pool.wait()
+            return self._idle.pop()
+
+    def _give(self, channel: _Channel) -> None:
+        with self._pool:
+            self._idle.append(channel)
+            self._pool.notify_all()
+
+    def _retire(self, channel: _Channel) -> bool:
+        """Drop a refused channel from the pool unless it is the last one; True if dropped."""
+        with self._pool:
+            if self._live <= 1:
+                return False
+            self._live -= 1
+            self._pool.notify_all()
+        channel.disconnect(polite=False)
+        return True
 
     def close(self) -> None:
         """Quit every connection, once the messages in flight are through."""
-        channels = [self._idle.get() for _ in range(self.connections)]
+        with self._pool:
+            while len(self._idle) < self._live:
+                self._pool.wait()
+            channels, self._idle = self._idle, []
         try:
             for channel in channels:
                 channel.disconnect(polite=True)
         finally:
-            for channel in channels:
-                self._idle.put(channel)
+            with self._pool:
+                self._idle.extend(channels)
+                self._pool.notify_all()
 
     def __enter__(self) -> SmtpSender:
         return self
@@ -691,25 +746,50 @@ class _Channel:
     # -- connection ------------------------------------------------------------------
 
     def _connect(self, address: str) -> smtplib.SMTP:
+        """A new session, greeted and logged in. Raises ``_SessionRefused`` when the server
+        refuses the session itself (RFC 5321 section 3.1: 421 or a closed connection
+        instead of the 220 greeting, or 421 to EHLO; or the connection is refused or
+        reset), MailTemporaryError for any other failure."""
         settings = self.settings
         connection: smtplib.SMTP | None = None
         try:
-            if settings.security == "tls":
-                connection = smtplib.SMTP_SSL(
-                    settings.host,
-                    settings.port,
-                    local_hostname=settings.helo,
-                    timeout=settings.timeout,
-                    context=self._context,
-                )
-            else:
-                connection = smtplib.SMTP(
-                    settings.host,
-                    settings.port,
-                    local_hostname=settings.helo,
-                    timeout=settings.timeout,
-                )
-            connection.ehlo_or_helo_if_needed()
+            try:
+                if settings.security == "tls":
+                    connection = smtplib.SMTP_SSL(
+                        settings.host,
+                        settings.port,
+                        local_hostname=settings.helo,
+                        timeout=settings.timeout,
+                        context=self._context,
+                    )
+                else:
+                    connection = smtplib.SMTP(
+                        settings.host,
+                        settings.port,
+                        local_hostname=settings.helo,
+                        timeout=settings.timeout,
+                    )
+                connection.ehlo_or_helo_if_needed()
+            except (
+                smtplib.SMTPConnectError,
+                smtplib.SMTPServerDisconnected,
+                ConnectionError,
+            ) as error:
+                _abandon(connection)
+                raise _SessionRefused(
+                    MailTemporaryError(
+                        f"cannot connect to {self.where}: {_describe(error)}", address=address
+                    )
+                ) from error
+            except smtplib.SMTPHeloError as error:
+                if error.smtp_code != 421:
+                    raise
+                _abandon(connection)
+                raise _SessionRefused(
+                    MailTemporaryError(
+                        f"{self.where} refused the session: {_describe(error)}", address=address
+                    )
+                ) from error
             if settings.security == "starttls":
                 if not connection.has_extn("starttls"):
                     raise MailTemporaryError(
@@ -720,7 +800,7 @@ class _Channel:
                 connection.ehlo()
             if settings.username is not None:
                 connection.login(settings.username, settings.password or "")
-        except MailTemporaryError:
+        except (MailTemporaryError, _SessionRefused):
             _abandon(connection)
             raise
         except ssl.SSLCertVerificationError as error:
