@@ -227,6 +227,13 @@ class MailTemporaryError(MailError):
     """A 4xx reply or a lost connection (RFC 5321 section 4.2.1): try again later."""
 
 
+class MailDeferredError(MailTemporaryError):
+    """A 4xx other than 421 to RCPT or DATA, for this one recipient's message (450
+    greylisting, 452 mailbox full; a 552 to RCPT read as 452, RFC 5321 section
+    4.5.3.1.10): try it again later. The server answered, so it says nothing about the
+    server being away."""
+
+
 class MailPermanentError(MailError):
     """A 5xx reply (RFC 5321 section 4.2.1) or an address that cannot be mailed: give up."""
 

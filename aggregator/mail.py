@@ -36,7 +36,7 @@ from email.utils import format_datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from .errors import ConfigError, MailPermanentError, MailTemporaryError
+from .errors import ConfigError, MailDeferredError, MailPermanentError, MailTemporaryError
 
 
 @dataclass(frozen=True, slots=True)
@@ -543,8 +543,9 @@ class SmtpSender:
         reused connection went stale before any data was sent). A connection whose new
         session is refused leaves the pool and the message waits for another one; the
         last connection is kept and its refusal raised. Raises MailTemporaryError (4xx,
-        connection or TLS failure: try later) or MailPermanentError (5xx, or an address
-        that cannot be mailed); RFC 5321 section 4.2.1.
+        connection or TLS failure: try later; ``MailDeferredError`` when the 4xx concerns
+        the recipient alone) or MailPermanentError (5xx, or an address that cannot be
+        mailed); RFC 5321 section 4.2.1.
         """
         sender, recipient = envelope_addresses(message)
         data = message_bytes(message)
@@ -858,9 +859,19 @@ def _abandon(connection: smtplib.SMTP | None) -> None:
 def _refusal(
     code: int, reply: bytes | str, stage: str, address: str, where: str
 ) -> MailTemporaryError | MailPermanentError:
+    """The error for a refused command at ``stage`` (sender, recipient or data).
+
+    A 4xx other than 421 to RCPT or DATA concerns this one recipient's transaction
+    (``MailDeferredError``: the server answered), and so does a 552 to RCPT, which RFC
+    5321 section 4.5.3.1.10 says to treat as 452. A 4xx to MAIL and a 421 anywhere are
+    the server's (``MailTemporaryError``); a 5xx for the sender is our configuration,
+    not this recipient: temporary too.
+    """
     text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else reply
     message = f"{where} refused the {stage}: {code} {text}"
-    # A 5xx for the sender is our configuration, not this recipient: try again later.
+    deferred = stage != "sender" and 400 <= code < 500 and code != 421
+    if deferred or (stage == "recipient" and code == 552):
+        return MailDeferredError(message, address=address)
     if 500 <= code < 600 and stage != "sender":
         return MailPermanentError(message, address=address)
     return MailTemporaryError(message, address=address)
