@@ -26,7 +26,7 @@ import smtplib
 import ssl
 import threading
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.headerregistry import Address
@@ -103,11 +103,11 @@ class _MailPolicy(EmailPolicy):
     """
 
     def fold(self, name: str, value: Any) -> str:
-        verbatim = _fold_verbatim(name, str(value), self.linesep)
+        verbatim = _fold_own(name, str(value), self.linesep)
         return verbatim if verbatim is not None else super().fold(name, value)
 
     def fold_binary(self, name: str, value: Any) -> bytes:
-        verbatim = _fold_verbatim(name, str(value), self.linesep)
+        verbatim = _fold_own(name, str(value), self.linesep)
         if verbatim is not None:
             return verbatim.encode("ascii")
         return super().fold_binary(name, value)
@@ -118,6 +118,13 @@ class _MailPolicy(EmailPolicy):
 SMTP_POLICY = _MailPolicy(linesep="\r\n", cte_type="7bit")
 # ``SMTP_POLICY`` with LF line ends, for Maildir files and previews.
 FILE_POLICY = _MailPolicy(linesep="\n", cte_type="7bit")
+
+
+def _fold_own(name: str, value: str, linesep: str) -> str | None:
+    """The header as this module folds it, or None to leave it to the email package."""
+    if name.lower() == "subject" and _needs_encoding(value):
+        return fold_encoded(name, value, linesep)
+    return _fold_verbatim(name, value, linesep)
 
 
 def _fold_verbatim(name: str, value: str, linesep: str) -> str | None:
@@ -155,6 +162,94 @@ def clean_header_value(value: str) -> str:
         for char in value.replace("\r\n", " ")
     ]
     return " ".join("".join(chars).split())
+
+
+# RFC 2047 section 2: an encoded word is at most 75 characters, "=?utf-8?q?" and "?="
+# included; section 5 (3): these characters stand for themselves in a "Q" word anywhere.
+_ENCODED_WORD_MAX = 75
+_ENCODED_WORD_OVERHEAD = len("=?utf-8?q??=")
+_Q_LITERAL = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789!*+-/")
+_Q_BYTES = ["_" if b == 0x20 else chr(b) if b in _Q_LITERAL else f"={b:02X}" for b in range(256)]
+
+
+def _needs_encoding(value: str) -> bool:
+    return not value.isascii()
+
+
+def _plain_word(word: str) -> bool:
+    """Whether a word may stand in a header as it is: printable ASCII, short enough for one
+    line, and not mistakable for an encoded word (RFC 2047 section 5)."""
+    return word.isascii() and len(word) <= _FOLD_AT - 2
+
+
+def fold_encoded(name: str, value: str, linesep: str) -> str:
+    """``Name: value`` + ``linesep`` in ASCII, lines at most 78 characters (RFC 5322
+    2.1.1), that every RFC 2047 decoder reads back as exactly ``value`` (one line of
+    text, single spaces, as ``clean_header_value`` leaves it).
+
+    Plain ASCII words stand as they are; each run of other words (non-ASCII, too long,
+    or spelling ``=?``: RFC 2047 section 5 says such text must itself be encoded) is
+    written as UTF-8 encoded words with the spaces between its words encoded inside
+    them. Folding happens only between words, where the whitespace either is a real
+    space (next to a plain word) or is dropped by decoders between two encoded words
+    of one run (RFC 2047 section 6.2), which carry their spaces inside.
+    """
+    head = f"{name}:"
+    lines = [head]
+
+    def room() -> int:
+        return _FOLD_AT - len(lines[-1]) - 1
+
+    words = value.split(" ")
+    index = 0
+    while index < len(words):
+        word = words[index]
+        if _plain_word(word):
+            if lines[-1] != head and len(word) > room():
+                lines.append("")
+            lines[-1] += " " + word
+            index += 1
+            continue
+        end = index + 1
+        while end < len(words) and not _plain_word(words[end]):
+            end += 1
+        for encoded in _encoded_words(" ".join(words[index:end]), room, lines, head):
+            lines[-1] += " " + encoded
+        index = end
+    return linesep.join(lines) + linesep
+
+
+def _encoded_words(
+    text: str, room: Callable[[], int], lines: list[str], head: str
+) -> Iterator[str]:
+    """``text`` as UTF-8 encoded words ("Q" or "B", whichever is shorter), each as long as
+    the current line allows (a new line is started when little room is left), never
+    splitting a character (RFC 2047 section 5)."""
+    chars = [char.encode("utf-8", "replace") for char in text]
+    q_sizes = [sum(len(_Q_BYTES[b]) for b in data) for data in chars]
+    total = sum(map(len, chars))
+    method = "q" if sum(q_sizes) <= 4 * -(-total // 3) else "b"
+    start = 0
+    while start < len(chars):
+        if room() < _ENCODED_WORD_OVERHEAD + 12 and lines[-1] != head:
+            lines.append("")
+        limit = min(_ENCODED_WORD_MAX, room()) - _ENCODED_WORD_OVERHEAD
+        end, size, octets = start, 0, 0
+        while end < len(chars):
+            if method == "q":
+                grown = size + q_sizes[end]
+            else:
+                grown = 4 * -(-(octets + len(chars[end])) // 3)
+            if grown > limit and end > start:
+                break
+            size, octets, end = grown, octets + len(chars[end]), end + 1
+        data = b"".join(chars[start:end])
+        if method == "q":
+            payload = "".join(_Q_BYTES[b] for b in data)
+        else:
+            payload = base64.b64encode(data).decode("ascii")
+        yield f"=?utf-8?{method}?{payload}?="
+        start = end
 
 
 def parse_address(value: str, *, allow_name: bool = True) -> Address:
@@ -285,6 +380,14 @@ def _folded(linesep: str, name: str, value: str) -> bytes:
     return policy.fold_binary(name, header)
 
 
+@functools.lru_cache(maxsize=512)
+def _subject_header(linesep: str, subject: str) -> bytes:
+    """The Subject line(s): encoded by ``fold_encoded`` when it is not plain ASCII."""
+    if _needs_encoding(subject):
+        return fold_encoded("Subject", subject, linesep).encode("ascii")
+    return _folded(linesep, "Subject", subject)
+
+
 def _plain_header(name: str, value: str, linesep: str) -> bytes:
     """``Name: value`` when it is one short ASCII line, else the email package's fold."""
     line = f"{name}: {value}"
@@ -375,7 +478,7 @@ def message_bytes(message: OutgoingMessage, *, linesep: str = "\r\n") -> bytes:
     parts = [
         _folded(linesep, "From", sender),
         to,
-        _folded(linesep, "Subject", subject),
+        _subject_header(linesep, subject),
         _plain_header("Date", format_datetime(message.date), linesep),
         _plain_header("Message-ID", clean_message_id(message.message_id), linesep),
     ]
