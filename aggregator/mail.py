@@ -133,10 +133,10 @@ def _fold_verbatim(name: str, value: str, linesep: str) -> str | None:
         return None
     # An ASCII Subject is folded here too: the stock folder moves a long one to the next
     # line whole ("Subject:" CRLF SP text), which parsers read with a leading space
-    # (RFC 5322 2.2.3 folds only where needed). One that spells an encoded word is left
-    # to the stock folder, which encodes it so that no reader decodes feed text.
+    # (RFC 5322 2.2.3 folds only where needed). One that spells an encoded word goes
+    # to ``fold_encoded``, which encodes it so that no reader decodes feed text.
     if lowered == "subject":
-        if "=?" in value:
+        if _needs_encoding(value):
             return None
     elif lowered in _ENCODED_HEADERS:
         return None
@@ -173,13 +173,13 @@ _Q_BYTES = ["_" if b == 0x20 else chr(b) if b in _Q_LITERAL else f"={b:02X}" for
 
 
 def _needs_encoding(value: str) -> bool:
-    return not value.isascii()
+    return not value.isascii() or "=?" in value
 
 
 def _plain_word(word: str) -> bool:
     """Whether a word may stand in a header as it is: printable ASCII, short enough for one
     line, and not mistakable for an encoded word (RFC 2047 section 5)."""
-    return word.isascii() and len(word) <= _FOLD_AT - 2
+    return word.isascii() and "=?" not in word and len(word) <= _FOLD_AT - 2
 
 
 def fold_encoded(name: str, value: str, linesep: str) -> str:
@@ -337,7 +337,9 @@ def build_email(message: OutgoingMessage) -> EmailMessage:
     email = EmailMessage(policy=SMTP_POLICY)
     email["From"] = parse_address(message.sender)
     email["To"] = recipient
-    email["Subject"] = subject
+    # Stored as its encoded words: the email package parses what it is given, and would
+    # decode feed text that spells an encoded word ("=?utf-8?b?SGk=?=" as "Hi").
+    email["Subject"] = _stored_value("Subject", subject)
     email["Date"] = message.date
     email["Message-ID"] = clean_message_id(message.message_id)
     for name, value in message.headers.items():
@@ -348,6 +350,14 @@ def build_email(message: OutgoingMessage) -> EmailMessage:
         for part in email.iter_parts():
             del part["MIME-Version"]  # the email package repeats it on each part
     return email
+
+
+def _stored_value(name: str, value: str) -> str:
+    """``value`` as header text that the email package parses back into ``value``."""
+    if not _needs_encoding(value):
+        return value
+    folded = fold_encoded(name, value, "\n")
+    return " ".join(folded[len(name) + 1 :].split())
 
 
 def _extra_header_name(name: str) -> str:
