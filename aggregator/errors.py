@@ -20,6 +20,7 @@
     │   └── IncompatibleDatabase                   not SQLite, another application's, or damaged
     ├── MailError              address             a message could not be handed over
     │   ├── MailTemporaryError                     4xx, connection lost: try again later
+    │   │   └── MailDeferredError                  4xx for this recipient alone (greylisting)
     │   └── MailPermanentError                     5xx: the address is refused
     ├── TokenError             purpose             a signed link token is invalid or expired
     ├── SubscriptionError                          a sign-up or change cannot be carried out
