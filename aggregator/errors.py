@@ -20,6 +20,7 @@
     │   └── IncompatibleDatabase                   not SQLite, another application's, or damaged
     ├── MailError              address             a message could not be handed over
     │   ├── MailTemporaryError                     4xx, connection lost: try again later
+    │   │   └── MailDeferredError                  4xx for this recipient alone (greylisting)
     │   └── MailPermanentError                     5xx: the address is refused
     ├── TokenError             purpose             a signed link token is invalid or expired
     ├── SubscriptionError                          a sign-up or change cannot be carried out
@@ -225,6 +226,13 @@ class MailError(AggregatorError):
 
 class MailTemporaryError(MailError):
     """A 4xx reply or a lost connection (RFC 5321 section 4.2.1): try again later."""
+
+
+class MailDeferredError(MailTemporaryError):
+    """A 4xx other than 421 to RCPT or DATA, for this one recipient's message (450
+    greylisting, 452 mailbox full; a 552 to RCPT read as 452, RFC 5321 section
+    4.5.3.1.10): try it again later. The server answered, so it says nothing about the
+    server being away."""
 
 
 class MailPermanentError(MailError):

@@ -20,14 +20,13 @@ import binascii
 import contextlib
 import functools
 import mailbox
-import queue
 import random
 import re
 import smtplib
 import ssl
 import threading
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.headerregistry import Address
@@ -37,7 +36,7 @@ from email.utils import format_datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from .errors import ConfigError, MailPermanentError, MailTemporaryError
+from .errors import ConfigError, MailDeferredError, MailPermanentError, MailTemporaryError
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,11 +103,11 @@ class _MailPolicy(EmailPolicy):
     """
 
     def fold(self, name: str, value: Any) -> str:
-        verbatim = _fold_verbatim(name, str(value), self.linesep)
+        verbatim = _fold_own(name, str(value), self.linesep)
         return verbatim if verbatim is not None else super().fold(name, value)
 
     def fold_binary(self, name: str, value: Any) -> bytes:
-        verbatim = _fold_verbatim(name, str(value), self.linesep)
+        verbatim = _fold_own(name, str(value), self.linesep)
         if verbatim is not None:
             return verbatim.encode("ascii")
         return super().fold_binary(name, value)
@@ -121,16 +120,23 @@ SMTP_POLICY = _MailPolicy(linesep="\r\n", cte_type="7bit")
 FILE_POLICY = _MailPolicy(linesep="\n", cte_type="7bit")
 
 
+def _fold_own(name: str, value: str, linesep: str) -> str | None:
+    """The header as this module folds it, or None to leave it to the email package."""
+    if name.lower() == "subject" and _needs_encoding(value):
+        return fold_encoded(name, value, linesep)
+    return _fold_verbatim(name, value, linesep)
+
+
 def _fold_verbatim(name: str, value: str, linesep: str) -> str | None:
     lowered = name.lower()
     if lowered.startswith("content-") or not value.isascii():
         return None
     # An ASCII Subject is folded here too: the stock folder moves a long one to the next
     # line whole ("Subject:" CRLF SP text), which parsers read with a leading space
-    # (RFC 5322 2.2.3 folds only where needed). One that spells an encoded word is left
-    # to the stock folder, which encodes it so that no reader decodes feed text.
+    # (RFC 5322 2.2.3 folds only where needed). One that spells an encoded word goes
+    # to ``fold_encoded``, which encodes it so that no reader decodes feed text.
     if lowered == "subject":
-        if "=?" in value:
+        if _needs_encoding(value):
             return None
     elif lowered in _ENCODED_HEADERS:
         return None
@@ -156,6 +162,94 @@ def clean_header_value(value: str) -> str:
         for char in value.replace("\r\n", " ")
     ]
     return " ".join("".join(chars).split())
+
+
+# RFC 2047 section 2: an encoded word is at most 75 characters, "=?utf-8?q?" and "?="
+# included; section 5 (3): these characters stand for themselves in a "Q" word anywhere.
+_ENCODED_WORD_MAX = 75
+_ENCODED_WORD_OVERHEAD = len("=?utf-8?q??=")
+_Q_LITERAL = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789!*+-/")
+_Q_BYTES = ["_" if b == 0x20 else chr(b) if b in _Q_LITERAL else f"={b:02X}" for b in range(256)]
+
+
+def _needs_encoding(value: str) -> bool:
+    return not value.isascii() or "=?" in value
+
+
+def _plain_word(word: str) -> bool:
+    """Whether a word may stand in a header as it is: printable ASCII, short enough for one
+    line, and not mistakable for an encoded word (RFC 2047 section 5)."""
+    return word.isascii() and "=?" not in word and len(word) <= _FOLD_AT - 2
+
+
+def fold_encoded(name: str, value: str, linesep: str) -> str:
+    """``Name: value`` + ``linesep`` in ASCII, lines at most 78 characters (RFC 5322
+    2.1.1), that every RFC 2047 decoder reads back as exactly ``value`` (one line of
+    text, single spaces, as ``clean_header_value`` leaves it).
+
+    Plain ASCII words stand as they are; each run of other words (non-ASCII, too long,
+    or spelling ``=?``: RFC 2047 section 5 says such text must itself be encoded) is
+    written as UTF-8 encoded words with the spaces between its words encoded inside
+    them. Folding happens only between words, where the whitespace either is a real
+    space (next to a plain word) or is dropped by decoders between two encoded words
+    of one run (RFC 2047 section 6.2), which carry their spaces inside.
+    """
+    head = f"{name}:"
+    lines = [head]
+
+    def room() -> int:
+        return _FOLD_AT - len(lines[-1]) - 1
+
+    words = value.split(" ")
+    index = 0
+    while index < len(words):
+        word = words[index]
+        if _plain_word(word):
+            if lines[-1] != head and len(word) > room():
+                lines.append("")
+            lines[-1] += " " + word
+            index += 1
+            continue
+        end = index + 1
+        while end < len(words) and not _plain_word(words[end]):
+            end += 1
+        for encoded in _encoded_words(" ".join(words[index:end]), room, lines, head):
+            lines[-1] += " " + encoded
+        index = end
+    return linesep.join(lines) + linesep
+
+
+def _encoded_words(
+    text: str, room: Callable[[], int], lines: list[str], head: str
+) -> Iterator[str]:
+    """``text`` as UTF-8 encoded words ("Q" or "B", whichever is shorter), each as long as
+    the current line allows (a new line is started when little room is left), never
+    splitting a character (RFC 2047 section 5)."""
+    chars = [char.encode("utf-8", "replace") for char in text]
+    q_sizes = [sum(len(_Q_BYTES[b]) for b in data) for data in chars]
+    total = sum(map(len, chars))
+    method = "q" if sum(q_sizes) <= 4 * -(-total // 3) else "b"
+    start = 0
+    while start < len(chars):
+        if room() < _ENCODED_WORD_OVERHEAD + 12 and lines[-1] != head:
+            lines.append("")
+        limit = min(_ENCODED_WORD_MAX, room()) - _ENCODED_WORD_OVERHEAD
+        end, size, octets = start, 0, 0
+        while end < len(chars):
+            if method == "q":
+                grown = size + q_sizes[end]
+            else:
+                grown = 4 * -(-(octets + len(chars[end])) // 3)
+            if grown > limit and end > start:
+                break
+            size, octets, end = grown, octets + len(chars[end]), end + 1
+        data = b"".join(chars[start:end])
+        if method == "q":
+            payload = "".join(_Q_BYTES[b] for b in data)
+        else:
+            payload = base64.b64encode(data).decode("ascii")
+        yield f"=?utf-8?{method}?{payload}?="
+        start = end
 
 
 def parse_address(value: str, *, allow_name: bool = True) -> Address:
@@ -243,7 +337,9 @@ def build_email(message: OutgoingMessage) -> EmailMessage:
     email = EmailMessage(policy=SMTP_POLICY)
     email["From"] = parse_address(message.sender)
     email["To"] = recipient
-    email["Subject"] = subject
+    # Stored as its encoded words: the email package parses what it is given, and would
+    # decode feed text that spells an encoded word ("=?utf-8?b?SGk=?=" as "Hi").
+    email["Subject"] = _stored_value("Subject", subject)
     email["Date"] = message.date
     email["Message-ID"] = clean_message_id(message.message_id)
     for name, value in message.headers.items():
@@ -254,6 +350,14 @@ def build_email(message: OutgoingMessage) -> EmailMessage:
         for part in email.iter_parts():
             del part["MIME-Version"]  # the email package repeats it on each part
     return email
+
+
+def _stored_value(name: str, value: str) -> str:
+    """``value`` as header text that the email package parses back into ``value``."""
+    if not _needs_encoding(value):
+        return value
+    folded = fold_encoded(name, value, "\n")
+    return " ".join(folded[len(name) + 1 :].split())
 
 
 def _extra_header_name(name: str) -> str:
@@ -284,6 +388,14 @@ def _folded(linesep: str, name: str, value: str) -> bytes:
     policy = SMTP_POLICY if linesep == "\r\n" else FILE_POLICY
     header = policy.header_store_parse(name, value)[1]
     return policy.fold_binary(name, header)
+
+
+@functools.lru_cache(maxsize=512)
+def _subject_header(linesep: str, subject: str) -> bytes:
+    """The Subject line(s): encoded by ``fold_encoded`` when it is not plain ASCII."""
+    if _needs_encoding(subject):
+        return fold_encoded("Subject", subject, linesep).encode("ascii")
+    return _folded(linesep, "Subject", subject)
 
 
 def _plain_header(name: str, value: str, linesep: str) -> bytes:
@@ -376,7 +488,7 @@ def message_bytes(message: OutgoingMessage, *, linesep: str = "\r\n") -> bytes:
     parts = [
         _folded(linesep, "From", sender),
         to,
-        _folded(linesep, "Subject", subject),
+        _subject_header(linesep, subject),
         _plain_header("Date", format_datetime(message.date), linesep),
         _plain_header("Message-ID", clean_message_id(message.message_id), linesep),
     ]
@@ -495,6 +607,16 @@ class _StaleConnection(Exception):
     """A reused connection failed before the message was transferred: safe to retry."""
 
 
+class _SessionRefused(Exception):
+    """The server refused a new session (connection refused or reset, closed or a non-220
+    reply such as 421 at the greeting, 421 to EHLO): nothing was sent. ``error`` is the
+    MailTemporaryError to raise when no other connection can take the message."""
+
+    def __init__(self, error: MailTemporaryError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class SmtpSender:
     """Delivers over up to ``settings.connections`` SMTP connections, each kept open
     (one EHLO) for up to ``max_messages_per_connection`` messages and reopened when the
@@ -502,6 +624,9 @@ class SmtpSender:
 
     Synchronous: callers run it in worker threads. Each concurrent ``send`` takes a
     connection of its own; past ``connections`` callers wait for one to come free.
+    A connection whose session the server refuses (a relay that allows fewer sessions
+    than configured) leaves the pool for the sender's lifetime and its message goes to
+    another connection; only when the last one is refused does ``send`` fail.
     TLS certificates are always verified; ``ssl_context`` may trust a private CA.
     """
 
@@ -509,41 +634,83 @@ class SmtpSender:
         self.settings = settings
         self.connections = settings.connections
         context = ssl_context or ssl.create_default_context()
+        self._pool = threading.Condition()
         # Last in, first out: a lone caller keeps reusing the one open connection.
-        self._idle: queue.LifoQueue[_Channel] = queue.LifoQueue()
-        for _ in range(settings.connections):
-            self._idle.put(_Channel(settings, context))
+        self._idle: list[_Channel] = [_Channel(settings, context) for _ in range(self.connections)]
+        self._live = self.connections  # channels in the pool, idle or in use
 
     @property
     def where(self) -> str:
         """``host:port`` of the server, for log lines and errors."""
         return f"{self.settings.host}:{self.settings.port}"
 
+    @property
+    def live_connections(self) -> int:
+        """Connections still in the pool: ``connections`` less those whose session the
+        server refused."""
+        with self._pool:
+            return self._live
+
     def send(self, message: OutgoingMessage) -> None:
-        """Hand the message over on a free connection, waiting for one when all are busy
-        (reconnecting once if a reused connection went stale before any data was sent).
-        Raises MailTemporaryError (4xx, connection or TLS failure: try later) or
-        MailPermanentError (5xx, or an address that cannot be mailed); RFC 5321 section
-        4.2.1.
+        """Hand the message over on an idle connection of the pool (reconnecting once if a
+        reused connection went stale before any data was sent). A connection whose new
+        session is refused leaves the pool and the message waits for another one; the
+        last connection is kept and its refusal raised. Raises MailTemporaryError (4xx,
+        connection or TLS failure: try later; ``MailDeferredError`` when the 4xx concerns
+        the recipient alone) or MailPermanentError (5xx, or an address that cannot be
+        mailed); RFC 5321 section 4.2.1.
         """
         sender, recipient = envelope_addresses(message)
         data = message_bytes(message)
-        channel = self._idle.get()
-        try:
-            channel.send(sender, recipient, data, address=message.recipient)
-        finally:
-            self._idle.put(channel)
+        while True:
+            channel = self._take()
+            try:
+                channel.send(sender, recipient, data, address=message.recipient)
+            except _SessionRefused as refused:
+                if self._retire(channel):
+                    continue  # another connection takes the message
+                self._give(channel)
+                raise refused.error from refused
+            except BaseException:
+                self._give(channel)
+                raise
+            self._give(channel)
+            return
+
+    def _take(self) -> _Channel:
+        with self._pool:
+            while not self._idle:
+                self._pool.wait()
+            return self._idle.pop()
+
+    def _give(self, channel: _Channel) -> None:
+        with self._pool:
+            self._idle.append(channel)
+            self._pool.notify_all()
+
+    def _retire(self, channel: _Channel) -> bool:
+        """Drop a refused channel from the pool unless it is the last one; True if dropped."""
+        with self._pool:
+            if self._live <= 1:
+                return False
+            self._live -= 1
+            self._pool.notify_all()
+        channel.disconnect(polite=False)
+        return True
 
     def close(self) -> None:
-        """Say QUIT and close every open connection, once the messages in flight are
-        through."""
-        channels = [self._idle.get() for _ in range(self.connections)]
+        """Quit every connection, once the messages in flight are through."""
+        with self._pool:
+            while len(self._idle) < self._live:
+                self._pool.wait()
+            channels, self._idle = self._idle, []
         try:
             for channel in channels:
                 channel.disconnect(polite=True)
         finally:
-            for channel in channels:
-                self._idle.put(channel)
+            with self._pool:
+                self._idle.extend(channels)
+                self._pool.notify_all()
 
     def __enter__(self) -> SmtpSender:
         return self
@@ -693,25 +860,50 @@ class _Channel:
     # -- connection ------------------------------------------------------------------
 
     def _connect(self, address: str) -> smtplib.SMTP:
+        """A new session, greeted and logged in. Raises ``_SessionRefused`` when the server
+        refuses the session itself (RFC 5321 section 3.1: 421 or a closed connection
+        instead of the 220 greeting, or 421 to EHLO; or the connection is refused or
+        reset), MailTemporaryError for any other failure."""
         settings = self.settings
         connection: smtplib.SMTP | None = None
         try:
-            if settings.security == "tls":
-                connection = smtplib.SMTP_SSL(
-                    settings.host,
-                    settings.port,
-                    local_hostname=settings.helo,
-                    timeout=settings.timeout,
-                    context=self._context,
-                )
-            else:
-                connection = smtplib.SMTP(
-                    settings.host,
-                    settings.port,
-                    local_hostname=settings.helo,
-                    timeout=settings.timeout,
-                )
-            connection.ehlo_or_helo_if_needed()
+            try:
+                if settings.security == "tls":
+                    connection = smtplib.SMTP_SSL(
+                        settings.host,
+                        settings.port,
+                        local_hostname=settings.helo,
+                        timeout=settings.timeout,
+                        context=self._context,
+                    )
+                else:
+                    connection = smtplib.SMTP(
+                        settings.host,
+                        settings.port,
+                        local_hostname=settings.helo,
+                        timeout=settings.timeout,
+                    )
+                connection.ehlo_or_helo_if_needed()
+            except (
+                smtplib.SMTPConnectError,
+                smtplib.SMTPServerDisconnected,
+                ConnectionError,
+            ) as error:
+                _abandon(connection)
+                raise _SessionRefused(
+                    MailTemporaryError(
+                        f"cannot connect to {self.where}: {_describe(error)}", address=address
+                    )
+                ) from error
+            except smtplib.SMTPHeloError as error:
+                if error.smtp_code != 421:
+                    raise
+                _abandon(connection)
+                raise _SessionRefused(
+                    MailTemporaryError(
+                        f"{self.where} refused the session: {_describe(error)}", address=address
+                    )
+                ) from error
             if settings.security == "starttls":
                 if not connection.has_extn("starttls"):
                     raise MailTemporaryError(
@@ -722,7 +914,7 @@ class _Channel:
                 connection.ehlo()
             if settings.username is not None:
                 connection.login(settings.username, settings.password or "")
-        except MailTemporaryError:
+        except (MailTemporaryError, _SessionRefused):
             _abandon(connection)
             raise
         except ssl.SSLCertVerificationError as error:
@@ -780,9 +972,19 @@ def _abandon(connection: smtplib.SMTP | None) -> None:
 def _refusal(
     code: int, reply: bytes | str, stage: str, address: str, where: str
 ) -> MailTemporaryError | MailPermanentError:
+    """The error for a refused command at ``stage`` (sender, recipient or data).
+
+    A 4xx other than 421 to RCPT or DATA concerns this one recipient's transaction
+    (``MailDeferredError``: the server answered), and so does a 552 to RCPT, which RFC
+    5321 section 4.5.3.1.10 says to treat as 452. A 4xx to MAIL and a 421 anywhere are
+    the server's (``MailTemporaryError``); a 5xx for the sender is our configuration,
+    not this recipient: temporary too.
+    """
     text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else reply
     message = f"{where} refused the {stage}: {code} {text}"
-    # A 5xx for the sender is our configuration, not this recipient: try again later.
+    deferred = stage != "sender" and 400 <= code < 500 and code != 421
+    if deferred or (stage == "recipient" and code == 552):
+        return MailDeferredError(message, address=address)
     if 500 <= code < 600 and stage != "sender":
         return MailPermanentError(message, address=address)
     return MailTemporaryError(message, address=address)

@@ -5,6 +5,7 @@
     server.perm_fail.add("gone@example.org")      # RCPT answered 550
     server.drop_every = 3                         # close the connection after every 3rd message
     server.drop_before_reply = True               # ... before saying 250 (delivery in doubt)
+    server.max_sessions = 1                       # further sessions get 421 at the greeting
     server.stop()                                 # now connections are refused; start() again
 
 Every accepted message is recorded with its envelope; ``messages()`` parses them.
@@ -52,6 +53,25 @@ class _ScriptedSMTP(SMTP):
         self.connection = connection
         self.drop: str | None = None  # "before" or "after" the next reply
 
+    async def _handle_client(self) -> None:
+        owner = self.event_handler
+        if isinstance(owner, SmtpServer) and not owner._admit(self):
+            transport = self.transport
+            assert isinstance(transport, asyncio.Transport)
+            if owner.refuse_with_close:
+                transport.abort()
+            else:
+                transport.write(b"421 4.7.0 Too many sessions from your address\r\n")
+                transport.close()
+            return
+        await super()._handle_client()
+
+    def connection_lost(self, error: Exception | None) -> None:
+        owner = self.event_handler
+        if isinstance(owner, SmtpServer):
+            owner._leave(self)
+        super().connection_lost(error)
+
     async def push(self, status: Any) -> None:
         drop, self.drop = self.drop, None
         transport = self.transport
@@ -95,6 +115,12 @@ class SmtpServer:
         self.reject_data: Callable[[Received], str | None] | None = None  # a reply, or None
         self.pipelining = False  # offer PIPELINING (RFC 2920) in the EHLO reply
         self.rcpt_seen: list[str] = []  # every RCPT address, accepted or not
+        # Sessions at once; more are refused at the greeting: 421, or closed at once.
+        self.max_sessions: int | None = None
+        self.refuse_with_close = False
+        self.refused = 0  # sessions refused so far
+        self.peak_sessions = 0  # most admitted sessions open at once
+        self._sessions: set[int] = set()
         self._received: list[Received] = []
         self._lock = threading.Lock()
         self._connections = itertools.count(1)
@@ -146,6 +172,19 @@ class SmtpServer:
         return self.received()
 
     # -- aiosmtpd handler hooks ------------------------------------------------------
+
+    def _admit(self, server: _ScriptedSMTP) -> bool:
+        with self._lock:
+            if self.max_sessions is not None and len(self._sessions) >= self.max_sessions:
+                self.refused += 1
+                return False
+            self._sessions.add(server.connection)
+            self.peak_sessions = max(self.peak_sessions, len(self._sessions))
+            return True
+
+    def _leave(self, server: _ScriptedSMTP) -> None:
+        with self._lock:
+            self._sessions.discard(server.connection)
 
     def _next_connection(self) -> int:
         with self._lock:

@@ -23,7 +23,7 @@ from typing import Literal
 from ..backoff import exponential_backoff
 from ..clock import Clock
 from ..config import Settings
-from ..errors import MailError, MailPermanentError, MailTemporaryError
+from ..errors import MailDeferredError, MailError, MailPermanentError, MailTemporaryError
 from ..mail import OutgoingMessage, Sender
 from ..store import Store
 from ..store import digests as digest_rows
@@ -40,8 +40,12 @@ BACKOFF_CAP = timedelta(hours=6)
 MAX_ATTEMPTS = 12
 """Attempts at one digest (about two and a half days of retries), then it is failed."""
 MAX_CONSECUTIVE_TEMPORARY = 5
-"""This many temporary failures in a row means the mail server is away: the run stops
-(what is left stays pending for the next one) instead of knocking on every digest."""
+"""This many temporary failures of the server in a row (no connection, a refused
+greeting, EHLO or MAIL, 421, a lost connection) means the mail server is away: the run
+stops (what is left stays pending for the next one) instead of knocking on every
+digest. A 4xx to RCPT or DATA (``MailDeferredError``) concerns one recipient: that
+digest is retried later (the attempt counts), but it neither counts towards the stop
+nor breaks a run of server failures."""
 _BATCH = 200
 
 Outcome = Literal["sent", "retry", "failed", "bounced", "empty"]
@@ -192,7 +196,8 @@ class _SendRun:
         self.total = total
         self.on_progress = on_progress
         self._lock = threading.Lock()
-        self._consecutive = 0  # temporary failures in a row
+        self._consecutive = 0  # temporary failures of the server in a row
+        self._server_error: str | None = None  # the last of them
         self._failure: BaseException | None = None
         self._queue: queue.Queue[tuple[DigestRow, OutgoingMessage] | None] = queue.Queue()
         self._threads: list[threading.Thread] = []
@@ -240,8 +245,10 @@ class _SendRun:
                     continue  # left pending for the next run
                 digest, message = job
                 try:
-                    outcome, error = _deliver(self.store, self.sender, digest, message, self.tick)
-                    self.finish(digest, outcome, error)
+                    outcome, error, server_failed = _deliver(
+                        self.store, self.sender, digest, message, self.tick
+                    )
+                    self.finish(digest, outcome, error, server_failed=server_failed)
                 except BaseException as failure:  # a database failure: stop, re-raise
                     with self._lock:
                         if self._failure is None:
@@ -249,7 +256,14 @@ class _SendRun:
         finally:
             self.store.close_thread()
 
-    def finish(self, digest: DigestRow, outcome: Outcome, error: str | None = None) -> None:
+    def finish(
+        self,
+        digest: DigestRow,
+        outcome: Outcome,
+        error: str | None = None,
+        *,
+        server_failed: bool = False,
+    ) -> None:
         report = self.report
         with self._lock:
             if outcome == "sent":
@@ -264,19 +278,25 @@ class _SendRun:
                 report.empty += 1
             if error is not None:
                 report.errors.append(error)
-            self._consecutive = self._consecutive + 1 if outcome == "retry" else 0
+            if server_failed:
+                self._consecutive += 1
+                self._server_error = error
+            elif outcome not in ("retry", "failed"):
+                self._consecutive = 0
+            # else a recipient's deferral: the count stays as it is
             if self.on_progress is not None:
                 self.on_progress(
                     SendProgress(report.handled, self.total, outcome, digest.id, digest.email)
                 )
             if self._consecutive >= MAX_CONSECUTIVE_TEMPORARY and report.stopped is None:
-                report.stopped = f"mail server unavailable: {report.errors[-1]}"
+                report.stopped = f"mail server unavailable: {self._server_error}"
 
 
 def _deliver(
     store: Store, sender: Sender, digest: DigestRow, message: OutgoingMessage, tick: Clock
-) -> tuple[Outcome, str | None]:
-    """Hand one message over and record what became of it: (outcome, error or None)."""
+) -> tuple[Outcome, str | None, bool]:
+    """Hand one message over and record what became of it: (outcome, error or None,
+    whether the failure was the server's rather than this recipient's)."""
     try:
         sender.send(message)
     except MailPermanentError as error:
@@ -285,18 +305,19 @@ def _deliver(
             digest_rows.mark_failed(db, digest.id, reason)
             digest_rows.close_pending(db, digest.subscriber_id, "failed", "address bounced")
             subscriber_rows.set_status(db, digest.subscriber_id, "bounced", tick(), reason=reason)
-        return "bounced", reason
+        return "bounced", reason, False
     except MailTemporaryError as error:
         reason = str(error)
+        server_failed = not isinstance(error, MailDeferredError)
         with store.write() as db:
             if digest.attempts + 1 >= MAX_ATTEMPTS:
                 digest_rows.mark_failed(db, digest.id, f"gave up: {reason}")
-                return "failed", reason
+                return "failed", reason, server_failed
             digest_rows.mark_retry(db, digest.id, reason, tick() + backoff(digest.attempts + 1))
-        return "retry", reason
+        return "retry", reason, server_failed
     with store.write() as db:
         digest_rows.mark_sent(db, digest.id, message.message_id, tick())
-    return "sent", None
+    return "sent", None, False
 
 
 def send_welcomes(
