@@ -130,13 +130,29 @@ class Poller:
 
         return list(await asyncio.gather(*(one(feed) for feed in feeds)))
 
-    async def _write(self, feed: Feed, work: Callable[[], PollSummary]) -> PollSummary:
-        """Run a feed's write; a database failure ends the poll (see ``store_failure``):
-        the writes still queued are not tried (each would wait out the busy timeout)."""
-        try:
+    def _guarded(self, work: Callable[[], T]) -> Callable[[], T]:
+        """``work`` as the database thread runs it: not tried once the database has failed
+        in this poll (it would wait out the busy timeout again), and its own failure is
+        kept at once, before the next queued write starts (see ``store_failure``)."""
+
+        def run() -> T:
             if self.store_failure is not None:
                 raise self.store_failure
-            return await self.db(work)
+            try:
+                return work()
+            except StoreError as error:
+                if self.store_failure is None:
+                    self.store_failure = error
+                raise
+
+        return run
+
+    async def _write(self, feed: Feed, work: Callable[[], PollSummary]) -> PollSummary:
+        """Run a feed's write; a database failure ends the poll (see ``store_failure``):
+        the writes still queued are not tried (each would wait out the busy timeout),
+        which is checked when the database thread comes to them."""
+        try:
+            return await self.db(self._guarded(work))
         except StoreError as error:
             if self.store_failure is None:
                 self.store_failure = error
@@ -259,9 +275,11 @@ class Poller:
 
     async def _write_book(self, items: list[_Pending]) -> None:
         try:
-            if self.store_failure is not None:
-                raise self.store_failure
-            await self.db(partial(self._write_bookkeeping, [(i.feed, i.decision) for i in items]))
+            gone = await self.db(
+                self._guarded(
+                    partial(self._write_bookkeeping, [(i.feed, i.decision) for i in items])
+                )
+            )
         except StoreError as error:
             if self.store_failure is None:
                 self.store_failure = error
@@ -275,21 +293,32 @@ class Poller:
                 raise
         else:
             for item in items:
-                _settle(item.summary, _summary(item.feed, item.decision))
+                _settle(
+                    item.summary,
+                    _removed(item.feed)
+                    if item.feed.id in gone
+                    else _summary(item.feed, item.decision),
+                )
 
-    def _write_bookkeeping(self, decided: Sequence[tuple[Feed, PollDecision]]) -> None:
+    def _write_bookkeeping(self, decided: Sequence[tuple[Feed, PollDecision]]) -> set[int]:
         """Polls that store no entries: their feed rows and fetch records, in one
-        transaction (run on the database thread)."""
+        transaction (run on the database thread). A feed removed since it was chosen is
+        left out (its row is gone); returns the ids of those."""
         with self.store.write() as db:
-            for feed, decision in decided:
+            present = feed_rows.existing_feed_ids(db, (feed.id for feed, _ in decided))
+            kept = [(feed, decision) for feed, decision in decided if feed.id in present]
+            for feed, decision in kept:
                 feed_rows.apply_feed_update(db, feed, decision.update)
-            feed_rows.record_fetches(db, [decision.fetch for _, decision in decided])
+            feed_rows.record_fetches(db, [decision.fetch for _, decision in kept])
+        return {feed.id for feed, _ in decided} - present
 
     def _write_success(
         self, feed: Feed, decision: PollDecision, prepared: PreparedFeed
     ) -> PollSummary:
         now = decision.update.polled_at
         with self.store.write() as db:
+            if not feed_rows.existing_feed_ids(db, [feed.id]):
+                return _removed(feed)  # removed since it was chosen: nothing to write
             # The feed's row first: a new title re-indexes the feed's stored entries for
             # search (their source), so new entries are indexed once, with it.
             feed_rows.apply_feed_update(db, feed, decision.update)
@@ -341,6 +370,21 @@ def _not_stored(feed: Feed, error: StoreError) -> PollSummary:
         status="error",
         error=f"not stored: {error}",
         store_error=str(error),
+    )
+
+
+REMOVED_DURING_POLL = "removed during the poll: nothing of it was stored"
+"""The note of a feed whose row was deleted (CLI, admin) while it was being polled."""
+
+
+def _removed(feed: Feed) -> PollSummary:
+    """The summary of a feed removed while it was polled: skipped, nothing written."""
+    return PollSummary(
+        feed_id=feed.id,
+        url=feed.url,
+        title=feed.title or feed.url,
+        status="skipped",
+        warnings=(REMOVED_DURING_POLL,),
     )
 
 

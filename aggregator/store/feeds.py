@@ -68,6 +68,20 @@ def get_feed(db: Database, feed_id: int) -> Feed | None:
     return _feed(rows[0]) if rows else None
 
 
+def existing_feed_ids(db: Database, feed_ids: Iterable[int]) -> set[int]:
+    """Which of ``feed_ids`` still have a row (a feed may be removed while it is polled);
+    read inside the caller's transaction, so the answer holds until it commits."""
+    wanted = sorted(set(feed_ids))
+    found: set[int] = set()
+    for start in range(0, len(wanted), 500):  # under SQLite's limit on parameters
+        chunk = wanted[start : start + 500]
+        marks = ", ".join("?" * len(chunk))
+        found.update(
+            row[0] for row in db.execute(f"SELECT id FROM feeds WHERE id IN ({marks})", chunk)
+        )
+    return found
+
+
 def feed_by_url(db: Database, url: str) -> Feed | None:
     """The feed polled at exactly this URL (as stored, not canonicalised), or None."""
     rows = _rows(db, "SELECT * FROM feeds WHERE url = ?", [url])
