@@ -12,6 +12,7 @@ does the IO around them, in order:
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import random
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -43,6 +44,8 @@ BOOKKEEPING_BATCH = 256
 BOOKKEEPING_WAIT_SECONDS = 0.05
 """How long such a poll's record waits for others to join its transaction: a killed poll
 loses at most this much bookkeeping (never entries, which are written at once)."""
+
+log = logging.getLogger("aggregator.poll")
 
 PARSER_MODULE = "aggregator.prepare"
 """What the parse processes import once, before the first document (see workers)."""
@@ -275,7 +278,7 @@ class Poller:
 
     async def _write_book(self, items: list[_Pending]) -> None:
         try:
-            gone = await self.db(
+            gone, blocked = await self.db(
                 self._guarded(
                     partial(self._write_bookkeeping, [(i.feed, i.decision) for i in items])
                 )
@@ -293,24 +296,32 @@ class Poller:
                 raise
         else:
             for item in items:
-                _settle(
-                    item.summary,
+                summary = (
                     _removed(item.feed)
                     if item.feed.id in gone
-                    else _summary(item.feed, item.decision),
+                    else _summary(item.feed, item.decision)
                 )
+                if item.feed.id in blocked:
+                    summary = _move_not_made(summary, item.decision, blocked[item.feed.id])
+                _settle(item.summary, summary)
 
-    def _write_bookkeeping(self, decided: Sequence[tuple[Feed, PollDecision]]) -> set[int]:
+    def _write_bookkeeping(
+        self, decided: Sequence[tuple[Feed, PollDecision]]
+    ) -> tuple[set[int], dict[int, int]]:
         """Polls that store no entries: their feed rows and fetch records, in one
         transaction (run on the database thread). A feed removed since it was chosen is
-        left out (its row is gone); returns the ids of those."""
+        left out (its row is gone). Returns the ids of those, and feed id -> the other
+        feed that already has the URL it was permanently moved to (not moved)."""
+        blocked: dict[int, int] = {}
         with self.store.write() as db:
             present = feed_rows.existing_feed_ids(db, (feed.id for feed, _ in decided))
             kept = [(feed, decision) for feed, decision in decided if feed.id in present]
             for feed, decision in kept:
-                feed_rows.apply_feed_update(db, feed, decision.update)
+                holder = feed_rows.apply_feed_update(db, feed, decision.update)
+                if holder is not None:
+                    blocked[feed.id] = holder
             feed_rows.record_fetches(db, [decision.fetch for _, decision in kept])
-        return {feed.id for feed, _ in decided} - present
+        return {feed.id for feed, _ in decided} - present, blocked
 
     def _write_success(
         self, feed: Feed, decision: PollDecision, prepared: PreparedFeed
@@ -321,7 +332,7 @@ class Poller:
                 return _removed(feed)  # removed since it was chosen: nothing to write
             # The feed's row first: a new title re-indexes the feed's stored entries for
             # search (their source), so new entries are indexed once, with it.
-            feed_rows.apply_feed_update(db, feed, decision.update)
+            holder = feed_rows.apply_feed_update(db, feed, decision.update)
             plan = plan_poll(
                 db, feed.id, prepared.records, window=self.settings.poll.cross_post_window
             )
@@ -331,7 +342,7 @@ class Poller:
             feed_rows.record_fetch(
                 db, replace(decision.fetch, new=len(plan.inserts), updated=len(plan.updates))
             )
-        return PollSummary(
+        summary = PollSummary(
             feed_id=feed.id,
             url=feed.url,
             title=(
@@ -345,6 +356,7 @@ class Poller:
             duplicates=plan.duplicates,
             warnings=prepared.warnings,
         )
+        return summary if holder is None else _move_not_made(summary, decision, holder)
 
 
 @dataclass(frozen=True, slots=True)
@@ -386,6 +398,17 @@ def _removed(feed: Feed) -> PollSummary:
         status="skipped",
         warnings=(REMOVED_DURING_POLL,),
     )
+
+
+def _move_not_made(summary: PollSummary, decision: PollDecision, holder: int) -> PollSummary:
+    """``summary`` with a warning (also logged) that the feed's permanent move was not
+    made because feed ``holder`` already has that URL (the two are not merged)."""
+    note = (
+        f"permanently moved to {decision.update.url}, which feed {holder} already has: "
+        f"not moved (the two feeds are not merged; remove one of them)"
+    )
+    log.warning("feed %d (%s): %s", summary.feed_id, summary.url, note)
+    return replace(summary, warnings=(*summary.warnings, note))
 
 
 def _summary(feed: Feed, decision: PollDecision) -> PollSummary:

@@ -978,3 +978,41 @@ def test_a_feed_removed_during_the_poll_is_skipped_and_the_others_are_stored(set
         ids[n] for n in ("keep", "keep_304", "keep_err")
     )
     assert rows(store, "SELECT count(*) FROM feeds WHERE next_poll_at IS NOT NULL") == [(3,)]
+
+
+def test_a_move_to_a_url_another_feed_has_is_not_made_and_says_so(
+    setup, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two feeds are permanently redirected (one to a document, one to a 304) to a URL
+    that a third feed already polls: they are not moved or merged, and the poll's summary
+    and a log warning name both feeds, so the operator sees it."""
+    settings, store, clock = setup
+    target = "https://blog.test/new.xml"
+    moved, moved_304 = "https://blog.test/old.xml", "https://blog.test/older.xml"
+    transport, _ = scripted(
+        {
+            target: [httpx.Response(200, content=rss(ITEMS), headers=RSS_TYPE)],
+            moved: [httpx.Response(301, headers={"location": "/new.xml"})],
+            moved_304: [httpx.Response(308, headers={"location": "/new304.xml"})],
+            "https://blog.test/new304.xml": [httpx.Response(304)],
+        }
+    )
+    holder_id, moved_id = add(store, target), add(store, moved)
+    holder_304 = add(store, "https://blog.test/new304.xml")
+    moved_304_id = add(store, moved_304)
+    with caplog.at_level("WARNING", logger="aggregator.poll"):
+        summaries = {s.feed_id: s for s in poll(settings, store, clock, transport=transport)}
+    for feed_id, holder in ((moved_id, holder_id), (moved_304_id, holder_304)):
+        summary = summaries[feed_id]
+        assert summary.status in ("ok", "not_modified") and summary.store_error is None
+        (note,) = summary.warnings
+        assert f"feed {holder} already has" in note and "not moved" in note
+        assert any(
+            f"feed {feed_id} " in r.getMessage() and f"feed {holder} " in r.getMessage()
+            for r in caplog.records
+        )
+    assert summaries[moved_id].new + summaries[moved_id].duplicates == 2
+    moved_feed = feed_rows.get_feed(store.db, moved_id)
+    assert moved_feed is not None and moved_feed.url == moved
+    moved_304_feed = feed_rows.get_feed(store.db, moved_304_id)
+    assert moved_304_feed is not None and moved_304_feed.url == moved_304

@@ -149,14 +149,16 @@ def due_feeds(db: Database, now: datetime) -> list[Feed]:
     return [_feed(row) for row in rows]
 
 
-def apply_feed_update(db: Database, feed: Feed, update: FeedUpdate) -> None:
+def apply_feed_update(db: Database, feed: Feed, update: FeedUpdate) -> int | None:
     """Write one poll's outcome to the feed row, inside the caller's transaction.
 
     Success resets the error count and stores the validators (ETag, Last-Modified; RFC 9110
     section 8.8) and the feed's own title when the stored one is a placeholder; failure
-    counts the error. A permanent redirect moves the URL unless another feed has it;
-    ``disable_reason`` turns polling off.
+    counts the error. A permanent redirect moves the URL unless another feed has it
+    (the two are not merged); ``disable_reason`` turns polling off. Returns the id of
+    that other feed when a move was not made for that reason, else None.
     """
+    blocked: int | None = None
     values: dict[str, Any] = {
         "last_polled_at": to_db(update.polled_at),
         "next_poll_at": to_db(update.next_poll_at),
@@ -177,12 +179,17 @@ def apply_feed_update(db: Database, feed: Feed, update: FeedUpdate) -> None:
             values["site_url"] = update.site_url
     else:
         values.update(error_count=feed.error_count + 1, last_error=update.error)
-    if update.url and update.url != feed.url and feed_by_url(db, update.url) is None:
-        values["url"] = update.url
+    if update.url and update.url != feed.url:
+        holder = feed_by_url(db, update.url)
+        if holder is None:
+            values["url"] = update.url
+        elif holder.id != feed.id:
+            blocked = holder.id
     if update.disable_reason:
         values.update(enabled=0, disabled_reason=update.disable_reason)
     assignments = ", ".join(f"{name} = ?" for name in values)
     db.execute(f"UPDATE feeds SET {assignments} WHERE id = ?", [*values.values(), feed.id])
+    return blocked
 
 
 def mark_backlog(db: Database, feed_id: int) -> None:
