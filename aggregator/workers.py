@@ -127,6 +127,14 @@ class WorkerDied(Exception):
     this piece of work; the next piece of work gets a fresh process."""
 
 
+INLINE_DOCUMENT_BYTES = 256 * 1024
+"""The largest document parsed in the owner's process (see ParseWorkers): every document
+of the benchmark corpus (at most 228 KB; 119 to 183 KB in the 2- and 20-feed one-shot
+polls) is under it, while a document built to be slow to parse (deep nesting, a million
+unclosed tags: 1.8 MB took 105 s and 441 MB) is over it and costs a worker, not the
+poll."""
+
+
 class ParseWorkers:
     """Where documents are parsed: in this process while the work is small, else in
     worker processes, started on first use, off the event loop, replaced if one dies.
@@ -134,20 +142,31 @@ class ParseWorkers:
     Spawning a worker waits for the fork server to import the parser (about 0.3 s per
     worker on a small machine), more than parsing a few small documents costs. So the
     first ``inline_bytes`` bytes of documents (``size`` given to ``run``) are parsed
-    here, on one helper thread (the event loop stays free), and the processes start
-    only when the work grows past that: a poll that parses nothing (all 304) or little
-    starts none. ``inline_bytes = 0`` sends every document to the processes (the
-    long-running service does so: its web app shares the event loop).
+    here, on one helper thread (the event loop stays free), as long as each document
+    is at most ``inline_document_bytes`` (``INLINE_DOCUMENT_BYTES``): a bigger one
+    (which may be built to be slow to parse) goes to a worker, and so does everything
+    after it. The processes start only when the work grows past that: a poll that
+    parses nothing (all 304) or a few small documents starts none. ``inline_bytes = 0``
+    sends every document to the processes (the long-running service does so: its web
+    app shares the event loop).
 
     Workers start on a helper thread. A worker that dies breaks its pool: the documents
     in flight fail with ``WorkerDied`` and the next one gets a new pool, so one hostile
     document cannot stop a long-running service from parsing.
     """
 
-    def __init__(self, count: int, preload: Sequence[str] = (), *, inline_bytes: int = 0) -> None:
+    def __init__(
+        self,
+        count: int,
+        preload: Sequence[str] = (),
+        *,
+        inline_bytes: int = 0,
+        inline_document_bytes: int = INLINE_DOCUMENT_BYTES,
+    ) -> None:
         self.count = count
         self.preload = tuple(preload)
         self.inline_bytes = max(inline_bytes, 0)
+        self.inline_document_bytes = max(inline_document_bytes, 0)
         self.inline_spent = 0  # bytes parsed (or being parsed) in this process
         self._inline: ThreadPoolExecutor | None = None
         self._ready: asyncio.Future[ProcessPoolExecutor] | None = None
@@ -182,7 +201,7 @@ class ParseWorkers:
     def _take_inline(self, size: int) -> bool:
         if self.inline_bytes <= 0 or self._ready is not None:
             return False
-        if self.inline_spent + size > self.inline_bytes:
+        if size > self.inline_document_bytes or self.inline_spent + size > self.inline_bytes:
             return False
         self.inline_spent += size
         return True
