@@ -34,7 +34,7 @@ from .store import Database, Store
 from .store import entries as entry_rows
 from .store import feeds as feed_rows
 from .urls import is_placeholder_title
-from .workers import ParseWorkers, WorkerDied, stop_on_signals
+from .workers import ParseWorkers, WorkerDied, WorkTimedOut, stop_on_signals
 
 if TYPE_CHECKING:
     from .prepare import PreparedFeed
@@ -46,6 +46,11 @@ BOOKKEEPING_WAIT_SECONDS = 0.05
 loses at most this much bookkeeping (never entries, which are written at once)."""
 
 log = logging.getLogger("aggregator.poll")
+
+PARSE_DEADLINE_SECONDS = 60.0
+"""How long one document may take to parse in a worker before it is stopped and its feed
+fails with a ParseError (a document built to be slow to parse: 1.8 MB of unclosed tags
+took 105 s; the largest legitimate feeds take a few seconds)."""
 
 PARSER_MODULE = "aggregator.prepare"
 """What the parse processes import once, before the first document (see workers)."""
@@ -226,6 +231,12 @@ class Poller:
                 parsed = Parsed(title=prepared.title, site_url=prepared.site_url)
             except ParseError as error:
                 parsed = error
+            except WorkTimedOut as error:
+                parsed = ParseError(
+                    f"parsing this document took too long ({error}); it is tried again at "
+                    "the next poll",
+                    url=feed.url,
+                )
             except WorkerDied:
                 if self.stopping:  # the workers went with a stop signal to the whole group
                     return PollSummary(
@@ -474,6 +485,7 @@ async def open_poller(
         settings.poll.parse_workers or os.cpu_count() or 1,
         preload=[PARSER_MODULE],
         inline_bytes=parse_in_process_bytes,
+        deadline=PARSE_DEADLINE_SECONDS,
     )
     try:
         async with FeedFetcher(settings.fetch, transport=transport) as fetcher:

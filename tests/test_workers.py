@@ -393,3 +393,45 @@ def test_a_poll_sends_a_document_over_the_bound_to_a_worker_not_its_own_process(
     with contextlib.closing(sqlite3.connect(tmp_path / "db.sqlite3")) as db:
         others = "SELECT count(*) FROM entries WHERE title LIKE 'Feed %'"
         assert db.execute(others).fetchone() == (40,)  # 2 feeds x 20
+
+
+DEADLINE = """
+import asyncio, os, time
+from functools import partial
+from aggregator.workers import ParseWorkers, WorkerDied, WorkTimedOut
+
+async def main():
+    workers = ParseWorkers(1, deadline=0.5)
+    first = await workers.run(os.getpid)
+    started = time.monotonic()
+    try:
+        await workers.run(partial(time.sleep, 30))  # Python code: the alarm stops it
+    except WorkTimedOut as error:
+        quick = time.monotonic() - started < 10  # not the 30 s the work asked for
+        print("timed out", "quickly" if quick else "slowly", error, flush=True)
+    print("same worker" if await workers.run(os.getpid) == first else "new worker", flush=True)
+    try:  # stuck in C (one call of a builtin): the alarm cannot stop it, the CPU limit can
+        await workers.run(partial(sum, range(10**12)))
+    except WorkerDied:
+        print("died", flush=True)
+    print("same worker" if await workers.run(os.getpid) == first else "new worker", flush=True)
+    workers.close()
+
+asyncio.run(main())
+"""
+
+
+def test_work_past_its_deadline_in_a_worker_is_stopped_and_the_pool_goes_on() -> None:
+    """A piece of work over its deadline stops with WorkTimedOut and the worker stays;
+    work stuck where the alarm cannot reach ends its worker (WorkerDied) and a new
+    worker takes the next piece of work."""
+    done = subprocess.run(
+        [sys.executable, "-c", DEADLINE], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:4] == [
+        "timed out quickly stopped after 0.5 s",
+        "same worker",
+        "died",
+        "new worker",
+    ]
