@@ -162,12 +162,14 @@ def run_with_deadline(work: Callable[[], T], seconds: float) -> T:
     signal.setitimer(signal.ITIMER_REAL, seconds)
     signal.setitimer(signal.ITIMER_PROF, 2 * seconds)
     try:
-        return work()
+        try:
+            return work()
+        finally:  # an alarm here, as the work ends, is caught below too
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.setitimer(signal.ITIMER_PROF, 0)
     except _Deadline:
         raise WorkTimedOut(seconds) from None
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.setitimer(signal.ITIMER_PROF, 0)
         signal.signal(signal.SIGALRM, previous)
 
 
