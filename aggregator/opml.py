@@ -13,7 +13,8 @@ from defusedxml import DefusedXmlException
 from .errors import SourceError
 from .models import FeedSource
 from .parse import repair_markup
-from .sanitize import clean_text, xml_chars
+from .sanitize import xml_chars
+from .text import clean_text
 from .urls import is_placeholder_title
 
 # Largest OPML document read, in bytes (5 MiB); a larger one is refused with SourceError.

@@ -41,6 +41,7 @@ from .dates import best_date, has_time_of_day, parse_date
 from .errors import NotAFeed, ParseError
 from .media import MAX_MEDIA_PER_ENTRY, MAX_URL_CHARS, make_item, merge_media, parse_episode
 from .models import MediaItem, ParsedEntry, ParsedFeed
+from .text import CONTROL, clean_text
 from .urls import absolute_http_url, clean_link, is_http_url
 
 # feedparser maps the C1 range (0x80-0x9f) to windows-1252 with str.translate over a
@@ -128,19 +129,9 @@ def _document_base(url: str, headers: Mapping[str, str]) -> str:
 
 
 # --- text helpers -------------------------------------------------------------------------
-# (sanitize.clean_text implements the same rules; parse and sanitize are independent
-# translators, so the few lines needed for plain-text fields live here too.)
-_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
-_BIDI = re.compile("[\u202a-\u202e\u2066-\u2069]")
-_LINE_BREAKS = re.compile("[\r\n\u2028\u2029\x0b\x0c\x85]")
 _ENTITY = re.compile(r"&(?:#[0-9]+|#[xX][0-9a-fA-F]+|[A-Za-z][A-Za-z0-9]*);")
 _NAMED_REFERENCE = re.compile(r"&([A-Za-z][A-Za-z0-9]*);")
 _HTML_TYPES = frozenset({"text/html", "application/xhtml+xml", "html", "xhtml"})
-
-
-def _clean_line(text: str) -> str:
-    text = _BIDI.sub("", _CONTROL.sub("", _LINE_BREAKS.sub(" ", text)))
-    return " ".join(text.split())
 
 
 def _known_entities_only(text: str) -> str:
@@ -206,14 +197,14 @@ def _plain(value: object, content_type: str | None, limit: int, *, atom: bool = 
         raw = _html_text(raw)
     elif not atom and "&" in raw and _ENTITY.search(raw):
         raw = html.unescape(_known_entities_only(raw))
-    return _clean_line(raw)[:limit].rstrip()
+    return clean_text(raw)[:limit].rstrip()
 
 
 def _clean_html(value: str, limit: int) -> str:
     value = value[:limit]
     if "\r" in value:
         value = value.replace("\r\n", "\n").replace("\r", "\n")
-    return _CONTROL.sub("", value)
+    return CONTROL.sub("", value)
 
 
 def _text_to_html(text: str) -> str:
@@ -1044,7 +1035,7 @@ def _guid(value: object) -> str | None:
     the whole, so two that differ only after that many characters stay two."""
     if not isinstance(value, str):
         return None
-    guid = _clean_line(value)
+    guid = clean_text(value)
     if len(guid) > MAX_GUID_CHARS:
         return "sha256:" + hashlib.sha256(guid.encode("utf-8", "surrogatepass")).hexdigest()
     return guid or None
@@ -1205,7 +1196,7 @@ def _capped_media(
     if len(items) <= limits.max_media:
         return tuple(items)
     warnings.append(
-        f"entry {_clean_line((name or '(no link)')[:200])} has {len(items)} media items, "
+        f"entry {clean_text((name or '(no link)')[:200])} has {len(items)} media items, "
         f"over the cap of {limits.max_media}: kept the first {limits.max_media}"
     )
     return tuple(items[: limits.max_media])

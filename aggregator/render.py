@@ -22,7 +22,8 @@ from markupsafe import Markup
 
 from .media import format_duration, format_size, media_label, media_marker
 from .resources import resource_dir
-from .sanitize import clean_text, excerpt, sanitize_html, xml_chars
+from .sanitize import excerpt, sanitize_html, xml_chars
+from .text import clean_text
 from .urls import is_http_url
 
 TEMPLATES = resource_dir("templates")

@@ -21,10 +21,10 @@ from contextvars import ContextVar
 import nh3
 
 from .media import embed_link
+from .text import BIDI, CONTROL, HORIZONTAL_SPACE, clean_text
 from .urls import clean_link
 
 __all__ = [
-    "clean_text",
     "embeds_to_links",
     "excerpt",
     "excerpt_blocks",
@@ -346,15 +346,7 @@ _TEXT_CLEANER = nh3.Cleaner(
 )
 _CELL_TAG = re.compile(r"</?t[dh]>")
 _ANY_TAG = re.compile(r"<[^>]*>")  # output of _TEXT_CLEANER: bare tags, text escaped
-_HORIZONTAL_SPACE = re.compile(r"[^\S\n]+")
 _WHITESPACE = re.compile(r"[ \t\r\n\f]+")
-_BLANK_LINES = re.compile(r"\n(?:[ ]?\n)+")
-
-# C0 and C1 controls except tab and newline, DEL, lone surrogates, non-characters.
-_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
-# Bidirectional embeddings, overrides and isolates: they reorder what a reader sees.
-_BIDI = re.compile("[\u202a-\u202e\u2066-\u2069]")
-_LINE_BREAKS = re.compile("[\r\n\u2028\u2029\x0b\x0c\x85]")
 
 
 # What XML 1.0 cannot carry at all, escaped or not.
@@ -371,7 +363,7 @@ def xml_chars(text: str) -> str:
     return _XML_INVALID.sub("", text)
 
 
-_NEUTRALISED = re.compile(f"[\x0c{_HTML_CONTROL.pattern[1:-1]}{_BIDI.pattern[1:-1]}]")
+_NEUTRALISED = re.compile(f"[\x0c{_HTML_CONTROL.pattern[1:-1]}{BIDI.pattern[1:-1]}]")
 
 
 def _neutralise_characters(html: str) -> str:
@@ -379,7 +371,7 @@ def _neutralise_characters(html: str) -> str:
     out of plain-text fields: they would reorder or hide what a reader sees."""
     if _NEUTRALISED.search(html) is None:
         return html  # the common case: one scan instead of three
-    return _BIDI.sub("", _HTML_CONTROL.sub("", html.replace("\x0c", " ")))
+    return BIDI.sub("", _HTML_CONTROL.sub("", html.replace("\x0c", " ")))
 
 
 def html_to_text(html: str) -> str:
@@ -393,8 +385,8 @@ def html_to_text(html: str) -> str:
         text = html_lib.unescape(_ANY_TAG.sub("\n", markup))
     else:
         text = _WHITESPACE.sub(" ", html)
-    text = _BIDI.sub("", _CONTROL.sub("", text))
-    text = _HORIZONTAL_SPACE.sub(" ", text)
+    text = BIDI.sub("", CONTROL.sub("", text))
+    text = HORIZONTAL_SPACE.sub(" ", text)
     lines = (line.strip() for line in text.split("\n"))
     return "\n".join(line for line in lines if line)
 
@@ -469,20 +461,3 @@ def excerpt_blocks(html: str, limit: int = 300, max_blocks: int = 8) -> list[tup
         if left <= 0:
             break
     return blocks
-
-
-def clean_text(text: str, *, multiline: bool = False) -> str:
-    """A plain-text field fit to store and show: no controls, no bidi tricks.
-
-    Whitespace is collapsed. A single line unless ``multiline`` (then line breaks are
-    kept, at most one blank line in a row).
-    """
-    if not text:
-        return ""
-    if multiline:
-        text = _LINE_BREAKS.sub("\n", text.replace("\r\n", "\n"))
-        text = _BIDI.sub("", _CONTROL.sub("", text.replace("\t", " ")))
-        lines = [_HORIZONTAL_SPACE.sub(" ", line).strip() for line in text.split("\n")]
-        return _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip()
-    text = _BIDI.sub("", _CONTROL.sub("", _LINE_BREAKS.sub(" ", text)))
-    return " ".join(text.split())

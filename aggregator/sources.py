@@ -12,9 +12,9 @@ from .fetch import FeedFetcher
 from .models import Feed, FeedSource
 from .opml import read_opml, write_opml
 from .parse import parse_feed
-from .sanitize import clean_text
 from .store import Store
 from .store import feeds as feed_rows
+from .text import clean_text
 from .urls import is_http_url, is_placeholder_title
 
 

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aggregator.sanitize import clean_text, excerpt, html_to_text, sanitize_html
+from aggregator.sanitize import excerpt, html_to_text, sanitize_html
+from aggregator.text import clean_text
 
 BASE = "https://blog.example.org/2014/01/post/"
 FORBIDDEN = re.compile(

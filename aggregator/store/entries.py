@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
@@ -75,7 +76,7 @@ def _matching(
     One statement for all the columns (a ``UNION ALL`` of one indexed lookup per column
     and chunk of values), as long as the parameter limit allows: a poll asks this for
     every feed, and statements cost more than the lookups themselves."""
-    limit = db.conn.getlimit(_SQLITE_LIMIT_VARIABLE_NUMBER)
+    limit = db.conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
     found: dict[int, StoredEntry] = {}
     parts: list[str] = []
     params: list[Any] = []
@@ -112,9 +113,6 @@ _UPDATE_SQL = (
     + ", ".join(f"{name} = ?" for name in (*_RECORD_COLUMNS, "last_changed"))
     + " WHERE id = ? AND feed_id = ?"
 )
-# Host parameters one statement may carry (SQLITE_MAX_VARIABLE_NUMBER): 32,766 since
-# SQLite 3.32, 999 before; the connection says which (``_insert_rows``).
-_SQLITE_LIMIT_VARIABLE_NUMBER = 9
 
 
 def _values(record: EntryRecord) -> tuple[Any, ...]:
@@ -149,7 +147,7 @@ def _insert_rows(db: Database, rows: Sequence[tuple[Any, ...]]) -> dict[str, int
     halves the cost of indexing a poll's entries.
     """
     width = len(_INSERT_COLUMNS)
-    limit = db.conn.getlimit(_SQLITE_LIMIT_VARIABLE_NUMBER)
+    limit = db.conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
     per_statement = max(1, min(CHUNK, limit // width))
     row_marks = "(" + ", ".join("?" * width) + ")"
     head = f"INSERT INTO entries ({', '.join(_INSERT_COLUMNS)}) VALUES "
