@@ -13,7 +13,10 @@ Rules and their sources:
 - 304 Not Modified: success without a body; validators the 304 repeats or updates are
   kept, those it leaves out stay as they were (RFC 9110 §15.4.5).
 - Every hop a permanent redirect (301/308, RFC 9110 §15.4.2, §15.4.9): the feed moves
-  to the final URL, unless it is read from a local snapshot.
+  to the final URL, unless it is read from a local snapshot, and unless the move would
+  take an https feed to plain http (a downgrade is followed for this fetch, never
+  stored: one redirect, perhaps from a network in the middle, must not strip TLS from
+  every later poll; RFC 9110 §4.2.2).
 - 410 Gone (RFC 9110 §15.5.11): the feed is disabled, with the reason.
 - Any other failure (a 404 or 5xx, a timeout, a refused address, a document that is
   no feed, a parser that died): one more failure in a row, polled again after the
@@ -220,9 +223,16 @@ def _next(
 
 
 def _moved_to(feed: Feed, fetched: FetchResult, follow_moves: bool) -> str | None:
-    if follow_moves and fetched.permanent_url and fetched.permanent_url != feed.url:
-        return fetched.permanent_url
-    return None
+    target = fetched.permanent_url
+    if not follow_moves or not target or target == feed.url:
+        return None
+    if _scheme(feed.url) == "https" and _scheme(target) != "https":
+        return None  # a downgrade: followed for this fetch, not stored
+    return target
+
+
+def _scheme(url: str) -> str:
+    return url.split(":", 1)[0].strip().lower() if ":" in url else ""
 
 
 def _record(

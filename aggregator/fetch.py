@@ -757,7 +757,7 @@ class FeedFetcher:
                     hop.status in RETRY_AFTER_STATUSES and "retry-after" in hop.headers
                 )
                 if timing.slow_down:
-                    timing.hold = _retry_after_seconds(hop.headers)
+                    timing.hold = retry_after_hold(hop.headers)
                 self._check_status(hop)
                 if hop.status in REDIRECT_STATUSES:
                     return hop
@@ -970,19 +970,21 @@ def _connect_message(exc: httpx.ConnectError) -> str:
     return f"cannot connect: {text}"
 
 
-def _retry_after_seconds(headers: dict[str, str]) -> float:
-    """The delay a Retry-After asks for, in seconds; a date is read against the answer's
-    own Date header (RFC 9110 section 10.2.3), so no clock of ours is consulted."""
-    value = headers.get("retry-after", "").strip()
+def retry_after_hold(headers: dict[str, str]) -> float:
+    """How long (seconds) an answer's Retry-After keeps its host at one request (see
+    HostGate): read by ``polling.parse_retry_after``, the same reading as for the feed's
+    next poll, capped at ``MAX_HOST_HOLD``. A date is read against the answer's own
+    Date header, so no clock of ours is consulted. ``headers``: lower-case names.
+    Missing or unreadable (a date without a Date header too): ``DEFAULT_HOST_HOLD``."""
     try:
-        now = parsedate_to_datetime(headers.get("date", ""))
+        now: datetime | None = parsedate_to_datetime(headers.get("date", ""))
     except (TypeError, ValueError, IndexError, OverflowError):
-        if not value.isdigit():
-            return DEFAULT_HOST_HOLD  # a date, and nothing to read it against
-        now = datetime.fromtimestamp(0, UTC)  # seconds need no "now"
-    if now.tzinfo is None:
+        now = None  # seconds need no "now"; a date without one is unreadable
+    if now is not None and now.tzinfo is None:
         now = now.replace(tzinfo=UTC)
-    delay = parse_retry_after(value, now=now, cap=timedelta(seconds=MAX_HOST_HOLD))
+    delay = parse_retry_after(
+        headers.get("retry-after"), now=now, cap=timedelta(seconds=MAX_HOST_HOLD)
+    )
     return DEFAULT_HOST_HOLD if delay is None else delay.total_seconds()
 
 

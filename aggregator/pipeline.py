@@ -12,6 +12,7 @@ does the IO around them, in order:
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import random
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -33,7 +34,7 @@ from .store import Database, Store
 from .store import entries as entry_rows
 from .store import feeds as feed_rows
 from .urls import is_placeholder_title
-from .workers import ParseWorkers, WorkerDied, stop_on_signals
+from .workers import ParseWorkers, WorkerDied, WorkTimedOut, stop_on_signals
 
 if TYPE_CHECKING:
     from .prepare import PreparedFeed
@@ -43,6 +44,13 @@ BOOKKEEPING_BATCH = 256
 BOOKKEEPING_WAIT_SECONDS = 0.05
 """How long such a poll's record waits for others to join its transaction: a killed poll
 loses at most this much bookkeeping (never entries, which are written at once)."""
+
+log = logging.getLogger("aggregator.poll")
+
+PARSE_DEADLINE_SECONDS = 60.0
+"""How long one document may take to parse in a worker before it is stopped and its feed
+fails with a ParseError (a document built to be slow to parse: 1.8 MB of unclosed tags
+took 105 s; the largest legitimate feeds take a few seconds)."""
 
 PARSER_MODULE = "aggregator.prepare"
 """What the parse processes import once, before the first document (see workers)."""
@@ -130,13 +138,29 @@ class Poller:
 
         return list(await asyncio.gather(*(one(feed) for feed in feeds)))
 
-    async def _write(self, feed: Feed, work: Callable[[], PollSummary]) -> PollSummary:
-        """Run a feed's write; a database failure ends the poll (see ``store_failure``):
-        the writes still queued are not tried (each would wait out the busy timeout)."""
-        try:
+    def _guarded(self, work: Callable[[], T]) -> Callable[[], T]:
+        """``work`` as the database thread runs it: not tried once the database has failed
+        in this poll (it would wait out the busy timeout again), and its own failure is
+        kept at once, before the next queued write starts (see ``store_failure``)."""
+
+        def run() -> T:
             if self.store_failure is not None:
                 raise self.store_failure
-            return await self.db(work)
+            try:
+                return work()
+            except StoreError as error:
+                if self.store_failure is None:
+                    self.store_failure = error
+                raise
+
+        return run
+
+    async def _write(self, feed: Feed, work: Callable[[], PollSummary]) -> PollSummary:
+        """Run a feed's write; a database failure ends the poll (see ``store_failure``):
+        the writes still queued are not tried (each would wait out the busy timeout),
+        which is checked when the database thread comes to them."""
+        try:
+            return await self.db(self._guarded(work))
         except StoreError as error:
             if self.store_failure is None:
                 self.store_failure = error
@@ -207,6 +231,12 @@ class Poller:
                 parsed = Parsed(title=prepared.title, site_url=prepared.site_url)
             except ParseError as error:
                 parsed = error
+            except WorkTimedOut as error:
+                parsed = ParseError(
+                    f"parsing this document took too long ({error}); it is tried again at "
+                    "the next poll",
+                    url=feed.url,
+                )
             except WorkerDied:
                 if self.stopping:  # the workers went with a stop signal to the whole group
                     return PollSummary(
@@ -259,9 +289,11 @@ class Poller:
 
     async def _write_book(self, items: list[_Pending]) -> None:
         try:
-            if self.store_failure is not None:
-                raise self.store_failure
-            await self.db(partial(self._write_bookkeeping, [(i.feed, i.decision) for i in items]))
+            gone, blocked = await self.db(
+                self._guarded(
+                    partial(self._write_bookkeeping, [(i.feed, i.decision) for i in items])
+                )
+            )
         except StoreError as error:
             if self.store_failure is None:
                 self.store_failure = error
@@ -275,24 +307,43 @@ class Poller:
                 raise
         else:
             for item in items:
-                _settle(item.summary, _summary(item.feed, item.decision))
+                summary = (
+                    _removed(item.feed)
+                    if item.feed.id in gone
+                    else _summary(item.feed, item.decision)
+                )
+                if item.feed.id in blocked:
+                    summary = _move_not_made(summary, item.decision, blocked[item.feed.id])
+                _settle(item.summary, summary)
 
-    def _write_bookkeeping(self, decided: Sequence[tuple[Feed, PollDecision]]) -> None:
+    def _write_bookkeeping(
+        self, decided: Sequence[tuple[Feed, PollDecision]]
+    ) -> tuple[set[int], dict[int, int]]:
         """Polls that store no entries: their feed rows and fetch records, in one
-        transaction (run on the database thread)."""
+        transaction (run on the database thread). A feed removed since it was chosen is
+        left out (its row is gone). Returns the ids of those, and feed id -> the other
+        feed that already has the URL it was permanently moved to (not moved)."""
+        blocked: dict[int, int] = {}
         with self.store.write() as db:
-            for feed, decision in decided:
-                feed_rows.apply_feed_update(db, feed, decision.update)
-            feed_rows.record_fetches(db, [decision.fetch for _, decision in decided])
+            present = feed_rows.existing_feed_ids(db, (feed.id for feed, _ in decided))
+            kept = [(feed, decision) for feed, decision in decided if feed.id in present]
+            for feed, decision in kept:
+                holder = feed_rows.apply_feed_update(db, feed, decision.update)
+                if holder is not None:
+                    blocked[feed.id] = holder
+            feed_rows.record_fetches(db, [decision.fetch for _, decision in kept])
+        return {feed.id for feed, _ in decided} - present, blocked
 
     def _write_success(
         self, feed: Feed, decision: PollDecision, prepared: PreparedFeed
     ) -> PollSummary:
         now = decision.update.polled_at
         with self.store.write() as db:
+            if not feed_rows.existing_feed_ids(db, [feed.id]):
+                return _removed(feed)  # removed since it was chosen: nothing to write
             # The feed's row first: a new title re-indexes the feed's stored entries for
             # search (their source), so new entries are indexed once, with it.
-            feed_rows.apply_feed_update(db, feed, decision.update)
+            holder = feed_rows.apply_feed_update(db, feed, decision.update)
             plan = plan_poll(
                 db, feed.id, prepared.records, window=self.settings.poll.cross_post_window
             )
@@ -302,7 +353,7 @@ class Poller:
             feed_rows.record_fetch(
                 db, replace(decision.fetch, new=len(plan.inserts), updated=len(plan.updates))
             )
-        return PollSummary(
+        summary = PollSummary(
             feed_id=feed.id,
             url=feed.url,
             title=(
@@ -316,6 +367,7 @@ class Poller:
             duplicates=plan.duplicates,
             warnings=prepared.warnings,
         )
+        return summary if holder is None else _move_not_made(summary, decision, holder)
 
 
 @dataclass(frozen=True, slots=True)
@@ -342,6 +394,32 @@ def _not_stored(feed: Feed, error: StoreError) -> PollSummary:
         error=f"not stored: {error}",
         store_error=str(error),
     )
+
+
+REMOVED_DURING_POLL = "removed during the poll: nothing of it was stored"
+"""The note of a feed whose row was deleted (CLI, admin) while it was being polled."""
+
+
+def _removed(feed: Feed) -> PollSummary:
+    """The summary of a feed removed while it was polled: skipped, nothing written."""
+    return PollSummary(
+        feed_id=feed.id,
+        url=feed.url,
+        title=feed.title or feed.url,
+        status="skipped",
+        warnings=(REMOVED_DURING_POLL,),
+    )
+
+
+def _move_not_made(summary: PollSummary, decision: PollDecision, holder: int) -> PollSummary:
+    """``summary`` with a warning (also logged) that the feed's permanent move was not
+    made because feed ``holder`` already has that URL (the two are not merged)."""
+    note = (
+        f"permanently moved to {decision.update.url}, which feed {holder} already has: "
+        f"not moved (the two feeds are not merged; remove one of them)"
+    )
+    log.warning("feed %d (%s): %s", summary.feed_id, summary.url, note)
+    return replace(summary, warnings=(*summary.warnings, note))
 
 
 def _summary(feed: Feed, decision: PollDecision) -> PollSummary:
@@ -407,6 +485,7 @@ async def open_poller(
         settings.poll.parse_workers or os.cpu_count() or 1,
         preload=[PARSER_MODULE],
         inline_bytes=parse_in_process_bytes,
+        deadline=PARSE_DEADLINE_SECONDS,
     )
     try:
         async with FeedFetcher(settings.fetch, transport=transport) as fetcher:

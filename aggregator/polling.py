@@ -17,7 +17,7 @@ from .backoff import exponential_backoff
 
 # An HTTP-date is about 30 characters; anything much longer is not one.
 _MAX_RETRY_AFTER_CHARS = 64
-_SECONDS = re.compile(r"^[+-]?\d+(?:\.\d+)?$")
+_SECONDS = re.compile(r"[0-9]+")  # delay-seconds = 1*DIGIT (RFC 9110 section 10.2.3)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,21 +44,25 @@ def _jittered(delay: timedelta, jitter: float, rand: float) -> timedelta:
     return delay * (1.0 + spread * (2.0 * _clamp_rand(rand) - 1.0))
 
 
-def parse_retry_after(value: str | None, *, now: datetime, cap: timedelta) -> timedelta | None:
-    """The wait a Retry-After header asks for (THREATS H6).
+def parse_retry_after(
+    value: str | None, *, now: datetime | None, cap: timedelta
+) -> timedelta | None:
+    """The wait a Retry-After header asks for (RFC 9110 section 10.2.3; THREATS H6): the
+    one reading of that header, for the poll's next time and the fetcher's per-host gate.
 
-    Seconds or an HTTP-date. Missing or unreadable: None. Negative or in the past:
-    zero. More than ``cap`` (a billion seconds, a date in 2999): ``cap``.
+    ``Retry-After = HTTP-date / delay-seconds``, ``delay-seconds = 1*DIGIT``: ASCII
+    digits only, so ``+7200``, ``-5``, ``1.5`` and ``1e9`` are unreadable, like any
+    other text. A date is read against ``now`` (None: no time to read it against, so a
+    date is unreadable). Missing or unreadable: None. A date in the past: zero. More
+    than ``cap`` (a billion seconds, a date in 2999): ``cap``.
     """
     if value is None:
         return None
     text = value.strip()
-    if _SECONDS.match(text):
+    if _SECONDS.fullmatch(text):
         seconds = float(text)  # a thousand digits is inf here, never a huge int
-        if seconds <= 0:
-            return timedelta(0)
-        return cap if seconds >= cap.total_seconds() else timedelta(seconds=math.ceil(seconds))
-    if not text or len(text) > _MAX_RETRY_AFTER_CHARS:
+        return cap if seconds >= cap.total_seconds() else timedelta(seconds=seconds)
+    if now is None or not text or len(text) > _MAX_RETRY_AFTER_CHARS:
         return None
     try:
         when = parsedate_to_datetime(text)

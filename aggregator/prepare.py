@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 from .dedup import make_record
+from .errors import ParseError
 from .models import EntryRecord
 from .parse import ParseLimits, parse_feed
 from .sanitize import html_to_text, sanitize_html
@@ -39,7 +40,33 @@ def prepare_feed(
     limits: ParseLimits,
     now: datetime,
 ) -> PreparedFeed:
-    """Parse, sanitise and derive identity. Raises ParseError for unusable documents."""
+    """Parse, sanitise and derive identity. Raises ParseError for unusable documents.
+
+    This is where a document becomes records, so it is also where a fault of ours
+    stops: any other exception (a library or helper that chokes on a value we did not
+    foresee) becomes a ParseError naming the feed and the exception's type, so that one
+    feed fails and backs off while the rest of the poll goes on.
+    """
+    try:
+        return _prepare(content, url=url, headers=headers, limits=limits, now=now)
+    except ParseError:
+        raise
+    except Exception as error:  # the boundary: one feed fails, not the poll
+        raise ParseError(
+            f"the document could not be read ({type(error).__name__} while preparing "
+            "its entries); it is tried again at the next poll",
+            url=url,
+        ) from None
+
+
+def _prepare(
+    content: bytes,
+    *,
+    url: str,
+    headers: Mapping[str, str],
+    limits: ParseLimits,
+    now: datetime,
+) -> PreparedFeed:
     parsed = parse_feed(content, url=url, headers=headers, limits=limits)
     records = []
     for entry in parsed.entries:

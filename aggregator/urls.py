@@ -50,6 +50,8 @@ _TRACKING_NAMES = frozenset(
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 # Characters that browsers silently drop from URLs: used to hide "javascript:" schemes.
 _INVISIBLE = re.compile(r"[\x00-\x20\x7f\u00ad\u200b-\u200f\u2028-\u202e\u2060-\u2064\ufeff]")
+# Lone UTF-16 surrogates (a JSON "\\ud800" escape, a broken decoder) cannot be encoded.
+_SURROGATES = re.compile(r"[\ud800-\udfff]")
 _PERCENT_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 # Path characters left as they are; "%" keeps escapes that must stay escaped (%2F).
@@ -90,6 +92,12 @@ def is_tracking_parameter(name: str) -> bool:
     return lowered in _TRACKING_NAMES or lowered.startswith(_TRACKING_PREFIXES)
 
 
+def without_surrogates(text: str) -> str:
+    """``text`` without lone UTF-16 surrogates (U+D800 to U+DFFF), which no encoder
+    accepts (a JSON ``"\\ud800"`` escape decodes to one); other text is returned as is."""
+    return _SURROGATES.sub("", text) if _SURROGATES.search(text) else text
+
+
 def _split(url: str) -> SplitResult | None:
     try:
         parts = urlsplit(url)
@@ -109,6 +117,7 @@ def is_http_url(url: str | None) -> bool:
 
 def strip_tracking(url: str) -> str:
     """Drop tracking query parameters, keep everything else as it was."""
+    url = without_surrogates(url)
     if not _MAY_TRACK.search(url):
         return url
     parts = _split(url)
@@ -130,7 +139,7 @@ def absolute_http_url(url: str | None, base: str | None = None) -> str | None:
     """
     if url is None:
         return None
-    cleaned = _INVISIBLE.sub("", url).replace("\\", "/")
+    cleaned = without_surrogates(_INVISIBLE.sub("", url)).replace("\\", "/")
     if not cleaned:
         return None
     # An absolute http(s) URL with a host resolves to itself: no join needed.

@@ -50,6 +50,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
+from functools import partial
 from multiprocessing import forkserver
 from typing import TypeVar
 
@@ -127,6 +128,59 @@ class WorkerDied(Exception):
     this piece of work; the next piece of work gets a fresh process."""
 
 
+class WorkTimedOut(Exception):
+    """A piece of work ran past its deadline in a worker process and was stopped there;
+    the worker goes on with the next piece of work. ``seconds`` is the deadline."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(seconds)  # the only argument: it pickles to the owner as it is
+        self.seconds = seconds
+
+    def __str__(self) -> str:
+        return f"stopped after {self.seconds:g} s"
+
+
+class _Deadline(BaseException):
+    """Raised inside a worker by the deadline's alarm; a BaseException, so that the work's
+    own ``except Exception`` cannot swallow it."""
+
+
+def _expired(signum: int, frame: object) -> None:
+    raise _Deadline
+
+
+def run_with_deadline(work: Callable[[], T], seconds: float) -> T:
+    """Run ``work`` in this (worker) process's main thread, stopping it after ``seconds``
+    of wall time: SIGALRM interrupts it between Python steps (``WorkTimedOut``); work
+    stuck inside C code, which the alarm cannot interrupt, is ended with its process by
+    SIGPROF after twice as many seconds of CPU time (``WorkerDied`` for the owner, and
+    the pool is replaced). Linux and other POSIX systems; ``seconds <= 0``: no deadline."""
+    if seconds <= 0:
+        return work()
+    previous = signal.signal(signal.SIGALRM, _expired)
+    signal.signal(signal.SIGPROF, signal.SIG_DFL)  # default action: end the process
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    signal.setitimer(signal.ITIMER_PROF, 2 * seconds)
+    try:
+        try:
+            return work()
+        finally:  # an alarm here, as the work ends, is caught below too
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.setitimer(signal.ITIMER_PROF, 0)
+    except _Deadline:
+        raise WorkTimedOut(seconds) from None
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+
+
+INLINE_DOCUMENT_BYTES = 256 * 1024
+"""The largest document parsed in the owner's process (see ParseWorkers): every document
+of the benchmark corpus (at most 228 KB; 119 to 183 KB in the 2- and 20-feed one-shot
+polls) is under it, while a document built to be slow to parse (deep nesting, a million
+unclosed tags: 1.8 MB took 105 s and 441 MB) is over it and costs a worker, not the
+poll."""
+
+
 class ParseWorkers:
     """Where documents are parsed: in this process while the work is small, else in
     worker processes, started on first use, off the event loop, replaced if one dies.
@@ -134,20 +188,35 @@ class ParseWorkers:
     Spawning a worker waits for the fork server to import the parser (about 0.3 s per
     worker on a small machine), more than parsing a few small documents costs. So the
     first ``inline_bytes`` bytes of documents (``size`` given to ``run``) are parsed
-    here, on one helper thread (the event loop stays free), and the processes start
-    only when the work grows past that: a poll that parses nothing (all 304) or little
-    starts none. ``inline_bytes = 0`` sends every document to the processes (the
-    long-running service does so: its web app shares the event loop).
+    here, on one helper thread (the event loop stays free), as long as each document
+    is at most ``inline_document_bytes`` (``INLINE_DOCUMENT_BYTES``): a bigger one
+    (which may be built to be slow to parse) goes to a worker, and so does everything
+    after it. The processes start only when the work grows past that: a poll that
+    parses nothing (all 304) or a few small documents starts none. ``inline_bytes = 0``
+    sends every document to the processes (the long-running service does so: its web
+    app shares the event loop).
 
     Workers start on a helper thread. A worker that dies breaks its pool: the documents
     in flight fail with ``WorkerDied`` and the next one gets a new pool, so one hostile
-    document cannot stop a long-running service from parsing.
+    document cannot stop a long-running service from parsing. ``deadline`` (seconds, 0:
+    none) bounds each piece of work in a worker (see ``run_with_deadline``); the small
+    documents parsed in this process have none.
     """
 
-    def __init__(self, count: int, preload: Sequence[str] = (), *, inline_bytes: int = 0) -> None:
+    def __init__(
+        self,
+        count: int,
+        preload: Sequence[str] = (),
+        *,
+        inline_bytes: int = 0,
+        inline_document_bytes: int = INLINE_DOCUMENT_BYTES,
+        deadline: float = 0.0,
+    ) -> None:
         self.count = count
         self.preload = tuple(preload)
         self.inline_bytes = max(inline_bytes, 0)
+        self.inline_document_bytes = max(inline_document_bytes, 0)
+        self.deadline = deadline
         self.inline_spent = 0  # bytes parsed (or being parsed) in this process
         self._inline: ThreadPoolExecutor | None = None
         self._ready: asyncio.Future[ProcessPoolExecutor] | None = None
@@ -182,7 +251,7 @@ class ParseWorkers:
     def _take_inline(self, size: int) -> bool:
         if self.inline_bytes <= 0 or self._ready is not None:
             return False
-        if self.inline_spent + size > self.inline_bytes:
+        if size > self.inline_document_bytes or self.inline_spent + size > self.inline_bytes:
             return False
         self.inline_spent += size
         return True
@@ -190,7 +259,8 @@ class ParseWorkers:
     async def run(self, work: Callable[[], T], *, size: int = 0) -> T:
         """Run ``work`` (a picklable callable) and return its result; ``size`` is its
         share of the inline budget (a document's length in bytes). Raises what ``work``
-        raises, or ``WorkerDied`` when its process ended under it."""
+        raises, ``WorkTimedOut`` when it ran past the deadline in a worker, or
+        ``WorkerDied`` when its process ended under it."""
         loop = asyncio.get_running_loop()
         if self._take_inline(size):
             if self._inline is None:
@@ -198,6 +268,10 @@ class ParseWorkers:
             return await loop.run_in_executor(self._inline, work)
         pool = await self._pool()
         try:
+            if self.deadline > 0:
+                return await loop.run_in_executor(
+                    pool, partial(run_with_deadline, work, self.deadline)
+                )
             return await loop.run_in_executor(pool, work)
         except BrokenProcessPool:
             if self._current is pool:

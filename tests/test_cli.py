@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -415,3 +416,36 @@ def test_usage_and_config_mistakes_are_error_lines_too(tmp_path: Path) -> None:
     typo.write_text('database = "db.sqlite3"\n[fetch]\nmax_redirects = -5\n')
     result = run("status", config=typo, check=False)
     assert result.stderr == f"error: {typo}: fetch.max_redirects: must be at least 0, not -5\n"
+
+
+LONE_SURROGATE_FEED = (
+    b'{"version":"https://jsonfeed.org/version/1.1","title":"Odd",'
+    b'"items":[{"id":"1","url":"\\ud800"}]}'
+)
+
+
+def test_a_feed_whose_document_trips_a_helper_fails_alone_and_the_poll_goes_on(
+    tmp_path: Path, feed_server: FeedServer
+) -> None:
+    """A JSON Feed item whose url is a lone surrogate (escaped in JSON, which no encoder
+    takes): the surrogate is dropped, every feed is stored, no traceback, exit 0, and
+    every feed has its next poll."""
+    cfg = config(tmp_path)
+    good = [
+        feed_server.add(f"/good{i}.xml", body=rss([Item(f"Post {i}", link=f"https://b.test/{i}")]))
+        for i in range(3)
+    ]
+    odd = feed_server.add(
+        "/odd.json", body=LONE_SURROGATE_FEED, content_type="application/feed+json"
+    )
+    for url in [*good, odd]:
+        run("feeds", "add", url, config=cfg)
+    polled = run("poll", config=cfg, check=False)
+    assert polled.returncode == 0, polled.stderr
+    assert "Traceback" not in polled.stderr
+    assert "4 feeds: 4 new" in polled.stdout and "0 failed" in polled.stdout
+    with sqlite3.connect(tmp_path / "db.sqlite3") as conn:
+        assert conn.execute("SELECT count(*) FROM entries").fetchone() == (4,)
+        assert conn.execute("SELECT count(*) FROM feeds WHERE next_poll_at IS NULL").fetchone() == (
+            0,
+        )

@@ -32,6 +32,7 @@ from aggregator.polling import PollPolicy
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 URL = "https://blog.example/feed.xml"
 NEW_URL = "https://blog.example/atom.xml"
+HTTP_URL = "http://blog.example/atom.xml"
 POLICY = PollPolicy()  # 30 min interval, 5 min floor, backoff 5 min doubling to 12 h, ±10 %
 MIDDLE = 0.5  # the random number that makes the jitter zero
 
@@ -465,10 +466,30 @@ def test_validators(result: FetchResult, etag: str | None, last_modified: str | 
         (fetched(200, permanent_url=URL), True, None),  # moved to where it is
         (failed(status_error(500), 500, permanent_url=NEW_URL), True, None),  # no move on failure
         (failed(status_error(410), 410, permanent_url=NEW_URL), True, None),
+        (fetched(200, final_url=HTTP_URL, permanent_url=HTTP_URL), True, None),  # downgrade
+        (fetched(304, final_url=HTTP_URL, permanent_url=HTTP_URL), True, None),
+        (
+            fetched(200, final_url=HTTP_URL.upper(), permanent_url="HTTP://Blog.example/x"),
+            True,
+            None,
+        ),
     ],
-    ids=["301 200", "301 304", "302", "snapshot", "same url", "301 500", "301 410"],
+    ids=[
+        "301 200",
+        "301 304",
+        "302",
+        "snapshot",
+        "same url",
+        "301 500",
+        "301 410",
+        "https to http 200",
+        "https to http 304",
+        "https to HTTP",
+    ],
 )
 def test_moves(result: FetchResult, follow: bool, moved: str | None) -> None:
+    """Permanent moves are stored, except to where the feed is, on failure, for a snapshot,
+    and from https to plain http (a downgrade is followed, not stored)."""
     parsed = PARSED if result.content is not None else None
     decision = decide_poll(
         feed(), result, parsed, now=NOW, rand=MIDDLE, policy=POLICY, follow_moves=follow

@@ -14,6 +14,7 @@ import time
 import tracemalloc
 import zlib
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,8 @@ from aggregator.errors import (
     FetchTooManyRedirects,
 )
 from aggregator.fetch import (
+    DEFAULT_HOST_HOLD,
+    MAX_HOST_HOLD,
     PER_HOST_START,
     AddressRefused,
     FeedFetcher,
@@ -40,8 +43,10 @@ from aggregator.fetch import (
     GuardedTransport,
     HostGate,
     is_public_address,
+    retry_after_hold,
 )
 from aggregator.models import FetchResult
+from aggregator.polling import parse_retry_after
 
 RSS = b'<?xml version="1.0"?><rss version="2.0"><channel><title>t</title></channel></rss>'
 LAST_MODIFIED = "Tue, 02 Jan 2024 10:00:00 GMT"
@@ -968,3 +973,33 @@ async def test_http2_carries_many_requests_on_one_connection(
         assert versions == {"2"} and len(connections) == 1
     else:
         assert versions == {"1.1"} and 1 < len(connections) <= PER_HOST_START + 20
+
+
+_DATE = "Sun, 01 Jun 2025 12:00:00 GMT"
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "date", "hold", "poll_delay"),
+    [
+        ("120", None, 120.0, timedelta(seconds=120)),
+        ("0", None, 0.0, timedelta(0)),
+        ("+7200", None, DEFAULT_HOST_HOLD, None),  # delay-seconds = 1*DIGIT
+        ("1.5", None, DEFAULT_HOST_HOLD, None),
+        ("-5", None, DEFAULT_HOST_HOLD, None),
+        ("soon", _DATE, DEFAULT_HOST_HOLD, None),
+        ("9" * 500, None, MAX_HOST_HOLD, timedelta(hours=24)),
+        ("Sun, 01 Jun 2025 12:10:00 GMT", _DATE, 600.0, timedelta(minutes=10)),
+        ("Sun, 01 Jun 2025 12:10:00 GMT", None, DEFAULT_HOST_HOLD, timedelta(minutes=10)),
+    ],
+)
+def test_retry_after_is_read_one_way_by_the_host_gate_and_the_poll(
+    retry_after: str, date: str | None, hold: float, poll_delay: timedelta | None
+) -> None:
+    """One reading of Retry-After (RFC 9110 section 10.2.3) for the fetcher's per-host
+    hold and the feed's next poll: what one cannot read, the other cannot either (the
+    gate then holds ``DEFAULT_HOST_HOLD``); a date needs a time to be read against (the
+    answer's Date for the gate, the poll's clock for the feed)."""
+    headers = {"retry-after": retry_after, **({"date": date} if date else {})}
+    assert retry_after_hold(headers) == hold
+    now = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
+    assert parse_retry_after(retry_after, now=now, cap=timedelta(hours=24)) == poll_delay

@@ -933,3 +933,86 @@ def test_a_warm_poll_writes_its_bookkeeping_in_few_transactions(
     for feed_id in unchanged:
         feed = feed_rows.get_feed(store.db, feed_id)
         assert feed is not None and feed.error_count == 0 and feed.last_polled_at == clock.now
+
+
+def test_a_feed_removed_during_the_poll_is_skipped_and_the_others_are_stored(setup) -> None:
+    """Another connection deletes feeds while their answers are in flight (between fetch
+    and write): one with entries to store, one whose poll only books a 304 and one a
+    failure, sharing the bookkeeping transaction with feeds that stay. The removed ones
+    say so and write nothing; every other feed is stored; nobody reports a store error."""
+    settings, store, clock = setup
+    urls = {
+        name: f"https://blog.test/{name}.xml"
+        for name in ("keep", "gone_ok", "gone_304", "gone_err", "keep_304", "keep_err")
+    }
+    ids = {name: add(store, url) for name, url in urls.items()}
+    other = Store.open(settings.database)
+    removed: list[int] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        name = str(request.url).rsplit("/", 1)[-1].removesuffix(".xml")
+        if name.startswith("gone"):  # a real delete, from another connection, mid-poll
+            with other.write() as db:
+                assert feed_rows.remove_feed(db, ids[name])
+            removed.append(ids[name])
+        if name.endswith("_304"):
+            return httpx.Response(304)
+        if name.endswith("_err"):
+            return httpx.Response(500, content=b"boom")
+        return httpx.Response(200, content=rss(ITEMS), headers=RSS_TYPE)
+
+    summaries = {
+        s.feed_id: s for s in poll(settings, store, clock, transport=httpx.MockTransport(answer))
+    }
+    other.close()
+    assert sorted(removed) == sorted(ids[n] for n in ("gone_ok", "gone_304", "gone_err"))
+    assert all(s.store_error is None for s in summaries.values())
+    for name in ("gone_ok", "gone_304", "gone_err"):
+        summary = summaries[ids[name]]
+        assert summary.status == "skipped" and "removed during the poll" in summary.warnings[0]
+    assert (summaries[ids["keep"]].status, summaries[ids["keep"]].new) == ("ok", 2)
+    assert summaries[ids["keep_304"]].status == "not_modified"
+    assert summaries[ids["keep_err"]].status == "error"
+    assert rows(store, "SELECT DISTINCT feed_id FROM entries") == [(ids["keep"],)]
+    assert sorted(r[0] for r in rows(store, "SELECT feed_id FROM fetches")) == sorted(
+        ids[n] for n in ("keep", "keep_304", "keep_err")
+    )
+    assert rows(store, "SELECT count(*) FROM feeds WHERE next_poll_at IS NOT NULL") == [(3,)]
+
+
+def test_a_move_to_a_url_another_feed_has_is_not_made_and_says_so(
+    setup, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two feeds are permanently redirected (one to a document, one to a 304) to a URL
+    that a third feed already polls: they are not moved or merged, and the poll's summary
+    and a log warning name both feeds, so the operator sees it."""
+    settings, store, clock = setup
+    target = "https://blog.test/new.xml"
+    moved, moved_304 = "https://blog.test/old.xml", "https://blog.test/older.xml"
+    transport, _ = scripted(
+        {
+            target: [httpx.Response(200, content=rss(ITEMS), headers=RSS_TYPE)],
+            moved: [httpx.Response(301, headers={"location": "/new.xml"})],
+            moved_304: [httpx.Response(308, headers={"location": "/new304.xml"})],
+            "https://blog.test/new304.xml": [httpx.Response(304)],
+        }
+    )
+    holder_id, moved_id = add(store, target), add(store, moved)
+    holder_304 = add(store, "https://blog.test/new304.xml")
+    moved_304_id = add(store, moved_304)
+    with caplog.at_level("WARNING", logger="aggregator.poll"):
+        summaries = {s.feed_id: s for s in poll(settings, store, clock, transport=transport)}
+    for feed_id, holder in ((moved_id, holder_id), (moved_304_id, holder_304)):
+        summary = summaries[feed_id]
+        assert summary.status in ("ok", "not_modified") and summary.store_error is None
+        (note,) = summary.warnings
+        assert f"feed {holder} already has" in note and "not moved" in note
+        assert any(
+            f"feed {feed_id} " in r.getMessage() and f"feed {holder} " in r.getMessage()
+            for r in caplog.records
+        )
+    assert summaries[moved_id].new + summaries[moved_id].duplicates == 2
+    moved_feed = feed_rows.get_feed(store.db, moved_id)
+    assert moved_feed is not None and moved_feed.url == moved
+    moved_304_feed = feed_rows.get_feed(store.db, moved_304_id)
+    assert moved_304_feed is not None and moved_304_feed.url == moved_304

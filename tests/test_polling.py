@@ -33,8 +33,11 @@ NO_JITTER = PollPolicy(jitter=0.0)
         ("120", timedelta(seconds=120)),
         (" 120 ", timedelta(seconds=120)),
         ("0", timedelta(0)),
-        ("1.5", timedelta(seconds=2)),
-        ("-5", timedelta(0)),
+        ("1.5", None),  # delay-seconds is 1*DIGIT (RFC 9110 section 10.2.3)
+        ("-5", None),
+        ("+7200", None),
+        ("\u0661\u0662", None),  # Arabic-Indic digits are not DIGIT
+        ("007", timedelta(seconds=7)),
         ("1000000000", CAP),
         ("9" * 5000, CAP),
         ("Sun, 01 Jun 2025 12:10:00 GMT", timedelta(minutes=10)),
@@ -69,7 +72,10 @@ def test_parse_retry_after_never_crashes_and_stays_in_bounds(value: str) -> None
 
 @given(st.integers(min_value=-(10**12), max_value=10**12))
 def test_retry_after_seconds_are_clamped(seconds: int) -> None:
-    expected = CAP if seconds >= CAP.total_seconds() else timedelta(seconds=max(seconds, 0))
+    if seconds < 0:
+        expected = None  # "-5" is not delay-seconds
+    else:
+        expected = CAP if seconds >= CAP.total_seconds() else timedelta(seconds=seconds)
     assert parse_retry_after(str(seconds), now=NOW, cap=CAP) == expected
 
 

@@ -265,3 +265,39 @@ def test_k6_one_digest_per_period_over_clock_jumps_and_daylight_saving(tmp_path:
     assert sorted(sent_ids) == [entry_id for (entry_id,) in wanted]
     assert store.integrity_ok()
     store.close()
+
+
+def test_k4_after_a_lock_failure_the_queued_writes_are_not_tried(
+    tmp_path: Path, feed_server: FeedServer
+) -> None:
+    """K4: another process holds the write lock while many feeds are polled: the first
+    write waits out the busy timeout and fails; the writes queued behind it are not tried
+    (each would wait as long again), so the poll ends within about one busy timeout, every
+    feed says why in one line, and nothing is half written."""
+    busy_ms = 1500
+    settings = make_settings(tmp_path)
+    store = Store.open(settings.database, pragmas={"busy_timeout": busy_ms})
+    clock = Clock()
+    for i in range(16):
+        add(store, feed_server.add(f"/f{i}.xml", body=big_feed(3, f"f{i}")))
+    before = snapshot(store)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(settings.database)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"locked\n"
+        started = time.monotonic()
+        summaries = poll(settings, store, clock)
+        elapsed = time.monotonic() - started
+    finally:
+        holder.communicate(b"", timeout=10)
+    assert len(summaries) == 16
+    assert all(s.store_error and "locked" in s.store_error for s in summaries)
+    assert all(s.error and "\n" not in s.error for s in summaries)
+    # One busy timeout, plus fetching and parsing 16 small feeds; a wait per queued write
+    # would be several busy timeouts.
+    assert elapsed < 2 * busy_ms / 1000 + 2.0, elapsed
+    assert store.integrity_ok() and snapshot(store) == before
+    store.close()

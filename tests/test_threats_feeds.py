@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import random
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -15,6 +16,9 @@ from starlette.testclient import TestClient
 from threatkit import ADMIN_PASSWORD, START, Clock, add, make_settings, poll, rows
 
 from aggregator.config import Settings
+from aggregator.errors import ParseError
+from aggregator.parse import ParseLimits
+from aggregator.prepare import prepare_feed
 from aggregator.store import Store
 from aggregator.store import feeds as feed_rows
 from aggregator.web import create_app
@@ -242,3 +246,92 @@ def test_f6_guid_churn_and_duplicate_guids_make_no_duplicates(
     with client_for(settings, clock) as client:
         titles = ENTRY_TITLE.findall(client.get("/").text)
     assert sorted(titles) == ["Post 1", "Post 2", "Post 3"]
+
+
+# --- One document cannot end the poll: prepare_feed raises ParseError or nothing ----------
+
+_ODD_VALUES = [
+    '"\\ud800"',
+    '"\\udfff\\ud800x"',
+    '"https://a.test/p\\ud800?q=\\udc00&utm_source=\\ud800#\\ud800"',
+    '"http://[::1"',
+    '"//\\ud800/x"',
+    "1e999",
+    "-1e999",
+    "123456789012345678901234567890123456789012345678901234567890",
+    "null",
+    "true",
+    "[]",
+    '[{"a": 1}]',
+    "{}",
+    '{"url": "\\ud800"}',
+    '""',
+    '"' + "x" * 5000 + '"',
+]
+_JSON_FIELDS = [
+    "id", "url", "external_url", "title", "content_html", "content_text", "summary",
+    "image", "banner_image", "date_published", "date_modified", "authors", "author",
+    "tags", "language", "attachments",
+]  # fmt: skip
+_XML_VALUES = [
+    "&#xD800;", "\U0001f600", "1e999", "99999999999999999999", "http://[::1",
+    "https://a.test/\u200b?utm_x=1", "<![CDATA[\x00]]>", "&undefined;", "%ZZ%ff%",
+    "javascript:alert(1)",
+]  # fmt: skip
+_XML_FIELDS = ["title", "link", "guid", "pubDate", "description", "author", "category"]
+
+
+def _odd_json(rng: random.Random) -> bytes:
+    item = {name: rng.choice(_ODD_VALUES) for name in rng.sample(_JSON_FIELDS, rng.randint(1, 8))}
+    items = ",".join(f'"{k}": {v}' for k, v in item.items())
+    top = rng.choice(['"title": "t"', '"title": "\\ud800"', '"home_page_url": "\\udbff"'])
+    return (
+        f'{{"version": "https://jsonfeed.org/version/1.1", {top}, "items": [{{{items}}}]}}'
+    ).encode("utf-8", "surrogatepass")
+
+
+def _odd_xml(rng: random.Random) -> bytes:
+    fields = rng.sample(_XML_FIELDS, rng.randint(1, len(_XML_FIELDS)))
+    item = "".join(f"<{f}>{rng.choice(_XML_VALUES)}</{f}>" for f in fields)
+    if rng.random() < 0.5:
+        return f"<rss version='2.0'><channel><title>t</title><item>{item}</item></channel></rss>".encode()
+    entry = item.replace("<link>", "<link href='").replace("</link>", "'/>")
+    return f"<feed xmlns='http://www.w3.org/2005/Atom'><entry>{entry}</entry></feed>".encode()
+
+
+def test_odd_documents_end_in_records_or_one_parse_error_never_another_exception() -> None:
+    """Seeded mutations of JSON Feed and RSS/Atom documents (lone surrogates, huge and
+    infinite numbers, values of the wrong type, broken URLs): ``prepare_feed`` returns
+    records or raises ParseError (NotAFeed included), whose message is one line naming
+    the feed; no other exception escapes to end a poll, and none needs the safety net."""
+    rng = random.Random(20261129)
+    url = "https://odd.test/feed"
+    for n in range(400):
+        document = _odd_json(rng) if n % 2 else _odd_xml(rng)
+        try:
+            prepared = prepare_feed(document, url=url, headers={}, limits=ParseLimits(), now=START)
+        except ParseError as error:
+            assert url in str(error) and "\n" not in str(error), document
+            # The safety net caught nothing: the helpers themselves take such values.
+            assert "while preparing" not in str(error), (document, str(error))
+        else:
+            for record in prepared.records:
+                for value in (record.link, record.canonical_url, record.title, record.text):
+                    if value is not None:
+                        value.encode("utf-8")  # storable: no lone surrogate left
+
+
+def test_an_unexpected_exception_while_preparing_becomes_the_feeds_parse_error() -> None:
+    """Whatever fails inside ``prepare_feed`` is that feed's ParseError: one line with the
+    feed's URL and the exception's type."""
+    with pytest.raises(ParseError) as caught:
+        prepare_feed(
+            b"<rss/>",
+            url="https://odd.test/feed",
+            headers={},
+            limits=None,
+            now=START,  # type: ignore[arg-type]
+        )
+    message = str(caught.value)
+    assert message.startswith("https://odd.test/feed: ") and "AttributeError" in message
+    assert "\n" not in message

@@ -293,3 +293,22 @@ def test_clean_link_never_returns_a_non_http_url(url: str, base: str | None) -> 
 )
 def test_placeholder_titles_are_empty_or_urls(title: str | None, placeholder: bool) -> None:
     assert is_placeholder_title(title, "http://x.test/feed.xml") is placeholder
+
+
+@pytest.mark.parametrize(
+    ("url", "canonical", "clean"),
+    [
+        ("\ud800", None, None),
+        ("https://a.test/p\ud800", "https://a.test/p", "https://a.test/p"),
+        ("https://a.test/p?q=\udc00&utm_source=x", "https://a.test/p?q=", "https://a.test/p?q="),
+        ("https://a.test/p?utm_source=\ud800&b=1", "https://a.test/p?b=1", "https://a.test/p?b=1"),
+        ("https://a.test/p#\udfffx", "https://a.test/p#x", "https://a.test/p#x"),
+    ],
+)
+def test_lone_surrogates_are_dropped_from_urls(
+    url: str, canonical: str | None, clean: str | None
+) -> None:
+    """A lone surrogate (a JSON "\\ud800" escape) cannot be encoded: URL helpers drop it."""
+    assert canonical_url(url) == canonical
+    assert clean_link(url) == clean
+    assert "\ud800" not in strip_tracking(url) and "\udc00" not in strip_tracking(url)

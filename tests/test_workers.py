@@ -340,3 +340,98 @@ def test_work_runs_in_process_until_the_budget_is_spent_then_in_the_workers() ->
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n")[:3] == ["False", "True 90", "here here worker worker"]
+
+
+DOCUMENT_BOUND = f"""
+import asyncio, os
+from aggregator.workers import ParseWorkers
+
+async def main():
+    workers = ParseWorkers(
+        {WORKERS}, preload=["aggregator.prepare"], inline_bytes=1000, inline_document_bytes=100
+    )
+    pids = [await workers.run(os.getpid, size=100)]
+    pids.append(await workers.run(os.getpid, size=101))  # under the budget, over the bound
+    pids.append(await workers.run(os.getpid, size=1))  # once started, always the workers
+    print(workers.inline_spent, flush=True)
+    print(" ".join("here" if pid == os.getpid() else "worker" for pid in pids), flush=True)
+    workers.close()
+
+asyncio.run(main())
+"""
+
+
+def test_a_document_over_the_in_process_bound_goes_to_a_worker_even_within_the_budget() -> None:
+    """Only small documents are parsed in the owner's process: a bigger one (perhaps
+    built to be slow to parse) costs a worker, even while the total budget has room."""
+    done = subprocess.run(
+        [sys.executable, "-c", DOCUMENT_BOUND], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:2] == ["100", "here worker worker"]
+
+
+def test_a_poll_sends_a_document_over_the_bound_to_a_worker_not_its_own_process(
+    tmp_path: Path, feed_server: FeedServer
+) -> None:
+    """``aggregator poll`` with the default budget (1 MB) and one 0.6 MB document of
+    200,000 unclosed tags (a parse of it here would block the other feeds' parses): a
+    worker is started for it, the poll ends, and the other feeds are stored."""
+    config = write_config(tmp_path, feed_server, quick=2, slow=0, delay=0.0, in_process="")
+    hostile = b"<rss version='2.0'><channel><title>t</title><item><description>" + b"<a>" * 200_000
+    url = feed_server.add("/hostile.xml", body=hostile)
+    with config.open("a") as extra:
+        extra.write(f'[[feeds]]\nurl = "{url}"\n')
+    log = tmp_path / "out.log"
+    seen: dict[Proc, int] = {}
+    with started(aggregator(config, "poll"), log) as process:
+        while process.poll() is None:
+            seen.update(descendants(process.pid))
+            time.sleep(0.02)
+        assert process.returncode == 0, log.read_text()
+    assert seen  # the fork server and a worker (a small poll starts none, see above)
+    with contextlib.closing(sqlite3.connect(tmp_path / "db.sqlite3")) as db:
+        others = "SELECT count(*) FROM entries WHERE title LIKE 'Feed %'"
+        assert db.execute(others).fetchone() == (40,)  # 2 feeds x 20
+
+
+DEADLINE = """
+import asyncio, os, time
+from functools import partial
+from aggregator.workers import ParseWorkers, WorkerDied, WorkTimedOut
+
+async def main():
+    workers = ParseWorkers(1, deadline=0.5)
+    first = await workers.run(os.getpid)
+    started = time.monotonic()
+    try:
+        await workers.run(partial(time.sleep, 30))  # Python code: the alarm stops it
+    except WorkTimedOut as error:
+        quick = time.monotonic() - started < 10  # not the 30 s the work asked for
+        print("timed out", "quickly" if quick else "slowly", error, flush=True)
+    print("same worker" if await workers.run(os.getpid) == first else "new worker", flush=True)
+    try:  # stuck in C (one call of a builtin): the alarm cannot stop it, the CPU limit can
+        await workers.run(partial(sum, range(10**12)))
+    except WorkerDied:
+        print("died", flush=True)
+    print("same worker" if await workers.run(os.getpid) == first else "new worker", flush=True)
+    workers.close()
+
+asyncio.run(main())
+"""
+
+
+def test_work_past_its_deadline_in_a_worker_is_stopped_and_the_pool_goes_on() -> None:
+    """A piece of work over its deadline stops with WorkTimedOut and the worker stays;
+    work stuck where the alarm cannot reach ends its worker (WorkerDied) and a new
+    worker takes the next piece of work."""
+    done = subprocess.run(
+        [sys.executable, "-c", DEADLINE], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:4] == [
+        "timed out quickly stopped after 0.5 s",
+        "same worker",
+        "died",
+        "new worker",
+    ]

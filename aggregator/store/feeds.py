@@ -68,6 +68,20 @@ def get_feed(db: Database, feed_id: int) -> Feed | None:
     return _feed(rows[0]) if rows else None
 
 
+def existing_feed_ids(db: Database, feed_ids: Iterable[int]) -> set[int]:
+    """Which of ``feed_ids`` still have a row (a feed may be removed while it is polled);
+    read inside the caller's transaction, so the answer holds until it commits."""
+    wanted = sorted(set(feed_ids))
+    found: set[int] = set()
+    for start in range(0, len(wanted), 500):  # under SQLite's limit on parameters
+        chunk = wanted[start : start + 500]
+        marks = ", ".join("?" * len(chunk))
+        found.update(
+            row[0] for row in db.execute(f"SELECT id FROM feeds WHERE id IN ({marks})", chunk)
+        )
+    return found
+
+
 def feed_by_url(db: Database, url: str) -> Feed | None:
     """The feed polled at exactly this URL (as stored, not canonicalised), or None."""
     rows = _rows(db, "SELECT * FROM feeds WHERE url = ?", [url])
@@ -135,14 +149,16 @@ def due_feeds(db: Database, now: datetime) -> list[Feed]:
     return [_feed(row) for row in rows]
 
 
-def apply_feed_update(db: Database, feed: Feed, update: FeedUpdate) -> None:
+def apply_feed_update(db: Database, feed: Feed, update: FeedUpdate) -> int | None:
     """Write one poll's outcome to the feed row, inside the caller's transaction.
 
     Success resets the error count and stores the validators (ETag, Last-Modified; RFC 9110
     section 8.8) and the feed's own title when the stored one is a placeholder; failure
-    counts the error. A permanent redirect moves the URL unless another feed has it;
-    ``disable_reason`` turns polling off.
+    counts the error. A permanent redirect moves the URL unless another feed has it
+    (the two are not merged); ``disable_reason`` turns polling off. Returns the id of
+    that other feed when a move was not made for that reason, else None.
     """
+    blocked: int | None = None
     values: dict[str, Any] = {
         "last_polled_at": to_db(update.polled_at),
         "next_poll_at": to_db(update.next_poll_at),
@@ -163,12 +179,17 @@ def apply_feed_update(db: Database, feed: Feed, update: FeedUpdate) -> None:
             values["site_url"] = update.site_url
     else:
         values.update(error_count=feed.error_count + 1, last_error=update.error)
-    if update.url and update.url != feed.url and feed_by_url(db, update.url) is None:
-        values["url"] = update.url
+    if update.url and update.url != feed.url:
+        holder = feed_by_url(db, update.url)
+        if holder is None:
+            values["url"] = update.url
+        elif holder.id != feed.id:
+            blocked = holder.id
     if update.disable_reason:
         values.update(enabled=0, disabled_reason=update.disable_reason)
     assignments = ", ".join(f"{name} = ?" for name in values)
     db.execute(f"UPDATE feeds SET {assignments} WHERE id = ?", [*values.values(), feed.id])
+    return blocked
 
 
 def mark_backlog(db: Database, feed_id: int) -> None:
