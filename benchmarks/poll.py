@@ -39,7 +39,7 @@ COMPARE_VENV = ROOT / ".venv-compare"
 OUR_FILES = frozenset(p.name for p in (REPO / "aggregator").rglob("*.py")) - {"__init__.py"}
 RESULTS = WORK / "results-poll.json"
 
-# Goals (issue 2): cold poll within half the default-feedparser parse floor; warm poll
+# Goals: cold poll within half the default-feedparser parse floor; warm poll
 # within 1.2x the conditional-GET fetch floor, with only conditional requests; the
 # event loop never blocked by parsing.
 COLD_GOAL = 0.5

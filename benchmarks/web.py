@@ -9,10 +9,10 @@ Entries are generated deterministically and written through the store's insert p
 benchmarks/.work/. Each page is requested in-process through the ASGI app (Starlette's
 test client: routing, the thread pool, queries, templates, middleware; no sockets), and
 its bare query runs on its own connection in the same run. Printed per case: p50 and p95
-of both, and the ratio of the p50s and p95s. Goal (issue 3): every page within 3x of its
+of both, and the ratio of the p50s and p95s. Goal: every page within 3x of its
 bare query, p95 under 50 ms.
 
-Search (issue 12): ``--search`` measures only search, at 100,000 and at 1,000,000
+Search: ``--search`` measures only search, at 100,000 and at 1,000,000
 entries in one run (the million-entry database is generated the first time, about
 5 minutes, and cached in benchmarks/.work/ by size, seed and generator version):
 

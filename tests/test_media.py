@@ -1,5 +1,5 @@
 """Rich content on every surface: enclosures, Media RSS, podcast tags, embedded players,
-images and figures (issue 10). Golden parse cases per format, the embed-to-link rule
+images and figures. Golden parse cases per format, the embed-to-link rule
 per host, hostile variants, and one podcast feed polled end to end into the entry page,
 the card, both Atom feeds and both parts of a digest."""
 

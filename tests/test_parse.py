@@ -748,7 +748,7 @@ def test_importing_the_parser_leaves_feedparser_alone() -> None:
     assert done.returncode == 0, done.stderr
 
 
-# --- issue 15, second round: tables over the pure helpers ---------------------------------
+# --- tables over the pure helpers ---------------------------------------------------------
 @pytest.mark.parametrize(
     ("document", "cut_at"),
     [

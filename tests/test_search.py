@@ -1,4 +1,4 @@
-"""Search by relevance (issue 12): the query language, ranking on a fixed corpus,
+"""Search by relevance: the query language, ranking on a fixed corpus,
 snippets that stay inert with hostile text, counts, stable pages, the search Atom feed.
 """
 

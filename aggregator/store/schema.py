@@ -231,7 +231,7 @@ def m006_heartbeat(db: Database) -> None:
 
 @migrations()
 def m008_search(db: Database) -> None:
-    """Source titles searchable beside titles, authors and text (issue 12).
+    """Source titles searchable beside titles, authors and text.
 
     ``entries_fts`` becomes an external-content FTS5 table over the view
     ``entries_search`` (an entry's title, author, text and its source's title or else
