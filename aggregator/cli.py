@@ -23,7 +23,7 @@ from rich.markup import escape
 from . import __version__
 from .clock import system_clock as now
 from .config import Settings, config_path, load, write_starter
-from .errors import AggregatorError, SourceError, StoreError
+from .errors import AggregatorError, NotFound, SourceError, StoreError
 from .store import Store
 from .store import feeds as feed_rows
 
@@ -60,11 +60,20 @@ class App:
             self._settings = load(self.config)
         return self._settings
 
-    def open_store(self) -> Store:
+    def open_store(self, *, create: bool = True) -> Store:
         """The site's database, opened on the first call: created or migrated, and the
         feeds named in the configuration added to it (a write). Later calls return the
-        same Store. Raises StoreError when the database cannot be opened."""
+        same Store. Raises StoreError when the database cannot be opened, and NotFound
+        when it does not exist yet and ``create`` is false (commands that only read:
+        a mistyped path must not look like a healthy, empty site)."""
         if self._store is None:
+            path = self.settings.database
+            if not create and not path.exists():
+                raise NotFound(
+                    f"no database at {path} yet (aggregator init or aggregator run creates it)",
+                    what="database",
+                    key=str(path),
+                )
             from .sources import sync_configured_feeds
 
             self._store = Store.open(self.settings.database)
@@ -248,7 +257,7 @@ def feeds() -> None:
 def feeds_list(ctx: click.Context) -> None:
     """Show every feed with its health."""
     with _one_line_errors():
-        rows = feed_rows.list_feeds(_app(ctx).open_store().db)
+        rows = feed_rows.list_feeds(_app(ctx).open_store(create=False).db)
         cells = []
         for feed in rows:
             state = "enabled" if feed.enabled else f"disabled: {feed.disabled_reason or ''}"
@@ -298,7 +307,7 @@ def search_command(
     from .store import search, timeline
 
     with _one_line_errors():
-        db = _app(ctx).open_store().db
+        db = _app(ctx).open_store(create=False).db
         query = search.parse_query(" ".join(words))
         if query.fts is None:
             raise click.UsageError("give at least one word to find (not only -exclusions)")
@@ -403,7 +412,7 @@ def feeds_export(ctx: click.Context, out_file: Path | None) -> None:
 
     with _one_line_errors():
         app = _app(ctx)
-        document = export_opml(feed_rows.list_feeds(app.open_store().db), now=now())
+        document = export_opml(feed_rows.list_feeds(app.open_store(create=False).db), now=now())
         if out_file is None:
             click.echo(document, nl=False)
         else:
@@ -597,7 +606,7 @@ def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
     """Serve the web timeline, Atom feed and admin pages."""
     import uvicorn  # imported here: the other commands need no web stack
 
-    from .scheduler import configure_logging, keep_signals_for_graceful_exit
+    from .scheduler import configure_logging, keep_signals_for_graceful_exit, listen
     from .web import create_app
     from .web.security import RedactTokens
 
@@ -607,7 +616,8 @@ def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
         store = app.open_store()
         host = host or settings.web.host
         port = port or settings.web.port
-        admin = "on" if settings.web.admin_password else "off (set AGGREGATOR_ADMIN_PASSWORD)"
+        listener = listen(host, port)  # a port in use is one line, before anything starts
+        admin = "on" if settings.web.admin_password else "off: set AGGREGATOR_ADMIN_PASSWORD"
         err.print(f"Serving {settings.database} on http://{host}:{port}/ (admin {admin})")
         if store.readonly:
             err.print(
@@ -631,7 +641,7 @@ def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
         logging.getLogger("uvicorn.access").addFilter(RedactTokens())
         # SIGTERM and Ctrl-C are a requested stop: uvicorn drains, then exit status 0.
         keep_signals_for_graceful_exit()
-        uvicorn.Server(config).run()
+        uvicorn.Server(config).run(sockets=[listener])
 
 
 # --- subscribers and digests ---------------------------------------------------------
@@ -650,7 +660,7 @@ def subscribers_list(ctx: click.Context) -> None:
     from .store import subscribers as subscriber_rows
 
     with _one_line_errors():
-        db = _app(ctx).open_store().db
+        db = _app(ctx).open_store(create=False).db
         rows = subscriber_rows.list_all(db)
         # A digest actually sent, not when a digest run last looked at them (which a
         # confirmation sets too): "—" for one who never received a digest.
@@ -901,7 +911,7 @@ def backup(ctx: click.Context, target: Path) -> None:
     never half written. Restore by stopping the service and copying TARGET back.
     """
     with _one_line_errors():
-        store = _app(ctx).open_store()
+        store = _app(ctx).open_store(create=False)
         size = store.backup(target)
         out.print(f"Backed up {store.path} to {target} ({size:,} bytes)", markup=False)
 
@@ -913,7 +923,12 @@ def status(ctx: click.Context) -> None:
     from .store.metrics import snapshot
 
     with _one_line_errors():
-        store = _app(ctx).open_store()
+        app = _app(ctx)
+        try:
+            store = app.open_store(create=False)
+        except StoreError as error:  # damaged, not SQLite, unreadable: the status line says so
+            out.print(f"Database: {app.settings.database}: {error.reason}", markup=False)
+            ctx.exit(1)
         db = store.db
         problem = store.check()
         out.print(f"Database: {store.path}: {problem or 'ok'}", markup=False)

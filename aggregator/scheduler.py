@@ -266,7 +266,7 @@ class Service:
         job lock, serves pages only.
         """
         settings = self.settings
-        listener = _listen(host or settings.web.host, settings.web.port if port is None else port)
+        listener = listen(host or settings.web.host, settings.web.port if port is None else port)
         store = self._store = Store.open(settings.database)
         try:
             sync_configured_feeds(store, settings, self.clock())
@@ -343,8 +343,10 @@ class Service:
             await asyncio.wait(set(self._in_flight), timeout=SHUTDOWN_GRACE_SECONDS)
 
 
-def _listen(host: str, port: int) -> socket.socket:
-    """The web port, bound before any work starts: a port in use is one clear line."""
+def listen(host: str, port: int) -> socket.socket:
+    """The web port, bound before any work starts: a port in use is one clear line.
+
+    Raises ConfigError (key ``web.port``) when the address cannot be bound."""
     try:
         return socket.create_server((host, port), backlog=128)
     except OSError as error:

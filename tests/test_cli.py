@@ -147,8 +147,14 @@ def test_status_on_a_read_only_and_a_damaged_database_is_one_line(
     database.write_bytes(bytes(data))
     damaged = run("status", config=cfg, check=False)
     assert damaged.returncode == 1 and "Traceback" not in damaged.stderr
-    assert len(damaged.stderr.strip().splitlines()) == 1
-    assert "damaged" in damaged.stderr or "not an SQLite database" in damaged.stderr
+    line = damaged.stdout.strip()  # the status line, as for a healthy database
+    assert len(line.splitlines()) == 1 and line.startswith(f"Database: {database}: ")
+    assert "damaged" in line or "not an SQLite database" in line
+    (tmp_path / "elsewhere").mkdir()
+    for command in (["status"], ["feeds", "list"], ["search", "x"], ["subscribers", "list"]):
+        missing = run(*command, config=config(tmp_path / "elsewhere"), check=False)
+        assert missing.returncode == 1 and "no database at" in missing.stderr
+        assert not (tmp_path / "elsewhere" / "db.sqlite3").exists()  # read-only: none made
 
 
 def test_commands_never_write_or_read_the_database_files_under_any_spelling(

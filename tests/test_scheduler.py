@@ -275,8 +275,9 @@ def test_k8_stop_signal_to_the_whole_process_group_leaves_no_process_behind(
         service.wait(timeout=10)
 
 
+@pytest.mark.parametrize("command", ["run", "serve"])
 def test_web_port_in_use_is_one_line_and_nothing_starts(
-    tmp_path: Path, feed_server: FeedServer, smtp_server: SmtpServer
+    tmp_path: Path, feed_server: FeedServer, smtp_server: SmtpServer, command: str
 ) -> None:
     feed_url = feed_server.add("/feed.xml", body=rss([Item("Post", link="https://blog.test/p")]))
     with socket.socket() as taken:
@@ -285,7 +286,7 @@ def test_web_port_in_use_is_one_line_and_nothing_starts(
         port = taken.getsockname()[1]
         config = service_config(tmp_path, feed_url, smtp_server.port, port)
         result = subprocess.run(
-            [sys.executable, "-m", "aggregator", "run"],
+            [sys.executable, "-m", "aggregator", command],
             cwd=REPO,
             env={**os.environ, "AGGREGATOR_CONFIG": str(config)},
             capture_output=True,

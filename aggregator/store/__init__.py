@@ -238,7 +238,8 @@ class Store:
         try:
             row = self.conn.execute("PRAGMA quick_check").fetchone()
             if not row or row[0] != "ok":
-                return f"damaged ({row[0] if row else 'no answer'}); restore it from a backup"
+                detail = row[0] if row else "no answer"
+                return f"damaged ({detail}); restore it from a backup (see the README)"
             if self.readonly:
                 return "read-only: pages can be read, nothing can be written"
             self.probe_write(wait_ms=probe_ms)

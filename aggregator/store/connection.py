@@ -50,7 +50,8 @@ def translate(error: sqlite3.Error, path: str) -> StoreError | None:
         return StoreReadOnly(f"read-only, cannot write: {detail}", path=path)
     if primary == _CORRUPT:
         return IncompatibleDatabase(
-            f"damaged ({detail}); restore it from a backup (aggregator backup)", path=path
+            f"damaged ({detail}); restore it from a backup (see the README)",
+            path=path,
         )
     if primary == _NOTADB:
         return IncompatibleDatabase("is not an SQLite database", path=path)
