@@ -309,8 +309,9 @@ def search_command(
     with _one_line_errors():
         db = _app(ctx).open_store(create=False).db
         query = search.parse_query(" ".join(words))
-        if query.fts is None:
-            raise click.UsageError("give at least one word to find (not only -exclusions)")
+        if query.fts is None:  # as the web page: not an error, nothing to look for
+            out.print("No words to look for (only exclusions or symbols): nothing found.")
+            return
         if newest:
             upto = search.newest_id(db)
             matches = search.count_matches(db, query, feed_id=source_id, upto=upto)
