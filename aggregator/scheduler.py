@@ -465,6 +465,9 @@ def configure_logging(level: str, log_format: str = "text") -> None:
 def job_failed(event: JobExecutionEvent) -> None:
     """One log line for a job that raised: which job, when it was due, and why."""
     error = event.exception
+    if isinstance(error, asyncio.CancelledError):  # a stop: what was written stays written
+        log.info("job stopped by shutdown job=%s; what it had not written is redone", event.job_id)
+        return
     cause = f"{type(error).__name__}: {' '.join(str(error).split())}" if error else "unknown"
     log.error(
         "job failed job=%s scheduled=%s cause=%r",
