@@ -25,8 +25,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from . import USER_AGENT
 from .errors import ConfigError
 from .fetch import FetchSettings
+from .limits import ParseLimits
 from .mail import MAX_CONNECTIONS, SmtpSettings
-from .parse import ParseLimits
 from .polling import PollPolicy
 from .resources import is_checkout, resource_file
 from .urls import is_http_url

@@ -39,7 +39,8 @@ from feedparser.encodings import convert_to_utf8
 
 from .dates import best_date, has_time_of_day, parse_date
 from .errors import NotAFeed, ParseError
-from .media import MAX_MEDIA_PER_ENTRY, MAX_URL_CHARS, make_item, merge_media, parse_episode
+from .limits import ParseLimits
+from .media import MAX_URL_CHARS, make_item, merge_media, parse_episode
 from .models import MediaItem, ParsedEntry, ParsedFeed
 from .text import CONTROL, clean_text
 from .urls import absolute_http_url, clean_link, is_http_url
@@ -72,27 +73,6 @@ __all__ = ["ParseLimits", "configure_feedparser", "parse_feed", "repair_markup"]
 
 # GUIDs are stored and indexed: a longer one is stored as a digest of the whole.
 MAX_GUID_CHARS = 2048
-
-
-@dataclass(frozen=True, slots=True)
-class ParseLimits:
-    """``[limits]``: caps on what one document may cost. ``max_document_bytes`` in bytes
-    (over it: ParseError); ``max_html_chars`` in characters per summary or content field;
-    titles and authors cut to their character caps; at most ``max_entries`` entries per
-    document and ``max_media`` media items per entry (the rest dropped with a warning)."""
-
-    max_document_bytes: int = 16 * 1024 * 1024
-    # The newest by date are kept (DESIGN §5.3). Parsing and sanitising 5,000 entries
-    # of ~1.2 KB (6 MB) peaks at 22 MB traced, 60 MB resident for the whole worker
-    # (27 MB of it the interpreter); 10,000 at 43 MB / 95 MB. Memory follows document
-    # bytes (max_document_bytes) more than the entry count.
-    max_entries: int = 5000
-    max_title_chars: int = 500
-    max_author_chars: int = 200
-    max_html_chars: int = 512 * 1024  # per summary/content field, cut before sanitising
-    # Media items (enclosures, media:content, thumbnails) kept per entry; an entry with
-    # more keeps its first ones and the poll reports it.
-    max_media: int = MAX_MEDIA_PER_ENTRY
 
 
 def parse_feed(

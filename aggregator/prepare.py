@@ -13,8 +13,9 @@ from datetime import datetime
 
 from .dedup import make_record
 from .errors import ParseError
+from .limits import ParseLimits
 from .models import EntryRecord
-from .parse import ParseLimits, parse_feed
+from .parse import parse_feed
 from .sanitize import html_to_text, sanitize_html
 
 

@@ -10,8 +10,6 @@ from .config import Settings
 from .errors import NotAFeed, ParseError, SourceError
 from .fetch import FeedFetcher
 from .models import Feed, FeedSource
-from .opml import read_opml, write_opml
-from .parse import parse_feed
 from .store import Store
 from .store import feeds as feed_rows
 from .text import clean_text
@@ -113,6 +111,8 @@ class ImportReport:
 
 def import_opml(store: Store, data: bytes, *, name: str, now: datetime) -> ImportReport:
     """Add every feed an OPML file lists; a bad outline is reported, the rest still added."""
+    from .opml import read_opml  # imported here: only imports need the OPML reader
+
     sources = read_opml(data, name=name)
     added: list[Feed] = []
     known: list[Feed] = []
@@ -137,6 +137,8 @@ def export_opml(feeds: Sequence[Feed], *, now: datetime) -> str:
     """The feeds as an OPML 2.0 document (text), titled "Aggregated blogs" and dated
     ``now``.
     """
+    from .opml import write_opml
+
     return write_opml(
         (FeedSource(url=f.url, title=f.title or None) for f in feeds),
         title="Aggregated blogs",
@@ -149,6 +151,8 @@ async def discover_feed_url(fetcher: FeedFetcher, url: str, settings: Settings) 
 
     Raises SourceError (with the fetch or parse error's one line) when there is none.
     """
+    from .parse import parse_feed  # imported here: polling alone never needs the parser
+
     url = check_source_url(url)
     result = await fetcher.fetch(url)
     if result.error is not None:

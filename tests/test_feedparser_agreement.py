@@ -19,8 +19,8 @@ import pytest
 
 from aggregator.config import PollSettings
 from aggregator.errors import ParseError
+from aggregator.limits import ParseLimits
 from aggregator.models import FeedSource
-from aggregator.parse import ParseLimits
 from aggregator.pipeline import plan_poll
 from aggregator.prepare import prepare_feed
 from aggregator.sources import add_source

@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
+from aggregator.limits import ParseLimits
 from aggregator.opml import read_opml
-from aggregator.parse import ParseLimits
 from aggregator.prepare import prepare_feed
 from aggregator.sources import source_title
 

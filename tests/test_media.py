@@ -18,6 +18,7 @@ from starlette.testclient import TestClient
 from webdata import make_settings
 
 from aggregator.digests.preview import preview
+from aggregator.limits import ParseLimits
 from aggregator.media import (
     MAX_MEDIA_PER_ENTRY,
     EmbedLink,
@@ -29,7 +30,7 @@ from aggregator.media import (
     parse_length,
 )
 from aggregator.models import FeedSource, MediaItem
-from aggregator.parse import ParseLimits, parse_feed
+from aggregator.parse import parse_feed
 from aggregator.pipeline import poll_feeds
 from aggregator.prepare import prepare_feed
 from aggregator.sanitize import sanitize_html

@@ -17,7 +17,7 @@ from threatkit import ADMIN_PASSWORD, START, Clock, add, make_settings, poll, ro
 
 from aggregator.config import Settings
 from aggregator.errors import ParseError
-from aggregator.parse import ParseLimits
+from aggregator.limits import ParseLimits
 from aggregator.prepare import prepare_feed
 from aggregator.store import Store
 from aggregator.store import feeds as feed_rows
