@@ -780,12 +780,7 @@ class _Channel:
                 error.smtp_code, error.smtp_error, "data", address, self.where
             ) from error
         except OSError as error:
-            self.disconnect(polite=False)
-            raise MailTemporaryError(
-                f"connection to {self.where} lost during transfer, delivery unknown: "
-                f"{_describe(error)}",
-                address=address,
-            ) from error
+            raise self._lost_in_transfer(error, address) from error
         if code != 250:
             self._after_refusal(code)
             raise _refusal(code, reply, "data", address, self.where)
@@ -841,15 +836,20 @@ class _Channel:
             connection.send(body + b".\r\n")
             code, reply = connection.getreply()
         except OSError as error:
-            self.disconnect(polite=False)
-            raise MailTemporaryError(
-                f"connection to {self.where} lost during transfer, delivery unknown: "
-                f"{_describe(error)}",
-                address=address,
-            ) from error
+            raise self._lost_in_transfer(error, address) from error
         if code != 250:
             self._after_refusal(code)
             raise _refusal(code, reply, "data", address, self.where)
+
+    def _lost_in_transfer(self, error: OSError, address: str) -> MailTemporaryError:
+        """The connection broke after the message started: drop it; whether the server
+        kept the message is unknown, so it is tried again later."""
+        self.disconnect(polite=False)
+        return MailTemporaryError(
+            f"connection to {self.where} lost during transfer, delivery unknown: "
+            f"{_describe(error)}",
+            address=address,
+        )
 
     def _after_refusal(self, code: int) -> None:
         if code == 421:  # the server is closing the connection
