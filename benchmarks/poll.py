@@ -18,10 +18,10 @@ import json
 import math
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -480,10 +480,17 @@ def matrix_table(results: list[dict[str, Any]]) -> str:
 # --- small polls: the one-shot commands a user runs ---------------------------------
 
 SMALL_SIZES = (2, 20)
-SMALL_RUNS = 3
+SMALL_RUNS = 5
 SMALL_PHASES = ("cold", "warm")
 SMALL_GOAL = 1.0  # ours no slower than reader's one-shot update, cold and warm
+# What the product adds to the floor of its own libraries (benchmarks/small_floor.py).
+FLOOR_GOAL = 1.15
 # Where parsing in the command itself stops paying: [poll] parse_in_process_kb.
+# A fresh start for the library floor: its state database (and -wal, -shm) removed.
+FORGET = (
+    "import pathlib, sys; p = pathlib.Path(sys.argv[1]); "
+    "[f.unlink() for f in p.parent.glob(p.name + '*')]"
+)
 CROSSOVER = {"in-process": "parse_in_process_kb = 1000000", "processes": "parse_in_process_kb = 0"}
 
 
@@ -498,20 +505,20 @@ class SmallRun:
 
 
 def _timed(argv: Sequence[str], env: dict[str, str], log: Path, timeout: float) -> SmallRun:
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    """Run ``argv`` to its end; its wall time and the CPU of it and its children, exact
+    (``os.wait4``: ``subprocess.run`` with a timeout polls the child every 50 ms)."""
     started = time.perf_counter()
     with log.open("ab") as out:
+        child = subprocess.Popen(list(argv), cwd=REPO, env=env, stdout=out, stderr=out)
+        killer = threading.Timer(timeout, child.kill)
+        killer.start()
         try:
-            done = subprocess.run(
-                list(argv), cwd=REPO, env=env, stdout=out, stderr=out, timeout=timeout, check=False
-            )
-            ok = done.returncode == 0
-        except subprocess.TimeoutExpired:
-            ok = False
+            _, status, usage = os.wait4(child.pid, 0)
+        finally:
+            killer.cancel()
+        child.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - started
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return SmallRun(wall, cpu, ok)
+    return SmallRun(wall, usage.ru_utime + usage.ru_stime, child.returncode == 0)
 
 
 def small_polls(
@@ -560,6 +567,13 @@ def small_polls(
                 ),
                 [sys.executable, "-m", "aggregator", "--config", str(config), "poll"],
             )
+        if variants is None:
+            state = work / "floor.sqlite3"
+            floor = [sys.executable, str(ROOT / "small_floor.py"), "--urls", str(feed_urls)]
+            contenders["floor"] = (
+                [sys.executable, "-c", FORGET, str(state)],
+                [*floor, "--db", str(state)],
+            )
         if reader is not None:
             python, script = reader
             db = str(work / "reader.sqlite3")
@@ -598,22 +612,28 @@ def small_median(runs: list[SmallRun] | None) -> float:
     return statistics.median(good) if good else math.nan
 
 
-def small_table(small: dict[str, list[SmallRun]], ours: str = "ours", other: str = "reader") -> str:
-    """Median wall time (and each run) of ``ours`` beside ``other``, per size and phase."""
+def small_table(small: dict[str, list[SmallRun]], *names: str) -> str:
+    """Median wall time (and each run) of each contender in ``names`` (those measured),
+    per size and phase, and the first one's ratio to each of the others."""
+    shown = [name for name in names if any(key.startswith(f"{name}-") for key in small)]
+    first, others = shown[0], shown[1:]
     lines = [
-        f"| feeds | poll | {ours} s | {other} s | {ours} / {other} |",
-        "|---|---|---|---|---|",
+        "| feeds | poll | "
+        + " | ".join(f"{name} s" for name in shown)
+        + "".join(f" | {first} / {name}" for name in others)
+        + " |",
+        "|---|---" + "|---" * (len(shown) + len(others)) + "|",
     ]
     for size in sorted({int(k.split("-")[-2]) for k in small}):
         for phase in SMALL_PHASES:
-            ours_runs = small.get(f"{ours}-{size}-{phase}")
-            reader_runs = small.get(f"{other}-{size}-{phase}")
-            ours_s, reader_s = small_median(ours_runs), small_median(reader_runs)
-            ratio_shown = _fmt(ours_s / reader_s) if reader_s > 0 else "—"
-            lines.append(
-                f"| {size} | {phase} | {_fmt(ours_s)} ({_runs(ours_runs)}) | "
-                f"{_fmt(reader_s)} ({_runs(reader_runs)}) | {ratio_shown} |"
-            )
+            runs = {name: small.get(f"{name}-{size}-{phase}") for name in shown}
+            medians = {name: small_median(runs[name]) for name in shown}
+            cells = [f"{_fmt(medians[name])} ({_runs(runs[name])})" for name in shown]
+            cells += [
+                _fmt(medians[first] / medians[name]) if medians[name] > 0 else "—"
+                for name in others
+            ]
+            lines.append(f"| {size} | {phase} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -633,6 +653,16 @@ def small_goals(small: dict[str, list[SmallRun]]) -> list[dict[str, Any]]:
                     "goal": f"{phase} poll of {size} feeds (one-shot) <= {SMALL_GOAL} x reader",
                     "value": value,
                     "pass": value <= SMALL_GOAL,
+                }
+            )
+            floor_s = small_median(small.get(f"floor-{size}-{phase}"))
+            over = ours_s / floor_s if floor_s > 0 else math.nan
+            found.append(
+                {
+                    "goal": f"{phase} poll of {size} feeds (one-shot) <= {FLOOR_GOAL} x "
+                    "library floor",
+                    "value": over,
+                    "pass": over <= FLOOR_GOAL,
                 }
             )
     return found
@@ -962,7 +992,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {name:<42} {_fmt(value)}")
     print()
     if small:
-        print(small_table(small))
+        print(small_table(small, "ours", "floor", "reader"))
         print()
     if crossover:
         print("parse in-process (always) against parse processes (always), cold and warm:")
