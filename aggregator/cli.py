@@ -298,7 +298,8 @@ def feeds_list(ctx: click.Context) -> None:
 
 @cli.command(
     "search",
-    # "-word" excludes a word: unknown dash words are query text, and -h is not taken.
+    # "-word" excludes a word, so single-dash words are query text (click would read
+    # "-hello" as -h); "--word" is a mistyped option.
     context_settings={"ignore_unknown_options": True, "help_option_names": ["--help"]},
 )
 @click.argument("words", nargs=-1, required=True, type=click.UNPROCESSED)
@@ -313,6 +314,14 @@ def search_command(
     prefix*, -exclude, source:word."""
     from .store import search, timeline
 
+    if list(words) == ["-h"]:  # alone, as in every other command: the help
+        click.echo(ctx.get_help())
+        ctx.exit()
+    mistyped = next((word for word in words if word.startswith("--") and word != "--"), None)
+    if mistyped is not None:
+        raise click.UsageError(
+            f"no such option: {mistyped} (the options are --newest, --source, --limit)", ctx
+        )
     with _one_line_errors():
         db = _app(ctx).open_store(create=False).db
         query = search.parse_query(" ".join(words))

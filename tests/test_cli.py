@@ -261,6 +261,9 @@ def test_search_prints_a_table_best_match_first(tmp_path: Path, feed_server: Fee
     for nothing in (["--", "-zebra"], ["*"]):  # as the web page: nothing found, no error
         assert "No words to look for" in run("search", *nothing, config=cfg).stdout
     # "-word" excludes without "--", also words that start like the command's options
+    assert "Usage:" in run("search", "-h", config=cfg).stdout
+    mistyped = run("search", "zebra", "--limt", "5", config=cfg, check=False)
+    assert mistyped.returncode == 2 and "no such option: --limt" in mistyped.stderr
     excluded = run("search", "zebra", "-weekly", "-hello", config=cfg).stdout
     assert "1 matching" in excluded and "Zebra herds" in excluded
 
