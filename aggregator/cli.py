@@ -6,7 +6,6 @@ raises on purpose end the command with one line on stderr and exit status 1.
 
 from __future__ import annotations
 
-import asyncio
 import io
 import logging
 import sys
@@ -366,6 +365,8 @@ def feeds_add(ctx: click.Context, url: str, title: str | None, discover: bool) -
     with _one_line_errors():
         app = _app(ctx)
         if discover:
+            import asyncio
+
             url = asyncio.run(_discover(app.settings, url))
         feed, created = add_source(
             app.open_store(), FeedSource(url=url, title=title), origin="cli", now=now()
@@ -461,6 +462,8 @@ def poll(ctx: click.Context, due: bool, feed_ids: Sequence[int], every: bool) ->
 def _poll(
     app: App, *, due: bool, feed_ids: list[int] | None, every: bool = False
 ) -> list[PollSummary]:
+    import asyncio
+
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from .pipeline import poll_feeds
