@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import io
 import logging
+import signal
 import sys
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -104,6 +106,28 @@ def _write_file(app: App, path: Path, data: bytes) -> None:
         path.write_bytes(data)
     except OSError as error:
         raise AggregatorError(f"cannot write {path}: {error.strerror}") from None
+
+
+@contextmanager
+def _stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
+    """While the block runs, SIGTERM or SIGINT calls ``stop`` (the work in flight
+    finishes, the rest is left) instead of ending the process; a second one acts as it
+    would have."""
+    stop_signals = (signal.SIGTERM, signal.SIGINT)
+    before = {signum: signal.getsignal(signum) for signum in stop_signals}
+
+    def requested(signum: int, frame: object) -> None:
+        for number, handler in before.items():
+            signal.signal(number, handler)
+        stop()
+
+    for signum in stop_signals:
+        signal.signal(signum, requested)
+    try:
+        yield
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
 
 
 @contextmanager
@@ -887,7 +911,7 @@ def digest_send(ctx: click.Context, due: bool, dry_run: bool) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from .digests.build import build_pending, plan_all
-    from .digests.send import SendProgress, send_pending
+    from .digests.send import STOPPED_BY_SIGNAL, SendProgress, send_pending
     from .mail import open_sender
 
     with _one_line_errors():
@@ -925,7 +949,9 @@ def digest_send(ctx: click.Context, due: bool, dry_run: bool) -> None:
                         task, total=event.total, completed=event.done, description=event.outcome
                     )
 
-                report = send_pending(store, sender, settings, now, advance)
+                stop = threading.Event()
+                with _stop_on_signals(stop.set):
+                    report = send_pending(store, sender, settings, now, advance, stop=stop)
         finally:
             sender.close()
         where = (
@@ -941,7 +967,9 @@ def digest_send(ctx: click.Context, due: bool, dry_run: bool) -> None:
         )
         for problem in report.errors[-5:]:
             err.print(f"error: {problem}")
-        if report.stopped:
+        if report.stopped == STOPPED_BY_SIGNAL:
+            err.print(report.stopped, markup=False)  # asked for: not an error
+        elif report.stopped:
             err.print(f"error: stopped: {report.stopped}", markup=False)
             sys.exit(2)
 

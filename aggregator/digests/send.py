@@ -94,6 +94,10 @@ def count_due(store: Store, now: datetime) -> int:
     return digest_rows.count_due(store.db, now)
 
 
+STOPPED_BY_SIGNAL = "stopped by a signal; the digests not sent yet wait for the next run"
+"""``SendReport.stopped`` of a run ended by its ``stop`` event."""
+
+
 def send_pending(
     store: Store,
     sender: Sender,
@@ -102,12 +106,15 @@ def send_pending(
     on_progress: Callable[[SendProgress], None] | None = None,
     *,
     limit: int | None = None,
+    stop: threading.Event | None = None,
 ) -> SendReport:
     """Send every pending digest whose time had come when the run started (``clock()``
     then), oldest first; at most ``limit`` when given.
 
     ``clock`` also stamps sends and retries as the run goes.
     Returns at once (``stopped`` set) when another run holds the sending lease.
+    ``stop`` set (by a signal handler) ends the run early: the messages being handed
+    over finish and are recorded, the rest wait for the next run (``stopped`` says so).
     This thread renders; ``sender.connections`` threads hand the messages over, each
     marking its message's outcome (in a transaction of its own) before it takes the
     next, so a crash re-sends at most one message per connection. Raises what a
@@ -125,7 +132,7 @@ def send_pending(
     total = count_due(store, now)
     if limit is not None:
         total = min(total, limit)
-    run = _SendRun(store, sender, tick, report, total, on_progress)
+    run = _SendRun(store, sender, tick, report, total, on_progress, stop)
     try:
         run.start(max(1, sender.connections))
         submitted = 0
@@ -136,6 +143,8 @@ def send_pending(
                 break
             for digest in batch:
                 after = digest.id
+                if stop is not None and stop.is_set():
+                    run.stop(STOPPED_BY_SIGNAL)
                 if run.stopping:
                     break
                 if limit is not None and submitted >= limit:
@@ -188,7 +197,9 @@ class _SendRun:
         report: SendReport,
         total: int,
         on_progress: Callable[[SendProgress], None] | None,
+        stop: threading.Event | None = None,
     ) -> None:
+        self.stop_event = stop
         self.store = store
         self.sender = sender
         self.tick = tick
@@ -205,6 +216,8 @@ class _SendRun:
 
     @property
     def stopping(self) -> bool:
+        if self.stop_event is not None and self.stop_event.is_set():
+            self.stop(STOPPED_BY_SIGNAL)
         return self.report.stopped is not None or self._failure is not None
 
     def stop(self, reason: str) -> None:
