@@ -653,32 +653,34 @@ def subscribers_list(ctx: click.Context) -> None:
         last_sent = digest_rows.last_sent_times(db)
         owed = subscriber_rows.owed_mail(db)
         cells = []
+        # A column for the confirmation and welcome mails still owed, when there are any.
+        shown = {row.id for row in rows} & set(owed)
         for row in rows:
             sources = "all" if row.feed_ids is None else ", ".join(map(str, sorted(row.feed_ids)))
-            cells.append(
-                (
-                    str(row.id),
-                    row.email,
-                    row.status,
-                    row.cadence,
-                    sources or "none",
-                    _when(row.confirmed_at or row.created_at),
-                    _when(last_sent.get(row.id)),
-                    "; ".join(_owed_words(*mail) for mail in owed.get(row.id, [])) or "—",
-                )
-            )
+            cell = [
+                str(row.id),
+                row.email,
+                row.status,
+                row.cadence,
+                sources or "none",
+                _when(row.confirmed_at or row.created_at),
+                _when(last_sent.get(row.id)),
+            ]
+            if shown:
+                cell.append("; ".join(_owed_words(*m) for m in owed.get(row.id, [])) or "—")
+            cells.append(cell)
+        columns = [
+            ("id", "id"),
+            ("email", "id"),
+            ("status", "text"),
+            ("cadence", "text"),
+            ("sources", "text"),
+            ("since", "text"),
+            ("last digest", "text"),
+        ]
         _print_table(
             plural(len(rows), "subscriber"),
-            [
-                ("id", "id"),
-                ("email", "id"),
-                ("status", "text"),
-                ("cadence", "text"),
-                ("sources", "text"),
-                ("since", "text"),
-                ("last digest", "text"),
-                ("mail owed", "text"),
-            ],
+            [*columns, ("mail owed", "text")] if shown else columns,
             cells,
         )
 
