@@ -434,3 +434,39 @@ def test_atom_attributes_carry_urls_percent_encoded(
         hrefs = {link.get("rel"): link.get("href") for link in item.findall(f"{ATOM}link")}
         assert hrefs["enclosure"] == "https://alpha.test/a%22b%3Cc%3Ed%20e.mp3?x=1&y=%25zz"
         assert hrefs["alternate"] == "https://alpha.test/post%22onmouseover=%22x%3Cy%3E"
+
+
+def test_a_sign_up_while_the_relay_is_down_gets_its_confirmation_later(
+    tmp_path: Path, smtp_server: SmtpServer
+) -> None:
+    """Through the web form: the relay is down when the visitor signs up; the service's
+    mail job sends the confirmation once the relay is back and its retry time has come."""
+    from aggregator.web import create_app
+
+    settings = make_settings(tmp_path, smtp_port=smtp_server.port)
+    store = Store.open(settings.database)
+    clock = [T0]
+    smtp_server.stop()
+    try:
+        with TestClient(
+            create_app(settings, clock=lambda: clock[0]), base_url="https://news.example.org"
+        ) as client:
+            form = client.get("/subscribe")
+            found = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
+            assert found, form.text
+            data = {"csrf_token": found[1], "email": "hal@example.org", "cadence": "daily"}
+            answer = client.post("/subscribe", data=data)
+            assert answer.status_code == 200 and "Check your inbox" in answer.text
+        ((_, kind, attempts, given_up, error),) = _owed(store)
+        assert (kind, attempts, given_up) == ("confirm", 1, 0) and error
+        smtp_server.start()
+        sender = open_sender(settings.mail.smtp, settings.mail.outbox)
+        try:
+            assert send_welcomes(store, sender, settings, T0 + mail_retry_delay(1)) == []
+        finally:
+            sender.close()
+        (mail,) = smtp_server.messages()
+        assert mail["To"] == "hal@example.org" and "Confirm" in str(mail["Subject"])
+        assert _owed(store) == []
+    finally:
+        store.close()
