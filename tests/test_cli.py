@@ -47,6 +47,31 @@ def test_add_poll_list_export(tmp_path: Path, feed_server: FeedServer) -> None:
     assert f'xmlUrl="{url}"' in exported
 
 
+def test_poll_lists_feeds_with_news_and_counts_the_rest(
+    tmp_path: Path, feed_server: FeedServer
+) -> None:
+    cfg = config(tmp_path)
+    fresh = feed_server.add("/fresh.xml", body=rss([Item("Hello", link="https://blog.test/a")]))
+    quiet = feed_server.add("/quiet.xml", body=rss([Item("Same", link="https://blog.test/b")]))
+    for url in (fresh, quiet):
+        run("feeds", "add", url, config=cfg)
+    first = run("poll", config=cfg).stdout
+    assert "2 feeds: 2 new" in first and "nothing new" not in first, first
+    feed_server.add(
+        "/fresh.xml",
+        body=rss(
+            [Item("Hello", link="https://blog.test/a"), Item("Next", link="https://blog.test/c")]
+        ),
+    )
+    second = run("poll", config=cfg).stdout
+    rows = [line for line in second.splitlines() if line.startswith("│ ")]
+    assert [row.split("│")[1].strip() for row in rows] == ["1"], second
+    assert "2 feeds: 1 new" in second and "1 with nothing new (--all lists them)" in second
+    every = run("poll", "--all", config=cfg).stdout
+    listed = [line.split("│")[1].strip() for line in every.splitlines() if line.startswith("│ ")]
+    assert listed == ["1", "2"] and "nothing new" not in every, every
+
+
 def test_add_discovers_the_feed_of_a_blog_home_page(
     tmp_path: Path, feed_server: FeedServer
 ) -> None:
