@@ -88,6 +88,20 @@ def test_a_removed_feeds_id_is_never_given_to_the_next_feed(tmp_path: Path) -> N
     assert cli("feeds", "remove", "2", config=cfg, check=False).returncode != 0
 
 
+@pytest.mark.parametrize("table", ["feeds", "entries", "subscribers", "digests"])
+def test_every_id_that_leaves_the_database_is_never_reused(tmp_path: Path, table: str) -> None:
+    """Links (/sources/N, /entries/N, tokens naming a subscriber or a digest), Message-IDs
+    and saved choices carry these ids: each table hands out ids past every one used."""
+    store = Store.open(tmp_path / "db.sqlite3")
+    try:
+        sql = store.conn.execute(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", [table]
+        ).fetchone()[0]
+        assert "INTEGER PRIMARY KEY AUTOINCREMENT" in sql
+    finally:
+        store.close()
+
+
 def _old_database(path: Path) -> None:
     """A database as the previous version left it (every migration before this version's),
     with a row in every table, and feed 9 removed long ago: only its digest lines and a
