@@ -6,7 +6,6 @@ raises on purpose end the command with one line on stderr and exit status 1.
 
 from __future__ import annotations
 
-import asyncio
 import io
 import logging
 import sys
@@ -298,7 +297,8 @@ def feeds_list(ctx: click.Context) -> None:
 
 @cli.command(
     "search",
-    # "-word" excludes a word: unknown dash words are query text, and -h is not taken.
+    # "-word" excludes a word, so single-dash words are query text (click would read
+    # "-hello" as -h); "--word" is a mistyped option.
     context_settings={"ignore_unknown_options": True, "help_option_names": ["--help"]},
 )
 @click.argument("words", nargs=-1, required=True, type=click.UNPROCESSED)
@@ -313,6 +313,14 @@ def search_command(
     prefix*, -exclude, source:word."""
     from .store import search, timeline
 
+    if list(words) == ["-h"]:  # alone, as in every other command: the help
+        click.echo(ctx.get_help())
+        ctx.exit()
+    mistyped = next((word for word in words if word.startswith("--") and word != "--"), None)
+    if mistyped is not None:
+        raise click.UsageError(
+            f"no such option: {mistyped} (the options are --newest, --source, --limit)", ctx
+        )
     with _one_line_errors():
         db = _app(ctx).open_store(create=False).db
         query = search.parse_query(" ".join(words))
@@ -357,6 +365,8 @@ def feeds_add(ctx: click.Context, url: str, title: str | None, discover: bool) -
     with _one_line_errors():
         app = _app(ctx)
         if discover:
+            import asyncio
+
             url = asyncio.run(_discover(app.settings, url))
         feed, created = add_source(
             app.open_store(), FeedSource(url=url, title=title), origin="cli", now=now()
@@ -452,6 +462,8 @@ def poll(ctx: click.Context, due: bool, feed_ids: Sequence[int], every: bool) ->
 def _poll(
     app: App, *, due: bool, feed_ids: list[int] | None, every: bool = False
 ) -> list[PollSummary]:
+    import asyncio
+
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from .pipeline import poll_feeds

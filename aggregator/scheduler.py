@@ -454,9 +454,11 @@ def configure_logging(level: str, log_format: str = "text") -> None:
     access = logging.getLogger("uvicorn.access")
     if not any(isinstance(f, AccessLine) for f in access.filters):
         access.addFilter(AccessLine())
-    if level != "debug":
-        # A line per job run drowns the events; keep APScheduler's warnings only.
-        logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    quiet = logging.NOTSET if level == "debug" else logging.WARNING
+    # A line per job run, or httpx's per request beside our "poll feed=…" event,
+    # drowns the events: only their warnings, unless debugging.
+    for name in ("apscheduler", "httpx", "httpcore"):
+        logging.getLogger(name).setLevel(quiet)
     # A failed job is our one "job failed" line (see job_failed), not APScheduler's
     # traceback.
     logging.getLogger("apscheduler.executors").setLevel(logging.CRITICAL)

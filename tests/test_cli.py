@@ -261,6 +261,9 @@ def test_search_prints_a_table_best_match_first(tmp_path: Path, feed_server: Fee
     for nothing in (["--", "-zebra"], ["*"]):  # as the web page: nothing found, no error
         assert "No words to look for" in run("search", *nothing, config=cfg).stdout
     # "-word" excludes without "--", also words that start like the command's options
+    assert "Usage:" in run("search", "-h", config=cfg).stdout
+    mistyped = run("search", "zebra", "--limt", "5", config=cfg, check=False)
+    assert mistyped.returncode == 2 and "no such option: --limt" in mistyped.stderr
     excluded = run("search", "zebra", "-weekly", "-hello", config=cfg).stdout
     assert "1 matching" in excluded and "Zebra herds" in excluded
 
@@ -480,3 +483,43 @@ def test_a_feed_whose_document_trips_a_helper_fails_alone_and_the_poll_goes_on(
         assert conn.execute("SELECT count(*) FROM feeds WHERE next_poll_at IS NULL").fetchone() == (
             0,
         )
+
+
+def test_commands_import_only_what_they_use(tmp_path: Path, feed_server: FeedServer) -> None:
+    """A command that fetches nothing loads no HTTP stack, one that sends nothing no mail
+    stack, and a poll that parses nothing (every feed answers 304) no parser: each of
+    these is a tenth of a second or more of a one-shot command's start."""
+    cfg = config(tmp_path)
+    url = feed_server.add(
+        "/a.xml", body=rss([Item("Hello", link="https://blog.test/hello")]), etag='"v1"'
+    )
+    run("feeds", "add", url, config=cfg)
+    run("poll", config=cfg)
+    probe = (
+        "import runpy, sys\n"
+        "sys.argv = ['aggregator', *sys.argv[1:]]\n"
+        "try:\n"
+        "    runpy.run_module('aggregator', run_name='__main__')\n"
+        "finally:\n"
+        "    heavy = ('httpx', 'asyncio', 'smtplib', 'feedparser', 'jinja2', 'starlette')\n"
+        "    print('LOADED', *sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    env = {**os.environ, "AGGREGATOR_CONFIG": str(cfg)}
+
+    def loaded(*args: str) -> set[str]:
+        done = subprocess.run(
+            [sys.executable, "-c", probe, *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            check=False,
+        )
+        line = next(x for x in done.stdout.splitlines() if x.startswith("LOADED"))
+        return set(line.split()[1:])
+
+    assert loaded("feeds", "list") == set()
+    assert loaded("subscribers", "list") == set()
+    assert loaded("search", "anything") == set()
+    assert loaded("poll") == {"httpx", "asyncio"}  # the feed answers 304: nothing to parse
+    assert "if-none-match" in feed_server.requests[-1].headers  # it was a conditional GET
