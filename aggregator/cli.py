@@ -24,7 +24,7 @@ from rich.markup import escape
 from . import __version__
 from .clock import system_clock as now
 from .config import Settings, config_path, load, write_starter
-from .errors import AggregatorError, NotFound, SourceError, StoreError
+from .errors import AggregatorError, InvalidSubscription, NotFound, SourceError, StoreError
 from .store import Store
 from .store import feeds as feed_rows
 
@@ -632,38 +632,23 @@ def run(ctx: click.Context, host: str | None, port: int | None, once: bool) -> N
 def _add_demo_subscriber(app: App) -> None:
     """The configured demo address, confirmed, so a fresh install shows a digest at once.
 
-    Only an address the database has never seen is added: one that unsubscribed (or
-    was removed and signed up again) keeps the state it chose across restarts, and a
-    read-only database or a lock held elsewhere only costs the demo address, not the
-    start."""
-    from .store import subscribers as subscriber_rows
-    from .subscriptions import normalise_email
+    Added once per address, ever (the database remembers it): one that was removed or
+    unsubscribed keeps the state it chose across restarts, and a read-only database or
+    a lock held elsewhere only costs the demo address, not the start."""
+    from .subscriptions import seed_configured_subscriber
 
-    settings, store = app.settings, app.open_store()
-    email = settings.service.demo_subscriber
+    store = app.open_store()
+    email = app.settings.service.demo_subscriber
     assert email is not None
-    if store.readonly or subscriber_rows.by_key(store.db, normalise_email(email)[1]):
+    if store.readonly:
         return
     try:
-        _add_demo(app, email)
-    except StoreError as error:
+        added = seed_configured_subscriber(store, email=email, now=now())
+    except (StoreError, InvalidSubscription) as error:
         err.print(f"warning: demo subscriber {email} not added: {error}", markup=False)
-
-
-def _add_demo(app: App, email: str) -> None:
-    from .subscriptions import add_by_operator, links_for
-
-    settings, store = app.settings, app.open_store()
-    add_by_operator(
-        store,
-        settings,
-        links_for(store, settings),
-        email=email,
-        cadence="daily",
-        first_digest_now=True,
-        now=now(),
-    )
-    out.print(f"Demo subscriber: {email} (a daily digest; a welcome mail in the outbox)")
+        return
+    if added is not None:
+        out.print(f"Demo subscriber: {email} (a daily digest; a welcome mail in the outbox)")
 
 
 @cli.command()
@@ -733,33 +718,47 @@ def subscribers_list(ctx: click.Context) -> None:
         # A digest actually sent, not when a digest run last looked at them (which a
         # confirmation sets too): "—" for one who never received a digest.
         last_sent = digest_rows.last_sent_times(db)
+        owed = subscriber_rows.owed_mail(db)
         cells = []
+        # A column for the confirmation and welcome mails still owed, when there are any.
+        shown = {row.id for row in rows} & set(owed)
         for row in rows:
             sources = "all" if row.feed_ids is None else ", ".join(map(str, sorted(row.feed_ids)))
-            cells.append(
-                (
-                    str(row.id),
-                    row.email,
-                    row.status,
-                    row.cadence,
-                    sources or "none",
-                    _when(row.confirmed_at or row.created_at),
-                    _when(last_sent.get(row.id)),
-                )
-            )
+            cell = [
+                str(row.id),
+                row.email,
+                row.status,
+                row.cadence,
+                sources or "none",
+                _when(row.confirmed_at or row.created_at),
+                _when(last_sent.get(row.id)),
+            ]
+            if shown:
+                cell.append("; ".join(_owed_words(*m) for m in owed.get(row.id, [])) or "—")
+            cells.append(cell)
+        columns = [
+            ("id", "id"),
+            ("email", "id"),
+            ("status", "text"),
+            ("cadence", "text"),
+            ("sources", "text"),
+            ("since", "text"),
+            ("last digest", "text"),
+        ]
         _print_table(
             plural(len(rows), "subscriber"),
-            [
-                ("id", "id"),
-                ("email", "id"),
-                ("status", "text"),
-                ("cadence", "text"),
-                ("sources", "text"),
-                ("since", "text"),
-                ("last digest", "text"),
-            ],
+            [*columns, ("mail owed", "text")] if shown else columns,
             cells,
         )
+
+
+def _owed_words(kind: str, attempts: int, retry_at: datetime | None, error: str | None) -> str:
+    """ "confirmation pending (1 attempt, next 2026-05-03 07:05)", or "... failed: why"."""
+    what = {"confirm": "confirmation", "welcome": "welcome"}.get(kind, kind)
+    tries = plural(attempts, "attempt")
+    if retry_at is None:
+        return f"{what} failed ({tries}): {error or 'unknown error'}"
+    return f"{what} pending ({tries}, next {_when(retry_at)})"
 
 
 @subscribers.command("add")
@@ -788,7 +787,7 @@ def subscribers_add(
     with --cadence; confirms it unless --pending) and says what changed."""
     from .digests.send import send_welcomes
     from .mail import open_sender
-    from .subscriptions import add_or_update_by_operator, links_for
+    from .subscriptions import add_or_update_by_operator, deliver_owed, links_for
 
     with _one_line_errors():
         app = _app(ctx)
@@ -811,7 +810,9 @@ def subscribers_add(
         sender = open_sender(settings.mail.smtp, settings.mail.outbox)
         try:
             if done.message is not None:
-                sender.send(done.message)
+                problem = deliver_owed(store, sender, done.message, subscriber.id, "confirm")
+                if problem:
+                    _fail(f"confirmation to {subscriber.email} not sent (retried later): {problem}")
             else:
                 problems = send_welcomes(
                     store, sender, settings, now(), subscriber_ids=[subscriber.id]

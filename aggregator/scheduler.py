@@ -229,7 +229,7 @@ class Service:
         try:
             if self._polled_once:
                 for problem in send_welcomes(store, sender, self.settings, self.clock()):
-                    log.warning("welcome mail not sent: %s", problem)
+                    log.warning("subscriber mail not sent: %s", problem)
             built = build_pending(store, self.settings, self.clock(), due_only=True)
             if built.built:
                 log.info("digests built=%d", built.built)
@@ -252,7 +252,7 @@ class Service:
         sender = open_sender(self.settings.mail.smtp, self.settings.mail.outbox)
         try:
             for problem in send_welcomes(store, sender, self.settings, self.clock()):
-                log.warning("welcome mail not sent: %s", problem)
+                log.warning("subscriber mail not sent: %s", problem)
         finally:
             sender.close()
 
