@@ -165,9 +165,12 @@ def _print_table(
     records it, and that output is written as it is (rich lays out a row in about a
     millisecond: a second layout doubled the time of a 500-feed poll's summary).
     """
+    console = console or out
+    if len(rows) > LARGE_TABLE_ROWS:
+        console.file.write(_plain_table(title, columns, rows, console.width))
+        return
     from rich.table import Table
 
-    console = console or out
     table = Table(title=title, title_justify="left")
     for name, kind in columns:
         if kind == "id":
@@ -198,6 +201,37 @@ def _print_table(
         blocks.append("")
         blocks += [f"{name}: {value}" for (name, _), value in zip(columns, row, strict=True)]
     console.file.write("\n".join(blocks) + "\n")
+
+
+LARGE_TABLE_ROWS = 200
+"""Past this many rows a table is laid out as plain aligned columns, one line a row:
+rich lays a row out in about half a millisecond (10,000 subscribers took 15 s)."""
+
+
+def _plain_table(
+    title: str, columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[str]], width: int
+) -> str:
+    """``title``, then the header and one line per row in columns two spaces apart ("num"
+    columns right aligned); when a line would pass ``width``, one record per block."""
+    from rich.cells import cell_len
+
+    lines: list[Sequence[str]] = [[name for name, _ in columns], *rows]
+    widths = [max(cell_len(line[i]) for line in lines) for i in range(len(columns))]
+    if sum(widths) + 2 * (len(widths) - 1) > width:
+        blocks = [title]
+        for row in rows:
+            blocks.append("")
+            blocks += [f"{name}: {value}" for (name, _), value in zip(columns, row, strict=True)]
+        return "\n".join(blocks) + "\n"
+    right = [kind == "num" for _, kind in columns]
+    text = [title]
+    for line in lines:
+        cells = [
+            " " * (w - cell_len(cell)) + cell if r else cell + " " * (w - cell_len(cell))
+            for cell, w, r in zip(line, widths, right, strict=True)
+        ]
+        text.append("  ".join(cells).rstrip())
+    return "\n".join(text) + "\n"
 
 
 def _identifiers(

@@ -523,3 +523,28 @@ def test_commands_import_only_what_they_use(tmp_path: Path, feed_server: FeedSer
     assert loaded("search", "anything") == set()
     assert loaded("poll") == {"httpx", "asyncio"}  # the feed answers 304: nothing to parse
     assert "if-none-match" in feed_server.requests[-1].headers  # it was a conditional GET
+
+
+def test_a_long_table_is_plain_columns_one_line_a_row(tmp_path: Path) -> None:
+    """Past a few hundred rows (a big site's subscribers) a table is laid out as aligned
+    columns, one line a row, every address whole; too wide, one record per block."""
+    from aggregator.config import load
+    from aggregator.store import Store
+    from aggregator.subscriptions import add_by_operator, links_for
+
+    cfg = mail_config(tmp_path)
+    run("init", config=cfg)
+    settings = load(cfg)
+    store = Store.open(settings.database)
+    links = links_for(store, settings)
+    emails = [f"reader{i}@example.org" for i in range(250)]
+    for email in emails:
+        add_by_operator(store, settings, links, email=email, now=datetime(2026, 1, 1, tzinfo=UTC))
+    store.close()
+    wide = run_at_width("subscribers", "list", config=cfg, columns=200).stdout.splitlines()
+    assert wide[0] == "250 subscribers" and wide[1].split()[:3] == ["id", "email", "status"]
+    assert [line.split()[1] for line in wide[2:]] == emails
+    narrow = run_at_width("subscribers", "list", config=cfg, columns=40).stdout
+    assert [line for line in narrow.splitlines() if line.startswith("email: ")] == [
+        f"email: {email}" for email in emails
+    ]
