@@ -583,7 +583,7 @@ def _print_summary(summaries: list[PollSummary], *, every: bool) -> None:
             str(summary.new),
             str(summary.updated),
             str(summary.duplicates),
-            summary.error or "; ".join(summary.warnings),
+            "; ".join(note for note in (summary.error, *summary.warnings) if note),
         )
         for summary in sorted(listed, key=lambda s: s.feed_id)
     ]
@@ -597,7 +597,7 @@ def _print_summary(summaries: list[PollSummary], *, every: bool) -> None:
                 ("new", "num"),
                 ("updated", "num"),
                 ("duplicates", "num"),
-                ("errors", "text"),
+                ("errors and warnings", "text"),
             ],
             cells,
         )

@@ -86,6 +86,7 @@ class Poller:
 
     def __post_init__(self) -> None:
         self._snapshots = snapshot_urls(self.settings)
+        self._configured = {feed.url for feed in self.settings.feeds}
         self._intervals = {  # configured intervals; a feed's own (CLI, admin) comes first
             feed.url: feed.interval for feed in self.settings.feeds if feed.interval is not None
         }
@@ -259,6 +260,7 @@ class Poller:
             policy=self.settings.poll.policy,
             interval=self._intervals.get(feed.url),
             follow_moves=feed.url not in self._snapshots,
+            configured=feed.url in self._configured,
         )
         if prepared is not None and decision.store_entries:
             done_deciding()

@@ -548,3 +548,20 @@ def test_a_long_table_is_plain_columns_one_line_a_row(tmp_path: Path) -> None:
     assert [line for line in narrow.splitlines() if line.startswith("email: ")] == [
         f"email: {email}" for email in emails
     ]
+
+
+def test_a_configured_feed_that_moved_stays_one_feed(
+    tmp_path: Path, feed_server: FeedServer
+) -> None:
+    """The configuration file names a feed that answers 301: polls read it at its new
+    address and say so, and it stays one feed under the file's URL (moving it made the
+    next command add the old URL again, and every entry twice)."""
+    new = feed_server.add("/new.xml", body=rss([Item("Hello", link="https://blog.test/a")]))
+    old = feed_server.add("/old.xml", body=b"", status=301, headers={"Location": new})
+    cfg = config(tmp_path, f'[[feeds]]\nurl = "{old}"\n')
+    first = run("poll", config=cfg).stdout
+    assert "1 new" in first and new in first and "configuration file" in first, first
+    second = run("poll", config=cfg).stdout
+    assert "1 feed:" in second and "0 new" in second, second
+    listing = run("feeds", "list", config=cfg).stdout
+    assert listing.startswith("1 feed\n") and old in listing, listing
