@@ -565,3 +565,37 @@ def test_a_configured_feed_that_moved_stays_one_feed(
     assert "1 feed:" in second and "0 new" in second, second
     listing = run("feeds", "list", config=cfg).stdout
     assert listing.startswith("1 feed\n") and old in listing, listing
+
+
+def test_sigterm_drops_a_fetch_still_waiting_and_exits_at_once(
+    tmp_path: Path, feed_server: FeedServer
+) -> None:
+    """A one-shot poll stopped while one server has not answered: that fetch is dropped
+    (the feed is polled next time), what was fetched is written, exit status 0, without
+    waiting out the read timeout."""
+    import signal
+    import time
+
+    cfg = config(tmp_path)
+    cfg.write_text(cfg.read_text().replace("[fetch]\n", "[fetch]\nread_timeout = 60\n"))
+    hang = feed_server.add_hang("/hang.xml")
+    fine = feed_server.add("/fine.xml", body=rss([Item("Hello", link="https://blog.test/a")]))
+    run("feeds", "add", "--no-discover", hang, config=cfg)
+    run("feeds", "add", "--no-discover", fine, config=cfg)
+    poll = subprocess.Popen(
+        [*AGGREGATOR, "poll"],
+        env={**os.environ, "AGGREGATOR_CONFIG": str(cfg), "COLUMNS": "200"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 30
+    while not (feed_server.requests_for("/hang.xml") and feed_server.requests_for("/fine.xml")):
+        assert time.monotonic() < deadline, "the poll never asked both servers"
+        time.sleep(0.01)
+    signalled = time.monotonic()
+    poll.send_signal(signal.SIGTERM)
+    stdout, stderr = poll.communicate(timeout=30)
+    assert poll.returncode == 0, stderr
+    assert time.monotonic() - signalled < 10  # not the 60 s read timeout
+    assert "skipped" in stdout and "failed" in stdout, stdout
