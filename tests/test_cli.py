@@ -66,7 +66,9 @@ def test_poll_lists_feeds_with_news_and_counts_the_rest(
     second = run("poll", config=cfg).stdout
     rows = [line for line in second.splitlines() if line.startswith("│ ")]
     assert [row.split("│")[1].strip() for row in rows] == ["1"], second
-    assert "2 feeds: 1 new" in second and "1 with nothing new (--all lists them)" in second
+    assert "2 feeds: 1 new" in second and "1 with nothing new (aggregator poll --all" in second
+    missing = run("poll", "--feed", "999", config=cfg, check=False)
+    assert missing.returncode == 1 and "no feed 999" in missing.stderr
     every = run("poll", "--all", config=cfg).stdout
     listed = [line.split("│")[1].strip() for line in every.splitlines() if line.startswith("│ ")]
     assert listed == ["1", "2"] and "nothing new" not in every, every
