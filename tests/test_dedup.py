@@ -189,8 +189,9 @@ def test_entry_alias_table(guid: str, expected: str) -> None:
     assert entry_alias(guid, None, "Title", None, feed_url=FEED) == expected
 
 
-# Distinct entries of one document (each group): their keys AND aliases all differ, so
-# neither the document nor the churn matching can merge them.
+# Distinct entries of one document (each group): their keys differ, and so do their
+# aliases where they have a GUID or link, so neither the document nor the churn
+# matching can merge them.
 DISTINCT_IN_ONE_DOCUMENT = {
     "WordPress comment feed": [
         {"guid": "https://blog.example.org/?p=77#comment-401"},
@@ -245,7 +246,11 @@ def test_distinct_entries_of_one_document_keep_distinct_identities(
     keys = {entry_key(*args(f), feed_url=FEED, text=str(f.get("text", ""))) for f in entries}  # type: ignore[arg-type]
     aliases = {entry_alias(*args(f), feed_url=FEED, text=str(f.get("text", ""))) for f in entries}  # type: ignore[arg-type]
     assert len(keys) == len(entries)
-    assert len(aliases) == len(entries)
+    if not all(key.startswith("hash:") for key in keys):
+        assert len(aliases) == len(entries)
+    # Entries without GUID and link share an alias when they share a title (and date),
+    # so that an edit of the text is an update; an alias that several records of one
+    # document carry joins nothing, as the plans below show.
     recs = [
         record(
             guid=f.get("guid"),
@@ -1021,10 +1026,12 @@ def test_later_or_undated_copy_stays_a_copy(
 
 
 def test_of_several_earlier_copies_in_one_document_the_earliest_is_the_story() -> None:
+    """Two posts of one feed that both read as the story: the earliest-published joins
+    it (and takes the credit); the other stays a post of its own, since two entries of
+    one feed are never copies of each other."""
     story = other_feed_entry(id=10, published=NOW - timedelta(hours=1))
-    link = "https://other.example/shipping-v2"
-    early = record(guid="a", link=link, title="A", published=NOW - timedelta(hours=4))
-    earliest = record(guid="b", link=link, title="B", published=NOW - timedelta(hours=8))
+    early = record(guid="a", link="https://blog.example/a", published=NOW - timedelta(hours=4))
+    earliest = record(guid="b", link="https://blog.example/b", published=NOW - timedelta(hours=8))
     plan = plan_entries([early, earliest], existing=[], candidates=[story])
     by_key = {new.record.key: (new.duplicate_of, new.supersedes) for new in plan.inserts}
-    assert by_key == {"guid:b": (None, 10), "guid:a": (10, None)}
+    assert by_key == {"guid:b": (None, 10), "guid:a": (None, None)}
