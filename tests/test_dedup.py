@@ -1030,8 +1030,18 @@ def test_of_several_earlier_copies_in_one_document_the_earliest_is_the_story() -
     it (and takes the credit); the other stays a post of its own, since two entries of
     one feed are never copies of each other."""
     story = other_feed_entry(id=10, published=NOW - timedelta(hours=1))
-    early = record(guid="a", link="https://blog.example/a", published=NOW - timedelta(hours=4))
-    earliest = record(guid="b", link="https://blog.example/b", published=NOW - timedelta(hours=8))
+    early = record(
+        guid="a",
+        link="https://blog.example/a",
+        title="Shipping v2",
+        published=NOW - timedelta(hours=4),
+    )
+    earliest = record(
+        guid="b",
+        link="https://blog.example/b",
+        title="Shipping v2",
+        published=NOW - timedelta(hours=8),
+    )
     plan = plan_entries([early, earliest], existing=[], candidates=[story])
     by_key = {new.record.key: (new.duplicate_of, new.supersedes) for new in plan.inserts}
     assert by_key == {"guid:b": (None, 10), "guid:a": (None, None)}
