@@ -332,3 +332,25 @@ def test_podcasts_with_one_episode_title_and_boilerplate_stay_apart(
         poll(settings, store, clock, feed_id)
     found = store.conn.execute("SELECT feed_id, duplicate_of FROM entries").fetchall()
     assert len(found) == 4 and all(story is None for _, story in found)
+
+
+def test_a_post_in_the_main_feed_and_a_category_feed_of_one_blog_is_one_story(
+    setup, feed_server: FeedServer
+) -> None:
+    """The same post (one GUID, URL and title; the category feed gives an excerpt)
+    reached through two subscriptions of one blog is stored once as a story."""
+    settings, store, clock = setup
+    post = Item(
+        "Tuning SQLite for many writers",
+        link="https://blog.example/2026/11/sqlite",
+        guid="https://blog.example/?p=77",
+        body=STORY,
+    )
+    excerpt = Item(post.title, link=post.link, guid=post.guid, body="<p>word0 word1 …</p>")
+    main_id = add(store, feed_server.add("/feed.xml", body=rss([post])))
+    category_id = add(store, feed_server.add("/category/db/feed.xml", body=rss([excerpt])))
+    poll(settings, store, clock, main_id)
+    (summary,) = poll(settings, store, clock, category_id)
+    assert summary.duplicates == 1
+    found = store.conn.execute("SELECT id, feed_id, duplicate_of FROM entries ORDER BY id")
+    assert found.fetchall() == [(1, main_id, None), (2, category_id, 1)]
