@@ -1072,7 +1072,9 @@ def status(ctx: click.Context) -> None:
             out.print(f"Next send attempt: {_when(data.next_digest_attempt)}")
         failing = [f for f in feed_rows.list_feeds(db) if f.enabled and f.error_count]
         for feed in failing:
-            out.print(f"failing: feed {feed.id} {feed.url}: {feed.last_error}")
+            error = feed.last_error or ""
+            said = error if error.startswith(f"{feed.url}: ") else f"{feed.url}: {error}"
+            out.print(f"failing: feed {feed.id} {said}", markup=False)
 
 
 def main(argv: list[str] | None = None) -> Any:

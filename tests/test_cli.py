@@ -328,6 +328,15 @@ def test_digest_preview_always_shows_something_labelled(
     nobody = run("digest", "preview", "--last", config=cfg, check=False)
     assert nobody.returncode == 1 and nobody.stderr.startswith("error: --last needs --subscriber")
 
+    # The feed is removed: the digest sent stays sent, and says where its posts went.
+    run("feeds", "remove", url, config=cfg)
+    gone = run(
+        "digest", "preview", "--subscriber", "ann@example.org", "--last", config=cfg, check=False
+    )
+    assert gone.returncode == 1
+    assert "the last digest sent to ann@example.org (on" in gone.stderr
+    assert "held 1 post, all from sources removed since" in gone.stderr
+
 
 def test_preview_with_no_posts_at_all_says_what_to_do(tmp_path: Path) -> None:
     cfg = mail_config(tmp_path)
