@@ -241,8 +241,12 @@ class PollPlan:
 
     @property
     def duplicates(self) -> int:
-        """How many of the inserts are copies of a story already stored."""
-        return sum(1 for new in self.inserts if new.duplicate_of is not None)
+        """How many cross-posts this poll found: inserts that are copies of a story already
+        stored, and inserts that take a stored story's place (an earlier-published copy:
+        the stored one becomes the copy)."""
+        return sum(
+            1 for new in self.inserts if new.duplicate_of is not None or new.supersedes is not None
+        )
 
 
 # --- poll outcome -------------------------------------------------------------------

@@ -732,7 +732,10 @@ def test_cross_post_in_one_poll_credits_the_copy_published_first(
     late = feed_server.add("/late.xml", body=atom(_copy(datetime(2026, 11, 20, 15, 0, tzinfo=UTC))))
     early_id, late_id = add(store, early), add(store, late)
     summaries = {s.url: s for s in poll(settings, store, clock)}
-    assert summaries[late].new == 1 and summaries[early].new == 1  # written second, yet the story
+    # One story in all: the late copy's poll brought it, the early copy's poll found it
+    # as a cross-post (and took its place as the story).
+    assert (summaries[late].new, summaries[late].duplicates) == (1, 0)
+    assert (summaries[early].new, summaries[early].duplicates) == (0, 1)
     stored = dict(rows(store, "SELECT feed_id, duplicate_of FROM entries"))
     ((early_entry,),) = rows(store, "SELECT id FROM entries WHERE feed_id = ?", early_id)
     assert stored == {early_id: None, late_id: early_entry}
