@@ -608,7 +608,9 @@ _AMPERSAND = re.compile(
     _CDATA
     + rb"|"
     + _COMMENT
-    + rb"|&(?:#([0-9]{1,10});|#[xX]([0-9a-fA-F]{1,8});|([A-Za-z][A-Za-z0-9]{0,31});)?"
+    # The five XML entities are left as they are, so they are not matched at all.
+    + rb"|&(?!(?:amp|lt|gt|quot|apos);)"
+    + rb"(?:#([0-9]{1,10});|#[xX]([0-9a-fA-F]{1,8});|([A-Za-z][A-Za-z0-9]{0,31});)?"
 )
 _XML_ENTITIES = frozenset({b"amp", b"lt", b"gt", b"quot", b"apos"})
 _NEEDS_REPAIR = re.compile(rb"&(?!(?:amp|lt|gt|quot|apos);)")
@@ -753,6 +755,10 @@ def _cut_items(data: bytes, root: str | None, keep: int) -> tuple[bytes, int] | 
     one; the last one to its closing tag (the rest of the document follows unchanged).
     Item tags inside CDATA sections and comments are text, not boundaries.
     """
+    # Every item tag holds one of these words, so their count bounds the items' count:
+    # the scan below is needed only when it is over ``keep``.
+    if data.count(b"item") + data.count(b"entry") <= keep:
+        return None
     starts = [match.start() for match in _tags(_ITEM_START, data)]
     if len(starts) <= keep:
         return None
@@ -1069,7 +1075,8 @@ def _entry(
     )
     guid = _str_or_none(raw.get("id"))
     media = _xml_media(raw, fallback_base)
-    dated_by = next((key for key in _DATE_KEYS if _date(raw, key) is not None), None)
+    dates = {key: _date(raw, key) for key in _DATE_KEYS}  # each element read once
+    dated_by = next((key for key in _DATE_KEYS if dates[key] is not None), None)
     return ParsedEntry(
         guid=_guid(raw.get("id")),
         link=link,
@@ -1079,8 +1086,8 @@ def _entry(
         author=_plain(author, None, limits.max_author_chars) or None,
         summary_html=summary_html,
         content_html=content_html,
-        published=best_date(_date(raw, key) for key in _DATE_KEYS),
-        updated=_date(raw, "updated"),
+        published=best_date(dates[key] for key in _DATE_KEYS),
+        updated=dates["updated"],
         base_url=content_base or None,
         summary_base_url=summary_base or None,
         media=_capped_media(media, limits, warnings, link or guid),

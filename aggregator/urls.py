@@ -139,6 +139,12 @@ def absolute_http_url(url: str | None, base: str | None = None) -> str | None:
     """
     if url is None:
         return None
+    if _PLAIN_HTTP_URL.fullmatch(url) is not None:
+        return url  # the common case: what the steps below would give back unchanged
+    return _resolved_http_url(url, base)
+
+
+def _resolved_http_url(url: str, base: str | None) -> str | None:
     cleaned = without_surrogates(_INVISIBLE.sub("", url)).replace("\\", "/")
     if not cleaned:
         return None
@@ -158,6 +164,14 @@ def absolute_http_url(url: str | None, base: str | None = None) -> str | None:
 # Sanitising calls these for every link of every entry; base URLs and relative links
 # repeat across a feed's entries.
 _ABSOLUTE_HTTP = re.compile(r"https?://[^/?#]", re.IGNORECASE)
+# An absolute http(s) URL that absolute_http_url returns as written: lower-case scheme,
+# a host of ASCII letters, digits, dots and hyphens (no user, no port), then only
+# printable ASCII that urlsplit and urlunsplit leave in place; "?" and "#" only with
+# something after them (urlunsplit drops an empty query or fragment).
+_URL_CHARS = "-A-Za-z0-9._~!$&'()*+,;=:@%/"  # "-" first: a literal, not a range
+_PLAIN_HTTP_URL = re.compile(
+    rf"https?://[A-Za-z0-9.-]+(?:/[{_URL_CHARS}]*)?(?:\?[{_URL_CHARS}?]+)?(?:#[{_URL_CHARS}?]+)?"
+)
 
 
 @lru_cache(maxsize=1024)
