@@ -24,6 +24,7 @@ import io
 import json
 import re
 import xml.sax
+import xml.sax.expatreader
 import xml.sax.handler
 import xml.sax.xmlreader
 from collections.abc import Iterator, Mapping, Sequence
@@ -859,6 +860,22 @@ def _describe_xml_error(error: BaseException) -> str:
     return str(error) or type(error).__name__
 
 
+class _BufferedExpatReader(xml.sax.expatreader.ExpatParser):
+    """The standard library's SAX reader over expat, with expat's own text buffering on
+    (``buffer_text``): a run of character data reaches the handler in one call instead
+    of one per line and per reference. feedparser appends each call's text to a list
+    that it joins, so the result is the same, with a tenth of the calls."""
+
+    def reset(self) -> None:
+        super().reset()
+        parser = self._parser  # type: ignore[attr-defined]  # set by reset(), per document
+        parser.buffer_text = True
+        parser.buffer_size = _TEXT_BUFFER_CHARS
+
+
+_TEXT_BUFFER_CHARS = 64 * 1024
+
+
 def _run_feedparser(data: bytes) -> tuple[Any, str | None]:
     """Parse strictly (expat, no DTD left to act on); fall back to the lenient parser.
 
@@ -870,7 +887,7 @@ def _run_feedparser(data: bytes) -> tuple[Any, str | None]:
     strict.resolve_relative_uris = False
     strict.sanitize_html = False
     # Safe without defusedxml: _scan_prolog removed every DOCTYPE and entity declaration.
-    reader = xml.sax.make_parser()  # noqa: S317
+    reader = _BufferedExpatReader()
     reader.setFeature(xml.sax.handler.feature_namespaces, True)
     reader.setFeature(xml.sax.handler.feature_external_ges, False)
     reader.setFeature(xml.sax.handler.feature_external_pes, False)
