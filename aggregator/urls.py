@@ -141,6 +141,11 @@ def absolute_http_url(url: str | None, base: str | None = None) -> str | None:
         return None
     if _PLAIN_HTTP_URL.fullmatch(url) is not None:
         return url  # the common case: what the steps below would give back unchanged
+    if base and url.startswith("/"):  # the next most common: a path on the base's host
+        path = _PLAIN_PATH_REFERENCE.fullmatch(url)
+        origin = _PLAIN_HTTP_URL.fullmatch(base) if path is not None else None
+        if path is not None and origin is not None and "/." not in path[1]:
+            return origin["origin"] + url
     return _resolved_http_url(url, base)
 
 
@@ -169,9 +174,15 @@ _ABSOLUTE_HTTP = re.compile(r"https?://[^/?#]", re.IGNORECASE)
 # printable ASCII that urlsplit and urlunsplit leave in place; "?" and "#" only with
 # something after them (urlunsplit drops an empty query or fragment).
 _URL_CHARS = "-A-Za-z0-9._~!$&'()*+,;=:@%/"  # "-" first: a literal, not a range
+_QUERY_AND_FRAGMENT = rf"(?:\?[{_URL_CHARS}?]+)?(?:#[{_URL_CHARS}?]+)?"
 _PLAIN_HTTP_URL = re.compile(
-    rf"https?://[A-Za-z0-9.-]+(?:/[{_URL_CHARS}]*)?(?:\?[{_URL_CHARS}?]+)?(?:#[{_URL_CHARS}?]+)?"
+    rf"(?P<origin>https?://[A-Za-z0-9.-]+)(?:/[{_URL_CHARS}]*)?{_QUERY_AND_FRAGMENT}"
 )
+# A path reference that urljoin puts after a plain base's origin as written: a path of
+# the same characters without ";" (path parameters) and without empty segments ("//",
+# which urljoin drops); the caller also refuses "/." (dot segments, which it resolves).
+_SEGMENT = "[-A-Za-z0-9._~!$&'()*+,=:@%]"  # one character of a path segment
+_PLAIN_PATH_REFERENCE = re.compile(rf"(/(?:{_SEGMENT}+/)*{_SEGMENT}*){_QUERY_AND_FRAGMENT}")
 
 
 @lru_cache(maxsize=1024)
