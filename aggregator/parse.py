@@ -900,11 +900,16 @@ def _pop(parser: Any, element: str, strip_whitespace: int) -> Any:
         output = feedparser_sanitizer._sanitize_html(output, parser.encoding, content_type)
     if parser.encoding and isinstance(output, bytes):
         output = output.decode(parser.encoding, "ignore")
-    # Text that is UTF-8 read as ISO-8859-1, a common publishing error, read again.
-    if parser.encoding in ("utf-8", "utf-8_INVALID_PYTHON_3") and not isinstance(output, bytes):
+    # Text that is UTF-8 read as ISO-8859-1, a common publishing error, read again. Both
+    # steps leave ASCII text as it is (str.isascii() costs nothing: CPython knows it).
+    if (
+        parser.encoding in ("utf-8", "utf-8_INVALID_PYTHON_3")
+        and isinstance(output, str)
+        and not output.isascii()
+    ):
         with contextlib.suppress(UnicodeEncodeError, UnicodeDecodeError):
             output = output.encode("iso-8859-1").decode("utf-8")
-    if not isinstance(output, bytes) and _C1_CONTROL.search(output) is not None:
+    if isinstance(output, str) and not output.isascii() and _C1_CONTROL.search(output):
         output = output.translate(CP1252_TABLE)
     if element in ("category", "tags", "itunes_keywords"):
         return output

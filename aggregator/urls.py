@@ -214,8 +214,13 @@ def canonical_url(url: str | None, base: str | None = None) -> str | None:
     anchors each post), so two fragments are two pages here (DESIGN §5).
     """
     absolute = absolute_http_url(url, base)
-    if absolute is None:
-        return None
+    return None if absolute is None else _canonical_of_absolute(absolute)
+
+
+# Making a record asks for the canonical form of one link two or three times (its
+# canonical URL, its link key, its identity), with and without the feed as base.
+@lru_cache(maxsize=4096)
+def _canonical_of_absolute(absolute: str) -> str | None:
     parts = _split(absolute)
     if parts is None or parts.hostname is None:
         return None
