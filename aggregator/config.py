@@ -24,11 +24,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from . import USER_AGENT
 from .errors import ConfigError
-from .fetch import FetchSettings
+from .fetch_settings import FetchSettings
 from .limits import ParseLimits
-from .mail import MAX_CONNECTIONS, SmtpSettings
 from .polling import PollPolicy
 from .resources import is_checkout, resource_file
+from .smtp_settings import MAX_CONNECTIONS, SmtpSettings
 from .urls import is_http_url
 
 # Environment variable naming the configuration file when --config is not given.

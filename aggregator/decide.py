@@ -16,7 +16,7 @@ Rules and their sources:
   to the final URL, unless it is read from a local snapshot, and unless the move would
   take an https feed to plain http (a downgrade is followed for this fetch, never
   stored: one redirect, perhaps from a network in the middle, must not strip TLS from
-  every later poll; RFC 9110 §4.2.2).
+  every later poll; RFC 9110 §4.2.2). Such a poll, moved or not, carries a warning.
 - 410 Gone (RFC 9110 §15.5.11): the feed is disabled, with the reason.
 - Any other failure (a 404 or 5xx, a timeout, a refused address, a document that is
   no feed, a parser that died): one more failure in a row, polled again after the
@@ -113,6 +113,7 @@ class PollDecision:
     update: FeedUpdate
     fetch: FetchRecord
     error: str | None = None
+    warnings: tuple[str, ...] = ()  # for the poll's summary and the log
 
     @property
     def store_entries(self) -> bool:
@@ -160,7 +161,11 @@ def decide_poll(
             last_modified=fetched.last_modified or feed.last_modified,
         )
         return PollDecision(
-            "not_modified", "not_modified", update, _record(feed, fetched, now, "not_modified")
+            "not_modified",
+            "not_modified",
+            update,
+            _record(feed, fetched, now, "not_modified"),
+            warnings=_downgrade(feed, fetched),
         )
     if parsed is None:
         raise ValueError(f"feed {feed.id}: a document arrived but no parse outcome was given")
@@ -176,7 +181,21 @@ def decide_poll(
         etag=fetched.etag,
         last_modified=fetched.last_modified,
     )
-    return PollDecision("ok", "ok", update, _record(feed, fetched, now, "ok"))
+    return PollDecision(
+        "ok", "ok", update, _record(feed, fetched, now, "ok"), warnings=_downgrade(feed, fetched)
+    )
+
+
+DOWNGRADE_WARNING = (
+    "redirected from https to plain http: read this time, unencrypted; the stored URL stays https"
+)
+"""The warning of a poll of an https feed answered over plain http after a redirect."""
+
+
+def _downgrade(feed: Feed, fetched: FetchResult) -> tuple[str, ...]:
+    if _scheme(feed.url) == "https" and _scheme(fetched.final_url) == "http":
+        return (DOWNGRADE_WARNING,)
+    return ()
 
 
 def _failure(

@@ -41,7 +41,6 @@ from urllib.request import url2pathname
 import httpcore
 import httpx
 
-from . import USER_AGENT
 from .errors import (
     FetchConnectError,
     FetchError,
@@ -51,6 +50,7 @@ from .errors import (
     FetchTooLarge,
     FetchTooManyRedirects,
 )
+from .fetch_settings import FetchSettings as FetchSettings
 from .models import FetchResult
 from .polling import parse_retry_after
 
@@ -69,38 +69,6 @@ RETRY_AFTER_STATUSES = frozenset({429, 503})
 _CHUNK = 64 * 1024  # largest piece a decoder may hand back at once
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
-@dataclass(frozen=True, slots=True)
-class FetchSettings:
-    """Limits and choices of the fetcher (the ``[fetch]`` table of the configuration).
-
-    Times are in seconds, sizes in bytes. ``connect_timeout``, ``read_timeout``: per
-    phase of one request (httpx's timeouts); ``total_timeout``: deadline of the whole
-    fetch, redirects and body included (a server dripping a byte at a time trips no
-    per-phase timeout). ``max_body_bytes``: after decompression. ``max_connections``:
-    requests in flight at once overall. ``max_per_host``: the most requests in flight to
-    one host at once over HTTP/1.1 (each its own connection); a host that answers over
-    HTTP/2 carries them as streams of one connection, up to ``max_connections``. Each
-    host starts at ``PER_HOST_START`` and moves between 1 and its ceiling as it answers
-    (see ``HostGate``).
-    ``http2``: speak HTTP/2 to TLS servers that offer it (ALPN). ``ca_file``: a PEM file
-    of certificate authorities trusted beside the default bundle.
-    ``allow_private_addresses``: lift the THREATS H4 guard (feeds on your own network).
-    """
-
-    user_agent: str = USER_AGENT
-    connect_timeout: float = 10.0
-    read_timeout: float = 20.0
-    total_timeout: float = 60.0
-    max_body_bytes: int = 16 * 1024 * 1024
-    max_redirects: int = 5
-    max_connections: int = 32
-    max_per_host: int = 16
-    http2: bool = True
-    ca_file: str | None = None
-    allow_private_addresses: bool = False
-    allow_file_urls: bool = False
 
 
 # --- address policy -------------------------------------------------------------------
@@ -361,8 +329,26 @@ def tls_context(ca_file: str | None = None) -> ssl.SSLContext:
 PER_HOST_START = 6  # requests at once to a host not yet heard from: what browsers open
 MAX_HOST_HOLD = 3600.0  # seconds: longest a Retry-After keeps a host at one request
 DEFAULT_HOST_HOLD = 60.0  # seconds, when a Retry-After cannot be read
+HOST_DOWN_AFTER = 3  # requests in a row without any answer before a host counts as down
+HOST_DOWN_SECONDS = 300.0  # how long a host that is down is not asked (then tried again)
 # Answers that halve a host's slots: too many requests, or the server failing.
 OVERLOAD_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+class HostDown(Exception):
+    """The host gave no answer to ``unanswered`` requests in a row; it is not asked
+    again for ``seconds``."""
+
+    def __init__(self, unanswered: int, seconds: float) -> None:
+        super().__init__(unanswered, seconds)
+        self.unanswered = unanswered
+        self.seconds = seconds
+
+    def __str__(self) -> str:
+        return (
+            f"the host gave no answer to {self.unanswered} requests in a row; "
+            f"not asked again for {math.ceil(self.seconds)} s"
+        )
 
 
 class HostGate:
@@ -378,6 +364,12 @@ class HostGate:
     fewer than one. Slots are handed to waiters in arrival order. Once the
     host answers over HTTP/2, where requests are streams of one connection instead of
     connections of their own, the ceiling becomes ``multiplexed_ceiling`` (when higher).
+
+    A host that gives no answer at all to ``HOST_DOWN_AFTER`` requests in a row (the
+    connection fails or times out before any header arrives) is down for
+    ``HOST_DOWN_SECONDS``: ``acquire`` raises ``HostDown`` at once, for the requests
+    waiting too, instead of letting each of a platform's many feeds wait out its own
+    timeout one after the other. The first answer clears the count.
     """
 
     def __init__(self, start: int, ceiling: int, *, multiplexed_ceiling: int = 0) -> None:
@@ -387,10 +379,14 @@ class HostGate:
         self.in_flight = 0
         self.quickest = math.inf
         self.hold_until = 0.0  # event-loop time before which the slots do not grow
+        self.unanswered = 0  # requests in a row that got no answer at all
+        self.down_until = 0.0  # event-loop time before which the host is not asked
         self._waiters: deque[asyncio.Future[None]] = deque()
 
     async def acquire(self) -> None:
-        """Wait for a slot (cancellable; a slot handed over meanwhile is given back)."""
+        """Wait for a slot (cancellable; a slot handed over meanwhile is given back).
+        Raises HostDown while the host is down (see the class docstring)."""
+        self._check_up()
         if self.in_flight < int(self.limit) and not self._waiters:
             self.in_flight += 1
             return
@@ -405,6 +401,11 @@ class HostGate:
             elif waiter in self._waiters:
                 self._waiters.remove(waiter)
             raise
+
+    def _check_up(self) -> None:
+        left = self.down_until - asyncio.get_running_loop().time()
+        if left > 0:
+            raise HostDown(self.unanswered, left)
 
     def release(
         self,
@@ -421,6 +422,17 @@ class HostGate:
         seconds; ``multiplexed``: the answer came over HTTP/2."""
         self.in_flight -= 1
         now = asyncio.get_running_loop().time()
+        if seconds is not None:
+            self.unanswered = 0
+        elif overloaded:
+            self.unanswered += 1
+            if self.unanswered >= HOST_DOWN_AFTER and now >= self.down_until:
+                self.down_until = now + HOST_DOWN_SECONDS
+                down = HostDown(self.unanswered, HOST_DOWN_SECONDS)
+                while self._waiters:
+                    waiter = self._waiters.popleft()
+                    if not waiter.done():
+                        waiter.set_exception(down)
         if multiplexed:
             self.ceiling = max(self.ceiling, self.multiplexed_ceiling)
         if slow_down:
@@ -664,7 +676,10 @@ class FeedFetcher:
             host = _host_key(current, url)
             # Per-host slot first, so waiters for one busy host never hold global slots.
             gate = self._host_gate(host)
-            await gate.acquire()
+            try:
+                await gate.acquire()
+            except HostDown as down:
+                raise FetchConnectError(str(down), url=current) from None
             timing = _Timing()
             try:
                 async with self._global:

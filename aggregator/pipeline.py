@@ -365,7 +365,7 @@ class Poller:
             new=len(plan.inserts) - plan.duplicates,
             updated=len(plan.updates),
             duplicates=plan.duplicates,
-            warnings=prepared.warnings,
+            warnings=(*prepared.warnings, *_logged(feed, decision.warnings)),
         )
         return summary if holder is None else _move_not_made(summary, decision, holder)
 
@@ -430,7 +430,15 @@ def _summary(feed: Feed, decision: PollDecision) -> PollSummary:
         title=feed.title or feed.url,
         status=decision.status,
         error=decision.error,
+        warnings=_logged(feed, decision.warnings),
     )
+
+
+def _logged(feed: Feed, warnings: tuple[str, ...]) -> tuple[str, ...]:
+    """``warnings`` of a poll's decision, each logged once with its feed."""
+    for warning in warnings:
+        log.warning("feed %d (%s): %s", feed.id, feed.url, warning)
+    return warnings
 
 
 def plan_poll(

@@ -24,7 +24,7 @@ from .media import format_duration, format_size, media_label, media_marker
 from .resources import resource_dir
 from .sanitize import excerpt, sanitize_html, xml_chars
 from .text import clean_text
-from .urls import is_http_url
+from .urls import iri_reference, is_http_url
 
 TEMPLATES = resource_dir("templates")
 """The templates' directory (``templates/`` in the repository, inside the wheel)."""
@@ -114,6 +114,7 @@ def make_environment(
         schedule=schedule,
         xml_safe=xml_safe,
         http_url=is_http_url,
+        iri=iri_reference,
     )
     if filters:
         environment.filters.update(filters)

@@ -229,7 +229,7 @@ class Service:
         try:
             if self._polled_once:
                 for problem in send_welcomes(store, sender, self.settings, self.clock()):
-                    log.warning("welcome mail not sent: %s", problem)
+                    log.warning("subscriber mail not sent: %s", problem)
             built = build_pending(store, self.settings, self.clock(), due_only=True)
             if built.built:
                 log.info("digests built=%d", built.built)
@@ -252,7 +252,7 @@ class Service:
         sender = open_sender(self.settings.mail.smtp, self.settings.mail.outbox)
         try:
             for problem in send_welcomes(store, sender, self.settings, self.clock()):
-                log.warning("welcome mail not sent: %s", problem)
+                log.warning("subscriber mail not sent: %s", problem)
         finally:
             sender.close()
 
@@ -454,9 +454,11 @@ def configure_logging(level: str, log_format: str = "text") -> None:
     access = logging.getLogger("uvicorn.access")
     if not any(isinstance(f, AccessLine) for f in access.filters):
         access.addFilter(AccessLine())
-    if level != "debug":
-        # A line per job run drowns the events; keep APScheduler's warnings only.
-        logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    quiet = logging.NOTSET if level == "debug" else logging.WARNING
+    # A line per job run, or httpx's per request beside our "poll feed=…" event,
+    # drowns the events: only their warnings, unless debugging.
+    for name in ("apscheduler", "httpx", "httpcore"):
+        logging.getLogger(name).setLevel(quiet)
     # A failed job is our one "job failed" line (see job_failed), not APScheduler's
     # traceback.
     logging.getLogger("apscheduler.executors").setLevel(logging.CRITICAL)

@@ -5,15 +5,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from .config import Settings
 from .errors import NotAFeed, ParseError, SourceError
-from .fetch import FeedFetcher
 from .models import Feed, FeedSource
 from .store import Store
 from .store import feeds as feed_rows
 from .text import clean_text
 from .urls import is_http_url, is_placeholder_title
+
+if TYPE_CHECKING:
+    from .fetch import FeedFetcher
 
 
 def check_source_url(url: str) -> str:

@@ -21,13 +21,20 @@ from urllib.parse import quote, urlencode, urlsplit
 
 from email_validator import EmailNotValidError, validate_email
 
+from .backoff import exponential_backoff
 from .config import Settings
-from .errors import InvalidSubscription, MailError, RateLimited, TokenError
+from .errors import (
+    InvalidSubscription,
+    MailError,
+    MailPermanentError,
+    RateLimited,
+    TokenError,
+)
 from .mail import OutgoingMessage, Sender, parse_address
 from .paths import public_path
 from .render import environment, inline_css, line
 from .selection import CADENCES, Cadence, Subscriber
-from .store import Store
+from .store import Database, Store
 from .store import digests as digest_rows
 from .store import feeds as feed_rows
 from .store import subscribers as rows
@@ -44,6 +51,14 @@ CLIENT_LIMIT = 10
 """Sign-up (and lost-link) attempts per client per ``CLIENT_WINDOW`` (THREATS S)."""
 ADDRESS_WINDOW = timedelta(hours=1)
 """At most one confirmation (or links) mail per address per window."""
+MAIL_RETRY_BASE = timedelta(minutes=5)
+"""Wait before the second attempt at a confirmation or welcome mail; each further one
+doubles it (``backoff.exponential_backoff``), as for digests."""
+MAIL_RETRY_CAP = timedelta(hours=1)
+"""Longest wait between two attempts at a confirmation or welcome mail."""
+MAX_MAIL_ATTEMPTS = 8
+"""Attempts at one confirmation or welcome mail (about four hours of retries, well
+inside ``CONFIRM_MAX_AGE``), then it is given up and listed as failed."""
 MAX_ADDRESS_INPUT = 320
 """Longest address accepted from a form, in characters (RFC 5321 §4.5.3.1: 64 + 1 + 255)."""
 
@@ -223,6 +238,9 @@ class Signup:
     """The outcome of a sign-up form: always the same answer to the person at the form."""
 
     message: OutgoingMessage | None  # for the address's owner; send after answering
+    # (subscriber id, "confirm") when the message is a confirmation owed until delivered:
+    # ``send_signup_mail`` forgets it once it goes, the service retries it otherwise.
+    owed: tuple[int, rows.MailKind] | None = None
 
 
 def request_signup(
@@ -275,8 +293,13 @@ def request_signup(
         if last is not None and now - ADDRESS_WINDOW < last <= now:
             return Signup(message=None)
         rows.mark_confirmation_sent(db, subscriber_id, now)
+        if kind == "confirm":
+            owe_first_attempt(db, subscriber_id, "confirm", now)
     if kind == "confirm":
-        return Signup(message=confirmation_message(settings, links, subscriber_id, address, now))
+        return Signup(
+            message=confirmation_message(settings, links, subscriber_id, address, now),
+            owed=(subscriber_id, "confirm"),
+        )
     return Signup(message=reminder_message(settings, links, subscriber_id, address, now))
 
 
@@ -311,9 +334,69 @@ def request_links(
         if last is not None and now - ADDRESS_WINDOW < last <= now:
             return Signup(message=None)
         rows.mark_confirmation_sent(db, existing.id, now)
+        if existing.status == "pending":
+            owe_first_attempt(db, existing.id, "confirm", now)
     if existing.status == "pending":
-        return Signup(message=confirmation_message(settings, links, existing.id, address, now))
+        return Signup(
+            message=confirmation_message(settings, links, existing.id, address, now),
+            owed=(existing.id, "confirm"),
+        )
     return Signup(message=links_message(settings, links, existing.id, existing.email, now))
+
+
+def mail_retry_delay(attempts: int) -> timedelta:
+    """Wait after ``attempts`` attempts at a confirmation or welcome mail before the next:
+    doubling from ``MAIL_RETRY_BASE``, at most ``MAIL_RETRY_CAP``."""
+    return exponential_backoff(max(attempts, 1), base=MAIL_RETRY_BASE, cap=MAIL_RETRY_CAP)
+
+
+def owe_first_attempt(db: Database, subscriber_id: int, kind: rows.MailKind, now: datetime) -> None:
+    """Inside the transaction that decides a mail: it is owed until it is delivered,
+    the attempt about to be made counted, the next one due after ``mail_retry_delay``
+    should this one fail or its process die before it reports back."""
+    rows.owe_mail(db, subscriber_id, kind, attempts=1, retry_at=now + mail_retry_delay(1))
+
+
+def deliver_owed(
+    store: Store,
+    sender: Sender,
+    message: OutgoingMessage,
+    subscriber_id: int,
+    kind: rows.MailKind,
+) -> str | None:
+    """Send a mail owed (see ``owe_first_attempt``) and record how it went: delivered,
+    forgotten; refused for now, retried when due; refused for good (5xx) or out of
+    attempts (``MAX_MAIL_ATTEMPTS``), given up. The failure as one line, never raised;
+    a database that fails to record it is logged by the caller through ``StoreError``.
+    """
+    try:
+        sender.send(message)
+    except MailError as error:
+        with store.write() as db:
+            rows.mail_failed(
+                db,
+                subscriber_id,
+                kind,
+                str(error),
+                permanent=isinstance(error, MailPermanentError),
+                max_attempts=MAX_MAIL_ATTEMPTS,
+            )
+        return str(error)
+    with store.write() as db:
+        rows.mail_delivered(db, subscriber_id, kind)
+    return None
+
+
+def send_signup_mail(store: Store, sender: Sender, signup: Signup) -> str | None:
+    """Send a sign-up's mail, if any; a confirmation that fails stays owed and the
+    service's mail job retries it (``digests.send.send_welcomes``). The failure as one
+    line, never raised to a visitor."""
+    if signup.message is None:
+        return None
+    if signup.owed is None:
+        return send_quietly(sender, signup.message)
+    subscriber_id, kind = signup.owed
+    return deliver_owed(store, sender, signup.message, subscriber_id, kind)
 
 
 def send_quietly(sender: Sender, message: OutgoingMessage | None) -> str | None:
@@ -581,44 +664,98 @@ def add_or_update_by_operator(
     chosen_cadence = parse_cadence(cadence) if cadence is not None else None
     changes: list[str] = []
     with store.write() as db:
-        existing = rows.by_key(db, key)
-        created = existing is None
-        if existing is None:
-            subscriber_id = rows.insert(
-                db,
-                email=address,
-                email_key=key,
-                status="pending" if pending else "confirmed",
-                cadence=chosen_cadence or DEFAULT_CADENCE,
-                feed_ids=None,
-                now=now,
-                watermark=rows.high_water(db),
-            )
-            if not pending and not first_digest_now:
-                rows.advance(db, subscriber_id, rows.high_water(db), now)
-            if not pending:
-                rows.mark_welcome_due(db, subscriber_id)
-        else:
-            subscriber_id = existing.id
-            if chosen_cadence is not None and chosen_cadence != existing.cadence:
-                rows.set_cadence(db, subscriber_id, chosen_cadence)
-                changes.append(f"cadence {existing.cadence} -> {chosen_cadence}")
-            if pending and existing.status != "confirmed":
-                if existing.status != "pending":
-                    rows.set_status(db, subscriber_id, "pending", now)
-                    changes.append(f"status {existing.status} -> pending")
-            elif not pending and existing.status != "confirmed":
-                rows.confirm(db, subscriber_id, now, rows.high_water(db))
-                rows.mark_welcome_due(db, subscriber_id)
-                changes.append(f"status {existing.status} -> confirmed")
-        if pending:
-            rows.mark_confirmation_sent(db, subscriber_id, now)
-        subscriber = rows.get(db, subscriber_id)
-    assert subscriber is not None
+        subscriber, created = _operator_add(
+            db,
+            address=address,
+            key=key,
+            cadence=chosen_cadence,
+            pending=pending,
+            first_digest_now=first_digest_now,
+            changes=changes,
+            now=now,
+        )
     message = None
     if pending and subscriber.status == "pending":
         message = confirmation_message(settings, links, subscriber.id, subscriber.email, now)
     return OperatorAdd(subscriber, created, tuple(changes), message)
+
+
+def _operator_add(
+    db: Database,
+    *,
+    address: str,
+    key: str,
+    cadence: Cadence | None,
+    pending: bool,
+    first_digest_now: bool,
+    changes: list[str],
+    now: datetime,
+) -> tuple[Subscriber, bool]:
+    existing = rows.by_key(db, key)
+    created = existing is None
+    if existing is None:
+        subscriber_id = rows.insert(
+            db,
+            email=address,
+            email_key=key,
+            status="pending" if pending else "confirmed",
+            cadence=cadence or DEFAULT_CADENCE,
+            feed_ids=None,
+            now=now,
+            watermark=rows.high_water(db),
+        )
+        if not pending and not first_digest_now:
+            rows.advance(db, subscriber_id, rows.high_water(db), now)
+        if not pending:
+            rows.mark_welcome_due(db, subscriber_id)
+    else:
+        subscriber_id = existing.id
+        if cadence is not None and cadence != existing.cadence:
+            rows.set_cadence(db, subscriber_id, cadence)
+            changes.append(f"cadence {existing.cadence} -> {cadence}")
+        if pending and existing.status != "confirmed":
+            if existing.status != "pending":
+                rows.set_status(db, subscriber_id, "pending", now)
+                changes.append(f"status {existing.status} -> pending")
+        elif not pending and existing.status != "confirmed":
+            rows.confirm(db, subscriber_id, now, rows.high_water(db))
+            rows.mark_welcome_due(db, subscriber_id)
+            changes.append(f"status {existing.status} -> confirmed")
+    if pending:
+        rows.mark_confirmation_sent(db, subscriber_id, now)
+    subscriber = rows.get(db, subscriber_id)
+    assert subscriber is not None
+    if pending and subscriber.status == "pending":
+        owe_first_attempt(db, subscriber_id, "confirm", now)
+    return subscriber, created
+
+
+def seed_configured_subscriber(store: Store, *, email: str, now: datetime) -> Subscriber | None:
+    """Add the address the configuration names (``[service] demo_subscriber``) as a
+    confirmed daily subscriber whose first digest is due at once, the first time the
+    configuration names it, and never again: the database remembers it
+    (``seeded_addresses``), so an address removed (``subscribers remove``) or
+    unsubscribed stays so across restarts. An address already subscribed is only
+    remembered. The subscriber added, or None. Raises ``InvalidSubscription`` for an
+    address that is not one."""
+    address, key = normalise_email(email)
+    with store.write() as db:
+        if rows.was_seeded(db, key):
+            return None
+        rows.remember_seeded(db, key, now)
+        if rows.by_key(db, key) is not None:
+            return None
+        subscriber, _ = _operator_add(
+            db,
+            address=address,
+            key=key,
+            cadence="daily",
+            pending=False,
+            first_digest_now=True,
+            changes=[],
+            now=now,
+        )
+    return subscriber
 
 
 def remove_by_operator(store: Store, email: str) -> bool:

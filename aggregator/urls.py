@@ -289,3 +289,25 @@ def host_of(url: str) -> str:
     """Lower-case host name of a URL, or "" when it has none."""
     parts = _split(url)
     return (parts.hostname or "").lower() if parts else ""
+
+
+# What an IRI reference cannot hold as it is (RFC 3987 section 2.2): controls, space,
+# the delimiters RFC 3986 section 2 leaves out, bidi formatting characters (RFC 3987
+# section 4.1), and a "%" that starts no percent-escape.
+_NOT_IN_IRI = re.compile(
+    r'[\x00-\x20"<>\\^`{|}\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069\ufff0-\uffff]'
+    r"|%(?![0-9A-Fa-f]{2})"
+)
+
+
+def iri_reference(url: str) -> str:
+    """``url`` as an IRI reference fit for an attribute such as Atom's ``href``
+    (RFC 4287 section 4.2.7.1: an IRI reference, RFC 3987): each character an IRI
+    cannot hold (space, controls, ``"<>\\^`{|}``, bidi controls, a ``%`` that starts no
+    escape) percent-encoded as UTF-8; everything else kept, non-ASCII letters and
+    existing escapes included. Markup escaping (``&``) is still the template's job.
+    Never raises."""
+    return _NOT_IN_IRI.sub(
+        lambda found: "".join(f"%{byte:02X}" for byte in found.group().encode("utf-8", "replace")),
+        url,
+    )

@@ -47,6 +47,31 @@ def test_add_poll_list_export(tmp_path: Path, feed_server: FeedServer) -> None:
     assert f'xmlUrl="{url}"' in exported
 
 
+def test_poll_lists_feeds_with_news_and_counts_the_rest(
+    tmp_path: Path, feed_server: FeedServer
+) -> None:
+    cfg = config(tmp_path)
+    fresh = feed_server.add("/fresh.xml", body=rss([Item("Hello", link="https://blog.test/a")]))
+    quiet = feed_server.add("/quiet.xml", body=rss([Item("Same", link="https://blog.test/b")]))
+    for url in (fresh, quiet):
+        run("feeds", "add", url, config=cfg)
+    first = run("poll", config=cfg).stdout
+    assert "2 feeds: 2 new" in first and "nothing new" not in first, first
+    feed_server.add(
+        "/fresh.xml",
+        body=rss(
+            [Item("Hello", link="https://blog.test/a"), Item("Next", link="https://blog.test/c")]
+        ),
+    )
+    second = run("poll", config=cfg).stdout
+    rows = [line for line in second.splitlines() if line.startswith("│ ")]
+    assert [row.split("│")[1].strip() for row in rows] == ["1"], second
+    assert "2 feeds: 1 new" in second and "1 with nothing new (--all lists them)" in second
+    every = run("poll", "--all", config=cfg).stdout
+    listed = [line.split("│")[1].strip() for line in every.splitlines() if line.startswith("│ ")]
+    assert listed == ["1", "2"] and "nothing new" not in every, every
+
+
 def test_add_discovers_the_feed_of_a_blog_home_page(
     tmp_path: Path, feed_server: FeedServer
 ) -> None:
@@ -236,6 +261,9 @@ def test_search_prints_a_table_best_match_first(tmp_path: Path, feed_server: Fee
     for nothing in (["--", "-zebra"], ["*"]):  # as the web page: nothing found, no error
         assert "No words to look for" in run("search", *nothing, config=cfg).stdout
     # "-word" excludes without "--", also words that start like the command's options
+    assert "Usage:" in run("search", "-h", config=cfg).stdout
+    mistyped = run("search", "zebra", "--limt", "5", config=cfg, check=False)
+    assert mistyped.returncode == 2 and "no such option: --limt" in mistyped.stderr
     excluded = run("search", "zebra", "-weekly", "-hello", config=cfg).stdout
     assert "1 matching" in excluded and "Zebra herds" in excluded
 
@@ -455,3 +483,68 @@ def test_a_feed_whose_document_trips_a_helper_fails_alone_and_the_poll_goes_on(
         assert conn.execute("SELECT count(*) FROM feeds WHERE next_poll_at IS NULL").fetchone() == (
             0,
         )
+
+
+def test_commands_import_only_what_they_use(tmp_path: Path, feed_server: FeedServer) -> None:
+    """A command that fetches nothing loads no HTTP stack, one that sends nothing no mail
+    stack, and a poll that parses nothing (every feed answers 304) no parser: each of
+    these is a tenth of a second or more of a one-shot command's start."""
+    cfg = config(tmp_path)
+    url = feed_server.add(
+        "/a.xml", body=rss([Item("Hello", link="https://blog.test/hello")]), etag='"v1"'
+    )
+    run("feeds", "add", url, config=cfg)
+    run("poll", config=cfg)
+    probe = (
+        "import runpy, sys\n"
+        "sys.argv = ['aggregator', *sys.argv[1:]]\n"
+        "try:\n"
+        "    runpy.run_module('aggregator', run_name='__main__')\n"
+        "finally:\n"
+        "    heavy = ('httpx', 'asyncio', 'smtplib', 'feedparser', 'jinja2', 'starlette')\n"
+        "    print('LOADED', *sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    env = {**os.environ, "AGGREGATOR_CONFIG": str(cfg)}
+
+    def loaded(*args: str) -> set[str]:
+        done = subprocess.run(
+            [sys.executable, "-c", probe, *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            check=False,
+        )
+        line = next(x for x in done.stdout.splitlines() if x.startswith("LOADED"))
+        return set(line.split()[1:])
+
+    assert loaded("feeds", "list") == set()
+    assert loaded("subscribers", "list") == set()
+    assert loaded("search", "anything") == set()
+    assert loaded("poll") == {"httpx", "asyncio"}  # the feed answers 304: nothing to parse
+    assert "if-none-match" in feed_server.requests[-1].headers  # it was a conditional GET
+
+
+def test_a_long_table_is_plain_columns_one_line_a_row(tmp_path: Path) -> None:
+    """Past a few hundred rows (a big site's subscribers) a table is laid out as aligned
+    columns, one line a row, every address whole; too wide, one record per block."""
+    from aggregator.config import load
+    from aggregator.store import Store
+    from aggregator.subscriptions import add_by_operator, links_for
+
+    cfg = mail_config(tmp_path)
+    run("init", config=cfg)
+    settings = load(cfg)
+    store = Store.open(settings.database)
+    links = links_for(store, settings)
+    emails = [f"reader{i}@example.org" for i in range(250)]
+    for email in emails:
+        add_by_operator(store, settings, links, email=email, now=datetime(2026, 1, 1, tzinfo=UTC))
+    store.close()
+    wide = run_at_width("subscribers", "list", config=cfg, columns=200).stdout.splitlines()
+    assert wide[0] == "250 subscribers" and wide[1].split()[:3] == ["id", "email", "status"]
+    assert [line.split()[1] for line in wide[2:]] == emails
+    narrow = run_at_width("subscribers", "list", config=cfg, columns=40).stdout
+    assert [line for line in narrow.splitlines() if line.startswith("email: ")] == [
+        f"email: {email}" for email in emails
+    ]

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from aggregator.decide import GONE_REASON, Parsed, ParseOutcome, decide_poll
+from aggregator.decide import DOWNGRADE_WARNING, GONE_REASON, Parsed, ParseOutcome, decide_poll
 from aggregator.errors import (
     AggregatorError,
     FetchConnectError,
@@ -489,12 +489,14 @@ def test_validators(result: FetchResult, etag: str | None, last_modified: str | 
 )
 def test_moves(result: FetchResult, follow: bool, moved: str | None) -> None:
     """Permanent moves are stored, except to where the feed is, on failure, for a snapshot,
-    and from https to plain http (a downgrade is followed, not stored)."""
+    and from https to plain http (a downgrade is followed, not stored, and said)."""
     parsed = PARSED if result.content is not None else None
     decision = decide_poll(
         feed(), result, parsed, now=NOW, rand=MIDDLE, policy=POLICY, follow_moves=follow
     )
     assert decision.update.url == moved
+    downgraded = result.error is None and result.final_url.lower().startswith("http:")
+    assert decision.warnings == ((DOWNGRADE_WARNING,) if downgraded else ())
 
 
 def test_parsed_title_and_site_go_to_the_update() -> None:

@@ -190,3 +190,40 @@ def test_smtp_down_during_the_run_then_back(tmp_path: Path, smtp_server: SmtpSer
     store.close()
     finish(config)
     check(smtp_server, emails, 0, config)
+
+
+def test_sigterm_finishes_the_message_in_flight_then_stops(
+    tmp_path: Path, smtp_server: SmtpServer
+) -> None:
+    """SIGTERM while the server holds a message: that message is handed over and recorded,
+    no other is started, the command exits 0 saying so, and the next run sends the rest,
+    each exactly once."""
+    config = write_config(tmp_path, smtp_server.port)
+    emails = seed(config)
+    process = start(config)
+    stop_at = 5
+
+    def hook(item: Received) -> str | None:
+        if len(smtp_server.received()) + 1 == stop_at and process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            time.sleep(0.3)  # the signal arrives while this message is still open
+        return None
+
+    smtp_server.reject_data = hook
+    try:
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        smtp_server.reject_data = None
+    assert process.returncode == 0, stderr.decode()
+    assert b"stopped by a signal" in stderr
+    assert len(smtp_server.received()) == stop_at
+    store = Store.open(tmp_path / "db.sqlite3")
+    try:
+        assert dict(rows(store, "SELECT status, count(*) FROM digests GROUP BY status")) == {
+            "sent": stop_at,
+            "pending": SUBSCRIBERS - stop_at,
+        }
+    finally:
+        store.close()
+    finish(config)
+    check(smtp_server, emails, 0, config)

@@ -35,12 +35,14 @@ from aggregator.errors import (
 )
 from aggregator.fetch import (
     DEFAULT_HOST_HOLD,
+    HOST_DOWN_AFTER,
     MAX_HOST_HOLD,
     PER_HOST_START,
     AddressRefused,
     FeedFetcher,
     FetchSettings,
     GuardedTransport,
+    HostDown,
     HostGate,
     is_public_address,
     retry_after_hold,
@@ -324,6 +326,21 @@ async def test_h1_drip_and_hang_stopped_by_total_deadline_others_finish(
         # The fetcher still works after the timeouts.
         again = await fetcher.fetch(good[0])
         assert again.ok
+
+
+async def test_h1_a_host_that_never_answers_is_not_asked_by_every_feed_in_turn(
+    feed_server: FeedServer,
+) -> None:
+    """Many feeds of one platform that has stopped answering: after a few requests without
+    any answer the rest fail at once, instead of each waiting out its own timeout."""
+    hangs = [feed_server.add_hang(f"/hang{i}") for i in range(12)]
+    async with FeedFetcher(settings(read_timeout=0.3, total_timeout=5.0)) as fetcher:
+        results = await asyncio.gather(*(fetcher.fetch(url) for url in hangs))
+    asked = [r for r in feed_server.requests if r.path.startswith("/hang")]
+    assert len(asked) == 6  # the first six slots; none after the host went down
+    assert all(isinstance(r.error, FetchError) for r in results)
+    skipped = [r for r in results if "not asked again" in str(r.error)]
+    assert len(skipped) == 6 and all(isinstance(r.error, FetchConnectError) for r in skipped)
 
 
 async def test_h1_slot_is_freed_after_the_deadline(feed_server: FeedServer) -> None:
@@ -775,6 +792,27 @@ async def test_host_gate_shrinks_on_slow_answers_overload_and_retry_after() -> N
     assert gate.limit == 1
     gate.release(0.05)
     assert gate.in_flight == 0
+
+
+async def test_host_gate_down_after_requests_without_answer_and_up_again() -> None:
+    gate = HostGate(6, 16)
+    for _ in range(HOST_DOWN_AFTER - 1):
+        await gate.acquire()
+        gate.release(None, overloaded=True)
+    await gate.acquire()
+    gate.release(0.05)  # an answer clears the count
+    for _ in range(HOST_DOWN_AFTER - 1):
+        await gate.acquire()
+        gate.release(None, overloaded=True)
+    await gate.acquire()  # still up
+    waiter = await _gate_with_waiter(gate)
+    gate.release(None, overloaded=True)  # the third in a row
+    with pytest.raises(HostDown):
+        await waiter  # those waiting fail at once
+    with pytest.raises(HostDown, match="not asked again"):
+        await gate.acquire()
+    gate.down_until = asyncio.get_running_loop().time()  # the pause is over
+    await gate.acquire()
 
 
 async def test_host_gate_over_http2_may_pass_max_per_host() -> None:

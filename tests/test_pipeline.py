@@ -14,6 +14,7 @@ from feedfactory import Item, atom, rss
 from feedserver import FeedServer, Response
 
 from aggregator.config import Settings, settings_from_mapping
+from aggregator.decide import DOWNGRADE_WARNING
 from aggregator.models import FeedSource, PollSummary
 from aggregator.pipeline import poll_feeds
 from aggregator.sources import add_source
@@ -1016,3 +1017,33 @@ def test_a_move_to_a_url_another_feed_has_is_not_made_and_says_so(
     assert moved_feed is not None and moved_feed.url == moved
     moved_304_feed = feed_rows.get_feed(store.db, moved_304_id)
     assert moved_304_feed is not None and moved_304_feed.url == moved_304
+
+
+def test_an_https_feed_answered_over_plain_http_is_read_kept_https_and_said(
+    setup, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A redirect from https to plain http (permanent or not, to a document or to a 304)
+    is followed for this poll, never stored, and every such poll says so."""
+    settings, store, clock = setup
+    moved, bounced = "https://blog.test/a.xml", "https://blog.test/b.xml"
+    transport, _ = scripted(
+        {
+            moved: [httpx.Response(301, headers={"location": "http://blog.test/a.xml"})] * 2,
+            "http://blog.test/a.xml": [httpx.Response(200, content=rss(ITEMS), headers=RSS_TYPE)],
+            bounced: [httpx.Response(302, headers={"location": "http://blog.test/b.xml"})],
+            "http://blog.test/b.xml": [httpx.Response(304)],
+        }
+    )
+    moved_id, bounced_id = add(store, moved), add(store, bounced)
+    with caplog.at_level("WARNING", logger="aggregator.poll"):
+        summaries = {s.feed_id: s for s in poll(settings, store, clock, transport=transport)}
+    assert summaries[moved_id].status == "ok" and summaries[moved_id].new == 2
+    assert summaries[bounced_id].status == "not_modified"
+    for feed_id, url in ((moved_id, moved), (bounced_id, bounced)):
+        assert DOWNGRADE_WARNING in summaries[feed_id].warnings
+        stored = feed_rows.get_feed(store.db, feed_id)
+        assert stored is not None and stored.url == url
+        assert any(
+            f"feed {feed_id} " in r.getMessage() and "plain http" in r.getMessage()
+            for r in caplog.records
+        )

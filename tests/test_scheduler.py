@@ -349,6 +349,27 @@ def test_serve_logs_one_line_events_as_run_does_or_json(tmp_path: Path) -> None:
             assert all({"time", "level", "logger", "message"} <= set(e) for e in events)
 
 
+def test_http_client_request_lines_only_when_debugging() -> None:
+    import logging
+
+    from aggregator.scheduler import configure_logging
+
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    try:
+        configure_logging("info")
+        assert not logging.getLogger("httpx").isEnabledFor(logging.INFO)
+        assert logging.getLogger("aggregator.poll").isEnabledFor(logging.INFO)
+        configure_logging("debug")
+        assert logging.getLogger("httpx").isEnabledFor(logging.INFO)
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        configure_logging("info")  # leave the libraries quiet for the tests after this one
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+
+
 def test_a_failing_job_is_one_log_line_not_a_traceback(capfd: pytest.CaptureFixture[str]) -> None:
     import asyncio
     import json

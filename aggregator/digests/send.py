@@ -8,7 +8,8 @@ the wire; with ``[mail] connections`` above 1 that many go out at once, each con
 marking its message before it takes the next (so a crash re-sends at most one message
 per connection). Temporary failures are retried with backoff; a
 permanent refusal marks the address bounced and ends only that subscriber's digests.
-One run sends at a time (``lease.SendLease``). Welcome mails go out here too.
+One run sends at a time (``lease.SendLease``). Welcome mails go out here too, and the
+confirmation and welcome mails that failed are retried here (``send_welcomes``).
 """
 
 from __future__ import annotations
@@ -23,13 +24,19 @@ from typing import Literal
 from ..backoff import exponential_backoff
 from ..clock import Clock
 from ..config import Settings
-from ..errors import MailDeferredError, MailError, MailPermanentError, MailTemporaryError
+from ..errors import MailDeferredError, MailPermanentError, MailTemporaryError
 from ..mail import OutgoingMessage, Sender
 from ..store import Store
 from ..store import digests as digest_rows
 from ..store import subscribers as subscriber_rows
 from ..store.digests import DigestRow
-from ..subscriptions import links_for
+from ..subscriptions import (
+    confirmation_message,
+    deliver_owed,
+    links_for,
+    mail_retry_delay,
+    owe_first_attempt,
+)
 from .lease import SendLease
 from .render import Renderer, welcome_message
 
@@ -94,6 +101,10 @@ def count_due(store: Store, now: datetime) -> int:
     return digest_rows.count_due(store.db, now)
 
 
+STOPPED_BY_SIGNAL = "stopped by a signal; the digests not sent yet wait for the next run"
+"""``SendReport.stopped`` of a run ended by its ``stop`` event."""
+
+
 def send_pending(
     store: Store,
     sender: Sender,
@@ -102,12 +113,15 @@ def send_pending(
     on_progress: Callable[[SendProgress], None] | None = None,
     *,
     limit: int | None = None,
+    stop: threading.Event | None = None,
 ) -> SendReport:
     """Send every pending digest whose time had come when the run started (``clock()``
     then), oldest first; at most ``limit`` when given.
 
     ``clock`` also stamps sends and retries as the run goes.
     Returns at once (``stopped`` set) when another run holds the sending lease.
+    ``stop`` set (by a signal handler) ends the run early: the messages being handed
+    over finish and are recorded, the rest wait for the next run (``stopped`` says so).
     This thread renders; ``sender.connections`` threads hand the messages over, each
     marking its message's outcome (in a transaction of its own) before it takes the
     next, so a crash re-sends at most one message per connection. Raises what a
@@ -125,7 +139,7 @@ def send_pending(
     total = count_due(store, now)
     if limit is not None:
         total = min(total, limit)
-    run = _SendRun(store, sender, tick, report, total, on_progress)
+    run = _SendRun(store, sender, tick, report, total, on_progress, stop)
     try:
         run.start(max(1, sender.connections))
         submitted = 0
@@ -136,6 +150,8 @@ def send_pending(
                 break
             for digest in batch:
                 after = digest.id
+                if stop is not None and stop.is_set():
+                    run.stop(STOPPED_BY_SIGNAL)
                 if run.stopping:
                     break
                 if limit is not None and submitted >= limit:
@@ -188,7 +204,9 @@ class _SendRun:
         report: SendReport,
         total: int,
         on_progress: Callable[[SendProgress], None] | None,
+        stop: threading.Event | None = None,
     ) -> None:
+        self.stop_event = stop
         self.store = store
         self.sender = sender
         self.tick = tick
@@ -205,6 +223,8 @@ class _SendRun:
 
     @property
     def stopping(self) -> bool:
+        if self.stop_event is not None and self.stop_event.is_set():
+            self.stop(STOPPED_BY_SIGNAL)
         return self.report.stopped is not None or self._failure is not None
 
     def stop(self, reason: str) -> None:
@@ -328,23 +348,49 @@ def send_welcomes(
     *,
     subscriber_ids: list[int] | None = None,
 ) -> list[str]:
-    """Send the welcome mails owed (to ``subscriber_ids``, or to anyone); each goes once.
+    """Send the welcome mails owed (to ``subscriber_ids``, or to anyone) and, when no
+    ``subscriber_ids`` are named (the service's jobs), retry the confirmation and welcome
+    mails that failed and whose time has come.
 
-    A mail that fails is not retried (the first digest follows anyway); the failures
-    come back as one line each.
+    Each mail is taken once (two processes never both send it) and stays owed until it
+    is delivered: a failure is retried with backoff (``subscriptions.mail_retry_delay``)
+    up to ``subscriptions.MAX_MAIL_ATTEMPTS`` attempts, a permanent refusal (5xx) is
+    given up at once; ``subscribers list`` shows both. A confirmation is re-sent only
+    while the address is still pending (with a fresh link), a welcome only while it is
+    confirmed. The failures come back as one line each.
     """
     with store.write() as db:
-        claimed = subscriber_rows.claim_welcomes(db, subscriber_ids)
-    if not claimed:
+        work: list[tuple[int, subscriber_rows.MailKind]] = []
+        for subscriber_id in subscriber_rows.claim_welcomes(db, subscriber_ids):
+            owe_first_attempt(db, subscriber_id, "welcome", now)
+            work.append((subscriber_id, "welcome"))
+        if subscriber_ids is None:
+            for subscriber_id, kind, attempts in subscriber_rows.due_mail(db, now):
+                subscriber_rows.retry_later(
+                    db,
+                    subscriber_id,
+                    kind,
+                    attempts=attempts + 1,
+                    retry_at=now + mail_retry_delay(attempts + 1),
+                )
+                work.append((subscriber_id, kind))
+    if not work:
         return []
     links = links_for(store, settings)
     problems = []
-    for subscriber_id in claimed:
+    for subscriber_id, kind in work:
         subscriber = subscriber_rows.get(store.db, subscriber_id)
-        if subscriber is None or subscriber.status != "confirmed":
+        wanted = "confirmed" if kind == "welcome" else "pending"
+        if subscriber is None or subscriber.status != wanted:
+            with store.write() as db:
+                subscriber_rows.mail_delivered(db, subscriber_id, kind)
             continue
-        try:
-            sender.send(welcome_message(store, settings, links, subscriber, now))
-        except MailError as error:
-            problems.append(f"{subscriber.email}: {error}")
+        if kind == "welcome":
+            message = welcome_message(store, settings, links, subscriber, now)
+        else:
+            message = confirmation_message(settings, links, subscriber.id, subscriber.email, now)
+        problem = deliver_owed(store, sender, message, subscriber_id, kind)
+        if problem:
+            what = "welcome" if kind == "welcome" else "confirmation"
+            problems.append(f"{subscriber.email}: {what}: {problem}")
     return problems

@@ -374,17 +374,26 @@ def _prepare(conn: Connection, path: Path, *, readonly: bool) -> dict[str, bytes
                 "is read-only and needs its schema upgraded: open it once with write access",
                 path=str(path),
             )
+        # Foreign keys are off while migrations run (they cannot change inside a
+        # transaction): a migration that rebuilds a table drops the old one, which with
+        # them on would cascade to every row that refers to it
+        # (https://www.sqlite.org/lang_altertable.html section 7). Each such migration
+        # checks ``PRAGMA foreign_key_check`` before it ends.
+        foreign_keys = int(conn.execute("PRAGMA foreign_keys").fetchone()[0])
+        conn.execute("PRAGMA foreign_keys = OFF")
         conn.execute("BEGIN EXCLUSIVE")
         try:
             migrations.apply(db)
             create_missing_secrets(db)
             conn.execute("COMMIT")
-        except sqlite3.Error as error:
+        except (sqlite3.Error, RuntimeError) as error:
             _rollback(conn)
             raise IncompatibleDatabase(f"cannot be set up: {error}", path=str(path)) from None
         except BaseException:
             _rollback(conn)
             raise
+        finally:
+            conn.execute(f"PRAGMA foreign_keys = {foreign_keys}")
     return read_secrets(db)
 
 

@@ -336,3 +336,137 @@ def m010_date_precision(db: Database) -> None:
     (``dedup.make_record``); pages show that day in every zone and no time (never 19:00
     the day before). Entries stored before this migration keep date_only = 0."""
     db.execute("ALTER TABLE entries ADD COLUMN date_only INTEGER NOT NULL DEFAULT 0")
+
+
+# The feeds table as m001 made it, with AUTOINCREMENT; ``m011_feed_ids_never_reused``.
+_FEEDS_AUTOINCREMENT = """
+CREATE TABLE feeds_m011 (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: links, filters and choices carry it
+    url TEXT NOT NULL UNIQUE,
+    title TEXT NOT NULL DEFAULT '',
+    site_url TEXT,
+    origin TEXT NOT NULL DEFAULT 'cli',
+    enabled INTEGER NOT NULL DEFAULT 1,
+    disabled_reason TEXT,
+    etag TEXT,
+    last_modified TEXT,
+    error_count INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    next_poll_at TEXT,
+    last_polled_at TEXT,
+    last_success_at TEXT,
+    interval_seconds INTEGER,
+    snapshot TEXT,
+    added_at TEXT NOT NULL,
+    backlog_seq INTEGER
+)
+"""
+_FEED_COLUMNS = (
+    "id, url, title, site_url, origin, enabled, disabled_reason, etag, last_modified, "
+    "error_count, last_error, next_poll_at, last_polled_at, last_success_at, "
+    "interval_seconds, snapshot, added_at, backlog_seq"
+)
+
+
+@migrations()
+def m011_feed_ids_never_reused(db: Database) -> None:
+    """Feed ids are never given out twice (``AUTOINCREMENT``,
+    https://www.sqlite.org/autoinc.html): a removed feed's id used to go to the next feed
+    added when it was the highest, and subscribers' chosen sources, /sources/N links and
+    saved filters then named another feed. Entries, subscribers and digests already had
+    AUTOINCREMENT; fetch ids never leave the database.
+
+    SQLite cannot add AUTOINCREMENT in place, so the table is rebuilt as
+    https://www.sqlite.org/lang_altertable.html section 7 says: with foreign keys off
+    (``Store.open`` turns them off around its migrations; a connection that has them on
+    is refused here, since dropping ``feeds`` would then cascade to every entry), the
+    views and triggers that name ``feeds`` are set aside, a new table is filled, the old
+    one dropped, the new one renamed, the views and triggers made again from their own
+    SQL, and ``PRAGMA foreign_key_check`` must find nothing. Every row keeps its id;
+    entries' full-text index is untouched (its rowids are entry ids).
+
+    The sequence starts above every feed id the database still remembers, including
+    those of feeds removed before this migration: ``digest_entries.feed_id`` and the
+    feed ids in ``digests.more`` outlive a removed feed. Ids removed without such a
+    trace cannot be known and may be given out once more.
+    """
+    if db.execute("PRAGMA foreign_keys").fetchone()[0]:
+        raise RuntimeError("m011 rebuilds feeds and needs PRAGMA foreign_keys = OFF")
+    dependents = [
+        (kind, name, sql)
+        for kind, name, sql in db.execute(
+            "SELECT type, name, sql FROM sqlite_master WHERE type IN ('view', 'trigger') "
+            "AND sql IS NOT NULL AND (tbl_name = 'feeds' OR sql LIKE '%feeds%') ORDER BY rowid"
+        ).fetchall()
+    ]
+    indexes = [
+        sql
+        for (sql,) in db.execute(
+            "SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'feeds' "
+            "AND sql IS NOT NULL ORDER BY rowid"
+        ).fetchall()
+    ]
+    for kind, name, _ in reversed(dependents):
+        db.execute(f'DROP {kind.upper()} "{name}"')
+    db.execute(_FEEDS_AUTOINCREMENT)
+    db.execute(f"INSERT INTO feeds_m011 ({_FEED_COLUMNS}) SELECT {_FEED_COLUMNS} FROM feeds")
+    db.execute("DROP TABLE feeds")
+    db.execute("ALTER TABLE feeds_m011 RENAME TO feeds")
+    for sql in indexes:
+        db.execute(sql)
+    for _, _, sql in dependents:
+        db.execute(sql)
+    seen = db.execute(
+        """
+        SELECT max(coalesce(max(id), 0),
+                   coalesce((SELECT max(feed_id) FROM entries), 0),
+                   coalesce((SELECT max(feed_id) FROM fetches), 0),
+                   coalesce((SELECT max(feed_id) FROM subscriber_feeds), 0),
+                   coalesce((SELECT max(feed_id) FROM digest_entries), 0),
+                   coalesce((SELECT max(CAST(j.key AS INTEGER))
+                             FROM digests d, json_each(d.more) j
+                             WHERE json_valid(d.more) AND json_type(d.more) = 'object'), 0))
+        FROM feeds
+        """
+    ).fetchone()[0]
+    db.execute("DELETE FROM sqlite_sequence WHERE name = 'feeds'")
+    if seen:
+        db.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('feeds', ?)", [seen])
+    problems = db.execute("PRAGMA foreign_key_check").fetchall()
+    if problems:
+        raise RuntimeError(f"m011: foreign keys broken after the rebuild: {problems[:5]}")
+
+
+@migrations()
+def m012_seeded_addresses(db: Database) -> None:
+    """Addresses the configuration file has added (``[service] demo_subscriber``), each
+    remembered once added, so that one the operator removed or that unsubscribed is never
+    added again by a later start. Subscribers already present are remembered as added
+    when the configuration next names them (``subscriptions.seed_configured_subscriber``)."""
+    db.execute(
+        "CREATE TABLE seeded_addresses ("
+        "email_key TEXT PRIMARY KEY, "  # subscriptions.normalise_email's key
+        "seeded_at TEXT NOT NULL"
+        ") WITHOUT ROWID"
+    )
+
+
+@migrations()
+def m013_mail_owed(db: Database) -> None:
+    """Confirmation and welcome mails not yet delivered, retried with backoff by the
+    service's digest job until they go or ``attempts`` reaches the limit
+    (``digests.send.MAX_MAIL_ATTEMPTS``); ``next_attempt_at`` NULL means given up.
+    A row goes with its subscriber."""
+    db.executescript(
+        """
+        CREATE TABLE mail_owed (
+            subscriber_id INTEGER NOT NULL REFERENCES subscribers(id) ON DELETE CASCADE,
+            kind TEXT NOT NULL CHECK (kind IN ('confirm', 'welcome')),
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at TEXT,
+            last_error TEXT,
+            PRIMARY KEY (subscriber_id, kind)
+        ) WITHOUT ROWID;
+        CREATE INDEX mail_owed_due ON mail_owed(next_attempt_at);
+        """
+    )

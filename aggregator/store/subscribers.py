@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from sqlite_utils import Database
 
@@ -299,3 +299,107 @@ def claim_welcomes(
         params.extend(ids)
     sql += f" AND id IN (SELECT id FROM subscribers WHERE welcome_due = 1 LIMIT {int(limit)})"
     return sorted(row[0] for row in db.execute(sql + " RETURNING id", params).fetchall())
+
+
+# --- addresses added by the configuration file ----------------------------------------
+
+
+def was_seeded(db: Database, email_key: str) -> bool:
+    """Whether the configuration file has ever added this address (``seeded_addresses``)."""
+    row = db.execute("SELECT 1 FROM seeded_addresses WHERE email_key = ?", [email_key]).fetchone()
+    return row is not None
+
+
+def remember_seeded(db: Database, email_key: str, now: datetime) -> bool:
+    """Remember that the configuration file added this address; False when it already
+    had (the first time is kept)."""
+    cursor = db.execute(
+        "INSERT OR IGNORE INTO seeded_addresses (email_key, seeded_at) VALUES (?, ?)",
+        [email_key, to_db(now)],
+    )
+    return cursor.rowcount == 1
+
+
+# --- confirmation and welcome mails owed ----------------------------------------------
+
+MailKind = Literal["confirm", "welcome"]
+"""What a mail owed is: the double opt-in link, or the welcome of a confirmed address."""
+
+
+def owe_mail(
+    db: Database, subscriber_id: int, kind: MailKind, *, attempts: int, retry_at: datetime
+) -> None:
+    """Record that ``kind`` is owed to the subscriber, with ``attempts`` made (the one
+    about to be made included) and the next due at ``retry_at`` unless it is delivered
+    first. Replaces an earlier row of the same kind (a fresh sign-up starts afresh)."""
+    db.execute(
+        "INSERT INTO mail_owed (subscriber_id, kind, attempts, next_attempt_at, last_error) "
+        "VALUES (?, ?, ?, ?, NULL) ON CONFLICT (subscriber_id, kind) DO UPDATE SET "
+        "attempts = excluded.attempts, next_attempt_at = excluded.next_attempt_at, "
+        "last_error = NULL",
+        [subscriber_id, kind, attempts, to_db(retry_at)],
+    )
+
+
+def mail_delivered(db: Database, subscriber_id: int, kind: MailKind) -> None:
+    """The mail owed went out: forget it."""
+    db.execute("DELETE FROM mail_owed WHERE subscriber_id = ? AND kind = ?", [subscriber_id, kind])
+
+
+def mail_failed(
+    db: Database,
+    subscriber_id: int,
+    kind: MailKind,
+    error: str,
+    *,
+    permanent: bool,
+    max_attempts: int,
+) -> bool:
+    """An attempt failed with ``error`` (one line). It stays due at the time set when it
+    was taken, unless the refusal was ``permanent`` or ``max_attempts`` are spent: then
+    it is given up (``next_attempt_at`` NULL, the row kept for the listing). True when
+    given up."""
+    row = db.execute(
+        "UPDATE mail_owed SET last_error = ?, next_attempt_at = CASE WHEN ? OR attempts >= ? "
+        "THEN NULL ELSE next_attempt_at END WHERE subscriber_id = ? AND kind = ? "
+        "RETURNING next_attempt_at IS NULL",
+        [error, int(permanent), int(max_attempts), subscriber_id, kind],
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def retry_later(
+    db: Database, subscriber_id: int, kind: MailKind, *, attempts: int, retry_at: datetime
+) -> None:
+    """Take a mail owed for another attempt: ``attempts`` made counting this one, and the
+    next at ``retry_at`` should this one not get through (nor report back)."""
+    db.execute(
+        "UPDATE mail_owed SET attempts = ?, next_attempt_at = ? "
+        "WHERE subscriber_id = ? AND kind = ?",
+        [attempts, to_db(retry_at), subscriber_id, kind],
+    )
+
+
+def due_mail(db: Database, now: datetime, limit: int = 100) -> list[tuple[int, MailKind, int]]:
+    """(subscriber id, kind, attempts made) of the mails owed whose retry time has come,
+    oldest due first."""
+    cursor = db.execute(
+        "SELECT subscriber_id, kind, attempts FROM mail_owed "
+        "WHERE next_attempt_at IS NOT NULL AND next_attempt_at <= ? "
+        "ORDER BY next_attempt_at, subscriber_id LIMIT ?",
+        [to_db(now), int(limit)],
+    )
+    return [(row[0], row[1], row[2]) for row in cursor.fetchall()]
+
+
+def owed_mail(db: Database) -> dict[int, list[tuple[MailKind, int, datetime | None, str | None]]]:
+    """Every mail owed, by subscriber id: (kind, attempts made, next attempt or None when
+    given up, last error)."""
+    owed: dict[int, list[tuple[MailKind, int, datetime | None, str | None]]] = {}
+    cursor = db.execute(
+        "SELECT subscriber_id, kind, attempts, next_attempt_at, last_error FROM mail_owed "
+        "ORDER BY subscriber_id, kind"
+    )
+    for row in cursor.fetchall():
+        owed.setdefault(row[0], []).append((row[1], row[2], from_db(row[3]), row[4]))
+    return owed

@@ -25,7 +25,7 @@ from starlette.routing import BaseRoute, Route
 
 from ..digests.render import Renderer, SectionView, story_count
 from ..digests.send import send_welcomes
-from ..errors import InvalidSubscription, RateLimited, TokenError
+from ..errors import InvalidSubscription, RateLimited, StoreError, TokenError
 from ..mail import open_sender
 from ..paths import PATHS
 from ..sanitize import xml_chars
@@ -38,11 +38,12 @@ from ..subscriptions import (
     PURPOSE_DIGEST,
     PURPOSE_PREFERENCES,
     PURPOSE_UNSUBSCRIBE,
+    Signup,
     check_confirm_token,
     confirm,
     request_links,
     request_signup,
-    send_quietly,
+    send_signup_mail,
     subscriber_for,
     unsubscribe,
     update_preferences,
@@ -205,7 +206,7 @@ async def subscribe_post(request: Request) -> Response:
             status_code=429,
             headers={"Retry-After": "3600"},
         )
-    task = BackgroundTask(_send, web, signup.message) if signup.message else None
+    task = BackgroundTask(_send, web, signup) if signup.message else None
     response = render(
         request,
         "subscribe/message.html",
@@ -223,10 +224,13 @@ async def subscribe_post(request: Request) -> Response:
     return response
 
 
-def _send(web: WebContext, message: Any) -> None:
+def _send(web: WebContext, signup: Signup) -> None:
+    # A confirmation that fails stays owed: the service's mail job retries it.
     sender = open_sender(web.settings.mail.smtp, web.settings.mail.outbox)
     try:
-        problem = send_quietly(sender, message)
+        problem = send_signup_mail(web.store(), sender, signup)
+    except StoreError as error:
+        problem = f"its outcome could not be recorded: {error}"
     finally:
         sender.close()
     if problem:
@@ -680,7 +684,7 @@ async def lost_link_post(request: Request) -> Response:
         },
     )
     if answer.message:
-        response.background = BackgroundTask(_send, web, answer.message)
+        response.background = BackgroundTask(_send, web, answer)
     return response
 
 
