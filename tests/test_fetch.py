@@ -343,6 +343,32 @@ async def test_h1_a_host_that_never_answers_is_not_asked_by_every_feed_in_turn(
     assert len(skipped) == 6 and all(isinstance(r.error, FetchConnectError) for r in skipped)
 
 
+async def test_h1_a_host_that_answers_others_is_never_down(feed_server: FeedServer) -> None:
+    """A few pages that never answer, on a host that answers the rest (slowly): only those
+    pages fail; the host's other feeds are all fetched."""
+    hangs = [feed_server.add_hang(f"/stuck{i}") for i in range(4)]
+    live = [feed_server.add(f"/live{i}.xml", RSS, delay=0.2) for i in range(20)]
+    config = settings(read_timeout=0.5, total_timeout=5.0, max_per_host=6)
+    async with FeedFetcher(config) as fetcher:
+        results = await asyncio.gather(*(fetcher.fetch(url) for url in [*hangs, *live]))
+    assert all(isinstance(r.error, FetchTimeout) for r in results[:4])
+    assert all(r.ok for r in results[4:]), [str(r.error) for r in results[4:] if not r.ok]
+
+
+async def test_h1_a_dead_port_does_not_take_down_the_live_port_of_the_same_machine(
+    feed_server: FeedServer,
+) -> None:
+    with socket.socket() as held:  # bound, never listening: every connection is refused
+        held.bind(("127.0.0.1", 0))
+        dead_port = held.getsockname()[1]
+        dead = [f"http://127.0.0.1:{dead_port}/f{i}.xml" for i in range(6)]
+        live = [feed_server.add(f"/port{i}.xml", RSS) for i in range(12)]
+        async with FeedFetcher(settings()) as fetcher:
+            results = await asyncio.gather(*(fetcher.fetch(url) for url in [*dead, *live]))
+    assert all(isinstance(r.error, FetchConnectError) for r in results[:6])
+    assert all(r.ok for r in results[6:])
+
+
 async def test_h1_slot_is_freed_after_the_deadline(feed_server: FeedServer) -> None:
     hang = feed_server.add_hang("/hang")
     good = feed_server.add("/ok.xml", RSS)
@@ -815,6 +841,29 @@ async def test_host_gate_down_after_requests_without_answer_and_up_again() -> No
     await gate.acquire()
 
 
+async def test_host_gate_counts_only_silence_and_asks_again_after_the_pause() -> None:
+    gate = HostGate(6, 16)
+    for _ in range(HOST_DOWN_AFTER - 1):
+        await gate.acquire()
+        gate.release(None, overloaded=True, waited=1.0)
+    await gate.acquire()
+    gate.release(0.05)  # an answer...
+    await gate.acquire()
+    gate.release(None, overloaded=True, waited=1.0)  # ...came while this one was out
+    assert gate.unanswered == 0
+    for _ in range(HOST_DOWN_AFTER):
+        await gate.acquire()
+        gate.last_answer -= 10  # long ago
+        gate.release(None, overloaded=True, waited=1.0)
+    with pytest.raises(HostDown):
+        await gate.acquire()
+    gate.down_until = asyncio.get_running_loop().time()  # the pause is over
+    await gate.acquire()
+    assert gate.unanswered == 0  # one more failure does not pause it again at once
+    gate.release(None, overloaded=True, waited=20.0)
+    await gate.acquire()
+
+
 async def test_host_gate_over_http2_may_pass_max_per_host() -> None:
     gate = HostGate(6, 4, multiplexed_ceiling=32)
     assert gate.limit == 4
@@ -937,6 +986,36 @@ async def test_a_mock_transport_replaces_the_network() -> None:
     assert result.not_modified and result.etag == '"v2"'
     assert seen[0].headers["if-none-match"] == '"v1"'
     assert seen[0].headers["user-agent"] == USER_AGENT
+
+
+async def test_an_https_chain_through_plain_http_is_marked_and_never_a_move(
+    tls_server: FeedServer, feed_server: FeedServer, self_signed_files: tuple[Path, Path]
+) -> None:
+    """https -> 301 -> plain http -> 301 -> https: the answer is read, but the chain went
+    through a hop anyone on the path could have written, so it is marked and discovery
+    keeps the address it was given."""
+    from aggregator.config import settings_from_mapping
+    from aggregator.sources import discover_feed_url
+
+    cert, _ = self_signed_files
+    final = tls_server.add("/final.xml", RSS)
+    middle = feed_server.add("/middle", b"", status=301, headers={"Location": final})
+    start = tls_server.add("/start", b"", status=301, headers={"Location": middle})
+    plain = tls_server.add(
+        "/plain", b"", status=301, headers={"Location": feed_server.add("/p.xml", RSS)}
+    )
+    async with FeedFetcher(settings(ca_file=str(cert))) as fetcher:
+        chained = await fetcher.fetch(start)
+        clean = await fetcher.fetch(
+            tls_server.add("/direct", b"", status=301, headers={"Location": final})
+        )
+        site = settings_from_mapping(
+            {"database": "x.sqlite3", "fetch": {"allow_private_addresses": True}}, env={}
+        )
+        assert await discover_feed_url(fetcher, plain, site) == plain
+        assert await discover_feed_url(fetcher, start, site) == start
+    assert chained.ok and chained.final_url == final and chained.downgraded
+    assert not clean.downgraded and clean.permanent_url == final
 
 
 async def test_h2_ca_file_trusts_a_private_authority(
