@@ -16,7 +16,7 @@ from .errors import ParseError
 from .limits import ParseLimits
 from .models import EntryRecord
 from .parse import parse_feed
-from .sanitize import html_to_text, sanitize_html
+from .sanitize import sanitize
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,14 +73,15 @@ def _prepare(
     for entry in parsed.entries:
         base = entry.base_url or entry.link or parsed.site_url or url
         summary_base = entry.summary_base_url or base
-        content_html = sanitize_html(entry.content_html, base_url=base)
-        summary_html = (
-            sanitize_html(entry.summary_html, base_url=summary_base)
+        safe_content = sanitize(entry.content_html, base_url=base)
+        safe_summary = (
+            sanitize(entry.summary_html, base_url=summary_base)
             if entry.summary_html != entry.content_html or summary_base != base
-            else content_html
+            else safe_content
         )
-        clean = replace(entry, content_html=content_html, summary_html=summary_html)
-        text = html_to_text(content_html or summary_html)
+        clean = replace(entry, content_html=safe_content.html, summary_html=safe_summary.html)
+        # The text of the sanitised HTML, read without parsing it again (SanitizedHtml).
+        text = (safe_content if safe_content.html else safe_summary).text()
         records.append(make_record(clean, feed_url=url, text=text, now=now))
     return PreparedFeed(
         title=parsed.title,

@@ -17,18 +17,21 @@ from __future__ import annotations
 import html as html_lib
 import re
 from contextvars import ContextVar
+from dataclasses import dataclass
 
 import nh3
 
 from .media import embed_link
-from .text import BIDI, CONTROL, HORIZONTAL_SPACE, clean_text
+from .text import BIDI, CONTROL, clean_text
 from .urls import clean_link
 
 __all__ = [
+    "SanitizedHtml",
     "embeds_to_links",
     "excerpt",
     "excerpt_blocks",
     "html_to_text",
+    "sanitize",
     "sanitize_html",
 ]
 
@@ -304,8 +307,32 @@ def sanitize_html(html: str, *, base_url: str | None = None) -> str:
     without a usable src are removed; the others load lazily. Embedded players become
     links (``embeds_to_links``). Sanitising the result again changes nothing.
     """
+    return sanitize(html, base_url=base_url).html
+
+
+@dataclass(frozen=True, slots=True)
+class SanitizedHtml:
+    """The result of ``sanitize``: ``html`` is what ``sanitize_html`` returns.
+
+    ``serialised`` is True when the cleaner, given ``html``, writes ``html`` back
+    unchanged: then ``html`` is exactly the serialisation of the tree it parses into,
+    and ``text()`` reads that tree's text from the markup instead of parsing it again.
+    """
+
+    html: str
+    serialised: bool
+
+    def text(self) -> str:
+        """``html_to_text(self.html)``, with one HTML parse fewer when ``serialised``."""
+        if self.serialised and self.html.count("<") <= _NESTING_CHECK_TAGS:
+            return _text_of_serialised(self.html)
+        return html_to_text(self.html)
+
+
+def sanitize(html: str, *, base_url: str | None = None) -> SanitizedHtml:
+    """``sanitize_html``, with what is known about its output (see ``SanitizedHtml``)."""
     if not html:
-        return ""
+        return SanitizedHtml("", serialised=True)
     token = _BASE_URL.set(base_url)
     try:
         raw = embeds_to_links(_limit_nesting(html))
@@ -318,13 +345,15 @@ def sanitize_html(html: str, *, base_url: str | None = None) -> str:
     # "<li></li><li></li>"): clean until stable, so that sanitising the result again
     # changes nothing.
     cleaned = _neutralise_characters(cleaned).strip()
+    serialised = False
     for _ in range(_MAX_PASSES):
-        again = _drop_unwanted_images(_STRUCTURE_CLEANER.clean(cleaned))
-        again = _neutralise_characters(again).strip()
+        written = _STRUCTURE_CLEANER.clean(cleaned)
+        again = _neutralise_characters(_drop_unwanted_images(written)).strip()
         if again == cleaned:
+            serialised = written == cleaned
             break
         cleaned = again
-    return cleaned
+    return SanitizedHtml(cleaned, serialised=serialised)
 
 
 # --- plain text ---------------------------------------------------------------------------
@@ -364,6 +393,7 @@ def xml_chars(text: str) -> str:
 
 
 _NEUTRALISED = re.compile(f"[\x0c{_HTML_CONTROL.pattern[1:-1]}{BIDI.pattern[1:-1]}]")
+_CONTROL_OR_BIDI = re.compile(f"[{CONTROL.pattern[1:-1]}{BIDI.pattern[1:-1]}]")
 
 
 def _neutralise_characters(html: str) -> str:
@@ -378,17 +408,51 @@ def html_to_text(html: str) -> str:
     """Plain text of an HTML fragment: one line per block, whitespace collapsed."""
     if not html:
         return ""
+    # Line breaks in the source are just spaces in HTML; only block tags break lines.
     if "<" in html or "&" in html:
-        markup = _TEXT_CLEANER.clean(_limit_nesting(html))
-        # Line breaks in the source are just spaces in HTML; only block tags break lines.
-        markup = _CELL_TAG.sub(" ", _WHITESPACE.sub(" ", markup))
-        text = html_lib.unescape(_ANY_TAG.sub("\n", markup))
-    else:
-        text = _WHITESPACE.sub(" ", html)
-    text = BIDI.sub("", CONTROL.sub("", text))
-    text = HORIZONTAL_SPACE.sub(" ", text)
-    lines = (line.strip() for line in text.split("\n"))
+        markup = _CELL_TAG.sub(" ", _source_spaces(_TEXT_CLEANER.clean(_limit_nesting(html))))
+        return _lines(html_lib.unescape(_ANY_TAG.sub("\n", markup)))
+    return _lines(_source_spaces(html))
+
+
+def _source_spaces(markup: str) -> str:
+    """Line breaks and form feeds as spaces (runs are collapsed later, by ``_lines``)."""
+    markup = markup.replace("\n", " ")
+    if "\r" in markup:
+        markup = markup.replace("\r", " ")
+    if "\f" in markup:
+        markup = markup.replace("\f", " ")
+    return markup
+
+
+def _lines(text: str) -> str:
+    """Controls and bidi characters dropped, then each line with its whitespace collapsed
+    (str.split: the same characters as the regular expression ``\\s``), blank lines out."""
+    if _CONTROL_OR_BIDI.search(text) is not None:
+        text = BIDI.sub("", CONTROL.sub("", text))
+    lines = (" ".join(line.split()) for line in text.split("\n"))
     return "\n".join(line for line in lines if line)
+
+
+# Tags as the cleaner writes them: every "<" of the text is escaped (&lt;), and every
+# attribute value is double-quoted with its quotes escaped, though it may hold "<" or ">".
+# The name ends at a space or ">", so that "<b>" is not read as the start of "<br>".
+_SERIALISED_TAG_END = r"""(?=[\s>])(?:[^>"]|"[^"]*")*>"""
+_SERIALISED_BLOCK_TAG = re.compile(
+    "</?(?:" + "|".join(sorted(_BLOCK_TAGS)) + ")" + _SERIALISED_TAG_END
+)
+_SERIALISED_CELL_TAG = re.compile("</?t[dh]" + _SERIALISED_TAG_END)
+_SERIALISED_TAG = re.compile("</?[A-Za-z][^\\s/>]*" + _SERIALISED_TAG_END)
+
+
+def _text_of_serialised(html: str) -> str:
+    """``html_to_text(html)`` for markup the cleaner writes back unchanged (its own
+    output, at most _NESTING_CHECK_TAGS tags): the text cleaner would parse it into the
+    same tree and write the same text nodes, with only its block and cell tags left
+    (without attributes), so the tags are mapped here as html_to_text maps those."""
+    markup = _SERIALISED_CELL_TAG.sub(" ", _source_spaces(html))
+    markup = _SERIALISED_TAG.sub("", _SERIALISED_BLOCK_TAG.sub("\n", markup))
+    return _lines(html_lib.unescape(markup))
 
 
 def excerpt(html: str, limit: int = 300) -> str:

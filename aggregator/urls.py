@@ -139,6 +139,17 @@ def absolute_http_url(url: str | None, base: str | None = None) -> str | None:
     """
     if url is None:
         return None
+    if _PLAIN_HTTP_URL.fullmatch(url) is not None:
+        return url  # the common case: what the steps below would give back unchanged
+    if base and url.startswith("/"):  # the next most common: a path on the base's host
+        path = _PLAIN_PATH_REFERENCE.fullmatch(url)
+        origin = _PLAIN_HTTP_URL.fullmatch(base) if path is not None else None
+        if path is not None and origin is not None and "/." not in path[1]:
+            return origin["origin"] + url
+    return _resolved_http_url(url, base)
+
+
+def _resolved_http_url(url: str, base: str | None) -> str | None:
     cleaned = without_surrogates(_INVISIBLE.sub("", url)).replace("\\", "/")
     if not cleaned:
         return None
@@ -158,6 +169,20 @@ def absolute_http_url(url: str | None, base: str | None = None) -> str | None:
 # Sanitising calls these for every link of every entry; base URLs and relative links
 # repeat across a feed's entries.
 _ABSOLUTE_HTTP = re.compile(r"https?://[^/?#]", re.IGNORECASE)
+# An absolute http(s) URL that absolute_http_url returns as written: lower-case scheme,
+# a host of ASCII letters, digits, dots and hyphens (no user, no port), then only
+# printable ASCII that urlsplit and urlunsplit leave in place; "?" and "#" only with
+# something after them (urlunsplit drops an empty query or fragment).
+_URL_CHARS = "-A-Za-z0-9._~!$&'()*+,;=:@%/"  # "-" first: a literal, not a range
+_QUERY_AND_FRAGMENT = rf"(?:\?[{_URL_CHARS}?]+)?(?:#[{_URL_CHARS}?]+)?"
+_PLAIN_HTTP_URL = re.compile(
+    rf"(?P<origin>https?://[A-Za-z0-9.-]+)(?:/[{_URL_CHARS}]*)?{_QUERY_AND_FRAGMENT}"
+)
+# A path reference that urljoin puts after a plain base's origin as written: a path of
+# the same characters without ";" (path parameters) and without empty segments ("//",
+# which urljoin drops); the caller also refuses "/." (dot segments, which it resolves).
+_SEGMENT = "[-A-Za-z0-9._~!$&'()*+,=:@%]"  # one character of a path segment
+_PLAIN_PATH_REFERENCE = re.compile(rf"(/(?:{_SEGMENT}+/)*{_SEGMENT}*){_QUERY_AND_FRAGMENT}")
 
 
 @lru_cache(maxsize=1024)
@@ -189,8 +214,13 @@ def canonical_url(url: str | None, base: str | None = None) -> str | None:
     anchors each post), so two fragments are two pages here (DESIGN §5).
     """
     absolute = absolute_http_url(url, base)
-    if absolute is None:
-        return None
+    return None if absolute is None else _canonical_of_absolute(absolute)
+
+
+# Making a record asks for the canonical form of one link two or three times (its
+# canonical URL, its link key, its identity), with and without the feed as base.
+@lru_cache(maxsize=4096)
+def _canonical_of_absolute(absolute: str) -> str | None:
     parts = _split(absolute)
     if parts is None or parts.hostname is None:
         return None

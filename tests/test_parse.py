@@ -117,6 +117,22 @@ def test_wordpress_content_encoded_wins_over_description() -> None:
     assert "<script>" in first.content_html and 'href="/about/"' in first.content_html
 
 
+def test_text_split_by_lines_references_and_cdata_reads_as_one_text() -> None:
+    # expat hands text over in runs (buffered): the pieces must join to the same text,
+    # and XHTML content must still lose its wrapping <div> (RFC 4287 §3.1.1.3).
+    doc = (
+        b'<?xml version="1.0" encoding="utf-8"?>\n<feed xmlns="http://www.w3.org/2005/Atom">'
+        b"<title>T</title><id>urn:f</id><updated>2024-05-01T00:00:00Z</updated><entry>"
+        b"<id>urn:1</id><title>A</title><updated>2024-05-01T00:00:00Z</updated>"
+        b'<content type="xhtml"><div xmlns="http://www.w3.org/1999/xhtml">\n  <p>one\n'
+        b" two &amp; three &#233;&#x201C;<![CDATA[ <raw> ]]>four</p>\n</div></content>"
+        b"<summary>line one\nline two &amp;amp; <![CDATA[x<y]]> end</summary></entry></feed>"
+    )
+    entry = parse_feed(doc, url=URL).entries[0]
+    assert entry.content_html == "<p>one\n two &amp; three \u00e9\u201c &lt;raw&gt; four</p>"
+    assert entry.summary_html == "line one\nline two &amp;amp; x&lt;y end"
+
+
 def test_relative_links_resolve_against_feed_url_and_tracking_is_dropped() -> None:
     feed = parse_feed((DATA / "wordpress.xml").read_bytes(), url="https://blog.example.org/feed/")
     assert feed.entries[0].link == "https://blog.example.org/2014/01/cafe-notes/?ref=feed"

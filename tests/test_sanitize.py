@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import html as html_lib
 import re
 import time
 
+import nh3
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aggregator.sanitize import excerpt, html_to_text, sanitize_html
-from aggregator.text import clean_text
+from aggregator.sanitize import excerpt, html_to_text, sanitize, sanitize_html
+from aggregator.text import BIDI, CONTROL, clean_text
 
 BASE = "https://blog.example.org/2014/01/post/"
 FORBIDDEN = re.compile(
@@ -254,6 +256,89 @@ def test_html_to_text_is_fast_on_a_large_post() -> None:
     text = html_to_text(html)
     assert time.perf_counter() - start < 1.0
     assert text.count("\n") == 4999
+
+
+# The text of the sanitiser's own output is read from its markup (SanitizedHtml.text)
+# without parsing it again; it must be the text html_to_text finds, for any input.
+TEXT_FRAGMENTS = [
+    *FRAGMENTS, "<td>", "</td>", "<th>", "<tbody>", "</tr>", "<h1>", "<section>", "<dl>",
+    "<dt>", "<dd>", "<caption>", "<p title='a > b'>", '<abbr title="x<y">', "<hr>",
+    "<img src='https://i.example/c.png' alt='1 > 0' width='30'>", "&nbsp;", "&#13;",
+    "&#x202e;", "&#12;", "&#160;", "\r\n", "\t", "\x0c", "\x0b", "\x85", "\u2028",
+    "\xa0", "<br/>", "</br>", "<code>", "<pre>\n", "<q cite='/q'>", "<table><tr><td>",
+    "<ol start='3'>", "<time datetime='2024'>", "&quot;", "<span>", "</span>", "<a>",
+]  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(st.one_of(st.sampled_from(TEXT_FRAGMENTS), st.text(max_size=6)), max_size=40).map(
+        "".join
+    )
+)
+def test_text_of_sanitised_html_is_html_to_text_of_it(html: str) -> None:
+    safe = sanitize(html, base_url=BASE)
+    assert safe.html == sanitize_html(html, base_url=BASE)
+    assert safe.text() == html_to_text(safe.html)
+
+
+def test_text_of_sanitised_html_on_a_real_post() -> None:
+    html = (
+        '<p>Intro with <a href="/a?utm_source=x&amp;b=1" title="a &gt; b">a link</a>, '
+        "<em>emphasis</em>\nand a line break.</p><figure><img src='i.png' alt='x > y' "
+        "srcset='i.png 1x, i2.png 2x'><figcaption>Caption</figcaption></figure><ul><li>one"
+        "<li>two</ul><pre>\ncode &lt;b&gt;\n  indented</pre><table><tr><th>h<td>d</table>"
+        '<blockquote cite="/q">quote&nbsp;here</blockquote><iframe src="https://v.example/">'
+        "</iframe><h2>End</h2>"
+    )
+    safe = sanitize(html, base_url=BASE)
+    assert safe.serialised
+    assert safe.text() == html_to_text(safe.html)
+    assert safe.text().split("\n")[:2] == [
+        "Intro with a link, emphasis and a line break.",
+        "Caption",
+    ]
+
+
+def _html_to_text_by_regular_expressions(html: str) -> str:
+    """html_to_text as first written, one regular expression a step: the reference."""
+    if not html:
+        return ""
+    if "<" in html or "&" in html:
+        markup = nh3.Cleaner(
+            tags={*BLOCK_TAGS, "td", "th"},
+            clean_content_tags={"script", "style", "template", "iframe", "object", "embed",
+                                "applet", "noembed", "noframes", "noscript", "svg", "math",
+                                "select", "textarea", "title", "xmp"},
+            attributes={}, strip_comments=True, link_rel=None,
+        ).clean(html)  # fmt: skip
+        markup = re.sub(r"</?t[dh]>", " ", re.sub(r"[ \t\r\n\f]+", " ", markup))
+        text = html_lib.unescape(re.sub(r"<[^>]*>", "\n", markup))
+    else:
+        text = re.sub(r"[ \t\r\n\f]+", " ", html)
+    text = re.sub(r"[^\S\n]+", " ", BIDI.sub("", CONTROL.sub("", text)))
+    return "\n".join(line.strip() for line in text.split("\n") if line.strip())
+
+
+BLOCK_TAGS = {
+    "address", "article", "aside", "blockquote", "br", "caption", "dd", "div", "dl", "dt",
+    "figcaption", "figure", "footer", "h1", "h2", "h3", "h4", "h5", "h6", "header", "hr",
+    "li", "main", "nav", "ol", "p", "pre", "section", "table", "tr", "ul",
+}  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.one_of(
+            st.sampled_from(TEXT_FRAGMENTS),
+            st.text(alphabet=" \t\r\n\x0b\x0c\x1c\x1f\x85\xa0\u2028\u202e\u3000ab&;<>", max_size=6),
+        ),
+        max_size=40,
+    ).map("".join)
+)
+def test_html_to_text_collapses_whitespace_as_the_regular_expressions_do(html: str) -> None:
+    assert html_to_text(html) == _html_to_text_by_regular_expressions(html)
 
 
 # --- excerpt -------------------------------------------------------------------------------------

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import html
+import time
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from aggregator.urls import (
+    _PLAIN_HTTP_URL,
+    _PLAIN_PATH_REFERENCE,
+    _resolved_http_url,
     absolute_http_url,
     canonical_url,
     clean_link,
@@ -190,6 +194,70 @@ def test_absolute_http_url_resolves_like_a_browser(
     url: str, base: str | None, expected: str | None
 ) -> None:
     assert absolute_http_url(url, base) == expected
+
+
+# absolute_http_url returns a plain absolute URL as written, without splitting and
+# joining it again: only where the full rules would give it back unchanged.
+@given(
+    st.from_regex(_PLAIN_HTTP_URL, fullmatch=True),
+    st.sampled_from([None, "https://blog.example/a/feed", "javascript:x"]),
+)
+def test_plain_http_urls_are_what_the_full_rules_make_of_them(url: str, base: str | None) -> None:
+    assert _resolved_http_url(url, base) == url
+    assert absolute_http_url(url, base) == url
+
+
+@given(
+    st.from_regex(_PLAIN_PATH_REFERENCE, fullmatch=True),
+    st.from_regex(_PLAIN_HTTP_URL, fullmatch=True),
+)
+def test_plain_paths_on_plain_bases_are_what_the_full_rules_make_of_them(
+    url: str, base: str
+) -> None:
+    assert absolute_http_url(url, base) == _resolved_http_url(url, base)
+
+
+@pytest.mark.parametrize(
+    "url", ["/", "/a/b/", "/a//b", "/a/./b", "/a/../b", "/.x", "/a;p", "/a?", "/a?q#f", "//h/x"]
+)
+@pytest.mark.parametrize("base", ["https://blog.example/2024/05/post/", "http://b.example"])
+def test_paths_resolve_as_the_full_rules_resolve_them(url: str, base: str) -> None:
+    assert absolute_http_url(url, base) == _resolved_http_url(url, base)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/" + "a" * 100_000 + " ",
+        "/" + "a/" * 50_000 + "<",
+        "https://h.example/" + "a" * 100_000 + " ",
+    ],
+)
+def test_long_urls_that_are_not_plain_are_refused_in_linear_time_f8(url: str) -> None:
+    start = time.perf_counter()
+    absolute_http_url(url, "https://blog.example/")
+    assert time.perf_counter() - start < 0.5
+
+
+@pytest.mark.parametrize(
+    ("url", "plain"),
+    [
+        ("https://blog.example/2024/05/post?utm_source=rss&p=1#more-3", True),
+        ("http://a.example", True),
+        ("http://a.example?", False),  # an empty query is dropped
+        ("http://a.example/#", False),  # an empty fragment is dropped
+        ("HTTP://a.example/", False),  # the scheme is lower-cased
+        ("http://a.example:8080/", False),  # the port is checked
+        ("http://user@a.example/", False),
+        ("http://[::1]/", False),
+        ("http://a.example/a b", False),
+        ("http://a.example/\u00e9", False),
+        ("http://a.example/x?a<b", False),
+    ],
+)
+def test_only_plain_http_urls_skip_the_full_rules(url: str, plain: bool) -> None:
+    assert (_PLAIN_HTTP_URL.fullmatch(url) is not None) == plain
+    assert absolute_http_url(url) == _resolved_http_url(url, None)
 
 
 @pytest.mark.parametrize(
