@@ -346,7 +346,8 @@ def settings_from_mapping(
             key="web.host",
         )
     port = web_table.integer("port", 8000, low=1, high=65535)
-    base_url = web_table.string("base_url", f"http://{host}:{port}").rstrip("/")
+    netloc_host = f"[{host}]" if ":" in host else host  # an IPv6 address (RFC 3986 3.2.2)
+    base_url = web_table.string("base_url", f"http://{netloc_host}:{port}").rstrip("/")
     if not is_http_url(base_url):
         raise ConfigError(
             "must be an absolute http(s) URL", path=reader.path_name, key="web.base_url"
@@ -529,12 +530,12 @@ def _ca_file(reader: _Reader, base_dir: Path) -> Path | None:
         raise reader._error("ca_file", f"no such file: {path}") from None
     except IsADirectoryError:
         raise reader._error("ca_file", f"is a folder, not a PEM file: {path}") from None
-    except OSError as error:
-        raise reader._error("ca_file", f"cannot read {path}: {error.strerror}") from None
-    except (ssl.SSLError, ValueError):
+    except (ssl.SSLError, ValueError):  # SSLError is an OSError: first
         raise reader._error(
             "ca_file", f"holds no PEM certificate (-----BEGIN CERTIFICATE-----): {path}"
         ) from None
+    except OSError as error:
+        raise reader._error("ca_file", f"cannot read {path}: {error.strerror}") from None
     return path
 
 

@@ -349,8 +349,10 @@ def _preferences_page(
     if entered is not None:
         cadence, ticked = entered
         chosen = set(ticked or ())
-        if cadence in ("daily", "weekly"):
-            subscriber = replace(subscriber, cadence=cadence)
+        if cadence == "daily":
+            subscriber = replace(subscriber, cadence="daily")
+        elif cadence == "weekly":
+            subscriber = replace(subscriber, cadence="weekly")
     now = web.now()
     return render(
         request,
