@@ -648,6 +648,7 @@ def _public_archive(request: Request, *, status_code: int = 200, **extra: Any) -
             "editions": _editions(web),
             "sources": sources,
             "offered": ",".join(str(ident) for ident, _ in sources),
+            "none_ticked": False,
             "chosen": set(),
             "cadence": "weekly",
             "email": "",
