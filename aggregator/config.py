@@ -553,7 +553,8 @@ def _is_clock_time(value: str) -> bool:
 
 
 def _is_database_file(path: Path, database: Path) -> bool:
-    names = [database, *(Path(f"{database}{side}") for side in ("-wal", "-shm", "-journal"))]
+    sides = ("-wal", "-shm", "-journal", ".jobs.lock")
+    names = [database, *(Path(f"{database}{side}") for side in sides)]
     return path.resolve() in {name.resolve() for name in names}
 
 

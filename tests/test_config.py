@@ -134,8 +134,7 @@ def test_bundled_default_lists_both_blogs_with_snapshots() -> None:
         ('database = "x"\n[digest]\ntimezone = ""', "digest.timezone: unknown time zone ''"),
         (
             'database = "x"\n[[feeds]]\nurl = "http://ann:s3cret@blog.test/feed"',
-            "feeds[0].url: http://blog.test/feed: a user name or password in a feed URL is "
-            "refused",
+            "feeds[0].url: http://blog.test/feed: a user name or password in a feed URL is refused",
         ),
         (
             'database = "x"\n[[feeds]]\nurl = "HTTP://Blog.Test/f"\n[[feeds]]\nurl = "http://blog.test/f"',
@@ -234,7 +233,7 @@ def test_a_password_in_a_feed_url_is_never_echoed(tmp_path: Path) -> None:
 
 def test_a_byte_order_mark_before_the_first_setting_is_accepted(tmp_path: Path) -> None:
     path = tmp_path / "site.toml"
-    path.write_bytes(b"\xef\xbb\xbfdatabase = \"db.sqlite3\"\n[mail]\nfrom = \"D <d@example.org>\"\n")
+    path.write_bytes(b'\xef\xbb\xbfdatabase = "db.sqlite3"\n[mail]\nfrom = "D <d@example.org>"\n')
     settings = load_settings(path, {})
     assert settings.database == (tmp_path / "db.sqlite3").resolve()
     assert settings.mail.sender == "D <d@example.org>"
@@ -243,7 +242,9 @@ def test_a_byte_order_mark_before_the_first_setting_is_accepted(tmp_path: Path) 
 def test_configured_feed_urls_are_stored_with_scheme_and_host_in_lower_case(
     tmp_path: Path,
 ) -> None:
-    path = write(tmp_path, 'database = "x"\n[[feeds]]\nurl = "HTTPS://Blog.Example:443/Feed/Atom"\n')
+    path = write(
+        tmp_path, 'database = "x"\n[[feeds]]\nurl = "HTTPS://Blog.Example:443/Feed/Atom"\n'
+    )
     (feed,) = load_settings(path, {}).feeds
     assert feed.url == "https://blog.example/Feed/Atom"  # the path keeps its case
 

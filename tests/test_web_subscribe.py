@@ -382,7 +382,7 @@ def preferences_link(store: Store, settings, email: str, now: datetime) -> str:
 def test_every_box_left_ticked_is_all_sources_though_one_is_disabled(site) -> None:
     """The form offers the enabled sources only; leaving each ticked means all of them,
     those added later included, whether or not the post carries the offered list."""
-    client, settings, store, clock, (alpha, beta) = site
+    client, _settings, store, _clock, (alpha, beta) = site
     gamma = add_feed(store, "Gamma Gone")
     with store.write() as db:
         feed_rows.set_enabled(db, gamma, False, "410 Gone")
@@ -420,7 +420,7 @@ def test_every_box_left_ticked_is_all_sources_though_one_is_disabled(site) -> No
 def test_a_source_that_is_not_offered_or_none_at_all_is_refused_and_nothing_is_saved(
     site, smtp_server, posted
 ) -> None:
-    client, settings, store, clock, (alpha, beta) = site
+    client, _settings, store, _clock, (_alpha, _beta) = site
     token, offered, _ = form_fields(client.get("/subscribe").text)
     answer = client.post(
         "/subscribe",
@@ -442,7 +442,7 @@ def test_a_source_that_is_not_offered_or_none_at_all_is_refused_and_nothing_is_s
 
 
 def test_a_source_removed_after_the_form_loaded_is_named_a_400(site) -> None:
-    client, settings, store, clock, (alpha, beta) = site
+    client, _settings, store, _clock, (_alpha, beta) = site
     token, offered, ticked = form_fields(client.get("/subscribe").text)
     with store.write() as db:
         feed_rows.remove_feed(db, beta)
@@ -487,7 +487,7 @@ def test_preferences_keep_all_sources_when_only_the_cadence_changes(site) -> Non
 
 def test_a_password_in_a_feed_url_never_reaches_a_page(site) -> None:
     """Feeds stored before credentials in feed URLs were refused: shown without them."""
-    client, settings, store, clock, (alpha, beta) = site
+    client, _settings, store, clock, (_alpha, _beta) = site
     with store.write() as db:
         feed, _ = feed_rows.add_feed(
             db, url="http://ann:s3cret@private.test/feed", title="", origin="cli", now=clock.now
