@@ -493,9 +493,20 @@ def test_a_password_in_a_feed_url_never_reaches_a_page(site) -> None:
             db, url="http://ann:s3cret@private.test/feed", title="", origin="cli", now=clock.now
         )
     secret = feed.id
+    entry = add_entry(store, secret, "Private post", link="https://private.test/post")
     pages = [
-        client.get(path).text for path in ("/subscribe", f"/sources/{secret}", "/opml", "/digests")
+        client.get(path).text
+        for path in (
+            "/subscribe",
+            f"/sources/{secret}",
+            "/opml",
+            "/digests",
+            "/",
+            f"/entries/{entry}",
+        )
     ]
     for page in pages:
         assert "s3cret" not in page and "ann:" not in page, page
-    assert "http://private.test/feed" in pages[0] and "http://private.test/feed" in pages[2]
+    assert "Private post" in pages[4] and "Private post" in pages[5]
+    for shown in (0, 2, 4, 5):  # named by its URL, without the password
+        assert "http://private.test/feed" in pages[shown]

@@ -145,7 +145,7 @@ async def add_feed(request: Request) -> Response:
             request,
             status_code=400,
             error=f"Could not add that feed: {error}",
-            form={"url": url, "title": title or ""},
+            form={"url": without_userinfo(url), "title": title or ""},
         )
     return _redirect("added" if created else "known", feed=feed.id)
 
