@@ -373,10 +373,12 @@ class HostGate:
     connections of their own, the ceiling becomes ``multiplexed_ceiling`` (when higher).
 
     A host that gives no answer at all to ``HOST_DOWN_AFTER`` requests in a row (the
-    connection fails or times out before any header arrives) is down for
-    ``HOST_DOWN_SECONDS``: ``acquire`` raises ``HostDown`` at once, for the requests
-    waiting too, instead of letting each of a platform's many feeds wait out its own
-    timeout one after the other. The first answer clears the count.
+    connection fails or times out before any header arrives), while nothing else it
+    was asked was answered either, is down for ``HOST_DOWN_SECONDS``: ``acquire``
+    raises ``HostDown`` at once, for the requests waiting too, instead of letting each
+    of a platform's many feeds wait out its own timeout one after the other. A host that
+    answers some requests (a few slow pages, a slow server taking one at a time) is
+    never down; any answer clears the count and ends a pause.
     """
 
     def __init__(self, start: int, ceiling: int, *, multiplexed_ceiling: int = 0) -> None:
@@ -387,6 +389,7 @@ class HostGate:
         self.quickest = math.inf
         self.hold_until = 0.0  # event-loop time before which the slots do not grow
         self.unanswered = 0  # requests in a row that got no answer at all
+        self.last_answer = -math.inf  # event-loop time of the host's last answer
         self.down_until = 0.0  # event-loop time before which the host is not asked
         self._waiters: deque[asyncio.Future[None]] = deque()
 
@@ -410,9 +413,12 @@ class HostGate:
             raise
 
     def _check_up(self) -> None:
+        if not self.down_until:
+            return
         left = self.down_until - asyncio.get_running_loop().time()
         if left > 0:
             raise HostDown(self.unanswered, left)
+        self.down_until, self.unanswered = 0.0, 0  # the pause is over: ask again
 
     def release(
         self,
@@ -422,16 +428,19 @@ class HostGate:
         slow_down: bool = False,
         multiplexed: bool = False,
         hold: float = 0.0,
+        waited: float = 0.0,
     ) -> None:
         """Give the slot back. ``seconds``: time to the answer's headers (None when
         there was no answer); ``overloaded``: the answer or failure says the host is
         struggling; ``slow_down``: it asked us to wait (Retry-After) for ``hold``
-        seconds; ``multiplexed``: the answer came over HTTP/2."""
+        seconds; ``multiplexed``: the answer came over HTTP/2; ``waited``: how long
+        the request was out, for one without an answer."""
         self.in_flight -= 1
         now = asyncio.get_running_loop().time()
         if seconds is not None:
-            self.unanswered = 0
-        elif overloaded:
+            self.unanswered, self.down_until, self.last_answer = 0, 0.0, now
+        elif overloaded and now - self.last_answer >= waited:
+            # Nothing was answered while this request was out: the host says nothing.
             self.unanswered += 1
             if self.unanswered >= HOST_DOWN_AFTER and now >= self.down_until:
                 self.down_until = now + HOST_DOWN_SECONDS
@@ -688,6 +697,7 @@ class FeedFetcher:
             except HostDown as down:
                 raise FetchConnectError(str(down), url=current) from None
             timing = _Timing()
+            sent = loop.time()
             try:
                 async with self._global:
                     if deadline is None:
@@ -708,6 +718,7 @@ class FeedFetcher:
                     slow_down=timing.slow_down,
                     multiplexed=timing.multiplexed,
                     hold=timing.hold,
+                    waited=loop.time() - sent,
                 )
             if hop.location is None:
                 break
@@ -957,10 +968,15 @@ def _check_http_url(target: str, url: str, *, what: str = "") -> None:
 
 
 def _host_key(url: str, fallback: str) -> str:
+    """``host:port`` of ``url`` (the default port of its scheme when none is given), as
+    browsers group connections: two servers on one machine are two hosts."""
     try:
-        return (urlsplit(url).hostname or "").lower() or fallback
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower()
+        port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
     except ValueError:
         return fallback
+    return f"{host}:{port}" if host else fallback
 
 
 def _causes(exc: BaseException) -> Iterator[BaseException]:

@@ -127,16 +127,27 @@ class Service:
         # Welcome mails wait for the first poll, so that they can list recent posts.
         self._polled_once = False
         self._in_flight: set[asyncio.Task[Any]] = set()
+        self._running: set[str] = set()  # jobs with a run in flight
+        # Set when the service stops: a digest run hands over the messages in flight,
+        # records them, and starts no other (see digests.send.send_pending).
+        self.stopping = threading.Event()
 
     @contextmanager
-    def _job(self) -> Iterator[None]:
-        """Mark the current task as a job in flight, for a graceful shutdown."""
+    def _job(self, name: str) -> Iterator[bool]:
+        """Mark the current task as the job ``name`` in flight, for a graceful shutdown;
+        yields False (run nothing) when that job is still running from an earlier tick or
+        the service is stopping."""
+        if name in self._running or self.stopping.is_set():
+            yield False
+            return
         task = asyncio.current_task()
         if task is not None:
             self._in_flight.add(task)
+        self._running.add(name)
         try:
-            yield
+            yield True
         finally:
+            self._running.discard(name)
             if task is not None:
                 self._in_flight.discard(task)
 
@@ -159,7 +170,9 @@ class Service:
         """
         if not self._may_run_jobs() or self._poller is None:
             return
-        with self._job():
+        with self._job("poll") as run:
+            if not run:
+                return
             try:
                 await self._poll_due(self._poller)
             finally:
@@ -216,7 +229,9 @@ class Service:
         """
         if not self._may_run_jobs():
             return
-        with self._job():
+        with self._job("digests") as run:
+            if not run:
+                return
             try:
                 await asyncio.to_thread(self._digests_due_blocking)
             except StoreError as error:
@@ -228,12 +243,14 @@ class Service:
         sender = open_sender(self.settings.mail.smtp, self.settings.mail.outbox)
         try:
             if self._polled_once:
-                for problem in send_welcomes(store, sender, self.settings, self.clock()):
+                for problem in send_welcomes(
+                    store, sender, self.settings, self.clock(), stop=self.stopping
+                ):
                     log.warning("subscriber mail not sent: %s", problem)
             built = build_pending(store, self.settings, self.clock(), due_only=True)
             if built.built:
                 log.info("digests built=%d", built.built)
-            report = send_pending(store, sender, self.settings, self.clock)
+            report = send_pending(store, sender, self.settings, self.clock, stop=self.stopping)
             if report.handled:
                 log.info(
                     "digests sent=%d failed=%d retry=%d%s",
@@ -251,7 +268,9 @@ class Service:
             return
         sender = open_sender(self.settings.mail.smtp, self.settings.mail.outbox)
         try:
-            for problem in send_welcomes(store, sender, self.settings, self.clock()):
+            for problem in send_welcomes(
+                store, sender, self.settings, self.clock(), stop=self.stopping
+            ):
                 log.warning("subscriber mail not sent: %s", problem)
         finally:
             sender.close()
@@ -297,7 +316,9 @@ class Service:
         scheduler = AsyncIOScheduler(timezone=settings.digest.timezone)
         scheduler.add_listener(job_failed, EVENT_JOB_ERROR)
         job_options: dict[str, Any] = {
-            "max_instances": 1,
+            # A tick that finds its job still running returns at once (see _job), so a
+            # long digest run does not log APScheduler's "skipped" warning every tick.
+            "max_instances": 2,
             "coalesce": True,
             "misfire_grace_time": None,
         }
@@ -328,9 +349,14 @@ class Service:
             try:
                 await server.serve(sockets=[listener])
             finally:
+                # Runs in flight finish their unit of work (a poll's fetched feeds are
+                # written, a digest run's messages on the wire are recorded) before the
+                # scheduler, which would cancel them, shuts down.
+                self.stopping.set()
                 poller.stop()
-                scheduler.shutdown(wait=False)
+                scheduler.pause()
                 await self._wait_for_jobs()
+                scheduler.shutdown(wait=False)
                 self._poller = None
         self.lock.release()
         store.close()
@@ -338,9 +364,15 @@ class Service:
         log.info("service stopped")
 
     async def _wait_for_jobs(self) -> None:
-        """Let the job in flight finish its unit of work, within the grace period."""
+        """Let the jobs in flight finish their unit of work, within the grace period."""
         if self._in_flight:
             await asyncio.wait(set(self._in_flight), timeout=SHUTDOWN_GRACE_SECONDS)
+        if self._in_flight:
+            log.warning(
+                "jobs still running after %g s: %s; stopping them",
+                SHUTDOWN_GRACE_SECONDS,
+                ", ".join(sorted(self._running)),
+            )
 
 
 def listen(host: str, port: int) -> socket.socket:

@@ -227,3 +227,66 @@ def test_sigterm_finishes_the_message_in_flight_then_stops(
         store.close()
     finish(config)
     check(smtp_server, emails, 0, config)
+
+
+@pytest.mark.parametrize("mail", ["digests", "welcomes"])
+def test_the_service_stopped_mid_send_records_the_message_in_flight(
+    tmp_path: Path, smtp_server: SmtpServer, mail: str
+) -> None:
+    """SIGTERM to `aggregator run` while its digest job (or its welcome mails) has a
+    message on the wire: the service waits for that message, records it, sends no other
+    and exits 0; the next run sends the rest, each exactly once."""
+    import socket
+
+    from aggregator.digests.build import build_pending
+
+    config = write_config(tmp_path, smtp_server.port)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    text = config.read_text(encoding="utf-8").replace("[web]\n", f"[web]\nport = {port}\n")
+    config.write_text(text + "[service]\ndigest_tick_seconds = 0.2\n", encoding="utf-8")
+    emails = seed(config)
+    store = Store.open(tmp_path / "db.sqlite3")
+    settings = settings_from_mapping(
+        {"database": "db.sqlite3", "web": {"base_url": "https://news.example.org"}},
+        env={},
+        path=config,
+    )
+    assert build_pending(store, settings, T0, due_only=False).built == len(emails)
+    if mail == "digests":
+        with store.write() as db:  # as if their welcomes had gone out already
+            db.execute("UPDATE subscribers SET welcome_due = 0")
+    store.close()
+    service = subprocess.Popen(
+        [sys.executable, "-m", "aggregator", "--config", str(config), "run"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    stop_at = 3
+
+    def hook(item: Received) -> str | None:
+        if len(smtp_server.received()) + 1 == stop_at and service.poll() is None:
+            service.send_signal(signal.SIGTERM)
+            time.sleep(0.5)  # the stop arrives while this message is still open
+        return None
+
+    smtp_server.reject_data = hook
+    try:
+        log, _ = service.communicate(timeout=60)
+    finally:
+        smtp_server.reject_data = None
+    assert service.returncode == 0, log.decode()
+    assert len(smtp_server.received()) == stop_at, log.decode()
+    if mail == "welcomes":
+        store = Store.open(tmp_path / "db.sqlite3")
+        try:  # the others are still owed, to be sent by the next run
+            assert rows(store, "SELECT count(*) FROM mail_owed WHERE kind = 'welcome'") == [
+                (len(emails) - stop_at,)
+            ]
+        finally:
+            store.close()
+        return
+    finish(config)
+    check(smtp_server, emails, 0, config)

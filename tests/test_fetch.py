@@ -343,6 +343,32 @@ async def test_h1_a_host_that_never_answers_is_not_asked_by_every_feed_in_turn(
     assert len(skipped) == 6 and all(isinstance(r.error, FetchConnectError) for r in skipped)
 
 
+async def test_h1_a_host_that_answers_others_is_never_down(feed_server: FeedServer) -> None:
+    """A few pages that never answer, on a host that answers the rest (slowly): only those
+    pages fail; the host's other feeds are all fetched."""
+    hangs = [feed_server.add_hang(f"/stuck{i}") for i in range(4)]
+    live = [feed_server.add(f"/live{i}.xml", RSS, delay=0.2) for i in range(20)]
+    config = settings(read_timeout=0.5, total_timeout=5.0, max_per_host=6)
+    async with FeedFetcher(config) as fetcher:
+        results = await asyncio.gather(*(fetcher.fetch(url) for url in [*hangs, *live]))
+    assert all(isinstance(r.error, FetchTimeout) for r in results[:4])
+    assert all(r.ok for r in results[4:]), [str(r.error) for r in results[4:] if not r.ok]
+
+
+async def test_h1_a_dead_port_does_not_take_down_the_live_port_of_the_same_machine(
+    feed_server: FeedServer,
+) -> None:
+    with socket.socket() as held:  # bound, never listening: every connection is refused
+        held.bind(("127.0.0.1", 0))
+        dead_port = held.getsockname()[1]
+        dead = [f"http://127.0.0.1:{dead_port}/f{i}.xml" for i in range(6)]
+        live = [feed_server.add(f"/port{i}.xml", RSS) for i in range(12)]
+        async with FeedFetcher(settings()) as fetcher:
+            results = await asyncio.gather(*(fetcher.fetch(url) for url in [*dead, *live]))
+    assert all(isinstance(r.error, FetchConnectError) for r in results[:6])
+    assert all(r.ok for r in results[6:])
+
+
 async def test_h1_slot_is_freed_after_the_deadline(feed_server: FeedServer) -> None:
     hang = feed_server.add_hang("/hang")
     good = feed_server.add("/ok.xml", RSS)
@@ -812,6 +838,29 @@ async def test_host_gate_down_after_requests_without_answer_and_up_again() -> No
     with pytest.raises(HostDown, match="not asked again"):
         await gate.acquire()
     gate.down_until = asyncio.get_running_loop().time()  # the pause is over
+    await gate.acquire()
+
+
+async def test_host_gate_counts_only_silence_and_asks_again_after_the_pause() -> None:
+    gate = HostGate(6, 16)
+    for _ in range(HOST_DOWN_AFTER - 1):
+        await gate.acquire()
+        gate.release(None, overloaded=True, waited=1.0)
+    await gate.acquire()
+    gate.release(0.05)  # an answer...
+    await gate.acquire()
+    gate.release(None, overloaded=True, waited=1.0)  # ...came while this one was out
+    assert gate.unanswered == 0
+    for _ in range(HOST_DOWN_AFTER):
+        await gate.acquire()
+        gate.last_answer -= 10  # long ago
+        gate.release(None, overloaded=True, waited=1.0)
+    with pytest.raises(HostDown):
+        await gate.acquire()
+    gate.down_until = asyncio.get_running_loop().time()  # the pause is over
+    await gate.acquire()
+    assert gate.unanswered == 0  # one more failure does not pause it again at once
+    gate.release(None, overloaded=True, waited=20.0)
     await gate.acquire()
 
 

@@ -347,6 +347,7 @@ def send_welcomes(
     now: datetime,
     *,
     subscriber_ids: list[int] | None = None,
+    stop: threading.Event | None = None,
 ) -> list[str]:
     """Send the welcome mails owed (to ``subscriber_ids``, or to anyone) and, when no
     ``subscriber_ids`` are named (the service's jobs), retry the confirmation and welcome
@@ -357,7 +358,8 @@ def send_welcomes(
     up to ``subscriptions.MAX_MAIL_ATTEMPTS`` attempts, a permanent refusal (5xx) is
     given up at once; ``subscribers list`` shows both. A confirmation is re-sent only
     while the address is still pending (with a fresh link), a welcome only while it is
-    confirmed. The failures come back as one line each.
+    confirmed. The failures come back as one line each. ``stop`` set ends the run after
+    the mail being handed over; the others stay owed and go out with the next try.
     """
     with store.write() as db:
         work: list[tuple[int, subscriber_rows.MailKind]] = []
@@ -379,6 +381,8 @@ def send_welcomes(
     links = links_for(store, settings)
     problems = []
     for subscriber_id, kind in work:
+        if stop is not None and stop.is_set():
+            break
         subscriber = subscriber_rows.get(store.db, subscriber_id)
         wanted = "confirmed" if kind == "welcome" else "pending"
         if subscriber is None or subscriber.status != wanted:
