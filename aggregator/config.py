@@ -52,6 +52,8 @@ STARTER_CONFIG = resource_file("config", "starter.toml")
 # Largest number any setting takes (1e6 minutes is about two years, 1e6 days 2,700
 # years): larger ones overflow a time span.
 MAX_NUMBER = 1e6
+# Shortest $AGGREGATOR_SECRET_KEY accepted, in characters (a guessable key forges links).
+MIN_SECRET_KEY_CHARS = 32
 # Most parse worker processes ``[poll] parse_workers`` may ask for.
 MAX_PARSE_WORKERS = 256
 
@@ -250,6 +252,12 @@ def settings_from_mapping(
         )
     log_level = reader.choice("log_level", LOG_LEVELS, "info")
     secret_key = env.get(ENV_SECRET_KEY) or None
+    if secret_key is not None and len(secret_key.strip()) < MIN_SECRET_KEY_CHARS:
+        raise ConfigError(
+            f"must be at least {MIN_SECRET_KEY_CHARS} characters (it signs the links in "
+            "emails); unset it to use the secret kept in the database",
+            key=ENV_SECRET_KEY,
+        )
 
     fetch_table = reader.table("fetch")
     defaults = FetchSettings(user_agent=USER_AGENT)

@@ -167,8 +167,11 @@ class Links:
 
 
 def links_for(store: Store, settings: Settings) -> Links:
-    """The instance's links: ``web.base_url`` and the store's token secret (made and
-    stored on first use)."""
+    """The instance's links: ``web.base_url`` and the token secret: derived from
+    $AGGREGATOR_SECRET_KEY when it is set, else the store's (made on first use)."""
+    if settings.secret_key:
+        key = hashlib.sha256(b"aggregator-tokens:" + settings.secret_key.encode()).digest()
+        return Links(settings.web.base_url, key)
     return Links(settings.web.base_url, store.secret("tokens"))
 
 

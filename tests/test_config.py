@@ -262,3 +262,38 @@ def test_configured_feed_urls_are_stored_with_scheme_and_host_in_lower_case(
 )
 def test_good_values_of_the_checked_settings_are_accepted(tmp_path: Path, text: str) -> None:
     load_settings(write(tmp_path, f'database = "x"\n{text}\n'), {})
+
+
+def test_a_short_secret_key_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, 'database = "x"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, {"AGGREGATOR_SECRET_KEY": "hunter2"})
+    assert str(caught.value).startswith("AGGREGATOR_SECRET_KEY: must be at least 32 characters")
+    assert load_settings(path, {"AGGREGATOR_SECRET_KEY": "k" * 32}).secret_key == "k" * 32
+
+
+def test_the_secret_key_signs_the_links_whatever_the_database(tmp_path: Path) -> None:
+    """$AGGREGATOR_SECRET_KEY is the token secret when set: a link made with one database
+    is good with another (a restored or moved site); without it each keeps its own."""
+    from datetime import UTC, datetime
+
+    from aggregator.errors import TokenError
+    from aggregator.store import Store
+    from aggregator.subscriptions import PURPOSE_PREFERENCES, links_for
+
+    now = datetime(2026, 11, 30, tzinfo=UTC)
+    env = {"AGGREGATOR_SECRET_KEY": "s" * 40}
+    one = load_settings(write(tmp_path, 'database = "one.sqlite3"\n'), env)
+    two = load_settings(write(tmp_path, 'database = "two.sqlite3"\n'), env)
+    first, second = Store.open(one.database), Store.open(two.database)
+    try:
+        token = links_for(first, one).token(PURPOSE_PREFERENCES, 7, now)
+        assert links_for(second, two).verify(PURPOSE_PREFERENCES, token, now=now) == 7
+        plain_one = load_settings(write(tmp_path, 'database = "one.sqlite3"\n'), {})
+        plain_two = load_settings(write(tmp_path, 'database = "two.sqlite3"\n'), {})
+        own = links_for(first, plain_one).token(PURPOSE_PREFERENCES, 7, now)
+        with pytest.raises(TokenError):
+            links_for(second, plain_two).verify(PURPOSE_PREFERENCES, own, now=now)
+    finally:
+        first.close()
+        second.close()
