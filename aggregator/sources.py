@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from .config import Settings
 from .errors import NotAFeed, ParseError, SourceError
 from .models import Feed, FeedSource
-from .store import Store
+from .store import Database, Store
 from .store import feeds as feed_rows
 from .text import clean_text
 from .urls import (
@@ -53,6 +53,9 @@ def sync_configured_feeds(store: Store, settings: Settings, now: datetime) -> li
     database (reading commands still work on one).
     """
     missing = [c for c in settings.feeds if feed_rows.feed_by_url(store.db, c.url) is None]
+    if missing:  # perhaps stored in another case before URLs were normalised
+        known = _known_urls(store.db)
+        missing = [c for c in missing if c.url not in known]
     if not missing or store.readonly:
         return []
     added = []
@@ -82,6 +85,9 @@ def add_source(
     """
     url = check_source_url(source.url)
     with store.write() as db:
+        known = feed_rows.feed_by_url(db, url) or _known_urls(db).get(url)
+        if known is not None:
+            return known, False
         return feed_rows.add_feed(
             db,
             url=url,
@@ -92,6 +98,12 @@ def add_source(
         )
 
 
+def _known_urls(db: Database) -> dict[str, Feed]:
+    """Every feed by its URL as ``feed_url`` writes it, so that one stored in another
+    case (before feed URLs were normalised) is found too."""
+    return {feed_url(feed.url): feed for feed in feed_rows.list_feeds(db)}
+
+
 def find_feed(store: Store, ident: str) -> Feed:
     """A feed by id or URL, or SourceError."""
     feed = None
@@ -100,7 +112,7 @@ def find_feed(store: Store, ident: str) -> Feed:
     if feed is None:
         feed = feed_rows.feed_by_url(store.db, ident.strip())
     if feed is None:  # as stored: scheme and host lower-cased
-        feed = feed_rows.feed_by_url(store.db, feed_url(ident))
+        feed = _known_urls(store.db).get(feed_url(ident))
     if feed is None:
         raise SourceError(f"no feed with id or URL {without_userinfo(ident.strip())!r}")
     return feed
@@ -136,6 +148,7 @@ def import_opml(store: Store, data: bytes, *, name: str, now: datetime) -> Impor
     known: list[Feed] = []
     problems: list[str] = []
     with store.write() as db:
+        stored = _known_urls(db)
         for source in sources:
             try:
                 url = check_source_url(source.url)
@@ -146,6 +159,9 @@ def import_opml(store: Store, data: bytes, *, name: str, now: datetime) -> Impor
                 else:
                     problems.append(f"{name}: {shown!r}: not an http(s) feed URL, skipped")
                 continue
+            if url in stored:
+                known.append(stored[url])
+                continue
             feed, created = feed_rows.add_feed(
                 db,
                 url=url,
@@ -153,6 +169,7 @@ def import_opml(store: Store, data: bytes, *, name: str, now: datetime) -> Impor
                 origin="opml",
                 now=now,
             )
+            stored[url] = feed
             (added if created else known).append(feed)
     return ImportReport(tuple(added), tuple(known), tuple(problems))
 

@@ -178,3 +178,41 @@ def test_scheme_and_host_case_make_no_second_feed(tmp_path: Path, feed_server: F
         or count(tmp_path, "feeds") == 0
     )
     assert count(tmp_path, "feeds") == 0
+
+
+def test_a_feed_stored_in_another_case_before_is_found_not_added_again(tmp_path: Path) -> None:
+    """Rows written before feed URLs were normalised keep their spelling; adding the
+    same feed from the CLI, an OPML file or the configuration finds them."""
+    from datetime import UTC, datetime
+
+    from aggregator.config import load_settings
+    from aggregator.models import FeedSource
+    from aggregator.sources import add_source, find_feed, import_opml, sync_configured_feeds
+    from aggregator.store import Store
+    from aggregator.store import feeds as feed_rows
+
+    now = datetime(2026, 11, 30, tzinfo=UTC)
+    cfg = site(tmp_path, '[[feeds]]\nurl = "https://BLOG.test/Feed"\n')
+    settings = load_settings(cfg, {})
+    store = Store.open(settings.database)
+    try:
+        with store.write() as db:
+            old, _ = feed_rows.add_feed(
+                db, url="HTTPS://Blog.Test/Feed", title="Old", origin="cli", now=now
+            )
+        assert sync_configured_feeds(store, settings, now) == []
+        feed, created = add_source(
+            store, FeedSource(url="https://blog.TEST/Feed"), origin="cli", now=now
+        )
+        assert (feed.id, created) == (old.id, False)
+        opml = b'<opml version="2.0"><body><outline xmlUrl="https://blog.test/Feed"/></body></opml>'
+        report = import_opml(store, opml, name="subs.opml", now=now)
+        assert report.added == () and [f.id for f in report.known] == [old.id]
+        assert find_feed(store, "https://blog.test/Feed").id == old.id
+        # The path is case-sensitive: another feed.
+        _, created = add_source(
+            store, FeedSource(url="https://blog.test/feed"), origin="cli", now=now
+        )
+        assert created
+    finally:
+        store.close()
