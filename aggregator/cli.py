@@ -374,7 +374,9 @@ def search_command(
     if list(words) == ["-h"]:  # alone, as in every other command: the help
         click.echo(ctx.get_help())
         ctx.exit()
-    mistyped = next((word for word in words if word.startswith("--") and word != "--"), None)
+    # Words after a literal "--" are text to search for, whatever they look like.
+    checked = words if "--" not in sys.argv else words[: max(0, len(words) - _after_dashes())]
+    mistyped = next((word for word in checked if word.startswith("--")), None)
     if mistyped is not None:
         raise click.UsageError(
             f"no such option: {mistyped} (the options are --newest, --source, --limit)", ctx
@@ -513,7 +515,15 @@ def poll(ctx: click.Context, due: bool, feed_ids: Sequence[int], every: bool) ->
     """Poll the feeds once and print a summary: a row for each feed with new, updated or
     cross-posted entries, an error or a warning, then the totals."""
     with _one_line_errors():
-        summaries = _poll(_app(ctx), due=due, feed_ids=list(feed_ids) or None, every=every)
+        app = _app(ctx)
+        unknown = [i for i in feed_ids if feed_rows.get_feed(app.open_store().db, i) is None]
+        if unknown:
+            raise NotFound(
+                f"no feed {', '.join(map(str, unknown))} (aggregator feeds list shows them)",
+                what="feed",
+                key=str(unknown[0]),
+            )
+        summaries = _poll(app, due=due, feed_ids=list(feed_ids) or None, every=every)
         _exit_for(summaries)
 
 
@@ -568,6 +578,11 @@ def _has_news(summary: PollSummary) -> bool:
     return not quiet or bool(summary.error or summary.warnings)
 
 
+def _after_dashes() -> int:
+    """How many command-line words follow the first literal ``--``."""
+    return len(sys.argv) - sys.argv.index("--") - 1
+
+
 def _print_summary(summaries: list[PollSummary], *, every: bool) -> None:
     """The poll's table (every feed, or those with news: see ``_has_news``), the totals,
     and each error again on stderr."""
@@ -583,7 +598,7 @@ def _print_summary(summaries: list[PollSummary], *, every: bool) -> None:
             str(summary.new),
             str(summary.updated),
             str(summary.duplicates),
-            summary.error or "; ".join(summary.warnings),
+            "; ".join(note for note in (summary.error, *summary.warnings) if note),
         )
         for summary in sorted(listed, key=lambda s: s.feed_id)
     ]
@@ -597,7 +612,7 @@ def _print_summary(summaries: list[PollSummary], *, every: bool) -> None:
                 ("new", "num"),
                 ("updated", "num"),
                 ("duplicates", "num"),
-                ("errors", "text"),
+                ("errors and warnings", "text"),
             ],
             cells,
         )
@@ -611,7 +626,7 @@ def _print_summary(summaries: list[PollSummary], *, every: bool) -> None:
     out.print(
         f"{plural(len(summaries), 'feed')}: {totals['new']} new, {totals['updated']} updated, "
         f"{plural(totals['duplicates'], 'cross-post')}, {totals['failed']} failed"
-        + (f"; {unlisted} with nothing new (--all lists them)" if unlisted else "")
+        + (f"; {unlisted} with nothing new (aggregator poll --all lists them)" if unlisted else "")
     )
     for summary in summaries:
         if summary.error:
@@ -1057,7 +1072,9 @@ def status(ctx: click.Context) -> None:
             out.print(f"Next send attempt: {_when(data.next_digest_attempt)}")
         failing = [f for f in feed_rows.list_feeds(db) if f.enabled and f.error_count]
         for feed in failing:
-            out.print(f"failing: feed {feed.id} {feed.url}: {feed.last_error}")
+            error = feed.last_error or ""
+            said = error if error.startswith(f"{feed.url}: ") else f"{feed.url}: {error}"
+            out.print(f"failing: feed {feed.id} {said}", markup=False)
 
 
 def main(argv: list[str] | None = None) -> Any:

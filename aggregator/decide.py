@@ -139,6 +139,7 @@ def decide_poll(
     policy: PollPolicy,
     interval: timedelta | None = None,
     follow_moves: bool = True,
+    configured: bool = False,
 ) -> PollDecision:
     """Decide what one poll of ``feed`` writes (see the module docstring for the rules).
 
@@ -147,7 +148,10 @@ def decide_poll(
     ``rand`` a number in [0, 1) for the jitter, ``policy`` the backoff rules,
     ``interval`` the configured interval of this feed (None: the policy's), and
     ``follow_moves`` False for a feed read from a local snapshot (a snapshot's URL is
-    not the feed's). Raises ``ValueError`` when a body arrived but ``parsed`` is None.
+    not the feed's), ``configured`` True for a feed the configuration file names (its
+    URL is the file's: a permanent move is followed and said, not stored, or the next
+    start would add the old URL again). Raises ``ValueError`` when a body arrived but
+    ``parsed`` is None.
     """
     if fetched.error is not None:
         return _failure(feed, fetched, fetched.error, now, rand, policy, interval)
@@ -156,7 +160,7 @@ def decide_poll(
             polled_at=now,
             next_poll_at=_next(now, policy, feed, interval, 0, None, rand),
             succeeded=True,
-            url=_moved_to(feed, fetched, follow_moves),
+            url=_moved_to(feed, fetched, follow_moves and not configured),
             etag=fetched.etag or feed.etag,
             last_modified=fetched.last_modified or feed.last_modified,
         )
@@ -165,7 +169,7 @@ def decide_poll(
             "not_modified",
             update,
             _record(feed, fetched, now, "not_modified"),
-            warnings=_downgrade(feed, fetched),
+            warnings=_notes(feed, fetched, configured),
         )
     if parsed is None:
         raise ValueError(f"feed {feed.id}: a document arrived but no parse outcome was given")
@@ -175,14 +179,18 @@ def decide_poll(
         polled_at=now,
         next_poll_at=_next(now, policy, feed, interval, 0, None, rand),
         succeeded=True,
-        url=_moved_to(feed, fetched, follow_moves),
+        url=_moved_to(feed, fetched, follow_moves and not configured),
         title=parsed.title,
         site_url=parsed.site_url,
         etag=fetched.etag,
         last_modified=fetched.last_modified,
     )
     return PollDecision(
-        "ok", "ok", update, _record(feed, fetched, now, "ok"), warnings=_downgrade(feed, fetched)
+        "ok",
+        "ok",
+        update,
+        _record(feed, fetched, now, "ok"),
+        warnings=_notes(feed, fetched, configured),
     )
 
 
@@ -192,9 +200,15 @@ DOWNGRADE_WARNING = (
 """The warning of a poll of an https feed answered over plain http after a redirect."""
 
 
-def _downgrade(feed: Feed, fetched: FetchResult) -> tuple[str, ...]:
-    if _scheme(feed.url) == "https" and _scheme(fetched.final_url) == "http":
+def _notes(feed: Feed, fetched: FetchResult, configured: bool) -> tuple[str, ...]:
+    if _insecure(feed, fetched):
         return (DOWNGRADE_WARNING,)
+    target = fetched.permanent_url
+    if configured and target and target != feed.url:
+        return (
+            f"moved permanently to {target}; the configuration file names this feed: "
+            "polled at the old address until the file names the new one",
+        )
     return ()
 
 
@@ -245,9 +259,17 @@ def _moved_to(feed: Feed, fetched: FetchResult, follow_moves: bool) -> str | Non
     target = fetched.permanent_url
     if not follow_moves or not target or target == feed.url:
         return None
-    if _scheme(feed.url) == "https" and _scheme(target) != "https":
+    if _insecure(feed, fetched):
         return None  # a downgrade: followed for this fetch, not stored
     return target
+
+
+def _insecure(feed: Feed, fetched: FetchResult) -> bool:
+    """Whether an https feed was answered over plain http, or through a plain-http hop
+    whose redirect anyone on the path could have written."""
+    return _scheme(feed.url) == "https" and (
+        fetched.downgraded or _scheme(fetched.final_url) == "http"
+    )
 
 
 def _scheme(url: str) -> str:

@@ -683,6 +683,8 @@ class FeedFetcher:
             conditional["If-Modified-Since"] = last_modified
         current = url
         seen = {url}
+        secure = _scheme_of(url) == "https"
+        downgraded = False
         permanent = True
         redirects = 0
         deadline: float | None = None
@@ -737,6 +739,7 @@ class FeedFetcher:
             _check_http_url(target, url, what="redirect to ")
             seen.add(target)
             current = target
+            downgraded = downgraded or (secure and _scheme_of(current) == "http")
 
         not_modified = hop.status == 304
         if not_modified:
@@ -756,6 +759,7 @@ class FeedFetcher:
             etag=etag,
             last_modified=last_modified,
             permanent_url=current if redirects and permanent else None,
+            downgraded=downgraded,
             bytes_read=hop.bytes_read,
         )
 

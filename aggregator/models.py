@@ -78,6 +78,9 @@ class FetchResult:
     elapsed_seconds: float = 0.0
     bytes_read: int = 0  # decompressed body bytes
     error: FetchError | None = None
+    # An https URL whose redirects went through plain http on the way to final_url:
+    # whatever that hop said may have been written by anyone on the path.
+    downgraded: bool = False
 
     @property
     def ok(self) -> bool:

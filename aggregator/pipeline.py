@@ -28,7 +28,7 @@ from .config import Settings
 from .decide import Parsed, ParseOutcome, PollDecision, decide_poll
 from .errors import ParseError, StoreError
 from .fetch import FeedFetcher
-from .models import EntryRecord, Feed, PollPlan, PollSummary
+from .models import EntryRecord, Feed, FetchResult, PollPlan, PollSummary
 from .polling import spread_overdue
 from .store import Database, Store
 from .store import entries as entry_rows
@@ -86,6 +86,7 @@ class Poller:
 
     def __post_init__(self) -> None:
         self._snapshots = snapshot_urls(self.settings)
+        self._configured = {feed.url for feed in self.settings.feeds}
         self._intervals = {  # configured intervals; a feed's own (CLI, admin) comes first
             feed.url: feed.interval for feed in self.settings.feeds if feed.interval is not None
         }
@@ -95,10 +96,14 @@ class Poller:
         self._book: list[_Pending] = []  # decisions waiting for their shared transaction
         self._book_timer: asyncio.TimerHandle | None = None
         self._flushes: set[asyncio.Task[None]] = set()
+        self._fetching: set[asyncio.Future[FetchResult]] = set()
 
     def stop(self) -> None:
-        """Start no new feed; those already fetched are still written."""
+        """Start no new feed and drop the fetches still waiting for their server (those
+        feeds are polled again next time); those already fetched are still written."""
         self.stopping = True
+        for fetching in list(self._fetching):
+            fetching.cancel()
 
     async def db(self, work: Callable[[], T]) -> T:
         """Run ``work`` on the database thread (the poller's single writer); its result."""
@@ -203,13 +208,22 @@ class Poller:
                 store_error=str(failure) if failure else None,
             )
         fetch_url = self._snapshots.get(feed.url, feed.url)
-        result = await self.fetcher.fetch(
-            fetch_url, etag=feed.etag, last_modified=feed.last_modified
+        fetching = asyncio.ensure_future(
+            self.fetcher.fetch(fetch_url, etag=feed.etag, last_modified=feed.last_modified)
         )
-        if self.stopping:  # nothing of this feed is written yet: leave it for the next poll
+        self._fetching.add(fetching)
+        try:
+            result = await fetching
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # this poll itself is cancelled, not only its fetch
+            # stop() dropped the fetch: nothing of this feed is written; next poll.
             return PollSummary(
                 feed_id=feed.id, url=feed.url, title=feed.title or feed.url, status="skipped"
             )
+        finally:
+            self._fetching.discard(fetching)
         now = self.clock()
         parsed: ParseOutcome = None
         prepared: PreparedFeed | None = None
@@ -259,6 +273,7 @@ class Poller:
             policy=self.settings.poll.policy,
             interval=self._intervals.get(feed.url),
             follow_moves=feed.url not in self._snapshots,
+            configured=feed.url in self._configured,
         )
         if prepared is not None and decision.store_entries:
             done_deciding()

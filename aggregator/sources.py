@@ -211,4 +211,6 @@ async def discover_feed_url(fetcher: FeedFetcher, url: str, settings: Settings) 
         raise SourceError(error.reason, url=url) from None
     except ParseError as error:
         raise SourceError(error.reason, url=url) from None
+    if result.downgraded:  # a plain-http hop said where to go: keep what was given
+        return url
     return result.permanent_url or url

@@ -66,7 +66,9 @@ def test_poll_lists_feeds_with_news_and_counts_the_rest(
     second = run("poll", config=cfg).stdout
     rows = [line for line in second.splitlines() if line.startswith("│ ")]
     assert [row.split("│")[1].strip() for row in rows] == ["1"], second
-    assert "2 feeds: 1 new" in second and "1 with nothing new (--all lists them)" in second
+    assert "2 feeds: 1 new" in second and "1 with nothing new (aggregator poll --all" in second
+    missing = run("poll", "--feed", "999", config=cfg, check=False)
+    assert missing.returncode == 1 and "no feed 999" in missing.stderr
     every = run("poll", "--all", config=cfg).stdout
     listed = [line.split("│")[1].strip() for line in every.splitlines() if line.startswith("│ ")]
     assert listed == ["1", "2"] and "nothing new" not in every, every
@@ -327,6 +329,15 @@ def test_digest_preview_always_shows_something_labelled(
     nobody = run("digest", "preview", "--last", config=cfg, check=False)
     assert nobody.returncode == 1 and nobody.stderr.startswith("error: --last needs --subscriber")
 
+    # The feed is removed: the digest sent stays sent, and says where its posts went.
+    run("feeds", "remove", url, config=cfg)
+    gone = run(
+        "digest", "preview", "--subscriber", "ann@example.org", "--last", config=cfg, check=False
+    )
+    assert gone.returncode == 1
+    assert "the last digest sent to ann@example.org (on" in gone.stderr
+    assert "held 1 post, all from sources removed since" in gone.stderr
+
 
 def test_preview_with_no_posts_at_all_says_what_to_do(tmp_path: Path) -> None:
     cfg = mail_config(tmp_path)
@@ -549,3 +560,54 @@ def test_a_long_table_is_plain_columns_one_line_a_row(tmp_path: Path) -> None:
     assert [line for line in narrow.splitlines() if line.startswith("email: ")] == [
         f"email: {email}" for email in emails
     ]
+
+
+def test_a_configured_feed_that_moved_stays_one_feed(
+    tmp_path: Path, feed_server: FeedServer
+) -> None:
+    """The configuration file names a feed that answers 301: polls read it at its new
+    address and say so, and it stays one feed under the file's URL (moving it made the
+    next command add the old URL again, and every entry twice)."""
+    new = feed_server.add("/new.xml", body=rss([Item("Hello", link="https://blog.test/a")]))
+    old = feed_server.add("/old.xml", body=b"", status=301, headers={"Location": new})
+    cfg = config(tmp_path, f'[[feeds]]\nurl = "{old}"\n')
+    first = run("poll", config=cfg).stdout
+    assert "1 new" in first and new in first and "configuration file" in first, first
+    second = run("poll", config=cfg).stdout
+    assert "1 feed:" in second and "0 new" in second, second
+    listing = run("feeds", "list", config=cfg).stdout
+    assert listing.startswith("1 feed\n") and old in listing, listing
+
+
+def test_sigterm_drops_a_fetch_still_waiting_and_exits_at_once(
+    tmp_path: Path, feed_server: FeedServer
+) -> None:
+    """A one-shot poll stopped while one server has not answered: that fetch is dropped
+    (the feed is polled next time), what was fetched is written, exit status 0, without
+    waiting out the read timeout."""
+    import signal
+    import time
+
+    cfg = config(tmp_path)
+    cfg.write_text(cfg.read_text().replace("[fetch]\n", "[fetch]\nread_timeout = 60\n"))
+    hang = feed_server.add_hang("/hang.xml")
+    fine = feed_server.add("/fine.xml", body=rss([Item("Hello", link="https://blog.test/a")]))
+    run("feeds", "add", "--no-discover", hang, config=cfg)
+    run("feeds", "add", "--no-discover", fine, config=cfg)
+    poll = subprocess.Popen(
+        [*AGGREGATOR, "poll"],
+        env={**os.environ, "AGGREGATOR_CONFIG": str(cfg), "COLUMNS": "200"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 30
+    while not (feed_server.requests_for("/hang.xml") and feed_server.requests_for("/fine.xml")):
+        assert time.monotonic() < deadline, "the poll never asked both servers"
+        time.sleep(0.01)
+    signalled = time.monotonic()
+    poll.send_signal(signal.SIGTERM)
+    stdout, stderr = poll.communicate(timeout=30)
+    assert poll.returncode == 0, stderr
+    assert time.monotonic() - signalled < 10  # not the 60 s read timeout
+    assert "skipped" in stdout and "failed" in stdout, stdout

@@ -468,6 +468,7 @@ def test_validators(result: FetchResult, etag: str | None, last_modified: str | 
         (failed(status_error(410), 410, permanent_url=NEW_URL), True, None),
         (fetched(200, final_url=HTTP_URL, permanent_url=HTTP_URL), True, None),  # downgrade
         (fetched(304, final_url=HTTP_URL, permanent_url=HTTP_URL), True, None),
+        (fetched(200, final_url=NEW_URL, permanent_url=NEW_URL, downgraded=True), True, None),
         (
             fetched(200, final_url=HTTP_URL.upper(), permanent_url="HTTP://Blog.example/x"),
             True,
@@ -484,6 +485,7 @@ def test_validators(result: FetchResult, etag: str | None, last_modified: str | 
         "301 410",
         "https to http 200",
         "https to http 304",
+        "through plain http",
         "https to HTTP",
     ],
 )
@@ -495,7 +497,9 @@ def test_moves(result: FetchResult, follow: bool, moved: str | None) -> None:
         feed(), result, parsed, now=NOW, rand=MIDDLE, policy=POLICY, follow_moves=follow
     )
     assert decision.update.url == moved
-    downgraded = result.error is None and result.final_url.lower().startswith("http:")
+    downgraded = result.error is None and (
+        result.downgraded or result.final_url.lower().startswith("http:")
+    )
     assert decision.warnings == ((DOWNGRADE_WARNING,) if downgraded else ())
 
 
@@ -549,3 +553,15 @@ def test_the_same_inputs_give_the_same_decision() -> None:
     args = (feed(error_count=2), failed(status_error(503), 503, retry_after="120"), None)
     first = decide_poll(*args, now=NOW, rand=0.3, policy=POLICY)
     assert decide_poll(*args, now=NOW, rand=0.3, policy=POLICY) == first
+
+
+def test_a_configured_feed_is_not_moved_and_says_where_it_went() -> None:
+    """The configuration file names the feed: a permanent move is followed, said, and not
+    stored (the next start would add the old URL again, and every entry twice)."""
+    result = fetched(200, final_url=NEW_URL, permanent_url=NEW_URL)
+    decision = decide_poll(
+        feed(), result, PARSED, now=NOW, rand=MIDDLE, policy=POLICY, configured=True
+    )
+    assert decision.update.url is None and decision.status == "ok"
+    (note,) = decision.warnings
+    assert NEW_URL in note and "configuration file" in note

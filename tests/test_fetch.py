@@ -988,6 +988,36 @@ async def test_a_mock_transport_replaces_the_network() -> None:
     assert seen[0].headers["user-agent"] == USER_AGENT
 
 
+async def test_an_https_chain_through_plain_http_is_marked_and_never_a_move(
+    tls_server: FeedServer, feed_server: FeedServer, self_signed_files: tuple[Path, Path]
+) -> None:
+    """https -> 301 -> plain http -> 301 -> https: the answer is read, but the chain went
+    through a hop anyone on the path could have written, so it is marked and discovery
+    keeps the address it was given."""
+    from aggregator.config import settings_from_mapping
+    from aggregator.sources import discover_feed_url
+
+    cert, _ = self_signed_files
+    final = tls_server.add("/final.xml", RSS)
+    middle = feed_server.add("/middle", b"", status=301, headers={"Location": final})
+    start = tls_server.add("/start", b"", status=301, headers={"Location": middle})
+    plain = tls_server.add(
+        "/plain", b"", status=301, headers={"Location": feed_server.add("/p.xml", RSS)}
+    )
+    async with FeedFetcher(settings(ca_file=str(cert))) as fetcher:
+        chained = await fetcher.fetch(start)
+        clean = await fetcher.fetch(
+            tls_server.add("/direct", b"", status=301, headers={"Location": final})
+        )
+        site = settings_from_mapping(
+            {"database": "x.sqlite3", "fetch": {"allow_private_addresses": True}}, env={}
+        )
+        assert await discover_feed_url(fetcher, plain, site) == plain
+        assert await discover_feed_url(fetcher, start, site) == start
+    assert chained.ok and chained.final_url == final and chained.downgraded
+    assert not clean.downgraded and clean.permanent_url == final
+
+
 async def test_h2_ca_file_trusts_a_private_authority(
     tls_server: FeedServer, self_signed_files: tuple[Path, Path]
 ) -> None:

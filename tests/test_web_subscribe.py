@@ -170,6 +170,14 @@ def test_a_new_reader_subscribes_confirms_reads_changes_and_leaves(site, smtp_se
     assert gone.status_code == 200
     assert status_of(store, "new.reader@example.org") == "unsubscribed"
 
+    # Its source removed, the web copy says where the post went instead of showing nothing.
+    from aggregator.sources import remove_source
+
+    remove_source(store, str(alpha))
+    emptied = client.get(local(web_copy))
+    assert emptied.status_code == 200 and "Fresh post" not in emptied.text
+    assert "1 post of this digest came from a source removed since" in emptied.text
+
 
 def test_signup_answer_is_the_same_whatever_the_address_state(site, smtp_server) -> None:
     client, _settings, store, clock, _ = site

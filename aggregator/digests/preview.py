@@ -74,7 +74,10 @@ def preview_for(
         since = "since their last digest" if email is not None else "stored so far"
         return Preview(message, "next", f"The next digest for {who}: what is new {since}.")
     if email is not None:
-        shown = _last_sent(store, settings, subscriber, now)
+        try:
+            shown = _last_sent(store, settings, subscriber, now)
+        except NotFound:  # its sources are gone: show what would come instead
+            shown = None
         if shown is not None:
             return Preview(
                 shown.message,
@@ -152,11 +155,21 @@ def _last_sent(
         return None
     digest = sent[0]
     renderer = Renderer(store, settings, links_for(store, settings))
+    when = (digest.sent_at or digest.created_at).strftime("%Y-%m-%d %H:%M")
     message = renderer.message(digest, date=digest.sent_at or digest.created_at)
     if message is None:
-        return None
-    when = (digest.sent_at or digest.created_at).strftime("%Y-%m-%d %H:%M")
-    return Preview(message, "last", f"The last digest sent to {subscriber.email}, on {when} UTC.")
+        raise NotFound(
+            f"the last digest sent to {subscriber.email} (on {when} UTC) held "
+            f"{digest.entry_count} {'post' if digest.entry_count == 1 else 'posts'}, all "
+            "from sources removed since: nothing of it can be shown",
+            what="digest",
+            key=subscriber.email,
+        )
+    removed = Renderer.removed(digest, renderer.web_html(digest)[1])
+    gone = f"; {removed} of its posts came from sources removed since" if removed else ""
+    return Preview(
+        message, "last", f"The last digest sent to {subscriber.email}, on {when} UTC{gone}."
+    )
 
 
 def _plan_lines(store: Store, plan: DigestPlan) -> list[DigestLine]:

@@ -324,6 +324,12 @@ class Renderer:
             self._rendered.popitem(last=False)
         return rendered
 
+    @staticmethod
+    def removed(digest: DigestRow, sections: list[SectionView]) -> int:
+        """How many stories of ``digest`` can no longer be shown in ``sections`` (their
+        source was removed since, and its posts with it)."""
+        return max(0, digest.entry_count - sum(len(section.stories) for section in sections))
+
     def web_html(self, digest: DigestRow) -> tuple[str, list[SectionView]]:
         """Subject and sections of a stored digest, for its web copy."""
         lines = digest_rows.digest_lines(self.store.db, digest.id)

@@ -520,6 +520,7 @@ def digest_page(request: Request) -> Response:
         {
             "subject": subject,
             "sections": sections,
+            "removed": Renderer.removed(digest, sections),
             "digest": digest,
             "date": digest.created_at.astimezone(web.settings.digest.timezone),
             "archive_url": links.archive(digest.subscriber_id, digest.created_at),
