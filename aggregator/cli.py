@@ -1072,8 +1072,8 @@ def status(ctx: click.Context) -> None:
             out.print(f"Next send attempt: {_when(data.next_digest_attempt)}")
         failing = [f for f in feed_rows.list_feeds(db) if f.enabled and f.error_count]
         for feed in failing:
-            error = feed.last_error or ""
-            said = error if error.startswith(f"{feed.url}: ") else f"{feed.url}: {error}"
+            reason = feed.last_error or ""
+            said = reason if reason.startswith(f"{feed.url}: ") else f"{feed.url}: {reason}"
             out.print(f"failing: feed {feed.id} {said}", markup=False)
 
 
