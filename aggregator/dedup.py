@@ -12,6 +12,7 @@ import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from difflib import SequenceMatcher
 from itertools import islice
 
 from .models import (
@@ -41,6 +42,12 @@ MAX_TITLE_CHARS = 2000
 # Near-duplicate checks read at most this many words of each text.
 MAX_SIMILARITY_WORDS = 5000
 SHINGLE_SIZE = 3  # words per shingle when comparing texts for near-duplicates
+# Fewer words than this are no evidence that two texts are one story: a one-line body
+# ("A new episode is out. Listen now!") is boilerplate that distinct posts share.
+MIN_EVIDENCE_WORDS = 20
+# Two different titles are near-identical at this character similarity (difflib ratio)
+# when they also carry the same numbers ("Episode 10" and "Episode 11" are not).
+TITLE_SIMILARITY = 0.9
 
 # Prefixes that reposts and cross-posts put in front of the original title.
 _REPOST_PREFIX = re.compile(
@@ -50,6 +57,7 @@ _REPOST_PREFIX = re.compile(
     r")\s*",
 )
 _WORD = re.compile(r"\w+")
+_NUMBER = re.compile(r"\d+")
 # A GUID that is a path relative to the feed: "/2024/05/post", "./post", "?p=12".
 _RELATIVE_PATH = re.compile(r"^(?:/|\./|\.\./|\?)\S*$")
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
@@ -105,6 +113,34 @@ def text_similarity(a: str, b: str) -> float:
     entries look alike.
     """
     return _jaccard(_shingles(a), _shingles(b))
+
+
+def titles_agree(a: str, b: str) -> bool:
+    """Whether two normalised titles (``normalise_title``) name one post.
+
+    Equal; or one contains the other as whole words and the shorter has at least two
+    words ("shipping v2" in "shipping v2 is out"); or they differ by a few characters
+    (``TITLE_SIMILARITY``) while carrying the same numbers, so that "episode 10" and
+    "episode 11", or "part 1" and "part 2", stay two posts. An empty title agrees with
+    nothing.
+    """
+    if not a or not b:
+        return False
+    if a == b:
+        return True
+    short, long = sorted((a, b), key=len)
+    if len(short.split()) >= 2 and f" {short} " in f" {long} ":
+        return True
+    return (
+        _NUMBER.findall(a) == _NUMBER.findall(b)
+        and SequenceMatcher(None, a, b).ratio() >= TITLE_SIMILARITY
+    )
+
+
+def _evidence(text: str) -> frozenset[tuple[str, ...]]:
+    """The shingles of a text long enough to tell a story apart, else none."""
+    shingles = _shingles(text)
+    return shingles if len(shingles) >= MIN_EVIDENCE_WORDS - SHINGLE_SIZE + 1 else frozenset()
 
 
 # --- keys ---------------------------------------------------------------------------
@@ -209,8 +245,8 @@ def entry_alias(
     - A URL GUID in canonical form (http/https, host case, ``www.``, default port,
       tracking parameters and fragments, trailing slash folded; an identifying fragment
       kept), so a feed that moves to https keeps its entries (THREATS F6).
-    - An entry without GUID or link: its normalised title and date, when it has both,
-      so that an edit of the text is an update, not a new entry.
+    - An entry without GUID or link: its normalised title and date (no date: its title
+      alone), so that an edit of the text is an update, not a new entry.
     - Otherwise the key itself.
 
     An alias only ever joins a record to a stored entry when neither side has a second
@@ -221,7 +257,7 @@ def entry_alias(
         return "guid:" + _bounded(_guid_identity(stripped, feed_url))
     key = entry_key(guid, link, title, published, feed_url=feed_url, text=text)
     norm_title = normalise_title(title)
-    if key.startswith("hash:") and norm_title and published is not None:
+    if key.startswith("hash:") and norm_title:
         return "hash:" + _digest(norm_title, _date_part(published))
     return key
 
@@ -423,29 +459,118 @@ def _match_existing(
     return matches
 
 
+def _root(entry: StoredEntry) -> int:
+    return entry.duplicate_of if entry.duplicate_of is not None else entry.id
+
+
+def _shared_urls(
+    records: Sequence[EntryRecord],
+    existing: Sequence[StoredEntry],
+    matched: set[int],
+    candidates: Sequence[StoredEntry],
+) -> set[str]:
+    """Canonical URLs that name no single post: several entries of one feed carry them.
+
+    A home page, a show page or a category page that a feed gives as the link of many
+    posts: records of this document with different keys, a record and a stored entry
+    of this feed it is not, or two candidates of one other feed.
+    """
+    shared = {url for url, n in _counts(r.canonical_url for r in records).items() if n > 1}
+    shared.update(s.canonical_url for s in existing if s.canonical_url and s.id not in matched)
+    per_feed: dict[tuple[int, str], int] = {}
+    for candidate in candidates:
+        if candidate.canonical_url is not None:
+            pair = (candidate.feed_id, candidate.canonical_url)
+            per_feed[pair] = per_feed.get(pair, 0) + 1
+    shared.update(url for (_, url), n in per_feed.items() if n > 1)
+    return shared
+
+
 def _story_of(
     record: EntryRecord,
     candidates: Sequence[StoredEntry],
     *,
     window: timedelta,
     threshold: float,
+    shared_urls: set[str],
+    blocked: set[int],
 ) -> int | None:
-    """The root story a new entry of another feed repeats, or None."""
-    shingles: frozenset[tuple[str, ...]] | None = None
-    for candidate in sorted(candidates, key=lambda c: (c.published, c.id)):
-        if record.canonical_url is not None and candidate.canonical_url == record.canonical_url:
-            return candidate.duplicate_of if candidate.duplicate_of is not None else candidate.id
+    """The root story a new entry of another feed repeats, or None.
+
+    ``candidates`` come earliest-published first; stories in ``blocked`` (one of this
+    feed's entries is in them already) are never joined.
+    """
+    evidence: frozenset[tuple[str, ...]] | None = None
+
+    def texts_agree(candidate: StoredEntry) -> bool:
+        nonlocal evidence
+        if evidence is None:
+            evidence = _evidence(record.text)
+        return bool(evidence) and _jaccard(evidence, _evidence(candidate.text)) >= threshold
+
+    url = record.canonical_url if record.canonical_url not in shared_urls else None
+    for candidate in candidates:
+        root = _root(candidate)
+        if root in blocked:
+            continue
+        if url is not None and candidate.canonical_url == url:
+            if titles_agree(record.norm_title, candidate.norm_title) or texts_agree(candidate):
+                return root
+            continue
         if (
             not record.norm_title
             or candidate.norm_title != record.norm_title
             or abs(_utc(candidate.published) - record.published) > window
         ):
             continue
-        if shingles is None:
-            shingles = _shingles(record.text)
-        if _jaccard(shingles, _shingles(candidate.text)) >= threshold:
-            return candidate.duplicate_of if candidate.duplicate_of is not None else candidate.id
+        if texts_agree(candidate):
+            return root
     return None
+
+
+def _stories(
+    records: Sequence[EntryRecord],
+    fresh: Sequence[int],
+    *,
+    existing: Sequence[StoredEntry],
+    matched: set[int],
+    candidates: Sequence[StoredEntry],
+    feed_id: int | None,
+    window: timedelta,
+    threshold: float,
+) -> dict[int, int]:
+    """The story each new record (index in ``records``) is a copy of, where it is one.
+
+    A story holds at most one entry of a feed: two entries of one feed with different
+    keys are two posts, never copies of each other. So a story that already has an
+    entry of this feed (``feed_id``) is not joined, and of several new records that
+    would join one story only the earliest-published does (document order on ties).
+    """
+    by_id = {c.id: c for c in candidates}
+    blocked: set[int] = set()
+    for candidate in candidates:
+        root = by_id.get(_root(candidate))
+        if feed_id is not None and feed_id in (
+            candidate.feed_id,
+            root.feed_id if root is not None else None,
+        ):
+            blocked.add(_root(candidate))
+    ordered = sorted(candidates, key=lambda c: (_utc(c.published), c.id))
+    shared = _shared_urls(records, existing, matched, candidates)
+    found: dict[int, int] = {}
+    for index in sorted(fresh, key=lambda i: (records[i].date_missing, records[i].published, i)):
+        story = _story_of(
+            records[index],
+            ordered,
+            window=window,
+            threshold=threshold,
+            shared_urls=shared,
+            blocked=blocked,
+        )
+        if story is not None:
+            found[index] = story
+            blocked.add(story)
+    return found
 
 
 def _credit_earliest(
@@ -477,12 +602,15 @@ def plan_entries(
     candidates: Sequence[StoredEntry],
     window: timedelta = timedelta(days=14),
     similarity_threshold: float = 0.8,
+    feed_id: int | None = None,
 ) -> PollPlan:
     """Decide what one poll of one feed writes.
 
     ``existing``: stored entries of this feed sharing a key or link key with a record.
     ``candidates``: stored entries of other feeds sharing a canonical URL or normalised
     title with a record, and the stories those entries are copies of.
+    ``feed_id``: the feed polled, when known; stories holding one of its entries are
+    never joined (``store.entries.cross_candidates`` leaves them out as well).
 
     - A repeated key inside the document (the same GUID twice, RFC 4287 §4.1.1; the
       same link, title and date; or the same title, date and text): the first
@@ -494,14 +622,21 @@ def plan_entries(
       dated only by its edit time, Atom ``<updated>``: an edit moves that date, but the
       entry was published when it was first stored), else unchanged.
       Refreshing a drifted key makes the next poll match it directly.
-    - Any other record is new. It is a cross-post of the earliest candidate with the
-      same canonical URL, or with the same normalised title, a date within ``window``
-      and text similarity of at least ``similarity_threshold``; ``duplicate_of`` then
-      names that candidate's root story.
+    - Any other record is new. It is a cross-post of the earliest candidate (an entry
+      of another feed) that has
+      - the same canonical URL, where that URL names one post (no feed gives it to
+        several entries: a home page or show page is no evidence), and a title that
+        agrees (``titles_agree``) or near-identical text; or
+      - the same normalised title, a date within ``window`` and near-identical text.
+      Near-identical: word 3-shingle similarity of at least ``similarity_threshold``,
+      over texts of at least MIN_EVIDENCE_WORDS words. ``duplicate_of`` then names
+      that candidate's root story. A story holds at most one entry of each feed
+      (``feed_id``; see ``_stories``): entries of one feed with different keys are
+      never copies of each other.
     - The earliest-published copy is the story (DESIGN §5.2), whatever order copies
       arrive in: a new record with a believable date earlier than its story's becomes
       the story instead (``supersedes`` names the old one, whose copies then point at
-      it). Of several such records of one document, the earliest does.
+      it). A story already stored stays the story against a later or undated copy.
     - Inserts are ordered oldest first, so that the ingest sequence follows publication
       within a batch. Entries with equal dates keep the reverse of document order,
       since feeds list their newest entry first.
@@ -516,14 +651,23 @@ def plan_entries(
     skipped = len(records) - len(unique)
 
     matches = _match_existing(unique, existing)
+    stories = _stories(
+        unique,
+        [index for index in range(len(unique)) if index not in matches],
+        existing=existing,
+        matched={stored.id for stored in matches.values()},
+        candidates=candidates,
+        feed_id=feed_id,
+        window=window,
+        threshold=similarity_threshold,
+    )
     updates: list[EntryUpdate] = []
     unchanged = 0
     fresh: list[tuple[int, NewEntry]] = []
     for index, record in enumerate(unique):
         stored = matches.get(index)
         if stored is None:
-            story = _story_of(record, candidates, window=window, threshold=similarity_threshold)
-            fresh.append((index, NewEntry(record=record, duplicate_of=story)))
+            fresh.append((index, NewEntry(record=record, duplicate_of=stories.get(index))))
         elif (
             stored.content_hash != record.content_hash
             or stored.key != record.key

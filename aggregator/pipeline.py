@@ -481,7 +481,9 @@ def plan_poll(
     )
     from .dedup import plan_entries  # only a poll that stores entries needs it
 
-    return plan_entries(records, existing=existing, candidates=candidates, window=window)
+    return plan_entries(
+        records, existing=existing, candidates=candidates, window=window, feed_id=feed_id
+    )
 
 
 @asynccontextmanager

@@ -21,6 +21,7 @@ from aggregator.dedup import (
     normalise_title,
     plan_entries,
     text_similarity,
+    titles_agree,
 )
 from aggregator.models import EntryRecord, ParsedEntry, StoredEntry
 
@@ -189,8 +190,9 @@ def test_entry_alias_table(guid: str, expected: str) -> None:
     assert entry_alias(guid, None, "Title", None, feed_url=FEED) == expected
 
 
-# Distinct entries of one document (each group): their keys AND aliases all differ, so
-# neither the document nor the churn matching can merge them.
+# Distinct entries of one document (each group): their keys differ, and so do their
+# aliases where they have a GUID or link, so neither the document nor the churn
+# matching can merge them.
 DISTINCT_IN_ONE_DOCUMENT = {
     "WordPress comment feed": [
         {"guid": "https://blog.example.org/?p=77#comment-401"},
@@ -245,7 +247,11 @@ def test_distinct_entries_of_one_document_keep_distinct_identities(
     keys = {entry_key(*args(f), feed_url=FEED, text=str(f.get("text", ""))) for f in entries}  # type: ignore[arg-type]
     aliases = {entry_alias(*args(f), feed_url=FEED, text=str(f.get("text", ""))) for f in entries}  # type: ignore[arg-type]
     assert len(keys) == len(entries)
-    assert len(aliases) == len(entries)
+    if not all(key.startswith("hash:") for key in keys):
+        assert len(aliases) == len(entries)
+    # Entries without GUID and link share an alias when they share a title (and date),
+    # so that an edit of the text is an update; an alias that several records of one
+    # document carry joins nothing, as the plans below show.
     recs = [
         record(
             guid=f.get("guid"),
@@ -766,6 +772,42 @@ CROSS_POST_CASES = [
         None,
     ),
     (
+        "same URL, title containing the other's",
+        {"link": "https://other.example/shipping-v2", "title": "Shipping v2 is out", "text": ""},
+        {"id": 20},
+        20,
+    ),
+    (
+        "same URL, title a few characters apart",
+        {"link": "https://other.example/shipping-v2", "title": "Shiping v2", "text": ""},
+        {"id": 21},
+        21,
+    ),
+    (
+        "same URL, different title and text (two posts linking one page)",
+        {"link": "https://other.example/shipping-v2", "title": "My notes", "text": OTHER_STORY},
+        {"id": 22},
+        None,
+    ),
+    (
+        "same URL, titles apart only in their numbers",
+        {"link": "https://other.example/shipping-v2", "title": "Episode 11", "text": ""},
+        {"id": 23, "title": "Episode 10"},
+        None,
+    ),
+    (
+        "same URL, different title, the same one-line text",
+        {"link": "https://other.example/shipping-v2", "title": "Mon", "text": "Listen now!"},
+        {"id": 24, "title": "Tue", "text": "Listen now!"},
+        None,
+    ),
+    (
+        "same title, the same one-line boilerplate text",
+        {"link": "https://blog.example/e12", "title": "Episode 12", "text": "Out now. Listen!"},
+        {"id": 25, "title": "Episode 12", "text": "Out now. Listen!"},
+        None,
+    ),
+    (
         "candidate that is itself a copy points at the root story",
         {"link": "https://other.example/shipping-v2"},
         {"id": 17, "duplicate_of": 4},
@@ -1021,10 +1063,95 @@ def test_later_or_undated_copy_stays_a_copy(
 
 
 def test_of_several_earlier_copies_in_one_document_the_earliest_is_the_story() -> None:
+    """Two posts of one feed that both read as the story: the earliest-published joins
+    it (and takes the credit); the other stays a post of its own, since two entries of
+    one feed are never copies of each other."""
     story = other_feed_entry(id=10, published=NOW - timedelta(hours=1))
-    link = "https://other.example/shipping-v2"
-    early = record(guid="a", link=link, title="A", published=NOW - timedelta(hours=4))
-    earliest = record(guid="b", link=link, title="B", published=NOW - timedelta(hours=8))
+    early = record(
+        guid="a",
+        link="https://blog.example/a",
+        title="Shipping v2",
+        published=NOW - timedelta(hours=4),
+    )
+    earliest = record(
+        guid="b",
+        link="https://blog.example/b",
+        title="Shipping v2",
+        published=NOW - timedelta(hours=8),
+    )
     plan = plan_entries([early, earliest], existing=[], candidates=[story])
     by_key = {new.record.key: (new.duplicate_of, new.supersedes) for new in plan.inserts}
-    assert by_key == {"guid:b": (None, 10), "guid:a": (10, None)}
+    assert by_key == {"guid:b": (None, 10), "guid:a": (None, None)}
+
+
+# --- distinct posts are never merged ---------------------------------------------------
+
+
+TITLE_AGREEMENT = [
+    ("shipping v2", "shipping v2", True),
+    ("shipping v2", "shipping v2 is out", True),
+    ("shipping v2", "shiping v2", True),
+    ("episode 10", "episode 11", False),
+    ("part 1 of the series", "part 2 of the series", False),
+    ("notes", "notes on rust", False),  # one word contained is too little
+    ("monday notes", "tuesday notes", False),
+    ("", "", False),
+    ("", "shipping v2", False),
+]
+
+
+@pytest.mark.parametrize(("a", "b", "expected"), TITLE_AGREEMENT)
+def test_titles_agree(a: str, b: str, expected: bool) -> None:
+    assert titles_agree(a, b) is expected
+    assert titles_agree(b, a) is expected
+
+
+def test_a_url_several_records_of_the_document_share_is_no_evidence() -> None:
+    """Posts of one blog all linking its home page; a post of another blog linking it
+    with the same title: no record joins it on the URL."""
+    home = "https://other.example/"
+    candidate = other_feed_entry(id=10, link=home, title="Weekly", text=OTHER_STORY)
+    recs = [record(guid=f"p{i}", link=home, title="Weekly", text=f"post {i}") for i in range(3)]
+    plan = plan_entries(recs, existing=[], candidates=[candidate], feed_id=1)
+    assert [new.duplicate_of for new in plan.inserts] == [None, None, None]
+
+
+def test_a_url_a_stored_entry_of_this_feed_has_is_no_evidence() -> None:
+    """The feed gave the URL to an earlier post: the new post at that URL is another."""
+    home = "https://other.example/"
+    older = stored_from(record(guid="old", link=home, title="Older", text=""), id=5)
+    candidate = other_feed_entry(id=10, link=home, title="Weekly", text="")
+    rec = record(guid="new", link=home, title="Weekly", text="")
+    plan = plan_entries([rec], existing=[older], candidates=[candidate], feed_id=1)
+    assert plan.inserts[0].duplicate_of is None
+
+
+def test_a_url_two_entries_of_the_candidate_feed_share_is_no_evidence() -> None:
+    home = "https://other.example/"
+    first = other_feed_entry(id=10, link=home, title="Weekly", text="")
+    second = other_feed_entry(id=11, link=home, title="Monthly", text="")
+    rec = record(guid="ours", link=home, title="Weekly", text="")
+    plan = plan_entries([rec], existing=[], candidates=[first, second], feed_id=1)
+    assert plan.inserts[0].duplicate_of is None
+
+
+def test_stories_holding_an_entry_of_this_feed_are_not_joined() -> None:
+    """A story whose root or a copy is an entry of the polled feed (id 1)."""
+    root_here = stored_from(record(guid="r", link="https://blog.example/r"), id=3)
+    copy_elsewhere = other_feed_entry(id=10, duplicate_of=3)
+    copy_here = replace(other_feed_entry(id=12, duplicate_of=11), feed_id=1)
+    rec = record(guid="ours", link="https://other.example/shipping-v2", title="Shipping v2")
+    for candidates in ([root_here, copy_elsewhere], [other_feed_entry(id=11), copy_here]):
+        blocked = plan_entries([rec], existing=[], candidates=candidates, feed_id=1)
+        assert blocked.inserts[0].duplicate_of is None
+    # Without the feed's id, the plan cannot tell (the store leaves such stories out).
+    unknown = plan_entries([rec], existing=[], candidates=[root_here, copy_elsewhere])
+    assert unknown.inserts[0].duplicate_of == 3
+
+
+def test_undated_entry_without_guid_or_link_is_updated_when_its_body_changes() -> None:
+    first = record(title="Status", text="Deployed the parser.", published=None)
+    edited = record(title="Status", text="Deployed it.", published=None)
+    assert first.key != edited.key and first.alias == edited.alias
+    plan = plan_entries([edited], existing=[stored_from(first, id=1)], candidates=[])
+    assert plan.inserts == () and [u.entry_id for u in plan.updates] == [1]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -53,9 +54,17 @@ def cross_candidates(
     db: Database, feed_id: int, canonical_urls: Iterable[str], norm_titles: Iterable[str]
 ) -> list[StoredEntry]:
     """Entries of other feeds that may be the same story (same URL or same title), and
-    the story entries those are copies of (to compare publication dates)."""
+    the story entries those are copies of (to compare publication dates); by id.
+
+    - A candidate's ``canonical_url`` is None when some feed (this one included) gives
+      that URL to several of its entries: a home page or show page names no post, so
+      it is no evidence of a cross-post (``dedup.plan_entries``).
+    - Stories that already hold an entry of this feed, as story or copy, are left out
+      with all their entries: a story has at most one entry of each feed.
+    """
+    urls = {url for url in canonical_urls if url}
     found = _matching(
-        db, "feed_id != ?", feed_id, {"canonical_url": canonical_urls, "norm_title": norm_titles}
+        db, "feed_id != ?", feed_id, {"canonical_url": urls, "norm_title": norm_titles}
     )
     known = {entry.id for entry in found}
     roots = {e.duplicate_of for e in found if e.duplicate_of} - known
@@ -65,7 +74,43 @@ def cross_candidates(
             chunk,
         )
         found.extend(_stored(row) for row in cursor.fetchall())
-    return sorted(found, key=lambda entry: entry.id)
+    stories = {e.duplicate_of if e.duplicate_of is not None else e.id for e in found}
+    taken = _stories_holding(db, feed_id, stories)
+    shared = _shared_urls(db, urls | {e.canonical_url for e in found if e.canonical_url})
+    kept = [
+        replace(entry, canonical_url=None) if entry.canonical_url in shared else entry
+        for entry in found
+        if (entry.duplicate_of if entry.duplicate_of is not None else entry.id) not in taken
+    ]
+    return sorted(kept, key=lambda entry: entry.id)
+
+
+def _stories_holding(db: Database, feed_id: int, stories: Iterable[int]) -> set[int]:
+    """Those of ``stories`` (root entry ids) that hold an entry of ``feed_id``."""
+    taken: set[int] = set()
+    for chunk in chunks(stories):
+        marks = ", ".join("?" * len(chunk))
+        cursor = db.execute(
+            "SELECT coalesce(duplicate_of, id) FROM entries WHERE feed_id = ? "
+            f"AND (id IN ({marks}) OR duplicate_of IN ({marks}))",
+            [feed_id, *chunk, *chunk],
+        )
+        taken.update(row[0] for row in cursor.fetchall())
+    return taken
+
+
+def _shared_urls(db: Database, urls: Iterable[str]) -> set[str]:
+    """Those of ``urls`` that one feed gives to several of its entries."""
+    shared: set[str] = set()
+    for chunk in chunks(urls):
+        cursor = db.execute(
+            "SELECT DISTINCT canonical_url FROM entries "
+            f"WHERE canonical_url IN ({', '.join('?' * len(chunk))}) "
+            "GROUP BY feed_id, canonical_url HAVING count(*) > 1",
+            chunk,
+        )
+        shared.update(row[0] for row in cursor.fetchall())
+    return shared
 
 
 def _matching(
