@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -23,13 +24,14 @@ from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from . import USER_AGENT
+from .addresses import parse_address
 from .errors import ConfigError
 from .fetch_settings import FetchSettings
 from .limits import ParseLimits
 from .polling import PollPolicy
 from .resources import is_checkout, resource_file
 from .smtp_settings import MAX_CONNECTIONS, SmtpSettings
-from .urls import is_http_url
+from .urls import USERINFO_REFUSED, feed_url, has_userinfo, is_http_url, without_userinfo
 
 # Environment variable naming the configuration file when --config is not given.
 ENV_CONFIG = "AGGREGATOR_CONFIG"
@@ -46,6 +48,14 @@ ENV_SECRET_KEY = "AGGREGATOR_SECRET_KEY"  # noqa: S105
 DEFAULT_CONFIG = resource_file("config", "default.toml")
 # The commented configuration ``aggregator init`` writes for a new site.
 STARTER_CONFIG = resource_file("config", "starter.toml")
+
+# Largest number any setting takes (1e6 minutes is about two years, 1e6 days 2,700
+# years): larger ones overflow a time span.
+MAX_NUMBER = 1e6
+# Shortest $AGGREGATOR_SECRET_KEY accepted, in characters (a guessable key forges links).
+MIN_SECRET_KEY_CHARS = 32
+# Most parse worker processes ``[poll] parse_workers`` may ask for.
+MAX_PARSE_WORKERS = 256
 
 # Accepted values of ``log_level``, most verbose first (Python's level names, lower case).
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -209,10 +219,11 @@ def load_settings(path: Path, env: Mapping[str, str]) -> Settings:
 
     Raises ConfigError naming the file, the setting and what is wrong: no such file,
     unreadable, not TOML (TOML 1.0), or a setting missing, unknown, of the wrong type or out
-    of range.
+    of range. A UTF-8 byte order mark at the start of the file is ignored.
     """
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        # "utf-8-sig": a byte order mark some editors write first is not a TOML statement.
+        raw = tomllib.loads(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
         raise ConfigError("no such file", path=str(path)) from None
     except (OSError, UnicodeDecodeError) as error:
@@ -233,13 +244,25 @@ def settings_from_mapping(
     base_dir = path.resolve().parent if path else Path.cwd()
 
     database = reader.path("database", base_dir, required=True)
+    if database.is_dir():
+        raise ConfigError(
+            f"is a folder; name the database file in it: {database}",
+            path=reader.path_name,
+            key="database",
+        )
     log_level = reader.choice("log_level", LOG_LEVELS, "info")
     secret_key = env.get(ENV_SECRET_KEY) or None
+    if secret_key is not None and len(secret_key.strip()) < MIN_SECRET_KEY_CHARS:
+        raise ConfigError(
+            f"must be at least {MIN_SECRET_KEY_CHARS} characters (it signs the links in "
+            "emails); unset it to use the secret kept in the database",
+            key=ENV_SECRET_KEY,
+        )
 
     fetch_table = reader.table("fetch")
     defaults = FetchSettings(user_agent=USER_AGENT)
     fetch = FetchSettings(
-        user_agent=fetch_table.string("user_agent", defaults.user_agent),
+        user_agent=_header_text(fetch_table, "user_agent", defaults.user_agent),
         connect_timeout=fetch_table.number("connect_timeout", defaults.connect_timeout, low=0.1),
         read_timeout=fetch_table.number("read_timeout", defaults.read_timeout, low=0.1),
         total_timeout=fetch_table.number("total_timeout", defaults.total_timeout, low=0.1),
@@ -248,7 +271,7 @@ def settings_from_mapping(
         max_connections=fetch_table.integer("max_connections", defaults.max_connections, low=1),
         max_per_host=fetch_table.integer("max_per_host", defaults.max_per_host, low=1),
         http2=fetch_table.boolean("http2", defaults.http2),
-        ca_file=_optional_text(fetch_table.path("ca_file", base_dir)),
+        ca_file=_optional_text(_ca_file(fetch_table, base_dir)),
         allow_private_addresses=fetch_table.boolean(
             "allow_private_addresses", defaults.allow_private_addresses
         ),
@@ -269,7 +292,7 @@ def settings_from_mapping(
     )
     poll = PollSettings(
         policy=policy,
-        parse_workers=poll_table.integer("parse_workers", 0, low=0),
+        parse_workers=poll_table.integer("parse_workers", 0, low=0, high=MAX_PARSE_WORKERS),
         parse_in_process_bytes=1024
         * poll_table.integer("parse_in_process_kb", PARSE_IN_PROCESS_BYTES // 1024, low=0),
         cross_post_window=timedelta(
@@ -301,7 +324,7 @@ def settings_from_mapping(
     feeds = tuple(_read_feed(item, base_dir=base_dir) for item in reader.table_list("feeds"))
     seen: set[str] = set()
     for index, feed in enumerate(feeds):
-        if feed.url in seen:
+        if feed.url in seen:  # normalised (``feed_url``): HTTP://Host/x is http://host/x
             raise ConfigError(
                 f"{feed.url} is listed twice", path=reader.path_name, key=f"feeds[{index}].url"
             )
@@ -312,19 +335,38 @@ def settings_from_mapping(
                 path=reader.path_name,
                 key=f"feeds[{index}].snapshot",
             )
+        if poll.use_snapshots and feed.snapshot is not None and not feed.snapshot.is_file():
+            raise ConfigError(
+                f"no such file: {feed.snapshot} (snapshots are in use: [poll] use_snapshots)",
+                path=reader.path_name,
+                key=f"feeds[{index}].snapshot",
+            )
     if poll.use_snapshots and any(feed.snapshot for feed in feeds):
         # Snapshots are local files: reading them needs file URLs.
         fetch = replace(fetch, allow_file_urls=True)
 
     web_table = reader.table("web")
-    host = web_table.string("host", "127.0.0.1")
+    host = web_table.string("host", "127.0.0.1").strip()
+    if not host or any(char.isspace() or char in "/@" for char in host):
+        raise ConfigError(
+            f"must be a host name or IP address to listen on, not {host!r}",
+            path=reader.path_name,
+            key="web.host",
+        )
     port = web_table.integer("port", 8000, low=1, high=65535)
-    base_url = web_table.string("base_url", f"http://{host}:{port}").rstrip("/")
+    netloc_host = f"[{host}]" if ":" in host else host  # an IPv6 address (RFC 3986 3.2.2)
+    base_url = web_table.string("base_url", f"http://{netloc_host}:{port}").rstrip("/")
     if not is_http_url(base_url):
         raise ConfigError(
             "must be an absolute http(s) URL", path=reader.path_name, key="web.base_url"
         )
-    if urlsplit(base_url).path or urlsplit(base_url).query:
+    if "@" in urlsplit(base_url).netloc:
+        raise ConfigError(
+            "must not hold a user name or password (it is written into every mail)",
+            path=reader.path_name,
+            key="web.base_url",
+        )
+    if urlsplit(base_url).path or urlsplit(base_url).query or urlsplit(base_url).fragment:
         # Pages link root-relative (/entries/1), so a prefix would only reach mail links.
         raise ConfigError(
             "must be the root of a host, without a path (the web pages are served from /); "
@@ -342,9 +384,23 @@ def settings_from_mapping(
     web_table.done()
 
     mail_table = reader.table("mail")
-    sender = mail_table.string("from", MailSettings().sender)
+    sender = mail_table.string("from", MailSettings().sender).strip()
+    try:
+        parse_address(sender)
+    except ValueError:
+        raise ConfigError(
+            f'must be an email address, alone or as "Name <address>", not {sender!r}',
+            path=reader.path_name,
+            key="mail.from",
+        ) from None
     outbox = mail_table.path("outbox", base_dir, default=Path("var/outbox"))
-    smtp_host = mail_table.string("smtp_host", "")
+    smtp_host = mail_table.string("smtp_host", "").strip()
+    if any(char.isspace() or char in "/@:" for char in smtp_host):
+        raise ConfigError(
+            f"must be a host name or IP address (the port is smtp_port), not {smtp_host!r}",
+            path=reader.path_name,
+            key="mail.smtp_host",
+        )
     smtp: SmtpSettings | None = None
     security = mail_table.choice("smtp_security", ("starttls", "tls", "none"), "starttls")
     default_port = {"starttls": 587, "tls": 465, "none": 25}[security]
@@ -369,14 +425,14 @@ def settings_from_mapping(
     mail = MailSettings(sender=sender, outbox=outbox, smtp=smtp)
 
     digest_table = reader.table("digest")
-    zone_name = digest_table.string("timezone", "UTC")
+    zone_name = digest_table.string("timezone", "UTC").strip()
     try:
         zone = ZoneInfo(zone_name)
     except (ZoneInfoNotFoundError, ValueError):
         raise ConfigError(
             f"unknown time zone {zone_name!r}", path=reader.path_name, key="digest.timezone"
         ) from None
-    daily_at = digest_table.string("daily_at", "07:00")
+    daily_at = digest_table.string("daily_at", "07:00").strip()
     if not _is_clock_time(daily_at):
         raise ConfigError(
             f"{daily_at!r} is not a time of day like 07:00",
@@ -400,7 +456,7 @@ def settings_from_mapping(
         poll_tick=timedelta(seconds=service_table.number("poll_tick_seconds", 30.0, low=0.05)),
         digest_tick=timedelta(seconds=service_table.number("digest_tick_seconds", 60.0, low=0.05)),
         poll_batch=service_table.integer("poll_batch", 64, low=1),
-        demo_subscriber=service_table.string("demo_subscriber", "") or None,
+        demo_subscriber=_bare_address(service_table, "demo_subscriber"),
     )
     service_table.done()
 
@@ -444,10 +500,59 @@ def _proxies(reader: _Reader) -> tuple[str, ...]:
     return tuple(proxies)
 
 
+def _header_text(reader: _Reader, name: str, default: str) -> str:
+    """A string sent as an HTTP header value: not empty, printable ASCII (RFC 9110
+    section 5.5: no control characters, which would end the header)."""
+    value = reader.string(name, default).strip()
+    if not value or not value.isascii() or not value.isprintable():
+        raise reader._error(name, f"must be printable ASCII text, not {value!r}")
+    return value
+
+
+def _bare_address(reader: _Reader, name: str) -> str | None:
+    """An optional email address without a display name (``""``: none)."""
+    value = reader.string(name, "").strip()
+    if not value:
+        return None
+    try:
+        parse_address(value, allow_name=False)
+    except ValueError:
+        raise reader._error(
+            name, f"must be an email address like ann@example.org, not {value!r}"
+        ) from None
+    return value
+
+
+def _ca_file(reader: _Reader, base_dir: Path) -> Path | None:
+    """``[fetch] ca_file``: a readable file of PEM certificates, checked now rather than
+    at the first https feed (where it would fail every poll)."""
+    path: Path | None = reader.path("ca_file", base_dir)
+    if path is None:
+        return None
+    import ssl  # here: only a configuration naming a CA file pays for it
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        context.load_verify_locations(cafile=path)
+    except FileNotFoundError:
+        raise reader._error("ca_file", f"no such file: {path}") from None
+    except IsADirectoryError:
+        raise reader._error("ca_file", f"is a folder, not a PEM file: {path}") from None
+    except (ssl.SSLError, ValueError):  # SSLError is an OSError: first
+        raise reader._error(
+            "ca_file", f"holds no PEM certificate (-----BEGIN CERTIFICATE-----): {path}"
+        ) from None
+    except OSError as error:
+        raise reader._error("ca_file", f"cannot read {path}: {error.strerror}") from None
+    return path
+
+
 def _is_clock_time(value: str) -> bool:
     hours, _, minutes = value.partition(":")
     return (
-        hours.isdigit()
+        hours.isascii()
+        and hours.isdigit()
+        and minutes.isascii()
         and minutes.isdigit()
         and len(minutes) == 2
         and 0 <= int(hours) < 24
@@ -456,17 +561,27 @@ def _is_clock_time(value: str) -> bool:
 
 
 def _is_database_file(path: Path, database: Path) -> bool:
-    names = [database, *(Path(f"{database}{side}") for side in ("-wal", "-shm", "-journal"))]
+    sides = ("-wal", "-shm", "-journal", ".jobs.lock")
+    names = [database, *(Path(f"{database}{side}") for side in sides)]
     return path.resolve() in {name.resolve() for name in names}
 
 
 def _read_feed(reader: _Reader, *, base_dir: Path) -> ConfiguredFeed:
-    url = reader.string("url", "", required=True).strip()
-    if not is_http_url(url):
+    written = reader.string("url", "", required=True).strip()
+    if not is_http_url(written):
         raise ConfigError(
-            f"{url!r} is not an absolute http(s) URL", path=reader.path_name, key=reader.key("url")
+            f"{written!r} is not an absolute http(s) URL",
+            path=reader.path_name,
+            key=reader.key("url"),
         )
-    title = reader.string("title", "") or None
+    if has_userinfo(written):
+        raise ConfigError(
+            f"{without_userinfo(written)}: {USERINFO_REFUSED}",
+            path=reader.path_name,
+            key=reader.key("url"),
+        )
+    url = feed_url(written)
+    title = reader.string("title", "").strip() or None
     interval_minutes = reader.number("interval_minutes", 0.0, low=0.0)
     snapshot = reader.path("snapshot", base_dir, default=None)
     reader.done()
@@ -530,6 +645,8 @@ class _Reader:
 
     def number(self, name: str, default: float, *, low: float | None = None) -> float:
         value = float(self._get(name, (int, float), "a number", default, False))
+        if not math.isfinite(value) or value > MAX_NUMBER:
+            raise self._error(name, f"must be a number up to {MAX_NUMBER:.0e}, not {value!r}")
         self._check_range(name, value, low, None)
         return value
 
@@ -551,9 +668,15 @@ class _Reader:
         default: Path | None = None,
         required: bool = False,
     ) -> Any:
-        value = self.string(name, "", required=required)
+        if name in self.raw and not str(self.raw[name]).strip():
+            # An empty path would be the configuration's own folder: say so instead.
+            hint = "leave the setting out for the default" if not required else "name a file"
+            raise self._error(name, f"must not be empty; {hint}")
+        value = self.string(name, "", required=required).strip()
         if not value:
             return (base_dir / default) if default is not None else None
+        if "\0" in value:
+            raise self._error(name, "must not hold a NUL character")
         return (base_dir / Path(value).expanduser()).resolve()
 
     def _check_range(self, name: str, value: float, low: float | None, high: float | None) -> None:

@@ -286,7 +286,14 @@ class GuardedTransport(httpx.AsyncBaseTransport):
         """Send ``request`` on a pooled connection of its scheme; the answer's body
         streams. Raises httpx's transport errors (``AddressRefused`` among them)."""
         url = request.url
-        pool = await self._tls_pool() if url.scheme == "https" else self._plain
+        pool = self._plain
+        if url.scheme == "https":
+            try:
+                pool = await self._tls_pool()
+            except (OSError, ValueError) as error:  # ca_file gone or damaged since start
+                raise httpx.ConnectError(
+                    f"no TLS context: [fetch] ca_file {self._ca_file}: {error}", request=request
+                ) from None
         assert isinstance(request.stream, httpx.AsyncByteStream)
         core = httpcore.Request(
             method=request.method,

@@ -25,7 +25,6 @@ import re
 import smtplib
 import ssl
 import threading
-import unicodedata
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -36,6 +35,10 @@ from email.utils import format_datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from .addresses import DOT_ATOM
+from .addresses import MAX_ADDRESS_CHARS as MAX_ADDRESS_CHARS
+from .addresses import clean_header_value as clean_header_value
+from .addresses import parse_address as parse_address
 from .errors import MailDeferredError, MailPermanentError, MailTemporaryError
 from .smtp_settings import MAX_CONNECTIONS as MAX_CONNECTIONS
 from .smtp_settings import Security as Security
@@ -61,9 +64,6 @@ class OutgoingMessage:
 
 # Longest subject kept, in characters; a longer one is cut with an ellipsis.
 MAX_SUBJECT_CHARS = 500
-# Longest address accepted, in characters (RFC 5321 section 4.5.3.1: a 256-octet path less
-# the angle brackets).
-MAX_ADDRESS_CHARS = 254
 # Longest value of an extra header, in characters.
 MAX_HEADER_VALUE_CHARS = 4000
 _FOLD_AT = 78
@@ -90,11 +90,6 @@ _RESERVED_PREFIXES = ("content-", "resent-")
 # Address and subject headers need the email package's own encoding (RFC 2047, quoting).
 _ENCODED_HEADERS = frozenset({"subject", "from", "to", "mime-version"})
 _HEADER_NAME = re.compile(r"[!-9;-~]{1,76}")  # printable ASCII without ':' (RFC 5322 2.2)
-_ATOM_CHARS = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
-_DOT_ATOM = re.compile(rf"{_ATOM_CHARS}+(?:\.{_ATOM_CHARS}+)*")
-_QUOTED_LOCAL = re.compile(r'"([ !#-\[\]-~]{1,62})"')  # printable ASCII but '"' and '\'
-_DOMAIN_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
-_NAME_AND_ADDRESS = re.compile(r"(?P<name>.*?)\s*<(?P<address>[^<>]*)>")
 
 
 class _MailPolicy(EmailPolicy):
@@ -151,20 +146,6 @@ def _fold_verbatim(name: str, value: str, linesep: str) -> str | None:
     if any(len(line) > _HARD_LINE_LIMIT for line in lines):
         return None
     return linesep.join(lines) + linesep
-
-
-def clean_header_value(value: str) -> str:
-    """One line of text: control characters and line/paragraph separators become spaces.
-
-    Runs of whitespace collapse to one space, so nothing can start a new header line.
-    """
-    if value.isascii() and value.isprintable():  # the common case: nothing to replace
-        return " ".join(value.split())
-    chars = [
-        " " if unicodedata.category(char) in ("Cc", "Zl", "Zp") else char
-        for char in value.replace("\r\n", " ")
-    ]
-    return " ".join("".join(chars).split())
 
 
 # RFC 2047 section 2: an encoded word is at most 75 characters, "=?utf-8?q?" and "?="
@@ -255,53 +236,11 @@ def _encoded_words(
         start = end
 
 
-def parse_address(value: str, *, allow_name: bool = True) -> Address:
-    """``"addr"`` or ``"Name <addr>"`` as an ``Address``; ``ValueError`` if not mailable.
-
-    The domain is converted to its ASCII (IDNA) form; local parts must be ASCII (dot-atom
-    or quoted). The display name can hold anything: it is quoted or encoded on output.
-    With ``allow_name`` false only a bare address is accepted, exactly as given.
-    """
-    text = clean_header_value(value)
-    if not allow_name and text != value:
-        raise ValueError("address contains spaces or control characters")
-    name = ""
-    matched = _NAME_AND_ADDRESS.fullmatch(text) if allow_name else None
-    if matched:
-        name, text = matched["name"].strip(), matched["address"].strip()
-        if len(name) >= 2 and name[0] == name[-1] == '"':
-            name = name[1:-1].replace('\\"', '"').replace("\\\\", "\\")
-    if len(text) > MAX_ADDRESS_CHARS:
-        raise ValueError("address too long")
-    local, at, domain = text.rpartition("@")
-    if not at or not local or not domain:
-        raise ValueError(f"not an email address: {text!r}")
-    quoted = _QUOTED_LOCAL.fullmatch(local)
-    if quoted:
-        username = quoted[1]
-    elif _DOT_ATOM.fullmatch(local) and len(local) <= 64:
-        username = local
-    else:
-        raise ValueError(f"unsupported local part: {local!r}")
-    return Address(display_name=name, username=username, domain=_ascii_domain(domain))
-
-
-def _ascii_domain(domain: str) -> str:
-    try:
-        ascii_domain = domain.rstrip(".").encode("idna").decode("ascii").lower()
-    except UnicodeError as error:
-        raise ValueError(f"not a mail domain: {domain!r}") from error
-    labels = ascii_domain.split(".")
-    if len(ascii_domain) > 253 or not all(_DOMAIN_LABEL.fullmatch(label) for label in labels):
-        raise ValueError(f"not a mail domain: {domain!r}")
-    return ascii_domain
-
-
 def clean_message_id(value: str) -> str:
     """``<left@right>`` with nothing else; ``ValueError`` for anything else."""
     text = clean_header_value(value).strip("<> ")
     left, at, right = text.partition("@")
-    if not (at and _DOT_ATOM.fullmatch(left) and _DOT_ATOM.fullmatch(right)) or len(text) > 250:
+    if not (at and DOT_ATOM.fullmatch(left) and DOT_ATOM.fullmatch(right)) or len(text) > 250:
         raise ValueError(f"not a Message-ID: {value!r}")
     return f"<{text}>"
 
@@ -484,7 +423,7 @@ def message_bytes(message: OutgoingMessage, *, linesep: str = "\r\n") -> bytes:
     if len(subject) > MAX_SUBJECT_CHARS:
         subject = subject[: MAX_SUBJECT_CHARS - 1].rstrip() + "…"
     sender = str(_sender_address(message.sender))
-    if recipient.display_name == "" and _DOT_ATOM.fullmatch(recipient.username):
+    if recipient.display_name == "" and DOT_ATOM.fullmatch(recipient.username):
         to = _plain_header("To", recipient.addr_spec, linesep)
     else:
         to = _folded(linesep, "To", str(recipient))

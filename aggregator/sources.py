@@ -10,21 +10,34 @@ from typing import TYPE_CHECKING
 from .config import Settings
 from .errors import NotAFeed, ParseError, SourceError
 from .models import Feed, FeedSource
-from .store import Store
+from .store import Database, Store
 from .store import feeds as feed_rows
 from .text import clean_text
-from .urls import is_http_url, is_placeholder_title
+from .urls import (
+    USERINFO_REFUSED,
+    feed_url,
+    has_userinfo,
+    is_http_url,
+    is_placeholder_title,
+    without_userinfo,
+)
 
 if TYPE_CHECKING:
     from .fetch import FeedFetcher
 
 
 def check_source_url(url: str) -> str:
-    """A feed source must be an absolute http(s) URL (THREATS H5)."""
+    """A feed source as stored (``urls.feed_url``: scheme and host lower-cased): it must
+    be an absolute http(s) URL (THREATS H5) without a user name or password (they would
+    be shown on the public pages and exports). Raises SourceError naming the URL (its
+    userinfo left out) and the reason.
+    """
     cleaned = url.strip()
     if not is_http_url(cleaned):
         raise SourceError("only absolute http:// and https:// feed URLs can be added", url=cleaned)
-    return cleaned
+    if has_userinfo(cleaned):
+        raise SourceError(USERINFO_REFUSED, url=without_userinfo(cleaned))
+    return feed_url(cleaned)
 
 
 def source_title(title: str | None, url: str) -> str | None:
@@ -40,6 +53,9 @@ def sync_configured_feeds(store: Store, settings: Settings, now: datetime) -> li
     database (reading commands still work on one).
     """
     missing = [c for c in settings.feeds if feed_rows.feed_by_url(store.db, c.url) is None]
+    if missing:  # perhaps stored in another case before URLs were normalised
+        known = _known_urls(store.db)
+        missing = [c for c in missing if c.url not in known]
     if not missing or store.readonly:
         return []
     added = []
@@ -69,6 +85,9 @@ def add_source(
     """
     url = check_source_url(source.url)
     with store.write() as db:
+        known = feed_rows.feed_by_url(db, url) or _known_urls(db).get(url)
+        if known is not None:
+            return known, False
         return feed_rows.add_feed(
             db,
             url=url,
@@ -79,6 +98,12 @@ def add_source(
         )
 
 
+def _known_urls(db: Database) -> dict[str, Feed]:
+    """Every feed by its URL as ``feed_url`` writes it, so that one stored in another
+    case (before feed URLs were normalised) is found too."""
+    return {feed_url(feed.url): feed for feed in feed_rows.list_feeds(db)}
+
+
 def find_feed(store: Store, ident: str) -> Feed:
     """A feed by id or URL, or SourceError."""
     feed = None
@@ -86,8 +111,10 @@ def find_feed(store: Store, ident: str) -> Feed:
         feed = feed_rows.get_feed(store.db, int(ident))
     if feed is None:
         feed = feed_rows.feed_by_url(store.db, ident.strip())
+    if feed is None:  # as stored: scheme and host lower-cased
+        feed = _known_urls(store.db).get(feed_url(ident))
     if feed is None:
-        raise SourceError(f"no feed with id or URL {ident!r}")
+        raise SourceError(f"no feed with id or URL {without_userinfo(ident.strip())!r}")
     return feed
 
 
@@ -121,17 +148,28 @@ def import_opml(store: Store, data: bytes, *, name: str, now: datetime) -> Impor
     known: list[Feed] = []
     problems: list[str] = []
     with store.write() as db:
+        stored = _known_urls(db)
         for source in sources:
-            if not is_http_url(source.url):
-                problems.append(f"{name}: {source.url!r}: not an http(s) feed URL, skipped")
+            try:
+                url = check_source_url(source.url)
+            except SourceError as error:
+                shown = without_userinfo(source.url.strip())
+                if has_userinfo(source.url):
+                    problems.append(f"{name}: {shown}: {error.reason}, skipped")
+                else:
+                    problems.append(f"{name}: {shown!r}: not an http(s) feed URL, skipped")
+                continue
+            if url in stored:
+                known.append(stored[url])
                 continue
             feed, created = feed_rows.add_feed(
                 db,
-                url=source.url.strip(),
-                title=source_title(source.title, source.url.strip()),
+                url=url,
+                title=source_title(source.title, url),
                 origin="opml",
                 now=now,
             )
+            stored[url] = feed
             (added if created else known).append(feed)
     return ImportReport(tuple(added), tuple(known), tuple(problems))
 
@@ -143,7 +181,7 @@ def export_opml(feeds: Sequence[Feed], *, now: datetime) -> str:
     from .opml import write_opml
 
     return write_opml(
-        (FeedSource(url=f.url, title=f.title or None) for f in feeds),
+        (FeedSource(url=without_userinfo(f.url), title=f.title or None) for f in feeds),
         title="Aggregated blogs",
         now=now,
     )

@@ -167,8 +167,11 @@ class Links:
 
 
 def links_for(store: Store, settings: Settings) -> Links:
-    """The instance's links: ``web.base_url`` and the store's token secret (made and
-    stored on first use)."""
+    """The instance's links: ``web.base_url`` and the token secret: derived from
+    $AGGREGATOR_SECRET_KEY when it is set, else the store's (made on first use)."""
+    if settings.secret_key:
+        key = hashlib.sha256(b"aggregator-tokens:" + settings.secret_key.encode()).digest()
+        return Links(settings.web.base_url, key)
     return Links(settings.web.base_url, store.secret("tokens"))
 
 
@@ -221,13 +224,40 @@ def parse_cadence(value: str | None) -> Cadence:
     raise InvalidSubscription("Please choose daily or weekly.", field="cadence", value=str(value))
 
 
-def known_feed_ids(store: Store, wanted: Iterable[int] | None) -> frozenset[int] | None:
-    """The chosen feeds that exist; None (every feed) when none or all are chosen."""
+SOURCE_GONE = (
+    "One of the sources you chose is no longer offered (it was removed after the page "
+    "was loaded). The list below is the current one: please choose again."
+)
+"""The answer to a form choosing a source id that no feed has."""
+NO_SOURCE = "Please tick at least one source (every box ticked: all of them, later ones too)."
+"""The answer to a form that offered sources and had every box cleared."""
+
+
+def choose_feeds(
+    store: Store, wanted: Iterable[int] | None, *, offered: Iterable[int] | None = None
+) -> frozenset[int] | None:
+    """The feeds a form's ticked boxes choose; None means every feed, later ones included.
+
+    ``wanted``: the ticked ids (None: no box was ticked, or the form had none);
+    ``offered``: the ids of the boxes the form showed (None: not known, the enabled
+    feeds are taken). Every box offered left ticked is None; so is a form without boxes.
+    Raises ``InvalidSubscription`` (field "source") for an id no feed has, and for no box
+    ticked on a form that offered some; nothing is changed then.
+    """
     if wanted is None:
+        if offered is not None and set(offered) & feed_rows.feed_ids(store.db):
+            raise InvalidSubscription(NO_SOURCE, field="source", value="")
         return None
+    chosen = frozenset(wanted)
     ids = feed_rows.feed_ids(store.db)
-    chosen = frozenset(i for i in wanted if i in ids)
-    return None if not chosen or chosen == ids else chosen
+    if not chosen <= ids:
+        gone = min(chosen - ids)
+        raise InvalidSubscription(SOURCE_GONE, field="source", value=str(gone))
+    enabled = {ident for ident, _ in feed_rows.enabled_titles(store.db)}
+    shown = set(offered) & ids if offered is not None else enabled
+    if chosen >= shown or chosen >= enabled:
+        return None
+    return chosen
 
 
 # --- signing up -----------------------------------------------------------------------
@@ -253,15 +283,17 @@ def request_signup(
     feed_ids: Iterable[int] | None,
     client: str,
     now: datetime,
+    offered_ids: Iterable[int] | None = None,
 ) -> Signup:
-    """Record a sign-up and say what mail (if any) goes out.
+    """Record a sign-up and say what mail (if any) goes out; ``feed_ids`` and
+    ``offered_ids`` are the sources ticked and shown (``choose_feeds``).
 
     Raises ``InvalidSubscription`` for a bad form and ``RateLimited`` when ``client``
     tried too often; neither depends on whether the address is known (THREATS S6).
     """
     address, key = normalise_email(email)
     chosen_cadence = parse_cadence(cadence)
-    chosen = known_feed_ids(store, feed_ids)
+    chosen = choose_feeds(store, feed_ids, offered=offered_ids)
     client_key = _key_hash("client", client)
     address_key = _key_hash("address", key)
     with store.write() as db:
@@ -580,12 +612,14 @@ def update_preferences(
     *,
     cadence: str,
     feed_ids: Iterable[int] | None,
+    offered_ids: Iterable[int] | None = None,
 ) -> Subscriber:
-    """Change cadence and sources through a preferences link. ``TokenError`` for a bad
-    link or a subscriber gone, ``InvalidSubscription`` for an unknown cadence."""
+    """Change cadence and sources through a preferences link (sources as ``choose_feeds``
+    reads them). ``TokenError`` for a bad link or a subscriber gone,
+    ``InvalidSubscription`` for an unknown cadence or source; nothing changes then."""
     subscriber_id = links.verify(PURPOSE_PREFERENCES, token, now=now)
     chosen_cadence = parse_cadence(cadence)
-    chosen = known_feed_ids(store, feed_ids)
+    chosen = choose_feeds(store, feed_ids, offered=offered_ids)
     with store.write() as db:
         subscriber = rows.get(db, subscriber_id)
         if subscriber is None:

@@ -311,3 +311,48 @@ def iri_reference(url: str) -> str:
         lambda found: "".join(f"%{byte:02X}" for byte in found.group().encode("utf-8", "replace")),
         url,
     )
+
+
+USERINFO_REFUSED = (
+    "a user name or password in a feed URL is refused: it would be shown on the "
+    "public pages and in OPML exports, and sent unencrypted over http"
+)
+"""The one-line reason a feed URL with userinfo (RFC 3986 section 3.2.1) is refused."""
+
+
+def has_userinfo(url: str) -> bool:
+    """Whether ``url`` carries userinfo (``user:pass@``) before its host (RFC 3986
+    section 3.2.1)."""
+    parts = _split(url.strip())
+    return parts is not None and "@" in parts.netloc
+
+
+def without_userinfo(url: str) -> str:
+    """``url`` with any ``user:pass@`` removed, for display; other URLs as they are.
+    Never raises."""
+    parts = _split(url)
+    if parts is None or "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
+def feed_url(url: str) -> str:
+    """The form a feed URL is stored and compared in: surrounding whitespace removed,
+    scheme and host lower-cased (case-insensitive, RFC 3986 section 6.2.2.1), the
+    scheme's default port dropped (section 6.2.3); path, query and userinfo keep their
+    case. A URL that does not split is returned stripped.
+    """
+    text = url.strip()
+    parts = _split(text)
+    if parts is None or not parts.netloc:
+        return text
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    if hostport.startswith("["):  # an IPv6 literal: its hex digits fold too
+        host, port = hostport.lower(), ""
+    else:
+        host, colon, port = hostport.partition(":")
+        host, port = host.lower(), colon + port
+    scheme = parts.scheme.lower()
+    if port in (":", f":{_DEFAULT_PORTS.get(scheme)}"):  # RFC 3986 section 6.2.3
+        port = ""
+    return urlunsplit(parts._replace(scheme=scheme, netloc=f"{userinfo}{at}{host}{port}"))

@@ -188,7 +188,7 @@ def test_commands_never_write_or_read_the_database_files_under_any_spelling(
     tmp_path: Path, feed_server: FeedServer
 ) -> None:
     """`feeds export --out`, `digest preview --out`, `backup` and `feeds import` refuse
-    the database and its -wal/-shm, however the path is spelled (.., a symlink), with one
+    the database, its -wal/-shm and the service's jobs lock, however the path is spelled (.., a symlink), with one
     line; the database is untouched."""
     cfg = config(tmp_path)
     url = feed_server.add("/a.xml", body=rss([Item("Hello", link="https://blog.test/hello")]))
@@ -202,6 +202,7 @@ def test_commands_never_write_or_read_the_database_files_under_any_spelling(
         f"{tmp_path}/sub/../db.sqlite3-wal",
         f"{tmp_path}/link/db.sqlite3",
         f"{tmp_path}/link/db.sqlite3-shm",
+        f"{tmp_path}/sub/../db.sqlite3.jobs.lock",  # the service's lock: a second one would run
     ]
     before = run("feeds", "list", config=cfg).stdout
     for target in spellings:

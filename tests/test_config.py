@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
+import certifi
 import pytest
 
 from aggregator.config import DEFAULT_CONFIG, config_path_from, load_settings
@@ -29,6 +30,8 @@ def test_database_alone_is_a_valid_config(tmp_path: Path) -> None:
 def test_fetch_defaults_and_the_http2_and_ca_file_keys(tmp_path: Path) -> None:
     defaults = load_settings(write(tmp_path, 'database = "x"'), {}).fetch
     assert defaults.http2 is True and defaults.ca_file is None and defaults.max_per_host == 16
+    (tmp_path / "certs").mkdir()
+    (tmp_path / "certs" / "ca.pem").write_bytes(Path(certifi.where()).read_bytes())
     text = 'database = "x"\n[fetch]\nhttp2 = false\nca_file = "certs/ca.pem"\nmax_per_host = 4\n'
     fetch = load_settings(write(tmp_path, text), {}).fetch
     assert fetch.http2 is False and fetch.max_per_host == 4
@@ -93,6 +96,55 @@ def test_bundled_default_lists_both_blogs_with_snapshots() -> None:
             "web.base_url: must be the root of a host",
         ),
         ("database = [unclosed", "not valid TOML"),
+        ('database = ""', "database: must not be empty; name a file"),
+        ('database = "  "', "database: must not be empty"),
+        ('database = "."', "database: is a folder; name the database file in it"),
+        ('database = "x"\n[mail]\noutbox = ""', "mail.outbox: must not be empty"),
+        ('database = "x"\n[fetch]\nca_file = "nope.pem"', "fetch.ca_file: no such file: "),
+        ('database = "x"\n[fetch]\nca_file = "."', "fetch.ca_file: is a folder, not a PEM file"),
+        ('database = "x"\n[fetch]\nca_file = ""', "fetch.ca_file: must not be empty"),
+        (
+            'database = "x"\n[mail]\nfrom = "Blog digest"',
+            "mail.from: must be an email address, alone or as \"Name <address>\", not 'Blog digest'",
+        ),
+        ('database = "x"\n[mail]\nfrom = ""', "mail.from: must be an email address"),
+        ('database = "x"\n[mail]\nfrom = "Digest <a@b c>"', "mail.from: must be an email"),
+        (
+            'database = "x"\n[service]\ndemo_subscriber = "Ann <ann@example.org>"',
+            "service.demo_subscriber: must be an email address like ann@example.org",
+        ),
+        ('database = "x"\n[fetch]\nuser_agent = ""', "fetch.user_agent: must be printable"),
+        (
+            'database = "x"\n[fetch]\nuser_agent = "bot\\r\\nX-Evil: 1"',
+            "fetch.user_agent: must be printable ASCII",
+        ),
+        ('database = "x"\n[fetch]\nconnect_timeout = nan', "fetch.connect_timeout: must be a"),
+        ('database = "x"\n[poll]\ninterval_minutes = inf', "poll.interval_minutes: must be"),
+        ('database = "x"\n[poll]\ncross_post_window_days = 1e300', "cross_post_window_days"),
+        ('database = "x"\n[poll]\nparse_workers = 100000', "poll.parse_workers: must be at"),
+        ('database = "x"\n[web]\nhost = ""', "web.host: must be a host name or IP address"),
+        (
+            'database = "x"\n[web]\nbase_url = "https://u:p@news.example.org"',
+            "web.base_url: must not hold a user name or password",
+        ),
+        (
+            'database = "x"\n[mail]\nsmtp_host = "smtp.example.org:587"',
+            "mail.smtp_host: must be a host name or IP address (the port is smtp_port)",
+        ),
+        ('database = "x"\n[digest]\ntimezone = ""', "digest.timezone: unknown time zone ''"),
+        (
+            'database = "x"\n[[feeds]]\nurl = "http://ann:s3cret@blog.test/feed"',
+            "feeds[0].url: http://blog.test/feed: a user name or password in a feed URL is refused",
+        ),
+        (
+            'database = "x"\n[[feeds]]\nurl = "HTTP://Blog.Test/f"\n[[feeds]]\nurl = "http://blog.test/f"',
+            "feeds[1].url: http://blog.test/f is listed twice",
+        ),
+        (
+            'database = "x"\n[poll]\nuse_snapshots = true\n'
+            '[[feeds]]\nurl = "https://a.test/f"\nsnapshot = "gone.xml"',
+            "feeds[0].snapshot: no such file",
+        ),
     ],
 )
 def test_bad_config_is_one_line_naming_file_and_key(tmp_path: Path, text: str, needle: str) -> None:
@@ -159,3 +211,89 @@ def test_documented_production_example_is_valid() -> None:
     assert settings.mail.smtp is not None and settings.mail.smtp.password == "secret"
     assert not settings.poll.use_snapshots and not settings.fetch.allow_private_addresses
     assert settings.web.base_url.startswith("https://")
+
+
+def test_a_ca_file_that_is_not_pem_is_refused_with_its_name(tmp_path: Path) -> None:
+    (tmp_path / "ca.pem").write_text("not a certificate\n", encoding="utf-8")
+    path = write(tmp_path, 'database = "x"\n[fetch]\nca_file = "ca.pem"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, {})
+    assert str(caught.value) == (
+        f"{path}: fetch.ca_file: holds no PEM certificate (-----BEGIN CERTIFICATE-----): "
+        f"{(tmp_path / 'ca.pem').resolve()}"
+    )
+
+
+def test_a_password_in_a_feed_url_is_never_echoed(tmp_path: Path) -> None:
+    path = write(tmp_path, 'database = "x"\n[[feeds]]\nurl = "https://ann:s3cret@blog.test/f"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, {})
+    assert "s3cret" not in str(caught.value) and "ann" not in str(caught.value)
+
+
+def test_a_byte_order_mark_before_the_first_setting_is_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "site.toml"
+    path.write_bytes(b'\xef\xbb\xbfdatabase = "db.sqlite3"\n[mail]\nfrom = "D <d@example.org>"\n')
+    settings = load_settings(path, {})
+    assert settings.database == (tmp_path / "db.sqlite3").resolve()
+    assert settings.mail.sender == "D <d@example.org>"
+
+
+def test_configured_feed_urls_are_stored_with_scheme_and_host_in_lower_case(
+    tmp_path: Path,
+) -> None:
+    path = write(
+        tmp_path, 'database = "x"\n[[feeds]]\nurl = "HTTPS://Blog.Example:443/Feed/Atom"\n'
+    )
+    (feed,) = load_settings(path, {}).feeds
+    assert feed.url == "https://blog.example/Feed/Atom"  # the path keeps its case
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '[mail]\nfrom = "digest@example.org"',
+        '[mail]\nfrom = "\\"Blog, digest\\" <digest@bücher.example>"',
+        '[service]\ndemo_subscriber = "demo@example.org"',
+        '[fetch]\nuser_agent = "my-bot/1.0 (+https://example.org/bot)"',
+        '[web]\nhost = "::1"',
+        '[digest]\ntimezone = "Europe/Tallinn"',
+    ],
+)
+def test_good_values_of_the_checked_settings_are_accepted(tmp_path: Path, text: str) -> None:
+    load_settings(write(tmp_path, f'database = "x"\n{text}\n'), {})
+
+
+def test_a_short_secret_key_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, 'database = "x"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, {"AGGREGATOR_SECRET_KEY": "hunter2"})
+    assert str(caught.value).startswith("AGGREGATOR_SECRET_KEY: must be at least 32 characters")
+    assert load_settings(path, {"AGGREGATOR_SECRET_KEY": "k" * 32}).secret_key == "k" * 32
+
+
+def test_the_secret_key_signs_the_links_whatever_the_database(tmp_path: Path) -> None:
+    """$AGGREGATOR_SECRET_KEY is the token secret when set: a link made with one database
+    is good with another (a restored or moved site); without it each keeps its own."""
+    from datetime import UTC, datetime
+
+    from aggregator.errors import TokenError
+    from aggregator.store import Store
+    from aggregator.subscriptions import PURPOSE_PREFERENCES, links_for
+
+    now = datetime(2026, 11, 30, tzinfo=UTC)
+    env = {"AGGREGATOR_SECRET_KEY": "s" * 40}
+    one = load_settings(write(tmp_path, 'database = "one.sqlite3"\n'), env)
+    two = load_settings(write(tmp_path, 'database = "two.sqlite3"\n'), env)
+    first, second = Store.open(one.database), Store.open(two.database)
+    try:
+        token = links_for(first, one).token(PURPOSE_PREFERENCES, 7, now)
+        assert links_for(second, two).verify(PURPOSE_PREFERENCES, token, now=now) == 7
+        plain_one = load_settings(write(tmp_path, 'database = "one.sqlite3"\n'), {})
+        plain_two = load_settings(write(tmp_path, 'database = "two.sqlite3"\n'), {})
+        own = links_for(first, plain_one).token(PURPOSE_PREFERENCES, 7, now)
+        with pytest.raises(TokenError):
+            links_for(second, plain_two).verify(PURPOSE_PREFERENCES, own, now=now)
+    finally:
+        first.close()
+        second.close()

@@ -258,3 +258,25 @@ def test_admin_search_ranks_and_highlights(admin) -> None:
     too_long = client.get("/admin", params={"q": "notes " * 100})  # as the public search
     assert too_long.status_code == 400 and "too long" in too_long.text
     assert client.get("/admin", params={"q": "notes"}, auth=("admin", "wrong")).status_code == 401
+
+
+def test_a_feed_url_with_a_password_is_refused_and_not_echoed(
+    admin, feed_server: FeedServer
+) -> None:
+    store, client = admin
+    feed = feed_server.add("/a.xml", body=rss([Item("Hello", link="https://blog.test/hello")]))
+    secret = feed.replace("http://", "http://ann:s3cret@")
+    response = client.post("/admin/feeds", data={"url": secret, "csrf_token": token(client)})
+    assert response.status_code == 400
+    assert "a user name or password in a feed URL is refused" in response.text
+    assert "s3cret" not in response.text and "ann:" not in response.text
+    assert urls(store) == []
+
+
+def test_scheme_and_host_case_make_no_second_feed(admin, feed_server: FeedServer) -> None:
+    store, client = admin
+    feed = feed_server.add("/Feed.xml", body=rss([Item("Hello", link="https://blog.test/hello")]))
+    for url in (feed.replace("http://127.0.0.1", "HTTP://127.0.0.1"), feed):
+        done = client.post("/admin/feeds", data={"url": url, "csrf_token": token(client)})
+        assert done.status_code == 200, done.text  # followed the 303
+    assert urls(store) == [feed]  # the path keeps its case

@@ -18,6 +18,7 @@ from aggregator.digests.build import build_pending
 from aggregator.digests.send import send_pending
 from aggregator.mail import SmtpSender, SmtpSettings
 from aggregator.store import Store
+from aggregator.store import feeds as feed_rows
 from aggregator.web import create_app
 from aggregator.web import subscribe as subscribe_pages
 
@@ -348,3 +349,172 @@ def test_pages_answer_while_another_process_holds_the_write_lock(tmp_path: Path)
         finally:
             holder.communicate(b"", timeout=10)
         assert holder.returncode == 0
+
+
+# --- the sources a form chooses -------------------------------------------------------
+
+
+def form_fields(page: str) -> tuple[str, str, list[int]]:
+    """(CSRF token, the hidden list of offered sources, the ticked boxes) of a form."""
+    offered = re.search(r'name="offered" value="([^"]*)"', page)
+    assert offered, page
+    ticked = [int(x) for x in re.findall(r'name="source" value="(\d+)" checked', page)]
+    return CSRF.search(page)[1], offered[1], ticked
+
+
+def subscriber_sources(store: Store) -> list[tuple[str, int, list[int]]]:
+    found = rows(store, "SELECT id, email, all_feeds FROM subscribers ORDER BY id")
+    return [
+        (
+            email,
+            all_feeds,
+            [
+                f
+                for (f,) in rows(
+                    store, "SELECT feed_id FROM subscriber_feeds WHERE subscriber_id = ?", ident
+                )
+            ],
+        )
+        for ident, email, all_feeds in found
+    ]
+
+
+def preferences_link(store: Store, settings, email: str, now: datetime) -> str:
+    from aggregator.subscriptions import add_by_operator, links_for
+
+    links = links_for(store, settings)
+    subscriber, _ = add_by_operator(store, settings, links, email=email, cadence="daily", now=now)
+    return local(links.preferences(subscriber.id, now))
+
+
+def test_every_box_left_ticked_is_all_sources_though_one_is_disabled(site) -> None:
+    """The form offers the enabled sources only; leaving each ticked means all of them,
+    those added later included, whether or not the post carries the offered list."""
+    client, _settings, store, _clock, (alpha, beta) = site
+    gamma = add_feed(store, "Gamma Gone")
+    with store.write() as db:
+        feed_rows.set_enabled(db, gamma, False, "410 Gone")
+    page = client.get("/subscribe").text
+    token, offered, ticked = form_fields(page)
+    assert ticked == [alpha, beta] and offered == f"{alpha},{beta}" and "Gamma Gone" not in page
+    base = {"csrf_token": token, "cadence": "weekly", "source": [str(i) for i in ticked]}
+    assert (
+        client.post(
+            "/subscribe", data={**base, "email": "a@example.org", "offered": offered}
+        ).status_code
+        == 200
+    )
+    assert client.post("/subscribe", data={**base, "email": "b@example.org"}).status_code == 200
+    # A source added after the form was loaded: the boxes shown were all ticked.
+    add_feed(store, "Delta Later")
+    assert (
+        client.post(
+            "/subscribe", data={**base, "email": "c@example.org", "offered": offered}
+        ).status_code
+        == 200
+    )
+    # One box cleared: a fixed list.
+    one = {**base, "source": [str(alpha)], "offered": offered, "email": "d@example.org"}
+    assert client.post("/subscribe", data=one).status_code == 200
+    assert subscriber_sources(store) == [
+        ("a@example.org", 1, []),
+        ("b@example.org", 1, []),
+        ("c@example.org", 1, []),
+        ("d@example.org", 0, [alpha]),
+    ]
+
+
+@pytest.mark.parametrize("posted", [["999"], ["1", "999"], ["x"], []])
+def test_a_source_that_is_not_offered_or_none_at_all_is_refused_and_nothing_is_saved(
+    site, smtp_server, posted
+) -> None:
+    client, _settings, store, _clock, (_alpha, _beta) = site
+    token, offered, _ = form_fields(client.get("/subscribe").text)
+    answer = client.post(
+        "/subscribe",
+        data={
+            "csrf_token": token,
+            "email": "picky@example.org",
+            "cadence": "daily",
+            "offered": offered,
+            "source": posted,
+        },
+    )
+    assert answer.status_code == 400
+    page = main(answer.text)
+    wanted = "tick at least one source" if not posted else "no longer offered"
+    assert wanted in page
+    assert 'value="picky@example.org"' in page  # the form again, with what was entered
+    assert rows(store, "SELECT count(*) FROM subscribers") == [(0,)]
+    assert smtp_server.messages() == []
+
+
+def test_a_source_removed_after_the_form_loaded_is_named_a_400(site) -> None:
+    client, _settings, store, _clock, (_alpha, beta) = site
+    token, offered, ticked = form_fields(client.get("/subscribe").text)
+    with store.write() as db:
+        feed_rows.remove_feed(db, beta)
+    answer = client.post(
+        "/subscribe",
+        data={
+            "csrf_token": token,
+            "email": "late@example.org",
+            "cadence": "daily",
+            "offered": offered,
+            "source": [str(i) for i in ticked],
+        },
+    )
+    assert answer.status_code == 400 and "no longer offered" in answer.text
+    assert "Beta Notes" not in main(answer.text)  # the current list
+    assert rows(store, "SELECT count(*) FROM subscribers") == [(0,)]
+
+
+def test_preferences_keep_all_sources_when_only_the_cadence_changes(site) -> None:
+    client, settings, store, clock, (alpha, beta) = site
+    gamma = add_feed(store, "Gamma Gone")
+    with store.write() as db:
+        feed_rows.set_enabled(db, gamma, False, "410 Gone")
+    link = preferences_link(store, settings, "all@example.org", clock.now)
+    page = client.get(link).text
+    token, offered, ticked = form_fields(page)
+    assert ticked == [alpha, beta]
+    prefs_token = re.search(r'name="token" value="([^"]+)"', page)[1]
+    data = {"csrf_token": token, "token": prefs_token, "cadence": "weekly", "offered": offered}
+    saved = client.post("/preferences", data={**data, "source": [str(i) for i in ticked]})
+    assert saved.status_code == 200 and "Preferences saved" in saved.text
+    assert rows(store, "SELECT cadence, all_feeds FROM subscribers") == [("weekly", 1)]
+    # An unknown source: a 400 with what was entered, and nothing changes.
+    refused = client.post("/preferences", data={**data, "cadence": "daily", "source": ["999"]})
+    assert refused.status_code == 400 and "no longer offered" in refused.text
+    assert re.search(r'value="daily" checked', refused.text)
+    none = client.post("/preferences", data={**data, "cadence": "daily"})
+    assert none.status_code == 400 and "tick at least one source" in none.text
+    assert rows(store, "SELECT cadence, all_feeds FROM subscribers") == [("weekly", 1)]
+    assert rows(store, "SELECT count(*) FROM subscriber_feeds") == [(0,)]
+
+
+def test_a_password_in_a_feed_url_never_reaches_a_page(site) -> None:
+    """Feeds stored before credentials in feed URLs were refused: shown without them."""
+    client, _settings, store, clock, (_alpha, _beta) = site
+    with store.write() as db:
+        feed, _ = feed_rows.add_feed(
+            db, url="http://ann:s3cret@private.test/feed", title="", origin="cli", now=clock.now
+        )
+    secret = feed.id
+    entry = add_entry(store, secret, "Private post", link="https://private.test/post")
+    pages = [
+        client.get(path).text
+        for path in (
+            "/subscribe",
+            f"/sources/{secret}",
+            "/opml",
+            "/digests",
+            "/",
+            f"/entries/{entry}",
+        )
+    ]
+    for page in pages:
+        assert "s3cret" not in page and "ann:" not in page, page
+    assert "Private post" in pages[4] and "Private post" in pages[5]
+    for shown in (0, 2, 4, 5):  # named by its URL, without the password
+        assert "http://private.test/feed" in pages[shown]

@@ -26,6 +26,7 @@ from ..store import Store
 from ..store import digests as digest_rows
 from ..store.digests import DigestLine, DigestRow, EntryView
 from ..subscriptions import Links, product_name
+from ..urls import without_userinfo
 
 EXCERPT_CHARS = 280
 """Longest excerpt of a story, in characters (cut at a word, with an ellipsis)."""
@@ -108,7 +109,8 @@ def text_blocks(blocks: tuple[tuple[str, str], ...]) -> str:
 
 
 def _source_name(entry: EntryView) -> str:
-    return line(entry.feed_title or entry.site_url or entry.feed_url, MAX_SOURCE_CHARS)
+    name = entry.feed_title or entry.site_url or without_userinfo(entry.feed_url)
+    return line(name, MAX_SOURCE_CHARS)
 
 
 def story_count(sections: list[SectionView]) -> int:
@@ -199,7 +201,7 @@ class Renderer:
             name = (
                 stories[0].source
                 if stories
-                else line(title or site_url or feed_url, MAX_SOURCE_CHARS)
+                else line(title or site_url or without_userinfo(feed_url), MAX_SOURCE_CHARS)
             )
             sections.append(
                 SectionView(

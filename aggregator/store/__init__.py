@@ -248,22 +248,25 @@ class Store:
         return None
 
     def owns(self, other: Path) -> bool:
-        """Whether ``other`` names the database or one of its ``-wal``, ``-shm`` or
-        ``-journal`` files, however it is spelled (``..``, symlinks, hard links).
+        """Whether ``other`` names the database, one of its ``-wal``, ``-shm`` or
+        ``-journal`` files, or the service's ``.jobs.lock`` beside it, however it is
+        spelled (``..``, symlinks, hard links).
 
         Commands that write or read a file the user names check this first: only SQLite
-        may touch those files (see the module docstring).
+        may touch those files (see the module docstring), and replacing the lock file
+        would let a second service run the jobs.
         """
         other = Path(other)
-        mine = [self.path, *(Path(f"{self.path}{side}") for side in _SIDE)]
+        mine = [self.path, *(Path(f"{self.path}{side}") for side in (*_SIDE, JOBS_LOCK_SUFFIX))]
         resolved = other.resolve()
         return any(resolved == path.resolve() or _same_file(other, path) for path in mine)
 
     def refuse_own(self, other: Path, doing: str) -> None:
-        """Raise ``StoreError`` when ``other`` is one of the database's files."""
+        """Raise ``StoreError`` when ``other`` is one of the database's files (``owns``)."""
         if self.owns(other):
             raise StoreError(
-                f"refusing to {doing} {other}: it is the database or one of its files",
+                f"refusing to {doing} {other}: it is the database or one of its files "
+                "(the service's jobs lock included)",
                 path=str(self.path),
             )
 
@@ -315,6 +318,9 @@ class Store:
 
 
 _SIDE = ("-wal", "-shm", "-journal")
+JOBS_LOCK_SUFFIX = ".jobs.lock"
+"""The service's jobs lock is the database's path with this added (``aggregator run``
+holds it while it runs the poll and digest jobs)."""
 
 
 def _remove_stale_partials(target: Path) -> None:

@@ -20,6 +20,7 @@ from sqlite_utils import Database
 
 from ..errors import StoreError
 from ..models import MediaItem
+from ..urls import without_userinfo
 from .codec import from_db, from_db_required, to_db
 from .entries import media_for
 
@@ -168,7 +169,7 @@ def _entry(row: Sequence[Any]) -> TimelineEntry:
     return TimelineEntry(
         id=row[0],
         feed_id=row[1],
-        feed_title=row[2],
+        feed_title=without_userinfo(row[2]),  # a feed named by its URL: no password shown
         title=row[3],
         link=row[4],
         author=row[5],
@@ -395,7 +396,9 @@ def _with_copies(db: Database, entries: list[TimelineEntry]) -> list[TimelineEnt
     rows.sort(key=lambda row: row[0])
     copies: dict[int, list[AlsoOn]] = {}
     for entry_id, copy_feed, title, link, root in rows:
-        copies.setdefault(root, []).append(AlsoOn(entry_id, copy_feed, title, link))
+        copies.setdefault(root, []).append(
+            AlsoOn(entry_id, copy_feed, without_userinfo(title), link)
+        )
     result = []
     for entry in entries:
         others = [
@@ -442,7 +445,7 @@ def source_links(db: Database) -> list[SourceLink]:
         "ORDER BY lower(coalesce(nullif(title, ''), url)), id",
         [],
     )
-    return [SourceLink(row[0], row[1], bool(row[2])) for row in rows]
+    return [SourceLink(row[0], without_userinfo(row[1]), bool(row[2])) for row in rows]
 
 
 def feed_health(db: Database, feed_ids: Iterable[int] | None = None) -> dict[int, FeedHealth]:

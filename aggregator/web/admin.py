@@ -9,6 +9,7 @@ does not repeat them) and a short notice chosen from a fixed list.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 from urllib.parse import urlencode
 
@@ -26,6 +27,7 @@ from ..opml import MAX_OPML_BYTES
 from ..sources import add_source, discover_feed_url, import_opml, remove_source
 from ..store import feeds as feed_rows
 from ..store import search, timeline
+from ..urls import without_userinfo
 from .context import WebContext, web_context
 from .pages import render, str_param
 from .security import check_csrf, require_admin
@@ -53,7 +55,8 @@ def _admin_page(
 ) -> Response:
     web = web_context(request)
     db = web.store().db
-    feeds = feed_rows.list_feeds(db)
+    # A user name or password in a feed URL is never shown (refused when a feed is added).
+    feeds = [replace(feed, url=without_userinfo(feed.url)) for feed in feed_rows.list_feeds(db)]
     health = timeline.feed_health(db)
     done = request.query_params.get("done")
     counts = {
@@ -142,7 +145,7 @@ async def add_feed(request: Request) -> Response:
             request,
             status_code=400,
             error=f"Could not add that feed: {error}",
-            form={"url": url, "title": title or ""},
+            form={"url": without_userinfo(url), "title": title or ""},
         )
     return _redirect("added" if created else "known", feed=feed.id)
 

@@ -23,6 +23,7 @@ from ..sources import export_opml
 from ..store import feeds as feed_rows
 from ..store import search, timeline
 from ..store.timeline import TimelineEntry
+from ..urls import without_userinfo
 from .context import web_context
 from .pages import SITE_TITLE, int_param, str_param
 
@@ -70,7 +71,7 @@ def _atom(request: Request, feed_id: int | None) -> Response:
         feed = feed_rows.get_feed(db, feed_id)
         if feed is None:
             raise HTTPException(404, f"There is no source with id {feed_id}.")
-        title = feed.title or feed.url
+        title = feed.title or without_userinfo(feed.url)
         path = f"/sources/{feed_id}/feed.atom"
         alternate = f"{base}/sources/{feed_id}"
     entries = timeline.latest_entries(db, feed_id=feed_id, limit=FEED_SIZE)
@@ -137,7 +138,7 @@ def search_atom(request: Request) -> Response:
         feed = feed_rows.get_feed(db, source_id)
         if feed is None:
             raise HTTPException(404, f"There is no source with id {source_id}.")
-        title += f" on {feed.title or feed.url}"
+        title += f" on {feed.title or without_userinfo(feed.url)}"
     params: dict[str, str | int] = {"q": raw_query}
     if source_id is not None:
         params["source"] = source_id

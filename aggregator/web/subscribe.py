@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import date, datetime, time, timedelta
 from typing import Any, TypeVar
 from urllib.parse import urlencode
@@ -48,6 +49,7 @@ from ..subscriptions import (
     unsubscribe,
     update_preferences,
 )
+from ..urls import without_userinfo
 from .context import WebContext, web_context
 from .pages import render
 from .security import check_csrf
@@ -108,14 +110,31 @@ def _refused(request: Request) -> Response:
 
 
 def _sources(web: WebContext) -> list[tuple[int, str]]:
-    return feed_rows.enabled_titles(web.store().db)
+    # A feed without a title is named by its URL: never with a user name or password.
+    titles = feed_rows.enabled_titles(web.store().db)
+    return [(ident, without_userinfo(name)) for ident, name in titles]
 
 
 def _chosen_feeds(form: FormData) -> list[int] | None:
+    """The ticked source ids (None: none ticked); a value that is no id at all becomes
+    -1, which no feed has, so that it is refused with the form shown again."""
     ids = []
     for value in form.getlist("source"):
-        if isinstance(value, str) and value.isdigit() and len(value) < 12:
+        if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) < 12:
             ids.append(int(value))
+        else:
+            ids.append(-1)
+    return ids or None
+
+
+def _offered_feeds(form: FormData) -> list[int] | None:
+    """The source ids the form showed (its hidden ``offered`` field); None when the post
+    did not come from our form."""
+    value = form.get("offered")
+    if not isinstance(value, str):
+        return None
+    parts = value.split(",")[:1000]
+    ids = [int(part) for part in parts if part.isascii() and part.isdigit() and len(part) < 12]
     return ids or None
 
 
@@ -134,13 +153,17 @@ def _subscribe_page(
     email: str = "",
     cadence: str = "weekly",
     chosen: list[int] | None = None,
+    none_ticked: bool = False,
 ) -> Response:
     web = web_context(request)
+    sources = _sources(web)
     return render(
         request,
         "subscribe/form.html",
         {
-            "sources": _sources(web),
+            "sources": sources,
+            "offered": ",".join(str(ident) for ident, _ in sources),
+            "none_ticked": none_ticked,
             "chosen": set(chosen or ()),
             "cadence": cadence if cadence in ("daily", "weekly") else "weekly",
             "email": email[:320],
@@ -166,6 +189,7 @@ async def subscribe_post(request: Request) -> Response:
     email_text = email if isinstance(email, str) else ""
     cadence_text = cadence if isinstance(cadence, str) else ""
     chosen = _chosen_feeds(form)
+    offered = _offered_feeds(form)
     try:
         signup = await _db(
             lambda: request_signup(
@@ -177,6 +201,7 @@ async def subscribe_post(request: Request) -> Response:
                 feed_ids=chosen,
                 client=_client(request),
                 now=web.now(),
+                offered_ids=offered,
             ),
         )
     except InvalidSubscription as error:
@@ -189,6 +214,7 @@ async def subscribe_post(request: Request) -> Response:
                 email=email_text,
                 cadence=cadence_text,
                 chosen=chosen,
+                none_ticked=chosen is None and offered is not None,
             ),
         )
     except RateLimited:
@@ -308,7 +334,10 @@ def _preferences_page(
     notice: str | None = None,
     error: str | None = None,
     status_code: int = 200,
+    entered: tuple[str, list[int] | None] | None = None,
 ) -> Response:
+    """The preferences form; ``entered`` (cadence, ticked ids) shows what a refused post
+    held instead of what is saved."""
     web = web_context(request)
     links = web.links()
     sources = _sources(web)
@@ -317,6 +346,13 @@ def _preferences_page(
         if subscriber.feed_ids is None
         else set(subscriber.feed_ids)
     )
+    if entered is not None:
+        cadence, ticked = entered
+        chosen = set(ticked or ())
+        if cadence == "daily":
+            subscriber = replace(subscriber, cadence="daily")
+        elif cadence == "weekly":
+            subscriber = replace(subscriber, cadence="weekly")
     now = web.now()
     return render(
         request,
@@ -325,6 +361,7 @@ def _preferences_page(
             "subscriber": subscriber,
             "token": token,
             "sources": sources,
+            "offered": ",".join(str(ident) for ident, _ in sources),
             "chosen": chosen,
             "notice": notice,
             "error": error,
@@ -359,7 +396,9 @@ async def preferences_post(request: Request) -> Response:
     form = await _form(request)
     web = web_context(request)
     cadence = form.get("cadence")
+    cadence_text = cadence if isinstance(cadence, str) else ""
     chosen = _chosen_feeds(form)
+    offered = _offered_feeds(form)
     try:
         token = _token(request, form)
         subscriber = await _db(
@@ -368,8 +407,9 @@ async def preferences_post(request: Request) -> Response:
                 web.links(),
                 token,
                 web.now(),
-                cadence=cadence if isinstance(cadence, str) else "",
+                cadence=cadence_text,
                 feed_ids=chosen,
+                offered_ids=offered,
             ),
         )
     except TokenError:
@@ -380,7 +420,14 @@ async def preferences_post(request: Request) -> Response:
             lambda: subscriber_for(web.store(), web.links(), PURPOSE_PREFERENCES, token, web.now())
         )
         return await _db(
-            lambda: _preferences_page(request, current, token, error=message, status_code=400)
+            lambda: _preferences_page(
+                request,
+                current,
+                token,
+                error=message,
+                status_code=400,
+                entered=(cadence_text, chosen),
+            )
         )
     # Back to the page with its token, so the address bar holds a link that still works.
     del subscriber
@@ -594,12 +641,15 @@ def _editions(web: WebContext) -> list[dict[str, Any]]:
 
 def _public_archive(request: Request, *, status_code: int = 200, **extra: Any) -> Response:
     web = web_context(request)
+    sources = _sources(web)
     return render(
         request,
         "subscribe/public.html",
         {
             "editions": _editions(web),
-            "sources": _sources(web),
+            "sources": sources,
+            "offered": ",".join(str(ident) for ident, _ in sources),
+            "none_ticked": False,
             "chosen": set(),
             "cadence": "weekly",
             "email": "",

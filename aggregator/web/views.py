@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from urllib.parse import urlencode
 
@@ -21,6 +21,7 @@ from ..store import search, timeline
 from ..store.codec import from_db
 from ..store.search import RankedCursor
 from ..store.timeline import Cursor, TimelineEntry
+from ..urls import without_userinfo
 from .context import WebContext, web_context
 from .pages import int_param, render, str_param
 
@@ -236,7 +237,7 @@ def source_view(request: Request) -> Response:
         request,
         "source.html",
         {
-            "feed": feed,
+            "feed": replace(feed, url=without_userinfo(feed.url)),
             "health": health,
             "fetches": [_fetch_row(row) for row in fetches],
             "days": group_by_day(page.entries, web),
