@@ -33,6 +33,7 @@ from typing import Literal
 from .errors import AggregatorError
 from .models import Feed, FetchResult
 from .polling import PollPolicy, next_poll_at, parse_retry_after
+from .urls import feed_url, has_userinfo
 
 Outcome = Literal["ok", "not_modified", "error"]
 Status = Literal["ok", "not_modified", "error", "disabled"]
@@ -256,11 +257,13 @@ def _next(
 
 
 def _moved_to(feed: Feed, fetched: FetchResult, follow_moves: bool) -> str | None:
-    target = fetched.permanent_url
+    target = feed_url(fetched.permanent_url) if fetched.permanent_url else None
     if not follow_moves or not target or target == feed.url:
         return None
     if _insecure(feed, fetched):
         return None  # a downgrade: followed for this fetch, not stored
+    if has_userinfo(target):
+        return None  # a password in a feed's URL is refused wherever it comes from
     return target
 
 

@@ -42,7 +42,7 @@ from .errors import ConfigError, StoreError
 from .mail import open_sender
 from .pipeline import Poller, open_poller, spread_catch_up
 from .sources import sync_configured_feeds
-from .store import Store
+from .store import JOBS_LOCK_SUFFIX, Store
 from .store.entries import count_entries
 from .web import create_app
 
@@ -120,7 +120,7 @@ class Service:
         self.settings = settings
         self.clock = clock
         self.timings = settings.service
-        self.lock = JobLock(settings.database.with_name(settings.database.name + ".jobs.lock"))
+        self.lock = JobLock(settings.database.with_name(settings.database.name + JOBS_LOCK_SUFFIX))
         self._poller: Poller | None = None
         self._store: Store | None = None
         self._spread_done = False

@@ -565,3 +565,15 @@ def test_a_configured_feed_is_not_moved_and_says_where_it_went() -> None:
     assert decision.update.url is None and decision.status == "ok"
     (note,) = decision.warnings
     assert NEW_URL in note and "configuration file" in note
+
+
+def test_a_move_is_stored_in_feed_url_form_and_never_with_a_password() -> None:
+    moved = fetched(
+        200, final_url="HTTPS://Blog.Example:443/New", permanent_url="HTTPS://Blog.Example:443/New"
+    )
+    decision = decide_poll(feed(), moved, PARSED, now=NOW, rand=MIDDLE, policy=POLICY)
+    assert decision.update.url == "https://blog.example/New"
+    secret = "https://user:pw@blog.example/x"
+    with_password = fetched(200, final_url=secret, permanent_url=secret)
+    decision = decide_poll(feed(), with_password, PARSED, now=NOW, rand=MIDDLE, policy=POLICY)
+    assert decision.update.url is None
