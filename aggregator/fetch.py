@@ -131,7 +131,8 @@ class AddressGuard(httpcore.AsyncNetworkBackend):
                 if not is_public_address(ipaddress.ip_address(text.split("%", 1)[0])):
                     raise AddressRefused(
                         f"host {host!r} resolves to non-public address {text}"
-                        " (private addresses are not allowed)"
+                        " (private addresses are not allowed; [fetch]"
+                        " allow_private_addresses = true allows feeds on your own network)"
                     )
         return addresses
 

@@ -158,6 +158,8 @@ class ParsedFeed:
     format: str  # "rss20", "atom10", "rdf", "json" …
     entries: tuple[ParsedEntry, ...]
     warnings: tuple[str, ...] = ()  # recoverable problems: caps applied, bozo messages
+    # False when the document broke off (not well-formed XML): what was read is kept.
+    complete: bool = True
 
 
 # --- stored entries and identity ----------------------------------------------------

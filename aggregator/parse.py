@@ -1113,6 +1113,7 @@ def _parse_xml_feed(
         format=version or "unknown",
         entries=entries,
         warnings=tuple(dict.fromkeys(warnings)),
+        complete=malformed is None,
     )
 
 

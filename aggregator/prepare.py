@@ -70,6 +70,7 @@ def _prepare(
 ) -> PreparedFeed:
     parsed = parse_feed(content, url=url, headers=headers, limits=limits)
     records = []
+    empty = 0
     for entry in parsed.entries:
         base = entry.base_url or entry.link or parsed.site_url or url
         summary_base = entry.summary_base_url or base
@@ -82,11 +83,23 @@ def _prepare(
         clean = replace(entry, content_html=safe_content.html, summary_html=safe_summary.html)
         # The text of the sanitised HTML, read without parsing it again (SanitizedHtml).
         text = (safe_content if safe_content.html else safe_summary).text()
+        if not parsed.complete and not (
+            entry.title.strip() or entry.link or text.strip() or entry.media
+        ):
+            empty += 1  # nothing a reader could see, in a document that broke off
+            continue
         records.append(make_record(clean, feed_url=url, text=text, now=now))
+    warnings = parsed.warnings
+    if empty:
+        warnings = (
+            *warnings,
+            f"{empty} {'entry' if empty == 1 else 'entries'} with no "
+            "title, link, text or media skipped (the document broke off)",
+        )
     return PreparedFeed(
         title=parsed.title,
         site_url=parsed.site_url,
         format=parsed.format,
         records=tuple(records),
-        warnings=parsed.warnings,
+        warnings=warnings,
     )

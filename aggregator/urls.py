@@ -315,7 +315,7 @@ def iri_reference(url: str) -> str:
 
 USERINFO_REFUSED = (
     "a user name or password in a feed URL is refused: it would be shown on the "
-    "public pages and in OPML exports, and sent unencrypted over http"
+    "public pages and in OPML exports"
 )
 """The one-line reason a feed URL with userinfo (RFC 3986 section 3.2.1) is refused."""
 

@@ -330,7 +330,13 @@ def test_digest_preview_always_shows_something_labelled(
     assert nobody.returncode == 1 and nobody.stderr.startswith("error: --last needs --subscriber")
 
     # The feed is removed: the digest sent stays sent, and says where its posts went.
+    other = feed_server.add("/b.xml", body=rss([Item("Older post", link="https://blog.test/b")]))
+    run("feeds", "add", "--no-discover", other, config=cfg)
+    run("poll", config=cfg)  # its posts are its backlog: in no digest
     run("feeds", "remove", url, config=cfg)
+    instead = run("digest", "preview", "--subscriber", "ann@example.org", config=cfg).stdout
+    assert "no digest sent yet" not in instead.splitlines()[0]
+    assert "all from sources removed since" in instead.splitlines()[0], instead
     gone = run(
         "digest", "preview", "--subscriber", "ann@example.org", "--last", config=cfg, check=False
     )

@@ -105,3 +105,29 @@ def test_feed_reads_as_its_author_wrote_it(path: Path) -> None:
             )
         )
         pytest.fail(f"{path.name} no longer reads as expected:\n{diff}", pytrace=False)
+
+
+def test_a_document_that_breaks_off_keeps_its_whole_entries_and_drops_the_fragment() -> None:
+    """A feed cut off mid-item: the complete items are kept, the fragment with nothing a
+    reader could see (no title, link, text or media) is not stored as an empty post."""
+    cut = (
+        b'<?xml version="1.0"?><rss version="2.0"><channel><title>oops</title>'
+        b"<item><title>Whole</title><link>https://blog.test/whole</link></item>"
+        b"<item><title>x</ti"
+    )
+    prepared = prepare_feed(
+        cut, url="https://blog.test/feed", headers={}, limits=ParseLimits(), now=NOW
+    )
+    assert [r.title for r in prepared.records] == ["Whole"]
+    assert any("broke off" in w for w in prepared.warnings), prepared.warnings
+    whole = cut.replace(
+        b"<item><title>x</ti", b"<item><author>a@b.test</author></item></channel></rss>"
+    )
+    assert (
+        len(
+            prepare_feed(
+                whole, url="https://blog.test/feed", headers={}, limits=ParseLimits(), now=NOW
+            ).records
+        )
+        == 2
+    )

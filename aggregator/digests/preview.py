@@ -60,6 +60,7 @@ def preview_for(
     ``last`` with nothing sent yet, ``UsageError`` for ``last`` without an address."""
     subscriber = _preview_subscriber(store, settings, email, now)
     who = subscriber.email if email is not None else "a reader of every source"
+    last_gone = ""  # why the last digest sent cannot be shown, when it cannot
     if last:
         if email is None:
             raise UsageError("--last needs --subscriber: whose last digest?", argument="--last")
@@ -76,8 +77,8 @@ def preview_for(
     if email is not None:
         try:
             shown = _last_sent(store, settings, subscriber, now)
-        except NotFound:  # its sources are gone: show what would come instead
-            shown = None
+        except NotFound as gone:  # its sources are gone: show what would come instead
+            shown, last_gone = None, str(gone)
         if shown is not None:
             return Preview(
                 shown.message,
@@ -89,10 +90,11 @@ def preview_for(
     message = _next_message(store, settings, everything, now, window=False)
     if message is None:
         return None
+    history = f"; {last_gone[0].lower()}{last_gone[1:]}" if last_gone else " and no digest sent yet"
     return Preview(
         message,
         "everything",
-        f"Nothing new for {who} and no digest sent yet. Shown instead: what a digest of "
+        f"Nothing new for {who}{history}. Shown instead: what a digest of "
         "everything stored in their sources would hold.",
     )
 
