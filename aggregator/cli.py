@@ -33,6 +33,7 @@ from .store import feeds as feed_rows
 if TYPE_CHECKING:
     from .models import PollSummary
 
+ID = click.IntRange(1, 2**63 - 1)  # what SQLite can hold as an id (a signed 64-bit integer)
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -361,7 +362,7 @@ def feeds_list(ctx: click.Context) -> None:
 )
 @click.argument("words", nargs=-1, required=True, type=click.UNPROCESSED)
 @click.option("--newest", is_flag=True, help="Newest first instead of best match first.")
-@click.option("--source", "source_id", type=int, default=None, help="Only this feed id.")
+@click.option("--source", "source_id", type=ID, default=None, help="Only this feed id.")
 @click.option("--limit", type=click.IntRange(1, 500), default=20, show_default=True)
 @click.pass_context
 def search_command(
@@ -503,7 +504,7 @@ def feeds_export(ctx: click.Context, out_file: Path | None) -> None:
 
 @cli.command()
 @click.option("--due", is_flag=True, help="Only the feeds whose next poll time has come.")
-@click.option("--feed", "feed_ids", multiple=True, type=int, help="Only this feed id (repeatable).")
+@click.option("--feed", "feed_ids", multiple=True, type=ID, help="Only this feed id (repeatable).")
 @click.option(
     "--all",
     "every",

@@ -33,7 +33,7 @@ from typing import Literal
 from .errors import AggregatorError
 from .models import Feed, FetchResult
 from .polling import PollPolicy, next_poll_at, parse_retry_after
-from .urls import feed_url, has_userinfo
+from .urls import feed_url, has_userinfo, without_userinfo
 
 Outcome = Literal["ok", "not_modified", "error"]
 Status = Literal["ok", "not_modified", "error", "disabled"]
@@ -196,19 +196,21 @@ def decide_poll(
 
 
 DOWNGRADE_WARNING = (
-    "redirected from https to plain http: read this time, unencrypted; the stored URL stays https"
+    "redirected from https through plain http: read this time, unencrypted; the stored "
+    "URL stays as it is"
 )
-"""The warning of a poll of an https feed answered over plain http after a redirect."""
+"""The warning of a poll of an https feed answered over plain http, or through a
+plain-http hop, after a redirect."""
 
 
 def _notes(feed: Feed, fetched: FetchResult, configured: bool) -> tuple[str, ...]:
     if _insecure(feed, fetched):
         return (DOWNGRADE_WARNING,)
-    target = fetched.permanent_url
+    target = feed_url(fetched.permanent_url) if fetched.permanent_url else None
     if configured and target and target != feed.url:
         return (
-            f"moved permanently to {target}; the configuration file names this feed: "
-            "polled at the old address until the file names the new one",
+            f"moved permanently to {without_userinfo(target)}; the configuration file names "
+            "this feed: polled at the old address until the file names the new one",
         )
     return ()
 

@@ -104,10 +104,14 @@ def _known_urls(db: Database) -> dict[str, Feed]:
     return {feed_url(feed.url): feed for feed in feed_rows.list_feeds(db)}
 
 
+MAX_ID = 2**63 - 1
+"""The largest id SQLite stores (a signed 64-bit integer): a larger number names nothing."""
+
+
 def find_feed(store: Store, ident: str) -> Feed:
     """A feed by id or URL, or SourceError."""
     feed = None
-    if ident.isdigit():
+    if ident.isdigit() and int(ident) <= MAX_ID:
         feed = feed_rows.get_feed(store.db, int(ident))
     if feed is None:
         feed = feed_rows.feed_by_url(store.db, ident.strip())

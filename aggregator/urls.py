@@ -348,11 +348,14 @@ def feed_url(url: str) -> str:
         return text
     userinfo, at, hostport = parts.netloc.rpartition("@")
     if hostport.startswith("["):  # an IPv6 literal: its hex digits fold too
-        host, port = hostport.lower(), ""
+        host, bracket, port = hostport.lower().partition("]")
+        host += bracket
     else:
         host, colon, port = hostport.partition(":")
         host, port = host.lower(), colon + port
     scheme = parts.scheme.lower()
+    if port[1:].isdigit():  # no leading zeros: :080 is :80
+        port = f":{int(port[1:])}"
     if port in (":", f":{_DEFAULT_PORTS.get(scheme)}"):  # RFC 3986 section 6.2.3
         port = ""
     return urlunsplit(parts._replace(scheme=scheme, netloc=f"{userinfo}{at}{host}{port}"))

@@ -577,3 +577,13 @@ def test_a_move_is_stored_in_feed_url_form_and_never_with_a_password() -> None:
     with_password = fetched(200, final_url=secret, permanent_url=secret)
     decision = decide_poll(feed(), with_password, PARSED, now=NOW, rand=MIDDLE, policy=POLICY)
     assert decision.update.url is None
+
+
+def test_a_configured_feed_moved_to_a_url_with_a_password_never_shows_it() -> None:
+    secret = "https://user:s3cret@blog.example/a.xml"
+    result = fetched(200, final_url=secret, permanent_url=secret)
+    decision = decide_poll(
+        feed(), result, PARSED, now=NOW, rand=MIDDLE, policy=POLICY, configured=True
+    )
+    (note,) = decision.warnings
+    assert "s3cret" not in note and "https://blog.example/a.xml" in note

@@ -380,3 +380,24 @@ def test_lone_surrogates_are_dropped_from_urls(
     assert canonical_url(url) == canonical
     assert clean_link(url) == clean
     assert "\ud800" not in strip_tracking(url) and "\udc00" not in strip_tracking(url)
+
+
+@pytest.mark.parametrize(
+    ("written", "stored"),
+    [
+        ("HTTP://Blog.Example/Feed", "http://blog.example/Feed"),
+        ("https://blog.example:443/x", "https://blog.example/x"),
+        ("http://blog.example:080/x", "http://blog.example/x"),
+        ("http://blog.example:8080/x", "http://blog.example:8080/x"),
+        ("http://[::1]:80/feed", "http://[::1]/feed"),
+        ("http://[::1]/feed", "http://[::1]/feed"),
+        ("http://[::1]:8080/feed", "http://[::1]:8080/feed"),
+        ("http://[FE80::1]/feed", "http://[fe80::1]/feed"),
+        ("http://user:PW@Host:80/a", "http://user:PW@host/a"),
+    ],
+)
+def test_feed_urls_fold_scheme_host_and_default_port(written: str, stored: str) -> None:
+    """RFC 3986 sections 6.2.2.1 and 6.2.3: one feed, however its URL is written."""
+    from aggregator.urls import feed_url
+
+    assert feed_url(written) == stored
