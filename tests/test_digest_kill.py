@@ -139,6 +139,25 @@ def kill_inside_data(server: SmtpServer, process: subprocess.Popen[bytes], count
     kill(process)
 
 
+def stop_inside_data(
+    server: SmtpServer, process: subprocess.Popen[bytes], count: int
+) -> tuple[bytes, bytes]:
+    """SIGTERM to ``process`` while the server holds message ``count`` (before its 250,
+    for long enough that the signal arrives while the message is open); then its output."""
+
+    def hook(item: Received) -> str | None:
+        if len(server.received()) + 1 == count and process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            time.sleep(0.4)
+        return None
+
+    server.reject_data = hook
+    try:
+        return process.communicate(timeout=60)
+    finally:
+        server.reject_data = None
+
+
 def run_scenario(tmp_path: Path, server: SmtpServer, rng: random.Random) -> None:
     config = write_config(tmp_path, server.port)
     emails = seed(config)
@@ -202,18 +221,7 @@ def test_sigterm_finishes_the_message_in_flight_then_stops(
     emails = seed(config)
     process = start(config)
     stop_at = 5
-
-    def hook(item: Received) -> str | None:
-        if len(smtp_server.received()) + 1 == stop_at and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            time.sleep(0.3)  # the signal arrives while this message is still open
-        return None
-
-    smtp_server.reject_data = hook
-    try:
-        _, stderr = process.communicate(timeout=60)
-    finally:
-        smtp_server.reject_data = None
+    _, stderr = stop_inside_data(smtp_server, process, stop_at)
     assert process.returncode == 0, stderr.decode()
     assert b"stopped by a signal" in stderr
     assert len(smtp_server.received()) == stop_at
@@ -265,18 +273,7 @@ def test_the_service_stopped_mid_send_records_the_message_in_flight(
         stderr=subprocess.STDOUT,
     )
     stop_at = 3
-
-    def hook(item: Received) -> str | None:
-        if len(smtp_server.received()) + 1 == stop_at and service.poll() is None:
-            service.send_signal(signal.SIGTERM)
-            time.sleep(0.5)  # the stop arrives while this message is still open
-        return None
-
-    smtp_server.reject_data = hook
-    try:
-        log, _ = service.communicate(timeout=60)
-    finally:
-        smtp_server.reject_data = None
+    log, _ = stop_inside_data(smtp_server, service, stop_at)
     assert service.returncode == 0, log.decode()
     assert len(smtp_server.received()) == stop_at, log.decode()
     if mail == "welcomes":
