@@ -617,28 +617,3 @@ def test_sigterm_drops_a_fetch_still_waiting_and_exits_at_once(
     assert poll.returncode == 0, stderr
     assert time.monotonic() - signalled < 10  # not the 60 s read timeout
     assert "skipped" in stdout and "failed" in stdout, stdout
-
-
-def test_the_first_digest_does_not_repeat_what_the_welcome_showed(
-    tmp_path: Path, feed_server: FeedServer
-) -> None:
-    """A subscriber's welcome lists the latest posts as recent (not news): the first digest
-    holds only what came after it, never the same posts again."""
-    cfg = mail_config(tmp_path)
-    today = Item("Today post", link="https://blog.test/today", published=datetime.now(UTC))
-    url = feed_server.add("/a.xml", body=rss([today]))
-    run("feeds", "add", "--no-discover", url, config=cfg)
-    run("poll", config=cfg)
-    run("subscribers", "add", "ann@example.org", "--cadence", "daily", "--now", config=cfg)
-    outbox = tmp_path / "outbox" / "new"
-    (welcome,) = [m.read_bytes() for m in outbox.iterdir()]
-    assert b"Subject: Welcome" in welcome and b"Today post" in welcome
-    assert "Sent 0" in run("digest", "send", config=cfg).stdout
-    later = Item("Later post", link="https://blog.test/later", published=datetime.now(UTC))
-    feed_server.add("/a.xml", body=rss([later, today]))
-    run("poll", config=cfg)
-    assert "Sent 1" in run("digest", "send", config=cfg).stdout
-    (digest,) = [
-        m.read_bytes() for m in outbox.iterdir() if b"Subject: Welcome" not in m.read_bytes()
-    ]
-    assert b"Later post" in digest and b"Today post" not in digest

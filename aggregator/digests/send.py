@@ -38,7 +38,7 @@ from ..subscriptions import (
     owe_first_attempt,
 )
 from .lease import SendLease
-from .render import WELCOME_POSTS, Renderer, welcome_message
+from .render import Renderer, welcome_message
 
 BACKOFF_BASE = timedelta(minutes=5)
 """Wait before the second attempt at a digest; each further one doubles it."""
@@ -389,18 +389,11 @@ def send_welcomes(
             with store.write() as db:
                 subscriber_rows.mail_delivered(db, subscriber_id, kind)
             continue
-        shown = 0  # the highest entry id the welcome lists
         if kind == "welcome":
             message = welcome_message(store, settings, links, subscriber, now)
-            recent = digest_rows.latest_stories(store.db, subscriber.feed_ids, WELCOME_POSTS)
-            shown = max((entry.id for entry in recent), default=0)
         else:
             message = confirmation_message(settings, links, subscriber.id, subscriber.email, now)
         problem = deliver_owed(store, sender, message, subscriber_id, kind)
-        if not problem and shown:
-            # What the welcome showed as recent is not news in the first digest.
-            with store.write() as db:
-                subscriber_rows.raise_watermark(db, subscriber_id, shown)
         if problem:
             what = "welcome" if kind == "welcome" else "confirmation"
             problems.append(f"{subscriber.email}: {what}: {problem}")
