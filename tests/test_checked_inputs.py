@@ -5,32 +5,18 @@ wrong, before anything is stored."""
 from __future__ import annotations
 
 import asyncio
-import os
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import certifi
 import pytest
+from clikit import run_cli as run
 from feedfactory import Item, rss
 from feedserver import FeedServer
 
 from aggregator.errors import FetchConnectError
 from aggregator.fetch import FeedFetcher
 from aggregator.fetch_settings import FetchSettings
-
-AGGREGATOR = [sys.executable, "-m", "aggregator"]
-
-
-def run(*args: str, config: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "AGGREGATOR_CONFIG": str(config), "COLUMNS": "200"}
-    result = subprocess.run(
-        [*AGGREGATOR, *args], capture_output=True, text=True, env=env, timeout=60, check=False
-    )
-    if check:
-        assert result.returncode == 0, result.stderr
-    return result
 
 
 def refused(*args: str, config: Path) -> str:

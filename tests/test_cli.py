@@ -9,20 +9,10 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+from clikit import AGGREGATOR
+from clikit import run_cli as run
 from feedfactory import Item, rss
 from feedserver import FeedServer
-
-AGGREGATOR = [sys.executable, "-m", "aggregator"]
-
-
-def run(*args: str, config: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "AGGREGATOR_CONFIG": str(config), "COLUMNS": "200"}
-    result = subprocess.run(
-        [*AGGREGATOR, *args], capture_output=True, text=True, env=env, timeout=60, check=False
-    )
-    if check:
-        assert result.returncode == 0, result.stderr
-    return result
 
 
 def config(tmp_path: Path, extra: str = "") -> Path:

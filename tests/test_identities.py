@@ -8,7 +8,6 @@ import os
 import re
 import sqlite3
 import subprocess
-import sys
 import xml.etree.ElementTree as ET
 from dataclasses import replace
 from datetime import timedelta
@@ -17,6 +16,7 @@ from typing import Any
 from urllib.parse import unquote
 
 import pytest
+from clikit import AGGREGATOR, run_cli
 from digestkit import T0, make_settings
 from smtpserver import SmtpServer
 from sqlite_utils import Database
@@ -42,19 +42,12 @@ from aggregator.subscriptions import (
     unsubscribe_id,
 )
 
-AGGREGATOR = [sys.executable, "-m", "aggregator"]
 ATOM = "{http://www.w3.org/2005/Atom}"
 BEFORE = "m011_feed_ids_never_reused"  # the first migration of this version
 
 
 def cli(*args: str, config: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "AGGREGATOR_CONFIG": str(config), "COLUMNS": "250"}
-    result = subprocess.run(
-        [*AGGREGATOR, *args], capture_output=True, text=True, env=env, timeout=60, check=False
-    )
-    if check:
-        assert result.returncode == 0, result.stderr
-    return result
+    return run_cli(*args, config=config, check=check, columns=250)
 
 
 def cli_config(tmp_path: Path, extra: str = "") -> Path:
