@@ -495,8 +495,9 @@ def test_a_feed_whose_document_trips_a_helper_fails_alone_and_the_poll_goes_on(
 
 def test_commands_import_only_what_they_use(tmp_path: Path, feed_server: FeedServer) -> None:
     """A command that fetches nothing loads no HTTP stack, one that sends nothing no mail
-    stack, and a poll that parses nothing (every feed answers 304) no parser: each of
-    these is a tenth of a second or more of a one-shot command's start."""
+    stack, a poll that parses nothing (every feed answers 304) no parser, and one that
+    prints no table or progress bar no rich: each of these is from 20 ms to a tenth of a
+    second of a one-shot command's start."""
     cfg = config(tmp_path)
     url = feed_server.add(
         "/a.xml", body=rss([Item("Hello", link="https://blog.test/hello")]), etag='"v1"'
@@ -504,12 +505,12 @@ def test_commands_import_only_what_they_use(tmp_path: Path, feed_server: FeedSer
     run("feeds", "add", url, config=cfg)
     run("poll", config=cfg)
     probe = (
-        "import runpy, sys\n"
-        "sys.argv = ['aggregator', *sys.argv[1:]]\n"
+        "import sys\n"
+        "from aggregator.cli import main\n"
         "try:\n"
-        "    runpy.run_module('aggregator', run_name='__main__')\n"
+        "    main(sys.argv[1:])\n"
         "finally:\n"
-        "    heavy = ('httpx', 'asyncio', 'smtplib', 'feedparser', 'jinja2', 'starlette')\n"
+        "    heavy = ('httpx', 'asyncio', 'smtplib', 'feedparser', 'jinja2', 'starlette', 'rich')\n"
         "    print('LOADED', *sorted(m for m in heavy if m in sys.modules))\n"
     )
     env = {**os.environ, "AGGREGATOR_CONFIG": str(cfg)}
@@ -526,10 +527,11 @@ def test_commands_import_only_what_they_use(tmp_path: Path, feed_server: FeedSer
         line = next(x for x in done.stdout.splitlines() if x.startswith("LOADED"))
         return set(line.split()[1:])
 
-    assert loaded("feeds", "list") == set()
-    assert loaded("subscribers", "list") == set()
+    assert loaded("feeds", "list") == {"rich"}  # a table
+    assert loaded("subscribers", "list") == set()  # none yet: one line
     assert loaded("search", "anything") == set()
-    assert loaded("poll") == {"httpx", "asyncio"}  # the feed answers 304: nothing to parse
+    # The feed answers 304: nothing to parse, and one line to print.
+    assert loaded("poll") == {"httpx", "asyncio"}
     assert "if-none-match" in feed_server.requests[-1].headers  # it was a conditional GET
 
 
@@ -607,3 +609,73 @@ def test_sigterm_drops_a_fetch_still_waiting_and_exits_at_once(
     assert poll.returncode == 0, stderr
     assert time.monotonic() - signalled < 10  # not the 60 s read timeout
     assert "skipped" in stdout and "failed" in stdout, stdout
+
+
+MARKUP_TITLE = "Notes [/x] [bold]loud[/bold] :coffee: [link=https://evil.test]here[/link]"
+
+
+def test_feed_text_is_shown_as_text_never_as_markup(
+    tmp_path: Path, feed_server: FeedServer
+) -> None:
+    """Titles and URLs come from feeds and servers: whatever brackets or emoji codes they
+    hold are printed as they are, in every table and line (a title with ``[/x]`` used to
+    stop the poll with a traceback after storing its posts)."""
+    cfg = config(tmp_path)
+    body = rss([Item("Post [/i] :smile:", link="https://blog.test/1")], title=MARKUP_TITLE)
+    url = feed_server.add("/f[b]x.xml", body=body)
+    assert "[b]" in url
+    added = run("feeds", "add", url, config=cfg).stdout
+    assert added.strip() == f"Added feed 1: {url}"
+    polled = run("poll", config=cfg, columns=400)
+    assert "Traceback" not in polled.stderr
+    assert MARKUP_TITLE in polled.stdout and "1 new" in polled.stdout
+    listing = run("feeds", "list", config=cfg, columns=400).stdout
+    assert MARKUP_TITLE in listing and url in listing
+    found = run("search", "post", config=cfg, columns=400).stdout
+    assert "Post [/i] :smile:" in found and "😄" not in found and "☕" not in listing
+
+
+def test_control_characters_never_reach_the_terminal(tmp_path: Path) -> None:
+    """An escape sequence in anything shown (here a URL echoed in an error) is replaced,
+    so that nothing shown can restyle or clear the user's terminal."""
+    cfg = config(tmp_path)
+    sneaky = "http://127.0.0.1:9/\x1b[2J\x1b]0;owned\x07feed\x9b31m.xml"
+    failed = run("feeds", "add", sneaky, config=cfg, check=False)
+    assert failed.returncode == 1
+    assert failed.stderr.startswith("error: ") and failed.stderr.count("\n") == 1
+    assert not any(ch in failed.stderr for ch in "\x1b\x07\x9b")
+    assert "\ufffd[2J" in failed.stderr
+
+
+def test_the_progress_bar_on_a_terminal_shows_titles_as_text(
+    tmp_path: Path, feed_server: FeedServer
+) -> None:
+    """On a terminal the poll draws a progress bar naming each feed as it finishes: a
+    title that looks like markup is drawn as text, and the poll ends normally."""
+    import pty
+
+    cfg = config(tmp_path)
+    url = feed_server.add(
+        "/a.xml", body=rss([Item("Hello", link="https://b.test/1")], title="[/x]")
+    )
+    run("feeds", "add", url, config=cfg)
+    leader, follower = pty.openpty()
+    env = {**os.environ, "AGGREGATOR_CONFIG": str(cfg), "COLUMNS": "120", "TERM": "xterm"}
+    with subprocess.Popen(
+        [*AGGREGATOR, "poll"], stdout=subprocess.PIPE, stderr=follower, env=env
+    ) as child:
+        os.close(follower)
+        drawn = b""
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # the child closed its end
+                break
+            if not chunk:
+                break
+            drawn += chunk
+        output = child.stdout.read() if child.stdout else b""
+        assert child.wait(timeout=60) == 0, drawn.decode(errors="replace")
+    os.close(leader)
+    assert b"Traceback" not in drawn and b"MarkupError" not in drawn
+    assert b"1 new" in output
