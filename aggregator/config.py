@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from . import USER_AGENT
-from .addresses import parse_address
+from .addresses import address_parts
 from .errors import ConfigError
 from .fetch_settings import FetchSettings
 from .limits import ParseLimits
@@ -386,7 +386,7 @@ def settings_from_mapping(
     mail_table = reader.table("mail")
     sender = mail_table.string("from", MailSettings().sender).strip()
     try:
-        parse_address(sender)
+        address_parts(sender)
     except ValueError:
         raise ConfigError(
             f'must be an email address, alone or as "Name <address>", not {sender!r}',
@@ -515,7 +515,7 @@ def _bare_address(reader: _Reader, name: str) -> str | None:
     if not value:
         return None
     try:
-        parse_address(value, allow_name=False)
+        address_parts(value, allow_name=False)
     except ValueError:
         raise reader._error(
             name, f"must be an email address like ann@example.org, not {value!r}"

@@ -23,6 +23,7 @@ import ipaddress
 import math
 import socket
 import ssl
+import sys
 import time
 import typing
 import zlib
@@ -38,10 +39,16 @@ from types import TracebackType
 from urllib.parse import unquote, urljoin, urlsplit
 from urllib.request import url2pathname
 
-import httpcore
-import httpx
+# httpx's package imports its command-line client, which loads rich and pygments (15 to
+# 30 ms of every start) wherever rich is installed; the product never runs it. None in
+# sys.modules makes that import fail the way httpx expects when its "cli" extra is absent
+# (Python language reference 5.3.1, "The module cache").
+sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
 
-from .errors import (
+import httpcore  # noqa: E402
+import httpx  # noqa: E402
+
+from .errors import (  # noqa: E402
     FetchConnectError,
     FetchError,
     FetchRefused,
@@ -50,9 +57,9 @@ from .errors import (
     FetchTooLarge,
     FetchTooManyRedirects,
 )
-from .fetch_settings import FetchSettings as FetchSettings
-from .models import FetchResult
-from .polling import parse_retry_after
+from .fetch_settings import FetchSettings as FetchSettings  # noqa: E402
+from .models import FetchResult  # noqa: E402
+from .polling import parse_retry_after  # noqa: E402
 
 # Accept header of every request: feed types first (RFC 9110 section 12.5.1).
 ACCEPT = (

@@ -114,7 +114,7 @@ class Store:
     # --- connections ---------------------------------------------------------------------
 
     def _adopt(self, conn: Connection) -> Database:
-        db = Database(conn)
+        db = _database(conn)
         self._local.db = db
         with self._lock:
             self._connections.append(conn)
@@ -355,6 +355,13 @@ def _rollback(conn: sqlite3.Connection) -> None:
             conn.execute("ROLLBACK")
 
 
+def _database(conn: Connection) -> Database:
+    """sqlite-utils over ``conn``, without its plugins: it would look them up in every
+    installed package's metadata (17 ms of each command's start) and let any it found run
+    code on the product's connections (its ``prepare_connection`` hook)."""
+    return Database(conn, execute_plugins=False)
+
+
 def _prepare(conn: Connection, path: Path, *, readonly: bool) -> dict[str, bytes]:
     """Check the file is ours, migrate it and make its secrets; the secrets.
 
@@ -369,7 +376,7 @@ def _prepare(conn: Connection, path: Path, *, readonly: bool) -> dict[str, bytes
             "refusing to touch it",
             path=str(path),
         )
-    db = Database(conn)
+    db = _database(conn)
     if not readonly and conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
         # New, or copied back from a backup made in another mode: readers must never
         # wait for writers (https://www.sqlite.org/wal.html).
