@@ -213,6 +213,39 @@ def test_welcome_mail_for_operator_added_subscriber_lists_recent_posts_once(
     assert "/preferences?token=" in text and "/unsubscribe?token=" in text
 
 
+def test_a_late_welcome_lists_nothing_the_first_digest_carries(
+    store_and_settings, tmp_path: Path
+) -> None:
+    """Posts stored after the address was confirmed are the first digest's news: a
+    welcome sent after them (its relay was down, or the poll ran first) leaves them out."""
+    store, settings = store_and_settings
+    alpha = add_feed(store, "Alpha Blog")
+    add_entry(store, alpha, "Before joining", published=T0 - timedelta(days=2))
+    subscriber, _ = add_by_operator(
+        store,
+        settings,
+        links_for(store, settings),
+        email="late@example.org",
+        cadence="daily",
+        first_digest_now=True,
+        now=T0,
+    )
+    add_entry(store, alpha, "After joining", published=T0 + timedelta(hours=1))
+    outbox = MaildirSender(tmp_path / "outbox")
+    assert send_welcomes(store, outbox, settings, T0 + timedelta(hours=2)) == []
+    (path,) = (tmp_path / "outbox" / "new").iterdir()
+    std, _ = both_parsers(path.read_bytes())
+    welcome = std.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    assert "Before joining" in welcome and "After joining" not in welcome
+    assert build_pending(store, settings, T0 + timedelta(days=1), due_only=False).built == 1
+    carried = store.db.execute(
+        "SELECT e.title FROM digest_entries de JOIN entries e ON e.id = de.entry_id "
+        "JOIN digests d ON d.id = de.digest_id WHERE d.subscriber_id = ?",
+        [subscriber.id],
+    ).fetchall()
+    assert carried == [("After joining",)]
+
+
 def test_first_digest_on_a_fresh_install_holds_one_period_of_the_backlog(
     store_and_settings,
 ) -> None:

@@ -341,9 +341,16 @@ def welcome_message(
     store: Store, settings: Settings, links: Links, subscriber: Subscriber, now: datetime
 ) -> OutgoingMessage:
     """What a newly confirmed subscriber gets at once: what comes when, the latest few
-    posts of their sources (labelled as recent, not news), and their links."""
+    posts of their sources (labelled as recent, not news), and their links.
+
+    The posts are those stored when the address was confirmed (up to its watermark), so
+    that none of them comes again in the first digest, which begins after the watermark:
+    a welcome sent late (a relay that was down) or on a fresh installation lists fewer
+    posts, or none, rather than the digest's news."""
     renderer = Renderer(store, settings, links)
-    recent = digest_rows.latest_stories(store.db, subscriber.feed_ids, WELCOME_POSTS)
+    recent = digest_rows.latest_stories(
+        store.db, subscriber.feed_ids, WELCOME_POSTS, upto=subscriber.watermark
+    )
     stories = [renderer.story(DigestLine(entry, entry.feed_id, ())) for entry in recent]
     product = renderer.product
     context = {

@@ -420,13 +420,19 @@ def count_due(db: Database, now: datetime) -> int:
 # --- what the public pages and the welcome mail show ----------------------------------
 
 
-def latest_stories(db: Database, feed_ids: Iterable[int] | None, limit: int) -> list[EntryView]:
-    """The most recently published stories (first copies only) of the given feeds."""
+def latest_stories(
+    db: Database, feed_ids: Iterable[int] | None, limit: int, *, upto: int | None = None
+) -> list[EntryView]:
+    """The most recently published stories (first copies only) of the given feeds, at
+    most ``limit``, among entries ``upto`` and below when given (an entry id)."""
     sql = (
         f"SELECT {_ENTRY_COLUMNS} FROM entries e JOIN feeds f ON f.id = e.feed_id "
         "WHERE e.duplicate_of IS NULL AND f.enabled = 1"
     )
     params: list[Any] = []
+    if upto is not None:
+        sql += " AND e.id <= ?"
+        params.append(upto)
     if feed_ids is not None:
         ids = sorted(set(feed_ids))
         if not ids:
