@@ -28,6 +28,7 @@ from .errors import (
     MailError,
     MailPermanentError,
     RateLimited,
+    StoreLocked,
     TokenError,
 )
 from .mail import OutgoingMessage, Sender, parse_address
@@ -583,10 +584,20 @@ def subscriber_for(
     return subscriber
 
 
-def unsubscribe(store: Store, links: Links, token: str, now: datetime) -> Subscriber:
-    """Stop every digest to the address; pending ones are cancelled. Idempotent."""
+def unsubscribe(store: Store, links: Links, token: str, now: datetime) -> Subscriber | None:
+    """Stop every digest to the address; pending ones are cancelled. Idempotent.
+
+    ``TokenError`` for a bad link. When another process holds the database's write lock
+    past the wait, the unsubscribe is kept durably in the store's spool and applied by
+    its next write, before any digest is built or sent (an RFC 8058 one-click POST is
+    sent once and must not be lost): then None. ``StoreError`` only when neither works.
+    """
     subscriber_id = links.verify(PURPOSE_UNSUBSCRIBE, token, now=now)
-    return unsubscribe_id(store, subscriber_id, now)
+    try:
+        return unsubscribe_id(store, subscriber_id, now)
+    except StoreLocked:
+        store.spool_unsubscribe(subscriber_id, now)
+        return None
 
 
 def unsubscribe_id(store: Store, subscriber_id: int, now: datetime) -> Subscriber:

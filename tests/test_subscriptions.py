@@ -134,6 +134,37 @@ def test_unsubscribe_is_idempotent_and_resubscribing_needs_confirmation(env) -> 
     assert rows(store, "SELECT status FROM subscribers") == [("pending",)]
 
 
+def test_a_spooled_unsubscribe_is_applied_by_any_write_and_never_undoes_a_later_return(
+    env,
+) -> None:
+    """An unsubscribe kept while the database was locked lands with the next write of
+    any kind; applied again (a crash before the spool was emptied) it changes nothing,
+    not even for someone who subscribed again since."""
+    import sqlite3
+
+    from aggregator.store import subscribers as subscriber_rows
+    from aggregator.store.spool import spool_path
+
+    settings, store, links = env
+    subscriber, _ = add_by_operator(store, settings, links, email="reader@example.org", now=T0)
+    asked = T0 + timedelta(hours=1)
+    store.spool_unsubscribe(subscriber.id, asked)
+    assert rows(store, "SELECT status FROM subscribers") == [("confirmed",)]
+    with store.write():
+        pass
+    assert rows(store, "SELECT status, status_changed_at FROM subscribers") == [
+        ("unsubscribed", "2026-11-02T09:00:00.000000Z")
+    ]
+    with store.write() as db:
+        subscriber_rows.confirm(db, subscriber.id, T0 + timedelta(hours=3), 0)
+    store.spool_unsubscribe(subscriber.id, asked)
+    with store.write():
+        pass
+    assert rows(store, "SELECT status FROM subscribers") == [("confirmed",)]
+    with sqlite3.connect(spool_path(settings.database)) as spool:
+        assert spool.execute("SELECT count(*) FROM unsubscribes").fetchone() == (0,)
+
+
 def test_operator_adds_confirmed_or_pending_and_removes(env) -> None:
     settings, store, links = env
     confirmed, message = add_by_operator(store, settings, links, email="a@example.org", now=T0)

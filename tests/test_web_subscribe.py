@@ -518,3 +518,79 @@ def test_a_password_in_a_feed_url_never_reaches_a_page(site) -> None:
     assert "Private post" in pages[4] and "Private post" in pages[5]
     for shown in (0, 2, 4, 5):  # named by its URL, without the password
         assert "http://private.test/feed" in pages[shown]
+
+
+def test_a_one_click_unsubscribe_while_the_database_is_locked_is_kept_and_honoured(
+    tmp_path: Path,
+) -> None:
+    """RFC 8058 one-click POSTs are sent once. While another process holds the write lock
+    past the wait, the unsubscribe is kept in the spool beside the database and answered
+    as done; the next write of any process (here `aggregator digest send` in a process of
+    its own) applies it before building digests, so no digest goes to that address."""
+    import subprocess
+    import sys
+
+    from clikit import run_cli
+
+    from aggregator.clock import system_clock
+    from aggregator.store.spool import spool_path
+    from aggregator.subscriptions import add_by_operator, links_for
+
+    now = system_clock()
+    settings = make_settings(tmp_path)
+    store = Store.open(settings.database, pragmas={"busy_timeout": 300})
+    alpha = add_feed(store, "Alpha Blog")
+    add_entry(store, alpha, "Old news", published=now - timedelta(days=3))
+    links = links_for(store, settings)
+    leaving, _ = add_by_operator(
+        store, settings, links, email="leaving@example.org", cadence="daily", now=now
+    )
+    add_by_operator(store, settings, links, email="staying@example.org", cadence="daily", now=now)
+    add_entry(store, alpha, "Fresh news", published=now)
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'database = "{settings.database}"\n[web]\nbase_url = "https://news.example.org"\n'
+        f'[mail]\nfrom = "Blog digest <digest@news.example.org>"\noutbox = "{tmp_path / "outbox"}"\n'
+        '[digest]\ntimezone = "UTC"\n'
+    )
+    app = create_app(settings, store=store)
+    with TestClient(app, base_url="https://news.example.org") as client:
+        holder = subprocess.Popen(
+            [sys.executable, "-c", HOLD_WRITE_LOCK, str(settings.database)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        try:
+            assert holder.stdout is not None and holder.stdout.readline() == b"locked\n"
+            answer = client.post(
+                local(links.unsubscribe(leaving.id, now)),
+                data={"List-Unsubscribe": "One-Click"},
+            )
+            assert answer.status_code == 200 and answer.text.startswith("Unsubscribed")
+            assert spool_path(settings.database).exists()
+            assert rows(store, "SELECT status FROM subscribers WHERE id = ?", leaving.id) == [
+                ("confirmed",)
+            ]
+        finally:
+            holder.communicate(b"", timeout=10)
+        assert holder.returncode == 0
+    store.close()
+    sent = run_cli("digest", "send", config=config)
+    assert "Sent 1 to" in sent.stdout, sent.stdout
+    recipients = [
+        message.read_text(errors="replace").split("\nTo: ", 1)[1].split("\n", 1)[0]
+        for message in (tmp_path / "outbox" / "new").iterdir()
+        if "Fresh news" in message.read_text(errors="replace")
+    ]
+    assert recipients == ["staying@example.org"]
+    listed = run_cli("subscribers", "list", config=config).stdout
+    assert "leaving@example.org" in listed and "unsubscribed" in listed
+    again = Store.open(settings.database)
+    assert rows(again, "SELECT status FROM subscribers WHERE id = ?", leaving.id) == [
+        ("unsubscribed",)
+    ]
+    again.close()
+    import sqlite3
+
+    with sqlite3.connect(spool_path(settings.database)) as spool:
+        assert spool.execute("SELECT count(*) FROM unsubscribes").fetchone() == (0,)

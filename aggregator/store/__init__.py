@@ -26,12 +26,14 @@ import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from sqlite_utils import Database as Database  # re-exported: the type of a connection
 
 from ..clock import epoch_seconds, system_clock
 from ..errors import IncompatibleDatabase, StoreError, StoreReadOnly
+from . import spool
 from .connection import BUSY_TIMEOUT_MS, Connection, connect
 from .schema import APPLICATION_ID, migrations
 from .secrets import SECRET_NAMES, create_missing_secrets, read_secrets
@@ -173,7 +175,9 @@ class Store:
 
     @contextmanager
     def write(self) -> Iterator[Database]:
-        """One write transaction: all of it lands, or none of it.
+        """One write transaction: all of it lands, or none of it. Unsubscribes kept in
+        the spool while the database was locked are applied first, in the same
+        transaction (``spool``).
 
         Raises a ``StoreError`` subclass (locked, full, read-only, damaged) on failure;
         the outcome is kept in ``health`` for ``/healthz`` and ``status``.
@@ -186,6 +190,7 @@ class Store:
             except sqlite3.OperationalError as error:
                 raise StoreError(f"cannot start a write: {error}", path=str(self.path)) from None
             try:
+                spooled = spool.apply(db, self.path)
                 yield db
             except sqlite3.Error as error:
                 # A constraint or a statement error: the whole transaction goes, and the
@@ -204,6 +209,14 @@ class Store:
             self.health = WriteHealth(self.health.last_success, epoch_seconds(), error.reason)
             raise
         self.health = WriteHealth(epoch_seconds(), self.health.last_failure, self.health.failure)
+        if spooled is not None:
+            spool.forget(self.path, spooled)
+
+    def spool_unsubscribe(self, subscriber_id: int, requested_at: datetime) -> None:
+        """Keep an unsubscribe that cannot be written now (the database is locked) for the
+        next write of any process, durably (see ``spool``). Raises ``StoreError`` when
+        even the spool cannot be written."""
+        spool.record(self.path, subscriber_id, requested_at)
 
     # --- checks and copies ---------------------------------------------------------------
 
@@ -249,15 +262,21 @@ class Store:
 
     def owns(self, other: Path) -> bool:
         """Whether ``other`` names the database, one of its ``-wal``, ``-shm`` or
-        ``-journal`` files, or the service's ``.jobs.lock`` beside it, however it is
-        spelled (``..``, symlinks, hard links).
+        ``-journal`` files, the service's ``.jobs.lock`` or the unsubscribe spool
+        (``spool``) beside it, however it is spelled (``..``, symlinks, hard links).
 
         Commands that write or read a file the user names check this first: only SQLite
         may touch those files (see the module docstring), and replacing the lock file
         would let a second service run the jobs.
         """
         other = Path(other)
-        mine = [self.path, *(Path(f"{self.path}{side}") for side in (*_SIDE, JOBS_LOCK_SUFFIX))]
+        sides = (
+            *_SIDE,
+            JOBS_LOCK_SUFFIX,
+            spool.SPOOL_SUFFIX,
+            *(spool.SPOOL_SUFFIX + s for s in _SIDE),
+        )
+        mine = [self.path, *(Path(f"{self.path}{side}") for side in sides)]
         resolved = other.resolve()
         return any(resolved == path.resolve() or _same_file(other, path) for path in mine)
 

@@ -459,13 +459,14 @@ def unsubscribe_page(request: Request) -> Response:
 
 
 async def unsubscribe_post(request: Request) -> Response:
-    """POST /unsubscribe: unsubscribe, from the page or as RFC 8058 one-click."""
-    # RFC 8058: mail providers POST "List-Unsubscribe=One-Click" to the header's URL.
-    """POST /unsubscribe: unsubscribe the address the token names.
+    """POST /unsubscribe: unsubscribe the address the token names, from the page or as
+    an RFC 8058 one-click POST.
 
-    A ``List-Unsubscribe=One-Click`` body (RFC 8058 section 3.2) needs no CSRF token and
-    gets a plain-text answer (400 for a bad token); any other POST is CSRF checked and
-    gets a page.
+    A ``List-Unsubscribe=One-Click`` body (RFC 8058 section 3.2: mail providers POST it
+    to the header's URL, once) needs no CSRF token and gets a plain-text answer (400 for
+    a bad token); any other POST is CSRF checked and gets a page. Either is answered as
+    done when the database was locked too: the unsubscribe is then kept in the spool
+    (``subscriptions.unsubscribe``).
     """
     raw = await _form(request, csrf=False)
     one_click = raw.get("List-Unsubscribe") == "One-Click"
