@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from lockkit import write_lock_held
 
 from aggregator.errors import (
     IncompatibleDatabase,
@@ -102,33 +103,13 @@ def test_add_feed_is_idempotent_by_url(tmp_path: Path) -> None:
 
 # --- the store boundary: each database failure, on reads and writes -----------------------
 
-HOLD_WRITE_LOCK = """
-import sqlite3, sys
-conn = sqlite3.connect(sys.argv[1], isolation_level=None)
-conn.execute("BEGIN EXCLUSIVE")
-print("locked", flush=True)
-sys.stdin.read()
-conn.execute("ROLLBACK")
-"""
-
-
-def _holding_lock(path: Path) -> subprocess.Popen[bytes]:
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD_WRITE_LOCK, str(path)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-    )
-    assert holder.stdout is not None and holder.stdout.readline() == b"locked\n"
-    return holder
-
 
 def test_locked_write_is_store_locked_naming_the_file_and_reads_go_on(tmp_path: Path) -> None:
     path = tmp_path / "a.sqlite3"
     store = Store.open(path, pragmas={"busy_timeout": 200})
     with store.write() as db:
         feed_rows.add_feed(db, url="https://a.test/f", title="A", origin="cli", now=NOW)
-    holder = _holding_lock(path)
-    try:
+    with write_lock_held(path):
         with pytest.raises(StoreLocked) as caught, store.write() as db:
             feed_rows.add_feed(db, url="https://b.test/f", title="B", origin="cli", now=NOW)
         assert "locked by another process" in str(caught.value)
@@ -138,8 +119,6 @@ def test_locked_write_is_store_locked_naming_the_file_and_reads_go_on(tmp_path: 
         assert [f.url for f in feed_rows.list_feeds(store.db)] == ["https://a.test/f"]
         with pytest.raises(StoreLocked):  # a bare statement outside write() too
             feed_rows.set_interval(store.db, 1, 60)
-    finally:
-        holder.communicate(b"", timeout=10)
     with store.write() as db:
         feed_rows.add_feed(db, url="https://b.test/f", title="B", origin="cli", now=NOW)
     assert not store.health.failing
@@ -243,12 +222,8 @@ def test_a_locked_database_at_open_is_not_called_unusable(tmp_path: Path) -> Non
     "locked", never "not a usable SQLite database"."""
     path = tmp_path / "a.sqlite3"
     path.touch()  # empty: the first open must set it up, which needs the lock
-    holder = _holding_lock(path)
-    try:
-        with pytest.raises(StoreLocked, match="locked by another process"):
-            Store.open(path, pragmas={"busy_timeout": 200})
-    finally:
-        holder.communicate(b"", timeout=10)
+    with write_lock_held(path), pytest.raises(StoreLocked, match="locked by another process"):
+        Store.open(path, pragmas={"busy_timeout": 200})
     Store.open(path).close()
 
 
@@ -385,12 +360,8 @@ def test_healthz_retries_a_write_once_the_failure_may_have_passed(
     path = tmp_path / "a.sqlite3"
     store = Store.open(path, pragmas={"busy_timeout": 200})
     settings = settings_from_mapping({"database": str(path)}, env={}, path=None)
-    holder = _holding_lock(path)
-    try:
-        with pytest.raises(StoreLocked), store.write():
-            pass
-    finally:
-        holder.communicate(b"", timeout=10)
+    with write_lock_held(path), pytest.raises(StoreLocked), store.write():
+        pass
     with TestClient(create_app(settings, store=store)) as client:
         assert client.get("/healthz").status_code == 503  # within the retry interval
         monkeypatch.setattr(views, "HEALTH_RETRY_SECONDS", 0.0)

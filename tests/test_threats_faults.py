@@ -4,8 +4,6 @@ a real second process holding the lock."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -16,6 +14,7 @@ import pytest
 from digestkit import add_entry, add_feed
 from feedfactory import Item, rss
 from feedserver import FeedServer
+from lockkit import write_lock_held
 from threatkit import Clock, add, make_settings, poll, rows, snapshot
 
 from aggregator.digests.build import build_pending
@@ -83,16 +82,6 @@ def test_k4_disk_full_is_a_clear_error_without_damage_and_recovers(
 
 # --- K4: a database locked by another process --------------------------------------------
 
-HOLD_LOCK = """
-import sqlite3, sys
-conn = sqlite3.connect(sys.argv[1], isolation_level=None)
-conn.execute("BEGIN EXCLUSIVE")
-conn.execute("UPDATE feeds SET title = 'held' WHERE 0")
-print("locked", flush=True)
-sys.stdin.read()  # until the test closes our stdin
-conn.execute("ROLLBACK")
-"""
-
 
 def test_k4_database_locked_by_another_process_is_a_clear_error_then_recovers(
     tmp_path: Path, feed_server: FeedServer
@@ -105,13 +94,7 @@ def test_k4_database_locked_by_another_process_is_a_clear_error_then_recovers(
     feed_id = add(store, feed_server.add("/a.xml", body=big_feed(5)))
     before = snapshot(store)
 
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD_LOCK, str(settings.database)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-    )
-    try:
-        assert holder.stdout is not None and holder.stdout.readline() == b"locked\n"
+    with write_lock_held(settings.database):
         started = time.monotonic()
         (summary,) = poll(settings, store, clock)
         assert time.monotonic() - started < 10
@@ -119,9 +102,6 @@ def test_k4_database_locked_by_another_process_is_a_clear_error_then_recovers(
         assert str(settings.database) in (summary.error or "")
         with pytest.raises(StoreError, match="locked by another process"):
             feed_rows.set_interval(store.db, feed_id, 60)
-    finally:
-        holder.communicate(b"", timeout=10)
-    assert holder.returncode == 0
     assert store.integrity_ok()
     assert snapshot(store) == before
 
@@ -281,18 +261,10 @@ def test_k4_after_a_lock_failure_the_queued_writes_are_not_tried(
     for i in range(16):
         add(store, feed_server.add(f"/f{i}.xml", body=big_feed(3, f"f{i}")))
     before = snapshot(store)
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD_LOCK, str(settings.database)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-    )
-    try:
-        assert holder.stdout is not None and holder.stdout.readline() == b"locked\n"
+    with write_lock_held(settings.database):
         started = time.monotonic()
         summaries = poll(settings, store, clock)
         elapsed = time.monotonic() - started
-    finally:
-        holder.communicate(b"", timeout=10)
     assert len(summaries) == 16
     assert all(s.store_error and "locked" in s.store_error for s in summaries)
     assert all(s.error and "\n" not in s.error for s in summaries)

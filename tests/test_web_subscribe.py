@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from digestkit import T0, add_entry, add_feed, make_settings, rows
+from lockkit import write_lock_held
 from smtpserver import SmtpServer
 from starlette.testclient import TestClient
 
@@ -311,44 +312,25 @@ def test_confirmation_links_expire_and_pending_addresses_are_forgotten(site, smt
     assert status_of(store, "slow@example.org") is None
 
 
-HOLD_WRITE_LOCK = """
-import sqlite3, sys
-conn = sqlite3.connect(sys.argv[1], isolation_level=None)
-conn.execute("BEGIN EXCLUSIVE")
-print("locked", flush=True)
-sys.stdin.read()
-conn.execute("ROLLBACK")
-"""
-
-
 def test_pages_answer_while_another_process_holds_the_write_lock(tmp_path: Path) -> None:
     """Reading pages never take a write lock: the form (its CSRF token), the timeline
     and /healthz answer at once while another process holds a write transaction; a
     sign-up then waits for the lock instead of failing."""
-    import subprocess
-    import sys
     import time
 
     settings = make_settings(tmp_path)
     Store.open(settings.database).close()
     app = create_app(settings, clock=Clock())
-    with TestClient(app, base_url="https://news.example.org") as client:
-        holder = subprocess.Popen(
-            [sys.executable, "-c", HOLD_WRITE_LOCK, str(settings.database)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-        )
-        try:
-            assert holder.stdout is not None and holder.stdout.readline() == b"locked\n"
-            started = time.monotonic()
-            form = client.get("/subscribe")
-            assert form.status_code == 200 and CSRF.search(form.text)
-            assert client.get("/").status_code == 200
-            assert client.get("/healthz").json()["database"] == "ok"
-            assert time.monotonic() - started < 3  # the busy timeout is 15 s
-        finally:
-            holder.communicate(b"", timeout=10)
-        assert holder.returncode == 0
+    with (
+        TestClient(app, base_url="https://news.example.org") as client,
+        write_lock_held(settings.database),
+    ):
+        started = time.monotonic()
+        form = client.get("/subscribe")
+        assert form.status_code == 200 and CSRF.search(form.text)
+        assert client.get("/").status_code == 200
+        assert client.get("/healthz").json()["database"] == "ok"
+        assert time.monotonic() - started < 3  # the busy timeout is 15 s
 
 
 # --- the sources a form chooses -------------------------------------------------------
@@ -527,8 +509,6 @@ def test_a_one_click_unsubscribe_while_the_database_is_locked_is_kept_and_honour
     past the wait, the unsubscribe is kept in the spool beside the database and answered
     as done; the next write of any process (here `aggregator digest send` in a process of
     its own) applies it before building digests, so no digest goes to that address."""
-    import subprocess
-    import sys
 
     from clikit import run_cli
 
@@ -554,26 +534,19 @@ def test_a_one_click_unsubscribe_while_the_database_is_locked_is_kept_and_honour
         '[digest]\ntimezone = "UTC"\n'
     )
     app = create_app(settings, store=store)
-    with TestClient(app, base_url="https://news.example.org") as client:
-        holder = subprocess.Popen(
-            [sys.executable, "-c", HOLD_WRITE_LOCK, str(settings.database)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
+    with (
+        TestClient(app, base_url="https://news.example.org") as client,
+        write_lock_held(settings.database),
+    ):
+        answer = client.post(
+            local(links.unsubscribe(leaving.id, now)),
+            data={"List-Unsubscribe": "One-Click"},
         )
-        try:
-            assert holder.stdout is not None and holder.stdout.readline() == b"locked\n"
-            answer = client.post(
-                local(links.unsubscribe(leaving.id, now)),
-                data={"List-Unsubscribe": "One-Click"},
-            )
-            assert answer.status_code == 200 and answer.text.startswith("Unsubscribed")
-            assert spool_path(settings.database).exists()
-            assert rows(store, "SELECT status FROM subscribers WHERE id = ?", leaving.id) == [
-                ("confirmed",)
-            ]
-        finally:
-            holder.communicate(b"", timeout=10)
-        assert holder.returncode == 0
+        assert answer.status_code == 200 and answer.text.startswith("Unsubscribed")
+        assert spool_path(settings.database).exists()
+        assert rows(store, "SELECT status FROM subscribers WHERE id = ?", leaving.id) == [
+            ("confirmed",)
+        ]
     store.close()
     sent = run_cli("digest", "send", config=config)
     assert "Sent 1 to" in sent.stdout, sent.stdout
