@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import email
+import email.policy
 import os
 import signal
 import socket
@@ -414,3 +416,47 @@ def test_a_failing_job_is_one_log_line_not_a_traceback(capfd: pytest.CaptureFixt
     finally:
         root.handlers[:] = saved[0]
         root.setLevel(saved[1])
+
+
+def test_the_quick_start_welcome_lists_the_blogs_latest_posts_and_no_digest_repeats_them(
+    tmp_path: Path,
+) -> None:
+    """`make run` on the embedded default: the demo subscriber joins an empty database,
+    the first poll stores both blogs' archives, and the welcome in the outbox lists the
+    latest of them (as the README says); they are older than one cadence period, so no
+    digest carries them: `digest send` then builds none."""
+    text = (REPO / "config" / "default.toml").read_text(encoding="utf-8")
+    text = text.replace('"../seeds/', f'"{REPO}/seeds/').replace('"../var/', f'"{tmp_path}/')
+    text = text.replace("port = 8000", f"port = {free_port()}")
+    config = tmp_path / "default.toml"
+    config.write_text(text, encoding="utf-8")
+    outbox = tmp_path / "outbox" / "new"
+    service = start_service(config, tmp_path / "service.log")
+    try:
+        deadline = time.monotonic() + 60
+        while not (outbox.exists() and any(outbox.iterdir())):
+            assert service.poll() is None, (tmp_path / "service.log").read_text()
+            assert time.monotonic() < deadline, (tmp_path / "service.log").read_text()
+            time.sleep(0.1)
+    finally:
+        service.send_signal(signal.SIGTERM)
+        assert service.wait(timeout=30) == 0
+    (welcome,) = outbox.iterdir()
+    message = email.message_from_bytes(welcome.read_bytes(), policy=email.policy.default)
+    assert message["To"] == "reader@example.org" and "Welcome to" in message["Subject"]
+    body = message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    assert "RECENT POSTS" in body
+    titles = sqlite3.connect(tmp_path / "aggregator.sqlite3").execute(
+        "SELECT title FROM entries WHERE duplicate_of IS NULL ORDER BY published DESC LIMIT 2"
+    )
+    assert all(title in body for (title,) in titles)
+    env = {**os.environ, "AGGREGATOR_CONFIG": str(config)}
+    sent = subprocess.run(
+        [sys.executable, "-m", "aggregator", "digest", "send"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert sent.stdout.startswith("Built 0 digests"), sent.stdout

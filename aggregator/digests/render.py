@@ -21,7 +21,7 @@ from ..mail import OutgoingMessage
 from ..media import media_label, media_marker
 from ..render import environment, inline_css, line
 from ..sanitize import excerpt_blocks
-from ..selection import Subscriber
+from ..selection import Subscriber, first_digest_since
 from ..store import Store
 from ..store import digests as digest_rows
 from ..store.digests import DigestLine, DigestRow, EntryView
@@ -343,13 +343,18 @@ def welcome_message(
     """What a newly confirmed subscriber gets at once: what comes when, the latest few
     posts of their sources (labelled as recent, not news), and their links.
 
-    The posts are those stored when the address was confirmed (up to its watermark), so
-    that none of them comes again in the first digest, which begins after the watermark:
-    a welcome sent late (a relay that was down) or on a fresh installation lists fewer
-    posts, or none, rather than the digest's news."""
+    The posts are those no digest will carry, so that none comes again in the first
+    digest: those stored when the address was confirmed (up to its watermark; a welcome
+    sent late, after a relay was down, lists none of what came since), and for someone
+    who joined before anything was stored, the posts of each feed's first poll that are
+    older than their first digest holds (``selection.first_digest_since``)."""
     renderer = Renderer(store, settings, links)
     recent = digest_rows.latest_stories(
-        store.db, subscriber.feed_ids, WELCOME_POSTS, upto=subscriber.watermark
+        store.db,
+        subscriber.feed_ids,
+        WELCOME_POSTS,
+        upto=subscriber.watermark,
+        backlog_before=first_digest_since(subscriber, now),
     )
     stories = [renderer.story(DigestLine(entry, entry.feed_id, ())) for entry in recent]
     product = renderer.product

@@ -421,18 +421,29 @@ def count_due(db: Database, now: datetime) -> int:
 
 
 def latest_stories(
-    db: Database, feed_ids: Iterable[int] | None, limit: int, *, upto: int | None = None
+    db: Database,
+    feed_ids: Iterable[int] | None,
+    limit: int,
+    *,
+    upto: int | None = None,
+    backlog_before: datetime | None = None,
 ) -> list[EntryView]:
     """The most recently published stories (first copies only) of the given feeds, at
-    most ``limit``, among entries ``upto`` and below when given (an entry id)."""
+    most ``limit``. With ``upto`` (an entry id), only entries up to it, and with
+    ``backlog_before`` also the entries of a feed's first poll (its backlog) published
+    before that time: what no digest carries to a subscriber with that watermark (see
+    ``candidates`` and ``selection.first_digest_since``)."""
     sql = (
         f"SELECT {_ENTRY_COLUMNS} FROM entries e JOIN feeds f ON f.id = e.feed_id "
         "WHERE e.duplicate_of IS NULL AND f.enabled = 1"
     )
     params: list[Any] = []
-    if upto is not None:
+    if upto is not None and backlog_before is None:
         sql += " AND e.id <= ?"
         params.append(upto)
+    elif upto is not None:
+        sql += " AND (e.id <= ? OR (e.id <= coalesce(f.backlog_seq, 0) AND e.published < ?))"
+        params += [upto, to_db(backlog_before)]
     if feed_ids is not None:
         ids = sorted(set(feed_ids))
         if not ids:
