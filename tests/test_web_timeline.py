@@ -432,3 +432,57 @@ def test_the_menu_offers_admin_only_when_it_is_switched_on(tmp_path: Path) -> No
     with TestClient(create_app(off, clock=lambda: NOW)) as client:
         page = client.get("/").text
     assert 'href="/admin"' not in page and 'href="/digests"' in page
+
+
+def test_a_pointer_post_on_the_other_blog_is_never_shown_as_a_link_to_the_same_page(
+    tmp_path: Path,
+) -> None:
+    """The seed's Cluster Performance Blog carries a pointer to a Learning Layers post
+    (its link is the Learning Layers page). The story shows once, and its "also on"
+    names the Cluster blog with a link to that copy here, never the Learning Layers URL
+    a second time: on the timeline and in the digest."""
+    import subprocess
+    import sys
+
+    from clikit import run_cli
+
+    repo = Path(__file__).resolve().parent.parent
+    text = (repo / "config" / "default.toml").read_text(encoding="utf-8")
+    text = text.replace('"../seeds/', f'"{repo}/seeds/').replace('"../var/', f'"{tmp_path}/')
+    config = tmp_path / "default.toml"
+    config.write_text(text, encoding="utf-8")
+    run_cli("poll", config=config)
+    story = "https://project.learning-layers.eu/sample-scaling-up-innovations-in-sme-clusters/"
+    from aggregator.config import load
+
+    settings = load(config)
+    with TestClient(create_app(settings)) as client:
+        page = client.get("/").text
+    article = next(a for a in page.split("<article")[1:] if "Scaling up innovations" in a)
+    also = article.split('class="also-on"', 1)[1].split("</p>", 1)[0]
+    assert "Cluster Performance Blog" in also and story not in also
+    assert re.search(r'href="/entries/\d+"', also), also
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "aggregator",
+            "--config",
+            str(config),
+            "subscribers",
+            "add",
+            "pointer@example.org",
+            "--cadence",
+            "daily",
+            "--now",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    preview = run_cli("digest", "preview", "--subscriber", "pointer@example.org", config=config)
+    also_lines = [
+        line for line in preview.stdout.splitlines() if line.startswith("Also on Cluster")
+    ]
+    assert also_lines and f"Also on Cluster Performance Blog: {story}" not in also_lines
+    assert all("/entries/" in line for line in also_lines), also_lines

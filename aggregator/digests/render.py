@@ -176,7 +176,15 @@ class Renderer:
             author=line(entry.author, MAX_SOURCE_CHARS) or None,
             excerpt=summary,
             excerpt_lines=text_blocks(blocks),
-            also_on=tuple((_source_name(copy), copy.link) for copy in line_.also_on),
+            # A copy linking to the same page as the story (a pointer post on the other
+            # blog) links to its own page here: the same link under two names misleads.
+            also_on=tuple(
+                (
+                    _source_name(copy),
+                    copy.link if copy.link != entry.link else self.links.entry(copy.id),
+                )
+                for copy in line_.also_on
+            ),
             media=tuple((item.url, media_label(item)) for item in enclosures),
             marker=media_marker(enclosures),
             blocks=blocks,

@@ -401,8 +401,11 @@ def _with_copies(db: Database, entries: list[TimelineEntry]) -> list[TimelineEnt
         )
     result = []
     for entry in entries:
+        # A copy that links to the very page the entry links to (a pointer post on the
+        # other blog) is linked to its own page here instead: a second link to the same
+        # page under the other blog's name would mislead.
         others = [
-            copy
+            copy if copy.link != entry.link else replace(copy, link=None)
             for copy in copies.get(entry.duplicate_of or entry.id, [])
             if copy.entry_id != entry.id and copy.feed_id != entry.feed_id
         ]
