@@ -534,7 +534,12 @@ def _exit_for(summaries: list[PollSummary]) -> None:
 
 @cli.command()
 @click.option("--host", default=None, help="Address to listen on (default: web.host).")
-@click.option("--port", default=None, type=int, help="Port to listen on (default: web.port).")
+@click.option(
+    "--port",
+    default=None,
+    type=click.IntRange(1, 65535),
+    help="Port to listen on (default: web.port).",
+)
 @click.option("--once", is_flag=True, help="Poll every feed once, print the summary and exit.")
 @click.pass_context
 def run(ctx: click.Context, host: str | None, port: int | None, once: bool) -> None:
@@ -588,7 +593,12 @@ def _add_demo_subscriber(app: App) -> None:
 
 @cli.command()
 @click.option("--host", default=None, help="Address to listen on (default: web.host).")
-@click.option("--port", default=None, type=int, help="Port to listen on (default: web.port).")
+@click.option(
+    "--port",
+    default=None,
+    type=click.IntRange(1, 65535),
+    help="Port to listen on (default: web.port).",
+)
 @click.pass_context
 def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
     """Serve the web timeline, Atom feed and admin pages."""

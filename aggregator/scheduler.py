@@ -378,7 +378,14 @@ class Service:
 def listen(host: str, port: int) -> socket.socket:
     """The web port, bound before any work starts: a port in use is one clear line.
 
-    Raises ConfigError (key ``web.port``) when the address cannot be bound."""
+    Raises ConfigError when the address cannot be bound: key ``web.host`` for a host
+    name that does not resolve, else ``web.port`` (in use, not allowed)."""
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as error:  # create_server would hide it as errno -2
+        raise ConfigError(
+            f"cannot listen on {host}:{port}: {error.strerror or error}", key="web.host"
+        ) from None
     try:
         return socket.create_server((host, port), backlog=128)
     except OSError as error:

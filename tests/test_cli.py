@@ -9,6 +9,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from clikit import AGGREGATOR
 from clikit import run_cli as run
 from feedfactory import Item, rss
@@ -93,6 +94,25 @@ def test_bad_inputs_are_one_line_errors(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert f"{broken}: frobnicate: unknown setting" in result.stderr
     assert not (tmp_path / "broken.sqlite3").exists()  # stopped before doing anything
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (("serve", "--port", "99999"), "'--port': 99999 is not in the range 1<=x<=65535"),
+        (("run", "--port", "-5"), "'--port': -5 is not in the range 1<=x<=65535"),
+        (("serve", "--host", "999.1.1.1"), "web.host: cannot listen on 999.1.1.1:"),
+        (("run", "--host", "no-such-host.invalid"), "web.host: cannot listen on no-such-host"),
+    ],
+)
+def test_a_bad_address_to_listen_on_is_one_line(
+    tmp_path: Path, args: tuple[str, ...], said: str
+) -> None:
+    """An out-of-range port or a host that does not resolve, given on the command line,
+    is one line naming it (a port past 65535 used to end in a traceback)."""
+    failed = run(*args, config=config(tmp_path), check=False)
+    assert failed.returncode in (1, 2) and failed.stderr.startswith("error: ")
+    assert failed.stderr.count("\n") == 1 and said in failed.stderr, failed.stderr
 
 
 def test_poll_exits_non_zero_when_every_feed_failed(
