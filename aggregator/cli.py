@@ -776,17 +776,18 @@ def subscribers_add(
 
 
 @subscribers.command("remove")
-@click.argument("email")
+@click.argument("who", metavar="EMAIL_OR_ID")
 @click.pass_context
-def subscribers_remove(ctx: click.Context, email: str) -> None:
-    """Forget an address and its digests."""
+def subscribers_remove(ctx: click.Context, who: str) -> None:
+    """Forget a subscriber (an address, or the id `subscribers list` shows) and their
+    digests."""
     from .subscriptions import remove_by_operator
 
     with _one_line_errors():
-        if remove_by_operator(_app(ctx).open_store(), email):
-            out.line(f"Removed {email}")
-        else:
-            _fail(f"no subscriber {email}")
+        removed = remove_by_operator(_app(ctx).open_store(), who)
+        if removed is None:
+            _fail(f"no subscriber {who} (give an address or an id from `subscribers list`)")
+        out.line(f"Removed {removed}")
 
 
 @cli.group()

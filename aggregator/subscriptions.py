@@ -803,12 +803,20 @@ def seed_configured_subscriber(store: Store, *, email: str, now: datetime) -> Su
     return subscriber
 
 
-def remove_by_operator(store: Store, email: str) -> bool:
-    """Forget an address entirely (its digests too)."""
-    try:
-        _, key = normalise_email(email)
-    except InvalidSubscription:
-        key = email.strip().casefold()
+def remove_by_operator(store: Store, who: str) -> str | None:
+    """Forget a subscriber entirely (their digests too), named by address or by the id
+    ``subscribers list`` shows; the address removed, or None when there is no such
+    subscriber."""
+    if who.strip().isdigit():
+        lookup = int(who)
+        key = None
+    else:
+        try:
+            _, key = normalise_email(who)
+        except InvalidSubscription:
+            key = who.strip().casefold()
     with store.write() as db:
-        subscriber = rows.by_key(db, key)
-        return subscriber is not None and rows.delete(db, subscriber.id)
+        subscriber = rows.by_key(db, key) if key is not None else rows.get(db, lookup)
+        if subscriber is None or not rows.delete(db, subscriber.id):
+            return None
+        return subscriber.email

@@ -173,9 +173,13 @@ def test_operator_adds_confirmed_or_pending_and_removes(env) -> None:
         store, settings, links, email="b@example.org", pending=True, now=T0
     )
     assert pending.status == "pending" and message is not None
-    assert remove_by_operator(store, "A@example.org")
-    assert not remove_by_operator(store, "nobody@example.org")
+    assert remove_by_operator(store, "A@example.org") == "a@example.org"
+    assert remove_by_operator(store, "nobody@example.org") is None
     assert rows(store, "SELECT email FROM subscribers") == [("b@example.org",)]
+    # By the id `subscribers list` shows, too.
+    assert remove_by_operator(store, "999") is None
+    assert remove_by_operator(store, str(pending.id)) == "b@example.org"
+    assert rows(store, "SELECT email FROM subscribers") == []
 
 
 def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
