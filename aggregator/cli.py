@@ -354,7 +354,7 @@ def feeds_remove(ctx: click.Context, feed: str) -> None:
     with _one_line_errors():
         app = _app(ctx)
         removed = remove_source(app.open_store(), feed)
-        out.line(f"Removed feed {removed.id}: {removed.url}")
+        out.line(f"Removed feed {removed.id} and its posts: {removed.url}")
         if removed.url in {f.url for f in app.settings.feeds}:
             err.line(
                 "note: this feed is listed in the config file and comes back at the next start "
@@ -497,7 +497,7 @@ def _print_summary(summaries: list[PollSummary], *, every: bool) -> None:
                 ("status", "text"),
                 ("new", "num"),
                 ("updated", "num"),
-                ("duplicates", "num"),
+                ("cross-posts", "num"),
                 ("errors and warnings", "text"),
             ],
             cells,

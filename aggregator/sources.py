@@ -159,9 +159,9 @@ def import_opml(store: Store, data: bytes, *, name: str, now: datetime) -> Impor
             except SourceError as error:
                 shown = without_userinfo(source.url.strip())
                 if has_userinfo(source.url):
-                    problems.append(f"{name}: {shown}: {error.reason}, skipped")
+                    problems.append(f"{name}: {shown}: {error.reason}")
                 else:
-                    problems.append(f"{name}: {shown!r}: not an http(s) feed URL, skipped")
+                    problems.append(f"{name}: {shown!r}: not an http(s) feed URL")
                 continue
             if url in stored:
                 known.append(stored[url])

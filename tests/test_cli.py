@@ -135,7 +135,7 @@ def test_import_opml_file(tmp_path: Path) -> None:
     )
     result = run("feeds", "import", str(opml), config=cfg)
     assert "1 added" in result.stdout and "1 skipped" in result.stdout
-    assert "gopher://b.test/feed" in result.stderr
+    assert result.stderr == (f"skipped: {opml}: 'gopher://b.test/feed': not an http(s) feed URL\n")
 
 
 def test_status_reports_health_and_digests(tmp_path: Path, feed_server: FeedServer) -> None:
@@ -453,7 +453,10 @@ def test_error_lines_start_with_error_and_exit_non_zero(tmp_path: Path) -> None:
     cfg = mail_config(tmp_path)
     missing = run("subscribers", "remove", "nobody@example.org", config=cfg, check=False)
     assert missing.returncode == 1
-    assert missing.stderr == "error: no subscriber nobody@example.org\n"
+    assert missing.stderr == (
+        "error: no subscriber nobody@example.org "
+        "(give an address or an id from `subscribers list`)\n"
+    )
     unknown = run(
         "digest", "preview", "--subscriber", "nobody@example.org", config=cfg, check=False
     )

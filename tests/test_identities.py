@@ -74,7 +74,7 @@ def test_a_removed_feeds_id_is_never_given_to_the_next_feed(tmp_path: Path) -> N
         "Added feed 2"
         in cli("feeds", "add", "--no-discover", "https://b.test/f", config=cfg).stdout
     )
-    assert "Removed feed 2" in cli("feeds", "remove", "2", config=cfg).stdout
+    assert "Removed feed 2 and its posts" in cli("feeds", "remove", "2", config=cfg).stdout
     added = cli("feeds", "add", "--no-discover", "https://c.test/f", config=cfg).stdout
     assert "Added feed 3" in added, added
     # The old id names nothing now: a link or a saved choice naming it finds no feed.
