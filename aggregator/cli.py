@@ -294,6 +294,9 @@ def search_command(
         else:
             ranked = search.ranked_page(db, query, feed_id=source_id, limit=limit)
             matches, entries = ranked.matches, ranked.entries
+        if not entries:
+            out.line("No stored post matches.")
+            return
         about = "" if matches.exact else "about "
         order = "newest first" if newest else "best match first"
         out.table(

@@ -279,6 +279,7 @@ def test_search_prints_a_table_best_match_first(tmp_path: Path, feed_server: Fee
     assert mistyped.returncode == 2 and "no such option: --limt" in mistyped.stderr
     excluded = run("search", "zebra", "-weekly", "-hello", config=cfg).stdout
     assert "1 matching" in excluded and "Zebra herds" in excluded
+    assert run("search", "okapi", config=cfg).stdout == "No stored post matches.\n"
 
 
 # --- commands that say what they did -------------------------------------------------
