@@ -24,8 +24,6 @@ from sqlite_utils import Database
 
 from ..errors import StoreError
 from .codec import from_db_required, to_db
-from .digests import close_pending
-from .subscribers import set_status
 
 SPOOL_SUFFIX = "-unsubscribes"
 """The spool's file name: the database's with this appended."""
@@ -69,6 +67,9 @@ def apply(db: Database, database: Path) -> int | None:
     path = spool_path(database)
     if not path.exists():
         return None
+    from .digests import close_pending  # here: every write checks, few find a spool
+    from .subscribers import set_status
+
     try:
         with closing(sqlite3.connect(path, timeout=WAIT_SECONDS)) as conn:
             conn.execute(_TABLE)
