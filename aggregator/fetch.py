@@ -122,6 +122,23 @@ class AddressGuard(httpcore.AsyncNetworkBackend):
         self._allow_private = allow_private
 
     async def _resolve(self, host: str, port: int, seconds: float | None) -> list[str]:
+        try:  # an address already: no resolver round trip (a worker thread each)
+            addresses = [str(ipaddress.ip_address(host))]
+        except ValueError:
+            addresses = await self._lookup(host, port, seconds)
+        if not self._allow_private:
+            for text in addresses:
+                if not is_public_address(ipaddress.ip_address(text.split("%", 1)[0])):
+                    raise AddressRefused(
+                        f"host {host!r} resolves to non-public address {text}"
+                        " (private addresses are not allowed; [fetch]"
+                        " allow_private_addresses = true allows feeds on your own network)"
+                    )
+        return addresses
+
+    @staticmethod
+    async def _lookup(host: str, port: int, seconds: float | None) -> list[str]:
+        """The addresses ``host`` resolves to, each once, in the resolver's order."""
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(seconds):
@@ -133,14 +150,6 @@ class AddressGuard(httpcore.AsyncNetworkBackend):
         addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
         if not addresses:
             raise httpcore.ConnectError(f"unknown host {host!r}")
-        if not self._allow_private:
-            for text in addresses:
-                if not is_public_address(ipaddress.ip_address(text.split("%", 1)[0])):
-                    raise AddressRefused(
-                        f"host {host!r} resolves to non-public address {text}"
-                        " (private addresses are not allowed; [fetch]"
-                        " allow_private_addresses = true allows feeds on your own network)"
-                    )
         return addresses
 
     async def connect_tcp(
