@@ -6,6 +6,7 @@ raises on purpose end the command with one line on stderr and exit status 1.
 
 from __future__ import annotations
 
+import errno
 import logging
 import signal
 import sys
@@ -24,7 +25,7 @@ from .config import Settings, config_path, load, write_starter
 from .errors import AggregatorError, InvalidSubscription, NotFound, SourceError, StoreError
 from .store import Store
 from .store import feeds as feed_rows
-from .terminal import Terminal
+from .terminal import OutputError, Terminal, WarningLines
 
 # Each command imports what only it uses (the poll pipeline, search, OPML, the web
 # stack) where it runs: `aggregator poll` should not pay for `aggregator search`.
@@ -857,7 +858,7 @@ def digest_preview(
 def digest_send(ctx: click.Context, due: bool, dry_run: bool) -> None:
     """Build the digests of what is new and send every pending one."""
     from .digests.build import build_pending, plan_all
-    from .digests.send import STOPPED_BY_SIGNAL, SendProgress, send_pending
+    from .digests.send import ANOTHER_SENDER, STOPPED_BY_SIGNAL, SendProgress, send_pending
     from .mail import open_sender
 
     with _one_line_errors():
@@ -900,8 +901,10 @@ def digest_send(ctx: click.Context, due: bool, dry_run: bool) -> None:
         )
         for problem in report.errors[-5:]:
             err.error(problem)
-        if report.stopped == STOPPED_BY_SIGNAL:
-            err.line(report.stopped)  # asked for: not an error
+        if report.stopped in (STOPPED_BY_SIGNAL, ANOTHER_SENDER):
+            # Asked for, or the service's job is sending right now (a cron `digest send
+            # --due` beside it): not an error.
+            err.line(report.stopped)
         elif report.stopped:
             err.error(f"stopped: {report.stopped}")
             sys.exit(2)
@@ -960,11 +963,25 @@ def status(ctx: click.Context) -> None:
             out.line(f"failing: feed {feed.id} {said}")
 
 
+_OUTPUT_ERRNOS = frozenset({errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EFBIG})
+"""Why writing the output can fail where the command itself went well."""
+
+
 def main(argv: list[str] | None = None) -> Any:
     """The command, with click's own errors (unknown option, missing argument) also one
     ``error:`` line and a non-zero exit, like the product's."""
+    args = sys.argv[1:] if argv is None else argv
+    for position, arg in enumerate(args, 1):
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:  # bytes the system could not decode (surrogateescape)
+            err.error(f"argument {position} is not valid UTF-8 text: {arg!a}")
+            sys.exit(2)
+    root = logging.getLogger()
+    if not root.handlers:  # `run` and `serve` replace it with the service log
+        root.addHandler(WarningLines(err))
     try:
-        result = cli.main(args=argv, prog_name="aggregator", standalone_mode=False)
+        result = cli.main(args=args, prog_name="aggregator", standalone_mode=False)
     except click.ClickException as error:
         hint = ""
         if isinstance(error, click.UsageError) and error.ctx is not None:
@@ -975,7 +992,18 @@ def main(argv: list[str] | None = None) -> Any:
         err.error("interrupted")
         sys.exit(130)
     except BrokenPipeError:  # `aggregator feeds list | head`: the reader left
-        sys.stderr.close()
+        if sys.stderr is not None:
+            sys.stderr.close()
+        sys.exit(1)
+    except OutputError as error:  # the work may be done, but what it said is lost
+        with suppress(OutputError, BrokenPipeError):
+            err.error(str(error))
+        sys.exit(1)
+    except OSError as error:  # click's own output (--help, --version) on a full disk
+        if error.errno not in _OUTPUT_ERRNOS:
+            raise
+        with suppress(OutputError, BrokenPipeError):
+            err.error(f"cannot write to standard output: {error.strerror}")
         sys.exit(1)
     sys.exit(result if isinstance(result, int) else 0)
 
@@ -1004,8 +1032,14 @@ def script_main() -> NoReturn:
 
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
-        with suppress(OSError, ValueError):  # a reader that left, a stream closed
+        if stream is None:  # started closed
+            continue
+        try:
             stream.flush()
+        except BrokenPipeError:  # the reader left: main() has said so with the status
+            pass
+        except (OSError, ValueError):  # output lost: never a success (as Python exits)
+            status = status or 120
     os._exit(status)
 
 

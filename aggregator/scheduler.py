@@ -44,6 +44,7 @@ from .pipeline import Poller, open_poller, spread_catch_up
 from .sources import sync_configured_feeds
 from .store import JOBS_LOCK_SUFFIX, Store
 from .store.entries import count_entries
+from .text import escaped
 from .web import create_app
 
 log = logging.getLogger("aggregator.service")
@@ -433,7 +434,9 @@ class OneLineFormatter(logging.Formatter):
         record.exc_info = None
         record.exc_text = None
         record.stack_info = None
-        line = " ".join(super().format(record).split("\n"))
+        # Messages carry what servers and feeds said (an SMTP reply, a URL): nothing in
+        # them may move the terminal or the log file that shows the line.
+        line = escaped(" ".join(super().format(record).split("\n")))
         return f"{line} cause={cause!r}" if cause else line
 
 
@@ -442,7 +445,7 @@ class JsonFormatter(logging.Formatter):
     message's key=value pairs as fields, and the cause of an exception."""
 
     def format(self, record: logging.LogRecord) -> str:
-        message = record.getMessage()
+        message = escaped(record.getMessage())
         event: dict[str, Any] = {
             "time": datetime.fromtimestamp(record.created).astimezone().isoformat(),
             "level": record.levelname,

@@ -13,6 +13,7 @@ which drops colour where the stream is not a terminal.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, TextIO
 
 import click
 
-from .text import CONTROL
+from .text import BIDI, CONTROL
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -40,13 +41,19 @@ PROGRESS_LABEL_CHARS = 40
 
 def shown(text: str) -> str:
     """``text`` fit for a terminal: C0 and C1 controls except newline and tab, DEL, lone
-    surrogates and non-characters each become U+FFFD (see ``text.CONTROL``)."""
-    return CONTROL.sub(REPLACEMENT, text)
+    surrogates, non-characters and bidirectional controls each become U+FFFD (see
+    ``text.CONTROL`` and ``text.BIDI``: an override would reorder what follows it)."""
+    return BIDI.sub(REPLACEMENT, CONTROL.sub(REPLACEMENT, text))
 
 
 Columns = Sequence[tuple[str, str]]
 """A table's columns, (name, kind): "id" cells never wrap, "num" cells are right
 aligned, "text" cells wrap between words."""
+
+
+class OutputError(Exception):
+    """The command's output stream cannot be written (a full disk, an I/O error): the
+    command's work may be done, but what it says is lost, so it must not exit 0."""
 
 
 class Terminal:
@@ -57,15 +64,16 @@ class Terminal:
         self._stderr = stderr
 
     @property
-    def file(self) -> TextIO:
-        """The stream written to: the current ``sys.stdout`` or ``sys.stderr``."""
+    def file(self) -> TextIO | None:
+        """The stream written to: the current ``sys.stdout`` or ``sys.stderr``; None when
+        the command was started with it closed (``2>&-``)."""
         return sys.stderr if self._stderr else sys.stdout
 
     @property
     def is_terminal(self) -> bool:
         """Whether a person watches this stream (a TTY), not a pipe or a file."""
         try:
-            return self.file.isatty()
+            return bool(self.file and self.file.isatty())
         except (AttributeError, ValueError):  # no such method, or closed
             return False
 
@@ -76,12 +84,34 @@ class Terminal:
 
     def line(self, text: str) -> None:
         """``text`` (any number of lines) and a newline, exactly as given but for controls."""
-        click.echo(shown(text), file=self.file, color=self.colour)
+        self.write(shown(text) + "\n")
 
     def error(self, message: str, *, label: str = "error") -> None:
         """One ``error: message`` line, the label red on a terminal."""
         head = click.style(f"{label}:", fg="red") if self.colour else f"{label}:"
-        click.echo(f"{head} {shown(message)}", file=self.file, color=self.colour)
+        self.write(f"{head} {shown(message)}\n")
+
+    def write(self, text: str) -> None:
+        """Write ``text`` as it is and flush it. Raises ``OutputError`` when the stream
+        cannot take it (a full disk, an I/O error), ``BrokenPipeError`` when its reader
+        has gone; writes nothing when the stream was closed from the start. Characters
+        the stream's encoding lacks are replaced."""
+        stream = self.file
+        if stream is None:
+            return
+        try:
+            try:
+                stream.write(text)
+            except UnicodeEncodeError:
+                encoding = stream.encoding or "utf-8"
+                stream.write(text.encode(encoding, "replace").decode(encoding))
+            stream.flush()
+        except BrokenPipeError:
+            raise
+        except (OSError, ValueError) as error:
+            name = "standard error" if self._stderr else "standard output"
+            reason = getattr(error, "strerror", None) or str(error)
+            raise OutputError(f"cannot write to {name}: {reason}") from None
 
     def table(self, title: str, columns: Columns, rows: Sequence[Sequence[str]]) -> None:
         """A table whose identifiers (URLs, addresses, ids) and words are never broken.
@@ -95,12 +125,12 @@ class Terminal:
         """
         title = shown(title)
         if not rows:
-            self.file.write(title + "\n")
+            self.write(title + "\n")
             return
         rows = [[shown(cell) for cell in row] for row in rows]
         console = self._console()
         if len(rows) > LARGE_TABLE_ROWS:
-            self.file.write(_plain_table(title, columns, rows, console.width))
+            self.write(_plain_table(title, columns, rows, console.width))
             return
         import io
 
@@ -135,9 +165,9 @@ class Terminal:
             any(token in line for line in lines) for token in _identifiers(columns, rows)
         )
         if fits:
-            self.file.write(probe.file.getvalue())  # type: ignore[attr-defined]
+            self.write(probe.file.getvalue())  # type: ignore[attr-defined]
         else:
-            self.file.write(_blocks(title, columns, rows))
+            self.write(_blocks(title, columns, rows))
 
     @contextmanager
     def progress(self, label: str) -> Iterator[ProgressBar]:
@@ -170,6 +200,24 @@ class Terminal:
         from rich.console import Console
 
         return Console(file=self.file, markup=False, emoji=False, highlight=False, soft_wrap=True)
+
+
+class WarningLines(logging.Handler):
+    """The log records of a one-shot command, warnings and worse, as ``warning: …`` or
+    ``error: …`` lines on ``terminal`` (without a handler Python would print the bare
+    message, unlabelled and unfiltered). The service configures its own log instead."""
+
+    def __init__(self, terminal: Terminal) -> None:
+        super().__init__(logging.WARNING)
+        self._terminal = terminal
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Write ``record`` as one labelled line."""
+        try:
+            label = "warning" if record.levelno < logging.ERROR else "error"
+            self._terminal.error(" ".join(record.getMessage().split()), label=label)
+        except Exception:  # logging's contract: a handler never raises
+            self.handleError(record)
 
 
 class ProgressBar:

@@ -19,6 +19,18 @@ LINE_BREAKS = re.compile("[\r\n\u2028\u2029\x0b\x0c\x85]")
 HORIZONTAL_SPACE = re.compile(r"[^\S\n]+")
 """A run of whitespace that is not a newline."""
 _BLANK_LINES = re.compile(r"\n(?:[ ]?\n)+")
+UNSHOWABLE = re.compile(
+    "[\x00-\x08\x0a-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff\u202a-\u202e\u2066-\u2069\u2028\u2029]"
+)
+"""What a one-line record (a log line) must never carry raw: every ``CONTROL``, ``BIDI``
+and ``LINE_BREAKS`` character (tab aside)."""
+
+
+def escaped(text: str) -> str:
+    """``text`` with each ``UNSHOWABLE`` character written as its Python escape
+    (``\\x1b``, ``\\u202e``): one line that shows what was there, and does nothing to
+    the terminal or the file it lands in."""
+    return UNSHOWABLE.sub(lambda found: ascii(found[0])[1:-1], text)
 
 
 def clean_text(text: str, *, multiline: bool = False) -> str:

@@ -18,6 +18,8 @@ from urllib.parse import (
     urlunsplit,
 )
 
+from .text import UNSHOWABLE as _UNSHOWABLE
+
 # The URL schemes fetched, linked and stored (RFC 9110 section 4.2); every other scheme is
 # refused.
 HTTP_SCHEMES = frozenset({"http", "https"})
@@ -336,13 +338,23 @@ def without_userinfo(url: str) -> str:
     return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
+def _percent_encoded(found: re.Match[str]) -> str:
+    try:
+        return quote(found[0], safe="")
+    except UnicodeEncodeError:  # a lone surrogate: what it stood for is lost
+        return "%EF%BF%BD"
+
+
 def feed_url(url: str) -> str:
     """The form a feed URL is stored and compared in: surrounding whitespace removed,
     scheme and host lower-cased (case-insensitive, RFC 3986 section 6.2.2.1), the
     scheme's default port dropped (section 6.2.3); path, query and userinfo keep their
-    case. A URL that does not split is returned stripped.
+    case. Control characters, line breaks and bidirectional formatting characters, which
+    an IRI must not hold raw (RFC 3987 section 4.1), are percent-encoded (UTF-8), so
+    that no stored URL can reorder or restyle what shows it. A URL that does not split
+    is returned stripped.
     """
-    text = url.strip()
+    text = _UNSHOWABLE.sub(_percent_encoded, url.strip())
     parts = _split(text)
     if parts is None or not parts.netloc:
         return text

@@ -593,8 +593,11 @@ def test_a_configured_feed_that_moved_stays_one_feed(
     new = feed_server.add("/new.xml", body=rss([Item("Hello", link="https://blog.test/a")]))
     old = feed_server.add("/old.xml", body=b"", status=301, headers={"Location": new})
     cfg = config(tmp_path, f'[[feeds]]\nurl = "{old}"\n')
-    first = run("poll", config=cfg).stdout
+    polled = run("poll", config=cfg)
+    first = polled.stdout
     assert "1 new" in first and new in first and "configuration file" in first, first
+    # What the log says beside the summary is a labelled line, not a bare message.
+    assert all(line.startswith("warning: ") for line in polled.stderr.splitlines()), polled
     second = run("poll", config=cfg).stdout
     assert "1 feed:" in second and "0 new" in second, second
     listing = run("feeds", "list", config=cfg).stdout
@@ -668,7 +671,15 @@ def test_control_characters_never_reach_the_terminal(tmp_path: Path) -> None:
     assert failed.returncode == 1
     assert failed.stderr.startswith("error: ") and failed.stderr.count("\n") == 1
     assert not any(ch in failed.stderr for ch in "\x1b\x07\x9b")
-    assert "\ufffd[2J" in failed.stderr
+    assert "%1B[2J" in failed.stderr  # the URL's normal form (RFC 3987 section 4.1)
+
+
+def test_shown_text_keeps_lines_and_tabs_and_replaces_every_other_control() -> None:
+    from aggregator.terminal import shown
+
+    assert shown("a\x1b[2J\u202eb\nc\td\x9b\x07\ud800") == (
+        "a\ufffd[2J\ufffdb\nc\td\ufffd\ufffd\ufffd"
+    )
 
 
 def test_the_progress_bar_on_a_terminal_shows_titles_as_text(
@@ -703,3 +714,111 @@ def test_the_progress_bar_on_a_terminal_shows_titles_as_text(
     os.close(leader)
     assert b"Traceback" not in drawn and b"MarkupError" not in drawn
     assert b"1 new" in output
+
+
+def test_bidirectional_controls_never_reach_the_terminal(
+    tmp_path: Path, feed_server: FeedServer
+) -> None:
+    """A redirect to a URL holding a right-to-left override (raw UTF-8 in Location): the
+    feed's stored address has it percent-encoded (RFC 3987 section 4.1), and no command
+    shows it raw."""
+    cfg = config(tmp_path)
+    target = feed_server.add("/plain.xml", body=rss([Item("Hello", link="https://b.test/1")]))
+    sneaky = "/plain.xml?\u202egpj.exe"
+    moved = feed_server.add(
+        "/moved.xml", body=b"", status=301, headers={"Location": sneaky.encode().decode("latin-1")}
+    )
+    feed_server.add(
+        sneaky.replace("\u202e", "%E2%80%AE"), body=rss([Item("Hello", link="https://b.test/1")])
+    )
+    run("feeds", "add", "--no-discover", moved, config=cfg)
+    shown = [
+        run(*args, config=cfg, check=False) for args in (("poll",), ("feeds", "list"), ("status",))
+    ]
+    for result in shown:
+        assert "\u202e" not in result.stdout + result.stderr, result
+    assert target  # the plain feed is there to move to
+
+
+def test_output_that_cannot_be_written_is_never_a_success(tmp_path: Path) -> None:
+    """Standard output on a full disk: the command says so on standard error and exits
+    non-zero, with or without Python's own buffering (it used to exit 0)."""
+    cfg = mail_config(tmp_path)
+    run("init", config=cfg)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    env["AGGREGATOR_CONFIG"] = str(cfg)
+    for args in (("feeds", "list"), ("status",), ("subscribers", "list"), ("--version",)):
+        with open("/dev/full", "w") as full:
+            done = subprocess.run(
+                [*AGGREGATOR, *args], stdout=full, stderr=subprocess.PIPE, env=env, timeout=60
+            )
+        assert done.returncode != 0, args
+        assert b"No space left on device" in done.stderr, (args, done.stderr)
+        assert b"Traceback" not in done.stderr, done.stderr
+
+
+def test_a_closed_standard_error_changes_no_exit_status(tmp_path: Path) -> None:
+    """Started with standard error closed (``2>&-``, as some cron lines do): a command
+    that succeeds exits 0, one that fails exits non-zero, and nothing goes to stdout
+    instead."""
+    cfg = mail_config(tmp_path)
+    run("init", config=cfg)
+    env = {**os.environ, "AGGREGATOR_CONFIG": str(cfg)}
+    command = " ".join([*AGGREGATOR, "status"])
+    ok = subprocess.run(["sh", "-c", f"{command} 2>&-"], capture_output=True, env=env, timeout=60)
+    assert ok.returncode == 0 and ok.stdout.startswith(b"Database: ")
+    failing = " ".join([*AGGREGATOR, "feeds", "remove", "99"])
+    bad = subprocess.run(["sh", "-c", f"{failing} 2>&-"], capture_output=True, env=env, timeout=60)
+    assert bad.returncode == 1 and bad.stdout == b""
+
+
+def test_an_argument_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
+    """Bytes the system cannot decode as UTF-8 in an argument: one line naming it (it
+    was a UnicodeEncodeError traceback from deep in the command)."""
+    cfg = mail_config(tmp_path)
+    run("init", config=cfg)
+    env = {**os.environ, "AGGREGATOR_CONFIG": str(cfg)}
+    for args in ([b"feeds", b"remove", b"\xff"], [b"backup", b"x-\xff.sqlite3"]):
+        done = subprocess.run(
+            [*AGGREGATOR, *args], capture_output=True, env=env, timeout=60, cwd=tmp_path
+        )
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.startswith(b"error: argument ") and done.stderr.count(b"\n") == 1
+        assert b"not valid UTF-8" in done.stderr
+
+
+def test_backup_follows_a_link_and_never_replaces_a_device_or_fifo(tmp_path: Path) -> None:
+    cfg = mail_config(tmp_path)
+    run("init", config=cfg)
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    refused = run("backup", str(fifo), config=cfg, check=False)
+    assert refused.returncode == 1 and "not a regular file" in refused.stderr
+    assert fifo.is_fifo()
+    real = tmp_path / "real.sqlite3"
+    link = tmp_path / "link.sqlite3"
+    link.symlink_to(real)
+    run("backup", str(link), config=cfg)
+    assert link.is_symlink() and real.is_file()
+    assert sqlite3.connect(real).execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+def test_digest_send_beside_a_run_that_is_sending_is_not_an_error(tmp_path: Path) -> None:
+    """A cron `digest send --due` while the service's own job holds the sending lease:
+    it sends nothing, says why, and exits 0 (a non-zero exit would mail cron's owner for
+    something that is as it should be)."""
+    from aggregator.clock import system_clock
+    from aggregator.config import load
+    from aggregator.digests.lease import SendLease
+    from aggregator.store import Store
+
+    cfg = mail_config(tmp_path)
+    run("init", config=cfg)
+    store = Store.open(load(cfg).database)
+    try:
+        assert SendLease(store, system_clock).take()
+        done = run("digest", "send", "--due", config=cfg, check=False)
+    finally:
+        store.close()
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == "another run is sending digests\n"

@@ -279,9 +279,9 @@ def run_rounds(site: Site, rounds: int, *, kills: bool, seed: int) -> None:
                 pool.submit(site.cli, "status"),
                 pool.submit(site.cli, "feeds", "list"),
                 pool.submit(site.cli, "poll", ok=(0, 1)),
-                # Exit 2 "another run is sending digests": the service's digest job
+                # "another run is sending digests" (exit 0): the service's digest job
                 # holds the sending lease at that moment, as it should.
-                pool.submit(site.cli, "digest", "send", "--due", ok=(0, 2)),
+                pool.submit(site.cli, "digest", "send", "--due"),
                 pool.submit(site.cli, "backup", str(backup)),
                 pool.submit(site.cli, "subscribers", "add", operator, "--cadence", "daily"),
             ]
@@ -339,7 +339,7 @@ def run_rounds(site: Site, rounds: int, *, kills: bool, seed: int) -> None:
     site.smtp.clear()
     site.start()
     deadline = time.monotonic() + DEADLINE
-    while "another run is sending digests" in site.cli("digest", "send", ok=(0, 2)):
+    while "another run is sending digests" in site.cli("digest", "send"):
         assert time.monotonic() < deadline, "the sending lease was never free"
         time.sleep(0.2)
     mailed = {address for item in site.smtp.received() for address in item.rcpt_tos}

@@ -460,3 +460,24 @@ def test_the_quick_start_welcome_lists_the_blogs_latest_posts_and_no_digest_repe
         check=True,
     )
     assert sent.stdout.startswith("Built 0 digests"), sent.stdout
+
+
+def test_log_lines_escape_what_servers_and_feeds_said() -> None:
+    """A relay's refusal with escape sequences, a window-title command and a bidi
+    override (logged when a sign-up mail fails): the log line shows them as escapes,
+    one line, in the text and the JSON format alike."""
+    import json
+    import logging
+
+    from aggregator.scheduler import JsonFormatter, OneLineFormatter
+    from aggregator.text import UNSHOWABLE
+
+    said = "451 \x1b[2J\x1b[31mRED\x1b]0;PWNED\x07 \u202eevil\x85 \u2028next"
+    record = logging.LogRecord(
+        "aggregator.web.subscribe", logging.WARNING, __file__, 1, "mail not sent: %s", (said,), None
+    )
+    line = OneLineFormatter().format(record)
+    assert not UNSHOWABLE.search(line) and "\n" not in line
+    assert "\\x1b[2J\\x1b[31mRED\\x1b]0;PWNED\\x07 \\u202eevil\\x85 \\u2028next" in line
+    event = json.loads(JsonFormatter().format(record))
+    assert not UNSHOWABLE.search(event["message"]) and "\\u202eevil" in event["message"]

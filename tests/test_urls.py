@@ -401,3 +401,18 @@ def test_feed_urls_fold_scheme_host_and_default_port(written: str, stored: str) 
     from aggregator.urls import feed_url
 
     assert feed_url(written) == stored
+
+
+def test_feed_urls_never_hold_bidi_or_control_characters_raw() -> None:
+    """RFC 3987 section 4.1: no bidirectional formatting characters in an IRI; they and
+    controls are percent-encoded in the stored form, other characters kept."""
+    from aggregator.urls import feed_url
+
+    assert (
+        feed_url("http://host/feed?name=\u202egpj.exe") == "http://host/feed?name=%E2%80%AEgpj.exe"
+    )
+    assert (
+        feed_url("http://host/f\u00fcr?x=\u2066y\u2069")
+        == "http://host/f\u00fcr?x=%E2%81%A6y%E2%81%A9"
+    )
+    assert feed_url("http://host/a\x1bb") == "http://host/a%1Bb"

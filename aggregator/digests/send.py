@@ -103,6 +103,9 @@ def count_due(store: Store, now: datetime) -> int:
 
 STOPPED_BY_SIGNAL = "stopped by a signal; the digests not sent yet wait for the next run"
 """``SendReport.stopped`` of a run ended by its ``stop`` event."""
+ANOTHER_SENDER = "another run is sending digests"
+"""``SendReport.stopped`` of a run that found the sending lease held (it sends nothing:
+the other run sends what is due)."""
 
 
 def send_pending(
@@ -134,7 +137,7 @@ def send_pending(
     renderer = Renderer(store, settings, links)
     lease = SendLease(store, tick)
     if not lease.take():
-        report.stopped = "another run is sending digests"
+        report.stopped = ANOTHER_SENDER
         return report
     total = count_due(store, now)
     if limit is not None:

@@ -297,13 +297,22 @@ class Store:
         ``target`` under a temporary name, set to WAL mode like the original, checked
         with ``PRAGMA integrity_check``, then renamed into place, so ``target`` is never
         half written (temporary files of a backup that was killed are removed by the
-        next one). Missing folders of ``target`` are made. Raises ``StoreError`` naming
-        ``target`` when it is the database itself or cannot be written.
+        next one). Missing folders of ``target`` are made. A symbolic link is followed
+        (the file it names is replaced, the link stays). Raises ``StoreError`` naming
+        ``target`` when it is the database itself, not a regular file (a folder, device,
+        FIFO or socket) or cannot be written.
         """
         target = Path(target).absolute()
+        if target.is_symlink():
+            target = target.resolve()
         self.refuse_own(target, "back up onto")
         if target.is_dir():
             raise StoreError("is a folder, not a file name", path=str(target))
+        if target.exists() and not target.is_file():
+            raise StoreError(
+                "is not a regular file (a device, FIFO or socket): refusing to replace it",
+                path=str(target),
+            )
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
         except OSError as error:
