@@ -246,43 +246,12 @@ def test_a_late_welcome_lists_nothing_the_first_digest_carries(
     assert carried == [("After joining",)]
 
 
-def test_on_a_fresh_install_the_welcome_lists_the_archive_and_the_digest_the_news(
+def test_first_digest_on_a_fresh_install_holds_one_period_of_the_backlog(
     store_and_settings, tmp_path: Path
 ) -> None:
-    """Someone who joined before anything was stored: the first poll's posts older than
-    one cadence period go in the welcome (no digest carries them), the recent ones in
-    the first digest alone."""
-    store, settings = store_and_settings
-    subscriber, _ = add_by_operator(
-        store,
-        settings,
-        links_for(store, settings),
-        email="early@example.org",
-        cadence="daily",
-        first_digest_now=True,
-        now=T0,
-    )
-    assert subscriber.watermark == 0
-    alpha = add_feed(store, "Alpha Blog", backlog=True)
-    add_entry(store, alpha, "Archive post", published=T0 - timedelta(days=400))
-    add_entry(store, alpha, "Yesterday", published=T0 - timedelta(hours=20))
-    mark_backlog(store, alpha)
-    outbox = MaildirSender(tmp_path / "outbox")
-    assert send_welcomes(store, outbox, settings, T0) == []
-    (path,) = (tmp_path / "outbox" / "new").iterdir()
-    std, _ = both_parsers(path.read_bytes())
-    welcome = std.get_body(("plain",)).get_content()  # type: ignore[union-attr]
-    assert "Archive post" in welcome and "Yesterday" not in welcome
-    assert build_pending(store, settings, T0, due_only=False).built == 1
-    carried = store.db.execute(
-        "SELECT e.title FROM digest_entries de JOIN entries e ON e.id = de.entry_id"
-    ).fetchall()
-    assert carried == [("Yesterday",)]
-
-
-def test_first_digest_on_a_fresh_install_holds_one_period_of_the_backlog(
-    store_and_settings,
-) -> None:
+    """Someone who joined before anything was stored: of the first poll's posts, those
+    of the last cadence period go in the first digest, older ones in the welcome (no
+    digest carries them), none in both."""
     store, settings = store_and_settings
     subscriber, _ = add_by_operator(
         store,
@@ -299,6 +268,13 @@ def test_first_digest_on_a_fresh_install_holds_one_period_of_the_backlog(
     add_entry(store, alpha, "Last week", published=T0 - timedelta(days=5))
     add_entry(store, alpha, "Yesterday", published=T0 - timedelta(hours=20))
     mark_backlog(store, alpha)
+    outbox = MaildirSender(tmp_path / "outbox")
+    assert send_welcomes(store, outbox, settings, T0) == []
+    (path,) = (tmp_path / "outbox" / "new").iterdir()
+    std, _ = both_parsers(path.read_bytes())
+    welcome = std.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    assert "Archive post" in welcome and "Last week" in welcome
+    assert "Yesterday" not in welcome
     report = build_pending(store, settings, T0, due_only=False)
     assert report.built == 1
     from aggregator.store import digests as digest_rows
