@@ -192,7 +192,15 @@ def test_disable_enable_and_remove(admin) -> None:
     feed = feed_rows.get_feed(store.db, feed_id)
     assert feed is not None and feed.enabled
 
-    removed = client.post(f"/admin/feeds/{feed_id}/remove", data={"csrf_token": token(client)})
+    asked = client.post(f"/admin/feeds/{feed_id}/remove", data={"csrf_token": token(client)})
+    assert asked.status_code == 200 and "Remove a feed?" in asked.text
+    assert "its 1 stored post leave" in asked.text and 'name="confirm" value="1"' in asked.text
+    assert urls(store) == ["https://alpha.test/feed"]  # nothing removed yet
+    confirm = re.search(r'name="csrf_token" value="([^"]+)"', asked.text)
+    assert confirm is not None
+    removed = client.post(
+        f"/admin/feeds/{feed_id}/remove", data={"csrf_token": confirm[1], "confirm": "1"}
+    )
     assert removed.status_code == 200 and "Feed removed" in removed.text
     assert urls(store) == []
     assert store.conn.execute("SELECT count(*) FROM entries").fetchone()[0] == 0

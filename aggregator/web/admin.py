@@ -27,6 +27,7 @@ from ..opml import MAX_OPML_BYTES
 from ..sources import add_source, discover_feed_url, import_opml, remove_source
 from ..store import feeds as feed_rows
 from ..store import search, timeline
+from ..store.entries import count_entries
 from ..urls import without_userinfo
 from .context import WebContext, web_context
 from .pages import render, str_param
@@ -160,17 +161,28 @@ def _feed_id(request: Request) -> int:
 
 
 async def remove_feed(request: Request) -> Response:
-    """POST /admin/feeds/{feed_id}/remove: delete the feed and its entries, then redirect
-    (303); 404 for an unknown id. Admin and CSRF checked.
+    """POST /admin/feeds/{feed_id}/remove: first a page that names the feed and how many
+    posts go with it; with ``confirm=1`` (that page's button), delete the feed and its
+    entries, then redirect (303). 404 for an unknown id. Admin and CSRF checked.
     """
-    await _form(request)
+    form = await _form(request)
     web = web_context(request)
     feed_id = _feed_id(request)
+    if form.get("confirm") != "1":
+        feed, posts = await run_in_threadpool(_feed_and_posts, web, feed_id)
+        if feed is None:
+            raise HTTPException(404, f"There is no feed with id {feed_id}.")
+        return render(request, "admin_remove.html", {"feed": feed, "posts": posts})
     try:
         await run_in_threadpool(remove_source, web.store(), str(feed_id))
     except AggregatorError:
         raise HTTPException(404, f"There is no feed with id {feed_id}.") from None
     return _redirect("removed")
+
+
+def _feed_and_posts(web: WebContext, feed_id: int) -> tuple[Any, int]:
+    db = web.store().db
+    return feed_rows.get_feed(db, feed_id), count_entries(db, feed_id)
 
 
 async def set_feed_enabled(request: Request) -> Response:
