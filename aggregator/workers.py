@@ -39,20 +39,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import multiprocessing
-import multiprocessing.connection
 import os
 import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import partial
-from multiprocessing import forkserver
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
+
+# multiprocessing and the process pool are imported where processes start (5 ms of every
+# command's start otherwise): a warm poll, or a small one parsed in-process, starts none.
+if TYPE_CHECKING:
+    from concurrent.futures import ProcessPoolExecutor
 
 T = TypeVar("T")
 
@@ -65,6 +65,8 @@ _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 def _release_fork_server() -> None:
     """Close this worker's copy of the write end of the fork server's "alive" pipe, so
     that the fork server sees end of file, and ends, as soon as the owner is gone."""
+    from multiprocessing import forkserver
+
     server = getattr(forkserver, "_forkserver", None)
     alive_fd = getattr(server, "_forkserver_alive_fd", None)
     if server is not None and isinstance(alive_fd, int):  # set only in a forked worker
@@ -78,6 +80,8 @@ def _die_with_parent() -> None:
     is single-threaded, so "the thread that forked us" is the whole fork server."""
     if not sys.platform.startswith("linux"):
         return
+    import ctypes
+
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
@@ -85,6 +89,9 @@ def _die_with_parent() -> None:
 
 def _exit_with_owner() -> None:
     """End this process as soon as its owner ends (even if the owner was SIGKILLed)."""
+    import multiprocessing
+    import multiprocessing.connection
+
     owner = multiprocessing.parent_process()
     if owner is None:
         return
@@ -114,6 +121,9 @@ def start_worker() -> None:
 def process_pool(workers: int, preload: Sequence[str] = ()) -> ProcessPoolExecutor:
     """``workers`` processes started by the fork server, which imports ``preload`` once
     for all of them."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(list(preload))
     return ProcessPoolExecutor(
@@ -237,6 +247,8 @@ class ParseWorkers:
         return pool
 
     async def _pool(self) -> ProcessPoolExecutor:
+        from concurrent.futures.process import BrokenProcessPool
+
         if self._ready is None:
             loop = asyncio.get_running_loop()
             self._ready = asyncio.ensure_future(loop.run_in_executor(None, self._start))
@@ -266,6 +278,8 @@ class ParseWorkers:
             if self._inline is None:
                 self._inline = ThreadPoolExecutor(1, thread_name_prefix="aggregator-parse")
             return await loop.run_in_executor(self._inline, work)
+        from concurrent.futures.process import BrokenProcessPool
+
         pool = await self._pool()
         try:
             if self.deadline > 0:

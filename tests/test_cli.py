@@ -534,7 +534,8 @@ def test_commands_import_only_what_they_use(tmp_path: Path, feed_server: FeedSer
         "try:\n"
         "    main(sys.argv[1:])\n"
         "finally:\n"
-        "    heavy = ('httpx', 'asyncio', 'smtplib', 'feedparser', 'jinja2', 'starlette', 'rich')\n"
+        "    heavy = ('httpx', 'asyncio', 'smtplib', 'feedparser', 'jinja2', 'starlette', 'rich',\n"
+        "             'multiprocessing')\n"
         "    print('LOADED', *sorted(m for m in heavy if m in sys.modules))\n"
     )
     env = {**os.environ, "AGGREGATOR_CONFIG": str(cfg)}
