@@ -949,6 +949,9 @@ def status(ctx: click.Context) -> None:
         out.line(f"Next poll due: {_when(data.next_poll) if data.next_poll else 'now'}")
         subs = ", ".join(f"{n} {state}" for state, n in sorted(data.subscribers.items()))
         out.line(f"Subscribers: {subs or 'none'}")
+        waiting = store.spooled_unsubscribes()
+        if waiting:  # the database could not be written: kept, applied by the next write
+            out.line(f"Unsubscribes kept for the next write: {waiting}")
         pending = data.digests.get("pending", 0)
         out.line(
             f"Digests: {data.digests.get('sent', 0)} sent, {pending} pending, "

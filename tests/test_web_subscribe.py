@@ -547,6 +547,9 @@ def test_a_one_click_unsubscribe_while_the_database_is_locked_is_kept_and_honour
         assert rows(store, "SELECT status FROM subscribers WHERE id = ?", leaving.id) == [
             ("confirmed",)
         ]
+        told = run_cli("status", config=config, check=False).stdout
+        assert "locked by another process" in told
+        assert "Unsubscribes kept for the next write: 1" in told, told
     store.close()
     sent = run_cli("digest", "send", config=config)
     assert "Sent 1 to" in sent.stdout, sent.stdout

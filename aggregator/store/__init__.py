@@ -218,6 +218,10 @@ class Store:
         even the spool cannot be written."""
         spool.record(self.path, subscriber_id, requested_at)
 
+    def spooled_unsubscribes(self) -> int:
+        """How many unsubscribes wait in the spool for the database's next write."""
+        return spool.waiting(self.path)
+
     # --- checks and copies ---------------------------------------------------------------
 
     def integrity_ok(self) -> bool:

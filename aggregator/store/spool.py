@@ -60,6 +60,20 @@ def record(database: Path, subscriber_id: int, requested_at: datetime) -> None:
         ) from None
 
 
+def waiting(database: Path) -> int:
+    """How many unsubscribes the spool holds (0 without a spool, or one that cannot be
+    read)."""
+    path = spool_path(database)
+    if not path.exists():
+        return 0
+    try:
+        with closing(sqlite3.connect(path, timeout=WAIT_SECONDS)) as conn:
+            conn.execute(_TABLE)
+            return int(conn.execute("SELECT count(*) FROM unsubscribes").fetchone()[0])
+    except sqlite3.Error:
+        return 0
+
+
 def apply(db: Database, database: Path) -> int | None:
     """Apply the spooled unsubscribes to ``db`` (inside the caller's write transaction);
     the id of the last one applied, to ``forget`` after the commit, or None when the
