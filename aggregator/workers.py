@@ -61,6 +61,9 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
+FORK_SERVER_SIGNALS = "aggregator.forkserver_signals"
+"""The module the fork server imports first (see it): it ignores SIGTERM."""
+
 
 def _release_fork_server() -> None:
     """Close this worker's copy of the write end of the fork server's "alive" pipe, so
@@ -120,12 +123,13 @@ def start_worker() -> None:
 
 def process_pool(workers: int, preload: Sequence[str] = ()) -> ProcessPoolExecutor:
     """``workers`` processes started by the fork server, which imports ``preload`` once
-    for all of them."""
+    for all of them (after ``FORK_SERVER_SIGNALS``: it ignores a stop signal sent to the
+    whole group, and leaves the pool's end to its owner)."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(list(preload))
+    context.set_forkserver_preload([FORK_SERVER_SIGNALS, *preload])
     return ProcessPoolExecutor(
         max_workers=workers or os.cpu_count() or 1,
         mp_context=context,

@@ -268,3 +268,45 @@ def test_k8_sigterm_during_poll_exits_cleanly_with_whole_batches(rig: Rig) -> No
         assert (count, keys, fetches) in ((0, 0, 0), (ITEMS_PER_FEED, ITEMS_PER_FEED, 1)), url
     run_to_end(config)
     assert all(count == ITEMS_PER_FEED for count, _, _ in batches(config).values())
+
+
+def _parse_worker_running(pgid: int) -> bool:
+    """Whether the group has a process forked by multiprocessing's fork server."""
+    stats = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid:
+            stats[int(stat.parent.name)] = (int(fields[1]), b"forkserver" in cmdline)
+    servers = {pid for pid, (_, server) in stats.items() if server}
+    return any(parent in servers for parent, _ in stats.values())
+
+
+def test_k8_sigterm_to_the_whole_group_while_workers_parse_writes_what_was_fetched(
+    rig: Rig,
+) -> None:
+    """K8: a stop sent to the whole process group (systemd's default for `systemctl
+    stop`) while a fetched document is parsed in a worker process: the fork server and
+    its worker carry on, the command writes that feed whole, exits 0 and leaves no
+    process behind. (The fork server used to die at once, its workers with it, and the
+    document was skipped.) A document still downloading is dropped, as documented."""
+    config = rig.fresh("group-sigterm")
+    process = start_poll(config)
+    deadline = time.monotonic() + 60
+    while not _parse_worker_running(process.pid):
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.005)
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        kill_group(process)
+    assert process.returncode == 0, (process.returncode, stderr.decode())
+    assert b"Traceback" not in stderr
+    found = batches(config)
+    assert all(count in (0, ITEMS_PER_FEED) for count, _, _ in found.values()), found
+    assert any(count == ITEMS_PER_FEED for count, _, _ in found.values()), stdout.decode()
+    assert not group_alive(process.pid)
