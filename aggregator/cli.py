@@ -551,13 +551,15 @@ def run(ctx: click.Context, host: str | None, port: int | None, once: bool) -> N
 
     SIGTERM or Ctrl-C stop it: the unit of work in flight completes, the exit status is 0.
     """
-    from .scheduler import run_service  # imported here: the other commands need no web stack
+    from .scheduler import listen, run_service  # here: the other commands need no web stack
 
     with _one_line_errors():
         app = _app(ctx)
         settings = app.settings
+        # Bound before anything is said, added or started: a port in use is one line.
+        listener = None if once else listen(host or settings.web.host, port or settings.web.port)
         out.line(f"Database: {app.open_store().path}")
-        if once:
+        if listener is None:
             _exit_for(_poll(app, due=False, feed_ids=None))
             return
         if settings.service.demo_subscriber:
@@ -570,7 +572,7 @@ def run(ctx: click.Context, host: str | None, port: int | None, once: bool) -> N
             else f"the outbox {settings.mail.outbox}"
         )
         out.line(f"Starting: the timeline at {where}; digests go to {mail}. Ctrl-C stops.")
-        run_service(settings, host=host, port=port, log_format=app.log_format)
+        run_service(settings, listener=listener, log_format=app.log_format)
 
 
 def _add_demo_subscriber(app: App) -> None:
@@ -985,6 +987,10 @@ def main(argv: list[str] | None = None) -> Any:
         root.addHandler(WarningLines(err))
     try:
         result = cli.main(args=args, prog_name="aggregator", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as error:  # `aggregator feeds`: its help
+        assert error.ctx is not None
+        err.line(error.ctx.get_help())
+        sys.exit(2)
     except click.ClickException as error:
         hint = ""
         if isinstance(error, click.UsageError) and error.ctx is not None:

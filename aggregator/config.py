@@ -225,7 +225,10 @@ def load_settings(path: Path, env: Mapping[str, str]) -> Settings:
         # "utf-8-sig": a byte order mark some editors write first is not a TOML statement.
         raw = tomllib.loads(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
-        raise ConfigError("no such file", path=str(path)) from None
+        raise ConfigError(
+            f"no such file (`aggregator init --config {path}` writes a starter one)",
+            path=str(path),
+        ) from None
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(f"cannot read: {error}", path=str(path)) from None
     except tomllib.TOMLDecodeError as error:

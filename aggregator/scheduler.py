@@ -278,15 +278,24 @@ class Service:
 
     # --- the process ------------------------------------------------------------------
 
-    async def serve(self, host: str | None = None, port: int | None = None) -> None:
+    async def serve(
+        self,
+        host: str | None = None,
+        port: int | None = None,
+        *,
+        listener: socket.socket | None = None,
+    ) -> None:
         """Open the database, add the configured feeds, then serve the web app on
-        ``host``:``port`` (the settings' by default) and run the jobs until SIGTERM or
-        Ctrl-C; the unit of work in flight completes first (up to
+        ``listener``, or on ``host``:``port`` (the settings' by default), and run the jobs
+        until SIGTERM or Ctrl-C; the unit of work in flight completes first (up to
         ``SHUTDOWN_GRACE_SECONDS``). A read-only database, or another process holding the
         job lock, serves pages only.
         """
         settings = self.settings
-        listener = listen(host or settings.web.host, settings.web.port if port is None else port)
+        if listener is None:
+            listener = listen(
+                host or settings.web.host, settings.web.port if port is None else port
+            )
         store = self._store = Store.open(settings.database)
         try:
             sync_configured_feeds(store, settings, self.clock())
@@ -526,10 +535,11 @@ def run_service(
     *,
     host: str | None = None,
     port: int | None = None,
+    listener: socket.socket | None = None,
     log_format: str = "text",
 ) -> None:
     """Configure logging (``log_format``: one of ``LOG_FORMATS``) and run the service until
-    it is stopped; blocks.
+    it is stopped, serving on ``listener`` when given (see ``listen``); blocks.
     """
     configure_logging(settings.log_level, log_format)
-    asyncio.run(Service(settings).serve(host, port))
+    asyncio.run(Service(settings).serve(host, port, listener=listener))

@@ -301,6 +301,8 @@ def test_web_port_in_use_is_one_line_and_nothing_starts(
         f"error: web.port: cannot listen on 127.0.0.1:{port}: Address already in use"
     )
     assert feed_server.requests_for("/feed.xml") == []  # no poll started
+    assert "Starting" not in result.stdout  # nothing said to start either
+    assert not (tmp_path / "db.sqlite3").exists() or command == "serve"
 
 
 def test_serve_logs_one_line_events_as_run_does_or_json(tmp_path: Path) -> None:
