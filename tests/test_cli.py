@@ -482,6 +482,15 @@ def test_usage_and_config_mistakes_are_error_lines_too(tmp_path: Path) -> None:
     typo.write_text('database = "db.sqlite3"\n[fetch]\nmax_redirects = -5\n')
     result = run("status", config=typo, check=False)
     assert result.stderr == f"error: {typo}: fetch.max_redirects: must be at least 0, not -5\n"
+    bare = run("feeds", config=cfg, check=False)
+    assert bare.returncode == 2 and bare.stderr.startswith("Usage: aggregator feeds")
+    assert "error:" not in bare.stderr
+    missing = tmp_path / "nope.toml"
+    gone = run("status", config=missing, check=False)
+    assert gone.stderr == (
+        f"error: {missing}: no such file (`aggregator init --config {missing}` writes a "
+        "starter one)\n"
+    )
 
 
 LONE_SURROGATE_FEED = (
