@@ -342,8 +342,13 @@ def test_backup_errors_name_the_target_and_leftovers_of_a_killed_backup_go(
     stale = tmp_path / f".copy.sqlite3.{pid}.partial"
     stale.write_bytes(b"half a copy")
     Path(f"{stale}-journal").write_bytes(b"x")
+    yesterday = tmp_path / f".backup-2026-11-29.sqlite3.{pid}.partial"  # a dated name
+    yesterday.write_bytes(b"half a copy")
+    mine = tmp_path / f".other.sqlite3.{os.getpid()}.partial"  # a backup still running
+    mine.write_bytes(b"in progress")
     store.backup(tmp_path / "copy.sqlite3")
     assert not stale.exists() and not Path(f"{stale}-journal").exists()
+    assert not yesterday.exists() and mine.exists()
     store.close()
 
 
@@ -367,4 +372,21 @@ def test_healthz_retries_a_write_once_the_failure_may_have_passed(
         monkeypatch.setattr(views, "HEALTH_RETRY_SECONDS", 0.0)
         health = client.get("/healthz")
         assert health.status_code == 200, health.json()
+    store.close()
+
+
+def test_a_statement_that_failed_on_a_lock_is_finalised_at_once(tmp_path: Path) -> None:
+    """The cursor of a statement that waited out another process's lock is closed where
+    it failed. Left to the garbage collector, it was freed in some other thread, which
+    then waited for this connection while holding the GIL: a service froze whole (every
+    page, /healthz too) for as long as a sqlite3 shell held its transaction."""
+    import sqlite3 as sqlite
+
+    path = tmp_path / "a.sqlite3"
+    store = Store.open(path, pragmas={"busy_timeout": 100})
+    cursor = store.conn.cursor()
+    with write_lock_held(path), pytest.raises(StoreLocked):
+        cursor.execute("BEGIN IMMEDIATE")
+    with pytest.raises(sqlite.ProgrammingError, match="closed cursor"):
+        cursor.execute("SELECT 1")
     store.close()

@@ -245,3 +245,29 @@ def test_cli_subscribers_and_digest_commands(tmp_path: Path) -> None:
     assert "Sent 0" in cli(config, "digest", "send").stdout
     assert cli(config, "subscribers", "remove", "reader@example.org").returncode == 0
     assert cli(config, "subscribers", "remove", "reader@example.org").returncode == 1
+
+
+def test_emptying_the_spool_never_takes_an_unsubscribe_that_came_after(env) -> None:
+    """Two processes drain the spool back to back; a new unsubscribe arrives between the
+    first's read and its clearing: it must survive (ids are never reused)."""
+    from aggregator.store import spool
+
+    settings, store, links = env
+    first, _ = add_by_operator(store, settings, links, email="s1@example.org", now=T0)
+    second, _ = add_by_operator(store, settings, links, email="s2@example.org", now=T0)
+    later = T0 + timedelta(hours=1)
+    store.spool_unsubscribe(first.id, later)
+    with store.write() as db:  # a process applies id 1, and has not cleared it yet
+        applied = spool.apply(db, settings.database)
+    assert applied is not None
+    with store.write():  # another process applies and clears it
+        pass
+    store.spool_unsubscribe(second.id, later)  # a new one, after the spool was emptied
+    spool.forget(settings.database, applied)  # the first process clears what it applied
+    assert store.spooled_unsubscribes() == 1
+    with store.write():
+        pass
+    assert rows(store, "SELECT email, status FROM subscribers ORDER BY id") == [
+        ("s1@example.org", "unsubscribed"),
+        ("s2@example.org", "unsubscribed"),
+    ]

@@ -21,6 +21,7 @@ Every sqlite3 failure of the database itself, on reads and writes, arrives as a
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import threading
 from collections.abc import Iterator, Mapping
@@ -218,6 +219,11 @@ class Store:
         even the spool cannot be written."""
         spool.record(self.path, subscriber_id, requested_at)
 
+    def unsubscribe_waits(self, subscriber_id: int) -> bool:
+        """Whether an unsubscribe of ``subscriber_id`` waits in the spool (so no mail may
+        go to them, though the database does not say so yet)."""
+        return spool.holds(self.path, subscriber_id)
+
     def spooled_unsubscribes(self) -> int:
         """How many unsubscribes wait in the spool for the database's next write."""
         return spool.waiting(self.path)
@@ -355,11 +361,17 @@ JOBS_LOCK_SUFFIX = ".jobs.lock"
 holds it while it runs the poll and digest jobs)."""
 
 
+_PARTIAL = re.compile(r"\..+\.(?P<pid>\d+)\.partial(?:-wal|-shm|-journal)?")
+"""A backup's temporary copy: ``.NAME.PID.partial`` (and SQLite's files beside it)."""
+
+
 def _remove_stale_partials(target: Path) -> None:
-    """Remove the temporary copies of earlier backups to ``target`` whose process died."""
-    for leftover in target.parent.glob(f".{target.name}.*.partial*"):
-        pid = leftover.name[len(target.name) + 2 :].split(".", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+    """Remove the temporary copies that killed backups left in ``target``'s folder,
+    whatever name they were for (dated backups change name every day), once the process
+    that made each one is gone."""
+    for leftover in target.parent.glob(".*.partial*"):
+        found = _PARTIAL.fullmatch(leftover.name)
+        if found and not _alive(int(found["pid"])):
             leftover.unlink(missing_ok=True)
 
 

@@ -12,6 +12,7 @@ SQLite result codes: https://www.sqlite.org/rescode.html
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -78,6 +79,14 @@ class _Translating:
             failure = translate(error, self.store_path)
             if failure is None:
                 raise
+            if isinstance(self, sqlite3.Cursor):
+                # Finalise its statement here and now. Left to the garbage collector (the
+                # exception's traceback keeps the cursor), it would be freed in whichever
+                # thread collects, which then waits for this connection's mutex while
+                # holding the GIL: if this thread is waiting for a lock held by another
+                # process, every thread of the process stops until that lock goes.
+                with contextlib.suppress(sqlite3.Error):
+                    self.close()
             raise failure from error
 
 

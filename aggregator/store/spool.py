@@ -10,7 +10,9 @@ the ``Store`` first applies what the spool holds, in the same transaction (so th
 digest is built or sent past it), and empties the spool once that has committed.
 
 Applying twice changes nothing: an unsubscribe is not applied to a subscriber whose
-status changed after it was asked for (one who subscribed again since).
+status changed after it was asked for (one who subscribed again since). Spool ids are
+never reused (AUTOINCREMENT), so emptying the spool up to the last id a process applied
+never takes an unsubscribe that came after it.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ WAIT_SECONDS = 5.0
 
 _TABLE = (
     "CREATE TABLE IF NOT EXISTS unsubscribes "
-    "(id INTEGER PRIMARY KEY, subscriber_id INTEGER NOT NULL, requested_at TEXT NOT NULL)"
+    "(id INTEGER PRIMARY KEY AUTOINCREMENT, subscriber_id INTEGER NOT NULL, "
+    "requested_at TEXT NOT NULL)"
 )
 
 
@@ -72,6 +75,23 @@ def waiting(database: Path) -> int:
             return int(conn.execute("SELECT count(*) FROM unsubscribes").fetchone()[0])
     except sqlite3.Error:
         return 0
+
+
+def holds(database: Path, subscriber_id: int) -> bool:
+    """Whether an unsubscribe of ``subscriber_id`` waits in the spool (False without a
+    spool, or one that cannot be read)."""
+    path = spool_path(database)
+    if not path.exists():
+        return False
+    try:
+        with closing(sqlite3.connect(path, timeout=WAIT_SECONDS)) as conn:
+            conn.execute(_TABLE)
+            found = conn.execute(
+                "SELECT 1 FROM unsubscribes WHERE subscriber_id = ? LIMIT 1", [subscriber_id]
+            ).fetchone()
+    except sqlite3.Error:
+        return False
+    return found is not None
 
 
 def apply(db: Database, database: Path) -> int | None:
