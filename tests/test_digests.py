@@ -488,3 +488,94 @@ def test_readers_of_the_same_stories_each_get_their_own_links(env, smtp_server) 
                 assert url.replace("&", "&amp;") in html or url in html
         header_url = re.findall(r"<([^>]+)>", message["List-Unsubscribe"])[0]
         assert header_url in text
+
+
+UNSUBSCRIBE_ELSEWHERE = """
+import sys
+from datetime import UTC, datetime
+from aggregator.store import Store
+from aggregator.subscriptions import unsubscribe_id
+store = Store.open(sys.argv[1])
+unsubscribe_id(store, int(sys.argv[2]), datetime.now(UTC))
+store.close()
+"""
+
+
+def test_a_digest_cancelled_while_the_run_sends_others_is_not_sent(env, smtp_server) -> None:
+    """Another process unsubscribes B while the run is handing A's digest to the relay
+    (the run read both digests before): B's is not sent; the run reads each digest
+    again just before sending it."""
+    import subprocess
+    import sys
+
+    settings, store, sender = env
+    alpha, _ = two_blogs(store)
+    subscribe(store, settings, "a@example.org", cadence="daily")
+    leaving = subscribe(store, settings, "b@example.org", cadence="daily")
+    add_entry(store, alpha, "News", published=later(1))
+    assert build_pending(store, settings, later(2), due_only=False).built == 2
+
+    def unsubscribe_b(item):
+        if item.rcpt_tos == ("a@example.org",):
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    UNSUBSCRIBE_ELSEWHERE,
+                    str(settings.database),
+                    str(leaving.id),
+                ],
+                check=True,
+                timeout=60,
+            )
+        return None  # accept the message
+
+    smtp_server.reject_data = unsubscribe_b
+    report = send_pending(store, sender, settings, lambda: later(2))
+    assert [r.rcpt_tos for r in smtp_server.received()] == [("a@example.org",)]
+    assert report.sent == 1
+    assert rows(store, "SELECT status FROM digests ORDER BY id") == [("sent",), ("cancelled",)]
+
+
+def test_a_message_the_relay_took_is_recorded_once_the_lock_goes(tmp_path, smtp_server) -> None:
+    """Another process holds the write lock past the busy wait right after the relay took
+    a digest: the run waits to record it instead of failing, so the next run does not
+    send it again (it used to: the digest stayed pending)."""
+    import subprocess
+    import sys
+    import threading
+
+    from lockkit import HOLD_WRITE_LOCK
+
+    settings = make_settings(tmp_path, smtp_port=smtp_server.port)
+    store = Store.open(settings.database, pragmas={"busy_timeout": 200})
+    sender = SmtpSender(SmtpSettings(host="127.0.0.1", port=smtp_server.port, security="none"))
+    alpha, _ = two_blogs(store)
+    subscribe(store, settings, "v1@example.org", cadence="daily")
+    add_entry(store, alpha, "News", published=later(1))
+    assert build_pending(store, settings, later(2), due_only=False).built == 1
+    holders = []
+
+    def lock_after_delivery(item):
+        holder = subprocess.Popen(
+            [sys.executable, "-c", HOLD_WRITE_LOCK, str(settings.database)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        assert holder.stdout is not None and holder.stdout.readline() == b"locked\n"
+        holders.append(holder)
+        threading.Timer(1.0, holder.communicate, kwargs={"input": b""}).start()
+        return None
+
+    smtp_server.reject_data = lock_after_delivery
+    try:
+        assert send_pending(store, sender, settings, lambda: later(2)).sent == 1
+        smtp_server.reject_data = None
+        assert send_pending(store, sender, settings, lambda: later(3)).sent == 0
+    finally:
+        for holder in holders:
+            holder.wait(timeout=30)
+        sender.close()
+    assert len(smtp_server.received()) == 1
+    assert rows(store, "SELECT status FROM digests") == [("sent",)]
+    store.close()

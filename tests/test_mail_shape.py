@@ -246,6 +246,38 @@ def test_a_late_welcome_lists_nothing_the_first_digest_carries(
     assert carried == [("After joining",)]
 
 
+def test_a_welcome_owed_past_a_digest_leaves_out_what_the_digest_carried(
+    store_and_settings, tmp_path: Path
+) -> None:
+    """The relay was down when the address was added: the welcome is owed, and a digest
+    goes out before it (the digest moves the watermark). The welcome, retried then,
+    does not list that digest's posts again."""
+    from aggregator.store import subscribers as subscriber_rows
+
+    store, settings = store_and_settings
+    alpha = add_feed(store, "Alpha Blog")
+    add_entry(store, alpha, "Before joining", published=T0 - timedelta(days=2))
+    subscriber, _ = add_by_operator(
+        store,
+        settings,
+        links_for(store, settings),
+        email="owed@example.org",
+        cadence="daily",
+        first_digest_now=True,
+        now=T0,
+    )
+    add_entry(store, alpha, "In the digest", published=T0 + timedelta(hours=1))
+    assert build_pending(store, settings, T0 + timedelta(days=1), due_only=False).built == 1
+    moved = subscriber_rows.get(store.db, subscriber.id)
+    assert moved is not None and moved.watermark > subscriber.watermark
+    outbox = MaildirSender(tmp_path / "outbox")
+    assert send_welcomes(store, outbox, settings, T0 + timedelta(days=1)) == []
+    (path,) = (tmp_path / "outbox" / "new").iterdir()
+    std, _ = both_parsers(path.read_bytes())
+    welcome = std.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    assert "Before joining" in welcome and "In the digest" not in welcome
+
+
 def test_first_digest_on_a_fresh_install_holds_one_period_of_the_backlog(
     store_and_settings, tmp_path: Path
 ) -> None:

@@ -355,7 +355,9 @@ def welcome_message(
     digest: those stored when the address was confirmed (up to its watermark; a welcome
     sent late, after a relay was down, lists none of what came since), and for someone
     who joined before anything was stored, the posts of each feed's first poll that are
-    older than their first digest holds (``selection.first_digest_since``)."""
+    older than their first digest holds (``selection.first_digest_since``). A welcome
+    that goes out after digests (its relay was down for days) leaves out what those
+    carried."""
     renderer = Renderer(store, settings, links)
     recent = digest_rows.latest_stories(
         store.db,
@@ -363,6 +365,7 @@ def welcome_message(
         WELCOME_POSTS,
         upto=subscriber.watermark,
         backlog_before=first_digest_since(subscriber, now),
+        not_mailed_to=subscriber.id,
     )
     stories = [renderer.story(DigestLine(entry, entry.feed_id, ())) for entry in recent]
     product = renderer.product

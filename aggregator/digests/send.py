@@ -14,8 +14,10 @@ confirmation and welcome mails that failed are retried here (``send_welcomes``).
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -24,7 +26,7 @@ from typing import Literal
 from ..backoff import exponential_backoff
 from ..clock import Clock
 from ..config import Settings
-from ..errors import MailDeferredError, MailPermanentError, MailTemporaryError
+from ..errors import MailDeferredError, MailPermanentError, MailTemporaryError, StoreLocked
 from ..mail import OutgoingMessage, Sender
 from ..store import Store
 from ..store import digests as digest_rows
@@ -54,6 +56,8 @@ digest. A 4xx to RCPT or DATA (``MailDeferredError``) concerns one recipient: th
 digest is retried later (the attempt counts), but it neither counts towards the stop
 nor breaks a run of server failures."""
 _BATCH = 200
+
+log = logging.getLogger(__name__)
 
 Outcome = Literal["sent", "retry", "failed", "bounced", "empty"]
 """How one digest went: delivered, to be retried, given up, address bounced, or
@@ -319,7 +323,14 @@ def _deliver(
     store: Store, sender: Sender, digest: DigestRow, message: OutgoingMessage, tick: Clock
 ) -> tuple[Outcome, str | None, bool]:
     """Hand one message over and record what became of it: (outcome, error or None,
-    whether the failure was the server's rather than this recipient's)."""
+    whether the failure was the server's rather than this recipient's).
+
+    The digest is read again first: one cancelled since the run read it (an unsubscribe,
+    perhaps kept in the spool while the database was locked) is not sent ("empty")."""
+    if not digest_rows.still_pending(store.db, digest.id) or store.unsubscribe_waits(
+        digest.subscriber_id
+    ):
+        return "empty", None, False
     try:
         sender.send(message)
     except MailPermanentError as error:
@@ -338,9 +349,33 @@ def _deliver(
                 return "failed", reason, server_failed
             digest_rows.mark_retry(db, digest.id, reason, tick() + backoff(digest.attempts + 1))
         return "retry", reason, server_failed
-    with store.write() as db:
-        digest_rows.mark_sent(db, digest.id, message.message_id, tick())
+    _record_sent(store, digest, message, tick)
     return "sent", None, False
+
+
+RECORD_SENT_SECONDS = 600.0
+"""How long a run keeps trying to record a message the relay took while another process
+holds the database's lock (a sqlite3 shell in a transaction): given up, the message is
+sent again by the next run."""
+
+
+def _record_sent(store: Store, digest: DigestRow, message: OutgoingMessage, tick: Clock) -> None:
+    """Record a delivered message, waiting out a lock held elsewhere (each try waits the
+    busy timeout) up to ``RECORD_SENT_SECONDS``: a digest the relay took and this run did
+    not record would go out twice. Raises the ``StoreError`` after that."""
+    deadline = time.monotonic() + RECORD_SENT_SECONDS
+    while True:
+        try:
+            with store.write() as db:
+                digest_rows.mark_sent(db, digest.id, message.message_id, tick())
+            return
+        except StoreLocked:
+            if time.monotonic() >= deadline:
+                raise
+            log.warning(
+                "digest %d was sent, the database is locked: recording it when the lock goes",
+                digest.id,
+            )
 
 
 def send_welcomes(

@@ -327,6 +327,17 @@ def feed_titles(db: Database, feed_ids: Iterable[int]) -> dict[int, tuple[str, s
 # --- sending state ------------------------------------------------------------------
 
 
+def still_pending(db: Database, digest_id: int) -> bool:
+    """Whether the digest is still to be sent (not cancelled by an unsubscribe, not sent
+    by another run) and its subscriber still confirmed."""
+    row = db.execute(
+        "SELECT 1 FROM digests d JOIN subscribers s ON s.id = d.subscriber_id "
+        "WHERE d.id = ? AND d.status = 'pending' AND s.status = 'confirmed'",
+        [digest_id],
+    ).fetchone()
+    return row is not None
+
+
 def mark_sent(db: Database, digest_id: int, message_id: str, now: datetime) -> bool:
     """Sent; False when it was no longer pending (another run got there first)."""
     cursor = db.execute(
@@ -427,17 +438,26 @@ def latest_stories(
     *,
     upto: int | None = None,
     backlog_before: datetime | None = None,
+    not_mailed_to: int | None = None,
 ) -> list[EntryView]:
     """The most recently published stories (first copies only) of the given feeds, at
     most ``limit``. With ``upto`` (an entry id), only entries up to it, and with
     ``backlog_before`` also the entries of a feed's first poll (its backlog) published
     before that time: what no digest carries to a subscriber with that watermark (see
-    ``candidates`` and ``selection.first_digest_since``)."""
+    ``candidates`` and ``selection.first_digest_since``). With ``not_mailed_to`` (a
+    subscriber id), none that a digest of theirs, sent or pending, already carries."""
     sql = (
         f"SELECT {_ENTRY_COLUMNS} FROM entries e JOIN feeds f ON f.id = e.feed_id "
         "WHERE e.duplicate_of IS NULL AND f.enabled = 1"
     )
     params: list[Any] = []
+    if not_mailed_to is not None:
+        sql += (
+            " AND e.id NOT IN (SELECT coalesce(x.duplicate_of, x.id) FROM digests d "
+            "JOIN digest_entries de ON de.digest_id = d.id JOIN entries x ON x.id = de.entry_id "
+            "WHERE d.subscriber_id = ? AND d.status IN ('sent', 'pending'))"
+        )
+        params.append(not_mailed_to)
     if upto is not None and backlog_before is None:
         sql += " AND e.id <= ?"
         params.append(upto)
