@@ -435,3 +435,20 @@ def test_work_past_its_deadline_in_a_worker_is_stopped_and_the_pool_goes_on() ->
         "died",
         "new worker",
     ]
+
+
+def test_only_the_fork_server_ignores_sigterm() -> None:
+    """The fork server's first preloaded module ignores SIGTERM there alone: imported in
+    any other process (a tool importing every module) it changes nothing, since an
+    ignored SIGTERM passes on to every program that process starts."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import signal, aggregator.forkserver_signals as f\n"
+        "print(f.in_fork_server(), signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.split() == ["False", "True"]
