@@ -21,6 +21,7 @@ import sqlite3
 from contextlib import closing, suppress
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from sqlite_utils import Database
 
@@ -63,55 +64,43 @@ def record(database: Path, subscriber_id: int, requested_at: datetime) -> None:
         ) from None
 
 
-def waiting(database: Path) -> int:
-    """How many unsubscribes the spool holds (0 without a spool, or one that cannot be
-    read)."""
+def _read(database: Path, sql: str, params: list[Any]) -> list[Any]:
+    """The rows ``sql`` selects from the spool; none without a spool, or from one that
+    cannot be read (its unsubscribes wait for a later read)."""
     path = spool_path(database)
     if not path.exists():
-        return 0
+        return []
     try:
         with closing(sqlite3.connect(path, timeout=WAIT_SECONDS)) as conn:
             conn.execute(_TABLE)
-            return int(conn.execute("SELECT count(*) FROM unsubscribes").fetchone()[0])
+            return conn.execute(sql, params).fetchall()
     except sqlite3.Error:
-        return 0
+        return []
+
+
+def waiting(database: Path) -> int:
+    """How many unsubscribes the spool holds."""
+    return len(_read(database, "SELECT id FROM unsubscribes", []))
 
 
 def holds(database: Path, subscriber_id: int) -> bool:
-    """Whether an unsubscribe of ``subscriber_id`` waits in the spool (False without a
-    spool, or one that cannot be read)."""
-    path = spool_path(database)
-    if not path.exists():
-        return False
-    try:
-        with closing(sqlite3.connect(path, timeout=WAIT_SECONDS)) as conn:
-            conn.execute(_TABLE)
-            found = conn.execute(
-                "SELECT 1 FROM unsubscribes WHERE subscriber_id = ? LIMIT 1", [subscriber_id]
-            ).fetchone()
-    except sqlite3.Error:
-        return False
-    return found is not None
+    """Whether an unsubscribe of ``subscriber_id`` waits in the spool."""
+    sql = "SELECT 1 FROM unsubscribes WHERE subscriber_id = ? LIMIT 1"
+    return bool(_read(database, sql, [subscriber_id]))
 
 
 def apply(db: Database, database: Path) -> int | None:
     """Apply the spooled unsubscribes to ``db`` (inside the caller's write transaction);
     the id of the last one applied, to ``forget`` after the commit, or None when the
-    spool is empty or absent. A spool that cannot be read is left for the next write."""
-    path = spool_path(database)
-    if not path.exists():
+    spool is empty, absent or cannot be read (left for the next write)."""
+    rows = _read(
+        database, "SELECT id, subscriber_id, requested_at FROM unsubscribes ORDER BY id", []
+    )
+    if not rows:
         return None
     from .digests import close_pending  # here: every write checks, few find a spool
     from .subscribers import set_status
 
-    try:
-        with closing(sqlite3.connect(path, timeout=WAIT_SECONDS)) as conn:
-            conn.execute(_TABLE)
-            rows = conn.execute(
-                "SELECT id, subscriber_id, requested_at FROM unsubscribes ORDER BY id"
-            ).fetchall()
-    except sqlite3.Error:
-        return None
     for _, subscriber_id, requested_at in rows:
         at = from_db_required(requested_at)
         now = db.execute(
@@ -120,7 +109,7 @@ def apply(db: Database, database: Path) -> int | None:
         if now and now[0] in ("confirmed", "pending") and from_db_required(now[1]) <= at:
             set_status(db, subscriber_id, "unsubscribed", at)
             close_pending(db, subscriber_id, "cancelled", "unsubscribed")
-    return rows[-1][0] if rows else None
+    return int(rows[-1][0])
 
 
 def forget(database: Path, upto: int) -> None:
