@@ -673,8 +673,15 @@ def subscribers_list(ctx: click.Context) -> None:
         cells = []
         # A column for the confirmation and welcome mails still owed, when there are any.
         shown = {row.id for row in rows} & set(owed)
+        names = {feed.id: feed.title or feed.url for feed in feed_rows.list_feeds(db)}
         for row in rows:
-            sources = "all" if row.feed_ids is None else ", ".join(map(str, sorted(row.feed_ids)))
+            sources = (
+                "all"
+                if row.feed_ids is None
+                else ", ".join(
+                    f"{names[i]} ({i})" if i in names else str(i) for i in sorted(row.feed_ids)
+                )
+            )
             cell = [
                 str(row.id),
                 row.email,

@@ -395,6 +395,19 @@ def test_subscribers_list_shows_no_last_digest_before_one_was_sent(
     assert not rows["ann@example.org"].rstrip(" │").endswith("—")
     assert rows["bob@example.org"].rstrip(" │").endswith("—")
     assert listing.startswith("2 subscribers")
+    # Chosen sources are named, with their ids (as feeds list shows them).
+    from aggregator.config import load
+    from aggregator.store import Store
+    from aggregator.store import subscribers as subscriber_rows
+
+    store = Store.open(load(cfg).database)
+    with store.write() as db:
+        bob = subscriber_rows.by_key(db, "bob@example.org")
+        assert bob is not None
+        subscriber_rows.set_feeds(db, bob.id, frozenset({1}))
+    store.close()
+    listing = run("subscribers", "list", config=cfg, columns=250).stdout
+    assert "Test blog (1)" in listing, listing
 
 
 def run_at_width(*args: str, config: Path, columns: int | None) -> subprocess.CompletedProcess[str]:
