@@ -874,14 +874,16 @@ def digest_send(ctx: click.Context, due: bool, dry_run: bool) -> None:
         app = _app(ctx)
         store, settings = app.open_store(), app.settings
         if dry_run:
-            count = stories = 0
+            count = stories = empty = 0
             for _, plan in plan_all(store, settings, now(), due_only=due):
-                if plan is not None:
+                if plan is None:
+                    empty += 1
+                else:
                     count += 1
                     stories += plan.story_count
             out.line(
-                f"Would build {plural(count, 'digest')} ({plural(stories, 'story', 'stories')}); "
-                "nothing was changed."
+                f"Would build {plural(count, 'digest')} ({plural(stories, 'story', 'stories')}"
+                f"; {empty} with nothing new); nothing was changed."
             )
             return
         built = build_pending(store, settings, now(), due_only=due)

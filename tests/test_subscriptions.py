@@ -243,6 +243,8 @@ def test_cli_subscribers_and_digest_commands(tmp_path: Path) -> None:
     assert sent.returncode == 0 and "Sent 1" in sent.stdout, sent.stderr
     assert len(list((tmp_path / "outbox" / "new").iterdir())) == 3
     assert "Sent 0" in cli(config, "digest", "send").stdout
+    again = cli(config, "digest", "send", "--dry-run").stdout
+    assert again.startswith("Would build 0 digests (0 stories; 1 with nothing new)"), again
     assert cli(config, "subscribers", "remove", "reader@example.org").returncode == 0
     assert cli(config, "subscribers", "remove", "reader@example.org").returncode == 1
 
