@@ -213,6 +213,36 @@ def test_welcome_mail_for_operator_added_subscriber_lists_recent_posts_once(
     assert "/preferences?token=" in text and "/unsubscribe?token=" in text
 
 
+def _daily_subscriber(store, settings, email: str):
+    """A daily subscriber the operator adds, whose first digest may come at once."""
+    subscriber, _ = add_by_operator(
+        store,
+        settings,
+        links_for(store, settings),
+        email=email,
+        cadence="daily",
+        first_digest_now=True,
+        now=T0,
+    )
+    return subscriber
+
+
+def _welcome_text(store, settings, outbox: Path, now) -> str:
+    """Send the welcomes owed (none may fail) and return the one mail's plain text."""
+    assert send_welcomes(store, MaildirSender(outbox), settings, now) == []
+    (path,) = (outbox / "new").iterdir()
+    std, _ = both_parsers(path.read_bytes())
+    return std.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+
+
+def _carried_titles(store, subscriber_id: int) -> list[tuple[str]]:
+    return store.db.execute(
+        "SELECT e.title FROM digest_entries de JOIN entries e ON e.id = de.entry_id "
+        "JOIN digests d ON d.id = de.digest_id WHERE d.subscriber_id = ?",
+        [subscriber_id],
+    ).fetchall()
+
+
 def test_a_late_welcome_lists_nothing_the_first_digest_carries(
     store_and_settings, tmp_path: Path
 ) -> None:
@@ -221,29 +251,12 @@ def test_a_late_welcome_lists_nothing_the_first_digest_carries(
     store, settings = store_and_settings
     alpha = add_feed(store, "Alpha Blog")
     add_entry(store, alpha, "Before joining", published=T0 - timedelta(days=2))
-    subscriber, _ = add_by_operator(
-        store,
-        settings,
-        links_for(store, settings),
-        email="late@example.org",
-        cadence="daily",
-        first_digest_now=True,
-        now=T0,
-    )
+    subscriber = _daily_subscriber(store, settings, "late@example.org")
     add_entry(store, alpha, "After joining", published=T0 + timedelta(hours=1))
-    outbox = MaildirSender(tmp_path / "outbox")
-    assert send_welcomes(store, outbox, settings, T0 + timedelta(hours=2)) == []
-    (path,) = (tmp_path / "outbox" / "new").iterdir()
-    std, _ = both_parsers(path.read_bytes())
-    welcome = std.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    welcome = _welcome_text(store, settings, tmp_path / "outbox", T0 + timedelta(hours=2))
     assert "Before joining" in welcome and "After joining" not in welcome
     assert build_pending(store, settings, T0 + timedelta(days=1), due_only=False).built == 1
-    carried = store.db.execute(
-        "SELECT e.title FROM digest_entries de JOIN entries e ON e.id = de.entry_id "
-        "JOIN digests d ON d.id = de.digest_id WHERE d.subscriber_id = ?",
-        [subscriber.id],
-    ).fetchall()
-    assert carried == [("After joining",)]
+    assert _carried_titles(store, subscriber.id) == [("After joining",)]
 
 
 def test_a_welcome_owed_past_a_digest_leaves_out_what_the_digest_carried(
@@ -257,24 +270,12 @@ def test_a_welcome_owed_past_a_digest_leaves_out_what_the_digest_carried(
     store, settings = store_and_settings
     alpha = add_feed(store, "Alpha Blog")
     add_entry(store, alpha, "Before joining", published=T0 - timedelta(days=2))
-    subscriber, _ = add_by_operator(
-        store,
-        settings,
-        links_for(store, settings),
-        email="owed@example.org",
-        cadence="daily",
-        first_digest_now=True,
-        now=T0,
-    )
+    subscriber = _daily_subscriber(store, settings, "owed@example.org")
     add_entry(store, alpha, "In the digest", published=T0 + timedelta(hours=1))
     assert build_pending(store, settings, T0 + timedelta(days=1), due_only=False).built == 1
     moved = subscriber_rows.get(store.db, subscriber.id)
     assert moved is not None and moved.watermark > subscriber.watermark
-    outbox = MaildirSender(tmp_path / "outbox")
-    assert send_welcomes(store, outbox, settings, T0 + timedelta(days=1)) == []
-    (path,) = (tmp_path / "outbox" / "new").iterdir()
-    std, _ = both_parsers(path.read_bytes())
-    welcome = std.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    welcome = _welcome_text(store, settings, tmp_path / "outbox", T0 + timedelta(days=1))
     assert "Before joining" in welcome and "In the digest" not in welcome
 
 
@@ -285,26 +286,14 @@ def test_first_digest_on_a_fresh_install_holds_one_period_of_the_backlog(
     of the last cadence period go in the first digest, older ones in the welcome (no
     digest carries them), none in both."""
     store, settings = store_and_settings
-    subscriber, _ = add_by_operator(
-        store,
-        settings,
-        links_for(store, settings),
-        email="early@example.org",
-        cadence="daily",
-        first_digest_now=True,
-        now=T0,
-    )
+    subscriber = _daily_subscriber(store, settings, "early@example.org")
     assert subscriber.watermark == 0
     alpha = add_feed(store, "Alpha Blog", backlog=True)
     add_entry(store, alpha, "Archive post", published=T0 - timedelta(days=400))
     add_entry(store, alpha, "Last week", published=T0 - timedelta(days=5))
     add_entry(store, alpha, "Yesterday", published=T0 - timedelta(hours=20))
     mark_backlog(store, alpha)
-    outbox = MaildirSender(tmp_path / "outbox")
-    assert send_welcomes(store, outbox, settings, T0) == []
-    (path,) = (tmp_path / "outbox" / "new").iterdir()
-    std, _ = both_parsers(path.read_bytes())
-    welcome = std.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    welcome = _welcome_text(store, settings, tmp_path / "outbox", T0)
     assert "Archive post" in welcome and "Last week" in welcome
     assert "Yesterday" not in welcome
     report = build_pending(store, settings, T0, due_only=False)
@@ -313,10 +302,7 @@ def test_first_digest_on_a_fresh_install_holds_one_period_of_the_backlog(
 
     (digest,) = digest_rows.for_subscriber(store.db, subscriber.id) or [None]
     assert digest is None  # not sent yet; look at what was built instead
-    built = store.db.execute(
-        "SELECT e.title FROM digest_entries de JOIN entries e ON e.id = de.entry_id"
-    ).fetchall()
-    assert built == [("Yesterday",)]
+    assert _carried_titles(store, subscriber.id) == [("Yesterday",)]
 
 
 def test_first_digest_waits_for_news_when_the_backlog_is_old(store_and_settings) -> None:

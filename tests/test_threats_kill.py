@@ -105,22 +105,50 @@ def kill_group(process: subprocess.Popen[bytes]) -> None:
     process.communicate(timeout=30)
 
 
+@dataclass(frozen=True)
+class Member:
+    """A process of a process group, as /proc shows it."""
+
+    pid: int
+    parent: int
+    state: str  # "Z": a zombie awaiting its reaper
+    command: bytes
+
+
+def group_members(pgid: int) -> list[Member]:
+    """The processes of group ``pgid``."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) != pgid:
+                continue
+            command = (stat.parent / "cmdline").read_bytes()
+        except (OSError, IndexError):
+            continue
+        found.append(Member(int(stat.parent.name), int(fields[1]), fields[0], command))
+    return found
+
+
 def group_alive(pgid: int, wait: float = 5.0) -> bool:
     """Whether a process of the group still runs (zombies awaiting their reaper do not)."""
     deadline = time.monotonic() + wait
     while True:
-        running = False
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                running = True
-                break
+        running = any(member.state != "Z" for member in group_members(pgid))
         if not running or time.monotonic() > deadline:
             return running
         time.sleep(0.05)
+
+
+def stopped_cleanly(process: subprocess.Popen[bytes], timeout: float) -> bytes:
+    """Wait for a signalled poll to end: exit status 0, no traceback; its stdout."""
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    finally:
+        kill_group(process)
+    assert process.returncode == 0, (process.returncode, stderr.decode())
+    assert b"Traceback" not in stderr
+    return stdout
 
 
 def wal_size(config: Path) -> int:
@@ -258,12 +286,7 @@ def test_k8_sigterm_during_poll_exits_cleanly_with_whole_batches(rig: Rig) -> No
         assert time.monotonic() < deadline
         time.sleep(0.001)
     process.send_signal(signal.SIGTERM)
-    try:
-        _stdout, stderr = process.communicate(timeout=30)
-    finally:
-        kill_group(process)
-    assert process.returncode == 0, (process.returncode, stderr.decode())
-    assert b"Traceback" not in stderr
+    stopped_cleanly(process, timeout=30)
     for url, (count, keys, fetches) in batches(config).items():
         assert (count, keys, fetches) in ((0, 0, 0), (ITEMS_PER_FEED, ITEMS_PER_FEED, 1)), url
     run_to_end(config)
@@ -272,17 +295,9 @@ def test_k8_sigterm_during_poll_exits_cleanly_with_whole_batches(rig: Rig) -> No
 
 def _parse_worker_running(pgid: int) -> bool:
     """Whether the group has a process forked by multiprocessing's fork server."""
-    stats = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            cmdline = (stat.parent / "cmdline").read_bytes()
-        except (OSError, IndexError):
-            continue
-        if int(fields[2]) == pgid:
-            stats[int(stat.parent.name)] = (int(fields[1]), b"forkserver" in cmdline)
-    servers = {pid for pid, (_, server) in stats.items() if server}
-    return any(parent in servers for parent, _ in stats.values())
+    members = group_members(pgid)
+    servers = {member.pid for member in members if b"forkserver" in member.command}
+    return any(member.parent in servers for member in members)
 
 
 def test_k8_sigterm_to_the_whole_group_while_workers_parse_writes_what_was_fetched(
@@ -300,12 +315,7 @@ def test_k8_sigterm_to_the_whole_group_while_workers_parse_writes_what_was_fetch
         assert process.poll() is None and time.monotonic() < deadline
         time.sleep(0.005)
     os.killpg(process.pid, signal.SIGTERM)
-    try:
-        stdout, stderr = process.communicate(timeout=60)
-    finally:
-        kill_group(process)
-    assert process.returncode == 0, (process.returncode, stderr.decode())
-    assert b"Traceback" not in stderr
+    stdout = stopped_cleanly(process, timeout=60)
     found = batches(config)
     assert all(count in (0, ITEMS_PER_FEED) for count, _, _ in found.values()), found
     assert any(count == ITEMS_PER_FEED for count, _, _ in found.values()), stdout.decode()

@@ -357,6 +357,8 @@ RECORD_SENT_SECONDS = 600.0
 """How long a run keeps trying to record a message the relay took while another process
 holds the database's lock (a sqlite3 shell in a transaction): given up, the message is
 sent again by the next run."""
+RECORD_SENT_PAUSE_SECONDS = 1.0
+"""The pause between two tries (each also waits the busy timeout)."""
 
 
 def _record_sent(store: Store, digest: DigestRow, message: OutgoingMessage, tick: Clock) -> None:
@@ -376,6 +378,7 @@ def _record_sent(store: Store, digest: DigestRow, message: OutgoingMessage, tick
                 "digest %d was sent, the database is locked: recording it when the lock goes",
                 digest.id,
             )
+            time.sleep(RECORD_SENT_PAUSE_SECONDS)  # a lock error that came at once, too
 
 
 def send_welcomes(
